@@ -1,0 +1,359 @@
+//! The etcd key layout under `/lodestar/v1/` and the decoding of one key/value pair
+//! into a catalog record. `docs/etcd-schema.md` is the prose version of this file.
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Agent, Framework, Leader, Master, Task, VipAddress, SCHEMA_VERSION};
+
+/// Every key Lodestar reads or writes starts with this.
+pub const PREFIX: &str = "/lodestar/v1/";
+
+/// Characters escaped in an id used as a key segment: `/` would split the segment,
+/// `%` is the escape itself, and controls and spaces make keys hard to read.
+const SEGMENT: &AsciiSet = &CONTROLS.add(b'/').add(b'%').add(b' ');
+
+/// The kinds of record, each under its own folder (or, for the leader, one key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Task,
+    Agent,
+    Framework,
+    Master,
+    Leader,
+    VipAddress,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Task,
+        Kind::Agent,
+        Kind::Framework,
+        Kind::Master,
+        Kind::Leader,
+        Kind::VipAddress,
+    ];
+
+    /// The label used in metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Task => "task",
+            Kind::Agent => "agent",
+            Kind::Framework => "framework",
+            Kind::Master => "master",
+            Kind::Leader => "leader",
+            Kind::VipAddress => "vip",
+        }
+    }
+
+    fn folder(self) -> &'static str {
+        match self {
+            Kind::Task => "tasks/",
+            Kind::Agent => "agents/",
+            Kind::Framework => "frameworks/",
+            Kind::Master => "masters/",
+            Kind::Leader => "leader",
+            Kind::VipAddress => "vips/",
+        }
+    }
+}
+
+/// The key of a record of `kind` with identity `id` (ignored for the leader).
+pub fn key(kind: Kind, id: &str) -> String {
+    match kind {
+        Kind::Leader => format!("{PREFIX}leader"),
+        _ => format!(
+            "{PREFIX}{}{}",
+            kind.folder(),
+            utf8_percent_encode(id, SEGMENT)
+        ),
+    }
+}
+
+/// The key range end for a prefix scan: the prefix with its last byte incremented.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A decoded record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Task(Task),
+    Agent(Agent),
+    Framework(Framework),
+    Master(Master),
+    Leader(Leader),
+    VipAddress(VipAddress),
+}
+
+impl Record {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Record::Task(_) => Kind::Task,
+            Record::Agent(_) => Kind::Agent,
+            Record::Framework(_) => Kind::Framework,
+            Record::Master(_) => Kind::Master,
+            Record::Leader(_) => Kind::Leader,
+            Record::VipAddress(_) => Kind::VipAddress,
+        }
+    }
+
+    /// The identity the key is derived from.
+    pub fn id(&self) -> &str {
+        match self {
+            Record::Task(t) => &t.id,
+            Record::Agent(a) => &a.id,
+            Record::Framework(f) => &f.id,
+            Record::Master(m) => &m.id,
+            Record::Leader(_) => "",
+            Record::VipAddress(v) => &v.name,
+        }
+    }
+
+    pub fn key(&self) -> String {
+        key(self.kind(), self.id())
+    }
+
+    /// The JSON value stored in etcd: the record with its schema version.
+    pub fn to_value(&self) -> Vec<u8> {
+        fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+            serde_json::to_vec(&Versioned {
+                schema: SCHEMA_VERSION,
+                data: v,
+            })
+            .expect("catalog records always serialize")
+        }
+        match self {
+            Record::Task(v) => enc(v),
+            Record::Agent(v) => enc(v),
+            Record::Framework(v) => enc(v),
+            Record::Master(v) => enc(v),
+            Record::Leader(v) => enc(v),
+            Record::VipAddress(v) => enc(v),
+        }
+    }
+}
+
+/// The stored form: `{"schema": 1, "data": {...}}`. An envelope rather than a flattened
+/// field, so that both levels can refuse unknown fields and decoding is one pass.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Versioned<T> {
+    schema: u32,
+    data: T,
+}
+
+/// Why a key/value pair was not taken into the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("key {key:?} is not part of the /lodestar/v1/ layout")]
+    UnknownKey { key: String },
+    #[error("{kind} value at {key:?} is not valid: {reason}")]
+    Malformed {
+        key: String,
+        kind: &'static str,
+        reason: String,
+    },
+    #[error("{kind} value at {key:?} has schema version {found}; this build reads {SCHEMA_VERSION}")]
+    Schema {
+        key: String,
+        kind: &'static str,
+        found: u64,
+    },
+    #[error("{kind} value at {key:?} names id {id:?}, which does not match its key")]
+    IdMismatch {
+        key: String,
+        kind: &'static str,
+        id: String,
+    },
+}
+
+impl Rejection {
+    /// The record kind for the metric label (`unknown` for a key outside the layout).
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Rejection::Malformed { kind, .. }
+            | Rejection::Schema { kind, .. }
+            | Rejection::IdMismatch { kind, .. } => kind,
+            Rejection::UnknownKey { .. } => "unknown",
+        }
+    }
+
+    /// A short reason for the metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::UnknownKey { .. } => "unknown_key",
+            Rejection::Malformed { .. } => "malformed",
+            Rejection::Schema { .. } => "schema_version",
+            Rejection::IdMismatch { .. } => "id_mismatch",
+        }
+    }
+}
+
+/// Which record a key names: its kind and decoded id.
+pub fn parse_key(key: &str) -> Result<(Kind, String), Rejection> {
+    let unknown = || Rejection::UnknownKey {
+        key: key.to_string(),
+    };
+    let rest = key.strip_prefix(PREFIX).ok_or_else(unknown)?;
+    if rest == "leader" {
+        return Ok((Kind::Leader, String::new()));
+    }
+    for kind in Kind::ALL {
+        if kind == Kind::Leader {
+            continue;
+        }
+        if let Some(seg) = rest.strip_prefix(kind.folder()) {
+            if seg.is_empty() || seg.contains('/') {
+                return Err(unknown());
+            }
+            let id = percent_decode_str(seg)
+                .decode_utf8()
+                .map_err(|_| unknown())?
+                .into_owned();
+            return Ok((kind, id));
+        }
+    }
+    Err(unknown())
+}
+
+/// Decodes one etcd key/value pair. Never panics, whatever the bytes.
+pub fn decode(key: &[u8], value: &[u8]) -> Result<Record, Rejection> {
+    let key = std::str::from_utf8(key).map_err(|_| Rejection::UnknownKey {
+        key: String::from_utf8_lossy(key).into_owned(),
+    })?;
+    let (kind, id) = parse_key(key)?;
+    let record = match kind {
+        Kind::Task => Record::Task(decode_value(key, kind, value)?),
+        Kind::Agent => Record::Agent(decode_value(key, kind, value)?),
+        Kind::Framework => Record::Framework(decode_value(key, kind, value)?),
+        Kind::Master => Record::Master(decode_value(key, kind, value)?),
+        Kind::Leader => Record::Leader(decode_value(key, kind, value)?),
+        Kind::VipAddress => Record::VipAddress(decode_value(key, kind, value)?),
+    };
+    if kind != Kind::Leader && record.id() != id {
+        return Err(Rejection::IdMismatch {
+            key: key.to_string(),
+            kind: kind.as_str(),
+            id: record.id().to_string(),
+        });
+    }
+    Ok(record)
+}
+
+fn decode_value<T: DeserializeOwned>(key: &str, kind: Kind, value: &[u8]) -> Result<T, Rejection> {
+    let malformed = |reason: String| Rejection::Malformed {
+        key: key.to_string(),
+        kind: kind.as_str(),
+        reason,
+    };
+    // Check the version first, so that a newer writer's value says "schema", not "malformed".
+    #[derive(Deserialize)]
+    struct Header {
+        schema: Option<serde_json::Value>,
+    }
+    let header: Header = serde_json::from_slice(value).map_err(|e| malformed(e.to_string()))?;
+    match header.schema {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(SCHEMA_VERSION as u64) => {}
+        Some(serde_json::Value::Number(n)) => {
+            return Err(Rejection::Schema {
+                key: key.to_string(),
+                kind: kind.as_str(),
+                found: n.as_u64().unwrap_or(u64::MAX),
+            })
+        }
+        Some(_) => return Err(malformed("\"schema\" is not a number".into())),
+        None => return Err(malformed("missing \"schema\" version".into())),
+    }
+    let v: Versioned<T> = serde_json::from_slice(value).map_err(|e| malformed(e.to_string()))?;
+    Ok(v.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn task(id: &str) -> Task {
+        Task {
+            id: id.into(),
+            name: "web".into(),
+            framework: "marathon".into(),
+            agent: "a1".into(),
+            state: TaskState::Running,
+            ips: vec![],
+            ports: vec![],
+            discovery: None,
+            labels: Default::default(),
+            health: Health::Unknown,
+            site: None,
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_awkward_ids() {
+        for id in ["web.1", "a/b", "100%", "with space", "ünï"] {
+            let k = key(Kind::Task, id);
+            assert!(!k[PREFIX.len() + "tasks/".len()..].contains('/'), "{k}");
+            assert_eq!(parse_key(&k).unwrap(), (Kind::Task, id.to_string()));
+        }
+        assert_eq!(key(Kind::Leader, "x"), "/lodestar/v1/leader");
+        assert_eq!(
+            key(Kind::VipAddress, "/group/app"),
+            "/lodestar/v1/vips/%2Fgroup%2Fapp"
+        );
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let r = Record::Task(task("web.1"));
+        let decoded = decode(r.key().as_bytes(), &r.to_value()).unwrap();
+        assert_eq!(decoded, r);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_a_reason() {
+        let k = key(Kind::Task, "web.1");
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "malformed"),
+            (b"\xff\xfe", "malformed"),
+            (b"{}", "malformed"),
+            (b"{\"schema\":\"1\"}", "malformed"),
+            (b"{\"schema\":2,\"data\":{}}", "schema_version"),
+            (b"{\"schema\":1,\"data\":{\"id\":\"web.1\"}}", "malformed"),
+            (b"{\"schema\":1,\"data\":null}", "malformed"),
+            (b"[1,2,3]", "malformed"),
+        ];
+        for (value, reason) in cases {
+            let err = decode(k.as_bytes(), value).unwrap_err();
+            assert_eq!(err.reason(), *reason, "{err}");
+        }
+        let mut t = task("other");
+        t.id = "other".into();
+        let err = decode(k.as_bytes(), &Record::Task(t).to_value()).unwrap_err();
+        assert_eq!(err.reason(), "id_mismatch");
+        for bad_key in ["/lodestar/v1/nope/x", "/lodestar/v1/tasks/", "/lodestar/v1/tasks/a/b", "/other"] {
+            let err = decode(bad_key.as_bytes(), b"{}").unwrap_err();
+            assert_eq!(err.reason(), "unknown_key", "{bad_key}");
+        }
+        // Unknown fields are refused: a typo must not silently drop data.
+        let mut v: serde_json::Value = serde_json::from_slice(&Record::Task(task("web.1")).to_value()).unwrap();
+        v["data"]["ipz"] = serde_json::json!([]);
+        let err = decode(k.as_bytes(), &serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert_eq!(err.reason(), "malformed");
+    }
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+    }
+}

@@ -1,0 +1,18 @@
+//! Lodestar's control side: the catalog model, its etcd layout, the stores that keep an
+//! immutable [`Snapshot`] current (etcd watch, catalog file, embedded demo), and their metrics.
+
+pub mod demo;
+pub mod error;
+pub mod etcd;
+pub mod file;
+pub mod keys;
+pub mod metrics;
+pub mod model;
+pub mod snapshot;
+pub mod watch;
+
+pub use error::StoreError;
+pub use etcd::{EtcdConfig, EtcdStore};
+pub use file::{CatalogDocument, FileStore};
+pub use snapshot::{Backend, CatalogState, Snapshot, SnapshotView, Source, Vip};
+pub use watch::{CatalogWatch, WatchConfig, WatchStats};

@@ -1,0 +1,391 @@
+//! The immutable catalog snapshot that dns and l4lb serve from, and the mutable
+//! `CatalogState` the stores apply changes to. Persistent maps make a snapshot O(1) to take.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use imbl::{OrdMap, OrdSet};
+use serde::Serialize;
+
+use crate::keys::{self, Kind, Record, Rejection};
+use crate::model::{
+    Agent, Framework, Health, Leader, Master, Task, TaskState, VipAddress, VipKey, VipLabelError,
+    VipName,
+};
+
+/// Where a snapshot came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "from")]
+pub enum Source {
+    /// Nothing loaded yet.
+    Empty,
+    /// The catalog embedded in the binary.
+    Demo,
+    /// A catalog file.
+    File(String),
+    /// etcd, with the endpoints it was read from.
+    Etcd(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Empty => f.write_str("nothing loaded"),
+            Source::Demo => f.write_str("the embedded demo catalog"),
+            Source::File(p) => write!(f, "file {p}"),
+            Source::Etcd(e) => write!(f, "etcd {e}"),
+        }
+    }
+}
+
+/// Which task port stands behind a VIP.
+type BackendRef = (String, u16);
+
+/// The catalog as the stores maintain it. Cloning is cheap (structural sharing).
+#[derive(Clone, Debug, Default)]
+pub struct CatalogState {
+    tasks: OrdMap<String, Arc<Task>>,
+    agents: OrdMap<String, Arc<Agent>>,
+    frameworks: OrdMap<String, Arc<Framework>>,
+    masters: OrdMap<String, Arc<Master>>,
+    leader: Option<Arc<Leader>>,
+    vip_addresses: OrdMap<String, Arc<VipAddress>>,
+    vip_index: OrdMap<VipKey, OrdSet<BackendRef>>,
+}
+
+impl CatalogState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces a record. Returns the VIP labels of a task that could not be
+    /// parsed; the task itself is kept, without those VIPs.
+    pub fn upsert(&mut self, record: Record) -> Vec<VipLabelError> {
+        match record {
+            Record::Task(task) => {
+                self.unindex_task(&task.id);
+                let (vips, errors) = task.vips();
+                for (vip, port) in vips {
+                    self.vip_index
+                        .entry(vip)
+                        .or_default()
+                        .insert((task.id.clone(), port));
+                }
+                self.tasks.insert(task.id.clone(), Arc::new(task));
+                return errors;
+            }
+            Record::Agent(a) => {
+                self.agents.insert(a.id.clone(), Arc::new(a));
+            }
+            Record::Framework(f) => {
+                self.frameworks.insert(f.id.clone(), Arc::new(f));
+            }
+            Record::Master(m) => {
+                self.masters.insert(m.id.clone(), Arc::new(m));
+            }
+            Record::Leader(l) => self.leader = Some(Arc::new(l)),
+            Record::VipAddress(v) => {
+                self.vip_addresses.insert(v.name.clone(), Arc::new(v));
+            }
+        }
+        Vec::new()
+    }
+
+    /// Removes a record; removing one that is not there is not an error.
+    pub fn remove(&mut self, kind: Kind, id: &str) {
+        match kind {
+            Kind::Task => {
+                self.unindex_task(id);
+                self.tasks.remove(id);
+            }
+            Kind::Agent => drop(self.agents.remove(id)),
+            Kind::Framework => drop(self.frameworks.remove(id)),
+            Kind::Master => drop(self.masters.remove(id)),
+            Kind::Leader => self.leader = None,
+            Kind::VipAddress => drop(self.vip_addresses.remove(id)),
+        }
+    }
+
+    fn unindex_task(&mut self, id: &str) {
+        let Some(old) = self.tasks.get(id).cloned() else {
+            return;
+        };
+        for (vip, port) in old.vips().0 {
+            let backend = (id.to_string(), port);
+            let now_empty = match self.vip_index.get_mut(&vip) {
+                Some(set) => {
+                    set.remove(&backend);
+                    set.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                self.vip_index.remove(&vip);
+            }
+        }
+    }
+
+    /// Applies an etcd put. A value that does not decode leaves the state untouched:
+    /// the last good version of that key stays.
+    pub fn apply_put(&mut self, key: &[u8], value: &[u8]) -> Result<Vec<VipLabelError>, Rejection> {
+        let record = keys::decode(key, value)?;
+        Ok(self.upsert(record))
+    }
+
+    /// Applies an etcd delete.
+    pub fn apply_delete(&mut self, key: &[u8]) -> Result<(), Rejection> {
+        let key = std::str::from_utf8(key).map_err(|_| Rejection::UnknownKey {
+            key: String::from_utf8_lossy(key).into_owned(),
+        })?;
+        let (kind, id) = keys::parse_key(key)?;
+        self.remove(kind, &id);
+        Ok(())
+    }
+
+    /// The record currently held under `key`, if any (used to keep a last good value).
+    pub fn record_at(&self, key: &str) -> Option<Record> {
+        let (kind, id) = keys::parse_key(key).ok()?;
+        Some(match kind {
+            Kind::Task => Record::Task((**self.tasks.get(&id)?).clone()),
+            Kind::Agent => Record::Agent((**self.agents.get(&id)?).clone()),
+            Kind::Framework => Record::Framework((**self.frameworks.get(&id)?).clone()),
+            Kind::Master => Record::Master((**self.masters.get(&id)?).clone()),
+            Kind::Leader => Record::Leader((**self.leader.as_ref()?).clone()),
+            Kind::VipAddress => Record::VipAddress((**self.vip_addresses.get(&id)?).clone()),
+        })
+    }
+
+    /// An immutable snapshot of the current state, O(1).
+    pub fn snapshot(&self, revision: i64, source: Source) -> Snapshot {
+        Snapshot {
+            revision,
+            source,
+            published_at: SystemTime::now(),
+            tasks: self.tasks.clone(),
+            agents: self.agents.clone(),
+            frameworks: self.frameworks.clone(),
+            masters: self.masters.clone(),
+            leader: self.leader.clone(),
+            vip_addresses: self.vip_addresses.clone(),
+            vip_index: self.vip_index.clone(),
+        }
+    }
+}
+
+/// One consistent view of the catalog at one etcd revision (or file version).
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The etcd revision this snapshot includes everything up to (0: nothing loaded).
+    pub revision: i64,
+    pub source: Source,
+    pub published_at: SystemTime,
+    pub tasks: OrdMap<String, Arc<Task>>,
+    pub agents: OrdMap<String, Arc<Agent>>,
+    pub frameworks: OrdMap<String, Arc<Framework>>,
+    pub masters: OrdMap<String, Arc<Master>>,
+    pub leader: Option<Arc<Leader>>,
+    pub vip_addresses: OrdMap<String, Arc<VipAddress>>,
+    vip_index: OrdMap<VipKey, OrdSet<BackendRef>>,
+}
+
+/// A VIP resolved against the snapshot: its addresses and the task ports behind it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Vip {
+    #[serde(flatten)]
+    pub key: VipKey,
+    /// The VIP's own address for an IP VIP; the allocated ones for a named VIP (maybe none yet).
+    pub addresses: Vec<IpAddr>,
+    pub backends: Vec<Backend>,
+}
+
+/// One task port behind a VIP.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Backend {
+    pub task: String,
+    pub agent: String,
+    pub ips: Vec<IpAddr>,
+    pub port: u16,
+    pub state: TaskState,
+    pub health: Health,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+impl Snapshot {
+    /// The snapshot published before anything was loaded.
+    pub fn empty() -> Self {
+        CatalogState::new().snapshot(0, Source::Empty)
+    }
+
+    /// Has a store published real content yet?
+    pub fn is_loaded(&self) -> bool {
+        self.source != Source::Empty
+    }
+
+    /// Number of distinct VIPs (name or address, port, protocol).
+    pub fn vip_count(&self) -> usize {
+        self.vip_index.len()
+    }
+
+    /// Every VIP with its backends, in a stable order.
+    pub fn vips(&self) -> Vec<Vip> {
+        self.vip_index
+            .iter()
+            .map(|(key, backends)| self.resolve_vip(key, backends))
+            .collect()
+    }
+
+    /// One VIP, if any task carries it.
+    pub fn vip(&self, key: &VipKey) -> Option<Vip> {
+        self.vip_index
+            .get(key)
+            .map(|backends| self.resolve_vip(key, backends))
+    }
+
+    fn resolve_vip(&self, key: &VipKey, backends: &OrdSet<BackendRef>) -> Vip {
+        let addresses = match &key.name {
+            VipName::Ip(ip) => vec![*ip],
+            VipName::Named(name) => self
+                .vip_addresses
+                .get(name)
+                .map(|a| a.addresses.clone())
+                .unwrap_or_default(),
+        };
+        let backends = backends
+            .iter()
+            .filter_map(|(task_id, port)| {
+                let task = self.tasks.get(task_id)?;
+                let site = task.site.clone().or_else(|| {
+                    self.agents
+                        .get(&task.agent)
+                        .and_then(|a| a.site.clone())
+                });
+                Some(Backend {
+                    task: task.id.clone(),
+                    agent: task.agent.clone(),
+                    ips: task.ips.iter().map(|i| i.ip).collect(),
+                    port: *port,
+                    state: task.state,
+                    health: task.health,
+                    site,
+                })
+            })
+            .collect();
+        Vip {
+            key: key.clone(),
+            addresses,
+            backends,
+        }
+    }
+}
+
+/// The JSON form of a snapshot, as `lodestar snapshot` prints it.
+#[derive(Serialize)]
+pub struct SnapshotView<'a> {
+    pub revision: i64,
+    pub source: &'a Source,
+    pub tasks: Vec<&'a Task>,
+    pub agents: Vec<&'a Agent>,
+    pub frameworks: Vec<&'a Framework>,
+    pub masters: Vec<&'a Master>,
+    pub leader: Option<&'a Leader>,
+    pub vip_addresses: Vec<&'a VipAddress>,
+    pub vips: Vec<Vip>,
+}
+
+impl<'a> From<&'a Snapshot> for SnapshotView<'a> {
+    fn from(s: &'a Snapshot) -> Self {
+        SnapshotView {
+            revision: s.revision,
+            source: &s.source,
+            tasks: s.tasks.values().map(|t| &**t).collect(),
+            agents: s.agents.values().map(|a| &**a).collect(),
+            frameworks: s.frameworks.values().map(|f| &**f).collect(),
+            masters: s.masters.values().map(|m| &**m).collect(),
+            leader: s.leader.as_deref(),
+            vip_addresses: s.vip_addresses.values().map(|v| &**v).collect(),
+            vips: s.vips(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DiscoveryInfo, IpSource, Port, Protocol, TaskIp};
+    use std::collections::BTreeMap;
+
+    fn task(id: &str, vip: Option<&str>) -> Task {
+        let labels: BTreeMap<String, String> = vip
+            .map(|v| [("VIP_0".to_string(), v.to_string())].into())
+            .unwrap_or_default();
+        Task {
+            id: id.into(),
+            name: "web".into(),
+            framework: "marathon".into(),
+            agent: "a1".into(),
+            state: TaskState::Running,
+            ips: vec![TaskIp {
+                ip: "198.18.0.10".parse().unwrap(),
+                source: IpSource::Netinfo,
+            }],
+            ports: vec![],
+            discovery: Some(DiscoveryInfo {
+                name: None,
+                ports: vec![Port {
+                    number: 8080,
+                    name: Some("http".into()),
+                    protocol: Some(Protocol::Tcp),
+                    labels,
+                }],
+                labels: Default::default(),
+            }),
+            labels: Default::default(),
+            health: Health::Unknown,
+            site: None,
+        }
+    }
+
+    #[test]
+    fn vip_index_follows_task_changes() {
+        let mut st = CatalogState::new();
+        st.upsert(Record::Task(task("a", Some("/web:80"))));
+        st.upsert(Record::Task(task("b", Some("/web:80"))));
+        let snap = st.snapshot(1, Source::Demo);
+        let vips = snap.vips();
+        assert_eq!(vips.len(), 1);
+        assert_eq!(vips[0].backends.len(), 2);
+        assert_eq!(vips[0].key.to_string(), "/web:80/tcp");
+
+        // Moving a task to another VIP takes it out of the first one.
+        st.upsert(Record::Task(task("b", Some("/api:81"))));
+        st.remove(Kind::Task, "a");
+        let snap2 = st.snapshot(2, Source::Demo);
+        let vips: Vec<String> = snap2.vips().iter().map(|v| v.key.to_string()).collect();
+        assert_eq!(vips, ["/api:81/tcp"]);
+        // The earlier snapshot is untouched.
+        assert_eq!(snap.vips().len(), 1);
+        assert_eq!(snap.tasks.len(), 2);
+    }
+
+    #[test]
+    fn bad_vip_label_keeps_the_task() {
+        let mut st = CatalogState::new();
+        let errs = st.upsert(Record::Task(task("a", Some("nonsense"))));
+        assert_eq!(errs.len(), 1);
+        let snap = st.snapshot(1, Source::Demo);
+        assert_eq!(snap.tasks.len(), 1);
+        assert_eq!(snap.vip_count(), 0);
+    }
+
+    #[test]
+    fn malformed_put_keeps_last_good_value() {
+        let mut st = CatalogState::new();
+        let good = Record::Task(task("a", None));
+        st.apply_put(good.key().as_bytes(), &good.to_value()).unwrap();
+        assert!(st.apply_put(good.key().as_bytes(), b"{oops").is_err());
+        assert_eq!(st.record_at(&good.key()), Some(good));
+    }
+}
