@@ -23,8 +23,14 @@ mod tests {
         assert_eq!(s.agents.len(), 2);
         let vips = s.vips();
         assert_eq!(vips.len(), 2);
-        let web = vips.iter().find(|v| v.key.to_string() == "/web:80/tcp").unwrap();
+        let web = vips
+            .iter()
+            .find(|v| v.key.to_string() == "/web:80/tcp")
+            .unwrap();
         assert_eq!(web.backends.len(), 2);
-        assert_eq!(web.addresses, ["198.19.0.10".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(
+            web.addresses,
+            ["198.19.0.10".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 }

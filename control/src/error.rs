@@ -11,11 +11,10 @@ pub enum StoreError {
         #[source]
         source: etcd_client::Error,
     },
-    #[error("cannot reach etcd at {endpoints}: {source}")]
+    #[error("cannot reach etcd at {endpoints}: {}", describe(.error))]
     Unreachable {
         endpoints: String,
-        #[source]
-        source: etcd_client::Error,
+        error: etcd_client::Error,
     },
     #[error("cannot reach etcd at {endpoints}: no answer within {after:?} ({op})")]
     Timeout {
@@ -23,11 +22,10 @@ pub enum StoreError {
         op: &'static str,
         after: Duration,
     },
-    #[error("etcd {op} failed: {source}")]
+    #[error("etcd {op} failed: {}", describe(.error))]
     Request {
         op: &'static str,
-        #[source]
-        source: etcd_client::Error,
+        error: etcd_client::Error,
     },
     #[error("etcd revision {revision} has been compacted")]
     Compacted { revision: i64 },
@@ -53,7 +51,7 @@ impl StoreError {
     pub fn is_compacted(&self) -> bool {
         match self {
             StoreError::Compacted { .. } => true,
-            StoreError::Request { source, .. } => is_compacted_error(source),
+            StoreError::Request { error, .. } => is_compacted_error(error),
             _ => false,
         }
     }
@@ -61,4 +59,28 @@ impl StoreError {
 
 pub(crate) fn is_compacted_error(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("compacted"))
+}
+
+/// A one-line description of an etcd client error: the gRPC status message or, for a
+/// transport failure, the innermost OS error ("Connection refused"), not tonic's debug dump.
+pub fn describe(e: &etcd_client::Error) -> String {
+    let mut innermost: Option<String> = None;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
+        _ => None,
+    };
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            innermost = Some(io.to_string());
+        }
+        cause = c.source();
+    }
+    match (e, innermost) {
+        (_, Some(io)) => io,
+        (etcd_client::Error::GRpcStatus(s), None) => {
+            format!("{} ({:?})", s.message(), s.code())
+        }
+        (other, None) => other.to_string(),
+    }
 }

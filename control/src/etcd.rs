@@ -60,6 +60,8 @@ pub struct Loaded {
     pub state: CatalogState,
     pub revision: i64,
     pub rejected: Vec<Rejection>,
+    /// Range requests it took.
+    pub pages: u32,
 }
 
 /// A connected etcd client with the catalog's reads and writes.
@@ -93,13 +95,15 @@ impl EtcdStore {
                     after: config.connect_timeout,
                 })
             }
-            Ok(Err(e @ (etcd_client::Error::InvalidUri(_) | etcd_client::Error::InvalidArgs(_)))) => {
+            Ok(Err(
+                e @ (etcd_client::Error::InvalidUri(_) | etcd_client::Error::InvalidArgs(_)),
+            )) => {
                 return Err(StoreError::Endpoints {
                     endpoints,
                     source: e,
                 })
             }
-            Ok(Err(source)) => return Err(StoreError::Unreachable { endpoints, source }),
+            Ok(Err(error)) => return Err(StoreError::Unreachable { endpoints, error }),
             Ok(Ok(c)) => c,
         };
         let store = EtcdStore { client, config };
@@ -107,13 +111,14 @@ impl EtcdStore {
         let mut c = store.client.clone();
         store
             .bounded("connect", store.config.connect_timeout, async move {
-                c.get(PREFIX, Some(GetOptions::new().with_count_only())).await
+                c.get(PREFIX, Some(GetOptions::new().with_count_only()))
+                    .await
             })
             .await
             .map_err(|e| match e {
-                StoreError::Request { source, .. } => StoreError::Unreachable {
+                StoreError::Request { error, .. } => StoreError::Unreachable {
                     endpoints: store.config.display(),
-                    source,
+                    error,
                 },
                 other => other,
             })?;
@@ -145,7 +150,7 @@ impl EtcdStore {
                 op,
                 after,
             }),
-            Ok(Err(source)) => Err(StoreError::Request { op, source }),
+            Ok(Err(error)) => Err(StoreError::Request { op, error }),
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -169,7 +174,9 @@ impl EtcdStore {
         let mut revision = 0;
         let mut state = CatalogState::new();
         let mut rejected = Vec::new();
+        let mut pages = 0;
         loop {
+            pages += 1;
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
                 .with_limit(self.config.page_size);
@@ -212,6 +219,7 @@ impl EtcdStore {
             state,
             revision,
             rejected,
+            pages,
         })
     }
 

@@ -89,11 +89,31 @@ impl CatalogDocument {
                 }
             }
         }
-        dups("task", self.tasks.iter().map(|t| t.id.as_str()), &mut problems);
-        dups("agent", self.agents.iter().map(|a| a.id.as_str()), &mut problems);
-        dups("framework", self.frameworks.iter().map(|f| f.id.as_str()), &mut problems);
-        dups("master", self.masters.iter().map(|f| f.id.as_str()), &mut problems);
-        dups("VIP address", self.vip_addresses.iter().map(|v| v.name.as_str()), &mut problems);
+        dups(
+            "task",
+            self.tasks.iter().map(|t| t.id.as_str()),
+            &mut problems,
+        );
+        dups(
+            "agent",
+            self.agents.iter().map(|a| a.id.as_str()),
+            &mut problems,
+        );
+        dups(
+            "framework",
+            self.frameworks.iter().map(|f| f.id.as_str()),
+            &mut problems,
+        );
+        dups(
+            "master",
+            self.masters.iter().map(|f| f.id.as_str()),
+            &mut problems,
+        );
+        dups(
+            "VIP address",
+            self.vip_addresses.iter().map(|v| v.name.as_str()),
+            &mut problems,
+        );
         for task in &self.tasks {
             if task.id.is_empty() {
                 problems.push("a task has an empty id".into());
@@ -133,7 +153,11 @@ pub fn read_file(path: &Path) -> Result<CatalogDocument, StoreError> {
         path: path.to_path_buf(),
         source,
     })?;
-    CatalogDocument::parse(&text, Format::for_path(path), &format!("file {}", path.display()))
+    CatalogDocument::parse(
+        &text,
+        Format::for_path(path),
+        &format!("file {}", path.display()),
+    )
 }
 
 /// What identifies a version of the file without reading it.
@@ -170,7 +194,9 @@ impl FileStore {
         let doc = read_file(&path)?;
         let source = Source::File(path.display().to_string());
         let mut revision = 1;
-        let (tx, rx) = watch::channel(Arc::new(doc.into_state().snapshot(revision, source.clone())));
+        let (tx, rx) = watch::channel(Arc::new(
+            doc.into_state().snapshot(revision, source.clone()),
+        ));
         let reload_failures = Arc::new(AtomicU64::new(0));
         let failures = reload_failures.clone();
         info!(path = %path.display(), "serving the catalog file");

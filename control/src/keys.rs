@@ -162,7 +162,9 @@ pub enum Rejection {
         kind: &'static str,
         reason: String,
     },
-    #[error("{kind} value at {key:?} has schema version {found}; this build reads {SCHEMA_VERSION}")]
+    #[error(
+        "{kind} value at {key:?} has schema version {found}; this build reads {SCHEMA_VERSION}"
+    )]
     Schema {
         key: String,
         kind: &'static str,
@@ -340,12 +342,18 @@ mod tests {
         t.id = "other".into();
         let err = decode(k.as_bytes(), &Record::Task(t).to_value()).unwrap_err();
         assert_eq!(err.reason(), "id_mismatch");
-        for bad_key in ["/lodestar/v1/nope/x", "/lodestar/v1/tasks/", "/lodestar/v1/tasks/a/b", "/other"] {
+        for bad_key in [
+            "/lodestar/v1/nope/x",
+            "/lodestar/v1/tasks/",
+            "/lodestar/v1/tasks/a/b",
+            "/other",
+        ] {
             let err = decode(bad_key.as_bytes(), b"{}").unwrap_err();
             assert_eq!(err.reason(), "unknown_key", "{bad_key}");
         }
         // Unknown fields are refused: a typo must not silently drop data.
-        let mut v: serde_json::Value = serde_json::from_slice(&Record::Task(task("web.1")).to_value()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&Record::Task(task("web.1")).to_value()).unwrap();
         v["data"]["ipz"] = serde_json::json!([]);
         let err = decode(k.as_bytes(), &serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert_eq!(err.reason(), "malformed");

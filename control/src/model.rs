@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Layer-4 protocol of a port or a VIP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -265,7 +267,9 @@ pub fn parse_vip_label(value: &str) -> Result<(VipName, u16), VipLabelError> {
         reason,
     };
     let (host, port) = value.rsplit_once(':').ok_or_else(|| err("no :port"))?;
-    let port: u16 = port.parse().map_err(|_| err("port is not a number in 1..=65535"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| err("port is not a number in 1..=65535"))?;
     if port == 0 {
         return Err(err("port is not a number in 1..=65535"));
     }
@@ -340,7 +344,15 @@ mod tests {
             parse_vip_label("2001:db8::10:53").unwrap(),
             (VipName::Ip("2001:db8::10".parse().unwrap()), 53)
         );
-        for bad in ["app:80", "/app", "/app:0", "/app:99999", ":80", "/a b:80", "/:80"] {
+        for bad in [
+            "app:80",
+            "/app",
+            "/app:0",
+            "/app:99999",
+            ":80",
+            "/a b:80",
+            "/:80",
+        ] {
             assert!(parse_vip_label(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -257,11 +257,10 @@ impl Snapshot {
             .iter()
             .filter_map(|(task_id, port)| {
                 let task = self.tasks.get(task_id)?;
-                let site = task.site.clone().or_else(|| {
-                    self.agents
-                        .get(&task.agent)
-                        .and_then(|a| a.site.clone())
-                });
+                let site = task
+                    .site
+                    .clone()
+                    .or_else(|| self.agents.get(&task.agent).and_then(|a| a.site.clone()));
                 Some(Backend {
                     task: task.id.clone(),
                     agent: task.agent.clone(),
@@ -384,7 +383,8 @@ mod tests {
     fn malformed_put_keeps_last_good_value() {
         let mut st = CatalogState::new();
         let good = Record::Task(task("a", None));
-        st.apply_put(good.key().as_bytes(), &good.to_value()).unwrap();
+        st.apply_put(good.key().as_bytes(), &good.to_value())
+            .unwrap();
         assert!(st.apply_put(good.key().as_bytes(), b"{oops").is_err());
         assert_eq!(st.record_at(&good.key()), Some(good));
     }

@@ -133,7 +133,10 @@ impl Worker {
             self.stats.connected.store(false, Ordering::Relaxed);
             match result {
                 Err(e) if e.is_compacted() => {
-                    warn!(revision = self.revision, "watch fell behind a compaction; reading the whole catalog again");
+                    warn!(
+                        revision = self.revision,
+                        "watch fell behind a compaction; reading the whole catalog again"
+                    );
                     needs_full_load = true;
                     continue;
                 }
@@ -178,7 +181,11 @@ impl Worker {
         self.follow(&store, backoff).await
     }
 
-    async fn follow(&mut self, store: &EtcdStore, backoff: &mut Duration) -> Result<(), StoreError> {
+    async fn follow(
+        &mut self,
+        store: &EtcdStore,
+        backoff: &mut Duration,
+    ) -> Result<(), StoreError> {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1)
@@ -194,7 +201,7 @@ impl Worker {
             op: "watch",
             after: store.config().connect_timeout,
         })?
-        .map_err(|source| StoreError::Request { op: "watch", source })?;
+        .map_err(|error| StoreError::Request { op: "watch", error })?;
 
         // When the first unpublished change arrived.
         let mut pending_since: Option<Instant> = None;
@@ -213,7 +220,7 @@ impl Worker {
             let resp = match message {
                 Ok(Some(resp)) => resp,
                 Ok(None) => break Err(StoreError::WatchEnded),
-                Err(source) => break Err(StoreError::Request { op: "watch", source }),
+                Err(error) => break Err(StoreError::Request { op: "watch", error }),
             };
             self.stats.touch();
             if resp.compact_revision() > 0 {
@@ -283,7 +290,9 @@ impl Worker {
         metrics::gauge!(m::TASKS).set(snapshot.tasks.len() as f64);
         metrics::counter!(m::SNAPSHOTS_PUBLISHED_TOTAL).increment(1);
         self.stats.revision.store(self.revision, Ordering::Relaxed);
-        self.stats.snapshots_published.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .snapshots_published
+            .fetch_add(1, Ordering::Relaxed);
         self.last_publish = Some(Instant::now());
         self.tx.send_replace(Arc::new(snapshot));
     }

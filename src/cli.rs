@@ -1,0 +1,534 @@
+//! Command-line interface: `lodestar services|vips|catalog|snapshot`.
+//! Every command that talks to etcd takes `--etcd URL[,URL...]` (env `LODESTAR_ETCD`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use lodestar_control::file::read_file;
+use lodestar_control::keys::{Kind, Record};
+use lodestar_control::model::{
+    parse_vip_label, DiscoveryInfo, Health, IpSource, Port, Protocol, Task, TaskIp, TaskState,
+};
+use lodestar_control::{demo, EtcdConfig, EtcdStore, Snapshot, SnapshotView, Source};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lodestar",
+    version,
+    about = "Service discovery and L4 load balancing for two-site clusters, fed from etcd"
+)]
+pub struct Args {
+    /// Log format on stderr (the level comes from LODESTAR_LOG, e.g. `debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Args {
+    pub fn default_log_level(&self) -> &'static str {
+        "warn"
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Register, remove and list tasks in etcd.
+    Services {
+        #[command(subcommand)]
+        command: ServicesCommand,
+    },
+    /// List VIPs and their backends.
+    Vips {
+        #[command(subcommand)]
+        command: VipsCommand,
+    },
+    /// Write a whole catalog document (TOML or JSON, as for --catalog) into etcd.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Print the catalog as JSON: from etcd, a catalog file, or the embedded demo catalog.
+    Snapshot {
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "LODESTAR_ETCD", value_name = "URL[,URL...]")]
+    pub etcd: String,
+}
+
+/// Where a read-only command takes the catalog from; neither flag means the demo catalog.
+#[derive(ClapArgs, Debug)]
+pub struct SourceArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "LODESTAR_ETCD", value_name = "URL[,URL...]")]
+    pub etcd: Option<String>,
+    /// A catalog file (TOML, or JSON by its .json extension).
+    #[arg(long, value_name = "FILE", conflicts_with = "etcd")]
+    pub catalog: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServicesCommand {
+    /// Register (or replace) a task.
+    Put(PutArgs),
+    /// Remove tasks by id.
+    Rm {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// List tasks.
+    Ls {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct PutArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Task id (unique).
+    #[arg(long)]
+    id: String,
+    /// Task name (its DNS label unless --discovery-name is given).
+    #[arg(long)]
+    name: String,
+    /// Framework name, e.g. marathon.
+    #[arg(long, default_value = "marathon")]
+    framework: String,
+    /// Id of the agent the task runs on.
+    #[arg(long)]
+    agent: String,
+    /// Task address (source netinfo); repeat for several.
+    #[arg(long = "ip", value_name = "IP")]
+    ips: Vec<IpAddr>,
+    /// A discovery port, `[NAME:]NUMBER[/tcp|udp]`; repeat for several.
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port_spec)]
+    ports: Vec<Port>,
+    /// Put a discovery port behind a VIP: `PORT=/group/app:80` or `PORT=198.19.0.1:80`.
+    #[arg(long = "vip", value_name = "PORT=VIP", value_parser = parse_vip_spec)]
+    vips: Vec<(u16, String)>,
+    /// DiscoveryInfo name (DNS label); defaults to --name.
+    #[arg(long)]
+    discovery_name: Option<String>,
+    /// A task label `KEY=VALUE`; repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    #[arg(long, value_enum, default_value_t = StateArg::Running)]
+    state: StateArg,
+    #[arg(long, value_enum, default_value_t = HealthArg::Unknown)]
+    health: HealthArg,
+    /// The task's site, if it differs from its agent's.
+    #[arg(long)]
+    site: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StateArg {
+    Running,
+    Draining,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HealthArg {
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VipsCommand {
+    /// List VIPs with their addresses and backends.
+    Ls {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCommand {
+    /// Write every record of a catalog document into etcd (existing keys are replaced).
+    Put {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// The document (TOML, or JSON by its .json extension).
+        file: PathBuf,
+    },
+}
+
+fn parse_port_spec(s: &str) -> Result<Port, String> {
+    let (rest, protocol) = match s.rsplit_once('/') {
+        Some((r, p)) => (r, Some(p.parse::<Protocol>()?)),
+        None => (s, None),
+    };
+    let (name, number) = match rest.rsplit_once(':') {
+        Some((n, num)) if !n.is_empty() => (Some(n.to_string()), num),
+        Some(_) => return Err(format!("invalid port {s:?}: empty name before ':'")),
+        None => (None, rest),
+    };
+    let number: u16 = number.parse().ok().filter(|n| *n != 0).ok_or_else(|| {
+        format!("invalid port {s:?}: expected [NAME:]NUMBER[/tcp|udp] with NUMBER in 1..=65535")
+    })?;
+    Ok(Port {
+        number,
+        name,
+        protocol: Some(protocol.unwrap_or_default()),
+        labels: BTreeMap::new(),
+    })
+}
+
+fn parse_vip_spec(s: &str) -> Result<(u16, String), String> {
+    let (port, vip) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid VIP {s:?}: expected PORT=VIP, e.g. 8080=/web:80"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid VIP {s:?}: {port:?} is not a port number"))?;
+    parse_vip_label(vip).map_err(|e| e.to_string())?;
+    Ok((port, vip.to_string()))
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("invalid label {s:?}: expected KEY=VALUE"))
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    match args.command {
+        Command::Services { command } => services(command).await,
+        Command::Vips {
+            command: VipsCommand::Ls { source, json },
+        } => {
+            let snapshot = load(&source).await?;
+            if json {
+                print_json(&snapshot.vips())
+            } else {
+                print_vips(&snapshot);
+                Ok(())
+            }
+        }
+        Command::Catalog {
+            command: CatalogCommand::Put { etcd, file },
+        } => {
+            let records = read_file(&file)?.into_records();
+            let store = connect(&etcd).await?;
+            let revision = store.put(&records).await?;
+            println!("wrote {} records (revision {revision})", records.len());
+            Ok(())
+        }
+        Command::Snapshot { source } => {
+            let snapshot = load(&source).await?;
+            print_json(&SnapshotView::from(&*snapshot))
+        }
+    }
+}
+
+async fn connect(etcd: &EtcdArgs) -> Result<EtcdStore> {
+    Ok(EtcdStore::connect(EtcdConfig::from_list(&etcd.etcd)).await?)
+}
+
+/// Reads the catalog from the chosen source.
+async fn load(source: &SourceArgs) -> Result<Arc<Snapshot>> {
+    if let Some(list) = &source.etcd {
+        let store = EtcdStore::connect(EtcdConfig::from_list(list)).await?;
+        let loaded = store.load(None).await?;
+        for r in &loaded.rejected {
+            eprintln!("lodestar: warning: skipped {r}");
+        }
+        return Ok(Arc::new(
+            loaded.state.snapshot(loaded.revision, store.source()),
+        ));
+    }
+    if let Some(path) = &source.catalog {
+        let doc = read_file(path)?;
+        return Ok(Arc::new(
+            doc.into_state()
+                .snapshot(1, Source::File(path.display().to_string())),
+        ));
+    }
+    Ok(Arc::new(demo::snapshot()))
+}
+
+async fn services(command: ServicesCommand) -> Result<()> {
+    match command {
+        ServicesCommand::Put(put) => {
+            let store = connect(&put.etcd).await?;
+            let id = put.id.clone();
+            let task = task_from_args(put)?;
+            let revision = store.put(&[Record::Task(task)]).await?;
+            println!("registered task {id} (revision {revision})");
+            Ok(())
+        }
+        ServicesCommand::Rm { etcd, ids } => {
+            let store = connect(&etcd).await?;
+            let mut missing = Vec::new();
+            for id in &ids {
+                if store.delete(Kind::Task, id).await? {
+                    println!("removed task {id}");
+                } else {
+                    missing.push(id.as_str());
+                }
+            }
+            if !missing.is_empty() {
+                bail!("no task with id {} in etcd", missing.join(", "));
+            }
+            Ok(())
+        }
+        ServicesCommand::Ls { etcd, json } => {
+            let snapshot = load(&SourceArgs {
+                etcd: Some(etcd.etcd),
+                catalog: None,
+            })
+            .await?;
+            if json {
+                let tasks: Vec<&Task> = snapshot.tasks.values().map(|t| &**t).collect();
+                print_json(&tasks)
+            } else {
+                print_tasks(&snapshot);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn task_from_args(put: PutArgs) -> Result<Task> {
+    let mut ports = put.ports;
+    for (port, vip) in put.vips {
+        let Some(p) = ports.iter_mut().find(|p| p.number == port) else {
+            bail!("--vip {port}={vip}: no --port with number {port}");
+        };
+        let n = p.labels.keys().filter(|k| k.starts_with("VIP_")).count();
+        p.labels.insert(format!("VIP_{n}"), vip);
+    }
+    if put.id.is_empty() {
+        bail!("--id must not be empty");
+    }
+    Ok(Task {
+        id: put.id,
+        name: put.name.clone(),
+        framework: put.framework,
+        agent: put.agent,
+        state: match put.state {
+            StateArg::Running => TaskState::Running,
+            StateArg::Draining => TaskState::Draining,
+        },
+        ips: put
+            .ips
+            .into_iter()
+            .map(|ip| TaskIp {
+                ip,
+                source: IpSource::Netinfo,
+            })
+            .collect(),
+        ports: ports
+            .iter()
+            .map(|p| Port {
+                number: p.number,
+                name: None,
+                protocol: None,
+                labels: BTreeMap::new(),
+            })
+            .collect(),
+        discovery: Some(DiscoveryInfo {
+            name: Some(put.discovery_name.unwrap_or(put.name)),
+            ports,
+            labels: BTreeMap::new(),
+        }),
+        labels: put.labels.into_iter().collect(),
+        health: match put.health {
+            HealthArg::Unknown => Health::Unknown,
+            HealthArg::Healthy => Health::Healthy,
+            HealthArg::Unhealthy => Health::Unhealthy,
+        },
+        site: put.site,
+    })
+}
+
+fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    println!("{text}");
+    Ok(())
+}
+
+fn lower<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Prints rows as left-aligned columns.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn print_tasks(snapshot: &Snapshot) {
+    let rows = snapshot
+        .tasks
+        .values()
+        .map(|t| {
+            let ports: Vec<String> = match &t.discovery {
+                Some(d) if !d.ports.is_empty() => d
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let proto = p.protocol.unwrap_or_default();
+                        match &p.name {
+                            Some(n) => format!("{n}:{}/{proto}", p.number),
+                            None => format!("{}/{proto}", p.number),
+                        }
+                    })
+                    .collect(),
+                _ => t.ports.iter().map(|p| p.number.to_string()).collect(),
+            };
+            vec![
+                t.id.clone(),
+                t.name.clone(),
+                t.framework.clone(),
+                t.agent.clone(),
+                lower(&t.state),
+                lower(&t.health),
+                t.ips
+                    .iter()
+                    .map(|i| i.ip.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ports.join(","),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "NAME",
+            "FRAMEWORK",
+            "AGENT",
+            "STATE",
+            "HEALTH",
+            "IPS",
+            "PORTS",
+        ],
+        rows,
+    );
+}
+
+fn print_vips(snapshot: &Snapshot) {
+    let mut rows = Vec::new();
+    for vip in snapshot.vips() {
+        let addresses: Vec<String> = vip.addresses.iter().map(ToString::to_string).collect();
+        let addresses = if addresses.is_empty() {
+            "(not allocated)".to_string()
+        } else {
+            addresses.join(",")
+        };
+        if vip.backends.is_empty() {
+            rows.push(vec![
+                vip.key.to_string(),
+                addresses.clone(),
+                "-".into(),
+                String::new(),
+            ]);
+        }
+        for (i, b) in vip.backends.iter().enumerate() {
+            let ips: Vec<String> = b.ips.iter().map(ToString::to_string).collect();
+            let target = format!("{}:{}", ips.join(","), b.port);
+            let detail = format!(
+                "{} {} {} site={}",
+                b.task,
+                lower(&b.state),
+                lower(&b.health),
+                b.site.as_deref().unwrap_or("-")
+            );
+            let (k, a) = if i == 0 {
+                (vip.key.to_string(), addresses.clone())
+            } else {
+                (String::new(), String::new())
+            };
+            rows.push(vec![k, a, target, detail]);
+        }
+    }
+    print_table(
+        &["VIP", "ADDRESSES", "BACKEND", "TASK STATE HEALTH SITE"],
+        rows,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs() {
+        let p = parse_port_spec("http:8080/udp").unwrap();
+        assert_eq!(
+            (p.name.as_deref(), p.number, p.protocol),
+            (Some("http"), 8080, Some(Protocol::Udp))
+        );
+        let p = parse_port_spec("53").unwrap();
+        assert_eq!(
+            (p.name, p.number, p.protocol),
+            (None, 53, Some(Protocol::Tcp))
+        );
+        for bad in ["", "0", "x:70000", ":80", "80/sctp", "http"] {
+            assert!(parse_port_spec(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vip_specs() {
+        assert_eq!(
+            parse_vip_spec("8080=/web:80").unwrap(),
+            (8080, "/web:80".into())
+        );
+        for bad in ["8080", "x=/web:80", "8080=web:80", "8080=/web"] {
+            assert!(parse_vip_spec(bad).is_err(), "{bad}");
+        }
+    }
+}

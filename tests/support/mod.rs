@@ -1,0 +1,28 @@
+//! Shared test harness: real etcd, the real `lodestar` binary, patience instead of sleeps.
+#![allow(dead_code)]
+
+pub mod etcd;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use etcd::EtcdServer;
+
+/// Waits until `check` returns `Some`, polling; fails the test with `what` after `patience`.
+pub async fn eventually<T, F, Fut>(patience: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up after {patience:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
