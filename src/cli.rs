@@ -279,9 +279,10 @@ async fn load(source: &SourceArgs) -> Result<Arc<Snapshot>> {
 async fn services(command: ServicesCommand) -> Result<()> {
     match command {
         ServicesCommand::Put(put) => {
-            let store = connect(&put.etcd).await?;
             let id = put.id.clone();
+            let etcd = put.etcd.etcd.clone();
             let task = task_from_args(put)?;
+            let store = connect(&EtcdArgs { etcd }).await?;
             let revision = store.put(&[Record::Task(task)]).await?;
             println!("registered task {id} (revision {revision})");
             Ok(())

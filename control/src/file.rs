@@ -62,7 +62,9 @@ impl CatalogDocument {
         };
         let doc: CatalogDocument = match format {
             Format::Json => serde_json::from_str(text).map_err(|e| invalid(vec![e.to_string()]))?,
-            Format::Toml => toml::from_str(text).map_err(|e| invalid(vec![e.to_string()]))?,
+            Format::Toml => {
+                toml::from_str(text).map_err(|e| invalid(vec![toml_error(text, &e)]))?
+            }
         };
         let problems = doc.problems();
         if problems.is_empty() {
@@ -144,6 +146,20 @@ impl CatalogDocument {
             state.upsert(r);
         }
         state
+    }
+}
+
+/// A TOML error on one line: `line L, column C: message` (toml's own text spans several).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
     }
 }
 

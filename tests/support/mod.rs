@@ -1,5 +1,5 @@
 //! Shared test harness: real etcd, the real `lodestar` binary, patience instead of sleeps.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod etcd;
 
