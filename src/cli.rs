@@ -1,7 +1,6 @@
 //! Command-line interface: `lodestar services|vips|catalog|snapshot`.
 //! Every command that talks to etcd takes `--etcd URL[,URL...]` (env `LODESTAR_ETCD`).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +10,8 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use lodestar_control::file::read_file;
 use lodestar_control::keys::{Kind, Record};
 use lodestar_control::model::{
-    parse_vip_label, DiscoveryInfo, Health, IpSource, Port, Protocol, Task, TaskIp, TaskState,
+    parse_vip_label, DiscoveryInfo, Health, IpSource, Labels, Port, Protocol, Task, TaskIp,
+    TaskState,
 };
 use lodestar_control::{demo, EtcdConfig, EtcdStore, Snapshot, SnapshotView, Source};
 
@@ -86,7 +86,7 @@ pub struct SourceArgs {
 #[derive(Subcommand, Debug)]
 pub enum ServicesCommand {
     /// Register (or replace) a task.
-    Put(PutArgs),
+    Put(Box<PutArgs>),
     /// Remove tasks by id.
     Rm {
         #[command(flatten)]
@@ -198,7 +198,7 @@ fn parse_port_spec(s: &str) -> Result<Port, String> {
         number,
         name,
         protocol: Some(protocol.unwrap_or_default()),
-        labels: BTreeMap::new(),
+        labels: Labels::default(),
     })
 }
 
@@ -281,7 +281,7 @@ async fn services(command: ServicesCommand) -> Result<()> {
         ServicesCommand::Put(put) => {
             let id = put.id.clone();
             let etcd = put.etcd.etcd.clone();
-            let task = task_from_args(put)?;
+            let task = task_from_args(*put)?;
             let store = connect(&EtcdArgs { etcd }).await?;
             let revision = store.put(&[Record::Task(task)]).await?;
             println!("registered task {id} (revision {revision})");
@@ -354,13 +354,13 @@ fn task_from_args(put: PutArgs) -> Result<Task> {
                 number: p.number,
                 name: None,
                 protocol: None,
-                labels: BTreeMap::new(),
+                labels: Labels::default(),
             })
             .collect(),
         discovery: Some(DiscoveryInfo {
             name: Some(put.discovery_name.unwrap_or(put.name)),
             ports,
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
         }),
         labels: put.labels.into_iter().collect(),
         health: match put.health {

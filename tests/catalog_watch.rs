@@ -3,14 +3,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lodestar_control::keys::{self, Kind, Record};
 use lodestar_control::model::{
-    DiscoveryInfo, Health, IpSource, Port, Protocol, Task, TaskIp, TaskState,
+    DiscoveryInfo, Health, IpSource, Labels, Port, Protocol, Task, TaskIp, TaskState,
 };
 use lodestar_control::{CatalogWatch, EtcdConfig, EtcdStore, Snapshot, WatchConfig};
 use support::{eventually, EtcdServer};
@@ -18,7 +17,7 @@ use support::{eventually, EtcdServer};
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn task(i: usize, vip: Option<&str>) -> Task {
-    let labels: BTreeMap<String, String> = vip
+    let labels: Labels = vip
         .map(|v| [("VIP_0".to_string(), v.to_string())].into())
         .unwrap_or_default();
     Task {
@@ -37,7 +36,7 @@ fn task(i: usize, vip: Option<&str>) -> Task {
             number: 31000 + (i % 1000) as u16,
             name: None,
             protocol: None,
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
         }],
         discovery: Some(DiscoveryInfo {
             name: None,
@@ -47,9 +46,9 @@ fn task(i: usize, vip: Option<&str>) -> Task {
                 protocol: Some(Protocol::Tcp),
                 labels,
             }],
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
         }),
-        labels: BTreeMap::new(),
+        labels: Labels::default(),
         health: Health::Healthy,
         site: None,
     }
@@ -171,10 +170,12 @@ async fn a_burst_of_10000_changes_costs_a_handful_of_rebuilds() {
     assert_eq!(snap.tasks.len(), 10_000);
 
     let rebuilds = watch.stats().snapshots_published.load(Ordering::Relaxed) - before;
-    // At most one rebuild per min_interval while the burst lasts (plus the first and last),
-    // however the 79 transactions are spread over that time.
-    let min_interval = WatchConfig::default().min_interval;
-    let bound = (elapsed.as_millis() / min_interval.as_millis()) as u64 + 2;
+    // Until `burst_events` changes have arrived each transaction may be published on its own
+    // (128 changes each); after that, at most one rebuild per min_interval, however the 79
+    // transactions are spread over the burst.
+    let config = WatchConfig::default();
+    let before_burst = config.burst_events.div_ceil(128) + 1;
+    let bound = (elapsed.as_millis() / config.min_interval.as_millis()) as u64 + before_burst + 1;
     assert!(
         rebuilds <= bound,
         "{rebuilds} rebuilds for 10,000 changes in {elapsed:?} (bound {bound})"
@@ -290,7 +291,7 @@ async fn malformed_values_are_skipped_counted_and_never_stop_the_watch() {
     let s = store(&etcd.endpoint()).await;
     let mut raw = s.client();
     let good = Record::Task(task(1, Some("/web:80")));
-    s.put(&[good.clone()]).await.unwrap();
+    s.put(std::slice::from_ref(&good)).await.unwrap();
     raw.put(keys::key(Kind::Task, "garbage"), "{not json", None)
         .await
         .unwrap();
@@ -350,4 +351,23 @@ async fn an_unreachable_etcd_publishes_nothing_and_retries() {
     .await;
     assert!(!watch.current().is_loaded());
     assert_eq!(watch.stats().snapshots_published.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn isolated_writes_are_published_without_the_burst_rate_limit() {
+    let etcd = EtcdServer::start();
+    let s = store(&etcd.endpoint()).await;
+    // With an hour between rebuilds during bursts, only the isolated-write path can
+    // publish these in time.
+    let slow_bursts = WatchConfig {
+        min_interval: Duration::from_secs(3600),
+        ..fast_watch()
+    };
+    let watch = CatalogWatch::spawn(config(&etcd.endpoint()), slow_bursts);
+    snapshot_where(&watch, "the initial load", |s| s.is_loaded()).await;
+    for i in 0..20 {
+        let rev = s.put(&[Record::Task(task(i, None))]).await.unwrap();
+        let snap = snapshot_where(&watch, "an isolated write", |s| s.revision >= rev).await;
+        assert_eq!(snap.tasks.len(), i + 1);
+    }
 }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp};
 use tracing::warn;
 
 use crate::error::{is_compacted_error, StoreError};
@@ -169,36 +169,18 @@ impl EtcdStore {
     }
 
     async fn load_once(&self, previous: Option<&CatalogState>) -> Result<Loaded, StoreError> {
-        let end = keys::prefix_end(PREFIX.as_bytes());
-        let mut start = PREFIX.as_bytes().to_vec();
+        // Fetching the next page overlaps decoding this one.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let fetcher = self.clone();
+        let producer = tokio::spawn(async move { fetcher.fetch_pages(tx).await });
         let mut revision = 0;
         let mut state = CatalogState::new();
         let mut rejected = Vec::new();
         let mut pages = 0;
-        loop {
+        while let Some(page) = rx.recv().await {
+            let (page_revision, kvs): (i64, Vec<KeyValue>) = page?;
             pages += 1;
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(self.config.page_size);
-            if revision > 0 {
-                opts = opts.with_revision(revision);
-            }
-            let mut c = self.client.clone();
-            let key = start.clone();
-            let mut resp = self
-                .bounded("range read", self.config.request_timeout, async move {
-                    c.get(key, Some(opts)).await
-                })
-                .await?;
-            if revision == 0 {
-                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            }
-            let more = resp.more();
-            let kvs = resp.take_kvs();
-            if let Some(last) = kvs.last() {
-                start = last.key().to_vec();
-                start.push(0);
-            }
+            revision = page_revision;
             for kv in &kvs {
                 match state.apply_put(kv.key(), kv.value()) {
                     Ok(vip_errors) => note_vip_errors(kv.key(), &vip_errors),
@@ -211,16 +193,59 @@ impl EtcdStore {
                     }
                 }
             }
-            if !more || kvs.is_empty() {
-                break;
-            }
         }
+        producer.abort();
         Ok(Loaded {
             state,
             revision,
             rejected,
             pages,
         })
+    }
+
+    /// Sends the catalog's pages, all at the revision of the first, then closes the channel.
+    async fn fetch_pages(
+        &self,
+        tx: tokio::sync::mpsc::Sender<Result<(i64, Vec<KeyValue>), StoreError>>,
+    ) {
+        let end = keys::prefix_end(PREFIX.as_bytes());
+        let mut start = PREFIX.as_bytes().to_vec();
+        let mut revision = 0;
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(self.config.page_size);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let mut c = self.client.clone();
+            let key = start.clone();
+            let page = self
+                .bounded("range read", self.config.request_timeout, async move {
+                    c.get(key, Some(opts)).await
+                })
+                .await;
+            let mut resp = match page {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            if let Some(last) = kvs.last() {
+                start = last.key().to_vec();
+                start.push(0);
+            }
+            let done = !more || kvs.is_empty();
+            if tx.send(Ok((revision, kvs))).await.is_err() || done {
+                return;
+            }
+        }
     }
 
     /// Writes records, in transactions of at most `MAX_TXN_OPS`. Returns the last revision.

@@ -1,12 +1,11 @@
 //! The catalog model: what etcd (or a catalog file) says about tasks, agents,
 //! frameworks, masters and VIP addresses. Every value is plain JSON with a schema version.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The schema version this build reads and writes. A value with another version is rejected.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -45,6 +44,91 @@ impl FromStr for Protocol {
             "udp" => Ok(Protocol::Udp),
             other => Err(format!("unknown protocol {other:?} (expected tcp or udp)")),
         }
+    }
+}
+
+/// Key/value labels, stored as a small vector: most carry one to three entries, and a map
+/// per task, per port would cost a kilobyte each at 100,000 tasks. Serialized as a JSON
+/// object / TOML table; a repeated key keeps its last value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `key`, replacing an earlier value.
+    pub fn insert(&mut self, key: String, value: String) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        let mut labels = Labels::default();
+        for (k, v) in iter {
+            labels.insert(k, v);
+        }
+        labels
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Labels {
+    fn from(pairs: [(String, String); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Labels;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of string labels")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Labels, A::Error> {
+                let mut labels = Labels(Vec::with_capacity(map.size_hint().unwrap_or(0).min(64)));
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    labels.insert(k, v);
+                }
+                labels.0.shrink_to_fit();
+                Ok(labels)
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 
@@ -118,8 +202,8 @@ pub struct Port {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
     /// Port labels; `VIP_<n>` labels put the task behind a VIP.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 /// Mesos DiscoveryInfo: the name and ports a task asks to be discovered by.
@@ -130,8 +214,8 @@ pub struct DiscoveryInfo {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 /// A task: one key in etcd, so that a change to it is one small watch event.
@@ -154,8 +238,8 @@ pub struct Task {
     pub ports: Vec<Port>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryInfo>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     #[serde(default)]
     pub health: Health,
     /// The task's site, when known; otherwise its agent's.
@@ -300,7 +384,7 @@ impl Task {
         let mut errors = Vec::new();
         let ports = self.discovery.iter().flat_map(|d| d.ports.iter());
         for port in ports {
-            for (key, value) in &port.labels {
+            for (key, value) in port.labels.iter() {
                 if !is_vip_label(key) {
                     continue;
                 }

@@ -313,11 +313,10 @@ impl<'a> From<&'a Snapshot> for SnapshotView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DiscoveryInfo, IpSource, Port, Protocol, TaskIp};
-    use std::collections::BTreeMap;
+    use crate::model::{DiscoveryInfo, IpSource, Labels, Port, Protocol, TaskIp};
 
     fn task(id: &str, vip: Option<&str>) -> Task {
-        let labels: BTreeMap<String, String> = vip
+        let labels: Labels = vip
             .map(|v| [("VIP_0".to_string(), v.to_string())].into())
             .unwrap_or_default();
         Task {

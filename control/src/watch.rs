@@ -23,9 +23,12 @@ use crate::snapshot::{CatalogState, Snapshot};
 pub struct WatchConfig {
     /// How long after the first change of a burst the first snapshot is published.
     pub quiet: Duration,
-    /// Minimum time between two published snapshots: a burst of 10,000 changes in one
-    /// second costs about 1 s / `min_interval` rebuilds.
+    /// Minimum time between two published snapshots during a burst: 10,000 changes in one
+    /// second cost about 1 s / `min_interval` rebuilds.
     pub min_interval: Duration,
+    /// Changes per second from which the watch counts as in a burst. Below it every change is
+    /// published after `quiet` alone, so isolated writes see no rate limit.
+    pub burst_events: u64,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
 }
@@ -33,8 +36,9 @@ pub struct WatchConfig {
 impl Default for WatchConfig {
     fn default() -> Self {
         WatchConfig {
-            quiet: Duration::from_millis(5),
+            quiet: Duration::from_millis(2),
             min_interval: Duration::from_millis(100),
+            burst_events: 256,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
         }
@@ -88,6 +92,7 @@ impl CatalogWatch {
             state: None,
             revision: 0,
             last_publish: None,
+            rate: EventRate::default(),
         };
         let task = tokio::spawn(worker.run());
         CatalogWatch { rx, stats, task }
@@ -122,6 +127,43 @@ struct Worker {
     /// Every event up to this revision is in `state`.
     revision: i64,
     last_publish: Option<Instant>,
+    rate: EventRate,
+}
+
+/// Events applied in the current and the previous one-second bucket.
+#[derive(Default)]
+struct EventRate {
+    bucket_start: Option<Instant>,
+    current: u64,
+    previous: u64,
+}
+
+impl EventRate {
+    fn add(&mut self, now: Instant, n: u64) {
+        self.roll(now);
+        self.current += n;
+    }
+
+    fn roll(&mut self, now: Instant) {
+        match self.bucket_start {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
+            Some(start) if now.duration_since(start) < Duration::from_secs(2) => {
+                self.previous = self.current;
+                self.current = 0;
+                self.bucket_start = Some(start + Duration::from_secs(1));
+            }
+            _ => {
+                self.previous = 0;
+                self.current = 0;
+                self.bucket_start = Some(now);
+            }
+        }
+    }
+
+    /// Events seen within roughly the last one to two seconds.
+    fn recent(&self) -> u64 {
+        self.current + self.previous
+    }
 }
 
 impl Worker {
@@ -264,7 +306,9 @@ impl Worker {
                 self.revision = self.revision.max(kv.mod_revision());
             }
             self.stats.revision.store(self.revision, Ordering::Relaxed);
-            pending_since.get_or_insert_with(Instant::now);
+            let now = Instant::now();
+            self.rate.add(now, events.len() as u64);
+            pending_since.get_or_insert(now);
         };
         // Whole revisions arrive in one response, so what was applied is consistent: publish it.
         if pending_since.is_some() {
@@ -273,13 +317,15 @@ impl Worker {
         result
     }
 
-    /// When a burst that started at `since` is published: after `quiet`, and never sooner
-    /// than `min_interval` after the previous snapshot.
+    /// When changes pending since `since` are published: after `quiet`; and during a burst,
+    /// never sooner than `min_interval` after the previous snapshot.
     fn publish_at(&self, since: Instant) -> Instant {
         let after_quiet = since + self.config.quiet;
         match self.last_publish {
-            Some(last) => after_quiet.max(last + self.config.min_interval),
-            None => after_quiet,
+            Some(last) if self.rate.recent() >= self.config.burst_events => {
+                after_quiet.max(last + self.config.min_interval)
+            }
+            _ => after_quiet,
         }
     }
 
