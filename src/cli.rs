@@ -127,9 +127,9 @@ pub struct PutArgs {
     /// A discovery port, `[NAME:]NUMBER[/tcp|udp]`; repeat for several.
     #[arg(long = "port", value_name = "PORT", value_parser = parse_port_spec)]
     ports: Vec<Port>,
-    /// Put a discovery port behind a VIP: `PORT=/group/app:80` or `PORT=198.19.0.1:80`.
+    /// Put a discovery port behind a VIP: `PORT[/tcp|udp]=/group/app:80` or `PORT=198.19.0.1:80`.
     #[arg(long = "vip", value_name = "PORT=VIP", value_parser = parse_vip_spec)]
-    vips: Vec<(u16, String)>,
+    vips: Vec<VipSpec>,
     /// DiscoveryInfo name (DNS label); defaults to --name.
     #[arg(long)]
     discovery_name: Option<String>,
@@ -202,15 +202,31 @@ fn parse_port_spec(s: &str) -> Result<Port, String> {
     })
 }
 
-fn parse_vip_spec(s: &str) -> Result<(u16, String), String> {
+/// `--vip PORT[/PROTO]=VIP`: which discovery port goes behind which VIP.
+#[derive(Clone, Debug, PartialEq)]
+struct VipSpec {
+    port: u16,
+    protocol: Option<Protocol>,
+    vip: String,
+}
+
+fn parse_vip_spec(s: &str) -> Result<VipSpec, String> {
     let (port, vip) = s
         .split_once('=')
         .ok_or_else(|| format!("invalid VIP {s:?}: expected PORT=VIP, e.g. 8080=/web:80"))?;
+    let (port, protocol) = match port.split_once('/') {
+        Some((p, proto)) => (p, Some(proto.parse::<Protocol>()?)),
+        None => (port, None),
+    };
     let port: u16 = port
         .parse()
         .map_err(|_| format!("invalid VIP {s:?}: {port:?} is not a port number"))?;
     parse_vip_label(vip).map_err(|e| e.to_string())?;
-    Ok((port, vip.to_string()))
+    Ok(VipSpec {
+        port,
+        protocol,
+        vip: vip.to_string(),
+    })
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -321,12 +337,21 @@ async fn services(command: ServicesCommand) -> Result<()> {
 
 fn task_from_args(put: PutArgs) -> Result<Task> {
     let mut ports = put.ports;
-    for (port, vip) in put.vips {
-        let Some(p) = ports.iter_mut().find(|p| p.number == port) else {
-            bail!("--vip {port}={vip}: no --port with number {port}");
+    for spec in put.vips {
+        let wanted = |p: &&mut Port| {
+            p.number == spec.port && spec.protocol.is_none_or(|proto| p.protocol == Some(proto))
+        };
+        let Some(p) = ports.iter_mut().find(wanted) else {
+            let proto = spec.protocol.map(|p| format!("/{p}")).unwrap_or_default();
+            bail!(
+                "--vip {}{proto}={}: no --port with number {}{proto}",
+                spec.port,
+                spec.vip,
+                spec.port
+            );
         };
         let n = p.labels.keys().filter(|k| k.starts_with("VIP_")).count();
-        p.labels.insert(format!("VIP_{n}"), vip);
+        p.labels.insert(format!("VIP_{n}"), spec.vip);
     }
     if put.id.is_empty() {
         bail!("--id must not be empty");
@@ -524,11 +549,20 @@ mod tests {
 
     #[test]
     fn vip_specs() {
+        let spec = parse_vip_spec("8080=/web:80").unwrap();
         assert_eq!(
-            parse_vip_spec("8080=/web:80").unwrap(),
-            (8080, "/web:80".into())
+            (spec.port, spec.protocol, spec.vip.as_str()),
+            (8080, None, "/web:80")
         );
-        for bad in ["8080", "x=/web:80", "8080=web:80", "8080=/web"] {
+        let spec = parse_vip_spec("53/udp=198.19.0.53:53").unwrap();
+        assert_eq!((spec.port, spec.protocol), (53, Some(Protocol::Udp)));
+        for bad in [
+            "8080",
+            "x=/web:80",
+            "8080=web:80",
+            "8080=/web",
+            "53/sctp=/dns:53",
+        ] {
             assert!(parse_vip_spec(bad).is_err(), "{bad}");
         }
     }

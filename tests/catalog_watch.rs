@@ -371,3 +371,91 @@ async fn isolated_writes_are_published_without_the_burst_rate_limit() {
         assert_eq!(snap.tasks.len(), i + 1);
     }
 }
+
+/// A task whose value is about 100 KB (a big label), to push pages and watch responses past
+/// gRPC's default 4 MiB message limit.
+fn big_task(i: usize) -> Task {
+    let mut t = task(i, Some("/big:80"));
+    t.labels = [("blob".to_string(), "x".repeat(100_000))].into();
+    t
+}
+
+#[tokio::test]
+async fn pages_and_watch_catch_up_beyond_4_mib_still_load() {
+    let mut etcd = EtcdServer::start();
+    let s = store(&etcd.endpoint()).await;
+    // 60 x 100 KB: one page of 500 keys is 6 MB.
+    let rev = s
+        .put(
+            &(0..60)
+                .map(|i| Record::Task(big_task(i)))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let watch = CatalogWatch::spawn(config(&etcd.endpoint()), fast_watch());
+    let snap = snapshot_where(&watch, "the initial load of big values", |s| {
+        s.revision >= rev
+    })
+    .await;
+    assert_eq!(snap.tasks.len(), 60);
+
+    // Catching up after an outage: 60 more revisions, 6 MB, arrive in one watch response.
+    let hidden = etcd.restart_hidden();
+    let writer = store(&hidden).await;
+    let mut last = 0;
+    for i in 60..120 {
+        last = writer.put(&[Record::Task(big_task(i))]).await.unwrap();
+    }
+    drop(writer);
+    etcd.restart();
+    let snap = snapshot_where(&watch, "the catch-up of big values", |s| s.revision >= last).await;
+    assert_eq!(snap.tasks.len(), 120);
+    assert_eq!(snap.vips()[0].backends.len(), 120);
+    // It followed the watch: no fallback to a full read was needed.
+    assert_eq!(watch.stats().full_loads.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_frozen_etcd_is_detected_and_the_watch_recovers_when_it_thaws() {
+    let etcd = EtcdServer::start();
+    let s = store(&etcd.endpoint()).await;
+    s.put(&[Record::Task(task(1, None))]).await.unwrap();
+    let quick = WatchConfig {
+        progress_interval: Duration::from_millis(300),
+        stall_after: Duration::from_secs(1),
+        ..fast_watch()
+    };
+    let watch = CatalogWatch::spawn(config(&etcd.endpoint()), quick);
+    snapshot_where(&watch, "the initial load", |s| s.tasks.len() == 1).await;
+    eventually(PATIENCE, "the watch to be established", || async {
+        watch
+            .stats()
+            .connected
+            .load(Ordering::Relaxed)
+            .then_some(())
+    })
+    .await;
+
+    // A partition that resets nothing: the sockets stay open, nothing answers.
+    etcd.pause();
+    eventually(
+        PATIENCE,
+        "the watcher to give up on the silent stream",
+        || async { (!watch.stats().connected.load(Ordering::Relaxed)).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        watch.current().tasks.len(),
+        1,
+        "the last snapshot stays published"
+    );
+
+    etcd.resume();
+    let rev = s.put(&[Record::Task(task(2, None))]).await.unwrap();
+    let snap = snapshot_where(&watch, "the watch to resume after the thaw", |s| {
+        s.revision >= rev
+    })
+    .await;
+    assert_eq!(snap.tasks.len(), 2);
+}

@@ -93,6 +93,36 @@ fn services_put_ls_rm_and_vips_ls_through_etcd() {
         "{table}"
     );
 
+    // The same port number on both protocols, each behind its own VIP.
+    ok(&[
+        "services",
+        "put",
+        "--etcd",
+        &e,
+        "--id",
+        "dns.1",
+        "--name",
+        "dns",
+        "--agent",
+        "a1",
+        "--ip",
+        "198.18.0.53",
+        "--port",
+        "dns:53/tcp",
+        "--port",
+        "dns:53/udp",
+        "--vip",
+        "53/udp=198.19.0.53:53",
+        "--vip",
+        "53/tcp=198.19.0.53:53",
+    ]);
+    let vips = ok(&["vips", "ls", "--etcd", &e]);
+    assert!(
+        vips.contains("198.19.0.53:53/udp") && vips.contains("198.19.0.53:53/tcp"),
+        "{vips}"
+    );
+    ok(&["services", "rm", "--etcd", &e, "dns.1"]);
+
     let out = ok(&["services", "rm", "--etcd", &e, "web.1"]);
     assert!(out.contains("removed task web.1"), "{out}");
     let snap: serde_json::Value = serde_json::from_str(&ok(&["snapshot", "--etcd", &e])).unwrap();

@@ -110,3 +110,24 @@ async fn json_catalogs_are_read_too_and_a_broken_start_is_an_error() {
         .expect("a missing file must not start");
     assert!(err.to_string().contains("missing.toml"), "{err}");
 }
+
+#[tokio::test]
+async fn a_same_size_rewrite_with_the_old_mtime_is_still_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.toml");
+    std::fs::write(&path, one_task("t1")).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let store = FileStore::spawn(&path, POLL).unwrap();
+
+    // Same length, same mtime, rewritten in place: only the content (and ctime) differ.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut &f, one_task("t2").as_bytes()).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let snap = eventually(PATIENCE, "the in-place rewrite", || async {
+        let s = store.current();
+        (s.revision == 2).then_some(s)
+    })
+    .await;
+    assert_eq!(snap.tasks.keys().collect::<Vec<_>>(), ["t2"]);
+}

@@ -33,6 +33,10 @@ pub enum StoreError {
     WatchCanceled { reason: String },
     #[error("etcd watch stream ended")]
     WatchEnded,
+    #[error("etcd watch silent for {after:?} despite progress requests")]
+    WatchStalled { after: Duration },
+    #[error("the catalog read stopped before its last page")]
+    LoadInterrupted,
     #[error("cannot read catalog file {path}: {source}")]
     FileRead {
         path: PathBuf,
@@ -47,7 +51,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Is this etcd's "required revision has been compacted"?
+    /// Is this etcd's "required revision has been compacted", from a read or a watch?
     pub fn is_compacted(&self) -> bool {
         match self {
             StoreError::Compacted { .. } => true,

@@ -4,16 +4,27 @@
 use std::future::Future;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp};
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, KeyValue, KvClient, Txn, TxnOp, WatchClient,
+};
 use tracing::warn;
 
-use crate::error::{is_compacted_error, StoreError};
+use crate::error::StoreError;
 use crate::keys::{self, Kind, Record, Rejection, PREFIX};
 use crate::metrics::count_rejection;
 use crate::snapshot::{CatalogState, Source};
 
 /// etcd refuses transactions with more operations than this (its `--max-txn-ops` default).
 pub const MAX_TXN_OPS: usize = 128;
+
+/// Bytes of keys and values per transaction: below etcd's `--max-request-bytes` default
+/// (1.5 MiB) with room for the request's framing.
+pub const MAX_TXN_BYTES: usize = 1 << 20;
+
+/// Largest gRPC message we decode (tonic's default is 4 MiB). A watch that catches up after an
+/// outage receives up to 1,000 revisions in one response, and a page of large values can exceed
+/// 4 MiB; a page that still exceeds this is read again at half the size.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// How to reach etcd.
 #[derive(Clone, Debug)]
@@ -68,6 +79,8 @@ pub struct Loaded {
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    kv: KvClient,
+    watch: WatchClient,
     config: EtcdConfig,
 }
 
@@ -85,7 +98,9 @@ impl EtcdStore {
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the quorum cancels our watch instead of going quiet.
+            .with_require_leader(true);
         let connect = Client::connect(&config.endpoints, Some(options));
         let client = match tokio::time::timeout(config.connect_timeout, connect).await {
             Err(_) => {
@@ -106,9 +121,18 @@ impl EtcdStore {
             Ok(Err(error)) => return Err(StoreError::Unreachable { endpoints, error }),
             Ok(Ok(c)) => c,
         };
-        let store = EtcdStore { client, config };
+        let store = EtcdStore {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            client,
+            config,
+        };
         // A cheap read proves the cluster answers (and has a leader).
-        let mut c = store.client.clone();
+        let mut c = store.kv.clone();
         store
             .bounded("connect", store.config.connect_timeout, async move {
                 c.get(PREFIX, Some(GetOptions::new().with_count_only()))
@@ -131,6 +155,11 @@ impl EtcdStore {
 
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// A watch client that accepts large catch-up responses.
+    pub fn watch_client(&self) -> WatchClient {
+        self.watch.clone()
     }
 
     pub fn source(&self) -> Source {
@@ -158,7 +187,8 @@ impl EtcdStore {
     /// Reads the whole catalog in pages of `page_size` keys, all at one revision.
     /// `previous` supplies the last good value of keys whose current value is malformed.
     pub async fn load(&self, previous: Option<&CatalogState>) -> Result<Loaded, StoreError> {
-        // A compaction between two pages invalidates the pinned revision: start over.
+        // A compaction between two pages invalidates the pinned revision: start over (a few
+        // times; past that the caller backs off).
         let mut attempts = 0;
         loop {
             match self.load_once(previous).await {
@@ -173,15 +203,16 @@ impl EtcdStore {
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let fetcher = self.clone();
         let producer = tokio::spawn(async move { fetcher.fetch_pages(tx).await });
-        let mut revision = 0;
+        let _stop = AbortOnDrop(producer);
         let mut state = CatalogState::new();
         let mut rejected = Vec::new();
         let mut pages = 0;
-        while let Some(page) = rx.recv().await {
-            let (page_revision, kvs): (i64, Vec<KeyValue>) = page?;
+        loop {
+            // The producer always ends with a last page or an error; a closed channel without
+            // one means it died, and a partial catalog must not be published.
+            let page: Page = rx.recv().await.ok_or(StoreError::LoadInterrupted)??;
             pages += 1;
-            revision = page_revision;
-            for kv in &kvs {
+            for kv in &page.kvs {
                 match state.apply_put(kv.key(), kv.value()) {
                     Ok(vip_errors) => note_vip_errors(kv.key(), &vip_errors),
                     Err(r) => {
@@ -193,32 +224,29 @@ impl EtcdStore {
                     }
                 }
             }
+            if page.last {
+                return Ok(Loaded {
+                    state,
+                    revision: page.revision,
+                    rejected,
+                    pages,
+                });
+            }
         }
-        producer.abort();
-        Ok(Loaded {
-            state,
-            revision,
-            rejected,
-            pages,
-        })
     }
 
-    /// Sends the catalog's pages, all at the revision of the first, then closes the channel.
-    async fn fetch_pages(
-        &self,
-        tx: tokio::sync::mpsc::Sender<Result<(i64, Vec<KeyValue>), StoreError>>,
-    ) {
+    /// Sends the catalog's pages, all at the revision of the first, the last one marked.
+    async fn fetch_pages(&self, tx: tokio::sync::mpsc::Sender<Result<Page, StoreError>>) {
         let end = keys::prefix_end(PREFIX.as_bytes());
         let mut start = PREFIX.as_bytes().to_vec();
         let mut revision = 0;
+        let mut limit = self.config.page_size.max(1);
         loop {
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(self.config.page_size);
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision > 0 {
                 opts = opts.with_revision(revision);
             }
-            let mut c = self.client.clone();
+            let mut c = self.kv.clone();
             let key = start.clone();
             let page = self
                 .bounded("range read", self.config.request_timeout, async move {
@@ -227,6 +255,14 @@ impl EtcdStore {
                 .await;
             let mut resp = match page {
                 Ok(r) => r,
+                Err(StoreError::Request { error, .. }) if is_too_large(&error) && limit > 1 => {
+                    limit = (limit / 2).max(1);
+                    warn!(
+                        page_size = limit,
+                        "a catalog page exceeded the message limit; reading smaller pages"
+                    );
+                    continue;
+                }
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     return;
@@ -241,21 +277,24 @@ impl EtcdStore {
                 start = last.key().to_vec();
                 start.push(0);
             }
-            let done = !more || kvs.is_empty();
-            if tx.send(Ok((revision, kvs))).await.is_err() || done {
+            let last = !more || kvs.is_empty();
+            let page = Page {
+                revision,
+                kvs,
+                last,
+            };
+            if tx.send(Ok(page)).await.is_err() || last {
                 return;
             }
         }
     }
 
     /// Writes records, in transactions of at most `MAX_TXN_OPS`. Returns the last revision.
+    /// Records go in transactions of at most `MAX_TXN_OPS` operations and `MAX_TXN_BYTES`
+    /// (etcd's limits), so a large batch is not atomic: watchers may see it in parts.
     pub async fn put(&self, records: &[Record]) -> Result<i64, StoreError> {
         let mut revision = 0;
-        for chunk in records.chunks(MAX_TXN_OPS) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|r| TxnOp::put(r.key(), r.to_value(), None))
-                .collect();
+        for ops in txn_batches(records) {
             let mut c = self.client.clone();
             let resp = self
                 .bounded("put", self.config.request_timeout, async move {
@@ -280,6 +319,48 @@ impl EtcdStore {
     }
 }
 
+/// One page of a full read.
+struct Page {
+    revision: i64,
+    kvs: Vec<KeyValue>,
+    last: bool,
+}
+
+/// Groups puts into transactions within etcd's operation and request-size limits.
+fn txn_batches(records: &[Record]) -> Vec<Vec<TxnOp>> {
+    let mut batches = Vec::new();
+    let mut ops = Vec::new();
+    let mut bytes = 0;
+    for r in records {
+        let (key, value) = (r.key(), r.to_value());
+        let size = key.len() + value.len();
+        if !ops.is_empty() && (ops.len() == MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
+            batches.push(std::mem::take(&mut ops));
+            bytes = 0;
+        }
+        bytes += size;
+        ops.push(TxnOp::put(key, value, None));
+    }
+    if !ops.is_empty() {
+        batches.push(ops);
+    }
+    batches
+}
+
+/// Stops the page fetcher when the load returns early.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Did a response exceed the gRPC message limit?
+pub(crate) fn is_too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("message length too large"))
+}
+
 fn key_str(key: &[u8]) -> &str {
     std::str::from_utf8(key).unwrap_or("")
 }
@@ -295,9 +376,4 @@ pub(crate) fn note_vip_errors(key: &[u8], errors: &[crate::model::VipLabelError]
         metrics::counter!(crate::metrics::REJECTED_VALUES_TOTAL, "kind" => "task", "reason" => "vip_label")
             .increment(1);
     }
-}
-
-/// Was this etcd error a compaction of the revision asked for?
-pub fn is_compacted(e: &etcd_client::Error) -> bool {
-    is_compacted_error(e)
 }

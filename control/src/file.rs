@@ -116,10 +116,31 @@ impl CatalogDocument {
             self.vip_addresses.iter().map(|v| v.name.as_str()),
             &mut problems,
         );
-        for task in &self.tasks {
-            if task.id.is_empty() {
-                problems.push("a task has an empty id".into());
+        let ids = [
+            (
+                "task",
+                self.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ),
+            ("agent", self.agents.iter().map(|a| a.id.as_str()).collect()),
+            (
+                "framework",
+                self.frameworks.iter().map(|f| f.id.as_str()).collect(),
+            ),
+            (
+                "master",
+                self.masters.iter().map(|m| m.id.as_str()).collect(),
+            ),
+            (
+                "VIP address",
+                self.vip_addresses.iter().map(|v| v.name.as_str()).collect(),
+            ),
+        ];
+        for (what, ids) in ids {
+            if ids.iter().any(|id| id.is_empty()) {
+                problems.push(format!("a {what} has an empty id"));
             }
+        }
+        for task in &self.tasks {
             for e in task.vips().1 {
                 problems.push(format!("task {:?}: {e}", task.id));
             }
@@ -165,12 +186,19 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
 
 /// Reads and validates a catalog file.
 pub fn read_file(path: &Path) -> Result<CatalogDocument, StoreError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StoreError::FileRead {
+    parse_file(path, &read_text(path)?)
+}
+
+fn read_text(path: &Path) -> Result<String, StoreError> {
+    std::fs::read_to_string(path).map_err(|source| StoreError::FileRead {
         path: path.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<CatalogDocument, StoreError> {
     CatalogDocument::parse(
-        &text,
+        text,
         Format::for_path(path),
         &format!("file {}", path.display()),
     )
@@ -180,6 +208,7 @@ pub fn read_file(path: &Path) -> Result<CatalogDocument, StoreError> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Stamp {
     modified: Option<SystemTime>,
+    changed: (i64, i64),
     len: u64,
     inode: u64,
 }
@@ -189,9 +218,27 @@ fn stamp(path: &Path) -> Option<Stamp> {
     let md = std::fs::metadata(path).ok()?;
     Some(Stamp {
         modified: md.modified().ok(),
+        changed: (md.ctime(), md.ctime_nsec()),
         len: md.len(),
         inode: md.ino(),
     })
+}
+
+impl Stamp {
+    /// Could a same-size rewrite within the file system's timestamp granularity still be
+    /// hidden behind this stamp? Then the content is compared on the next poll too.
+    fn is_recent(&self) -> bool {
+        self.modified
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_none_or(|age| age < Duration::from_secs(2))
+    }
+}
+
+fn content_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 /// A catalog file, polled for changes. Dropping it stops the polling.
@@ -207,7 +254,9 @@ impl FileStore {
     pub fn spawn(path: impl Into<PathBuf>, interval: Duration) -> Result<Self, StoreError> {
         let path = path.into();
         let mut seen = stamp(&path);
-        let doc = read_file(&path)?;
+        let text = read_text(&path)?;
+        let mut seen_hash = content_hash(&text);
+        let doc = parse_file(&path, &text)?;
         let source = Source::File(path.display().to_string());
         let mut revision = 1;
         let (tx, rx) = watch::channel(Arc::new(
@@ -222,11 +271,23 @@ impl FileStore {
             loop {
                 tick.tick().await;
                 let now = stamp(&path);
-                if now == seen {
+                let recheck = now.as_ref().is_some_and(Stamp::is_recent);
+                if now == seen && !recheck {
                     continue;
                 }
                 seen = now;
-                match read_file(&path) {
+                let parsed = match read_text(&path) {
+                    Ok(text) => {
+                        let hash = content_hash(&text);
+                        if hash == seen_hash {
+                            continue;
+                        }
+                        seen_hash = hash;
+                        parse_file(&path, &text)
+                    }
+                    Err(e) => Err(e),
+                };
+                match parsed {
                     Ok(doc) => {
                         revision += 1;
                         let snapshot = doc.into_state().snapshot(revision, source.clone());

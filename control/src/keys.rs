@@ -156,6 +156,8 @@ struct Versioned<T> {
 pub enum Rejection {
     #[error("key {key:?} is not part of the /lodestar/v1/ layout")]
     UnknownKey { key: String },
+    #[error("key {key:?} is not in canonical form (expected {canonical:?})")]
+    NonCanonicalKey { key: String, canonical: String },
     #[error("{kind} value at {key:?} is not valid: {reason}")]
     Malformed {
         key: String,
@@ -185,7 +187,7 @@ impl Rejection {
             Rejection::Malformed { kind, .. }
             | Rejection::Schema { kind, .. }
             | Rejection::IdMismatch { kind, .. } => kind,
-            Rejection::UnknownKey { .. } => "unknown",
+            Rejection::UnknownKey { .. } | Rejection::NonCanonicalKey { .. } => "unknown",
         }
     }
 
@@ -193,6 +195,7 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::UnknownKey { .. } => "unknown_key",
+            Rejection::NonCanonicalKey { .. } => "non_canonical_key",
             Rejection::Malformed { .. } => "malformed",
             Rejection::Schema { .. } => "schema_version",
             Rejection::IdMismatch { .. } => "id_mismatch",
@@ -221,6 +224,14 @@ pub fn parse_key(key: &str) -> Result<(Kind, String), Rejection> {
                 .decode_utf8()
                 .map_err(|_| unknown())?
                 .into_owned();
+            // One record, one key: `web%2E1` would alias `web.1`, and a delete of one
+            // spelling would remove the record the other still holds.
+            if self::key(kind, &id) != key {
+                return Err(Rejection::NonCanonicalKey {
+                    key: key.to_string(),
+                    canonical: self::key(kind, &id),
+                });
+            }
             return Ok((kind, id));
         }
     }
@@ -342,6 +353,15 @@ mod tests {
         t.id = "other".into();
         let err = decode(k.as_bytes(), &Record::Task(t).to_value()).unwrap_err();
         assert_eq!(err.reason(), "id_mismatch");
+        for alias in [
+            "/lodestar/v1/tasks/web%2e1",
+            "/lodestar/v1/tasks/web%2E1",
+            "/lodestar/v1/tasks/a%2fb",
+        ] {
+            let err = parse_key(alias).unwrap_err();
+            assert_eq!(err.reason(), "non_canonical_key", "{alias}");
+        }
+        assert!(parse_key("/lodestar/v1/tasks/a%2Fb").is_ok());
         for bad_key in [
             "/lodestar/v1/nope/x",
             "/lodestar/v1/tasks/",

@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use crate::error::StoreError;
-use crate::etcd::{note_rejection, note_vip_errors, EtcdConfig, EtcdStore};
+use crate::etcd::{is_too_large, note_rejection, note_vip_errors, EtcdConfig, EtcdStore};
 use crate::keys::PREFIX;
 use crate::metrics as m;
 use crate::snapshot::{CatalogState, Snapshot};
@@ -31,6 +31,10 @@ pub struct WatchConfig {
     pub burst_events: u64,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// A watch silent this long is asked for a progress notification.
+    pub progress_interval: Duration,
+    /// A watch silent this long (despite progress requests) is abandoned and set up again.
+    pub stall_after: Duration,
 }
 
 impl Default for WatchConfig {
@@ -41,6 +45,8 @@ impl Default for WatchConfig {
             burst_events: 256,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            progress_interval: Duration::from_secs(5),
+            stall_after: Duration::from_secs(15),
         }
     }
 }
@@ -174,13 +180,22 @@ impl Worker {
             let result = self.session(&mut needs_full_load, &mut backoff).await;
             self.stats.connected.store(false, Ordering::Relaxed);
             match result {
-                Err(e) if e.is_compacted() => {
+                // The watch fell behind a compaction: read everything again at once. (A read
+                // that itself keeps losing to compaction takes the backoff path below.)
+                Err(StoreError::Compacted { revision }) => {
                     warn!(
-                        revision = self.revision,
+                        revision,
                         "watch fell behind a compaction; reading the whole catalog again"
                     );
                     needs_full_load = true;
                     continue;
+                }
+                Err(StoreError::Request { error, .. }) if is_too_large(&error) => {
+                    warn!(
+                        retry_in = ?backoff,
+                        "a watch response exceeded the message limit; reading the whole catalog in pages instead"
+                    );
+                    needs_full_load = true;
                 }
                 Err(e) => warn!(
                     retry_in = ?backoff,
@@ -232,7 +247,7 @@ impl Worker {
             .with_prefix()
             .with_start_revision(self.revision + 1)
             .with_progress_notify();
-        let mut client = store.client();
+        let mut client = store.watch_client();
         let mut stream = tokio::time::timeout(
             store.config().connect_timeout,
             client.watch(PREFIX, Some(options)),
@@ -247,23 +262,39 @@ impl Worker {
 
         // When the first unpublished change arrived.
         let mut pending_since: Option<Instant> = None;
+        // Liveness: a silent stream is asked for progress, and given up after `stall_after`.
+        let mut last_message = Instant::now();
+        let mut next_progress_request = last_message + self.config.progress_interval;
         let result = loop {
-            let message = match pending_since.map(|since| self.publish_at(since)) {
-                Some(at) => tokio::select! {
-                    m = stream.message() => m,
-                    _ = sleep_until(at) => {
+            let publish_at = pending_since.map(|since| self.publish_at(since));
+            let wake = publish_at.map_or(next_progress_request, |p| p.min(next_progress_request));
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if publish_at.is_some_and(|at| at <= now) {
                         self.publish(store);
                         pending_since = None;
-                        continue;
                     }
-                },
-                None => stream.message().await,
+                    if now.duration_since(last_message) >= self.config.stall_after {
+                        break Err(StoreError::WatchStalled { after: now.duration_since(last_message) });
+                    }
+                    if now >= next_progress_request {
+                        if let Err(error) = stream.request_progress().await {
+                            break Err(StoreError::Request { op: "watch progress", error });
+                        }
+                        next_progress_request = now + self.config.progress_interval;
+                    }
+                    continue;
+                }
             };
             let resp = match message {
                 Ok(Some(resp)) => resp,
                 Ok(None) => break Err(StoreError::WatchEnded),
                 Err(error) => break Err(StoreError::Request { op: "watch", error }),
             };
+            last_message = Instant::now();
+            next_progress_request = last_message + self.config.progress_interval;
             self.stats.touch();
             if resp.compact_revision() > 0 {
                 break Err(StoreError::Compacted {
@@ -278,15 +309,16 @@ impl Worker {
             if resp.created() {
                 debug!(from = self.revision + 1, "etcd watch established");
                 self.stats.connected.store(true, Ordering::Relaxed);
-                *backoff = self.config.backoff_min;
                 continue;
             }
+            // Past `created`, any message proves the watch works: the next outage starts its
+            // backoff afresh.
+            *backoff = self.config.backoff_min;
             let events = resp.events();
             if events.is_empty() {
-                // A progress notification: every event up to the header revision was sent.
-                if let Some(h) = resp.header() {
-                    self.revision = self.revision.max(h.revision());
-                }
+                // A progress notification: proof of life only. Its header revision is not taken
+                // as "everything up to here was sent": before etcd 3.5.8 (we meet 3.4) one can
+                // overtake its events (etcd issue 15220), and resuming from it would skip them.
                 continue;
             }
             let state = self.state.get_or_insert_with(CatalogState::new);

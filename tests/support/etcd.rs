@@ -131,6 +131,23 @@ impl EtcdServer {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): its sockets stay open but nothing answers, as in a partition.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused etcd (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let child = self.child.as_ref().expect("etcd is running");
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", child.id());
+    }
+
     /// Starts etcd again with the same data and client port.
     pub fn restart(&mut self) {
         self.stop();
