@@ -1,0 +1,1 @@
+//! Forwarding of names outside our zones to upstream resolvers (being written).
