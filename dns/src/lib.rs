@@ -1,4 +1,9 @@
 //! Lodestar's DNS side: zones built from a catalog `Snapshot`, authoritative answers for the
 //! `mesos` and `thisdcos.directory` zones, forwarding with a cache, and the servers.
 
+pub mod config;
 pub mod forward;
+pub mod names;
+pub mod records;
+pub mod wire;
+pub mod zone;

@@ -1,0 +1,809 @@
+//! The authoritative zones as the answer path reads them: every name's answers encoded once,
+//! when the snapshot changes, so a query is a lookup and a copy. `ZoneBuilder` keeps them up
+//! to date incrementally: a change to one task re-encodes only the names that task touches.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use lodestar_control::Snapshot;
+use rustc_hash::FxHasher;
+
+use crate::config::ZoneConfig;
+use crate::records::{cluster_records, task_records, Records, Rr, THISDCOS};
+use crate::wire::{self, Body, Query};
+
+type Fx = BuildHasherDefault<FxHasher>;
+/// Owner (lowercase wire name) -> entry, shared structurally between successive zones.
+type NameMap = imbl::GenericHashMap<Box<[u8]>, Arc<NameEntry>, Fx, imbl::shared_ptr::DefaultSharedPtr>;
+
+/// At most this many rotations of a multi-record answer are kept; queries cycle through them
+/// (Mesos-DNS shuffles answers; rotation spreads clients the same way without a shuffle per query).
+const MAX_ROTATIONS: usize = 4;
+
+/// One owner name's data and its encoded answers.
+#[derive(Debug)]
+pub struct NameEntry {
+    /// Lowercase FQDN with a trailing dot.
+    pub name: String,
+    pub a: Vec<Ipv4Addr>,
+    pub aaaa: Vec<Ipv6Addr>,
+    pub srv: Vec<(Arc<str>, u16)>,
+    ttl: u32,
+    /// Prepared answers for A, AAAA and SRV.
+    prepared: [Option<Prepared>; 3],
+}
+
+/// Encoded answer sections for one (name, type): answer records (owner = pointer to the
+/// question) and, for SRV, additional A/AAAA records for the targets.
+#[derive(Debug)]
+struct Prepared {
+    rotations: Vec<(Box<[u8]>, usize)>,
+    answers: u16,
+    additionals: u16,
+}
+
+/// A zone apex we are authoritative for, with its SOA and NS records encoded.
+#[derive(Debug)]
+pub struct Apex {
+    pub name: String,
+    wire: Box<[u8]>,
+    /// SOA and NS records owned by the apex, written out in full (authority section).
+    soa_full: Vec<u8>,
+    ns_full: Vec<u8>,
+    /// The same with the owner as a pointer to the question (answer section, qname == apex).
+    soa_ptr: Vec<u8>,
+    ns_ptr: Vec<u8>,
+    ns_name: String,
+}
+
+/// What the answer path did, for counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answered {
+    pub rcode: u8,
+    /// Served from prepared bytes.
+    pub fast: bool,
+}
+
+/// The published, immutable zone data.
+pub struct Zone {
+    pub serial: u32,
+    pub apexes: Vec<Apex>,
+    names: NameMap,
+    /// What each task contributed (for the HTTP API's enumeration).
+    pub tasks: imbl::OrdMap<String, Arc<TaskEntry>>,
+    /// The snapshot the zone was built from.
+    pub snapshot: Arc<Snapshot>,
+}
+
+/// A task's records, for `/v1/enumerate`.
+#[derive(Debug, PartialEq)]
+pub struct TaskEntry {
+    pub name: String,
+    pub framework: String,
+    pub records: Records,
+}
+
+impl Zone {
+    /// Number of owner names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The data of one owner name (lowercase FQDN with trailing dot, or any case).
+    pub fn lookup(&self, name: &str) -> Option<Arc<NameEntry>> {
+        let wire = name_to_wire(&name.to_ascii_lowercase())?;
+        self.names.get(&wire[..]).cloned()
+    }
+
+    /// Every owner name.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<NameEntry>> {
+        self.names.values()
+    }
+
+    /// The apex whose zone holds `lower` (a lowercase wire name), if any.
+    pub fn apex_for(&self, lower: &[u8]) -> Option<&Apex> {
+        let mut pos = 0;
+        while pos < lower.len() {
+            let suffix = &lower[pos..];
+            if let Some(apex) = self.apexes.iter().find(|a| &a.wire[..] == suffix) {
+                return Some(apex);
+            }
+            let len = usize::from(lower[pos]);
+            if len == 0 {
+                break;
+            }
+            pos += 1 + len;
+        }
+        None
+    }
+
+    /// Answers `q` if its name is in one of our zones: the response goes to `out`. `lower` is
+    /// the lowercased question name; `turn` picks the rotation of multi-record answers.
+    pub fn answer(
+        &self,
+        q: &Query<'_>,
+        lower: &[u8],
+        turn: usize,
+        recursion_available: bool,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<Answered> {
+        let apex = self.apex_for(lower)?;
+        let entry = self.names.get(lower);
+        if q.qclass != wire::CLASS_IN {
+            let body = Body {
+                rcode: wire::RCODE_REFUSED,
+                ..Body::default()
+            };
+            wire::write_response(out, q, recursion_available, &body, limit);
+            return Some(Answered {
+                rcode: wire::RCODE_REFUSED,
+                fast: false,
+            });
+        }
+        let slot = match q.qtype {
+            wire::TYPE_A => Some(0),
+            wire::TYPE_AAAA => Some(1),
+            wire::TYPE_SRV => Some(2),
+            _ => None,
+        };
+        if let (Some(slot), Some(entry)) = (slot, entry) {
+            if let Some(p) = &entry.prepared[slot] {
+                let (bytes, additional_at) = &p.rotations[turn % p.rotations.len()];
+                let body = Body {
+                    rcode: wire::RCODE_NOERROR,
+                    authoritative: true,
+                    bytes,
+                    additional_at: *additional_at,
+                    answers: p.answers,
+                    authorities: 0,
+                    additionals: p.additionals,
+                };
+                wire::write_response(out, q, recursion_available, &body, limit);
+                return Some(Answered {
+                    rcode: wire::RCODE_NOERROR,
+                    fast: true,
+                });
+            }
+        }
+        let rcode = self.answer_slowly(q, lower, apex, entry.map(|e| &**e), recursion_available, limit, out);
+        Some(Answered { rcode, fast: false })
+    }
+
+    /// SOA, NS, ANY, other types, and names without the asked type.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_slowly(
+        &self,
+        q: &Query<'_>,
+        lower: &[u8],
+        apex: &Apex,
+        entry: Option<&NameEntry>,
+        recursion_available: bool,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> u8 {
+        let at_apex = lower == &apex.wire[..];
+        let exists = entry.is_some() || at_apex;
+        let mut bytes = Vec::new();
+        let (mut answers, mut authorities, mut additionals) = (0u16, 0u16, 0u16);
+        let mut additional_at = None;
+        let mut rcode = wire::RCODE_NOERROR;
+        match q.qtype {
+            wire::TYPE_SOA if at_apex => {
+                bytes.extend_from_slice(&apex.soa_ptr);
+                answers = 1;
+            }
+            wire::TYPE_NS if at_apex => {
+                bytes.extend_from_slice(&apex.ns_ptr);
+                answers = 1;
+                additional_at = Some(bytes.len());
+                if let Some(ns) = self.lookup(&apex.ns_name) {
+                    additionals = encode_addresses(&mut bytes, &ns.name, &ns.a, &ns.aaaa, ns.ttl);
+                }
+            }
+            // Mesos-DNS answers SOA and NS queries below the apex with the record in authority.
+            wire::TYPE_SOA => {
+                bytes.extend_from_slice(&apex.soa_full);
+                authorities = 1;
+            }
+            wire::TYPE_NS => {
+                bytes.extend_from_slice(&apex.ns_full);
+                authorities = 1;
+            }
+            wire::TYPE_ANY => {
+                if let Some(e) = entry {
+                    answers += encode_answers(&mut bytes, e, &e.srv, e.ttl);
+                }
+                if at_apex {
+                    bytes.extend_from_slice(&apex.soa_ptr);
+                    bytes.extend_from_slice(&apex.ns_ptr);
+                    answers += 2;
+                } else {
+                    bytes.extend_from_slice(&apex.soa_full);
+                    bytes.extend_from_slice(&apex.ns_full);
+                    authorities = 2;
+                }
+                if answers == 0 && !exists {
+                    rcode = wire::RCODE_NXDOMAIN;
+                }
+            }
+            // SRV never says NXDOMAIN (Mesos-DNS); other types do for names we do not have.
+            wire::TYPE_SRV => {
+                bytes.extend_from_slice(&apex.soa_full);
+                authorities = 1;
+            }
+            _ => {
+                if !exists {
+                    rcode = wire::RCODE_NXDOMAIN;
+                }
+                bytes.extend_from_slice(&apex.soa_full);
+                authorities = 1;
+            }
+        }
+        let body = Body {
+            rcode,
+            authoritative: true,
+            additional_at: additional_at.unwrap_or(bytes.len()),
+            bytes: &bytes,
+            answers,
+            authorities,
+            additionals,
+        };
+        wire::write_response(out, q, recursion_available, &body, limit);
+        rcode
+    }
+}
+
+/// A dotted lowercase FQDN in wire form; `None` if a label is empty or too long, or the name is.
+pub fn name_to_wire(name: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.trim_end_matches('.').split('.') {
+        if label.is_empty() || label.len() > 63 {
+            if name == "." {
+                break;
+            }
+            return None;
+        }
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    (out.len() <= 255).then_some(out)
+}
+
+const POINTER_TO_QUESTION: [u8; 2] = [0xc0, 0x0c];
+
+fn rr_header(out: &mut Vec<u8>, owner: &[u8], rtype: u16, ttl: u32, rdlen: usize) {
+    out.extend_from_slice(owner);
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(rdlen as u16).to_be_bytes());
+}
+
+fn encode_rr(out: &mut Vec<u8>, owner: &[u8], rr: &Rr, ttl: u32, weight: u16) -> bool {
+    match rr {
+        Rr::A(ip) => {
+            rr_header(out, owner, wire::TYPE_A, ttl, 4);
+            out.extend_from_slice(&ip.octets());
+        }
+        Rr::Aaaa(ip) => {
+            rr_header(out, owner, wire::TYPE_AAAA, ttl, 16);
+            out.extend_from_slice(&ip.octets());
+        }
+        Rr::Srv { target, port } => {
+            // RFC 2782: the target is not compressed.
+            let Some(t) = name_to_wire(target) else {
+                return false;
+            };
+            rr_header(out, owner, wire::TYPE_SRV, ttl, 6 + t.len());
+            out.extend_from_slice(&0u16.to_be_bytes());
+            out.extend_from_slice(&weight.to_be_bytes());
+            out.extend_from_slice(&port.to_be_bytes());
+            out.extend_from_slice(&t);
+        }
+    }
+    true
+}
+
+/// A/AAAA/SRV answers of an entry (owner = the question), for ANY.
+fn encode_answers(out: &mut Vec<u8>, e: &NameEntry, srv: &[(Arc<str>, u16)], ttl: u32) -> u16 {
+    let mut n = 0;
+    for ip in &e.a {
+        n += u16::from(encode_rr(out, &POINTER_TO_QUESTION, &Rr::A(*ip), ttl, 1));
+    }
+    for ip in &e.aaaa {
+        n += u16::from(encode_rr(out, &POINTER_TO_QUESTION, &Rr::Aaaa(*ip), ttl, 1));
+    }
+    for (target, port) in srv {
+        let rr = Rr::Srv {
+            target: target.clone(),
+            port: *port,
+        };
+        n += u16::from(encode_rr(out, &POINTER_TO_QUESTION, &rr, ttl, 1));
+    }
+    n
+}
+
+/// A/AAAA records of `name` written in full (additional section).
+fn encode_addresses(out: &mut Vec<u8>, name: &str, a: &[Ipv4Addr], aaaa: &[Ipv6Addr], ttl: u32) -> u16 {
+    let Some(owner) = name_to_wire(name) else {
+        return 0;
+    };
+    let mut n = 0;
+    for ip in a {
+        n += u16::from(encode_rr(out, &owner, &Rr::A(*ip), ttl, 1));
+    }
+    for ip in aaaa {
+        n += u16::from(encode_rr(out, &owner, &Rr::Aaaa(*ip), ttl, 1));
+    }
+    n
+}
+
+fn encode_soa(out: &mut Vec<u8>, owner: &[u8], config: &ZoneConfig, mname: &str, rname: &str, serial: u32, ttl: u32) {
+    let m = name_to_wire(mname).unwrap_or_else(|| vec![0]);
+    let r = name_to_wire(rname).unwrap_or_else(|| vec![0]);
+    rr_header(out, owner, wire::TYPE_SOA, ttl, m.len() + r.len() + 20);
+    out.extend_from_slice(&m);
+    out.extend_from_slice(&r);
+    // Mesos-DNS puts the record TTL in the minimum field (negative answers cache for a TTL).
+    for v in [serial, config.soa_refresh, config.soa_retry, config.soa_expire, ttl] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+fn encode_ns(out: &mut Vec<u8>, owner: &[u8], ns: &str, ttl: u32) {
+    let n = name_to_wire(ns).unwrap_or_else(|| vec![0]);
+    rr_header(out, owner, wire::TYPE_NS, ttl, n.len());
+    out.extend_from_slice(&n);
+}
+
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn make_apex(config: &ZoneConfig, name: &str, mname: &str, rname: &str, ttl: u32, serial: u32) -> Option<Apex> {
+    let wire = name_to_wire(name)?;
+    let mut apex = Apex {
+        name: name.to_string(),
+        wire: wire.clone().into_boxed_slice(),
+        soa_full: Vec::new(),
+        ns_full: Vec::new(),
+        soa_ptr: Vec::new(),
+        ns_ptr: Vec::new(),
+        ns_name: mname.to_string(),
+    };
+    encode_soa(&mut apex.soa_full, &wire, config, mname, rname, serial, ttl);
+    encode_soa(&mut apex.soa_ptr, &POINTER_TO_QUESTION, config, mname, rname, serial, ttl);
+    encode_ns(&mut apex.ns_full, &wire, mname, ttl);
+    encode_ns(&mut apex.ns_ptr, &POINTER_TO_QUESTION, mname, ttl);
+    Some(apex)
+}
+
+/// Keeps a `Zone` current from successive snapshots, re-encoding only what changed.
+pub struct ZoneBuilder {
+    config: ZoneConfig,
+    ns_addresses: Vec<IpAddr>,
+    last: Option<Arc<Snapshot>>,
+    /// What each task contributed, deduplicated.
+    task_rrs: HashMap<String, Records>,
+    agent_tasks: HashMap<String, BTreeSet<String>>,
+    cluster_rrs: Records,
+    /// Owner -> records with the number of contributors of each, in first-seen order.
+    counts: HashMap<String, Vec<(Rr, u32)>, Fx>,
+    names: NameMap,
+    tasks: imbl::OrdMap<String, Arc<TaskEntry>>,
+}
+
+impl ZoneBuilder {
+    /// `ns_addresses` are published for the server's own name unless the config names some.
+    pub fn new(config: ZoneConfig, ns_addresses: Vec<IpAddr>) -> Result<Self, Vec<String>> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(ZoneBuilder {
+            config,
+            ns_addresses,
+            last: None,
+            task_rrs: HashMap::new(),
+            agent_tasks: HashMap::new(),
+            cluster_rrs: Records::new(),
+            counts: HashMap::default(),
+            names: NameMap::default(),
+            tasks: imbl::OrdMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &ZoneConfig {
+        &self.config
+    }
+
+    /// Brings the zone to `snapshot` and returns it.
+    pub fn update(&mut self, snapshot: &Arc<Snapshot>) -> Zone {
+        let mut dirty: HashSet<String> = HashSet::new();
+        let changed = self.changed_tasks(snapshot);
+        for id in changed {
+            self.retract_task(&id, &mut dirty);
+            if let Some(task) = snapshot.tasks.get(&id) {
+                self.agent_tasks
+                    .entry(task.agent.clone())
+                    .or_default()
+                    .insert(id.clone());
+                let rrs = dedup(task_records(&self.config, snapshot.agents.get(&task.agent).map(|a| &**a), task));
+                for (owner, rr) in &rrs {
+                    self.add(owner, rr, &mut dirty);
+                }
+                if rrs.is_empty() {
+                    self.tasks.remove(&id);
+                } else {
+                    self.tasks.insert(
+                        id.clone(),
+                        Arc::new(TaskEntry {
+                            name: task.name.clone(),
+                            framework: task.framework.clone(),
+                            records: rrs.clone(),
+                        }),
+                    );
+                }
+                self.task_rrs.insert(id, rrs);
+            }
+        }
+        let cluster = dedup(cluster_records(&self.config, snapshot, &self.ns_addresses));
+        if cluster != self.cluster_rrs {
+            for (owner, rr) in std::mem::take(&mut self.cluster_rrs) {
+                self.remove(&owner, &rr, &mut dirty);
+            }
+            for (owner, rr) in &cluster {
+                self.add(owner, rr, &mut dirty);
+            }
+            self.cluster_rrs = cluster;
+        }
+        for owner in dirty {
+            self.rebuild(&owner);
+        }
+        self.last = Some(snapshot.clone());
+        self.zone(snapshot)
+    }
+
+    /// Tasks to recompute: all at first; then the ones that changed, and those on changed agents.
+    fn changed_tasks(&self, snapshot: &Snapshot) -> Vec<String> {
+        let Some(last) = &self.last else {
+            return snapshot.tasks.keys().cloned().collect();
+        };
+        let mut ids: BTreeSet<String> = BTreeSet::new();
+        for d in last.tasks.diff(&snapshot.tasks) {
+            ids.insert(diff_key(d).clone());
+        }
+        for d in last.agents.diff(&snapshot.agents) {
+            if let Some(tasks) = self.agent_tasks.get(diff_key(d)) {
+                ids.extend(tasks.iter().cloned());
+            }
+        }
+        ids.into_iter().collect()
+    }
+
+    fn retract_task(&mut self, id: &str, dirty: &mut HashSet<String>) {
+        if let Some(old) = self.task_rrs.remove(id) {
+            for (owner, rr) in &old {
+                self.remove(owner, rr, dirty);
+            }
+        }
+        if let Some(old) = self.last.as_ref().and_then(|s| s.tasks.get(id)) {
+            if let Some(set) = self.agent_tasks.get_mut(&old.agent) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.agent_tasks.remove(&old.agent);
+                }
+            }
+        }
+        self.tasks.remove(id);
+    }
+
+    fn add(&mut self, owner: &str, rr: &Rr, dirty: &mut HashSet<String>) {
+        let list = self.counts.entry(owner.to_string()).or_default();
+        match list.iter_mut().find(|(r, _)| r == rr) {
+            Some((_, n)) => *n += 1,
+            None => list.push((rr.clone(), 1)),
+        }
+        dirty.insert(owner.to_string());
+    }
+
+    fn remove(&mut self, owner: &str, rr: &Rr, dirty: &mut HashSet<String>) {
+        let Some(list) = self.counts.get_mut(owner) else {
+            return;
+        };
+        if let Some(i) = list.iter().position(|(r, _)| r == rr) {
+            list[i].1 -= 1;
+            if list[i].1 == 0 {
+                list.remove(i);
+            }
+        }
+        if list.is_empty() {
+            self.counts.remove(owner);
+        }
+        dirty.insert(owner.to_string());
+    }
+
+    fn ttl_for(&self, owner: &str) -> u32 {
+        if owner.ends_with(THISDCOS) {
+            self.config.thisdcos_ttl
+        } else {
+            self.config.ttl
+        }
+    }
+
+    /// Re-encodes one owner name from its current records.
+    fn rebuild(&mut self, owner: &str) {
+        let Some(wire) = name_to_wire(owner) else {
+            return;
+        };
+        let Some(list) = self.counts.get(owner) else {
+            self.names.remove(&wire[..]);
+            return;
+        };
+        let ttl = self.ttl_for(owner);
+        let mut entry = NameEntry {
+            name: owner.to_string(),
+            a: Vec::new(),
+            aaaa: Vec::new(),
+            srv: Vec::new(),
+            ttl,
+            prepared: [None, None, None],
+        };
+        for (rr, _) in list {
+            match rr {
+                Rr::A(ip) => entry.a.push(*ip),
+                Rr::Aaaa(ip) => entry.aaaa.push(*ip),
+                Rr::Srv { target, port } => entry.srv.push((target.clone(), *port)),
+            }
+        }
+        // A canonical order, so every node (and every history) encodes the same bytes.
+        entry.a.sort();
+        entry.aaaa.sort();
+        entry.srv.sort();
+        let a: Vec<Rr> = entry.a.iter().map(|ip| Rr::A(*ip)).collect();
+        let aaaa: Vec<Rr> = entry.aaaa.iter().map(|ip| Rr::Aaaa(*ip)).collect();
+        let srv: Vec<Rr> = entry
+            .srv
+            .iter()
+            .map(|(target, port)| Rr::Srv {
+                target: target.clone(),
+                port: *port,
+            })
+            .collect();
+        entry.prepared[0] = self.prepare(&a, ttl);
+        entry.prepared[1] = self.prepare(&aaaa, ttl);
+        entry.prepared[2] = self.prepare(&srv, ttl);
+        self.names.insert(wire.into_boxed_slice(), Arc::new(entry));
+    }
+
+    fn prepare(&self, rrs: &[Rr], ttl: u32) -> Option<Prepared> {
+        if rrs.is_empty() {
+            return None;
+        }
+        let turns = rrs.len().min(MAX_ROTATIONS);
+        let mut rotations = Vec::with_capacity(turns);
+        let mut answers = 0;
+        let mut additionals = 0;
+        for turn in 0..turns {
+            let mut bytes = Vec::new();
+            answers = 0;
+            let order = rrs[turn..].iter().chain(&rrs[..turn]);
+            for rr in order.clone() {
+                answers += u16::from(encode_rr(&mut bytes, &POINTER_TO_QUESTION, rr, ttl, self.config.srv_weight));
+            }
+            let additional_at = bytes.len();
+            // SRV: one A and one AAAA per target, as Mesos-DNS does.
+            additionals = 0;
+            let mut seen = HashSet::new();
+            for rr in order {
+                let Rr::Srv { target, .. } = rr else { continue };
+                if !seen.insert(target.clone()) {
+                    continue;
+                }
+                let (a, aaaa) = self.first_addresses(target);
+                additionals += encode_addresses(&mut bytes, target, &a, &aaaa, self.ttl_for(target));
+            }
+            rotations.push((bytes.into_boxed_slice(), additional_at));
+        }
+        Some(Prepared {
+            rotations,
+            answers,
+            additionals,
+        })
+    }
+
+    fn first_addresses(&self, name: &str) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
+        let Some(list) = self.counts.get(name) else {
+            return (Vec::new(), Vec::new());
+        };
+        let a = list
+            .iter()
+            .filter_map(|(rr, _)| match rr {
+                Rr::A(ip) => Some(*ip),
+                _ => None,
+            })
+            .min();
+        let aaaa = list
+            .iter()
+            .filter_map(|(rr, _)| match rr {
+                Rr::Aaaa(ip) => Some(*ip),
+                _ => None,
+            })
+            .min();
+        (a.into_iter().collect(), aaaa.into_iter().collect())
+    }
+
+    fn zone(&self, snapshot: &Arc<Snapshot>) -> Zone {
+        let serial = snapshot.revision as u32;
+        let c = &self.config;
+        let mut apexes = Vec::new();
+        apexes.extend(make_apex(c, &c.fqdn_domain(), &fqdn(&c.ns_name), &fqdn(&c.soa_rname), c.ttl, serial));
+        if c.thisdcos {
+            apexes.extend(make_apex(c, THISDCOS, "ns.spartan.", "support.mesosphere.com.", c.thisdcos_ttl, serial));
+        }
+        Zone {
+            serial,
+            apexes,
+            names: self.names.clone(),
+            tasks: self.tasks.clone(),
+            snapshot: snapshot.clone(),
+        }
+    }
+}
+
+fn diff_key<'a, V>(d: imbl::ordmap::DiffItem<'a, 'a, String, V>) -> &'a String {
+    match d {
+        imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k,
+        imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
+    }
+}
+
+/// Removes repeated (owner, record) pairs, keeping the first.
+fn dedup(rrs: Records) -> Records {
+    let mut seen = HashSet::with_capacity(rrs.len());
+    rrs.into_iter()
+        .filter(|(o, r)| seen.insert((o.clone(), r.clone())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery, ResponseCode};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use lodestar_control::keys::Record;
+    use lodestar_control::model::{Health, IpSource, Labels, Port, Task, TaskIp, TaskState};
+    use lodestar_control::{demo, CatalogState, Source};
+
+    fn ask(zone: &Zone, name: &str, qtype: RecordType) -> Message {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(HQuery::query(Name::from_ascii(name).unwrap(), qtype));
+        let packet = m.to_vec().unwrap();
+        let q = wire::parse_query(&packet).unwrap();
+        let mut lower = [0u8; 256];
+        let n = wire::lowercase_name(q.qname(), &mut lower);
+        let mut out = Vec::new();
+        zone.answer(&q, &lower[..n], 0, false, wire::MAX_MESSAGE, &mut out)
+            .expect("in zone");
+        Message::from_vec(&out).expect("a valid response")
+    }
+
+    fn demo_zone() -> Zone {
+        let mut b = ZoneBuilder::new(ZoneConfig::default(), vec!["127.0.0.1".parse().unwrap()]).unwrap();
+        b.update(&Arc::new(demo::snapshot()))
+    }
+
+    #[test]
+    fn answers_decode_and_echo_the_question() {
+        let zone = demo_zone();
+        let r = ask(&zone, "WEB.Marathon.mesos.", RecordType::A);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.metadata.authoritative);
+        assert_eq!(r.queries[0].name().to_ascii(), "WEB.Marathon.mesos.");
+        let ips: Vec<String> = r.answers.iter().map(|a| a.data.to_string()).collect();
+        assert_eq!(ips.len(), 2, "{ips:?}");
+        assert!(r.answers.iter().all(|a| a.ttl == 60));
+
+        let r = ask(&zone, "_web._tcp.marathon.mesos.", RecordType::SRV);
+        assert_eq!(r.answers.len(), 2);
+        assert_eq!(r.additionals.len(), 2, "one A per target");
+        let RData::SRV(srv) = &r.answers[0].data else { panic!() };
+        assert_eq!((srv.priority, srv.weight, srv.port), (0, 1, 8080));
+        assert!(srv.target.to_ascii().starts_with("web-"), "{}", srv.target);
+
+        let r = ask(&zone, "nothing.marathon.mesos.", RecordType::A);
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
+        let r = ask(&zone, "web.marathon.mesos.", RecordType::TXT);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.answers.is_empty());
+        let r = ask(&zone, "nothing.marathon.mesos.", RecordType::SRV);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        let r = ask(&zone, "mesos.", RecordType::SOA);
+        assert_eq!(r.answers[0].record_type(), RecordType::SOA);
+        let r = ask(&zone, "mesos.", RecordType::NS);
+        assert_eq!(r.answers[0].record_type(), RecordType::NS);
+        assert_eq!(r.additionals[0].data.to_string(), "127.0.0.1");
+        let r = ask(&zone, "leader.mesos.", RecordType::A);
+        assert_eq!(r.answers[0].data.to_string(), "198.18.1.11");
+        let r = ask(&zone, "web.marathon.mesos.", RecordType::ANY);
+        assert_eq!(r.answers.len(), 2);
+        assert_eq!(r.authorities.len(), 2);
+        let r = ask(&zone, "web.marathon.l4lb.thisdcos.directory.", RecordType::A);
+        assert_eq!(r.answers[0].data.to_string(), "198.19.0.10");
+        assert_eq!(r.answers[0].ttl, 5);
+    }
+
+    fn task(i: usize, agent: &str) -> Task {
+        Task {
+            id: format!("t{i}"),
+            name: format!("app{}", i % 3),
+            framework: "marathon".into(),
+            agent: agent.into(),
+            state: if i % 5 == 0 { TaskState::Draining } else { TaskState::Running },
+            ips: vec![TaskIp {
+                ip: format!("198.18.0.{i}").parse().unwrap(),
+                source: IpSource::Netinfo,
+            }],
+            ports: vec![Port {
+                number: 31000 + i as u16,
+                name: None,
+                protocol: None,
+                labels: Labels::default(),
+            }],
+            discovery: None,
+            labels: Labels::default(),
+            health: Health::Unknown,
+            site: None,
+        }
+    }
+
+    /// Every name's answers, for comparing zones.
+    fn dump(zone: &Zone) -> Vec<String> {
+        let mut out: Vec<String> = zone
+            .entries()
+            .map(|e| format!("{} {:?} {:?} {:?} {:?}", e.name, e.a, e.aaaa, e.srv, e.prepared))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn incremental_updates_equal_a_fresh_build() {
+        let cfg = ZoneConfig::default();
+        let mut incremental = ZoneBuilder::new(cfg.clone(), vec![]).unwrap();
+        let mut state = CatalogState::new();
+        let base = demo::snapshot();
+        for a in base.agents.values() {
+            state.upsert(Record::Agent((**a).clone()));
+        }
+        let agent_ids: Vec<String> = base.agents.keys().cloned().collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for step in 0..200 {
+            let i = rng.usize(0..30);
+            match rng.u8(0..10) {
+                0..=5 => drop(state.upsert(Record::Task(task(i, &agent_ids[i % 2])))),
+                6..=7 => state.remove(lodestar_control::keys::Kind::Task, &format!("t{i}")),
+                8 => drop(state.upsert(Record::Task(task(i, "unknown-agent")))),
+                _ => {
+                    // An agent changes address: its tasks' .slave names follow.
+                    let mut a = (**base.agents.values().nth(i % 2).unwrap()).clone();
+                    a.addresses = vec![format!("198.18.9.{}", step % 250).parse().unwrap()];
+                    state.upsert(Record::Agent(a));
+                }
+            }
+            let snap = Arc::new(state.snapshot(step + 1, Source::Demo));
+            let z1 = incremental.update(&snap);
+            let z2 = ZoneBuilder::new(cfg.clone(), vec![]).unwrap().update(&snap);
+            assert_eq!(dump(&z1), dump(&z2), "diverged at step {step}");
+        }
+    }
+}
