@@ -31,9 +31,24 @@ pub struct Args {
 
 impl Args {
     pub fn default_log_level(&self) -> &'static str {
-        "warn"
+        match self.command {
+            Command::Agent(_) => "info",
+            _ => "warn",
+        }
     }
 }
+
+/// A configuration that cannot be used: every problem, reported at once (exit code 78).
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum LogFormat {
@@ -43,6 +58,8 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the per-node agent: DNS (and, later, VIPs) from etcd, a catalog file, or the demo.
+    Agent(Box<AgentArgs>),
     /// Register, remove and list tasks in etcd.
     Services {
         #[command(subcommand)]
@@ -63,6 +80,80 @@ pub enum Command {
         #[command(flatten)]
         source: SourceArgs,
     },
+}
+
+/// `lodestar agent` flags; each overrides the config file.
+#[derive(ClapArgs, Debug)]
+pub struct AgentArgs {
+    /// TOML configuration (docs/config.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "LODESTAR_ETCD", value_name = "URL[,URL...]")]
+    etcd: Option<String>,
+    /// A catalog file instead of etcd.
+    #[arg(long, value_name = "FILE", conflicts_with = "etcd")]
+    catalog: Option<PathBuf>,
+    /// DNS listen address (UDP and TCP); repeat for several.
+    #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
+    dns_listen: Vec<std::net::SocketAddr>,
+    /// HTTP API listen address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    http_listen: Option<std::net::SocketAddr>,
+    /// Upstream resolver for other names; repeat for several (overrides dns.upstreams).
+    #[arg(long = "upstream", value_name = "ADDR:PORT")]
+    upstreams: Vec<std::net::SocketAddr>,
+    /// This node's name.
+    #[arg(long)]
+    node: Option<String>,
+    /// This node's site.
+    #[arg(long)]
+    site: Option<String>,
+    /// Do not program the VIP load balancer.
+    #[arg(long)]
+    no_l4lb: bool,
+}
+
+impl AgentArgs {
+    /// The config file (or defaults) with these flags applied.
+    pub fn merged_config(&self) -> Result<crate::config::AgentConfig, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => crate::config::load(path).map_err(ConfigError)?,
+            None => crate::config::AgentConfig::default(),
+        };
+        if let Some(e) = &self.etcd {
+            c.catalog.etcd = e.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            c.catalog.file = None;
+        }
+        if let Some(f) = &self.catalog {
+            c.catalog.file = Some(f.clone());
+            c.catalog.etcd.clear();
+        }
+        if !self.dns_listen.is_empty() {
+            c.dns.listen = self.dns_listen.clone();
+        }
+        if let Some(h) = self.http_listen {
+            c.http.listen = h;
+        }
+        if !self.upstreams.is_empty() {
+            c.dns.upstreams = Some(self.upstreams.clone());
+        }
+        if self.node.is_some() {
+            c.node = self.node.clone();
+        }
+        if self.site.is_some() {
+            c.site = self.site.clone();
+        }
+        if self.no_l4lb {
+            c.l4lb.enabled = false;
+        }
+        let problems = c.problems();
+        if problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
 }
 
 #[derive(ClapArgs, Debug)]
@@ -238,6 +329,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 pub async fn run(args: Args) -> Result<()> {
     match args.command {
+        Command::Agent(agent) => {
+            let config = agent.merged_config()?;
+            crate::agent::run(config).await
+        }
         Command::Services { command } => services(command).await,
         Command::Vips {
             command: VipsCommand::Ls { source, json },

@@ -1,7 +1,9 @@
 //! The `lodestar` binary: the CLI over the catalog (and, with the DNS issue, the agent).
 //! Kept thin: parsing, wiring and output; the work is in the crates.
 
+mod agent;
 mod cli;
+mod config;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,14 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<cli::ConfigError>().is_some() => {
+            if let Some(cli::ConfigError(problems)) = e.downcast_ref::<cli::ConfigError>() {
+                for p in problems {
+                    eprintln!("lodestar: config error: {p}");
+                }
+            }
+            ExitCode::from(78)
+        }
         Err(e) => {
             // One line: the error and its causes, outermost first.
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -50,7 +60,8 @@ fn init_logging(args: &cli::Args) {
         .unwrap_or_else(|_| EnvFilter::new(args.default_log_level()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {
         cli::LogFormat::Json => builder.json().init(),
         cli::LogFormat::Text => builder.init(),

@@ -1,6 +1,8 @@
 //! Shared test harness: real etcd, the real `lodestar` binary, patience instead of sleeps.
 #![allow(dead_code, unused_imports)]
 
+pub mod agent;
+pub mod dns;
 pub mod etcd;
 
 use std::future::Future;

@@ -1,1 +1,0 @@
-//! Forwarding of names outside our zones to upstream resolvers (being written).

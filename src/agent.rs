@@ -1,0 +1,204 @@
+//! `lodestar agent`: wires a catalog source (etcd, a file, or the demo) to the DNS zones, the
+//! DNS servers and the HTTP API, and runs until SIGTERM or SIGINT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use lodestar_control::{demo, CatalogWatch, EtcdConfig, FileStore, Snapshot, WatchConfig};
+use lodestar_dns::acl::{interface_addresses, RecursionAcl};
+use lodestar_dns::forward::{ForwardConfig, Forwarder};
+use lodestar_dns::http::{router, HttpState};
+use lodestar_dns::server::{serve_tcp, Shared, TcpLimits, UdpServer};
+use lodestar_dns::stats::DnsStats;
+use lodestar_dns::zone::ZoneBuilder;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::AgentConfig;
+
+/// Keeps whichever store feeds the snapshot channel alive (held, never read).
+#[allow(dead_code)]
+enum Store {
+    Etcd(CatalogWatch),
+    File(FileStore),
+    Demo(watch::Sender<Arc<Snapshot>>),
+}
+
+pub async fn run(config: AgentConfig) -> Result<()> {
+    // Listen for SIGTERM before anything can log "ready": a stop right after must be graceful.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+
+    let (store, mut snapshots) = open_store(&config)?;
+    let source = snapshots.borrow().source.to_string();
+    if !snapshots.borrow().is_loaded() {
+        info!(catalog = %source, "waiting for the first catalog snapshot");
+        snapshots
+            .wait_for(|s| s.is_loaded())
+            .await
+            .context("the catalog store stopped")?;
+    }
+
+    let ns_addresses: Vec<IpAddr> = {
+        let listen: Vec<IpAddr> = config.dns.listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
+        if listen.is_empty() {
+            interface_addresses()
+        } else {
+            listen
+        }
+    };
+    let mut builder = ZoneBuilder::new(config.dns.zone.clone(), ns_addresses)
+        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let first = snapshots.borrow_and_update().clone();
+    let zone = Arc::new(ArcSwap::from_pointee(builder.update(&first)));
+
+    let upstreams = config.upstreams();
+    let forwarder = Arc::new(Forwarder::new(ForwardConfig {
+        upstreams: upstreams.clone(),
+        zones: config
+            .dns
+            .forward_zones
+            .iter()
+            .map(|z| (z.zone.clone(), z.upstreams.clone()))
+            .collect(),
+        timeout: Duration::from_millis(config.dns.forward_timeout_ms),
+        max_in_flight: config.dns.max_in_flight,
+        cache_entries: config.dns.cache_entries,
+        max_stale: Duration::from_secs(config.dns.max_stale_secs),
+        ..ForwardConfig::default()
+    }));
+    let acl = match &config.dns.recursion_networks {
+        Some(n) => RecursionAcl::new(n.clone()),
+        None => RecursionAcl::local_default(),
+    };
+    let workers = config
+        .dns
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // One stats slot per UDP worker of each address, and one per TCP listener.
+    let slots = config.dns.listen.len() * (workers + 1);
+    let stats = Arc::new(DnsStats::new(slots));
+    let shared = Arc::new(Shared {
+        zone: zone.clone(),
+        forwarder: Some(forwarder.clone()),
+        acl,
+        stats: stats.clone(),
+    });
+
+    let runtime = tokio::runtime::Handle::current();
+    let mut udp_servers = Vec::new();
+    let mut tcp_tasks = Vec::new();
+    let mut dns_addrs = Vec::new();
+    for (i, addr) in config.dns.listen.iter().enumerate() {
+        let first_worker = i * (workers + 1);
+        let udp = UdpServer::start(*addr, workers, shared.clone(), runtime.clone(), first_worker)
+            .with_context(|| format!("cannot serve DNS on udp {addr}"))?;
+        let local = udp.local;
+        let tcp = tokio::net::TcpListener::bind(local)
+            .await
+            .with_context(|| format!("cannot serve DNS on tcp {local}"))?;
+        tcp_tasks.push(tokio::spawn(serve_tcp(
+            tcp,
+            shared.clone(),
+            TcpLimits::default(),
+            first_worker + workers,
+        )));
+        udp_servers.push(udp);
+        dns_addrs.push(local);
+    }
+
+    let forward_stats = forwarder.clone();
+    let dns_stats = stats.clone();
+    let metrics = Arc::new(move || {
+        let mut text = prometheus.render();
+        dns_stats.render(&mut text);
+        lodestar_dns::stats::render_forward(forward_stats.stats(), &mut text);
+        text
+    });
+    let config_json = Arc::new(serde_json::to_value(&config).unwrap_or_default());
+    let http = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot serve HTTP on {}", config.http.listen))?;
+    let http_addr = http.local_addr()?;
+    let app = router(HttpState {
+        zone: zone.clone(),
+        zone_config: config.dns.zone.clone(),
+        config_json,
+        metrics,
+    });
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            warn!("HTTP server stopped: {e}");
+        }
+    });
+
+    // Snapshot -> zone, off the async workers (a first build of a large catalog takes a while).
+    let zone_for_updates = zone.clone();
+    let updater = tokio::spawn(async move {
+        while snapshots.changed().await.is_ok() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let built = tokio::task::spawn_blocking(move || {
+                let z = builder.update(&snapshot);
+                (builder, z)
+            })
+            .await;
+            match built {
+                Ok((b, z)) => {
+                    builder = b;
+                    zone_for_updates.store(Arc::new(z));
+                }
+                Err(e) => {
+                    warn!("zone update failed: {e}");
+                    break;
+                }
+            }
+        }
+    });
+
+    let listen: Vec<String> = dns_addrs.iter().map(SocketAddr::to_string).collect();
+    info!(
+        dns = %listen.join(","),
+        http = %http_addr,
+        catalog = %source,
+        revision = zone.load().serial,
+        names = zone.load().len(),
+        upstreams = ?upstreams,
+        "lodestar agent ready"
+    );
+
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("shutting down");
+    updater.abort();
+    http_task.abort();
+    for t in tcp_tasks {
+        t.abort();
+    }
+    drop(udp_servers);
+    drop(store);
+    Ok(())
+}
+
+fn open_store(config: &AgentConfig) -> Result<(Store, watch::Receiver<Arc<Snapshot>>)> {
+    if !config.catalog.etcd.is_empty() {
+        let etcd = EtcdConfig::from_list(&config.catalog.etcd.join(","));
+        let w = CatalogWatch::spawn(etcd, WatchConfig::default());
+        let rx = w.subscribe();
+        return Ok((Store::Etcd(w), rx));
+    }
+    if let Some(path) = &config.catalog.file {
+        let f = FileStore::spawn(path, Duration::from_millis(config.catalog.file_poll_ms))?;
+        let rx = f.subscribe();
+        return Ok((Store::File(f), rx));
+    }
+    let (tx, rx) = watch::channel(Arc::new(demo::snapshot()));
+    Ok((Store::Demo(tx), rx))
+}

@@ -1,0 +1,205 @@
+//! The agent's configuration: a TOML file (docs/config.md) with defaults, overridden by flags.
+//! Every problem is reported at once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use lodestar_dns::config::ZoneConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// This node's name (default: the host name).
+    pub node: Option<String>,
+    /// This node's site (e.g. `azure`, `vsphere`).
+    pub site: Option<String>,
+    pub catalog: CatalogConfig,
+    pub dns: DnsConfig,
+    pub http: HttpConfig,
+    pub l4lb: L4lbConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// etcd endpoints; when empty and `file` is unset, the embedded demo catalog is served.
+    pub etcd: Vec<String>,
+    /// A catalog file (TOML, or JSON by extension), polled for changes.
+    pub file: Option<PathBuf>,
+    /// How often the catalog file is checked, in milliseconds.
+    pub file_poll_ms: u64,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            etcd: Vec::new(),
+            file: None,
+            file_poll_ms: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// UDP and TCP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// UDP worker threads per listen address (default: the number of cores).
+    pub workers: Option<usize>,
+    /// Client networks that may use us recursively (default: loopback and this node's networks).
+    pub recursion_networks: Option<Vec<IpNet>>,
+    /// Default upstream resolvers (default: the nameservers in /etc/resolv.conf that are not us).
+    pub upstreams: Option<Vec<SocketAddr>>,
+    /// Per-zone upstreams, matched by longest suffix before the defaults.
+    pub forward_zones: Vec<ForwardZone>,
+    /// Per-attempt upstream timeout, in milliseconds.
+    pub forward_timeout_ms: u64,
+    /// Forwarded queries in flight at once; past this, REFUSED.
+    pub max_in_flight: usize,
+    /// Cached forwarded responses.
+    pub cache_entries: usize,
+    /// How long past expiry a cached answer may be served while every upstream is down, seconds.
+    pub max_stale_secs: u64,
+    /// The `mesos` and `thisdcos.directory` zones.
+    pub zone: ZoneConfig,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: vec!["127.0.0.1:53".parse().expect("valid")],
+            workers: None,
+            recursion_networks: None,
+            upstreams: None,
+            forward_zones: Vec::new(),
+            forward_timeout_ms: 2000,
+            max_in_flight: 1024,
+            cache_entries: 10_000,
+            max_stale_secs: 86_400,
+            zone: ZoneConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardZone {
+    pub zone: String,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The HTTP API (Mesos-DNS's /v1, /metrics); Mesos-DNS used port 8123.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8123".parse().expect("valid"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L4lbConfig {
+    /// Program the VIP load balancer (arrives with the VIP issues; DNS runs without it).
+    pub enabled: bool,
+}
+
+impl Default for L4lbConfig {
+    fn default() -> Self {
+        L4lbConfig { enabled: true }
+    }
+}
+
+/// Reads a config file; every problem of the file at once.
+pub fn load(path: &Path) -> Result<AgentConfig, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        vec![match line {
+            Some(l) => format!("config file {}: line {l}: {}", path.display(), e.message().trim()),
+            None => format!("config file {}: {}", path.display(), e.message().trim()),
+        }]
+    })
+}
+
+impl AgentConfig {
+    /// Everything wrong with the merged configuration.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.catalog.etcd.is_empty() && self.catalog.file.is_some() {
+            out.push("catalog: give etcd endpoints or a catalog file, not both".into());
+        }
+        if self.dns.listen.is_empty() {
+            out.push("dns.listen: at least one address is needed".into());
+        }
+        if self.dns.workers == Some(0) {
+            out.push("dns.workers must be at least 1".into());
+        }
+        if self.dns.max_in_flight == 0 {
+            out.push("dns.max_in_flight must be at least 1".into());
+        }
+        if self.dns.forward_timeout_ms == 0 {
+            out.push("dns.forward_timeout_ms must be at least 1".into());
+        }
+        for z in &self.dns.forward_zones {
+            if z.upstreams.is_empty() {
+                out.push(format!("dns.forward_zones: zone {:?} has no upstreams", z.zone));
+            }
+        }
+        if self.catalog.file_poll_ms == 0 {
+            out.push("catalog.file_poll_ms must be at least 1".into());
+        }
+        out.extend(self.dns.zone.problems());
+        out
+    }
+
+    /// Upstreams: configured, else /etc/resolv.conf's nameservers except our own addresses.
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        if let Some(u) = &self.dns.upstreams {
+            return u.clone();
+        }
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let ours: Vec<IpAddr> = self.dns.listen.iter().map(|a| a.ip()).collect();
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+            .filter(|ip| !ours.contains(ip))
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../docs/agent.example.toml");
+        let c: AgentConfig = toml::from_str(text).unwrap();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert_eq!(c.dns.zone.domain, "mesos");
+    }
+
+    #[test]
+    fn problems_are_all_reported() {
+        let mut c = AgentConfig::default();
+        c.catalog.etcd = vec!["http://127.0.0.1:2379".into()];
+        c.catalog.file = Some("x.toml".into());
+        c.dns.listen.clear();
+        c.dns.zone.domain = "bad domain".into();
+        assert_eq!(c.problems().len(), 3, "{:?}", c.problems());
+    }
+}

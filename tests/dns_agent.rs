@@ -1,0 +1,499 @@
+//! `lodestar agent` as a DNS server: the real binary on loopback, a real DNS client (and dig),
+//! a real etcd. Mesos-DNS's rules name by name, Spartan's zones, forwarding, truncation,
+//! freshness after etcd writes, and serving through an etcd outage.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+use lodestar_control::keys::{Kind, Record};
+use lodestar_control::model::{
+    Agent as MesosAgent, DiscoveryInfo, Framework, Health, IpSource, Labels, Port, Protocol, Task,
+    TaskIp, TaskState, VipAddress,
+};
+use lodestar_control::{EtcdConfig, EtcdStore};
+use support::agent::Agent;
+use support::dns::{answers, tcp, udp, udp_raw, Upstream};
+use support::{eventually, EtcdServer};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+const AGENT_ID: &str = "20261121-000000-0001-0000-S7";
+
+fn mesos_agent() -> MesosAgent {
+    MesosAgent {
+        id: AGENT_ID.into(),
+        hostname: "agent-7".into(),
+        addresses: vec!["198.18.7.1".parse().unwrap()],
+        site: Some("azure".into()),
+    }
+}
+
+fn task(id: &str, name: &str, framework: &str, ips: &[&str]) -> Task {
+    Task {
+        id: id.into(),
+        name: name.into(),
+        framework: framework.into(),
+        agent: AGENT_ID.into(),
+        state: TaskState::Running,
+        ips: ips
+            .iter()
+            .map(|ip| TaskIp {
+                ip: ip.parse().unwrap(),
+                source: IpSource::Netinfo,
+            })
+            .collect(),
+        ports: vec![],
+        discovery: None,
+        labels: Labels::default(),
+        health: Health::Healthy,
+        site: None,
+    }
+}
+
+fn port(number: u16, name: Option<&str>, protocol: Option<Protocol>) -> Port {
+    Port {
+        number,
+        name: name.map(str::to_string),
+        protocol,
+        labels: Labels::default(),
+    }
+}
+
+async fn store(etcd: &EtcdServer) -> EtcdStore {
+    EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint())).await.unwrap()
+}
+
+fn rcode(m: &Message) -> ResponseCode {
+    m.metadata.response_code
+}
+
+/// Waits until `name` answers `qtype` with exactly `expected` (sorted data).
+async fn eventually_answers(dns: SocketAddr, name: &str, qtype: RecordType, expected: &[&str]) {
+    let want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    eventually(PATIENCE, &format!("{name} {qtype} -> {want:?}"), || {
+        let got = answers(&udp(dns, name, qtype, None));
+        let ok = got == want;
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+#[test]
+fn the_demo_catalog_answers_by_mesos_dns_rules() {
+    let agent = Agent::start(&[]);
+    let dns = agent.dns;
+
+    // A, case-insensitive, question echoed as asked, authoritative, TTL 60.
+    let r = udp(dns, "WEB.Marathon.MESOS.", RecordType::A, None);
+    assert_eq!(rcode(&r), ResponseCode::NoError);
+    assert!(r.metadata.authoritative);
+    assert_eq!(r.queries[0].name().to_ascii(), "WEB.Marathon.MESOS.");
+    assert_eq!(answers(&r), ["198.18.1.101", "198.18.2.101"]);
+    assert!(r.answers.iter().all(|a| a.ttl == 60));
+
+    // The .slave name gives the agents' addresses; the canonical name the task's.
+    let r = udp(dns, "web.marathon.slave.mesos.", RecordType::A, None);
+    assert_eq!(answers(&r), ["198.18.1.21", "198.18.2.21"]);
+
+    // SRV for a DiscoveryInfo port, with A records for the targets in the additional section.
+    let r = udp(dns, "_web._tcp.marathon.mesos.", RecordType::SRV, None);
+    assert_eq!(r.answers.len(), 2);
+    let mut targets = Vec::new();
+    for a in &r.answers {
+        let RData::SRV(srv) = &a.data else { panic!("{a:?}") };
+        assert_eq!((srv.priority, srv.weight, srv.port), (0, 1, 8080));
+        targets.push(srv.target.to_ascii());
+    }
+    assert!(targets.iter().all(|t| t.starts_with("web-") && t.ends_with(".marathon.mesos.")), "{targets:?}");
+    let canonical = &targets[0];
+    let extra: Vec<String> = r.additionals.iter().map(|a| a.name.to_ascii()).collect();
+    assert!(extra.contains(canonical), "{extra:?}");
+    let r = udp(dns, canonical, RecordType::A, None);
+    assert_eq!(r.answers.len(), 1);
+    // Named port.
+    let r = udp(dns, "_http._web._tcp.marathon.mesos.", RecordType::SRV, None);
+    assert_eq!(r.answers.len(), 2);
+    // Resource ports under .slave, both protocols.
+    let r = udp(dns, "_web._udp.marathon.slave.mesos.", RecordType::SRV, None);
+    assert_eq!(r.answers.len(), 2);
+
+    // Missing names.
+    let r = udp(dns, "nope.marathon.mesos.", RecordType::A, None);
+    assert_eq!(rcode(&r), ResponseCode::NXDomain);
+    assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
+    let r = udp(dns, "web.marathon.mesos.", RecordType::AAAA, None);
+    assert_eq!(rcode(&r), ResponseCode::NoError, "NODATA");
+    assert!(r.answers.is_empty());
+    assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
+    let r = udp(dns, "_nope._tcp.marathon.mesos.", RecordType::SRV, None);
+    assert_eq!(rcode(&r), ResponseCode::NoError);
+    assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
+
+    // Frameworks, agents, masters, leader, our own name.
+    assert_eq!(answers(&udp(dns, "marathon.mesos.", RecordType::A, None)), ["198.18.1.11"]);
+    let r = udp(dns, "_framework._tcp.marathon.mesos.", RecordType::SRV, None);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(answers(&udp(dns, "slave.mesos.", RecordType::A, None)), ["198.18.1.21", "198.18.2.21"]);
+    assert_eq!(udp(dns, "_slave._tcp.mesos.", RecordType::SRV, None).answers.len(), 1);
+    assert_eq!(answers(&udp(dns, "leader.mesos.", RecordType::A, None)), ["198.18.1.11"]);
+    assert_eq!(udp(dns, "_leader._tcp.mesos.", RecordType::SRV, None).answers.len(), 1);
+    assert_eq!(udp(dns, "_leader._udp.mesos.", RecordType::SRV, None).answers.len(), 1);
+    assert_eq!(
+        answers(&udp(dns, "master.mesos.", RecordType::A, None)),
+        ["198.18.1.11", "198.18.1.12", "198.18.2.11"]
+    );
+    for n in 0..3 {
+        assert_eq!(udp(dns, &format!("master{n}.mesos."), RecordType::A, None).answers.len(), 1);
+    }
+    assert_eq!(answers(&udp(dns, "ns1.mesos.", RecordType::A, None)), ["127.0.0.1"]);
+    let r = udp(dns, "mesos.", RecordType::SOA, None);
+    let RData::SOA(soa) = &r.answers[0].data else { panic!() };
+    assert_eq!(soa.mname.to_ascii(), "ns1.mesos.");
+    assert_eq!(soa.rname.to_ascii(), "root.ns1.mesos.");
+    let r = udp(dns, "mesos.", RecordType::NS, None);
+    assert_eq!(r.answers[0].data.to_string(), "ns1.mesos.");
+    let r = udp(dns, "web.marathon.mesos.", RecordType::ANY, None);
+    assert_eq!(r.answers.len(), 2);
+
+    // Draining tasks get no records.
+    let r = udp(dns, "batch.marathon.mesos.", RecordType::A, None);
+    assert_eq!(rcode(&r), ResponseCode::NXDomain);
+
+    // Spartan's zones.
+    let r = udp(dns, "web.marathon.l4lb.thisdcos.directory.", RecordType::A, None);
+    assert_eq!(answers(&r), ["198.19.0.10"]);
+    assert_eq!(r.answers[0].ttl, 5);
+    assert_eq!(
+        answers(&udp(dns, "web.marathon.agentip.dcos.thisdcos.directory.", RecordType::A, None)),
+        ["198.18.1.21", "198.18.2.21"]
+    );
+    assert_eq!(
+        answers(&udp(dns, "dns-cache.marathon.containerip.dcos.thisdcos.directory.", RecordType::A, None)),
+        ["198.18.1.102"]
+    );
+    assert_eq!(
+        answers(&udp(dns, "web.marathon.autoip.dcos.thisdcos.directory.", RecordType::A, None)),
+        ["198.18.1.101", "198.18.2.101"]
+    );
+
+    // TCP gives the same answers.
+    assert_eq!(answers(&tcp(dns, "web.marathon.mesos.", RecordType::A)), ["198.18.1.101", "198.18.2.101"]);
+}
+
+#[tokio::test]
+async fn awkward_catalog_entries_through_etcd() {
+    let etcd = EtcdServer::start();
+    let s = store(&etcd).await;
+    let mut named = task("named.1", "named", "marathon", &["198.18.7.10"]);
+    named.discovery = Some(DiscoveryInfo {
+        name: Some("named".into()),
+        ports: vec![port(53, Some("dns"), Some(Protocol::Tcp)), port(53, Some("dns"), Some(Protocol::Udp))],
+        labels: Labels::default(),
+    });
+    let long_name = "a".repeat(70);
+    let mut records = vec![
+        Record::Agent(mesos_agent()),
+        Record::Framework(Framework {
+            id: "fw-1".into(),
+            name: "My Framework".into(),
+            hostname: None,
+            addresses: vec!["198.18.7.2".parse().unwrap()],
+            port: Some(8080),
+        }),
+        Record::Task(task("mixed.1", "My_App.V2", "marathon", &["198.18.7.11"])),
+        Record::Task(task("long.1", &long_name, "marathon", &["198.18.7.12"])),
+        Record::Task(task("v6.1", "ipv6only", "marathon", &["2001:db8::7"])),
+        Record::Task(task("spaced.1", "svc", "My Framework", &["198.18.7.13"])),
+        Record::Task(named),
+    ];
+    let mut killed = task("killed.1", "killed", "marathon", &["198.18.7.14"]);
+    killed.state = TaskState::Draining;
+    records.push(Record::Task(killed));
+    s.put(&records).await.unwrap();
+
+    let agent = Agent::start(&["--etcd", &etcd.endpoint()]);
+    let dns = agent.dns;
+    // Mixed case, dots and underscores: lowercase, '.' and '_' become '-'.
+    assert_eq!(answers(&udp(dns, "my-app-v2.marathon.mesos.", RecordType::A, None)), ["198.18.7.11"]);
+    // 70 characters are cut to 63.
+    let r = udp(dns, &format!("{}.marathon.mesos.", "a".repeat(63)), RecordType::A, None);
+    assert_eq!(answers(&r), ["198.18.7.12"]);
+    // IPv6-only: AAAA answers, A is NODATA.
+    assert_eq!(answers(&udp(dns, "ipv6only.marathon.mesos.", RecordType::AAAA, None)), ["2001:db8::7"]);
+    let r = udp(dns, "ipv6only.marathon.mesos.", RecordType::A, None);
+    assert_eq!((rcode(&r), r.answers.len()), (ResponseCode::NoError, 0));
+    // A framework name with a space: the space is dropped.
+    assert_eq!(answers(&udp(dns, "svc.myframework.mesos.", RecordType::A, None)), ["198.18.7.13"]);
+    assert_eq!(answers(&udp(dns, "myframework.mesos.", RecordType::A, None)), ["198.18.7.2"]);
+    // A named port on both protocols.
+    for proto in ["_tcp", "_udp"] {
+        let r = udp(dns, &format!("_dns._named.{proto}.marathon.mesos."), RecordType::SRV, None);
+        assert_eq!(r.answers.len(), 1, "{proto}");
+    }
+    // A killed (draining) task has no records.
+    let r = udp(dns, "killed.marathon.mesos.", RecordType::A, None);
+    assert_eq!(rcode(&r), ResponseCode::NXDomain);
+
+    // Fresh answers after etcd writes: a new task appears, a removed one goes.
+    s.put(&[Record::Task(task("new.1", "fresh", "marathon", &["198.18.7.20"]))]).await.unwrap();
+    eventually_answers(dns, "fresh.marathon.mesos.", RecordType::A, &["198.18.7.20"]).await;
+    s.delete(Kind::Task, "mixed.1").await.unwrap();
+    eventually(PATIENCE, "the removed task to go", || {
+        let gone = rcode(&udp(dns, "my-app-v2.marathon.mesos.", RecordType::A, None)) == ResponseCode::NXDomain;
+        async move { gone.then_some(()) }
+    })
+    .await;
+    // A VIP address appears in the l4lb zone once allocated.
+    let mut vip_task = task("vip.1", "vipper", "marathon", &["198.18.7.30"]);
+    let mut labels = Labels::default();
+    labels.insert("VIP_0".into(), "/group/vipper:80".into());
+    vip_task.discovery = Some(DiscoveryInfo {
+        name: Some("vipper".into()),
+        ports: vec![Port {
+            labels,
+            ..port(8080, Some("http"), Some(Protocol::Tcp))
+        }],
+        labels: Labels::default(),
+    });
+    s.put(&[
+        Record::Task(vip_task),
+        Record::VipAddress(VipAddress {
+            name: "/group/vipper".into(),
+            addresses: vec!["198.19.7.1".parse().unwrap()],
+        }),
+    ])
+    .await
+    .unwrap();
+    eventually_answers(dns, "groupvipper.marathon.l4lb.thisdcos.directory.", RecordType::A, &["198.19.7.1"]).await;
+}
+
+#[tokio::test]
+async fn serves_the_last_catalog_through_an_etcd_outage() {
+    let mut etcd = EtcdServer::start();
+    let s = store(&etcd).await;
+    s.put(&[
+        Record::Agent(mesos_agent()),
+        Record::Task(task("t.1", "steady", "marathon", &["198.18.7.40"])),
+    ])
+    .await
+    .unwrap();
+    drop(s);
+    let agent = Agent::start(&["--etcd", &etcd.endpoint()]);
+    assert_eq!(answers(&udp(agent.dns, "steady.marathon.mesos.", RecordType::A, None)), ["198.18.7.40"]);
+    etcd.stop();
+    for _ in 0..20 {
+        assert_eq!(answers(&udp(agent.dns, "steady.marathon.mesos.", RecordType::A, None)), ["198.18.7.40"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it catches up when etcd is back.
+    etcd.restart();
+    let s = store(&etcd).await;
+    s.put(&[Record::Task(task("t.2", "steady", "marathon", &["198.18.7.41"]))]).await.unwrap();
+    eventually_answers(agent.dns, "steady.marathon.mesos.", RecordType::A, &["198.18.7.40", "198.18.7.41"]).await;
+}
+
+#[test]
+fn forwards_other_names_with_one_upstream_dead() {
+    let good = Upstream::start(Ipv4Addr::new(198, 18, 99, 1));
+    let (_dead_socket, dead) = support::dns::dead_upstream();
+    let agent = Agent::start(&["--upstream", &dead.to_string(), "--upstream", &good.addr.to_string()]);
+    for i in 0..5 {
+        let r = udp(agent.dns, &format!("host{i}.example.org."), RecordType::A, None);
+        assert_eq!(rcode(&r), ResponseCode::NoError);
+        assert_eq!(answers(&r), ["198.18.99.1"]);
+        assert!(r.metadata.recursion_available);
+    }
+    // Cached: asking again does not reach the upstream.
+    let before = good.queries.load(std::sync::atomic::Ordering::Relaxed);
+    let r = udp(agent.dns, "host0.example.org.", RecordType::A, None);
+    assert_eq!(answers(&r), ["198.18.99.1"]);
+    assert_eq!(good.queries.load(std::sync::atomic::Ordering::Relaxed), before);
+    // Our own zones are never forwarded.
+    let r = udp(agent.dns, "nope.marathon.mesos.", RecordType::A, None);
+    assert_eq!(rcode(&r), ResponseCode::NXDomain);
+}
+
+#[test]
+fn recursion_is_refused_to_clients_outside_the_configured_networks() {
+    let good = Upstream::start(Ipv4Addr::new(198, 18, 99, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[dns]\nrecursion_networks = [\"198.18.0.0/16\"]\nupstreams = [\"{}\"]\n", good.addr),
+    )
+    .unwrap();
+    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    let r = udp(agent.dns, "example.org.", RecordType::A, None);
+    assert_eq!(rcode(&r), ResponseCode::Refused);
+    assert!(!r.metadata.recursion_available);
+    assert_eq!(good.queries.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Authoritative answers are for everyone.
+    let r = udp(agent.dns, "leader.mesos.", RecordType::A, None);
+    assert_eq!(answers(&r), ["198.18.1.11"]);
+}
+
+/// A catalog with one name that has 60 addresses: 1,000+ bytes of answers.
+fn big_catalog(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut text = String::from(
+        "schema = 1\n[[agents]]\nid = \"a1\"\nhostname = \"h1\"\naddresses = [\"198.18.0.1\"]\n",
+    );
+    for i in 0..60 {
+        text.push_str(&format!(
+            "[[tasks]]\nid = \"big.{i}\"\nname = \"big\"\nframework = \"marathon\"\nagent = \"a1\"\nips = [{{ ip = \"198.18.1.{i}\", source = \"netinfo\" }}]\n"
+        ));
+    }
+    let path = dir.join("catalog.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn large_answers_truncate_over_udp_and_complete_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = big_catalog(dir.path());
+    let agent = Agent::start(&["--catalog", catalog.to_str().unwrap()]);
+    // Without EDNS the limit is 512: TC, and no partial answer.
+    let r = udp(agent.dns, "big.marathon.mesos.", RecordType::A, None);
+    assert!(r.metadata.truncation);
+    assert!(r.answers.is_empty());
+    // EDNS 4096: we honour it up to our 1232.
+    let r = udp(agent.dns, "big.marathon.mesos.", RecordType::A, Some(4096));
+    assert!(!r.metadata.truncation);
+    assert_eq!(r.answers.len(), 60);
+    assert_eq!(r.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+    // Small EDNS: still truncated.
+    assert!(udp(agent.dns, "big.marathon.mesos.", RecordType::A, Some(512)).metadata.truncation);
+    // TCP has it all.
+    assert_eq!(tcp(agent.dns, "big.marathon.mesos.", RecordType::A).answers.len(), 60);
+    // dig, a real resolver client, retries over TCP on TC by itself.
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &agent.dns.port().to_string(),
+            "+noedns",
+            "+tries=1",
+            "+time=3",
+            "big.marathon.mesos",
+            "A",
+        ])
+        .output()
+        .expect("dig (Debian package dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Truncated, retrying in TCP mode"), "{text}");
+    assert_eq!(text.matches("\tA\t198.18.1.").count(), 60, "{text}");
+}
+
+#[test]
+fn hostile_packets_get_formerr_or_are_dropped_and_counted() {
+    let agent = Agent::start(&[]);
+    let good = support::dns::build("leader.mesos.", RecordType::A, None);
+    let mut cases: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0; 5],
+        vec![0xff; 12],
+        good[..15].to_vec(),
+        {
+            let mut p = good.clone();
+            p[12] = 0xc0; // a compression pointer in the question
+            p
+        },
+        {
+            let mut p = good.clone();
+            p[5] = 2; // two questions claimed
+            p
+        },
+        vec![0x41; 600],
+    ];
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    for _ in 0..200 {
+        let mut p = good.clone();
+        for _ in 0..4 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let i = (rng as usize) % p.len();
+            p[i] = (rng >> 32) as u8;
+        }
+        cases.push(p);
+    }
+    for p in &cases {
+        if let Some(r) = udp_raw(agent.dns, p).filter(|_| p.len() >= 12 && p[2] & 0x80 == 0) {
+            // Whatever was answered parses.
+            let m = Message::from_vec(&r);
+            assert!(m.is_ok() || r.len() >= 12, "unparseable answer to {p:?}");
+        }
+    }
+    // Still serving, and counting.
+    assert_eq!(answers(&udp(agent.dns, "leader.mesos.", RecordType::A, None)), ["198.18.1.11"]);
+    let metrics = http_get(agent.http, "/metrics");
+    assert!(metrics.contains("lodestar_dns_dropped_total"), "{metrics}");
+    let formerr = metric(&metrics, "lodestar_dns_responses_total{rcode=\"FORMERR\"}");
+    assert!(formerr >= 2, "FORMERR count {formerr}");
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[test]
+fn metrics_and_the_mesos_dns_http_api() {
+    let agent = Agent::start(&[]);
+    for _ in 0..3 {
+        udp(agent.dns, "web.marathon.mesos.", RecordType::A, None);
+    }
+    let metrics = http_get(agent.http, "/metrics");
+    assert!(metric(&metrics, "lodestar_dns_queries_total{transport=\"udp\"}") >= 3, "{metrics}");
+    assert!(metrics.contains("lodestar_dns_query_duration_seconds_bucket"), "{metrics}");
+    let hosts: serde_json::Value = serde_json::from_str(&http_get(agent.http, "/v1/hosts/leader.mesos")).unwrap();
+    assert_eq!(hosts[0]["ip"], "198.18.1.11");
+    let services: serde_json::Value =
+        serde_json::from_str(&http_get(agent.http, "/v1/services/_web._tcp.marathon.mesos")).unwrap();
+    assert_eq!(services.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_bad_config_reports_every_problem_with_exit_code_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[dns]\nlisten = []\nworkers = 0\n[dns.zone]\ndomain = \"bad domain\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("lodestar: config error:").count(), 3, "{err}");
+    std::fs::write(&config, "[dns]\nlisen = [\"127.0.0.1:53\"]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+}
+
+#[test]
+fn sigterm_stops_the_agent_cleanly() {
+    let mut agent = Agent::start(&[]);
+    let status = agent.terminate().expect("exit status");
+    assert!(status.success(), "{status:?}");
+}

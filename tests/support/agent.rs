@@ -1,0 +1,120 @@
+//! The real `lodestar agent` binary on free loopback ports: started with JSON logs, ready when
+//! it logs "lodestar agent ready" (whose fields give its addresses), killed on drop. Its log is
+//! printed when the test fails.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Agent {
+    child: Option<Child>,
+    pub dns: SocketAddr,
+    pub http: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts `lodestar agent ARGS` on 127.0.0.1:0 for DNS and HTTP (unless ARGS say otherwise).
+    pub fn start(args: &[&str]) -> Agent {
+        Self::try_start(args).unwrap_or_else(|log| panic!("the agent did not get ready:\n{log}"))
+    }
+
+    /// Like `start`, but returns the log instead of panicking when it does not get ready.
+    pub fn try_start(args: &[&str]) -> Result<Agent, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
+        cmd.args(["--log-format", "json", "agent", "--no-l4lb"]);
+        if !args.contains(&"--dns-listen") {
+            cmd.args(["--dns-listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--http-listen") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .env_remove("LODESTAR_ETCD")
+            .env("LODESTAR_LOG", "info,lodestar_dns=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl only asks the kernel to kill the agent if the test process dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn lodestar agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["fields"]["message"] == "lodestar agent ready" {
+                        let _ = tx.send(v["fields"].clone());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut agent = Agent {
+            child: Some(child),
+            dns: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(fields) => {
+                    let dns = fields["dns"].as_str().unwrap_or_default();
+                    agent.dns = dns.split(',').next().unwrap_or_default().parse().expect("dns address");
+                    agent.http = fields["http"].as_str().unwrap_or_default().parse().expect("http address");
+                    return Ok(agent);
+                }
+                Err(_) if Instant::now() > deadline => return Err(agent.logs()),
+                Err(_) => {
+                    if let Some(Ok(Some(_))) = agent.child.as_mut().map(|c| c.try_wait()) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        return Err(agent.logs());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- lodestar agent log ----\n{}\n----", self.logs());
+        }
+    }
+}
