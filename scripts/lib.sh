@@ -19,8 +19,8 @@ ensure_packages() {
 
 # What building Lodestar needs: protoc for etcd-client's generated gRPC code.
 BUILD_PACKAGES=(protobuf-compiler)
-# What the tests and benchmarks need besides: a real etcd and etcdctl.
-TEST_PACKAGES=(etcd-server etcd-client)
+# What the tests need besides: a real etcd and etcdctl, and dig (a real DNS client).
+TEST_PACKAGES=(etcd-server etcd-client dnsutils)
 
 require_cargo() {
     command -v cargo >/dev/null || {

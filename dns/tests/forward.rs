@@ -1,7 +1,7 @@
 //! The forwarder against small upstream servers on 127.0.0.1: dual dispatch, demotion, zone
 //! routing, the cache and serve-stale, the in-flight cap, truncation, and malformed input.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +42,8 @@ enum Mode {
 struct Shared {
     mode: Mutex<Mode>,
     delay: Duration,
+    /// When set, each UDP answer waits for a permit: the test decides when it goes out.
+    gate: Option<tokio::sync::Semaphore>,
     udp_queries: AtomicUsize,
     tcp_queries: AtomicUsize,
 }
@@ -59,17 +61,36 @@ impl Upstream {
 
     /// Answers after `delay`.
     async fn start_slow(mode: Mode, delay: Duration) -> Upstream {
+        Self::start_with(mode, delay, None).await
+    }
+
+    /// Answers over UDP only as `release` allows.
+    async fn start_gated(mode: Mode) -> Upstream {
+        Self::start_with(mode, Duration::ZERO, Some(tokio::sync::Semaphore::new(0))).await
+    }
+
+    async fn start_with(
+        mode: Mode,
+        delay: Duration,
+        gate: Option<tokio::sync::Semaphore>,
+    ) -> Upstream {
         let (udp, tcp) = bind_pair().await;
         let addr = udp.local_addr().unwrap();
         let shared = Arc::new(Shared {
             mode: Mutex::new(mode),
             delay,
+            gate,
             udp_queries: AtomicUsize::new(0),
             tcp_queries: AtomicUsize::new(0),
         });
         tokio::spawn(serve_udp(Arc::new(udp), Arc::clone(&shared)));
         tokio::spawn(serve_tcp(tcp, Arc::clone(&shared)));
         Upstream { addr, shared }
+    }
+
+    /// Lets one held UDP answer go out.
+    fn release(&self) {
+        self.shared.gate.as_ref().unwrap().add_permits(1);
     }
 
     fn set_mode(&self, mode: Mode) {
@@ -114,9 +135,12 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
             continue;
         };
         let mode = shared.mode.lock().unwrap().clone();
-        let (socket, delay) = (Arc::clone(&socket), shared.delay);
+        let (socket, shared) = (Arc::clone(&socket), Arc::clone(&shared));
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(shared.delay).await;
+            if let Some(gate) = &shared.gate {
+                gate.acquire().await.unwrap().forget();
+            }
             for response in responses(&request, &mode, false) {
                 let _ = socket.send_to(&response, peer).await;
             }
@@ -319,7 +343,7 @@ async fn failing_upstream_is_demoted_and_skipped() {
     let healthy = Upstream::start(answer_mode(1)).await;
     let dead = Upstream::start(Mode::Dead).await;
     let forwarder = Forwarder::new(ForwardConfig {
-        timeout: Duration::from_millis(150),
+        timeout: Duration::from_millis(250),
         ..config(vec![healthy.addr, dead.addr])
     });
     let dead_stats = forwarder.stats().upstream(dead.addr).unwrap();
@@ -712,10 +736,10 @@ async fn nothing_stale_is_served_past_max_stale() {
 
 #[tokio::test]
 async fn in_flight_cap_refuses() {
-    let slow = Upstream::start_slow(answer_mode(1), Duration::from_millis(300)).await;
+    let slow = Upstream::start_gated(answer_mode(1)).await;
     let forwarder = Arc::new(Forwarder::new(ForwardConfig {
         max_in_flight: 1,
-        timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(5),
         ..config(vec![slow.addr])
     }));
 
@@ -742,6 +766,7 @@ async fn in_flight_cap_refuses() {
     assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
     assert_eq!(forwarder.stats().refused_in_flight.load(Relaxed), 1);
 
+    slow.release();
     let answered = parse(&first.await.unwrap());
     assert_eq!(answers(&answered), [(1, 300)]);
     eventually("the permit is given back", || forwarder.in_flight() == 0).await;

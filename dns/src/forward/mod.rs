@@ -3,10 +3,12 @@
 //!
 //! Per query: the cache first (a fresh entry is answered with the client's ID and question and
 //! its TTLs aged); then a permit of the in-flight cap, or REFUSED; then the upstreams of the
-//! longest matching zone (or the defaults), two at a time, each failure starting the next one,
-//! for at most twice the per-attempt timeout; then, if none answered, a stale entry (TTL 30) or
-//! SERVFAIL. Attempts that lose the race run to their end in the background, so a dead upstream
-//! is noticed and demoted even while its partner answers every query.
+//! longest matching zone (or the defaults): the two best at once, each failure starting the next
+//! one (demoted upstreams last), for at most twice the per-attempt timeout; then, if none
+//! answered, a stale entry (TTL 30) or SERVFAIL. Attempts that lose the race run to their end
+//! in the background, so a dead upstream is noticed and demoted even while its partner answers
+//! every query. An upstream's answer is relayed as sent, except for the ID, the question's case,
+//! the TTLs (aged) and the OPT record (ours, and only if the client sent one).
 
 mod cache;
 mod packet;
@@ -407,8 +409,8 @@ impl Forwarder {
         }
     }
 
-    /// Asks the upstreams of `set`, two at a time, until one gives a usable answer or the
-    /// query's time (twice the per-attempt timeout) is up.
+    /// Asks the upstreams of `set`, two at a time in the order of their health, until one
+    /// gives a usable answer or the query's time (twice the per-attempt timeout) is up.
     async fn dispatch(
         &self,
         client: &ClientQuery<'_>,

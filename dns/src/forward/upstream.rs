@@ -248,6 +248,10 @@ pub(super) enum ExchangeError {
 /// few strays or spoofs, few enough that a flood cannot keep an attempt busy for its whole timeout.
 const MAX_STRAY_DATAGRAMS: usize = 16;
 
+/// Room for any answer to our advertised 1232-byte payload, with slack for upstreams that
+/// overshoot it; kept small because every attempt in flight holds one.
+const UDP_BUFFER: usize = 4096;
+
 fn local_addr_for(upstream: SocketAddr) -> SocketAddr {
     // An upstream on loopback is reached from loopback, so nothing binds wider than it needs.
     let ip = match (upstream, upstream.ip().is_loopback()) {
@@ -290,7 +294,7 @@ async fn exchange_udp(
     // Connected, so the kernel drops datagrams from anyone but the upstream.
     socket.connect(upstream).await?;
     socket.send(&query.with_id(id)).await?;
-    let mut buf = vec![0; usize::from(u16::MAX)];
+    let mut buf = vec![0; UDP_BUFFER];
     for _ in 0..MAX_STRAY_DATAGRAMS {
         let len = socket.recv(&mut buf).await?;
         match check_answer(buf.get(..len).unwrap_or_default(), query, id) {
