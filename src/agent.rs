@@ -46,7 +46,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     }
 
     let ns_addresses: Vec<IpAddr> = {
-        let listen: Vec<IpAddr> = config.dns.listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
+        let listen: Vec<IpAddr> = config
+            .dns
+            .listen
+            .iter()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
         if listen.is_empty() {
             interface_addresses()
         } else {
@@ -97,8 +103,14 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let mut dns_addrs = Vec::new();
     for (i, addr) in config.dns.listen.iter().enumerate() {
         let first_worker = i * (workers + 1);
-        let udp = UdpServer::start(*addr, workers, shared.clone(), runtime.clone(), first_worker)
-            .with_context(|| format!("cannot serve DNS on udp {addr}"))?;
+        let udp = UdpServer::start(
+            *addr,
+            workers,
+            shared.clone(),
+            runtime.clone(),
+            first_worker,
+        )
+        .with_context(|| format!("cannot serve DNS on udp {addr}"))?;
         let local = udp.local;
         let tcp = tokio::net::TcpListener::bind(local)
             .await

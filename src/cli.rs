@@ -122,7 +122,11 @@ impl AgentArgs {
             None => crate::config::AgentConfig::default(),
         };
         if let Some(e) = &self.etcd {
-            c.catalog.etcd = e.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            c.catalog.etcd = e
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
             c.catalog.file = None;
         }
         if let Some(f) = &self.catalog {

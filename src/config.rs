@@ -128,7 +128,11 @@ pub fn load(path: &Path) -> Result<AgentConfig, Vec<String>> {
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         vec![match line {
-            Some(l) => format!("config file {}: line {l}: {}", path.display(), e.message().trim()),
+            Some(l) => format!(
+                "config file {}: line {l}: {}",
+                path.display(),
+                e.message().trim()
+            ),
             None => format!("config file {}: {}", path.display(), e.message().trim()),
         }]
     })
@@ -155,7 +159,10 @@ impl AgentConfig {
         }
         for z in &self.dns.forward_zones {
             if z.upstreams.is_empty() {
-                out.push(format!("dns.forward_zones: zone {:?} has no upstreams", z.zone));
+                out.push(format!(
+                    "dns.forward_zones: zone {:?} has no upstreams",
+                    z.zone
+                ));
             }
         }
         if self.catalog.file_poll_ms == 0 {

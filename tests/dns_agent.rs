@@ -64,7 +64,9 @@ fn port(number: u16, name: Option<&str>, protocol: Option<Protocol>) -> Port {
 }
 
 async fn store(etcd: &EtcdServer) -> EtcdStore {
-    EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint())).await.unwrap()
+    EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
+        .await
+        .unwrap()
 }
 
 fn rcode(m: &Message) -> ResponseCode {
@@ -104,21 +106,38 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     assert_eq!(r.answers.len(), 2);
     let mut targets = Vec::new();
     for a in &r.answers {
-        let RData::SRV(srv) = &a.data else { panic!("{a:?}") };
+        let RData::SRV(srv) = &a.data else {
+            panic!("{a:?}")
+        };
         assert_eq!((srv.priority, srv.weight, srv.port), (0, 1, 8080));
         targets.push(srv.target.to_ascii());
     }
-    assert!(targets.iter().all(|t| t.starts_with("web-") && t.ends_with(".marathon.mesos.")), "{targets:?}");
+    assert!(
+        targets
+            .iter()
+            .all(|t| t.starts_with("web-") && t.ends_with(".marathon.mesos.")),
+        "{targets:?}"
+    );
     let canonical = &targets[0];
     let extra: Vec<String> = r.additionals.iter().map(|a| a.name.to_ascii()).collect();
     assert!(extra.contains(canonical), "{extra:?}");
     let r = udp(dns, canonical, RecordType::A, None);
     assert_eq!(r.answers.len(), 1);
     // Named port.
-    let r = udp(dns, "_http._web._tcp.marathon.mesos.", RecordType::SRV, None);
+    let r = udp(
+        dns,
+        "_http._web._tcp.marathon.mesos.",
+        RecordType::SRV,
+        None,
+    );
     assert_eq!(r.answers.len(), 2);
     // Resource ports under .slave, both protocols.
-    let r = udp(dns, "_web._udp.marathon.slave.mesos.", RecordType::SRV, None);
+    let r = udp(
+        dns,
+        "_web._udp.marathon.slave.mesos.",
+        RecordType::SRV,
+        None,
+    );
     assert_eq!(r.answers.len(), 2);
 
     // Missing names.
@@ -134,24 +153,63 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
 
     // Frameworks, agents, masters, leader, our own name.
-    assert_eq!(answers(&udp(dns, "marathon.mesos.", RecordType::A, None)), ["198.18.1.11"]);
-    let r = udp(dns, "_framework._tcp.marathon.mesos.", RecordType::SRV, None);
+    assert_eq!(
+        answers(&udp(dns, "marathon.mesos.", RecordType::A, None)),
+        ["198.18.1.11"]
+    );
+    let r = udp(
+        dns,
+        "_framework._tcp.marathon.mesos.",
+        RecordType::SRV,
+        None,
+    );
     assert_eq!(r.answers.len(), 1);
-    assert_eq!(answers(&udp(dns, "slave.mesos.", RecordType::A, None)), ["198.18.1.21", "198.18.2.21"]);
-    assert_eq!(udp(dns, "_slave._tcp.mesos.", RecordType::SRV, None).answers.len(), 1);
-    assert_eq!(answers(&udp(dns, "leader.mesos.", RecordType::A, None)), ["198.18.1.11"]);
-    assert_eq!(udp(dns, "_leader._tcp.mesos.", RecordType::SRV, None).answers.len(), 1);
-    assert_eq!(udp(dns, "_leader._udp.mesos.", RecordType::SRV, None).answers.len(), 1);
+    assert_eq!(
+        answers(&udp(dns, "slave.mesos.", RecordType::A, None)),
+        ["198.18.1.21", "198.18.2.21"]
+    );
+    assert_eq!(
+        udp(dns, "_slave._tcp.mesos.", RecordType::SRV, None)
+            .answers
+            .len(),
+        1
+    );
+    assert_eq!(
+        answers(&udp(dns, "leader.mesos.", RecordType::A, None)),
+        ["198.18.1.11"]
+    );
+    assert_eq!(
+        udp(dns, "_leader._tcp.mesos.", RecordType::SRV, None)
+            .answers
+            .len(),
+        1
+    );
+    assert_eq!(
+        udp(dns, "_leader._udp.mesos.", RecordType::SRV, None)
+            .answers
+            .len(),
+        1
+    );
     assert_eq!(
         answers(&udp(dns, "master.mesos.", RecordType::A, None)),
         ["198.18.1.11", "198.18.1.12", "198.18.2.11"]
     );
     for n in 0..3 {
-        assert_eq!(udp(dns, &format!("master{n}.mesos."), RecordType::A, None).answers.len(), 1);
+        assert_eq!(
+            udp(dns, &format!("master{n}.mesos."), RecordType::A, None)
+                .answers
+                .len(),
+            1
+        );
     }
-    assert_eq!(answers(&udp(dns, "ns1.mesos.", RecordType::A, None)), ["127.0.0.1"]);
+    assert_eq!(
+        answers(&udp(dns, "ns1.mesos.", RecordType::A, None)),
+        ["127.0.0.1"]
+    );
     let r = udp(dns, "mesos.", RecordType::SOA, None);
-    let RData::SOA(soa) = &r.answers[0].data else { panic!() };
+    let RData::SOA(soa) = &r.answers[0].data else {
+        panic!()
+    };
     assert_eq!(soa.mname.to_ascii(), "ns1.mesos.");
     assert_eq!(soa.rname.to_ascii(), "root.ns1.mesos.");
     let r = udp(dns, "mesos.", RecordType::NS, None);
@@ -164,24 +222,47 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     assert_eq!(rcode(&r), ResponseCode::NXDomain);
 
     // Spartan's zones.
-    let r = udp(dns, "web.marathon.l4lb.thisdcos.directory.", RecordType::A, None);
+    let r = udp(
+        dns,
+        "web.marathon.l4lb.thisdcos.directory.",
+        RecordType::A,
+        None,
+    );
     assert_eq!(answers(&r), ["198.19.0.10"]);
     assert_eq!(r.answers[0].ttl, 5);
     assert_eq!(
-        answers(&udp(dns, "web.marathon.agentip.dcos.thisdcos.directory.", RecordType::A, None)),
+        answers(&udp(
+            dns,
+            "web.marathon.agentip.dcos.thisdcos.directory.",
+            RecordType::A,
+            None
+        )),
         ["198.18.1.21", "198.18.2.21"]
     );
     assert_eq!(
-        answers(&udp(dns, "dns-cache.marathon.containerip.dcos.thisdcos.directory.", RecordType::A, None)),
+        answers(&udp(
+            dns,
+            "dns-cache.marathon.containerip.dcos.thisdcos.directory.",
+            RecordType::A,
+            None
+        )),
         ["198.18.1.102"]
     );
     assert_eq!(
-        answers(&udp(dns, "web.marathon.autoip.dcos.thisdcos.directory.", RecordType::A, None)),
+        answers(&udp(
+            dns,
+            "web.marathon.autoip.dcos.thisdcos.directory.",
+            RecordType::A,
+            None
+        )),
         ["198.18.1.101", "198.18.2.101"]
     );
 
     // TCP gives the same answers.
-    assert_eq!(answers(&tcp(dns, "web.marathon.mesos.", RecordType::A)), ["198.18.1.101", "198.18.2.101"]);
+    assert_eq!(
+        answers(&tcp(dns, "web.marathon.mesos.", RecordType::A)),
+        ["198.18.1.101", "198.18.2.101"]
+    );
 }
 
 #[tokio::test]
@@ -191,7 +272,10 @@ async fn awkward_catalog_entries_through_etcd() {
     let mut named = task("named.1", "named", "marathon", &["198.18.7.10"]);
     named.discovery = Some(DiscoveryInfo {
         name: Some("named".into()),
-        ports: vec![port(53, Some("dns"), Some(Protocol::Tcp)), port(53, Some("dns"), Some(Protocol::Udp))],
+        ports: vec![
+            port(53, Some("dns"), Some(Protocol::Tcp)),
+            port(53, Some("dns"), Some(Protocol::Udp)),
+        ],
         labels: Labels::default(),
     });
     let long_name = "a".repeat(70);
@@ -218,20 +302,47 @@ async fn awkward_catalog_entries_through_etcd() {
     let agent = Agent::start(&["--etcd", &etcd.endpoint()]);
     let dns = agent.dns;
     // Mixed case, dots and underscores: lowercase, '.' and '_' become '-'.
-    assert_eq!(answers(&udp(dns, "my-app-v2.marathon.mesos.", RecordType::A, None)), ["198.18.7.11"]);
+    assert_eq!(
+        answers(&udp(dns, "my-app-v2.marathon.mesos.", RecordType::A, None)),
+        ["198.18.7.11"]
+    );
     // 70 characters are cut to 63.
-    let r = udp(dns, &format!("{}.marathon.mesos.", "a".repeat(63)), RecordType::A, None);
+    let r = udp(
+        dns,
+        &format!("{}.marathon.mesos.", "a".repeat(63)),
+        RecordType::A,
+        None,
+    );
     assert_eq!(answers(&r), ["198.18.7.12"]);
     // IPv6-only: AAAA answers, A is NODATA.
-    assert_eq!(answers(&udp(dns, "ipv6only.marathon.mesos.", RecordType::AAAA, None)), ["2001:db8::7"]);
+    assert_eq!(
+        answers(&udp(
+            dns,
+            "ipv6only.marathon.mesos.",
+            RecordType::AAAA,
+            None
+        )),
+        ["2001:db8::7"]
+    );
     let r = udp(dns, "ipv6only.marathon.mesos.", RecordType::A, None);
     assert_eq!((rcode(&r), r.answers.len()), (ResponseCode::NoError, 0));
     // A framework name with a space: the space is dropped.
-    assert_eq!(answers(&udp(dns, "svc.myframework.mesos.", RecordType::A, None)), ["198.18.7.13"]);
-    assert_eq!(answers(&udp(dns, "myframework.mesos.", RecordType::A, None)), ["198.18.7.2"]);
+    assert_eq!(
+        answers(&udp(dns, "svc.myframework.mesos.", RecordType::A, None)),
+        ["198.18.7.13"]
+    );
+    assert_eq!(
+        answers(&udp(dns, "myframework.mesos.", RecordType::A, None)),
+        ["198.18.7.2"]
+    );
     // A named port on both protocols.
     for proto in ["_tcp", "_udp"] {
-        let r = udp(dns, &format!("_dns._named.{proto}.marathon.mesos."), RecordType::SRV, None);
+        let r = udp(
+            dns,
+            &format!("_dns._named.{proto}.marathon.mesos."),
+            RecordType::SRV,
+            None,
+        );
         assert_eq!(r.answers.len(), 1, "{proto}");
     }
     // A killed (draining) task has no records.
@@ -239,11 +350,25 @@ async fn awkward_catalog_entries_through_etcd() {
     assert_eq!(rcode(&r), ResponseCode::NXDomain);
 
     // Fresh answers after etcd writes: a new task appears, a removed one goes.
-    s.put(&[Record::Task(task("new.1", "fresh", "marathon", &["198.18.7.20"]))]).await.unwrap();
-    eventually_answers(dns, "fresh.marathon.mesos.", RecordType::A, &["198.18.7.20"]).await;
+    s.put(&[Record::Task(task(
+        "new.1",
+        "fresh",
+        "marathon",
+        &["198.18.7.20"],
+    ))])
+    .await
+    .unwrap();
+    eventually_answers(
+        dns,
+        "fresh.marathon.mesos.",
+        RecordType::A,
+        &["198.18.7.20"],
+    )
+    .await;
     s.delete(Kind::Task, "mixed.1").await.unwrap();
     eventually(PATIENCE, "the removed task to go", || {
-        let gone = rcode(&udp(dns, "my-app-v2.marathon.mesos.", RecordType::A, None)) == ResponseCode::NXDomain;
+        let gone = rcode(&udp(dns, "my-app-v2.marathon.mesos.", RecordType::A, None))
+            == ResponseCode::NXDomain;
         async move { gone.then_some(()) }
     })
     .await;
@@ -268,7 +393,13 @@ async fn awkward_catalog_entries_through_etcd() {
     ])
     .await
     .unwrap();
-    eventually_answers(dns, "groupvipper.marathon.l4lb.thisdcos.directory.", RecordType::A, &["198.19.7.1"]).await;
+    eventually_answers(
+        dns,
+        "groupvipper.marathon.l4lb.thisdcos.directory.",
+        RecordType::A,
+        &["198.19.7.1"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -283,26 +414,65 @@ async fn serves_the_last_catalog_through_an_etcd_outage() {
     .unwrap();
     drop(s);
     let agent = Agent::start(&["--etcd", &etcd.endpoint()]);
-    assert_eq!(answers(&udp(agent.dns, "steady.marathon.mesos.", RecordType::A, None)), ["198.18.7.40"]);
+    assert_eq!(
+        answers(&udp(
+            agent.dns,
+            "steady.marathon.mesos.",
+            RecordType::A,
+            None
+        )),
+        ["198.18.7.40"]
+    );
     etcd.stop();
     for _ in 0..20 {
-        assert_eq!(answers(&udp(agent.dns, "steady.marathon.mesos.", RecordType::A, None)), ["198.18.7.40"]);
+        assert_eq!(
+            answers(&udp(
+                agent.dns,
+                "steady.marathon.mesos.",
+                RecordType::A,
+                None
+            )),
+            ["198.18.7.40"]
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // And it catches up when etcd is back.
     etcd.restart();
     let s = store(&etcd).await;
-    s.put(&[Record::Task(task("t.2", "steady", "marathon", &["198.18.7.41"]))]).await.unwrap();
-    eventually_answers(agent.dns, "steady.marathon.mesos.", RecordType::A, &["198.18.7.40", "198.18.7.41"]).await;
+    s.put(&[Record::Task(task(
+        "t.2",
+        "steady",
+        "marathon",
+        &["198.18.7.41"],
+    ))])
+    .await
+    .unwrap();
+    eventually_answers(
+        agent.dns,
+        "steady.marathon.mesos.",
+        RecordType::A,
+        &["198.18.7.40", "198.18.7.41"],
+    )
+    .await;
 }
 
 #[test]
 fn forwards_other_names_with_one_upstream_dead() {
     let good = Upstream::start(Ipv4Addr::new(198, 18, 99, 1));
     let (_dead_socket, dead) = support::dns::dead_upstream();
-    let agent = Agent::start(&["--upstream", &dead.to_string(), "--upstream", &good.addr.to_string()]);
+    let agent = Agent::start(&[
+        "--upstream",
+        &dead.to_string(),
+        "--upstream",
+        &good.addr.to_string(),
+    ]);
     for i in 0..5 {
-        let r = udp(agent.dns, &format!("host{i}.example.org."), RecordType::A, None);
+        let r = udp(
+            agent.dns,
+            &format!("host{i}.example.org."),
+            RecordType::A,
+            None,
+        );
         assert_eq!(rcode(&r), ResponseCode::NoError);
         assert_eq!(answers(&r), ["198.18.99.1"]);
         assert!(r.metadata.recursion_available);
@@ -311,7 +481,10 @@ fn forwards_other_names_with_one_upstream_dead() {
     let before = good.queries.load(std::sync::atomic::Ordering::Relaxed);
     let r = udp(agent.dns, "host0.example.org.", RecordType::A, None);
     assert_eq!(answers(&r), ["198.18.99.1"]);
-    assert_eq!(good.queries.load(std::sync::atomic::Ordering::Relaxed), before);
+    assert_eq!(
+        good.queries.load(std::sync::atomic::Ordering::Relaxed),
+        before
+    );
     // Our own zones are never forwarded.
     let r = udp(agent.dns, "nope.marathon.mesos.", RecordType::A, None);
     assert_eq!(rcode(&r), ResponseCode::NXDomain);
@@ -324,7 +497,10 @@ fn recursion_is_refused_to_clients_outside_the_configured_networks() {
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
-        format!("[dns]\nrecursion_networks = [\"198.18.0.0/16\"]\nupstreams = [\"{}\"]\n", good.addr),
+        format!(
+            "[dns]\nrecursion_networks = [\"198.18.0.0/16\"]\nupstreams = [\"{}\"]\n",
+            good.addr
+        ),
     )
     .unwrap();
     let agent = Agent::start(&["--config", config.to_str().unwrap()]);
@@ -367,9 +543,18 @@ fn large_answers_truncate_over_udp_and_complete_over_tcp() {
     assert_eq!(r.answers.len(), 60);
     assert_eq!(r.edns.as_ref().map(|e| e.max_payload()), Some(1232));
     // Small EDNS: still truncated.
-    assert!(udp(agent.dns, "big.marathon.mesos.", RecordType::A, Some(512)).metadata.truncation);
+    assert!(
+        udp(agent.dns, "big.marathon.mesos.", RecordType::A, Some(512))
+            .metadata
+            .truncation
+    );
     // TCP has it all.
-    assert_eq!(tcp(agent.dns, "big.marathon.mesos.", RecordType::A).answers.len(), 60);
+    assert_eq!(
+        tcp(agent.dns, "big.marathon.mesos.", RecordType::A)
+            .answers
+            .len(),
+        60
+    );
     // dig, a real resolver client, retries over TCP on TC by itself.
     let out = Command::new("dig")
         .args([
@@ -430,7 +615,10 @@ fn hostile_packets_get_formerr_or_are_dropped_and_counted() {
         }
     }
     // Still serving, and counting.
-    assert_eq!(answers(&udp(agent.dns, "leader.mesos.", RecordType::A, None)), ["198.18.1.11"]);
+    assert_eq!(
+        answers(&udp(agent.dns, "leader.mesos.", RecordType::A, None)),
+        ["198.18.1.11"]
+    );
     let metrics = http_get(agent.http, "/metrics");
     assert!(metrics.contains("lodestar_dns_dropped_total"), "{metrics}");
     let formerr = metric(&metrics, "lodestar_dns_responses_total{rcode=\"FORMERR\"}");
@@ -444,7 +632,9 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
-    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    body.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -461,12 +651,22 @@ fn metrics_and_the_mesos_dns_http_api() {
         udp(agent.dns, "web.marathon.mesos.", RecordType::A, None);
     }
     let metrics = http_get(agent.http, "/metrics");
-    assert!(metric(&metrics, "lodestar_dns_queries_total{transport=\"udp\"}") >= 3, "{metrics}");
-    assert!(metrics.contains("lodestar_dns_query_duration_seconds_bucket"), "{metrics}");
-    let hosts: serde_json::Value = serde_json::from_str(&http_get(agent.http, "/v1/hosts/leader.mesos")).unwrap();
+    assert!(
+        metric(&metrics, "lodestar_dns_queries_total{transport=\"udp\"}") >= 3,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lodestar_dns_query_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    let hosts: serde_json::Value =
+        serde_json::from_str(&http_get(agent.http, "/v1/hosts/leader.mesos")).unwrap();
     assert_eq!(hosts[0]["ip"], "198.18.1.11");
-    let services: serde_json::Value =
-        serde_json::from_str(&http_get(agent.http, "/v1/services/_web._tcp.marathon.mesos")).unwrap();
+    let services: serde_json::Value = serde_json::from_str(&http_get(
+        agent.http,
+        "/v1/services/_web._tcp.marathon.mesos",
+    ))
+    .unwrap();
     assert_eq!(services.as_array().unwrap().len(), 2);
 }
 
@@ -474,7 +674,11 @@ fn metrics_and_the_mesos_dns_http_api() {
 fn a_bad_config_reports_every_problem_with_exit_code_78() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
-    std::fs::write(&config, "[dns]\nlisten = []\nworkers = 0\n[dns.zone]\ndomain = \"bad domain\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[dns]\nlisten = []\nworkers = 0\n[dns.zone]\ndomain = \"bad domain\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
         .args(["agent", "--config", config.to_str().unwrap()])
         .output()

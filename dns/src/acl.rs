@@ -54,7 +54,9 @@ pub fn interface_networks() -> Vec<IpNet> {
         let mut cur = head;
         while !cur.is_null() {
             let ifa = &*cur;
-            if let (Some(addr), Some(mask)) = (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask)) {
+            if let (Some(addr), Some(mask)) =
+                (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask))
+            {
                 let prefix = match mask {
                     IpAddr::V4(m) => u32::from(m).count_ones() as u8,
                     IpAddr::V6(m) => u128::from(m).count_ones() as u8,
@@ -84,7 +86,9 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
     match i32::from((*sa).sa_family) {
         libc::AF_INET => {
             let sin = &*(sa as *const libc::sockaddr_in);
-            Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+            Some(IpAddr::from(
+                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+            ))
         }
         libc::AF_INET6 => {
             let sin6 = &*(sa as *const libc::sockaddr_in6);

@@ -63,10 +63,15 @@ impl ZoneConfig {
         let domain = self.domain.trim_end_matches('.');
         if domain.is_empty()
             || domain.split('.').any(|l| {
-                l.is_empty() || l.len() > 63 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                l.is_empty()
+                    || l.len() > 63
+                    || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             })
         {
-            out.push(format!("dns.domain {:?} is not a valid domain name", self.domain));
+            out.push(format!(
+                "dns.domain {:?} is not a valid domain name",
+                self.domain
+            ));
         }
         if self.ip_sources.is_empty() {
             out.push("dns.ip_sources must name at least one source".into());
@@ -78,8 +83,13 @@ impl ZoneConfig {
             }
             seen.push(*s);
         }
-        for (what, name) in [("dns.ns_name", &self.ns_name), ("dns.soa_rname", &self.soa_rname)] {
-            if hickory_proto::rr::Name::from_ascii(name).is_err() || name.trim_matches('.').is_empty() {
+        for (what, name) in [
+            ("dns.ns_name", &self.ns_name),
+            ("dns.soa_rname", &self.soa_rname),
+        ] {
+            if hickory_proto::rr::Name::from_ascii(name).is_err()
+                || name.trim_matches('.').is_empty()
+            {
                 out.push(format!("{what} {name:?} is not a valid domain name"));
             }
         }
@@ -88,6 +98,9 @@ impl ZoneConfig {
 
     /// The domain in lowercase with a trailing dot.
     pub fn fqdn_domain(&self) -> String {
-        format!("{}.", self.domain.trim_end_matches('.').to_ascii_lowercase())
+        format!(
+            "{}.",
+            self.domain.trim_end_matches('.').to_ascii_lowercase()
+        )
     }
 }

@@ -103,7 +103,10 @@ mod tests {
         let r952 = LabelSpec::Rfc952;
         let r1123 = LabelSpec::Rfc1123;
         assert_eq!(r952.label("4abc123"), "abc123");
-        assert_eq!(r952.label("fd%gsf---gs7-f$gs--d7fddg-123"), "fdgsf---gs7-fgs--d7fddg1");
+        assert_eq!(
+            r952.label("fd%gsf---gs7-f$gs--d7fddg-123"),
+            "fdgsf---gs7-fgs--d7fddg1"
+        );
         assert_eq!(
             r952.label("chronos with a space AND MIXED CASE-2.0.1"),
             "chronoswithaspaceandmixe"
@@ -133,7 +136,9 @@ mod tests {
         let name = "Ünïcødé_".repeat(40);
         let l = LabelSpec::Rfc1123.label(&name);
         assert!(l.len() <= 63, "{l}");
-        assert!(l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        assert!(l
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
         assert_eq!(LabelSpec::Rfc1123.label("$$$"), "");
         assert_eq!(LabelSpec::Rfc952.label("1234"), "");
     }
@@ -141,7 +146,10 @@ mod tests {
     #[test]
     fn canonical_name_parts() {
         assert_eq!(task_hash("test"), "iffe9");
-        assert_eq!(agent_id_tail("20150925-143318-1660156426-5050-2036-S3"), "s3");
+        assert_eq!(
+            agent_id_tail("20150925-143318-1660156426-5050-2036-S3"),
+            "s3"
+        );
         assert_eq!(agent_id_tail("plain"), "plain");
     }
 }

@@ -65,7 +65,11 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
     if label.is_empty() {
         return out;
     }
-    let canonical = format!("{label}-{}-{}.{fw}", task_hash(&task.id), agent_id_tail(&agent.id));
+    let canonical = format!(
+        "{label}-{}-{}.{fw}",
+        task_hash(&task.id),
+        agent_id_tail(&agent.id)
+    );
     let short = format!("{label}.{fw}");
     let task_ips = select_ips(config, agent, task);
     for ip in &task_ips {
@@ -101,7 +105,11 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
                 Some(Protocol::Udp) => &["_udp"],
                 None => &["_tcp", "_udp"],
             };
-            let port_label = port.name.as_deref().map(|n| spec.label(n)).unwrap_or_default();
+            let port_label = port
+                .name
+                .as_deref()
+                .map(|n| spec.label(n))
+                .unwrap_or_default();
             for proto in protos {
                 let srv = Rr::Srv {
                     target: target.clone(),
@@ -173,7 +181,11 @@ pub fn select_ips(config: &ZoneConfig, agent: &Agent, task: &Task) -> Vec<IpAddr
 
 /// Records that do not belong to one task: frameworks, agents, masters and leader, the
 /// server's own name, and the l4lb names of named VIPs.
-pub fn cluster_records(config: &ZoneConfig, snapshot: &Snapshot, ns_addresses: &[IpAddr]) -> Records {
+pub fn cluster_records(
+    config: &ZoneConfig,
+    snapshot: &Snapshot,
+    ns_addresses: &[IpAddr],
+) -> Records {
     let mut out = Records::new();
     let spec = config.labels;
     let domain = config.fqdn_domain();
@@ -252,7 +264,10 @@ pub fn cluster_records(config: &ZoneConfig, snapshot: &Snapshot, ns_addresses: &
         out.push((format!("master{index}.{domain}"), Rr::ip(l.address)));
     }
 
-    let ns = format!("{}.", config.ns_name.trim_end_matches('.').to_ascii_lowercase());
+    let ns = format!(
+        "{}.",
+        config.ns_name.trim_end_matches('.').to_ascii_lowercase()
+    );
     let ns_ips = if config.ns_addresses.is_empty() {
         ns_addresses
     } else {
@@ -404,13 +419,25 @@ mod tests {
             ..ZoneConfig::default()
         };
         let n = names(&task_records(&cfg, Some(&agent()), &t));
-        assert!(n.contains(&"shop.marathon.mesos. A(198.18.0.11)".to_string()), "{n:#?}");
-        assert!(!n.iter().any(|x| x.starts_with("shop.marathon.mesos. A(198.18.0.10)")));
+        assert!(
+            n.contains(&"shop.marathon.mesos. A(198.18.0.11)".to_string()),
+            "{n:#?}"
+        );
+        assert!(!n
+            .iter()
+            .any(|x| x.starts_with("shop.marathon.mesos. A(198.18.0.10)")));
         assert!(n.contains(&"_http._shop._tcp.marathon.mesos. Srv { target: \"shop-iffe9-s3.marathon.mesos.\", port: 80 }".to_string()), "{n:#?}");
         assert!(n.contains(&"_shop._udp.marathon.mesos. Srv { target: \"shop-iffe9-s3.marathon.mesos.\", port: 53 }".to_string()));
-        assert!(!n.iter().any(|x| x.starts_with("_http._shop._udp")), "{n:#?}");
+        assert!(
+            !n.iter().any(|x| x.starts_with("_http._shop._udp")),
+            "{n:#?}"
+        );
         // Resource ports of a task with DiscoveryInfo: only under .slave.
-        assert!(!n.iter().any(|x| x.contains("port: 31000") && !x.contains(".slave.mesos. Srv")), "{n:#?}");
+        assert!(
+            !n.iter()
+                .any(|x| x.contains("port: 31000") && !x.contains(".slave.mesos. Srv")),
+            "{n:#?}"
+        );
     }
 
     #[test]
@@ -426,8 +453,18 @@ mod tests {
     fn dcos_names() {
         let cfg = ZoneConfig::default();
         let n = names(&task_records(&cfg, Some(&agent()), &task()));
-        assert!(n.contains(&"liquor-store.marathon.agentip.dcos.thisdcos.directory. A(198.18.0.1)".to_string()), "{n:#?}");
-        assert!(n.contains(&"liquor-store.marathon.autoip.dcos.thisdcos.directory. Aaaa(2001:db8::10)".to_string()));
-        assert!(n.contains(&"liquor-store.marathon.containerip.dcos.thisdcos.directory. A(198.18.0.11)".to_string()));
+        assert!(
+            n.contains(
+                &"liquor-store.marathon.agentip.dcos.thisdcos.directory. A(198.18.0.1)".to_string()
+            ),
+            "{n:#?}"
+        );
+        assert!(n.contains(
+            &"liquor-store.marathon.autoip.dcos.thisdcos.directory. Aaaa(2001:db8::10)".to_string()
+        ));
+        assert!(n.contains(
+            &"liquor-store.marathon.containerip.dcos.thisdcos.directory. A(198.18.0.11)"
+                .to_string()
+        ));
     }
 }

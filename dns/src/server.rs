@@ -76,7 +76,11 @@ impl Shared {
             }
         };
         let may_recurse = self.acl.allows(peer);
-        let limit = if tcp { wire::MAX_MESSAGE } else { q.udp_limit() };
+        let limit = if tcp {
+            wire::MAX_MESSAGE
+        } else {
+            q.udp_limit()
+        };
         if q.edns.is_some_and(|e| e.version > 0) {
             let body = Body {
                 rcode: wire::RCODE_BADVERS,
@@ -179,7 +183,13 @@ const BATCH: usize = 32;
 const PACKET: usize = 4096;
 
 /// One worker: receive a batch, answer each, send the answers in one call.
-fn udp_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Arc<AtomicBool>, runtime: tokio::runtime::Handle, worker: usize) {
+fn udp_loop(
+    socket: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    runtime: tokio::runtime::Handle,
+    worker: usize,
+) {
     let ws = shared.stats.worker(worker);
     let mut zone_cache = Cache::new(shared.zone.clone());
     let mut bufs = vec![[0u8; PACKET]; BATCH];
@@ -206,7 +216,13 @@ fn udp_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Arc<AtomicBool>, 
         }
         // SAFETY: every header points at buffers that live across the call.
         let n = unsafe {
-            libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
         if n <= 0 {
             continue;
@@ -227,7 +243,8 @@ fn udp_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Arc<AtomicBool>, 
                 Outcome::Reply => {
                     send_iovs[to_send].iov_base = out.as_mut_ptr().cast();
                     send_iovs[to_send].iov_len = out.len();
-                    send_hdrs[to_send].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+                    send_hdrs[to_send].msg_hdr.msg_name =
+                        (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
                     send_hdrs[to_send].msg_hdr.msg_namelen = hdrs[i].msg_hdr.msg_namelen;
                     send_hdrs[to_send].msg_hdr.msg_iov = &mut send_iovs[to_send];
                     send_hdrs[to_send].msg_hdr.msg_iovlen = 1;
@@ -253,7 +270,12 @@ fn udp_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Arc<AtomicBool>, 
         while sent < to_send {
             // SAFETY: the headers point at `outs` and `addrs`, untouched until the next batch.
             let r = unsafe {
-                libc::sendmmsg(fd, send_hdrs[sent..].as_mut_ptr(), (to_send - sent) as u32, 0)
+                libc::sendmmsg(
+                    fd,
+                    send_hdrs[sent..].as_mut_ptr(),
+                    (to_send - sent) as u32,
+                    0,
+                )
             };
             if r <= 0 {
                 // A send error (e.g. an unreachable peer) affects that datagram only.
@@ -269,13 +291,15 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says this storage holds a sockaddr_in.
-            let sin = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
             let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
             Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says this storage holds a sockaddr_in6.
-            let sin6 = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
             let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Some(SocketAddr::new(ip.into(), u16::from_be(sin6.sin6_port)))
         }
@@ -301,7 +325,12 @@ impl Default for TcpLimits {
 }
 
 /// Serves DNS over TCP on `listener` until the task is dropped.
-pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, limits: TcpLimits, worker: usize) {
+pub async fn serve_tcp(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limits: TcpLimits,
+    worker: usize,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -348,7 +377,9 @@ async fn tcp_connection(
         packet.resize(len, 0);
         tokio::time::timeout(idle, stream.read_exact(&mut packet))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle in the middle of a message"))??;
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "idle in the middle of a message")
+            })??;
         let started = Instant::now();
         ws.tcp_queries.fetch_add(1, Ordering::Relaxed);
         let zone = shared.zone.load_full();

@@ -15,10 +15,21 @@ pub const DURATION_SECONDS: &str = "lodestar_dns_query_duration_seconds";
 
 /// Upper bounds of the latency histogram, in nanoseconds (last bucket: +Inf).
 pub const BUCKETS_NS: [u64; 10] = [
-    1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
 ];
 
-const RCODES: [&str; 6] = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"];
+const RCODES: [&str; 6] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+];
 
 /// One worker's counters, on their own cache lines.
 #[repr(align(128))]
@@ -46,7 +57,10 @@ impl WorkerStats {
 
     #[inline]
     pub fn observe_ns(&self, ns: u64) {
-        let slot = BUCKETS_NS.iter().position(|b| ns <= *b).unwrap_or(BUCKETS_NS.len());
+        let slot = BUCKETS_NS
+            .iter()
+            .position(|b| ns <= *b)
+            .unwrap_or(BUCKETS_NS.len());
         self.buckets[slot].fetch_add(1, Ordering::Relaxed);
         self.duration_ns.fetch_add(ns, Ordering::Relaxed);
     }
@@ -60,7 +74,9 @@ pub struct DnsStats {
 impl DnsStats {
     pub fn new(workers: usize) -> Self {
         DnsStats {
-            workers: (0..workers.max(1)).map(|_| WorkerStats::default()).collect(),
+            workers: (0..workers.max(1))
+                .map(|_| WorkerStats::default())
+                .collect(),
         }
     }
 
@@ -70,7 +86,10 @@ impl DnsStats {
     }
 
     fn sum(&self, f: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {
-        self.workers.iter().map(|w| f(w).load(Ordering::Relaxed)).sum()
+        self.workers
+            .iter()
+            .map(|w| f(w).load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn queries(&self) -> u64 {
@@ -180,7 +199,10 @@ pub const UPSTREAM_RTT_SECONDS: &str = "lodestar_dns_upstream_rtt_seconds";
 /// Prometheus text for the forwarder's counters.
 pub fn render_forward(s: &crate::forward::ForwardStats, out: &mut String) {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let _ = writeln!(out, "# HELP {FORWARD_TOTAL} Forwarded queries by outcome.\n# TYPE {FORWARD_TOTAL} counter");
+    let _ = writeln!(
+        out,
+        "# HELP {FORWARD_TOTAL} Forwarded queries by outcome.\n# TYPE {FORWARD_TOTAL} counter"
+    );
     for (outcome, v) in [
         ("forwarded", get(&s.forwarded)),
         ("answered", get(&s.answered)),
@@ -193,15 +215,31 @@ pub fn render_forward(s: &crate::forward::ForwardStats, out: &mut String) {
     ] {
         let _ = writeln!(out, "{FORWARD_TOTAL}{{outcome=\"{outcome}\"}} {v}");
     }
-    let _ = writeln!(out, "# HELP {CACHE_TOTAL} Forwarding cache lookups.\n# TYPE {CACHE_TOTAL} counter");
-    let _ = writeln!(out, "{CACHE_TOTAL}{{result=\"hit\"}} {}", get(&s.cache_hits));
-    let _ = writeln!(out, "{CACHE_TOTAL}{{result=\"miss\"}} {}", get(&s.cache_misses));
+    let _ = writeln!(
+        out,
+        "# HELP {CACHE_TOTAL} Forwarding cache lookups.\n# TYPE {CACHE_TOTAL} counter"
+    );
+    let _ = writeln!(
+        out,
+        "{CACHE_TOTAL}{{result=\"hit\"}} {}",
+        get(&s.cache_hits)
+    );
+    let _ = writeln!(
+        out,
+        "{CACHE_TOTAL}{{result=\"miss\"}} {}",
+        get(&s.cache_misses)
+    );
     let _ = writeln!(
         out,
         "# HELP {UPSTREAM_QUERIES_TOTAL} Queries sent to each upstream.\n# TYPE {UPSTREAM_QUERIES_TOTAL} counter"
     );
     for u in &s.upstreams {
-        let _ = writeln!(out, "{UPSTREAM_QUERIES_TOTAL}{{upstream=\"{}\"}} {}", u.addr, get(&u.queries));
+        let _ = writeln!(
+            out,
+            "{UPSTREAM_QUERIES_TOTAL}{{upstream=\"{}\"}} {}",
+            u.addr,
+            get(&u.queries)
+        );
     }
     let _ = writeln!(
         out,
@@ -213,7 +251,11 @@ pub fn render_forward(s: &crate::forward::ForwardStats, out: &mut String) {
             ("error", get(&u.errors)),
             ("rcode", get(&u.rcode_failures)),
         ] {
-            let _ = writeln!(out, "{UPSTREAM_FAILURES_TOTAL}{{upstream=\"{}\",kind=\"{kind}\"}} {v}", u.addr);
+            let _ = writeln!(
+                out,
+                "{UPSTREAM_FAILURES_TOTAL}{{upstream=\"{}\",kind=\"{kind}\"}} {v}",
+                u.addr
+            );
         }
     }
     let _ = writeln!(out, "# HELP {UPSTREAM_DEMOTED} 1 while an upstream is demoted.\n# TYPE {UPSTREAM_DEMOTED} gauge");

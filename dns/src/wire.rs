@@ -209,8 +209,24 @@ pub struct Body<'a> {
 /// Writes a complete response into `out` (cleared first): header, the question as asked, the
 /// body, and an OPT if the client sent one. Past `limit` the additional records go, then
 /// everything but the question and OPT, with TC set.
-pub fn write_response(out: &mut Vec<u8>, q: &Query<'_>, recursion_available: bool, body: &Body<'_>, limit: usize) {
-    write_response_parts(out, q.id, q.rd, q.cd, q.question, q.edns, recursion_available, body, limit);
+pub fn write_response(
+    out: &mut Vec<u8>,
+    q: &Query<'_>,
+    recursion_available: bool,
+    body: &Body<'_>,
+    limit: usize,
+) {
+    write_response_parts(
+        out,
+        q.id,
+        q.rd,
+        q.cd,
+        q.question,
+        q.edns,
+        recursion_available,
+        body,
+        limit,
+    );
 }
 
 /// `write_response` for callers that have no parsed `Query` (error replies).
@@ -229,10 +245,23 @@ pub fn write_response_parts(
     const OPT_LEN: usize = 11;
     let opt_len = if edns.is_some() { OPT_LEN } else { 0 };
     let fixed = HEADER + question.len() + opt_len;
-    let (bytes, answers, authorities, additionals, truncated) = if fixed + body.bytes.len() <= limit {
-        (body.bytes, body.answers, body.authorities, body.additionals, false)
+    let (bytes, answers, authorities, additionals, truncated) = if fixed + body.bytes.len() <= limit
+    {
+        (
+            body.bytes,
+            body.answers,
+            body.authorities,
+            body.additionals,
+            false,
+        )
     } else if fixed + body.additional_at <= limit {
-        (&body.bytes[..body.additional_at], body.answers, body.authorities, 0, false)
+        (
+            &body.bytes[..body.additional_at],
+            body.answers,
+            body.authorities,
+            0,
+            false,
+        )
     } else {
         (&[][..], 0, 0, 0, true)
     };
@@ -303,7 +332,14 @@ mod tests {
         assert!(q.rd);
         assert_eq!(q.qtype, TYPE_SRV);
         assert_eq!(q.qclass, CLASS_IN);
-        assert_eq!(q.edns, Some(Edns { payload: 4096, version: 0, dnssec_ok: true }));
+        assert_eq!(
+            q.edns,
+            Some(Edns {
+                payload: 4096,
+                version: 0,
+                dnssec_ok: true
+            })
+        );
         assert_eq!(q.udp_limit(), usize::from(OUR_UDP_PAYLOAD));
         let mut buf = [0u8; 256];
         let n = lowercase_name(q.qname(), &mut buf);
@@ -321,18 +357,39 @@ mod tests {
         assert_eq!(parse_query(&[0; 11]).unwrap_err(), Reject::Drop);
         let p = query("a.", RecordType::A, None);
         for cut in 12..p.len() {
-            assert!(matches!(parse_query(&p[..cut]), Err(Reject::Error { rcode: RCODE_FORMERR, .. })), "{cut}");
+            assert!(
+                matches!(
+                    parse_query(&p[..cut]),
+                    Err(Reject::Error {
+                        rcode: RCODE_FORMERR,
+                        ..
+                    })
+                ),
+                "{cut}"
+            );
         }
         // A compression pointer in the question.
         let mut p = query("a.", RecordType::A, None);
         p[12] = 0xc0;
-        assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: RCODE_FORMERR, .. })));
+        assert!(matches!(
+            parse_query(&p),
+            Err(Reject::Error {
+                rcode: RCODE_FORMERR,
+                ..
+            })
+        ));
         // Two OPT records.
         let mut p = query("a.", RecordType::A, Some(1232));
         let opt = p[p.len() - 11..].to_vec();
         p.extend_from_slice(&opt);
         p[11] = 2;
-        assert!(matches!(parse_query(&p), Err(Reject::Error { rcode: RCODE_FORMERR, .. })));
+        assert!(matches!(
+            parse_query(&p),
+            Err(Reject::Error {
+                rcode: RCODE_FORMERR,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::wire::{self, Body, Query};
 
 type Fx = BuildHasherDefault<FxHasher>;
 /// Owner (lowercase wire name) -> entry, shared structurally between successive zones.
-type NameMap = imbl::GenericHashMap<Box<[u8]>, Arc<NameEntry>, Fx, imbl::shared_ptr::DefaultSharedPtr>;
+type NameMap =
+    imbl::GenericHashMap<Box<[u8]>, Arc<NameEntry>, Fx, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// At most this many rotations of a multi-record answer are kept; queries cycle through them
 /// (Mesos-DNS shuffles answers; rotation spreads clients the same way without a shuffle per query).
@@ -172,7 +173,15 @@ impl Zone {
                 });
             }
         }
-        let rcode = self.answer_slowly(q, lower, apex, entry.map(|e| &**e), recursion_available, limit, out);
+        let rcode = self.answer_slowly(
+            q,
+            lower,
+            apex,
+            entry.map(|e| &**e),
+            recursion_available,
+            limit,
+            out,
+        );
         Some(Answered { rcode, fast: false })
     }
 
@@ -332,7 +341,13 @@ fn encode_answers(out: &mut Vec<u8>, e: &NameEntry, srv: &[(Arc<str>, u16)], ttl
 }
 
 /// A/AAAA records of `name` written in full (additional section).
-fn encode_addresses(out: &mut Vec<u8>, name: &str, a: &[Ipv4Addr], aaaa: &[Ipv6Addr], ttl: u32) -> u16 {
+fn encode_addresses(
+    out: &mut Vec<u8>,
+    name: &str,
+    a: &[Ipv4Addr],
+    aaaa: &[Ipv6Addr],
+    ttl: u32,
+) -> u16 {
     let Some(owner) = name_to_wire(name) else {
         return 0;
     };
@@ -346,14 +361,28 @@ fn encode_addresses(out: &mut Vec<u8>, name: &str, a: &[Ipv4Addr], aaaa: &[Ipv6A
     n
 }
 
-fn encode_soa(out: &mut Vec<u8>, owner: &[u8], config: &ZoneConfig, mname: &str, rname: &str, serial: u32, ttl: u32) {
+fn encode_soa(
+    out: &mut Vec<u8>,
+    owner: &[u8],
+    config: &ZoneConfig,
+    mname: &str,
+    rname: &str,
+    serial: u32,
+    ttl: u32,
+) {
     let m = name_to_wire(mname).unwrap_or_else(|| vec![0]);
     let r = name_to_wire(rname).unwrap_or_else(|| vec![0]);
     rr_header(out, owner, wire::TYPE_SOA, ttl, m.len() + r.len() + 20);
     out.extend_from_slice(&m);
     out.extend_from_slice(&r);
     // Mesos-DNS puts the record TTL in the minimum field (negative answers cache for a TTL).
-    for v in [serial, config.soa_refresh, config.soa_retry, config.soa_expire, ttl] {
+    for v in [
+        serial,
+        config.soa_refresh,
+        config.soa_retry,
+        config.soa_expire,
+        ttl,
+    ] {
         out.extend_from_slice(&v.to_be_bytes());
     }
 }
@@ -368,7 +397,14 @@ fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
 }
 
-fn make_apex(config: &ZoneConfig, name: &str, mname: &str, rname: &str, ttl: u32, serial: u32) -> Option<Apex> {
+fn make_apex(
+    config: &ZoneConfig,
+    name: &str,
+    mname: &str,
+    rname: &str,
+    ttl: u32,
+    serial: u32,
+) -> Option<Apex> {
     let wire = name_to_wire(name)?;
     let mut apex = Apex {
         name: name.to_string(),
@@ -380,7 +416,15 @@ fn make_apex(config: &ZoneConfig, name: &str, mname: &str, rname: &str, ttl: u32
         ns_name: mname.to_string(),
     };
     encode_soa(&mut apex.soa_full, &wire, config, mname, rname, serial, ttl);
-    encode_soa(&mut apex.soa_ptr, &POINTER_TO_QUESTION, config, mname, rname, serial, ttl);
+    encode_soa(
+        &mut apex.soa_ptr,
+        &POINTER_TO_QUESTION,
+        config,
+        mname,
+        rname,
+        serial,
+        ttl,
+    );
     encode_ns(&mut apex.ns_full, &wire, mname, ttl);
     encode_ns(&mut apex.ns_ptr, &POINTER_TO_QUESTION, mname, ttl);
     Some(apex)
@@ -436,7 +480,11 @@ impl ZoneBuilder {
                     .entry(task.agent.clone())
                     .or_default()
                     .insert(id.clone());
-                let rrs = dedup(task_records(&self.config, snapshot.agents.get(&task.agent).map(|a| &**a), task));
+                let rrs = dedup(task_records(
+                    &self.config,
+                    snapshot.agents.get(&task.agent).map(|a| &**a),
+                    task,
+                ));
                 for (owner, rr) in &rrs {
                     self.add(owner, rr, &mut dirty);
                 }
@@ -597,7 +645,13 @@ impl ZoneBuilder {
             answers = 0;
             let order = rrs[turn..].iter().chain(&rrs[..turn]);
             for rr in order.clone() {
-                answers += u16::from(encode_rr(&mut bytes, &POINTER_TO_QUESTION, rr, ttl, self.config.srv_weight));
+                answers += u16::from(encode_rr(
+                    &mut bytes,
+                    &POINTER_TO_QUESTION,
+                    rr,
+                    ttl,
+                    self.config.srv_weight,
+                ));
             }
             let additional_at = bytes.len();
             // SRV: one A and one AAAA per target, as Mesos-DNS does.
@@ -609,7 +663,8 @@ impl ZoneBuilder {
                     continue;
                 }
                 let (a, aaaa) = self.first_addresses(target);
-                additionals += encode_addresses(&mut bytes, target, &a, &aaaa, self.ttl_for(target));
+                additionals +=
+                    encode_addresses(&mut bytes, target, &a, &aaaa, self.ttl_for(target));
             }
             rotations.push((bytes.into_boxed_slice(), additional_at));
         }
@@ -645,9 +700,23 @@ impl ZoneBuilder {
         let serial = snapshot.revision as u32;
         let c = &self.config;
         let mut apexes = Vec::new();
-        apexes.extend(make_apex(c, &c.fqdn_domain(), &fqdn(&c.ns_name), &fqdn(&c.soa_rname), c.ttl, serial));
+        apexes.extend(make_apex(
+            c,
+            &c.fqdn_domain(),
+            &fqdn(&c.ns_name),
+            &fqdn(&c.soa_rname),
+            c.ttl,
+            serial,
+        ));
         if c.thisdcos {
-            apexes.extend(make_apex(c, THISDCOS, "ns.spartan.", "support.mesosphere.com.", c.thisdcos_ttl, serial));
+            apexes.extend(make_apex(
+                c,
+                THISDCOS,
+                "ns.spartan.",
+                "support.mesosphere.com.",
+                c.thisdcos_ttl,
+                serial,
+            ));
         }
         Zone {
             serial,
@@ -697,7 +766,8 @@ mod tests {
     }
 
     fn demo_zone() -> Zone {
-        let mut b = ZoneBuilder::new(ZoneConfig::default(), vec!["127.0.0.1".parse().unwrap()]).unwrap();
+        let mut b =
+            ZoneBuilder::new(ZoneConfig::default(), vec!["127.0.0.1".parse().unwrap()]).unwrap();
         b.update(&Arc::new(demo::snapshot()))
     }
 
@@ -715,7 +785,9 @@ mod tests {
         let r = ask(&zone, "_web._tcp.marathon.mesos.", RecordType::SRV);
         assert_eq!(r.answers.len(), 2);
         assert_eq!(r.additionals.len(), 2, "one A per target");
-        let RData::SRV(srv) = &r.answers[0].data else { panic!() };
+        let RData::SRV(srv) = &r.answers[0].data else {
+            panic!()
+        };
         assert_eq!((srv.priority, srv.weight, srv.port), (0, 1, 8080));
         assert!(srv.target.to_ascii().starts_with("web-"), "{}", srv.target);
 
@@ -737,7 +809,11 @@ mod tests {
         let r = ask(&zone, "web.marathon.mesos.", RecordType::ANY);
         assert_eq!(r.answers.len(), 2);
         assert_eq!(r.authorities.len(), 2);
-        let r = ask(&zone, "web.marathon.l4lb.thisdcos.directory.", RecordType::A);
+        let r = ask(
+            &zone,
+            "web.marathon.l4lb.thisdcos.directory.",
+            RecordType::A,
+        );
         assert_eq!(r.answers[0].data.to_string(), "198.19.0.10");
         assert_eq!(r.answers[0].ttl, 5);
     }
@@ -748,7 +824,11 @@ mod tests {
             name: format!("app{}", i % 3),
             framework: "marathon".into(),
             agent: agent.into(),
-            state: if i % 5 == 0 { TaskState::Draining } else { TaskState::Running },
+            state: if i % 5 == 0 {
+                TaskState::Draining
+            } else {
+                TaskState::Running
+            },
             ips: vec![TaskIp {
                 ip: format!("198.18.0.{i}").parse().unwrap(),
                 source: IpSource::Netinfo,
@@ -770,7 +850,12 @@ mod tests {
     fn dump(zone: &Zone) -> Vec<String> {
         let mut out: Vec<String> = zone
             .entries()
-            .map(|e| format!("{} {:?} {:?} {:?} {:?}", e.name, e.a, e.aaaa, e.srv, e.prepared))
+            .map(|e| {
+                format!(
+                    "{} {:?} {:?} {:?} {:?}",
+                    e.name, e.a, e.aaaa, e.srv, e.prepared
+                )
+            })
             .collect();
         out.sort();
         out

@@ -942,4 +942,7 @@ async fn garbage_never_panics() {
         }
         assert!(Message::from_vec(&response).is_ok(), "{input:?}");
     }
+    let stats = forwarder.stats();
+    let refused = stats.refused_no_upstream.load(Relaxed);
+    assert_eq!(stats.malformed.load(Relaxed) + refused, 4000);
 }

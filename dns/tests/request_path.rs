@@ -94,7 +94,15 @@ fn mutated_and_random_packets_never_panic_and_replies_parse() {
                 p.insert(j, rng.u8(..));
             }
         }
-        match shared.handle(&zone, &p, "127.0.0.1".parse().unwrap(), i % 2 == 0, i, ws, &mut out) {
+        match shared.handle(
+            &zone,
+            &p,
+            "127.0.0.1".parse().unwrap(),
+            i % 2 == 0,
+            i,
+            ws,
+            &mut out,
+        ) {
             Outcome::Reply => {
                 check_reply(&p, &out);
                 replies += 1;
@@ -102,7 +110,10 @@ fn mutated_and_random_packets_never_panic_and_replies_parse() {
             Outcome::Forward(_) | Outcome::Drop => {}
         }
     }
-    assert!(replies > 10_000, "only {replies} replies: the mutations are too destructive to test much");
+    assert!(
+        replies > 10_000,
+        "only {replies} replies: the mutations are too destructive to test much"
+    );
 }
 
 #[test]
@@ -111,9 +122,20 @@ fn every_seed_gets_a_good_reply() {
     let zone = shared.zone.load_full();
     let mut out = Vec::new();
     for p in seeds() {
-        match shared.handle(&zone, &p, "127.0.0.1".parse().unwrap(), false, 0, shared.stats.worker(0), &mut out) {
+        match shared.handle(
+            &zone,
+            &p,
+            "127.0.0.1".parse().unwrap(),
+            false,
+            0,
+            shared.stats.worker(0),
+            &mut out,
+        ) {
             Outcome::Reply => check_reply(&p, &out),
-            Outcome::Forward(_) => assert!(p.windows(7).any(|w| w == b"example"), "only example.org is forwarded"),
+            Outcome::Forward(_) => assert!(
+                p.windows(7).any(|w| w == b"example"),
+                "only example.org is forwarded"
+            ),
             Outcome::Drop => panic!("dropped a valid query"),
         }
     }

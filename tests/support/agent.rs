@@ -71,8 +71,17 @@ impl Agent {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(fields) => {
                     let dns = fields["dns"].as_str().unwrap_or_default();
-                    agent.dns = dns.split(',').next().unwrap_or_default().parse().expect("dns address");
-                    agent.http = fields["http"].as_str().unwrap_or_default().parse().expect("http address");
+                    agent.dns = dns
+                        .split(',')
+                        .next()
+                        .unwrap_or_default()
+                        .parse()
+                        .expect("dns address");
+                    agent.http = fields["http"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .parse()
+                        .expect("http address");
                     return Ok(agent);
                 }
                 Err(_) if Instant::now() > deadline => return Err(agent.logs()),

@@ -1,8 +1,8 @@
 //! A DNS client over real sockets (hickory-proto for the wire format), and small upstream
 //! servers for forwarding tests. Loopback only.
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,7 +84,9 @@ pub struct Upstream {
 impl Upstream {
     pub fn start(ip: std::net::Ipv4Addr) -> Upstream {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let addr = socket.local_addr().unwrap();
         let queries = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -92,8 +94,12 @@ impl Upstream {
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !st.load(Ordering::Relaxed) {
-                let Ok((n, peer)) = socket.recv_from(&mut buf) else { continue };
-                let Ok(req) = Message::from_vec(&buf[..n]) else { continue };
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(req) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
                 q.fetch_add(1, Ordering::Relaxed);
                 let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
                 resp.metadata.recursion_desired = req.metadata.recursion_desired;
@@ -109,7 +115,11 @@ impl Upstream {
                 }
             }
         });
-        Upstream { addr, queries, stop }
+        Upstream {
+            addr,
+            queries,
+            stop,
+        }
     }
 }
 

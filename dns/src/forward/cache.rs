@@ -117,7 +117,11 @@ pub(super) struct Cache {
 
 impl Cache {
     pub fn new(entries: usize, max_stale: Duration) -> Self {
-        let count = entries.clamp(1, SHARDS);
+        Self::with_shards(entries, max_stale, SHARDS)
+    }
+
+    fn with_shards(entries: usize, max_stale: Duration, shards: usize) -> Self {
+        let count = entries.clamp(1, shards.max(1));
         let shards = (0..count)
             .map(|i| Shard {
                 entries: Mutex::default(),
@@ -198,5 +202,101 @@ impl Cache {
                     .len()
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::packet::{parse_query, test_query};
+    use super::*;
+
+    fn key(name: &str) -> CacheKey {
+        CacheKey::new(&parse_query(&test_query(1, name, 1, false)).unwrap())
+    }
+
+    fn entry(ttl: u32, stored: Instant) -> Entry {
+        Entry::new(vec![0; 12], 12, Vec::new(), ttl, stored)
+    }
+
+    fn is_fresh(lookup: Lookup) -> bool {
+        matches!(lookup, Lookup::Fresh { .. })
+    }
+
+    #[test]
+    fn key_ignores_case() {
+        assert_eq!(key("WWW.Example.com"), key("www.example.COM"));
+        assert_ne!(key("www.example.com"), key("ww.example.com"));
+    }
+
+    #[test]
+    fn fresh_then_stale_then_gone() {
+        let cache = Cache::new(10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        cache.insert(key("a.example"), entry(10, t0));
+        assert!(matches!(
+            cache.get(&key("a.example"), t0 + Duration::from_millis(4500)),
+            Lookup::Fresh { age: 4, .. }
+        ));
+        assert!(matches!(
+            cache.get(&key("a.example"), t0 + Duration::from_secs(10)),
+            Lookup::Stale(_)
+        ));
+        assert!(matches!(
+            cache.get(&key("a.example"), t0 + Duration::from_secs(70)),
+            Lookup::Stale(_)
+        ));
+        assert!(matches!(
+            cache.get(&key("a.example"), t0 + Duration::from_secs(71)),
+            Lookup::Miss
+        ));
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn ttl_fields_are_capped_at_the_entry_ttl() {
+        let mut message = vec![0; 16];
+        message[12..16].copy_from_slice(&1_000_000u32.to_be_bytes());
+        let entry = Entry::new(message, 12, vec![12], 1_000_000, Instant::now());
+        assert_eq!(entry.message[12..16], MAX_TTL.to_be_bytes());
+    }
+
+    #[test]
+    fn size_is_bounded_exactly() {
+        for entries in [0, 1, 5, 20, 100] {
+            let cache = Cache::new(entries, Duration::ZERO);
+            let now = Instant::now();
+            for i in 0..(entries * 3 + 3) {
+                cache.insert(key(&format!("n{i}.example")), entry(60, now));
+                assert!(cache.len() <= entries, "{entries}");
+            }
+            if entries > 0 {
+                assert!(is_fresh(
+                    cache.get(&key(&format!("n{}.example", entries * 3 + 2)), now)
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn eviction_takes_expired_entries_first_then_the_soonest_to_expire() {
+        let cache = Cache::with_shards(3, Duration::from_secs(86_400), 1);
+        let now = Instant::now();
+        let past = now - Duration::from_secs(10);
+        cache.insert(key("long.example"), entry(100, now));
+        cache.insert(key("expired.example"), entry(1, past));
+        cache.insert(key("short.example"), entry(50, now));
+        cache.insert(key("new.example"), entry(200, now));
+        assert!(matches!(
+            cache.get(&key("expired.example"), now),
+            Lookup::Miss
+        ));
+        cache.insert(key("newer.example"), entry(200, now));
+        assert!(matches!(
+            cache.get(&key("short.example"), now),
+            Lookup::Miss
+        ));
+        for kept in ["long.example", "new.example", "newer.example"] {
+            assert!(is_fresh(cache.get(&key(kept), now)), "{kept}");
+        }
     }
 }

@@ -519,3 +519,224 @@ pub(super) fn error_response(
         None => vec![byte(0), byte(1), flags[0], flags[1], 0, 0, 0, 0, 0, 0, 0, 0],
     }
 }
+
+/// A query for `name` (dotted, no escapes) and `qtype`, RD set, optionally with an OPT.
+#[cfg(test)]
+pub(super) fn test_query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+    let mut out = id.to_be_bytes().to_vec();
+    out.extend_from_slice(&[RD, 0, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out.extend_from_slice(&qtype.to_be_bytes());
+    out.extend_from_slice(&[0, 1]);
+    if edns {
+        push_opt(&mut out, 0, false);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: u16 = 1;
+
+    /// A response to `query` sent with `id`: `rcode`, then `records` appended as given (the
+    /// counts say how many are in each section).
+    fn response(
+        query: &UpstreamQuery,
+        id: u16,
+        rcode: u8,
+        counts: [u16; 3],
+        records: &[u8],
+    ) -> Vec<u8> {
+        let mut out = id.to_be_bytes().to_vec();
+        out.extend_from_slice(&[QR | RD, RA | rcode, 0, 1]);
+        for count in counts {
+            out.extend_from_slice(&count.to_be_bytes());
+        }
+        out.extend_from_slice(query.question());
+        out.extend_from_slice(records);
+        out
+    }
+
+    /// An A record owned by the question's name (a pointer to offset 12).
+    fn a_record(ttl: u32, last: u8) -> Vec<u8> {
+        let mut out = vec![0xC0, 0x0C, 0, 1, 0, 1];
+        out.extend_from_slice(&ttl.to_be_bytes());
+        out.extend_from_slice(&[0, 4, 198, 18, 0, last]);
+        out
+    }
+
+    fn soa_record(ttl: u32, minimum: u32) -> Vec<u8> {
+        let mut rdata = vec![0xC0, 0x0C, 0xC0, 0x0C];
+        for field in [1u32, 60, 60, 600, minimum] {
+            rdata.extend_from_slice(&field.to_be_bytes());
+        }
+        let mut out = vec![0xC0, 0x0C, 0, 6, 0, 1];
+        out.extend_from_slice(&ttl.to_be_bytes());
+        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        out.extend_from_slice(&rdata);
+        out
+    }
+
+    fn opt_record() -> Vec<u8> {
+        let mut out = Vec::new();
+        push_opt(&mut out, 0, false);
+        out
+    }
+
+    fn upstream_query(name: &str) -> UpstreamQuery {
+        let query = test_query(1, name, A, false);
+        UpstreamQuery::new(&parse_query(&query).unwrap())
+    }
+
+    #[test]
+    fn positive_ttl_is_the_shortest_answer_or_authority() {
+        let query = upstream_query("www.example.com");
+        let records = [
+            a_record(300, 1),
+            a_record(200, 2),
+            soa_record(250, 100),
+            a_record(5, 3),
+        ]
+        .concat();
+        let packet = response(&query, 7, 0, [2, 1, 1], &records);
+        let answer = check_answer(&packet, &query, 7).unwrap();
+        assert_eq!(answer.cache_ttl, Some(200));
+        assert_eq!(answer.ttl_offsets.len(), 4);
+        assert_eq!(answer.message, packet);
+    }
+
+    #[test]
+    fn negative_ttl_needs_an_soa() {
+        let query = upstream_query("nothing.example.com");
+        let nx = response(&query, 7, 3, [0, 1, 0], &soa_record(3600, 60));
+        assert_eq!(check_answer(&nx, &query, 7).unwrap().cache_ttl, Some(60));
+        let nodata = response(&query, 7, 0, [0, 1, 0], &soa_record(30, 60));
+        assert_eq!(
+            check_answer(&nodata, &query, 7).unwrap().cache_ttl,
+            Some(30)
+        );
+        let bare = response(&query, 7, 3, [0, 0, 0], &[]);
+        assert_eq!(check_answer(&bare, &query, 7).unwrap().cache_ttl, None);
+        let servfail = response(&query, 7, 2, [0, 0, 0], &[]);
+        let answer = check_answer(&servfail, &query, 7).unwrap();
+        assert_eq!((answer.rcode, answer.cache_ttl), (rcode::SERVFAIL, None));
+    }
+
+    #[test]
+    fn ttl_with_the_top_bit_set_is_zero_and_not_cached() {
+        let query = upstream_query("www.example.com");
+        let packet = response(&query, 7, 0, [1, 0, 0], &a_record(0x8000_0000, 1));
+        assert_eq!(check_answer(&packet, &query, 7).unwrap().cache_ttl, None);
+    }
+
+    #[test]
+    fn opt_is_cut_off_the_end() {
+        let query = upstream_query("www.example.com");
+        let records = [a_record(300, 1), opt_record()].concat();
+        let packet = response(&query, 7, 0, [1, 0, 1], &records);
+        let answer = check_answer(&packet, &query, 7).unwrap();
+        assert_eq!(answer.message.len(), packet.len() - OPT_LEN);
+        assert_eq!(u16_at(&answer.message, 10), Some(0));
+    }
+
+    #[test]
+    fn opt_in_the_middle_is_laid_out_again() {
+        let query = upstream_query("www.example.com");
+        let records = [a_record(300, 1), opt_record(), a_record(3600, 2)].concat();
+        let packet = response(&query, 7, 0, [1, 0, 2], &records);
+        let answer = check_answer(&packet, &query, 7).unwrap();
+        assert_eq!(u16_at(&answer.message, 10), Some(1));
+        let message = Message::from_vec(&answer.message).unwrap();
+        assert!(message.edns.is_none());
+        assert_eq!(message.additionals.len(), 1);
+        assert_eq!(answer.ttl_offsets.len(), 2);
+        assert_eq!(answer.cache_ttl, Some(300));
+    }
+
+    #[test]
+    fn foreign_or_mismatched_answers_are_rejected() {
+        let query = upstream_query("www.example.com");
+        let good = response(&query, 7, 0, [1, 0, 0], &a_record(300, 1));
+        assert_eq!(
+            check_answer(&good, &query, 8).unwrap_err(),
+            AnswerError::NotOurs
+        );
+        assert_eq!(
+            check_answer(&good[..11], &query, 7).unwrap_err(),
+            AnswerError::NotOurs
+        );
+        let mut not_response = good.clone();
+        not_response[2] &= !QR;
+        assert_eq!(
+            check_answer(&not_response, &query, 7).unwrap_err(),
+            AnswerError::NotOurs
+        );
+        let other = upstream_query("www.example.org");
+        let wrong_question = response(&other, 7, 0, [1, 0, 0], &a_record(300, 1));
+        assert_eq!(
+            check_answer(&wrong_question, &query, 7).unwrap_err(),
+            AnswerError::Invalid
+        );
+        let cut = &good[..good.len() - 1];
+        assert_eq!(
+            check_answer(cut, &query, 7).unwrap_err(),
+            AnswerError::Invalid
+        );
+        // The upstream may change the case of the name it echoes.
+        let upper = upstream_query("WWW.EXAMPLE.COM");
+        let recased = response(&upper, 7, 0, [1, 0, 0], &a_record(300, 1));
+        assert!(check_answer(&recased, &query, 7).is_ok());
+    }
+
+    #[test]
+    fn render_patches_id_question_and_ttls() {
+        let query = upstream_query("www.example.com");
+        let packet = response(&query, 7, 0, [1, 0, 0], &a_record(300, 1));
+        let answer = check_answer(&packet, &query, 7).unwrap();
+        let client_bytes = test_query(0xBEEF, "WwW.example.COM", A, true);
+        let client = parse_query(&client_bytes).unwrap();
+        let offsets = &answer.ttl_offsets;
+        for (ttls, expected) in [
+            (Ttls::AsIs, 300),
+            (Ttls::Aged { offsets, age: 42 }, 258),
+            (Ttls::Fixed { offsets, ttl: 30 }, 30),
+        ] {
+            let (out, truncated) =
+                render(&answer.message, answer.qend, &client, ttls, 512).unwrap();
+            assert!(!truncated);
+            let message = Message::from_vec(&out).unwrap();
+            assert_eq!(message.metadata.id, 0xBEEF);
+            assert_eq!(message.queries[0].name.to_ascii(), "WwW.example.COM.");
+            assert_eq!(message.answers[0].ttl, expected);
+            assert!(message.edns.is_some());
+        }
+    }
+
+    #[test]
+    fn error_response_echoes_what_it_can() {
+        assert_eq!(
+            error_response(&[], None, rcode::FORMERR),
+            [0, 0, QR, RA | 1, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            error_response(&[0xAB], None, rcode::FORMERR)[..2],
+            [0xAB, 0]
+        );
+        let query = test_query(5, "a.b", A, true);
+        let client = parse_query(&query).unwrap();
+        let badvers =
+            Message::from_vec(&error_response(&query, Some(&client), rcode::BADVERS)).unwrap();
+        assert_eq!(u16::from(badvers.metadata.response_code), rcode::BADVERS);
+        assert_eq!(badvers.queries.len(), 1);
+    }
+}
