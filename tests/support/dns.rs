@@ -30,8 +30,13 @@ fn fastrand_id() -> u16 {
 
 /// Sends raw bytes over UDP; the response bytes, or None after a second.
 pub fn udp_raw(server: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+    udp_raw_within(server, packet, Duration::from_secs(1))
+}
+
+/// Sends raw bytes over UDP; the response bytes, or None after `wait`.
+pub fn udp_raw_within(server: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let s = UdpSocket::bind("127.0.0.1:0").ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.set_read_timeout(Some(wait)).ok()?;
     s.send_to(packet, server).ok()?;
     let mut buf = [0u8; 65535];
     let (n, _) = s.recv_from(&mut buf).ok()?;
