@@ -17,8 +17,9 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# What building Lodestar needs: protoc for etcd-client's generated gRPC code.
-BUILD_PACKAGES=(protobuf-compiler)
+# What building Lodestar needs: protoc for etcd-client's generated gRPC code, and OpenSSL's
+# headers for TLS to Mesos masters.
+BUILD_PACKAGES=(protobuf-compiler libssl-dev pkg-config)
 # What the tests need besides: a real etcd and etcdctl, and dig (a real DNS client).
 TEST_PACKAGES=(etcd-server etcd-client dnsutils)
 

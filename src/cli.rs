@@ -32,7 +32,7 @@ pub struct Args {
 impl Args {
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
-            Command::Agent(_) => "info",
+            Command::Agent(_) | Command::MesosSync(_) => "info",
             _ => "warn",
         }
     }
@@ -60,6 +60,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the per-node agent: DNS (and, later, VIPs) from etcd, a catalog file, or the demo.
     Agent(Box<AgentArgs>),
+    /// Keep the etcd catalog in step with a Mesos master (docs/mesos-sync.md).
+    MesosSync(Box<MesosSyncArgs>),
     /// Register, remove and list tasks in etcd.
     Services {
         #[command(subcommand)]
@@ -158,6 +160,52 @@ impl AgentArgs {
             Err(ConfigError(problems))
         }
     }
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct MesosSyncArgs {
+    /// Mesos masters, comma-separated, tried in order (`http://198.18.0.1:5050`).
+    #[arg(long, value_name = "URL[,URL...]", required = true)]
+    master: String,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "LODESTAR_ETCD", value_name = "URL[,URL...]")]
+    etcd: String,
+    /// Time between polls.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    /// Sync once (without the election) and exit.
+    #[arg(long)]
+    once: bool,
+    /// IPv4 range for named VIP addresses (no default: see docs/mesos-sync.md).
+    #[arg(long, value_name = "CIDR")]
+    vip_range_v4: Option<ipnet::Ipv4Net>,
+    /// IPv6 range for named VIP addresses.
+    #[arg(long, value_name = "CIDR")]
+    vip_range_v6: Option<ipnet::Ipv6Net>,
+    /// The agent attribute that names a node's site.
+    #[arg(long, default_value = "site")]
+    site_attribute: String,
+    /// Basic auth user for the masters.
+    #[arg(long)]
+    master_user: Option<String>,
+    /// File holding the basic auth password.
+    #[arg(long, value_name = "FILE")]
+    master_password_file: Option<PathBuf>,
+    /// PEM CA certificate to trust for https:// masters.
+    #[arg(long, value_name = "FILE")]
+    master_ca: Option<PathBuf>,
+    /// Timeout of one request to a master.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Largest state document accepted, in MiB.
+    #[arg(long, default_value_t = 256)]
+    max_state_mib: usize,
+    /// This instance's name in the election (default: host name and process id).
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Leadership lease, in seconds: a dead leader is replaced within about this long.
+    #[arg(long, default_value_t = 3)]
+    lease_ttl: i64,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -333,6 +381,38 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 pub async fn run(args: Args) -> Result<()> {
     match args.command {
+        Command::MesosSync(a) => {
+            let a = *a;
+            let ca_cert = match &a.master_ca {
+                Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+                None => None,
+            };
+            if a.lease_ttl < 1 {
+                bail!("--lease-ttl must be at least 1 second");
+            }
+            let instance_id = a.instance_id.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            });
+            crate::mesos_sync::run(crate::mesos_sync::SyncArgs {
+                masters: a.master.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect(),
+                etcd: a.etcd,
+                interval: a.interval,
+                once: a.once,
+                ranges: lodestar_control::mesos::vipalloc::VipRanges {
+                    v4: a.vip_range_v4,
+                    v6: a.vip_range_v6,
+                },
+                site_attribute: a.site_attribute,
+                auth: crate::mesos_sync::auth(a.master_user, a.master_password_file.as_deref())?,
+                ca_cert,
+                timeout: a.timeout,
+                max_body: a.max_state_mib << 20,
+                instance_id,
+                lease_ttl: a.lease_ttl,
+            })
+            .await
+        }
         Command::Agent(agent) => {
             let config = agent.merged_config()?;
             crate::agent::run(config).await

@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod config;
+mod mesos_sync;
 
 use std::process::ExitCode;
 

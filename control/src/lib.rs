@@ -6,6 +6,7 @@ pub mod error;
 pub mod etcd;
 pub mod file;
 pub mod keys;
+pub mod mesos;
 pub mod metrics;
 pub mod model;
 pub mod snapshot;

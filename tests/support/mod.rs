@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod dns;
 pub mod etcd;
+pub mod mesos;
 
 use std::future::Future;
 use std::time::Duration;

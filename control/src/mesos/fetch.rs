@@ -1,0 +1,181 @@
+//! Reading `GET /master/state` the way Mesos-DNS does: the masters in order, then the leader
+//! the state names if that is another master; with timeouts, a body size limit, optional
+//! basic auth and TLS.
+
+use std::time::Duration;
+
+use crate::mesos::state::{parse_pid, State};
+
+/// Why a poll of the masters failed. The catalog is left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no master answered: {}", .0.join("; "))]
+    NoMaster(Vec<String>),
+    #[error("master {url}: the state names no leader")]
+    NoLeader { url: String },
+    #[error("master {url}: {reason}")]
+    Bad { url: String, reason: String },
+}
+
+impl FetchError {
+    /// A short label for the metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::NoMaster(_) => "unreachable",
+            FetchError::NoLeader { .. } => "no_leader",
+            FetchError::Bad { .. } => "bad_state",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MasterClient {
+    http: reqwest::Client,
+    masters: Vec<String>,
+    auth: Option<(String, String)>,
+    max_body: usize,
+    scheme: &'static str,
+}
+
+impl MasterClient {
+    /// `masters` are base URLs (`http://198.18.0.1:5050`); a missing scheme means http.
+    pub fn new(
+        masters: &[String],
+        timeout: Duration,
+        auth: Option<(String, String)>,
+        ca_cert: Option<&[u8]>,
+        max_body: usize,
+    ) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = ca_cert {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| format!("bad CA certificate: {e}"))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let masters: Vec<String> = masters
+            .iter()
+            .map(|m| {
+                let m = m.trim().trim_end_matches('/');
+                if m.contains("://") {
+                    m.to_string()
+                } else {
+                    format!("http://{m}")
+                }
+            })
+            .collect();
+        if masters.is_empty() {
+            return Err("no master given".into());
+        }
+        let scheme = if masters[0].starts_with("https://") { "https" } else { "http" };
+        Ok(MasterClient {
+            http,
+            masters,
+            auth,
+            max_body,
+            scheme,
+        })
+    }
+
+    /// The configured masters as (host, port), for the catalog's master list.
+    pub fn master_addresses(&self) -> Vec<(String, u16)> {
+        self.masters
+            .iter()
+            .filter_map(|m| {
+                let rest = m.split_once("://").map_or(m.as_str(), |(_, r)| r);
+                let hostport = rest.split('/').next()?;
+                let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5050"));
+                Some((host.trim_matches(|c| c == '[' || c == ']').to_string(), port.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The leading master's state: each master in order until one answers with a state
+    /// that names a leader; from the leader itself when that is another master.
+    pub async fn fetch(&self) -> Result<State, FetchError> {
+        let mut errors = Vec::new();
+        for url in &self.masters {
+            match self.fetch_via(url).await {
+                Ok(state) => return Ok(state),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.len() == 1 {
+            return Err(errors.remove(0));
+        }
+        Err(FetchError::NoMaster(errors.iter().map(ToString::to_string).collect()))
+    }
+
+    async fn fetch_via(&self, url: &str) -> Result<State, FetchError> {
+        let state = self.get(url).await?;
+        let Some(leader) = state.leader.as_deref().filter(|l| !l.is_empty()) else {
+            return Err(FetchError::NoLeader { url: url.to_string() });
+        };
+        if state.pid.as_deref() == Some(leader) {
+            return Ok(state);
+        }
+        // Another master leads: ask it, as Mesos-DNS does.
+        let Some((host, port)) = parse_pid(leader) else {
+            return Err(FetchError::Bad {
+                url: url.to_string(),
+                reason: format!("unparseable leader {leader:?}"),
+            });
+        };
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let leader_url = format!("{}://{host}:{port}", self.scheme);
+        let state = self.get(&leader_url).await?;
+        match state.leader.as_deref() {
+            Some(l) if state.pid.as_deref() == Some(l) => Ok(state),
+            _ => Err(FetchError::Bad {
+                url: leader_url,
+                reason: "the named leader does not say it leads".into(),
+            }),
+        }
+    }
+
+    async fn get(&self, base: &str) -> Result<State, FetchError> {
+        let url = format!("{base}/master/state");
+        let unreachable = |reason: String| FetchError::NoMaster(vec![format!("{url}: {reason}")]);
+        let mut req = self.http.get(&url);
+        if let Some((user, pass)) = &self.auth {
+            req = req.basic_auth(user, Some(pass));
+        }
+        let mut resp = req.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(unreachable(format!("HTTP {}", resp.status())));
+        }
+        if resp.content_length().is_some_and(|n| n as usize > self.max_body) {
+            return Err(FetchError::Bad {
+                url,
+                reason: format!("body larger than {} bytes", self.max_body),
+            });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(error_chain(&e)))? {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(FetchError::Bad {
+                    url,
+                    reason: format!("body larger than {} bytes", self.max_body),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| FetchError::Bad {
+            url,
+            reason: format!("not a Mesos state document: {e}"),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

@@ -1,0 +1,9 @@
+//! The Mesos source: `lodestar mesos-sync` reads the leading master's state, translates it
+//! into catalog records, and keeps etcd in step, writing only what changed.
+
+pub mod election;
+pub mod fetch;
+pub mod state;
+pub mod sync;
+pub mod translate;
+pub mod vipalloc;

@@ -1,0 +1,196 @@
+//! The parts of a Mesos master's `GET /master/state` document that Lodestar reads. Lenient
+//! where Mesos is (unknown fields ignored, absent lists empty), strict where a wrong shape
+//! would mean a wrong catalog.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct State {
+    /// The leading master's PID, `master@198.18.0.1:5050`.
+    #[serde(default)]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub leader_info: Option<MasterInfo>,
+    /// This master's own PID.
+    #[serde(default)]
+    pub pid: Option<String>,
+    #[serde(default)]
+    pub frameworks: Vec<Framework>,
+    #[serde(default)]
+    pub slaves: Vec<Slave>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MasterInfo {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Framework {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub pid: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Slave {
+    pub id: String,
+    pub pid: String,
+    pub hostname: String,
+    /// Agent attributes (`--attributes=site:azure`): text or scalar values.
+    #[serde(default)]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub name: String,
+    pub framework_id: String,
+    pub slave_id: String,
+    pub state: String,
+    #[serde(default)]
+    pub statuses: Vec<Status>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub discovery: Option<Discovery>,
+    #[serde(default)]
+    pub labels: Vec<Label>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Resources {
+    /// Port ranges, `[31000-31002, 31005-31005]`.
+    #[serde(default)]
+    pub ports: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Status {
+    pub state: String,
+    #[serde(default)]
+    pub timestamp: f64,
+    #[serde(default)]
+    pub labels: Vec<Label>,
+    #[serde(default)]
+    pub container_status: Option<ContainerStatus>,
+    /// The health check's verdict, when the task has one.
+    #[serde(default)]
+    pub healthy: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContainerStatus {
+    #[serde(default)]
+    pub network_infos: Vec<NetworkInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NetworkInfo {
+    #[serde(default)]
+    pub ip_addresses: Vec<IpAddressInfo>,
+    /// Mesos 0.25's single address.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IpAddressInfo {
+    #[serde(default)]
+    pub ip_address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Label {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Discovery {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub ports: Option<DiscoveryPorts>,
+    #[serde(default)]
+    pub labels: Option<Labels>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DiscoveryPorts {
+    #[serde(default)]
+    pub ports: Vec<DiscoveryPort>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DiscoveryPort {
+    pub number: u32,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub labels: Option<Labels>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Labels {
+    #[serde(default)]
+    pub labels: Vec<Label>,
+}
+
+/// `name@host:port` -> (host, port).
+pub fn parse_pid(pid: &str) -> Option<(String, u16)> {
+    let (_, addr) = pid.split_once('@')?;
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// `[31000-31002, 31005-31005]` -> ports, at most `cap` of them; malformed ranges skipped.
+pub fn parse_port_ranges(text: &str, cap: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for range in text.trim().trim_start_matches('[').trim_end_matches(']').split(',') {
+        let range = range.trim();
+        if range.is_empty() {
+            continue;
+        }
+        let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+        let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) else {
+            continue;
+        };
+        for p in lo..=hi {
+            if out.len() >= cap {
+                return out;
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_and_port_ranges() {
+        assert_eq!(parse_pid("slave(1)@198.18.0.1:5051"), Some(("198.18.0.1".into(), 5051)));
+        assert_eq!(parse_pid("master@[2001:db8::1]:5050"), Some(("2001:db8::1".into(), 5050)));
+        assert_eq!(parse_pid("nonsense"), None);
+        assert_eq!(parse_port_ranges("[31000-31002, 31005-31005]", 100), [31000, 31001, 31002, 31005]);
+        assert_eq!(parse_port_ranges("[]", 100), Vec::<u16>::new());
+        assert_eq!(parse_port_ranges("[1-65535]", 3), [1, 2, 3]);
+        assert_eq!(parse_port_ranges("[x-y, 80-80, 70000-70001]", 10), [80]);
+    }
+}

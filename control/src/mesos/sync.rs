@@ -1,0 +1,287 @@
+//! One `mesos-sync` poll: fetch the leading master's state, translate it, allocate named VIP
+//! addresses, and write only what differs from etcd, in transactions guarded by the revisions
+//! it read (and by still leading). A failed poll changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use tracing::warn;
+
+use crate::error::describe;
+use crate::keys::{self, Kind, Record, PREFIX};
+use crate::mesos::election;
+use crate::mesos::fetch::{FetchError, MasterClient};
+use crate::mesos::translate::translate;
+use crate::mesos::vipalloc::{self, VipRanges};
+use crate::model::VipAddress;
+use crate::EtcdStore;
+
+/// Keys changed per transaction (plus as many compares, and the leadership fence).
+const BATCH: usize = 60;
+
+/// Metric names.
+pub const POLLS_TOTAL: &str = "lodestar_mesos_sync_polls_total";
+pub const POLL_FAILURES_TOTAL: &str = "lodestar_mesos_sync_poll_failures_total";
+pub const WRITES_TOTAL: &str = "lodestar_mesos_sync_writes_total";
+pub const REJECTED_VIP_LABELS_TOTAL: &str = "lodestar_mesos_sync_rejected_vip_labels_total";
+pub const VIP_ALLOCATION_FAILURES_TOTAL: &str = "lodestar_mesos_sync_vip_allocation_failures_total";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("etcd: {0}")]
+    Store(String),
+    #[error("another writer changed the catalog since it was read; re-reading it")]
+    Conflict,
+    #[error("this instance no longer leads")]
+    NotLeader,
+}
+
+/// Counters readable without a metrics recorder (tests, status).
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub polls: AtomicU64,
+    pub failures: AtomicU64,
+    pub puts: AtomicU64,
+    pub deletes: AtomicU64,
+    pub txns: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub rejected_vip_labels: AtomicU64,
+    pub vip_allocation_failures: AtomicU64,
+}
+
+/// What one poll did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PollReport {
+    pub puts: usize,
+    pub deletes: usize,
+    pub unchanged: usize,
+    pub txns: usize,
+}
+
+pub struct Syncer {
+    store: EtcdStore,
+    masters: MasterClient,
+    site_attribute: String,
+    ranges: VipRanges,
+    /// What etcd holds under the keys we own: key -> (value, mod revision). `None` until read.
+    current: Option<BTreeMap<String, (Vec<u8>, i64)>>,
+    pub stats: SyncStats,
+}
+
+impl Syncer {
+    pub fn new(store: EtcdStore, masters: MasterClient, site_attribute: String, ranges: VipRanges) -> Self {
+        Syncer {
+            store,
+            masters,
+            site_attribute,
+            ranges,
+            current: None,
+            stats: SyncStats::default(),
+        }
+    }
+
+    /// Forget what etcd holds (after a conflict, or on becoming leader): the next poll reads it.
+    pub fn invalidate(&mut self) {
+        self.current = None;
+    }
+
+    /// One poll. `fence_id`: the leader id writes are fenced on (None: unfenced, `--once`).
+    pub async fn poll(&mut self, fence_id: Option<&str>) -> Result<PollReport, SyncError> {
+        self.stats.polls.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(POLLS_TOTAL).increment(1);
+        let result = self.poll_inner(fence_id).await;
+        if let Err(e) = &result {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            let kind = match e {
+                SyncError::Fetch(f) => f.kind(),
+                SyncError::Store(_) => "etcd",
+                SyncError::Conflict => "conflict",
+                SyncError::NotLeader => "not_leader",
+            };
+            metrics::counter!(POLL_FAILURES_TOTAL, "kind" => kind).increment(1);
+            if matches!(e, SyncError::Conflict) {
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                self.invalidate();
+            }
+        }
+        result
+    }
+
+    async fn poll_inner(&mut self, fence_id: Option<&str>) -> Result<PollReport, SyncError> {
+        let state = self.masters.fetch().await?;
+        let t = translate(&state, &self.masters.master_addresses(), &self.site_attribute);
+        for bad in &t.rejected_vip_labels {
+            warn!(value = %bad, "rejecting VIP label: neither /name:port nor ip:port");
+        }
+        self.stats
+            .rejected_vip_labels
+            .fetch_add(t.rejected_vip_labels.len() as u64, Ordering::Relaxed);
+        metrics::counter!(REJECTED_VIP_LABELS_TOTAL).increment(t.rejected_vip_labels.len() as u64);
+
+        if self.current.is_none() {
+            self.current = Some(self.read_current().await?);
+        }
+        // Named VIP addresses: kept when present, allocated (compare-and-swap) when missing.
+        for name in &t.named_vips {
+            let key = keys::key(Kind::VipAddress, name);
+            if self.has_complete_address(&key) {
+                continue;
+            }
+            match vipalloc::ensure(&self.store, &self.ranges, name).await {
+                Ok(_) => {
+                    // Re-read later; the allocator wrote it.
+                    self.current = None;
+                }
+                Err(e) => {
+                    self.stats.vip_allocation_failures.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(VIP_ALLOCATION_FAILURES_TOTAL).increment(1);
+                    warn!(vip = %name, "named VIP gets no address: {e}");
+                }
+            }
+        }
+        if self.current.is_none() {
+            self.current = Some(self.read_current().await?);
+        }
+
+        let desired: BTreeMap<String, Vec<u8>> = t.records.iter().map(|r| (r.key(), r.to_value())).collect();
+        let current = self.current.as_ref().expect("read above");
+        let mut changes: Vec<(String, Option<Vec<u8>>, i64)> = Vec::new();
+        let mut unchanged = 0;
+        for (key, value) in &desired {
+            match current.get(key) {
+                Some((v, _)) if v == value => unchanged += 1,
+                Some((_, rev)) => changes.push((key.clone(), Some(value.clone()), *rev)),
+                None => changes.push((key.clone(), Some(value.clone()), 0)),
+            }
+        }
+        for (key, (_, rev)) in current {
+            if owned(key) && !desired.contains_key(key) {
+                changes.push((key.clone(), None, *rev));
+            }
+        }
+        let mut report = PollReport {
+            unchanged,
+            ..PollReport::default()
+        };
+        for batch in changes.chunks(BATCH) {
+            self.write_batch(batch, fence_id).await?;
+            report.txns += 1;
+            for (_, value, _) in batch {
+                match value {
+                    Some(_) => report.puts += 1,
+                    None => report.deletes += 1,
+                }
+            }
+        }
+        self.stats.puts.fetch_add(report.puts as u64, Ordering::Relaxed);
+        self.stats.deletes.fetch_add(report.deletes as u64, Ordering::Relaxed);
+        self.stats.txns.fetch_add(report.txns as u64, Ordering::Relaxed);
+        metrics::counter!(WRITES_TOTAL).increment((report.puts + report.deletes) as u64);
+        Ok(report)
+    }
+
+    fn has_complete_address(&self, key: &str) -> bool {
+        let Some((value, _)) = self.current.as_ref().and_then(|c| c.get(key)) else {
+            return false;
+        };
+        let Ok(Record::VipAddress(VipAddress { addresses, .. })) = keys::decode(key.as_bytes(), value) else {
+            return false;
+        };
+        (self.ranges.v4.is_none() || addresses.iter().any(|a| a.is_ipv4()))
+            && (self.ranges.v6.is_none() || addresses.iter().any(|a| a.is_ipv6()))
+    }
+
+    async fn write_batch(&mut self, batch: &[(String, Option<Vec<u8>>, i64)], fence_id: Option<&str>) -> Result<(), SyncError> {
+        let mut compares: Vec<Compare> = fence_id.map(election::fence).into_iter().collect();
+        let mut ops = Vec::with_capacity(batch.len());
+        for (key, value, rev) in batch {
+            compares.push(if *rev == 0 {
+                Compare::version(key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)
+            });
+            ops.push(match value {
+                Some(v) => TxnOp::put(key.clone(), v.clone(), None),
+                None => TxnOp::delete(key.clone(), None),
+            });
+        }
+        let mut kv = self.store.client().kv_client();
+        let resp = kv
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await
+            .map_err(|e| SyncError::Store(describe(&e)))?;
+        if !resp.succeeded() {
+            if let Some(id) = fence_id {
+                let holder = kv
+                    .get(election::LEADER_KEY, None)
+                    .await
+                    .ok()
+                    .and_then(|r| r.kvs().first().map(|kv| kv.value().to_vec()));
+                if holder.as_deref() != Some(id.as_bytes()) {
+                    return Err(SyncError::NotLeader);
+                }
+            }
+            return Err(SyncError::Conflict);
+        }
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let current = self.current.get_or_insert_with(BTreeMap::new);
+        for (key, value, _) in batch {
+            match value {
+                Some(v) => {
+                    current.insert(key.clone(), (v.clone(), revision));
+                }
+                None => {
+                    current.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key under `/lodestar/v1/` with its value and revision, in pages.
+    async fn read_current(&self) -> Result<BTreeMap<String, (Vec<u8>, i64)>, SyncError> {
+        let mut out = BTreeMap::new();
+        let end = keys::prefix_end(PREFIX.as_bytes());
+        let mut start = PREFIX.as_bytes().to_vec();
+        let mut kv = self.store.client().kv_client();
+        let mut revision = 0;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(2000);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let resp = kv
+                .get(start.clone(), Some(opts))
+                .await
+                .map_err(|e| SyncError::Store(describe(&e)))?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for item in resp.kvs() {
+                if let Ok(k) = std::str::from_utf8(item.key()) {
+                    out.insert(k.to_string(), (item.value().to_vec(), item.mod_revision()));
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The kinds `mesos-sync` owns (and so deletes when the master no longer reports them). VIP
+/// addresses are never deleted: an address stays with its name.
+fn owned(key: &str) -> bool {
+    matches!(
+        keys::parse_key(key),
+        Ok((Kind::Task | Kind::Agent | Kind::Framework | Kind::Master | Kind::Leader, _))
+    )
+}

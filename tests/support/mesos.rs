@@ -1,0 +1,116 @@
+//! A local HTTP server that plays a Mesos master: it serves `GET /master/state` from a
+//! document the test sets (or garbage, or an error status). Loopback only; stops on drop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{json, Value};
+
+#[derive(Clone)]
+pub enum Reply {
+    Json(Value),
+    Raw(StatusCode, String),
+}
+
+pub struct FakeMaster {
+    pub addr: SocketAddr,
+    reply: Arc<Mutex<Reply>>,
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Shared = (Arc<Mutex<Reply>>, Arc<AtomicU64>);
+
+async fn serve_state(State((reply, hits)): State<Shared>) -> Response {
+    hits.fetch_add(1, Ordering::Relaxed);
+    match reply.lock().unwrap().clone() {
+        Reply::Json(v) => axum::Json(v).into_response(),
+        Reply::Raw(status, body) => (status, body).into_response(),
+    }
+}
+
+impl FakeMaster {
+    pub async fn start() -> FakeMaster {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reply = Arc::new(Mutex::new(Reply::Raw(StatusCode::SERVICE_UNAVAILABLE, "not set".into())));
+        let hits = Arc::new(AtomicU64::new(0));
+        let app = axum::Router::new()
+            .route("/master/state", get(serve_state))
+            .with_state((reply.clone(), hits.clone()));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeMaster {
+            addr,
+            reply,
+            hits,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// This master's PID as Mesos writes it.
+    pub fn pid(&self) -> String {
+        format!("master@{}", self.addr)
+    }
+
+    pub fn set(&self, reply: Reply) {
+        *self.reply.lock().unwrap() = reply;
+    }
+
+    pub fn set_state(&self, v: Value) {
+        self.set(Reply::Json(v));
+    }
+}
+
+impl Drop for FakeMaster {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A task in state.json's shape.
+pub fn task(id: &str, name: &str, slave: &str, state: &str, ips: &[&str]) -> Value {
+    json!({
+        "id": id,
+        "name": name,
+        "framework_id": "fw-marathon",
+        "slave_id": slave,
+        "state": state,
+        "resources": {"ports": "[31000-31001]"},
+        "statuses": [
+            {"state": "TASK_STARTING", "timestamp": 1.0},
+            {
+                "state": "TASK_RUNNING",
+                "timestamp": 2.0,
+                "healthy": true,
+                "container_status": {"network_infos": [{"ip_addresses": ips.iter().map(|ip| json!({"ip_address": ip})).collect::<Vec<_>>()}]}
+            }
+        ]
+    })
+}
+
+/// A state document led by `leader_pid`, with two agents in two sites.
+pub fn state(self_pid: &str, leader_pid: &str, tasks: Vec<Value>) -> Value {
+    json!({
+        "pid": self_pid,
+        "leader": leader_pid,
+        "leader_info": {"hostname": "master-1.example", "port": 5050},
+        "slaves": [
+            {"id": "S-azure-S1", "pid": "slave(1)@198.18.1.21:5051", "hostname": "agent-1", "attributes": {"site": "azure", "rack": 3}},
+            {"id": "S-vsphere-S2", "pid": "slave(1)@198.18.2.21:5051", "hostname": "agent-2", "attributes": {"site": "vsphere"}}
+        ],
+        "frameworks": [
+            {"id": "fw-marathon", "name": "marathon", "pid": "scheduler-1@198.18.1.11:8080", "hostname": "master-1", "tasks": tasks}
+        ]
+    })
+}
