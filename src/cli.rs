@@ -206,6 +206,9 @@ pub struct MesosSyncArgs {
     /// Leadership lease, in seconds: a dead leader is replaced within about this long.
     #[arg(long, default_value_t = 3)]
     lease_ttl: i64,
+    /// Serve Prometheus metrics on this address (`/metrics`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -410,6 +413,7 @@ pub async fn run(args: Args) -> Result<()> {
                 max_body: a.max_state_mib << 20,
                 instance_id,
                 lease_ttl: a.lease_ttl,
+                metrics_listen: a.metrics_listen,
             })
             .await
         }

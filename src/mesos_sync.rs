@@ -25,10 +25,31 @@ pub struct SyncArgs {
     pub max_body: usize,
     pub instance_id: String,
     pub lease_ttl: i64,
+    /// Where to serve Prometheus `/metrics` (poll failures by kind, writes, VIP problems).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: SyncArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    if let Some(addr) = args.metrics_listen {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("installing the metrics recorder")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!(metrics = %listener.local_addr()?, "serving /metrics");
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let h = handle.clone();
+                async move { h.render() }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    }
     let store = EtcdStore::connect(EtcdConfig::from_list(&args.etcd)).await?;
     let masters = MasterClient::new(&args.masters, args.timeout, args.auth.clone(), args.ca_cert.as_deref(), args.max_body)
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -249,12 +249,13 @@ struct SyncProcess {
 }
 
 impl SyncProcess {
-    fn start(masters: &str, etcd: &EtcdServer, id: &str) -> SyncProcess {
+    fn start(masters: &str, etcd: &EtcdServer, id: &str, extra: &[&str]) -> SyncProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
         cmd.args([
             "mesos-sync", "--master", masters, "--etcd", &etcd.endpoint(), "--interval", "200ms",
             "--lease-ttl", "2", "--instance-id", id, "--timeout", "2s",
         ])
+        .args(extra)
         .env_remove("LODESTAR_ETCD")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -299,12 +300,19 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
     master.set_state(state(&master.pid(), &master.pid(), vec![task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[])]));
-    let mut one = SyncProcess::start(&master.url(), &etcd, "one");
-    let mut two = SyncProcess::start(&master.url(), &etcd, "two");
+    let (p1, p2) = (support::etcd::free_port(), support::etcd::free_port());
+    let m1 = format!("127.0.0.1:{p1}");
+    let m2 = format!("127.0.0.1:{p2}");
+    let mut one = SyncProcess::start(&master.url(), &etcd, "one", &["--metrics-listen", &m1]);
+    let mut two = SyncProcess::start(&master.url(), &etcd, "two", &["--metrics-listen", &m2]);
     eventually(PATIENCE, "a leader", || async { (one.leads() || two.leads()).then_some(()) }).await;
     eventually(PATIENCE, "the first sync", || async { (catalog(&etcd).await.0.tasks.len() == 1).then_some(()) }).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(one.leads() != two.leads(), "exactly one instance leads");
+    // The leader's metrics count its polls.
+    let leader_metrics = if one.leads() { &m1 } else { &m2 };
+    let text = http_get(leader_metrics, "/metrics").await;
+    assert!(text.contains("lodestar_mesos_sync_polls_total"), "{text}");
     let (leader, standby) = if one.leads() { (&mut one, &two) } else { (&mut two, &one) };
     // The leader dies without resigning; the standby takes over once the lease expires.
     leader.child.kill().unwrap();
@@ -320,4 +328,29 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
     })
     .await;
     assert!(one.leads() && two.leads(), "the standby leads now");
+}
+
+#[tokio::test]
+async fn basic_auth_to_the_master() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    master.set_state(state(&master.pid(), &master.pid(), vec![task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[])]));
+    master.require_basic_auth("lodestar", "s3cret:with colon");
+    let o = sync_once(&master.url(), &etcd, &[]).await;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 401"));
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret:with colon\n").unwrap();
+    ok(&sync_once(&master.url(), &etcd, &["--master-user", "lodestar", "--master-password-file", pw.to_str().unwrap()]).await);
+    assert_eq!(catalog(&etcd).await.0.tasks.len(), 1);
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
 }

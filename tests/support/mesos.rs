@@ -21,13 +21,20 @@ pub struct FakeMaster {
     pub addr: SocketAddr,
     reply: Arc<Mutex<Reply>>,
     pub hits: Arc<AtomicU64>,
+    auth: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-type Shared = (Arc<Mutex<Reply>>, Arc<AtomicU64>);
+type Shared = (Arc<Mutex<Reply>>, Arc<AtomicU64>, Arc<Mutex<Option<String>>>);
 
-async fn serve_state(State((reply, hits)): State<Shared>) -> Response {
+async fn serve_state(State((reply, hits, auth)): State<Shared>, headers: axum::http::HeaderMap) -> Response {
     hits.fetch_add(1, Ordering::Relaxed);
+    if let Some(expected) = auth.lock().unwrap().clone() {
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if given != Some(expected.as_str()) {
+            return (StatusCode::UNAUTHORIZED, "credentials required").into_response();
+        }
+    }
     match reply.lock().unwrap().clone() {
         Reply::Json(v) => axum::Json(v).into_response(),
         Reply::Raw(status, body) => (status, body).into_response(),
@@ -40,9 +47,10 @@ impl FakeMaster {
         let addr = listener.local_addr().unwrap();
         let reply = Arc::new(Mutex::new(Reply::Raw(StatusCode::SERVICE_UNAVAILABLE, "not set".into())));
         let hits = Arc::new(AtomicU64::new(0));
+        let auth = Arc::new(Mutex::new(None));
         let app = axum::Router::new()
             .route("/master/state", get(serve_state))
-            .with_state((reply.clone(), hits.clone()));
+            .with_state((reply.clone(), hits.clone(), auth.clone()));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -50,6 +58,7 @@ impl FakeMaster {
             addr,
             reply,
             hits,
+            auth,
             task,
         }
     }
@@ -65,6 +74,27 @@ impl FakeMaster {
 
     pub fn set(&self, reply: Reply) {
         *self.reply.lock().unwrap() = reply;
+    }
+
+    /// Requires HTTP basic auth with this user and password from now on.
+    pub fn require_basic_auth(&self, user: &str, password: &str) {
+        use std::fmt::Write;
+        let raw = format!("{user}:{password}");
+        // Base64 without a dependency: the standard alphabet, padded.
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut enc = String::new();
+        for chunk in raw.as_bytes().chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    let _ = enc.write_char(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    enc.push('=');
+                }
+            }
+        }
+        *self.auth.lock().unwrap() = Some(format!("Basic {enc}"));
     }
 
     pub fn set_state(&self, v: Value) {
