@@ -15,7 +15,7 @@ use lodestar_dns::server::{serve_tcp, Shared, TcpLimits, UdpServer};
 use lodestar_dns::stats::DnsStats;
 use lodestar_dns::zone::ZoneBuilder;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::AgentConfig;
 
@@ -59,7 +59,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             listen
         }
     };
-    let mut builder = ZoneBuilder::new(config.dns.zone.clone(), ns_addresses)
+    let mut builder = ZoneBuilder::new(config.dns.zone.clone(), ns_addresses.clone())
         .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let first = snapshots.borrow_and_update().clone();
     let zone = Arc::new(ArcSwap::from_pointee(builder.update(&first)));
@@ -87,9 +87,17 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         .dns
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    // One stats slot per UDP worker of each address, and one per TCP listener.
-    let slots = config.dns.listen.len() * (workers + 1);
-    let stats = Arc::new(DnsStats::new(slots));
+    // A wildcard address is served by one UDP socket per interface address, so that each
+    // reply leaves from the address its query came to (a wildcard socket would let the kernel
+    // pick, and clients drop replies from an address they did not ask).
+    let plan: Vec<(SocketAddr, Vec<IpAddr>)> = config
+        .dns
+        .listen
+        .iter()
+        .map(|a| (*a, udp_addresses(*a)))
+        .collect();
+    let udp_sockets: usize = plan.iter().map(|(_, u)| u.len()).sum();
+    let stats = Arc::new(DnsStats::new(udp_sockets * workers + plan.len()));
     let shared = Arc::new(Shared {
         zone: zone.clone(),
         forwarder: Some(forwarder.clone()),
@@ -101,17 +109,18 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let mut udp_servers = Vec::new();
     let mut tcp_tasks = Vec::new();
     let mut dns_addrs = Vec::new();
-    for (i, addr) in config.dns.listen.iter().enumerate() {
-        let first_worker = i * (workers + 1);
-        let udp = UdpServer::start(
-            *addr,
-            workers,
-            shared.clone(),
-            runtime.clone(),
-            first_worker,
-        )
-        .with_context(|| format!("cannot serve DNS on udp {addr}"))?;
-        let local = udp.local;
+    let mut slot = 0;
+    for (addr, udp_ips) in &plan {
+        let mut port = addr.port();
+        for ip in udp_ips {
+            let udp_addr = SocketAddr::new(*ip, port);
+            let udp = UdpServer::start(udp_addr, workers, shared.clone(), runtime.clone(), slot)
+                .with_context(|| format!("cannot serve DNS on udp {udp_addr}"))?;
+            slot += workers;
+            port = udp.local.port();
+            udp_servers.push(udp);
+        }
+        let local = SocketAddr::new(addr.ip(), port);
         let tcp = tokio::net::TcpListener::bind(local)
             .await
             .with_context(|| format!("cannot serve DNS on tcp {local}"))?;
@@ -119,9 +128,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             tcp,
             shared.clone(),
             TcpLimits::default(),
-            first_worker + workers,
+            slot,
         )));
-        udp_servers.push(udp);
+        slot += 1;
         dns_addrs.push(local);
     }
 
@@ -152,22 +161,40 @@ pub async fn run(config: AgentConfig) -> Result<()> {
 
     // Snapshot -> zone, off the async workers (a first build of a large catalog takes a while).
     let zone_for_updates = zone.clone();
+    let zone_config = config.dns.zone.clone();
     let updater = tokio::spawn(async move {
+        let mut builder = Some(builder);
         while snapshots.changed().await.is_ok() {
             let snapshot = snapshots.borrow_and_update().clone();
+            // A builder lost to a panic is replaced by a fresh one, which rebuilds everything:
+            // one bad update must not freeze the zone for good.
+            let b = match builder.take() {
+                Some(b) => b,
+                None => match ZoneBuilder::new(zone_config.clone(), ns_addresses.clone()) {
+                    Ok(b) => b,
+                    Err(p) => {
+                        error!("cannot rebuild the zone: {}", p.join("; "));
+                        continue;
+                    }
+                },
+            };
             let built = tokio::task::spawn_blocking(move || {
-                let z = builder.update(&snapshot);
-                (builder, z)
+                let mut b = b;
+                let z = b.update(&snapshot);
+                (b, z)
             })
             .await;
             match built {
                 Ok((b, z)) => {
-                    builder = b;
+                    builder = Some(b);
                     zone_for_updates.store(Arc::new(z));
                 }
                 Err(e) => {
-                    warn!("zone update failed: {e}");
-                    break;
+                    metrics::counter!(ZONE_UPDATE_FAILURES_TOTAL).increment(1);
+                    error!(
+                        "zone update failed, serving the previous zone until the next change: {e}"
+                    );
+                    snapshots.mark_changed();
                 }
             }
         }
@@ -197,6 +224,33 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     drop(udp_servers);
     drop(store);
     Ok(())
+}
+
+/// Zone updates that failed (a panic in the builder); the previous zone stays served.
+const ZONE_UPDATE_FAILURES_TOTAL: &str = "lodestar_dns_zone_update_failures_total";
+
+/// The addresses a UDP listen address is served on: itself, or for a wildcard every
+/// interface address of its family (link-local IPv6 left out: it needs a scope).
+fn udp_addresses(addr: SocketAddr) -> Vec<IpAddr> {
+    if !addr.ip().is_unspecified() {
+        return vec![addr.ip()];
+    }
+    let mut ips: Vec<IpAddr> = lodestar_dns::acl::interfaces()
+        .iter()
+        .map(|n| n.addr())
+        .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
+        .filter(|ip| match ip {
+            IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            IpAddr::V4(_) => true,
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    if ips.is_empty() {
+        vec![addr.ip()]
+    } else {
+        ips
+    }
 }
 
 fn open_store(config: &AgentConfig) -> Result<(Store, watch::Receiver<Arc<Snapshot>>)> {

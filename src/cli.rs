@@ -387,7 +387,9 @@ pub async fn run(args: Args) -> Result<()> {
         Command::MesosSync(a) => {
             let a = *a;
             let ca_cert = match &a.master_ca {
-                Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+                }
                 None => None,
             };
             if a.lease_ttl < 1 {
@@ -398,7 +400,13 @@ pub async fn run(args: Args) -> Result<()> {
                 format!("{}-{}", host.trim(), std::process::id())
             });
             crate::mesos_sync::run(crate::mesos_sync::SyncArgs {
-                masters: a.master.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect(),
+                masters: a
+                    .master
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(String::from)
+                    .collect(),
                 etcd: a.etcd,
                 interval: a.interval,
                 once: a.once,

@@ -51,9 +51,20 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         });
     }
     let store = EtcdStore::connect(EtcdConfig::from_list(&args.etcd)).await?;
-    let masters = MasterClient::new(&args.masters, args.timeout, args.auth.clone(), args.ca_cert.as_deref(), args.max_body)
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let mut syncer = Syncer::new(store.clone(), masters, args.site_attribute.clone(), args.ranges.clone());
+    let masters = MasterClient::new(
+        &args.masters,
+        args.timeout,
+        args.auth.clone(),
+        args.ca_cert.as_deref(),
+        args.max_body,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let mut syncer = Syncer::new(
+        store.clone(),
+        masters,
+        args.site_attribute.clone(),
+        args.ranges.clone(),
+    );
 
     if args.once {
         let r = syncer.poll(None).await?;
@@ -111,11 +122,15 @@ pub async fn run(args: SyncArgs) -> Result<()> {
 }
 
 /// Reads `--master-password-file` and checks the pair.
-pub fn auth(user: Option<String>, password_file: Option<&std::path::Path>) -> Result<Option<(String, String)>> {
+pub fn auth(
+    user: Option<String>,
+    password_file: Option<&std::path::Path>,
+) -> Result<Option<(String, String)>> {
     match (user, password_file) {
         (None, None) => Ok(None),
         (Some(u), Some(p)) => {
-            let pass = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let pass = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
             Ok(Some((u, pass.trim_end_matches(['\n', '\r']).to_string())))
         }
         _ => bail!("--master-user and --master-password-file go together"),

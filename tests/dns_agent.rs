@@ -703,3 +703,44 @@ fn sigterm_stops_the_agent_cleanly() {
     let status = agent.terminate().expect("exit status");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_wildcard_listener_answers_from_the_address_asked() {
+    let agent = Agent::start(&["--dns-listen", "0.0.0.0:0"]);
+    assert!(agent.dns.ip().is_unspecified());
+    let server: SocketAddr = format!("127.0.0.1:{}", agent.dns.port()).parse().unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    socket
+        .send_to(
+            &support::dns::build("leader.mesos.", RecordType::A, None),
+            server,
+        )
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        from, server,
+        "the reply must come from the address the query went to"
+    );
+    assert!(Message::from_vec(&buf[..n]).is_ok());
+    // The server's own name lists this node's reachable IPv4 addresses as `ip` reports them:
+    // not loopback, not link-local, not their network addresses.
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .expect("ip (iproute2)");
+    let mut expected: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+        .filter_map(|cidr| cidr.split('/').next())
+        .filter(|ip| !ip.starts_with("127.") && !ip.starts_with("169.254."))
+        .map(String::from)
+        .collect();
+    expected.sort();
+    expected.dedup();
+    let r = udp(server, "ns1.mesos.", RecordType::A, None);
+    assert_eq!(answers(&r), expected);
+}

@@ -24,18 +24,32 @@ const V4: &str = "198.19.0.0/24";
 const V6: &str = "2001:db8:19::/64";
 
 async fn catalog(etcd: &EtcdServer) -> (Snapshot, i64) {
-    let s = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint())).await.unwrap();
+    let s = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
+        .await
+        .unwrap();
     let loaded = s.load(None).await.unwrap();
     assert!(loaded.rejected.is_empty(), "{:?}", loaded.rejected);
-    (loaded.state.snapshot(loaded.revision, s.source()), loaded.revision)
+    (
+        loaded.state.snapshot(loaded.revision, s.source()),
+        loaded.revision,
+    )
 }
 
 /// Runs `lodestar mesos-sync --once` off the async runtime (the fake master runs on it).
 async fn sync_once(masters: &str, etcd: &EtcdServer, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = ["mesos-sync", "--once", "--timeout", "2s", "--master", masters, "--etcd", &etcd.endpoint()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "mesos-sync",
+        "--once",
+        "--timeout",
+        "2s",
+        "--master",
+        masters,
+        "--etcd",
+        &etcd.endpoint(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_lodestar"))
@@ -49,7 +63,11 @@ async fn sync_once(masters: &str, etcd: &EtcdServer, extra: &[&str]) -> Output {
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "mesos-sync failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "mesos-sync failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -71,19 +89,66 @@ fn vip_task(id: &str, name: &str, slave: &str, vips: &[&str]) -> serde_json::Val
 async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    let mut killing = task("killing.1", "killing", "S-azure-S1", "TASK_KILLING", &["198.18.1.60"]);
-    killing["statuses"][1]["labels"] = json!([{"key": "Docker.NetworkSettings.IPAddress", "value": "198.18.1.61"}]);
+    let mut killing = task(
+        "killing.1",
+        "killing",
+        "S-azure-S1",
+        "TASK_KILLING",
+        &["198.18.1.60"],
+    );
+    killing["statuses"][1]["labels"] =
+        json!([{"key": "Docker.NetworkSettings.IPAddress", "value": "198.18.1.61"}]);
     let tasks = vec![
-        task("web.1", "web", "S-azure-S1", "TASK_RUNNING", &["198.18.1.101", "2001:db8:1::101"]),
-        task("web.2", "web", "S-vsphere-S2", "TASK_RUNNING", &["198.18.2.101"]),
-        task("odd.1", "My_App.v2 (beta)", "S-vsphere-S2", "TASK_RUNNING", &[]),
+        task(
+            "web.1",
+            "web",
+            "S-azure-S1",
+            "TASK_RUNNING",
+            &["198.18.1.101", "2001:db8:1::101"],
+        ),
+        task(
+            "web.2",
+            "web",
+            "S-vsphere-S2",
+            "TASK_RUNNING",
+            &["198.18.2.101"],
+        ),
+        task(
+            "odd.1",
+            "My_App.v2 (beta)",
+            "S-vsphere-S2",
+            "TASK_RUNNING",
+            &[],
+        ),
         killing,
-        task("dead.1", "dead", "S-azure-S1", "TASK_KILLED", &["198.18.1.70"]),
-        task("lost.1", "lost", "S-azure-S1", "TASK_LOST", &["198.18.1.71"]),
-        vip_task("api.1", "api", "S-azure-S1", &["/prod/api:80", "198.19.1.10:8080", "nonsense"]),
+        task(
+            "dead.1",
+            "dead",
+            "S-azure-S1",
+            "TASK_KILLED",
+            &["198.18.1.70"],
+        ),
+        task(
+            "lost.1",
+            "lost",
+            "S-azure-S1",
+            "TASK_LOST",
+            &["198.18.1.71"],
+        ),
+        vip_task(
+            "api.1",
+            "api",
+            "S-azure-S1",
+            &["/prod/api:80", "198.19.1.10:8080", "nonsense"],
+        ),
     ];
     master.set_state(state(&master.pid(), &master.pid(), tasks));
-    let out = ok(&sync_once(&master.url(), &etcd, &["--vip-range-v4", V4, "--vip-range-v6", V6]).await);
+    let out = ok(&sync_once(
+        &master.url(),
+        &etcd,
+        &["--vip-range-v4", V4, "--vip-range-v6", V6],
+    )
+    .await);
     assert!(out.contains("synced"), "{out}");
 
     let (snap, revision) = catalog(&etcd).await;
@@ -93,7 +158,11 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
     assert_eq!(web1.state, TaskState::Running);
     assert_eq!(web1.health, Health::Healthy);
     assert_eq!(web1.framework, "marathon");
-    let ips: Vec<(String, IpSource)> = web1.ips.iter().map(|i| (i.ip.to_string(), i.source)).collect();
+    let ips: Vec<(String, IpSource)> = web1
+        .ips
+        .iter()
+        .map(|i| (i.ip.to_string(), i.source))
+        .collect();
     assert_eq!(
         ips,
         [
@@ -102,45 +171,102 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
             ("198.18.1.21".into(), IpSource::Host)
         ]
     );
-    assert_eq!(web1.ports.iter().map(|p| p.number).collect::<Vec<_>>(), [31000, 31001]);
+    assert_eq!(
+        web1.ports.iter().map(|p| p.number).collect::<Vec<_>>(),
+        [31000, 31001]
+    );
     assert_eq!(snap.tasks["odd.1"].name, "My_App.v2 (beta)");
     let killing = &snap.tasks["killing.1"];
     assert_eq!(killing.state, TaskState::Draining);
-    assert!(killing.ips.iter().any(|i| i.source == IpSource::Docker && i.ip.to_string() == "198.18.1.61"));
+    assert!(killing
+        .ips
+        .iter()
+        .any(|i| i.source == IpSource::Docker && i.ip.to_string() == "198.18.1.61"));
     // Agents with their sites; masters and the leader.
     assert_eq!(snap.agents["S-azure-S1"].site.as_deref(), Some("azure"));
-    assert_eq!(snap.agents["S-vsphere-S2"].addresses, ["198.18.2.21".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        snap.agents["S-vsphere-S2"].addresses,
+        ["198.18.2.21".parse::<IpAddr>().unwrap()]
+    );
     assert_eq!(snap.frameworks["fw-marathon"].port, Some(8080));
     let leader = snap.leader.as_ref().unwrap();
-    assert_eq!((leader.address, leader.port), (master.addr.ip(), master.addr.port()));
+    assert_eq!(
+        (leader.address, leader.port),
+        (master.addr.ip(), master.addr.port())
+    );
     assert_eq!(snap.masters.len(), 1);
     // VIPs: the named one got an address in each range, the IP one is itself, "nonsense" is gone.
     let vips: Vec<String> = snap.vips().iter().map(|v| v.key.to_string()).collect();
     assert_eq!(vips, ["/prod/api:80/tcp", "198.19.1.10:8080/tcp"]);
     let named = &snap.vip_addresses["/prod/api"];
     assert_eq!(named.addresses.len(), 2);
-    assert!(named.addresses.iter().any(|a| a.is_ipv4() && a.to_string().starts_with("198.19.0.")));
-    assert!(named.addresses.iter().any(|a| a.is_ipv6() && a.to_string().starts_with("2001:db8:19:")));
+    assert!(named
+        .addresses
+        .iter()
+        .any(|a| a.is_ipv4() && a.to_string().starts_with("198.19.0.")));
+    assert!(named
+        .addresses
+        .iter()
+        .any(|a| a.is_ipv6() && a.to_string().starts_with("2001:db8:19:")));
 
     // The same state again: nothing is written, so watchers see no traffic at all.
-    let out = ok(&sync_once(&master.url(), &etcd, &["--vip-range-v4", V4, "--vip-range-v6", V6]).await);
+    let out = ok(&sync_once(
+        &master.url(),
+        &etcd,
+        &["--vip-range-v4", V4, "--vip-range-v6", V6],
+    )
+    .await);
     assert!(out.contains("0 written, 0 deleted"), "{out}");
     let (again, revision2) = catalog(&etcd).await;
     assert_eq!(revision2, revision);
-    assert_eq!(again.vip_addresses["/prod/api"], snap.vip_addresses["/prod/api"], "VIP addresses are stable");
+    assert_eq!(
+        again.vip_addresses["/prod/api"], snap.vip_addresses["/prod/api"],
+        "VIP addresses are stable"
+    );
 
     // A changed task is one write; tasks that ended are deleted.
     let tasks = vec![
-        task("web.1", "web", "S-azure-S1", "TASK_RUNNING", &["198.18.1.101", "2001:db8:1::101"]),
-        task("web.2", "web", "S-vsphere-S2", "TASK_FINISHED", &["198.18.2.101"]),
-        vip_task("api.1", "api", "S-azure-S1", &["/prod/api:80", "198.19.1.10:8080"]),
-        task("odd.1", "My_App.v2 (beta)", "S-vsphere-S2", "TASK_RUNNING", &["198.18.2.102"]),
+        task(
+            "web.1",
+            "web",
+            "S-azure-S1",
+            "TASK_RUNNING",
+            &["198.18.1.101", "2001:db8:1::101"],
+        ),
+        task(
+            "web.2",
+            "web",
+            "S-vsphere-S2",
+            "TASK_FINISHED",
+            &["198.18.2.101"],
+        ),
+        vip_task(
+            "api.1",
+            "api",
+            "S-azure-S1",
+            &["/prod/api:80", "198.19.1.10:8080"],
+        ),
+        task(
+            "odd.1",
+            "My_App.v2 (beta)",
+            "S-vsphere-S2",
+            "TASK_RUNNING",
+            &["198.18.2.102"],
+        ),
     ];
     master.set_state(state(&master.pid(), &master.pid(), tasks));
-    let out = ok(&sync_once(&master.url(), &etcd, &["--vip-range-v4", V4, "--vip-range-v6", V6]).await);
+    let out = ok(&sync_once(
+        &master.url(),
+        &etcd,
+        &["--vip-range-v4", V4, "--vip-range-v6", V6],
+    )
+    .await);
     assert!(out.contains("1 written, 2 deleted"), "{out}"); // odd.1 changed; web.2 and killing.1 ended
     let (snap, _) = catalog(&etcd).await;
-    assert_eq!(snap.tasks.keys().collect::<Vec<_>>(), ["api.1", "odd.1", "web.1"]);
+    assert_eq!(
+        snap.tasks.keys().collect::<Vec<_>>(),
+        ["api.1", "odd.1", "web.1"]
+    );
 }
 
 #[tokio::test]
@@ -150,8 +276,16 @@ async fn the_leader_named_in_the_state_is_asked_and_dead_masters_are_skipped() {
     let leader = FakeMaster::start().await;
     let dead = format!("http://127.0.0.1:{}", support::etcd::free_port());
     // The follower knows who leads but has stale tasks; the leader has the truth.
-    follower.set_state(state(&follower.pid(), &leader.pid(), vec![task("stale.1", "stale", "S-azure-S1", "TASK_RUNNING", &[])]));
-    leader.set_state(state(&leader.pid(), &leader.pid(), vec![task("fresh.1", "fresh", "S-azure-S1", "TASK_RUNNING", &[])]));
+    follower.set_state(state(
+        &follower.pid(),
+        &leader.pid(),
+        vec![task("stale.1", "stale", "S-azure-S1", "TASK_RUNNING", &[])],
+    ));
+    leader.set_state(state(
+        &leader.pid(),
+        &leader.pid(),
+        vec![task("fresh.1", "fresh", "S-azure-S1", "TASK_RUNNING", &[])],
+    ));
     let masters = format!("{dead},{}", follower.url());
     ok(&sync_once(&masters, &etcd, &[]).await);
     let (snap, _) = catalog(&etcd).await;
@@ -166,7 +300,11 @@ async fn the_leader_named_in_the_state_is_asked_and_dead_masters_are_skipped() {
 async fn a_failed_poll_leaves_the_catalog_as_it_was() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    master.set_state(state(&master.pid(), &master.pid(), vec![task("web.1", "web", "S-azure-S1", "TASK_RUNNING", &[])]));
+    master.set_state(state(
+        &master.pid(),
+        &master.pid(),
+        vec![task("web.1", "web", "S-azure-S1", "TASK_RUNNING", &[])],
+    ));
     ok(&sync_once(&master.url(), &etcd, &[]).await);
     let (_, revision) = catalog(&etcd).await;
 
@@ -177,11 +315,20 @@ async fn a_failed_poll_leaves_the_catalog_as_it_was() {
     let mut no_leader = good.clone();
     no_leader["leader"] = json!("");
     let cases: Vec<(Reply, &str)> = vec![
-        (Reply::Raw(StatusCode::OK, "<html>not json</html>".into()), "not a Mesos state document"),
-        (Reply::Raw(StatusCode::OK, truncated), "not a Mesos state document"),
+        (
+            Reply::Raw(StatusCode::OK, "<html>not json</html>".into()),
+            "not a Mesos state document",
+        ),
+        (
+            Reply::Raw(StatusCode::OK, truncated),
+            "not a Mesos state document",
+        ),
         (Reply::Json(wrong_shape), "not a Mesos state document"),
         (Reply::Json(no_leader), "names no leader"),
-        (Reply::Raw(StatusCode::INTERNAL_SERVER_ERROR, "boom".into()), "HTTP 500"),
+        (
+            Reply::Raw(StatusCode::INTERNAL_SERVER_ERROR, "boom".into()),
+            "HTTP 500",
+        ),
     ];
     for (reply, needle) in cases {
         master.set(reply);
@@ -203,7 +350,9 @@ async fn a_failed_poll_leaves_the_catalog_as_it_was() {
 #[tokio::test]
 async fn named_vip_addresses_are_unique_under_racing_writers_and_exhaustion_hits_one_vip() {
     let etcd = EtcdServer::start();
-    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint())).await.unwrap();
+    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
+        .await
+        .unwrap();
     let ranges = VipRanges {
         v4: Some("198.19.3.0/28".parse().unwrap()), // 14 usable addresses
         v6: None,
@@ -227,18 +376,35 @@ async fn named_vip_addresses_are_unique_under_racing_writers_and_exhaustion_hits
     for v in a.iter().chain(&b) {
         assert_eq!(v.addresses.len(), 1);
         let prev = seen.insert(v.addresses[0], v.name.clone());
-        assert!(prev.is_none() || prev.as_deref() == Some(v.name.as_str()), "{} given twice", v.addresses[0]);
+        assert!(
+            prev.is_none() || prev.as_deref() == Some(v.name.as_str()),
+            "{} given twice",
+            v.addresses[0]
+        );
     }
-    assert_eq!(seen.len(), 12, "each name has one address, whichever writer won");
+    assert_eq!(
+        seen.len(),
+        12,
+        "each name has one address, whichever writer won"
+    );
     // Stable: asking again gives the same address.
-    let again = vipalloc::ensure(&store, &ranges, "/team/app3").await.unwrap();
+    let again = vipalloc::ensure(&store, &ranges, "/team/app3")
+        .await
+        .unwrap();
     assert_eq!(again.addresses, a[3].addresses);
     // Two more fit, the third is a clear error for that VIP alone.
     vipalloc::ensure(&store, &ranges, "/x/one").await.unwrap();
     vipalloc::ensure(&store, &ranges, "/x/two").await.unwrap();
-    let err = vipalloc::ensure(&store, &ranges, "/x/three").await.unwrap_err();
-    assert!(err.to_string().contains("exhausted") && err.to_string().contains("/x/three"), "{err}");
-    let err = vipalloc::ensure(&store, &VipRanges::default(), "/y").await.unwrap_err();
+    let err = vipalloc::ensure(&store, &ranges, "/x/three")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("exhausted") && err.to_string().contains("/x/three"),
+        "{err}"
+    );
+    let err = vipalloc::ensure(&store, &VipRanges::default(), "/y")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("no VIP range"), "{err}");
 }
 
@@ -252,8 +418,19 @@ impl SyncProcess {
     fn start(masters: &str, etcd: &EtcdServer, id: &str, extra: &[&str]) -> SyncProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
         cmd.args([
-            "mesos-sync", "--master", masters, "--etcd", &etcd.endpoint(), "--interval", "200ms",
-            "--lease-ttl", "2", "--instance-id", id, "--timeout", "2s",
+            "mesos-sync",
+            "--master",
+            masters,
+            "--etcd",
+            &etcd.endpoint(),
+            "--interval",
+            "200ms",
+            "--lease-ttl",
+            "2",
+            "--instance-id",
+            id,
+            "--timeout",
+            "2s",
         ])
         .args(extra)
         .env_remove("LODESTAR_ETCD")
@@ -281,7 +458,10 @@ impl SyncProcess {
     }
 
     fn leads(&self) -> bool {
-        self.log.lock().unwrap().contains("leading: this mesos-sync instance writes")
+        self.log
+            .lock()
+            .unwrap()
+            .contains("leading: this mesos-sync instance writes")
     }
 }
 
@@ -299,21 +479,35 @@ impl Drop for SyncProcess {
 async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    master.set_state(state(&master.pid(), &master.pid(), vec![task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[])]));
+    master.set_state(state(
+        &master.pid(),
+        &master.pid(),
+        vec![task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[])],
+    ));
     let (p1, p2) = (support::etcd::free_port(), support::etcd::free_port());
     let m1 = format!("127.0.0.1:{p1}");
     let m2 = format!("127.0.0.1:{p2}");
     let mut one = SyncProcess::start(&master.url(), &etcd, "one", &["--metrics-listen", &m1]);
     let mut two = SyncProcess::start(&master.url(), &etcd, "two", &["--metrics-listen", &m2]);
-    eventually(PATIENCE, "a leader", || async { (one.leads() || two.leads()).then_some(()) }).await;
-    eventually(PATIENCE, "the first sync", || async { (catalog(&etcd).await.0.tasks.len() == 1).then_some(()) }).await;
+    eventually(PATIENCE, "a leader", || async {
+        (one.leads() || two.leads()).then_some(())
+    })
+    .await;
+    eventually(PATIENCE, "the first sync", || async {
+        (catalog(&etcd).await.0.tasks.len() == 1).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(one.leads() != two.leads(), "exactly one instance leads");
     // The leader's metrics count its polls.
     let leader_metrics = if one.leads() { &m1 } else { &m2 };
     let text = http_get(leader_metrics, "/metrics").await;
     assert!(text.contains("lodestar_mesos_sync_polls_total"), "{text}");
-    let (leader, standby) = if one.leads() { (&mut one, &two) } else { (&mut two, &one) };
+    let (leader, standby) = if one.leads() {
+        (&mut one, &two)
+    } else {
+        (&mut two, &one)
+    };
     // The leader dies without resigning; the standby takes over once the lease expires.
     leader.child.kill().unwrap();
     let _ = leader.child.wait();
@@ -321,7 +515,10 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
     master.set_state(state(
         &master.pid(),
         &master.pid(),
-        vec![task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[]), task("b.1", "b", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![
+            task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[]),
+            task("b.1", "b", "S-azure-S1", "TASK_RUNNING", &[]),
+        ],
     ));
     eventually(PATIENCE, "the standby to take over and sync", || async {
         (catalog(&etcd).await.0.tasks.len() == 2).then_some(())
@@ -334,7 +531,11 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
 async fn basic_auth_to_the_master() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    master.set_state(state(&master.pid(), &master.pid(), vec![task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[])]));
+    master.set_state(state(
+        &master.pid(),
+        &master.pid(),
+        vec![task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[])],
+    ));
     master.require_basic_auth("lodestar", "s3cret:with colon");
     let o = sync_once(&master.url(), &etcd, &[]).await;
     assert!(!o.status.success());
@@ -342,14 +543,26 @@ async fn basic_auth_to_the_master() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "s3cret:with colon\n").unwrap();
-    ok(&sync_once(&master.url(), &etcd, &["--master-user", "lodestar", "--master-password-file", pw.to_str().unwrap()]).await);
+    ok(&sync_once(
+        &master.url(),
+        &etcd,
+        &[
+            "--master-user",
+            "lodestar",
+            "--master-password-file",
+            pw.to_str().unwrap(),
+        ],
+    )
+    .await);
     assert_eq!(catalog(&etcd).await.0.tasks.len(), 1);
 }
 
 async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).await.unwrap();
     body

@@ -42,8 +42,26 @@ impl RecursionAcl {
     }
 }
 
-/// The networks (address/prefix) of this host's interfaces, from getifaddrs(3).
+/// The networks (address/prefix, truncated to the network) of this host's interfaces.
 pub fn interface_networks() -> Vec<IpNet> {
+    interfaces().iter().map(IpNet::trunc).collect()
+}
+
+/// The addresses of this host's interfaces that others can reach: not loopback, not
+/// link-local (for publishing the server's own name).
+pub fn interface_addresses() -> Vec<IpAddr> {
+    interfaces()
+        .iter()
+        .map(|n| n.addr())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+        })
+        .collect()
+}
+
+/// Every interface address with its prefix length, from getifaddrs(3).
+pub fn interfaces() -> Vec<IpNet> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we walk read-only and free once.
@@ -62,7 +80,7 @@ pub fn interface_networks() -> Vec<IpNet> {
                     IpAddr::V6(m) => u128::from(m).count_ones() as u8,
                 };
                 if let Ok(net) = IpNet::new(addr, prefix) {
-                    out.push(net.trunc());
+                    out.push(net);
                 }
             }
             cur = ifa.ifa_next;
@@ -70,11 +88,6 @@ pub fn interface_networks() -> Vec<IpNet> {
         libc::freeifaddrs(head);
     }
     out
-}
-
-/// The addresses of this host's interfaces (for publishing the server's own name).
-pub fn interface_addresses() -> Vec<IpAddr> {
-    interface_networks().iter().map(|n| n.addr()).collect()
 }
 
 /// # Safety

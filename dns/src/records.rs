@@ -55,11 +55,13 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
     if fw.is_empty() {
         return out;
     }
-    let name = task
+    // Mesos-DNS's `HasDiscoveryInfo`: a DiscoveryInfo counts only when it has a name.
+    let discovery = task
         .discovery
         .as_ref()
+        .filter(|d| d.name.as_deref().is_some_and(|n| !n.is_empty()));
+    let name = discovery
         .and_then(|d| d.name.as_deref())
-        .filter(|n| !n.is_empty())
         .unwrap_or(&task.name);
     let label = spec.label(name);
     if label.is_empty() {
@@ -83,7 +85,7 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
 
     // SRV: resource ports target the `.slave` canonical name, under the slave subdomain
     // always and under the framework itself only when there is no DiscoveryInfo.
-    let has_discovery = task.discovery.as_ref().is_some_and(|d| d.name.is_some());
+    let has_discovery = discovery.is_some();
     let slave_target: Arc<str> = Arc::from(format!("{canonical}.slave.{domain}"));
     for port in &task.ports {
         for proto in ["_tcp", "_udp"] {
@@ -97,7 +99,7 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
             }
         }
     }
-    if let Some(d) = &task.discovery {
+    if let Some(d) = discovery {
         let target: Arc<str> = Arc::from(format!("{canonical}.{domain}"));
         for port in &d.ports {
             let protos: &[&str] = match port.protocol {

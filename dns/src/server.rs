@@ -62,10 +62,12 @@ impl Shared {
             Err(Reject::Error {
                 id,
                 rd,
+                opcode,
                 rcode,
                 question_end,
             }) => {
                 let body = Body {
+                    opcode,
                     rcode,
                     ..Body::default()
                 };
@@ -400,6 +402,9 @@ async fn tcp_connection(
         let mut framed = Vec::with_capacity(response.len() + 2);
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
         framed.extend_from_slice(response);
-        stream.write_all(&framed).await?;
+        // A client that stops reading must not hold a connection slot forever.
+        tokio::time::timeout(idle, stream.write_all(&framed))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
     }
 }

@@ -69,6 +69,8 @@ pub enum Reject {
     Error {
         id: u16,
         rd: bool,
+        /// The query's opcode, echoed in the reply.
+        opcode: u8,
         rcode: u8,
         /// End of the question within the packet (0: no question to echo).
         question_end: usize,
@@ -94,6 +96,7 @@ pub fn parse_query(packet: &[u8]) -> Result<Query<'_>, Reject> {
     let err = |rcode, question_end| Reject::Error {
         id,
         rd,
+        opcode,
         rcode,
         question_end,
     };
@@ -194,6 +197,8 @@ pub fn lowercase_name(name: &[u8], buf: &mut [u8; 256]) -> usize {
 /// The parts of a response after the question.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Body<'a> {
+    /// The query's opcode, echoed (0 for QUERY, the only one answered with data).
+    pub opcode: u8,
     pub rcode: u8,
     pub authoritative: bool,
     /// Answer and authority records, then additional records, encoded for this question's
@@ -265,7 +270,7 @@ pub fn write_response_parts(
     } else {
         (&[][..], 0, 0, 0, true)
     };
-    let mut flags: u16 = 0x8000;
+    let mut flags: u16 = 0x8000 | (u16::from(body.opcode & 0x0f) << 11);
     if body.authoritative {
         flags |= 0x0400;
     }
@@ -397,6 +402,7 @@ mod tests {
         let p = query("a.", RecordType::A, None);
         let q = parse_query(&p).unwrap();
         let body = Body {
+            opcode: 0,
             rcode: 0,
             authoritative: true,
             bytes: &[7; 600],

@@ -23,6 +23,18 @@ type NameMap =
 /// (Mesos-DNS shuffles answers; rotation spreads clients the same way without a shuffle per query).
 const MAX_ROTATIONS: usize = 4;
 
+/// Answer bytes prepared per name at most, leaving room in a 65,535-byte TCP message for the
+/// header, the question (up to 259 bytes) and an OPT record.
+const MAX_ANSWER_BYTES: usize = 64_000;
+
+/// Zone transfer types: refused (the HTTP API's `/v1/axfr` is the way to read the zone).
+const TYPE_AXFR: u16 = 252;
+const TYPE_IXFR: u16 = 251;
+
+/// ANY over UDP is answered within this many bytes (TC beyond), so a spoofed ANY cannot be
+/// amplified past about 10x; clients that really want it all retry over TCP (RFC 8482's spirit).
+const ANY_UDP_LIMIT: usize = 512;
+
 /// One owner name's data and its encoded answers.
 #[derive(Debug)]
 pub struct NameEntry {
@@ -32,6 +44,8 @@ pub struct NameEntry {
     pub aaaa: Vec<Ipv6Addr>,
     pub srv: Vec<(Arc<str>, u16)>,
     ttl: u32,
+    /// SRV weight.
+    weight: u16,
     /// Prepared answers for A, AAAA and SRV.
     prepared: [Option<Prepared>; 3],
 }
@@ -40,7 +54,15 @@ pub struct NameEntry {
 /// question) and, for SRV, additional A/AAAA records for the targets.
 #[derive(Debug)]
 struct Prepared {
-    rotations: Vec<(Box<[u8]>, usize)>,
+    rotations: Vec<Rotation>,
+}
+
+/// One order of the records, encoded.
+#[derive(Debug)]
+struct Rotation {
+    bytes: Box<[u8]>,
+    /// Where the additional records start.
+    additional_at: usize,
     answers: u16,
     additionals: u16,
 }
@@ -137,7 +159,7 @@ impl Zone {
     ) -> Option<Answered> {
         let apex = self.apex_for(lower)?;
         let entry = self.names.get(lower);
-        if q.qclass != wire::CLASS_IN {
+        if q.qclass != wire::CLASS_IN || q.qtype == TYPE_AXFR || q.qtype == TYPE_IXFR {
             let body = Body {
                 rcode: wire::RCODE_REFUSED,
                 ..Body::default()
@@ -156,15 +178,16 @@ impl Zone {
         };
         if let (Some(slot), Some(entry)) = (slot, entry) {
             if let Some(p) = &entry.prepared[slot] {
-                let (bytes, additional_at) = &p.rotations[turn % p.rotations.len()];
+                let r = &p.rotations[turn % p.rotations.len()];
                 let body = Body {
+                    opcode: 0,
                     rcode: wire::RCODE_NOERROR,
                     authoritative: true,
-                    bytes,
-                    additional_at: *additional_at,
-                    answers: p.answers,
+                    bytes: &r.bytes,
+                    additional_at: r.additional_at,
+                    answers: r.answers,
                     authorities: 0,
-                    additionals: p.additionals,
+                    additionals: r.additionals,
                 };
                 wire::write_response(out, q, recursion_available, &body, limit);
                 return Some(Answered {
@@ -227,7 +250,7 @@ impl Zone {
             }
             wire::TYPE_ANY => {
                 if let Some(e) = entry {
-                    answers += encode_answers(&mut bytes, e, &e.srv, e.ttl);
+                    answers += encode_answers(&mut bytes, e, e.weight);
                 }
                 if at_apex {
                     bytes.extend_from_slice(&apex.soa_ptr);
@@ -256,6 +279,7 @@ impl Zone {
             }
         }
         let body = Body {
+            opcode: 0,
             rcode,
             authoritative: true,
             additional_at: additional_at.unwrap_or(bytes.len()),
@@ -263,6 +287,11 @@ impl Zone {
             answers,
             authorities,
             additionals,
+        };
+        let limit = if q.qtype == wire::TYPE_ANY && limit < wire::MAX_MESSAGE {
+            limit.min(ANY_UDP_LIMIT)
+        } else {
+            limit
         };
         wire::write_response(out, q, recursion_available, &body, limit);
         rcode
@@ -322,20 +351,22 @@ fn encode_rr(out: &mut Vec<u8>, owner: &[u8], rr: &Rr, ttl: u32, weight: u16) ->
 }
 
 /// A/AAAA/SRV answers of an entry (owner = the question), for ANY.
-fn encode_answers(out: &mut Vec<u8>, e: &NameEntry, srv: &[(Arc<str>, u16)], ttl: u32) -> u16 {
+fn encode_answers(out: &mut Vec<u8>, e: &NameEntry, weight: u16) -> u16 {
+    let srv = e.srv.iter().map(|(target, port)| Rr::Srv {
+        target: target.clone(),
+        port: *port,
+    });
+    let all =
+        e.a.iter()
+            .map(|ip| Rr::A(*ip))
+            .chain(e.aaaa.iter().map(|ip| Rr::Aaaa(*ip)))
+            .chain(srv);
     let mut n = 0;
-    for ip in &e.a {
-        n += u16::from(encode_rr(out, &POINTER_TO_QUESTION, &Rr::A(*ip), ttl, 1));
-    }
-    for ip in &e.aaaa {
-        n += u16::from(encode_rr(out, &POINTER_TO_QUESTION, &Rr::Aaaa(*ip), ttl, 1));
-    }
-    for (target, port) in srv {
-        let rr = Rr::Srv {
-            target: target.clone(),
-            port: *port,
-        };
-        n += u16::from(encode_rr(out, &POINTER_TO_QUESTION, &rr, ttl, 1));
+    for rr in all {
+        if out.len() > MAX_ANSWER_BYTES {
+            break;
+        }
+        n += u16::from(encode_rr(out, &POINTER_TO_QUESTION, &rr, e.ttl, weight));
     }
     n
 }
@@ -439,8 +470,10 @@ pub struct ZoneBuilder {
     task_rrs: HashMap<String, Records>,
     agent_tasks: HashMap<String, BTreeSet<String>>,
     cluster_rrs: Records,
-    /// Owner -> records with the number of contributors of each, in first-seen order.
-    counts: HashMap<String, Vec<(Rr, u32)>, Fx>,
+    /// Owner -> records with the number of contributors of each.
+    counts: HashMap<String, HashMap<Rr, u32, Fx>, Fx>,
+    /// SRV target -> the SRV owners that point at it (their additional sections follow it).
+    srv_owners: HashMap<String, HashMap<String, u32, Fx>, Fx>,
     names: NameMap,
     tasks: imbl::OrdMap<String, Arc<TaskEntry>>,
 }
@@ -460,6 +493,7 @@ impl ZoneBuilder {
             agent_tasks: HashMap::new(),
             cluster_rrs: Records::new(),
             counts: HashMap::default(),
+            srv_owners: HashMap::default(),
             names: NameMap::default(),
             tasks: imbl::OrdMap::new(),
         })
@@ -513,6 +547,13 @@ impl ZoneBuilder {
             }
             self.cluster_rrs = cluster;
         }
+        // A changed target changes the additional section of every SRV name pointing at it.
+        let targets_of: Vec<String> = dirty
+            .iter()
+            .filter_map(|name| self.srv_owners.get(name))
+            .flat_map(|owners| owners.keys().cloned())
+            .collect();
+        dirty.extend(targets_of);
         for owner in dirty {
             self.rebuild(&owner);
         }
@@ -555,26 +596,47 @@ impl ZoneBuilder {
     }
 
     fn add(&mut self, owner: &str, rr: &Rr, dirty: &mut HashSet<String>) {
-        let list = self.counts.entry(owner.to_string()).or_default();
-        match list.iter_mut().find(|(r, _)| r == rr) {
-            Some((_, n)) => *n += 1,
-            None => list.push((rr.clone(), 1)),
+        *self
+            .counts
+            .entry(owner.to_string())
+            .or_default()
+            .entry(rr.clone())
+            .or_insert(0) += 1;
+        if let Rr::Srv { target, .. } = rr {
+            *self
+                .srv_owners
+                .entry(target.to_string())
+                .or_default()
+                .entry(owner.to_string())
+                .or_insert(0) += 1;
         }
         dirty.insert(owner.to_string());
     }
 
     fn remove(&mut self, owner: &str, rr: &Rr, dirty: &mut HashSet<String>) {
-        let Some(list) = self.counts.get_mut(owner) else {
-            return;
-        };
-        if let Some(i) = list.iter().position(|(r, _)| r == rr) {
-            list[i].1 -= 1;
-            if list[i].1 == 0 {
-                list.remove(i);
+        if let Some(map) = self.counts.get_mut(owner) {
+            if let Some(n) = map.get_mut(rr) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(rr);
+                }
+            }
+            if map.is_empty() {
+                self.counts.remove(owner);
             }
         }
-        if list.is_empty() {
-            self.counts.remove(owner);
+        if let Rr::Srv { target, .. } = rr {
+            if let Some(owners) = self.srv_owners.get_mut(&**target) {
+                if let Some(n) = owners.get_mut(owner) {
+                    *n -= 1;
+                    if *n == 0 {
+                        owners.remove(owner);
+                    }
+                }
+                if owners.is_empty() {
+                    self.srv_owners.remove(&**target);
+                }
+            }
         }
         dirty.insert(owner.to_string());
     }
@@ -603,9 +665,10 @@ impl ZoneBuilder {
             aaaa: Vec::new(),
             srv: Vec::new(),
             ttl,
+            weight: self.config.srv_weight,
             prepared: [None, None, None],
         };
-        for (rr, _) in list {
+        for rr in list.keys() {
             match rr {
                 Rr::A(ip) => entry.a.push(*ip),
                 Rr::Aaaa(ip) => entry.aaaa.push(*ip),
@@ -638,27 +701,36 @@ impl ZoneBuilder {
         }
         let turns = rrs.len().min(MAX_ROTATIONS);
         let mut rotations = Vec::with_capacity(turns);
-        let mut answers = 0;
-        let mut additionals = 0;
         for turn in 0..turns {
             let mut bytes = Vec::new();
-            answers = 0;
-            let order = rrs[turn..].iter().chain(&rrs[..turn]);
-            for rr in order.clone() {
-                answers += u16::from(encode_rr(
+            let mut answers: u16 = 0;
+            let mut included = Vec::new();
+            for rr in rrs[turn..].iter().chain(&rrs[..turn]) {
+                // Whole records up to what a TCP message holds; past that the rest is left
+                // out (as Mesos-DNS drops records from the end), never a broken message.
+                if bytes.len() > MAX_ANSWER_BYTES {
+                    break;
+                }
+                if encode_rr(
                     &mut bytes,
                     &POINTER_TO_QUESTION,
                     rr,
                     ttl,
                     self.config.srv_weight,
-                ));
+                ) {
+                    answers += 1;
+                    included.push(rr);
+                }
             }
             let additional_at = bytes.len();
             // SRV: one A and one AAAA per target, as Mesos-DNS does.
-            additionals = 0;
+            let mut additionals: u16 = 0;
             let mut seen = HashSet::new();
-            for rr in order {
+            for rr in included {
                 let Rr::Srv { target, .. } = rr else { continue };
+                if bytes.len() > MAX_ANSWER_BYTES {
+                    break;
+                }
                 if !seen.insert(target.clone()) {
                     continue;
                 }
@@ -666,13 +738,14 @@ impl ZoneBuilder {
                 additionals +=
                     encode_addresses(&mut bytes, target, &a, &aaaa, self.ttl_for(target));
             }
-            rotations.push((bytes.into_boxed_slice(), additional_at));
+            rotations.push(Rotation {
+                bytes: bytes.into_boxed_slice(),
+                additional_at,
+                answers,
+                additionals,
+            });
         }
-        Some(Prepared {
-            rotations,
-            answers,
-            additionals,
-        })
+        Some(Prepared { rotations })
     }
 
     fn first_addresses(&self, name: &str) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
@@ -680,15 +753,15 @@ impl ZoneBuilder {
             return (Vec::new(), Vec::new());
         };
         let a = list
-            .iter()
-            .filter_map(|(rr, _)| match rr {
+            .keys()
+            .filter_map(|rr| match rr {
                 Rr::A(ip) => Some(*ip),
                 _ => None,
             })
             .min();
         let aaaa = list
-            .iter()
-            .filter_map(|(rr, _)| match rr {
+            .keys()
+            .filter_map(|rr| match rr {
                 Rr::Aaaa(ip) => Some(*ip),
                 _ => None,
             })
@@ -890,5 +963,119 @@ mod tests {
             let z2 = ZoneBuilder::new(cfg.clone(), vec![]).unwrap().update(&snap);
             assert_eq!(dump(&z1), dump(&z2), "diverged at step {step}");
         }
+    }
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery};
+    use hickory_proto::rr::{Name, RecordType};
+    use lodestar_control::keys::Record;
+    use lodestar_control::model::{
+        Agent, Framework, IpSource, Labels, Port, Task, TaskIp, TaskState,
+    };
+    use lodestar_control::{CatalogState, Source};
+
+    fn agent() -> Agent {
+        Agent {
+            id: "a-S1".into(),
+            hostname: "h".into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }
+    }
+
+    fn task(id: &str, name: &str, fw: &str, ip: &str, ports: usize) -> Task {
+        Task {
+            id: id.into(),
+            name: name.into(),
+            framework: fw.into(),
+            agent: "a-S1".into(),
+            state: TaskState::Running,
+            ips: vec![TaskIp {
+                ip: ip.parse().unwrap(),
+                source: IpSource::Netinfo,
+            }],
+            ports: (0..ports)
+                .map(|i| Port {
+                    number: i as u16 + 1,
+                    name: None,
+                    protocol: None,
+                    labels: Labels::default(),
+                })
+                .collect(),
+            discovery: None,
+            labels: Labels::default(),
+            health: Default::default(),
+            site: None,
+        }
+    }
+
+    fn ask_tcp(zone: &Zone, name: &str, qtype: RecordType) -> Message {
+        let mut m = Message::new(9, MessageType::Query, OpCode::Query);
+        m.add_query(HQuery::query(Name::from_ascii(name).unwrap(), qtype));
+        let packet = m.to_vec().unwrap();
+        let q = wire::parse_query(&packet).unwrap();
+        let mut lower = [0u8; 256];
+        let n = wire::lowercase_name(q.qname(), &mut lower);
+        let mut out = Vec::new();
+        zone.answer(&q, &lower[..n], 0, false, wire::MAX_MESSAGE, &mut out)
+            .unwrap();
+        assert!(out.len() <= wire::MAX_MESSAGE);
+        Message::from_vec(&out).expect("a valid response")
+    }
+
+    #[test]
+    fn names_with_more_records_than_a_message_holds_are_cut_not_broken() {
+        let mut st = CatalogState::new();
+        st.upsert(Record::Agent(agent()));
+        // 65,535 resource ports on one task: 131,070 SRV records under one name.
+        st.upsert(Record::Task(task(
+            "t1",
+            "huge",
+            "marathon",
+            "198.18.0.2",
+            65_535,
+        )));
+        let zone = ZoneBuilder::new(ZoneConfig::default(), vec![])
+            .unwrap()
+            .update(&Arc::new(st.snapshot(1, Source::Demo)));
+        let r = ask_tcp(&zone, "_huge._tcp.marathon.slave.mesos.", RecordType::SRV);
+        assert!(
+            r.answers.len() > 1000 && r.answers.len() < 65_535,
+            "{}",
+            r.answers.len()
+        );
+        let r = ask_tcp(&zone, "_huge._tcp.marathon.slave.mesos.", RecordType::ANY);
+        assert!(!r.answers.is_empty());
+    }
+
+    #[test]
+    fn srv_additionals_follow_their_targets_when_names_collide() {
+        // Framework "web.marathon" announces `_framework._tcp.web.marathon.mesos` -> target
+        // `web.marathon.mesos`, which is also the A name of task "web" in marathon.
+        let cfg = ZoneConfig::default();
+        let mut st = CatalogState::new();
+        st.upsert(Record::Agent(agent()));
+        st.upsert(Record::Framework(Framework {
+            id: "f".into(),
+            name: "web.marathon".into(),
+            hostname: None,
+            addresses: vec!["198.18.0.9".parse().unwrap()],
+            port: Some(9090),
+        }));
+        st.upsert(Record::Task(task("t1", "web", "marathon", "198.18.0.2", 0)));
+        let mut b = ZoneBuilder::new(cfg.clone(), vec![]).unwrap();
+        b.update(&Arc::new(st.snapshot(1, Source::Demo)));
+        st.upsert(Record::Task(task("t1", "web", "marathon", "198.18.0.0", 0)));
+        let snap = Arc::new(st.snapshot(2, Source::Demo));
+        let incremental = b.update(&snap);
+        let fresh = ZoneBuilder::new(cfg, vec![]).unwrap().update(&snap);
+        let name = "_framework._tcp.web.marathon.mesos.";
+        let a = ask_tcp(&incremental, name, RecordType::SRV);
+        let f = ask_tcp(&fresh, name, RecordType::SRV);
+        assert_eq!(a.additionals, f.additionals);
+        assert_eq!(a.additionals[0].data.to_string(), "198.18.0.0");
     }
 }

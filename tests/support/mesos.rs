@@ -25,9 +25,16 @@ pub struct FakeMaster {
     task: tokio::task::JoinHandle<()>,
 }
 
-type Shared = (Arc<Mutex<Reply>>, Arc<AtomicU64>, Arc<Mutex<Option<String>>>);
+type Shared = (
+    Arc<Mutex<Reply>>,
+    Arc<AtomicU64>,
+    Arc<Mutex<Option<String>>>,
+);
 
-async fn serve_state(State((reply, hits, auth)): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+async fn serve_state(
+    State((reply, hits, auth)): State<Shared>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     hits.fetch_add(1, Ordering::Relaxed);
     if let Some(expected) = auth.lock().unwrap().clone() {
         let given = headers.get("authorization").and_then(|v| v.to_str().ok());
@@ -45,7 +52,10 @@ impl FakeMaster {
     pub async fn start() -> FakeMaster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let reply = Arc::new(Mutex::new(Reply::Raw(StatusCode::SERVICE_UNAVAILABLE, "not set".into())));
+        let reply = Arc::new(Mutex::new(Reply::Raw(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not set".into(),
+        )));
         let hits = Arc::new(AtomicU64::new(0));
         let auth = Arc::new(Mutex::new(None));
         let app = axum::Router::new()
@@ -84,7 +94,11 @@ impl FakeMaster {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut enc = String::new();
         for chunk in raw.as_bytes().chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {

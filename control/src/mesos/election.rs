@@ -58,10 +58,18 @@ pub async fn campaign(store: &EtcdStore, id: &str, ttl: i64) -> Result<Leadershi
     let mut client = store.client();
     let mut announced = false;
     loop {
-        let lease = client.lease_grant(ttl, None).await.map_err(|e| describe(&e))?.id();
+        let lease = client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(|e| describe(&e))?
+            .id();
         let txn = Txn::new()
             .when([Compare::version(LEADER_KEY, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(LEADER_KEY, id, Some(PutOptions::new().with_lease(lease)))])
+            .and_then([TxnOp::put(
+                LEADER_KEY,
+                id,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
             .or_else([TxnOp::get(LEADER_KEY, None)]);
         let resp = client.txn(txn).await.map_err(|e| describe(&e))?;
         if resp.succeeded() {
@@ -75,7 +83,11 @@ pub async fn campaign(store: &EtcdStore, id: &str, ttl: i64) -> Result<Leadershi
                 .get(LEADER_KEY, None)
                 .await
                 .ok()
-                .and_then(|r| r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+                .and_then(|r| {
+                    r.kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                })
                 .unwrap_or_default();
             info!(leader = %holder, "standing by: another mesos-sync instance leads");
             announced = true;
@@ -89,13 +101,19 @@ async fn wait_for_vacancy(store: &EtcdStore, revision: i64, ttl: i64) {
     let mut watcher = store.watch_client();
     let opts = WatchOptions::new().with_start_revision(revision + 1);
     let patience = Duration::from_secs(ttl.max(1) as u64 * 2);
-    let Ok(Ok(mut stream)) = tokio::time::timeout(patience, watcher.watch(LEADER_KEY, Some(opts))).await else {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(patience, watcher.watch(LEADER_KEY, Some(opts))).await
+    else {
         tokio::time::sleep(Duration::from_millis(500)).await;
         return;
     };
     let deadline = tokio::time::Instant::now() + patience;
     while let Ok(Ok(Some(resp))) = tokio::time::timeout_at(deadline, stream.message()).await {
-        if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+        if resp
+            .events()
+            .iter()
+            .any(|e| e.event_type() == EventType::Delete)
+        {
             return;
         }
     }

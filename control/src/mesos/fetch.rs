@@ -51,10 +51,13 @@ impl MasterClient {
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = ca_cert {
-            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| format!("bad CA certificate: {e}"))?;
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| format!("bad CA certificate: {e}"))?;
             builder = builder.add_root_certificate(cert);
         }
-        let http = builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let masters: Vec<String> = masters
             .iter()
             .map(|m| {
@@ -69,7 +72,11 @@ impl MasterClient {
         if masters.is_empty() {
             return Err("no master given".into());
         }
-        let scheme = if masters[0].starts_with("https://") { "https" } else { "http" };
+        let scheme = if masters[0].starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
         Ok(MasterClient {
             http,
             masters,
@@ -87,7 +94,10 @@ impl MasterClient {
                 let rest = m.split_once("://").map_or(m.as_str(), |(_, r)| r);
                 let hostport = rest.split('/').next()?;
                 let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5050"));
-                Some((host.trim_matches(|c| c == '[' || c == ']').to_string(), port.parse().ok()?))
+                Some((
+                    host.trim_matches(|c| c == '[' || c == ']').to_string(),
+                    port.parse().ok()?,
+                ))
             })
             .collect()
     }
@@ -105,13 +115,17 @@ impl MasterClient {
         if errors.len() == 1 {
             return Err(errors.remove(0));
         }
-        Err(FetchError::NoMaster(errors.iter().map(ToString::to_string).collect()))
+        Err(FetchError::NoMaster(
+            errors.iter().map(ToString::to_string).collect(),
+        ))
     }
 
     async fn fetch_via(&self, url: &str) -> Result<State, FetchError> {
         let state = self.get(url).await?;
         let Some(leader) = state.leader.as_deref().filter(|l| !l.is_empty()) else {
-            return Err(FetchError::NoLeader { url: url.to_string() });
+            return Err(FetchError::NoLeader {
+                url: url.to_string(),
+            });
         };
         if state.pid.as_deref() == Some(leader) {
             return Ok(state);
@@ -123,7 +137,11 @@ impl MasterClient {
                 reason: format!("unparseable leader {leader:?}"),
             });
         };
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         let leader_url = format!("{}://{host}:{port}", self.scheme);
         let state = self.get(&leader_url).await?;
         match state.leader.as_deref() {
@@ -146,14 +164,21 @@ impl MasterClient {
         if !resp.status().is_success() {
             return Err(unreachable(format!("HTTP {}", resp.status())));
         }
-        if resp.content_length().is_some_and(|n| n as usize > self.max_body) {
+        if resp
+            .content_length()
+            .is_some_and(|n| n as usize > self.max_body)
+        {
             return Err(FetchError::Bad {
                 url,
                 reason: format!("body larger than {} bytes", self.max_body),
             });
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(error_chain(&e)))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?
+        {
             if body.len() + chunk.len() > self.max_body {
                 return Err(FetchError::Bad {
                     url,

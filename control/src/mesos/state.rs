@@ -160,7 +160,12 @@ pub fn parse_pid(pid: &str) -> Option<(String, u16)> {
 /// `[31000-31002, 31005-31005]` -> ports, at most `cap` of them; malformed ranges skipped.
 pub fn parse_port_ranges(text: &str, cap: usize) -> Vec<u16> {
     let mut out = Vec::new();
-    for range in text.trim().trim_start_matches('[').trim_end_matches(']').split(',') {
+    for range in text
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+    {
         let range = range.trim();
         if range.is_empty() {
             continue;
@@ -185,10 +190,19 @@ mod tests {
 
     #[test]
     fn pids_and_port_ranges() {
-        assert_eq!(parse_pid("slave(1)@198.18.0.1:5051"), Some(("198.18.0.1".into(), 5051)));
-        assert_eq!(parse_pid("master@[2001:db8::1]:5050"), Some(("2001:db8::1".into(), 5050)));
+        assert_eq!(
+            parse_pid("slave(1)@198.18.0.1:5051"),
+            Some(("198.18.0.1".into(), 5051))
+        );
+        assert_eq!(
+            parse_pid("master@[2001:db8::1]:5050"),
+            Some(("2001:db8::1".into(), 5050))
+        );
         assert_eq!(parse_pid("nonsense"), None);
-        assert_eq!(parse_port_ranges("[31000-31002, 31005-31005]", 100), [31000, 31001, 31002, 31005]);
+        assert_eq!(
+            parse_port_ranges("[31000-31002, 31005-31005]", 100),
+            [31000, 31001, 31002, 31005]
+        );
         assert_eq!(parse_port_ranges("[]", 100), Vec::<u16>::new());
         assert_eq!(parse_port_ranges("[1-65535]", 3), [1, 2, 3]);
         assert_eq!(parse_port_ranges("[x-y, 80-80, 70000-70001]", 10), [80]);

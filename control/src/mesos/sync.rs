@@ -72,7 +72,12 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn new(store: EtcdStore, masters: MasterClient, site_attribute: String, ranges: VipRanges) -> Self {
+    pub fn new(
+        store: EtcdStore,
+        masters: MasterClient,
+        site_attribute: String,
+        ranges: VipRanges,
+    ) -> Self {
         Syncer {
             store,
             masters,
@@ -112,7 +117,11 @@ impl Syncer {
 
     async fn poll_inner(&mut self, fence_id: Option<&str>) -> Result<PollReport, SyncError> {
         let state = self.masters.fetch().await?;
-        let t = translate(&state, &self.masters.master_addresses(), &self.site_attribute);
+        let t = translate(
+            &state,
+            &self.masters.master_addresses(),
+            &self.site_attribute,
+        );
         for bad in &t.rejected_vip_labels {
             warn!(value = %bad, "rejecting VIP label: neither /name:port nor ip:port");
         }
@@ -136,7 +145,9 @@ impl Syncer {
                     self.current = None;
                 }
                 Err(e) => {
-                    self.stats.vip_allocation_failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .vip_allocation_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(VIP_ALLOCATION_FAILURES_TOTAL).increment(1);
                     warn!(vip = %name, "named VIP gets no address: {e}");
                 }
@@ -146,7 +157,8 @@ impl Syncer {
             self.current = Some(self.read_current().await?);
         }
 
-        let desired: BTreeMap<String, Vec<u8>> = t.records.iter().map(|r| (r.key(), r.to_value())).collect();
+        let desired: BTreeMap<String, Vec<u8>> =
+            t.records.iter().map(|r| (r.key(), r.to_value())).collect();
         let current = self.current.as_ref().expect("read above");
         let mut changes: Vec<(String, Option<Vec<u8>>, i64)> = Vec::new();
         let mut unchanged = 0;
@@ -176,9 +188,15 @@ impl Syncer {
                 }
             }
         }
-        self.stats.puts.fetch_add(report.puts as u64, Ordering::Relaxed);
-        self.stats.deletes.fetch_add(report.deletes as u64, Ordering::Relaxed);
-        self.stats.txns.fetch_add(report.txns as u64, Ordering::Relaxed);
+        self.stats
+            .puts
+            .fetch_add(report.puts as u64, Ordering::Relaxed);
+        self.stats
+            .deletes
+            .fetch_add(report.deletes as u64, Ordering::Relaxed);
+        self.stats
+            .txns
+            .fetch_add(report.txns as u64, Ordering::Relaxed);
         metrics::counter!(WRITES_TOTAL).increment((report.puts + report.deletes) as u64);
         Ok(report)
     }
@@ -187,14 +205,20 @@ impl Syncer {
         let Some((value, _)) = self.current.as_ref().and_then(|c| c.get(key)) else {
             return false;
         };
-        let Ok(Record::VipAddress(VipAddress { addresses, .. })) = keys::decode(key.as_bytes(), value) else {
+        let Ok(Record::VipAddress(VipAddress { addresses, .. })) =
+            keys::decode(key.as_bytes(), value)
+        else {
             return false;
         };
         (self.ranges.v4.is_none() || addresses.iter().any(|a| a.is_ipv4()))
             && (self.ranges.v6.is_none() || addresses.iter().any(|a| a.is_ipv6()))
     }
 
-    async fn write_batch(&mut self, batch: &[(String, Option<Vec<u8>>, i64)], fence_id: Option<&str>) -> Result<(), SyncError> {
+    async fn write_batch(
+        &mut self,
+        batch: &[(String, Option<Vec<u8>>, i64)],
+        fence_id: Option<&str>,
+    ) -> Result<(), SyncError> {
         let mut compares: Vec<Compare> = fence_id.map(election::fence).into_iter().collect();
         let mut ops = Vec::with_capacity(batch.len());
         for (key, value, rev) in batch {
@@ -282,6 +306,9 @@ impl Syncer {
 fn owned(key: &str) -> bool {
     matches!(
         keys::parse_key(key),
-        Ok((Kind::Task | Kind::Agent | Kind::Framework | Kind::Master | Kind::Leader, _))
+        Ok((
+            Kind::Task | Kind::Agent | Kind::Framework | Kind::Master | Kind::Leader,
+            _
+        ))
     )
 }

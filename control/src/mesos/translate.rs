@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use crate::keys::Record;
 use crate::mesos::state::{self, parse_pid, parse_port_ranges, State};
 use crate::model::{
-    is_vip_label, parse_vip_label, Agent, DiscoveryInfo, Framework, Health, IpSource, Labels, Leader,
-    Master, Port, Protocol, Task, TaskIp, TaskState, VipName,
+    is_vip_label, parse_vip_label, Agent, DiscoveryInfo, Framework, Health, IpSource, Labels,
+    Leader, Master, Port, Protocol, Task, TaskIp, TaskState, VipName,
 };
 
 /// Ports taken from one task's port resource at most (a `[1-65535]` range is not 65,535 ports).
@@ -50,7 +50,11 @@ pub fn translate(state: &State, masters: &[(String, u16)], site_attribute: &str)
 
     for fw in &state.frameworks {
         let pid = fw.pid.as_deref().and_then(parse_pid);
-        let addresses: Vec<IpAddr> = pid.as_ref().and_then(|(h, _)| h.parse().ok()).into_iter().collect();
+        let addresses: Vec<IpAddr> = pid
+            .as_ref()
+            .and_then(|(h, _)| h.parse().ok())
+            .into_iter()
+            .collect();
         out.records.push(Record::Framework(Framework {
             id: fw.id.clone(),
             name: fw.name.clone(),
@@ -64,7 +68,10 @@ pub fn translate(state: &State, masters: &[(String, u16)], site_attribute: &str)
                 "TASK_KILLING" => TaskState::Draining,
                 _ => continue,
             };
-            let host_ips = agent_ips.get(task.slave_id.as_str()).cloned().unwrap_or_default();
+            let host_ips = agent_ips
+                .get(task.slave_id.as_str())
+                .cloned()
+                .unwrap_or_default();
             let task = translate_task(task, &fw.name, state, &host_ips, &mut out);
             out.records.push(Record::Task(task));
         }
@@ -100,7 +107,13 @@ pub fn translate(state: &State, masters: &[(String, u16)], site_attribute: &str)
     out
 }
 
-fn translate_task(task: &state::Task, framework: &str, state: TaskState, host_ips: &[IpAddr], out: &mut Translation) -> Task {
+fn translate_task(
+    task: &state::Task,
+    framework: &str,
+    state: TaskState,
+    host_ips: &[IpAddr],
+    out: &mut Translation,
+) -> Task {
     // The newest TASK_RUNNING status carries the addresses (Mesos-DNS does the same).
     let status = task
         .statuses
@@ -110,7 +123,10 @@ fn translate_task(task: &state::Task, framework: &str, state: TaskState, host_ip
     let mut ips = Vec::new();
     let mut push = |ip: Option<&str>, source| {
         if let Some(ip) = ip.and_then(|s| s.parse::<IpAddr>().ok()) {
-            if !ips.iter().any(|t: &TaskIp| t.ip == ip && t.source == source) {
+            if !ips
+                .iter()
+                .any(|t: &TaskIp| t.ip == ip && t.source == source)
+            {
                 ips.push(TaskIp { ip, source });
             }
         }
@@ -123,7 +139,10 @@ fn translate_task(task: &state::Task, framework: &str, state: TaskState, host_ip
             push(ni.ip_address.as_deref(), IpSource::Netinfo);
         }
         for (key, source) in [
-            ("MesosContainerizer.NetworkSettings.IPAddress", IpSource::Mesos),
+            (
+                "MesosContainerizer.NetworkSettings.IPAddress",
+                IpSource::Mesos,
+            ),
             ("Docker.NetworkSettings.IPAddress", IpSource::Docker),
         ] {
             for l in s.labels.iter().filter(|l| l.key == key) {
@@ -160,7 +179,10 @@ fn translate_task(task: &state::Task, framework: &str, state: TaskState, host_ip
                 Some(Port {
                     number,
                     name: p.name.clone().filter(|n| !n.is_empty()),
-                    protocol: p.protocol.as_deref().and_then(|s| s.parse::<Protocol>().ok()),
+                    protocol: p
+                        .protocol
+                        .as_deref()
+                        .and_then(|s| s.parse::<Protocol>().ok()),
                     labels,
                 })
             })
@@ -181,7 +203,11 @@ fn translate_task(task: &state::Task, framework: &str, state: TaskState, host_ip
         ips,
         ports,
         discovery,
-        labels: task.labels.iter().map(|l| (l.key.clone(), l.value.clone())).collect(),
+        labels: task
+            .labels
+            .iter()
+            .map(|l| (l.key.clone(), l.value.clone()))
+            .collect(),
         health: match status.and_then(|s| s.healthy) {
             Some(true) => Health::Healthy,
             Some(false) => Health::Unhealthy,

@@ -30,7 +30,11 @@ pub enum AllocError {
     #[error("no VIP range is configured for named VIP {name:?} (set --vip-range-v4 and/or --vip-range-v6)")]
     NoRange { name: String },
     #[error("the {family} VIP range {range} is exhausted; {name:?} gets no address")]
-    Exhausted { name: String, family: &'static str, range: String },
+    Exhausted {
+        name: String,
+        family: &'static str,
+        range: String,
+    },
     #[error("etcd: {0}")]
     Store(String),
     #[error("could not claim an address for {name:?}: {attempts} conflicting writers in a row")]
@@ -96,9 +100,15 @@ fn index_key(ip: IpAddr) -> String {
 
 /// Ensures `name` has an address from each configured range; returns its record.
 /// Existing addresses are kept, so an address never changes once given.
-pub async fn ensure(store: &EtcdStore, ranges: &VipRanges, name: &str) -> Result<VipAddress, AllocError> {
+pub async fn ensure(
+    store: &EtcdStore,
+    ranges: &VipRanges,
+    name: &str,
+) -> Result<VipAddress, AllocError> {
     if ranges.v4.is_none() && ranges.v6.is_none() {
-        return Err(AllocError::NoRange { name: name.to_string() });
+        return Err(AllocError::NoRange {
+            name: name.to_string(),
+        });
     }
     let vip_key = keys::key(Kind::VipAddress, name);
     let mut kv = store.client().kv_client();
@@ -139,7 +149,10 @@ pub async fn ensure(store: &EtcdStore, ranges: &VipRanges, name: &str) -> Result
         }
         let taken: BTreeSet<IpAddr> = {
             let resp = kv
-                .get(INDEX_PREFIX, Some(GetOptions::new().with_prefix().with_keys_only()))
+                .get(
+                    INDEX_PREFIX,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
                 .await
                 .map_err(err)?;
             resp.kvs()
@@ -202,11 +215,18 @@ mod tests {
         assert_ne!(a, b);
         // A /30 has two usable addresses.
         let small: Ipv4Net = "198.19.0.0/30".parse().unwrap();
-        let all: BTreeSet<IpAddr> = ["198.19.0.1".parse().unwrap(), "198.19.0.2".parse().unwrap()].into();
+        let all: BTreeSet<IpAddr> =
+            ["198.19.0.1".parse().unwrap(), "198.19.0.2".parse().unwrap()].into();
         assert_eq!(candidate(&small, "/x", &all), None);
         let one = candidate(&small, "/x", &BTreeSet::new()).unwrap();
-        assert!(all.contains(&one), "network and broadcast are never given: {one}");
+        assert!(
+            all.contains(&one),
+            "network and broadcast are never given: {one}"
+        );
         let v6: Ipv6Net = "2001:db8:19::/64".parse().unwrap();
-        assert!(matches!(candidate(&v6, "/web", &BTreeSet::new()), Some(IpAddr::V6(_))));
+        assert!(matches!(
+            candidate(&v6, "/web", &BTreeSet::new()),
+            Some(IpAddr::V6(_))
+        ));
     }
 }
