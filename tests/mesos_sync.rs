@@ -329,6 +329,8 @@ async fn a_failed_poll_leaves_the_catalog_as_it_was() {
             Reply::Raw(StatusCode::INTERNAL_SERVER_ERROR, "boom".into()),
             "HTTP 500",
         ),
+        // Slower than --timeout 2s.
+        (Reply::Slow(Duration::from_secs(5)), "timed out"),
     ];
     for (reply, needle) in cases {
         master.set(reply);

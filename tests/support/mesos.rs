@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 pub enum Reply {
     Json(Value),
     Raw(StatusCode, String),
+    /// Answers only after this long (a master that hangs).
+    Slow(std::time::Duration),
 }
 
 pub struct FakeMaster {
@@ -42,9 +44,14 @@ async fn serve_state(
             return (StatusCode::UNAUTHORIZED, "credentials required").into_response();
         }
     }
-    match reply.lock().unwrap().clone() {
+    let reply = reply.lock().unwrap().clone();
+    match reply {
         Reply::Json(v) => axum::Json(v).into_response(),
         Reply::Raw(status, body) => (status, body).into_response(),
+        Reply::Slow(d) => {
+            tokio::time::sleep(d).await;
+            (StatusCode::OK, "{}").into_response()
+        }
     }
 }
 
