@@ -1,0 +1,307 @@
+//! The two servers under test as child processes on loopback: the real `lodestar agent` and
+//! Knot DNS (`knotd`). Both die with the bench (drop guard, and PR_SET_PDEATHSIG on panic
+//! paths that skip drops); CPU time is read from /proc.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+use crate::dns;
+
+/// The kernel kills the child if the bench dies without running its drops.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with us.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// `lodestar agent` on 127.0.0.1 with JSON logs; ready when it logs "lodestar agent ready".
+pub struct Lodestar {
+    child: Option<Child>,
+    pub dns: SocketAddr,
+    pub http: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lodestar {
+    /// Starts `lodestar --log-format json agent --no-l4lb SOURCE...` and waits until ready.
+    pub fn start(binary: &Path, source: &[&str]) -> Lodestar {
+        let mut cmd = Command::new(binary);
+        cmd.args(["--log-format", "json", "agent", "--no-l4lb"])
+            .args(source)
+            .args([
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            // Every query is in-zone; the upstream is never asked.
+            .args(["--upstream", "127.0.0.1:9"])
+            .env_remove("LODESTAR_ETCD")
+            .env("LODESTAR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["fields"]["message"] == "lodestar agent ready" {
+                        let _ = tx.send(v["fields"].clone());
+                    }
+                }
+                sink.lock().expect("log").push(line);
+            }
+        });
+        let mut agent = Lodestar {
+            child: Some(child),
+            dns: "0.0.0.0:0".parse().expect("addr"),
+            http: "0.0.0.0:0".parse().expect("addr"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(fields) => {
+                    let addr = |key: &str| -> SocketAddr {
+                        let v = fields[key].as_str().unwrap_or_default();
+                        v.split(',')
+                            .next()
+                            .unwrap_or_default()
+                            .parse()
+                            .unwrap_or_else(|_| {
+                                panic!("the ready line's {key} field {v:?} is not an address")
+                            })
+                    };
+                    agent.dns = addr("dns");
+                    agent.http = addr("http");
+                    return agent;
+                }
+                Err(_) => {
+                    let exited =
+                        matches!(agent.child.as_mut().map(Child::try_wait), Some(Ok(Some(_))));
+                    if exited || Instant::now() > deadline {
+                        std::thread::sleep(Duration::from_millis(100));
+                        panic!("lodestar agent did not get ready:\n{}", agent.logs());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+}
+
+impl Drop for Lodestar {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!("---- lodestar agent log ----\n{}\n----", self.logs());
+        }
+    }
+}
+
+/// `knotd` in the foreground serving one zone file for `mesos.`, from a private directory.
+pub struct Knot {
+    child: Option<Child>,
+    pub dns: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Knot {
+    /// Writes the config and zone, starts knotd with `workers` UDP threads and waits until it
+    /// answers the zone's SOA.
+    pub fn start(binary: &Path, zone: &str, workers: usize) -> Knot {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("mesos.zone"), zone).expect("zone file");
+        let port = free_udp_and_tcp_port();
+        let d = dir.path().display();
+        // No journal, no DNSSEC, no zone file write-back: a plain authoritative server.
+        let conf = format!(
+            "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{port}\n    \
+             udp-workers: {workers}\n    tcp-workers: 1\n    background-workers: 1\n\
+             database:\n    storage: \"{d}\"\n\
+             log:\n  - target: stderr\n    any: info\n\
+             zone:\n  - domain: mesos\n    storage: \"{d}\"\n    file: \"mesos.zone\"\n    \
+             semantic-checks: off\n    zonefile-load: whole\n    zonefile-sync: -1\n    \
+             journal-content: none\n"
+        );
+        let conf_path = dir.path().join("knot.conf");
+        std::fs::write(&conf_path, conf).expect("knot.conf");
+        let log = std::fs::File::create(dir.path().join("knotd.log")).expect("knot log");
+        let mut cmd = Command::new(binary);
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start knotd: {e}"));
+        let mut knot = Knot {
+            child: Some(child),
+            dns: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let exited = matches!(knot.child.as_mut().map(Child::try_wait), Some(Ok(Some(_))));
+            assert!(
+                !exited && Instant::now() < deadline,
+                "knotd did not start serving mesos.:\n{}",
+                knot.logs()
+            );
+            if let Some(r) = dns::udp_raw(knot.dns, &dns::build("mesos.", RecordType::SOA, None)) {
+                let m = hickory_proto::op::Message::from_vec(&r).expect("a DNS message");
+                if m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty() {
+                    return knot;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("knotd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!("---- knotd log ----\n{}\n----", self.logs());
+        }
+    }
+}
+
+/// A loopback port free for both UDP and TCP a moment ago.
+fn free_udp_and_tcp_port() -> u16 {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a loopback UDP port");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP");
+}
+
+/// The clock ticks per second of /proc's CPU times.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// The fields of a /proc `stat` line after the command name: [0] is the state (field 3).
+fn stat_fields(path: &Path) -> Option<(String, Vec<u64>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let rest = text[close + 1..]
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    Some((comm, rest))
+}
+
+// Indices into `stat_fields` (state skipped): utime is field 14, stime 15, cutime 16, cstime 17.
+const UTIME: usize = 10;
+
+/// User + system CPU seconds of a whole process (all its threads).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let (_, f) = stat_fields(&PathBuf::from(format!("/proc/{pid}/stat")))
+        .unwrap_or_else(|| panic!("process {pid} is gone"));
+    (f[UTIME] + f[UTIME + 1]) as f64 / clock_ticks()
+}
+
+/// User + system CPU seconds of this process's waited-for children (here: dnsperf runs).
+pub fn children_cpu_seconds() -> f64 {
+    let (_, f) = stat_fields(Path::new("/proc/self/stat")).expect("/proc/self/stat");
+    (f[UTIME + 2] + f[UTIME + 3]) as f64 / clock_ticks()
+}
+
+/// CPU seconds of each thread, keyed `name[tid]`, for the CPU split between threads.
+pub fn thread_cpu_seconds(pid: u32) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some((comm, f)) = stat_fields(&entry.path().join("stat")) else {
+            continue;
+        };
+        let tid = entry.file_name().to_string_lossy().into_owned();
+        out.push((
+            format!("{comm}[{tid}]"),
+            (f[UTIME] + f[UTIME + 1]) as f64 / clock_ticks(),
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Datagrams the kernel dropped at UDP sockets (receive buffer full): (those bound to
+/// `port`, i.e. the server's, and all on this host), from /proc/net/udp's `drops` column.
+pub fn udp_drops(port: u16) -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let (mut server, mut all) = (0, 0);
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(drops) = f.last().and_then(|d| d.parse::<u64>().ok()) else {
+            continue;
+        };
+        all += drops;
+        let local_port = f
+            .get(1)
+            .and_then(|a| a.split(':').nth(1))
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if local_port == Some(port) {
+            server += drops;
+        }
+    }
+    (server, all)
+}
