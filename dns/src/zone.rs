@@ -72,10 +72,8 @@ struct Rotation {
 pub struct Apex {
     pub name: String,
     wire: Box<[u8]>,
-    /// SOA and NS records owned by the apex, written out in full (authority section).
-    soa_full: Vec<u8>,
-    ns_full: Vec<u8>,
-    /// The same with the owner as a pointer to the question (answer section, qname == apex).
+    /// SOA and NS records owned by the apex, the owner a pointer to the question (re-pointed
+    /// at the apex's place in the question name for authority records below the apex).
     soa_ptr: Vec<u8>,
     ns_ptr: Vec<u8>,
     ns_name: String,
@@ -221,6 +219,8 @@ impl Zone {
         out: &mut Vec<u8>,
     ) -> u8 {
         let at_apex = lower == &apex.wire[..];
+        // The apex is a suffix of the question name: records it owns point there.
+        let apex_at = wire::HEADER + lower.len() - apex.wire.len();
         let exists = entry.is_some() || at_apex;
         let mut bytes = Vec::new();
         let (mut answers, mut authorities, mut additionals) = (0u16, 0u16, 0u16);
@@ -241,11 +241,11 @@ impl Zone {
             }
             // Mesos-DNS answers SOA and NS queries below the apex with the record in authority.
             wire::TYPE_SOA => {
-                bytes.extend_from_slice(&apex.soa_full);
+                push_at_apex(&mut bytes, &apex.soa_ptr, apex_at);
                 authorities = 1;
             }
             wire::TYPE_NS => {
-                bytes.extend_from_slice(&apex.ns_full);
+                push_at_apex(&mut bytes, &apex.ns_ptr, apex_at);
                 authorities = 1;
             }
             wire::TYPE_ANY => {
@@ -257,8 +257,8 @@ impl Zone {
                     bytes.extend_from_slice(&apex.ns_ptr);
                     answers += 2;
                 } else {
-                    bytes.extend_from_slice(&apex.soa_full);
-                    bytes.extend_from_slice(&apex.ns_full);
+                    push_at_apex(&mut bytes, &apex.soa_ptr, apex_at);
+                    push_at_apex(&mut bytes, &apex.ns_ptr, apex_at);
                     authorities = 2;
                 }
                 if answers == 0 && !exists {
@@ -267,14 +267,14 @@ impl Zone {
             }
             // SRV never says NXDOMAIN (Mesos-DNS); other types do for names we do not have.
             wire::TYPE_SRV => {
-                bytes.extend_from_slice(&apex.soa_full);
+                push_at_apex(&mut bytes, &apex.soa_ptr, apex_at);
                 authorities = 1;
             }
             _ => {
                 if !exists {
                     rcode = wire::RCODE_NXDOMAIN;
                 }
-                bytes.extend_from_slice(&apex.soa_full);
+                push_at_apex(&mut bytes, &apex.soa_ptr, apex_at);
                 authorities = 1;
             }
         }
@@ -296,6 +296,13 @@ impl Zone {
         wire::write_response(out, q, recursion_available, &body, limit);
         rcode
     }
+}
+
+/// Appends a record encoded with a pointer owner (`rr_ptr`, owner at its first two bytes),
+/// re-pointed at offset `at`.
+fn push_at_apex(out: &mut Vec<u8>, rr_ptr: &[u8], at: usize) {
+    out.extend_from_slice(&(0xc000 | at as u16).to_be_bytes());
+    out.extend_from_slice(&rr_ptr[2..]);
 }
 
 /// A dotted lowercase FQDN in wire form; `None` if a label is empty or too long, or the name is.
@@ -382,6 +389,17 @@ fn encode_addresses(
     let Some(owner) = name_to_wire(name) else {
         return 0;
     };
+    encode_addresses_as(out, &owner, a, aaaa, ttl)
+}
+
+/// A/AAAA records with `owner` already encoded (a full name or a compression pointer).
+fn encode_addresses_as(
+    out: &mut Vec<u8>,
+    owner: &[u8],
+    a: &[Ipv4Addr],
+    aaaa: &[Ipv6Addr],
+    ttl: u32,
+) -> u16 {
     let mut n = 0;
     for ip in a {
         n += u16::from(encode_rr(out, &owner, &Rr::A(*ip), ttl, 1));
@@ -440,13 +458,10 @@ fn make_apex(
     let mut apex = Apex {
         name: name.to_string(),
         wire: wire.clone().into_boxed_slice(),
-        soa_full: Vec::new(),
-        ns_full: Vec::new(),
         soa_ptr: Vec::new(),
         ns_ptr: Vec::new(),
         ns_name: mname.to_string(),
     };
-    encode_soa(&mut apex.soa_full, &wire, config, mname, rname, serial, ttl);
     encode_soa(
         &mut apex.soa_ptr,
         &POINTER_TO_QUESTION,
@@ -456,7 +471,6 @@ fn make_apex(
         serial,
         ttl,
     );
-    encode_ns(&mut apex.ns_full, &wire, mname, ttl);
     encode_ns(&mut apex.ns_ptr, &POINTER_TO_QUESTION, mname, ttl);
     Some(apex)
 }
@@ -689,27 +703,40 @@ impl ZoneBuilder {
                 port: *port,
             })
             .collect();
-        entry.prepared[0] = self.prepare(&a, ttl);
-        entry.prepared[1] = self.prepare(&aaaa, ttl);
-        entry.prepared[2] = self.prepare(&srv, ttl);
+        let owner_len = wire.len();
+        entry.prepared[0] = self.prepare(&a, ttl, owner_len);
+        entry.prepared[1] = self.prepare(&aaaa, ttl, owner_len);
+        entry.prepared[2] = self.prepare(&srv, ttl, owner_len);
         self.names.insert(wire.into_boxed_slice(), Arc::new(entry));
     }
 
-    fn prepare(&self, rrs: &[Rr], ttl: u32) -> Option<Prepared> {
+    /// `owner_len`: the owner's wire length, which fixes where the answers start in every
+    /// response to this name (after the 12-byte header and the question), so records can
+    /// point back at earlier names.
+    fn prepare(&self, rrs: &[Rr], ttl: u32, owner_len: usize) -> Option<Prepared> {
         if rrs.is_empty() {
             return None;
         }
+        let answers_at = wire::HEADER + owner_len + 4;
         let turns = rrs.len().min(MAX_ROTATIONS);
         let mut rotations = Vec::with_capacity(turns);
         for turn in 0..turns {
             let mut bytes = Vec::new();
             let mut answers: u16 = 0;
             let mut included = Vec::new();
+            // Where each SRV target's name was written, for the additional records' owners.
+            let mut target_at: HashMap<&str, usize> = HashMap::new();
             for rr in rrs[turn..].iter().chain(&rrs[..turn]) {
                 // Whole records up to what a TCP message holds; past that the rest is left
                 // out (as Mesos-DNS drops records from the end), never a broken message.
                 if bytes.len() > MAX_ANSWER_BYTES {
                     break;
+                }
+                if let Rr::Srv { target, .. } = rr {
+                    // Pointer to question (2), type, class, TTL, length (10), SRV fields (6).
+                    target_at
+                        .entry(target)
+                        .or_insert(answers_at + bytes.len() + 2 + 10 + 6);
                 }
                 if encode_rr(
                     &mut bytes,
@@ -735,8 +762,15 @@ impl ZoneBuilder {
                     continue;
                 }
                 let (a, aaaa) = self.first_addresses(target);
+                let owner = match target_at.get(&**target) {
+                    Some(at) if *at < 0x3fff => (0xc000 | *at as u16).to_be_bytes().to_vec(),
+                    _ => match name_to_wire(target) {
+                        Some(w) => w,
+                        None => continue,
+                    },
+                };
                 additionals +=
-                    encode_addresses(&mut bytes, target, &a, &aaaa, self.ttl_for(target));
+                    encode_addresses_as(&mut bytes, &owner, &a, &aaaa, self.ttl_for(target));
             }
             rotations.push(Rotation {
                 bytes: bytes.into_boxed_slice(),
