@@ -402,10 +402,10 @@ fn encode_addresses_as(
 ) -> u16 {
     let mut n = 0;
     for ip in a {
-        n += u16::from(encode_rr(out, &owner, &Rr::A(*ip), ttl, 1));
+        n += u16::from(encode_rr(out, owner, &Rr::A(*ip), ttl, 1));
     }
     for ip in aaaa {
-        n += u16::from(encode_rr(out, &owner, &Rr::Aaaa(*ip), ttl, 1));
+        n += u16::from(encode_rr(out, owner, &Rr::Aaaa(*ip), ttl, 1));
     }
     n
 }
