@@ -20,8 +20,9 @@ ensure_packages() {
 # What building Lodestar needs: protoc for etcd-client's generated gRPC code, and OpenSSL's
 # headers for TLS to Mesos masters.
 BUILD_PACKAGES=(protobuf-compiler libssl-dev pkg-config)
-# What the tests need besides: a real etcd and etcdctl, and dig (a real DNS client).
-TEST_PACKAGES=(etcd-server etcd-client dnsutils)
+# What the tests need besides: a real etcd and etcdctl, dig (a real DNS client), and openssl
+# (a certificate for the HTTPS master).
+TEST_PACKAGES=(etcd-server etcd-client dnsutils openssl)
 
 require_cargo() {
     command -v cargo >/dev/null || {

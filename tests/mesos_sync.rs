@@ -569,3 +569,96 @@ async fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut body).await.unwrap();
     body
 }
+
+/// An HTTPS master: a self-signed certificate for 127.0.0.1 made by `openssl`, a TLS acceptor,
+/// and a minimal HTTP/1.1 reply with the state document.
+async fn https_master(
+    dir: &std::path::Path,
+    body: String,
+) -> (String, std::path::PathBuf, tokio::task::JoinHandle<()>) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let identity = tokio_native_tls::native_tls::Identity::from_pkcs8(
+        &std::fs::read(&cert).unwrap(),
+        &std::fs::read(&key).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_native_tls::TlsAcceptor::from(
+        tokio_native_tls::native_tls::TlsAcceptor::new(identity).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.write_all(reply.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    (url, cert, server)
+}
+
+#[tokio::test]
+async fn tls_to_the_master_with_a_configured_ca() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The state names its own pid; the fake serves any path, so pid just has to match leader.
+    let pid = "master@127.0.0.1:5050";
+    let body = state(
+        pid,
+        pid,
+        vec![task("tls.1", "tls", "S-azure-S1", "TASK_RUNNING", &[])],
+    )
+    .to_string();
+    let (url, cert, server) = https_master(dir.path(), body).await;
+    // Without trusting the certificate the poll fails and nothing is written.
+    let o = sync_once(&url, &etcd, &[]).await;
+    assert!(!o.status.success(), "an untrusted certificate must fail");
+    assert!(catalog(&etcd).await.0.tasks.is_empty());
+    ok(&sync_once(&url, &etcd, &["--master-ca", cert.to_str().unwrap()]).await);
+    assert_eq!(
+        catalog(&etcd).await.0.tasks.keys().collect::<Vec<_>>(),
+        ["tls.1"]
+    );
+    server.abort();
+}
