@@ -209,6 +209,13 @@ pub struct MesosSyncArgs {
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Deletes above this share of the catalog in one poll are held (a master that has just
+    /// been elected reports few tasks until agents re-register)...
+    #[arg(long, default_value_t = 0.5)]
+    max_delete_fraction: f64,
+    /// ...until the master has reported them for this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    mass_delete_delay: std::time::Duration,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -395,6 +402,12 @@ pub async fn run(args: Args) -> Result<()> {
             if a.lease_ttl < 1 {
                 bail!("--lease-ttl must be at least 1 second");
             }
+            if !(0.0..=1.0).contains(&a.max_delete_fraction) {
+                bail!("--max-delete-fraction must be between 0 and 1");
+            }
+            if a.max_state_mib == 0 {
+                bail!("--max-state-mib must be at least 1");
+            }
             let instance_id = a.instance_id.clone().unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                 format!("{}-{}", host.trim(), std::process::id())
@@ -422,6 +435,10 @@ pub async fn run(args: Args) -> Result<()> {
                 instance_id,
                 lease_ttl: a.lease_ttl,
                 metrics_listen: a.metrics_listen,
+                guard: lodestar_control::mesos::sync::DeleteGuard {
+                    max_delete_fraction: a.max_delete_fraction,
+                    mass_delete_delay: a.mass_delete_delay,
+                },
             })
             .await
         }

@@ -27,6 +27,7 @@ pub struct SyncArgs {
     pub lease_ttl: i64,
     /// Where to serve Prometheus `/metrics` (poll failures by kind, writes, VIP problems).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub guard: lodestar_control::mesos::sync::DeleteGuard,
 }
 
 pub async fn run(args: SyncArgs) -> Result<()> {
@@ -64,7 +65,8 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         masters,
         args.site_attribute.clone(),
         args.ranges.clone(),
-    );
+    )
+    .with_delete_guard(args.guard.clone());
 
     if args.once {
         let r = syncer.poll(None).await?;
@@ -90,7 +92,7 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         syncer.invalidate();
         let mut lost = leadership.lost();
         loop {
-            match syncer.poll(Some(&args.instance_id)).await {
+            match syncer.poll(Some(leadership.lease_id())).await {
                 Ok(r) if r.puts + r.deletes > 0 => info!(
                     written = r.puts,
                     deleted = r.deletes,
@@ -109,6 +111,11 @@ pub async fn run(args: SyncArgs) -> Result<()> {
                 _ = tokio::time::sleep(args.interval) => {}
                 _ = lost.changed() => break,
                 _ = sigterm.recv() => {
+                    info!("resigning and shutting down");
+                    leadership.resign().await;
+                    return Ok(());
+                }
+                _ = tokio::signal::ctrl_c() => {
                     info!("resigning and shutting down");
                     leadership.resign().await;
                     return Ok(());

@@ -662,3 +662,128 @@ async fn tls_to_the_master_with_a_configured_ca() {
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn changes_made_behind_its_back_are_corrected_on_the_next_poll() {
+    use lodestar_control::keys::{Kind, Record};
+    use lodestar_control::mesos::fetch::MasterClient;
+    use lodestar_control::mesos::sync::Syncer;
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    master.set_state(state(
+        &master.pid(),
+        &master.pid(),
+        vec![task("web.1", "web", "S-azure-S1", "TASK_RUNNING", &[])],
+    ));
+    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
+        .await
+        .unwrap();
+    let client =
+        MasterClient::new(&[master.url()], Duration::from_secs(2), None, None, 1 << 20).unwrap();
+    let mut syncer = Syncer::new(store.clone(), client, "site".into(), VipRanges::default());
+    syncer.poll(None).await.unwrap();
+    // An operator deletes a task the master still reports and adds one it does not.
+    assert!(store.delete(Kind::Task, "web.1").await.unwrap());
+    let ghost = lodestar_control::model::Task {
+        id: "ghost.1".into(),
+        name: "ghost".into(),
+        framework: "marathon".into(),
+        agent: "S-azure-S1".into(),
+        state: TaskState::Running,
+        ips: vec![],
+        ports: vec![],
+        discovery: None,
+        labels: Default::default(),
+        health: Health::Unknown,
+        site: None,
+    };
+    store.put(&[Record::Task(ghost)]).await.unwrap();
+    let r = syncer.poll(None).await.unwrap();
+    assert_eq!((r.puts, r.deletes), (1, 1), "{r:?}");
+    assert_eq!(
+        catalog(&etcd).await.0.tasks.keys().collect::<Vec<_>>(),
+        ["web.1"]
+    );
+}
+
+#[tokio::test]
+async fn a_master_that_suddenly_reports_nothing_does_not_wipe_the_catalog() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| task(&format!("t.{i}"), "app", "S-azure-S1", "TASK_RUNNING", &[]))
+        .collect();
+    master.set_state(state(&master.pid(), &master.pid(), tasks));
+    ok(&sync_once(&master.url(), &etcd, &[]).await);
+    // Just elected: no frameworks, no agents yet.
+    let mut empty = state(&master.pid(), &master.pid(), vec![]);
+    empty["frameworks"] = json!([]);
+    empty["slaves"] = json!([]);
+    master.set_state(empty);
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(out.contains("0 deleted"), "{out}");
+    assert_eq!(catalog(&etcd).await.0.tasks.len(), 20);
+    // Once the master has said so for long enough (here: at once), the deletes go through.
+    let out = ok(&sync_once(&master.url(), &etcd, &["--mass-delete-delay", "0s"]).await);
+    assert!(!out.contains(" 0 deleted"), "{out}");
+    assert!(catalog(&etcd).await.0.tasks.is_empty());
+}
+
+#[tokio::test]
+async fn the_same_task_id_in_two_frameworks_keeps_one_and_says_so() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    let mut s = state(
+        &master.pid(),
+        &master.pid(),
+        vec![task("0", "spark-exec", "S-azure-S1", "TASK_RUNNING", &[])],
+    );
+    let mut other = s["frameworks"][0].clone();
+    other["id"] = json!("fw-chronos");
+    other["name"] = json!("chronos");
+    other["tasks"] = json!([task("0", "job", "S-azure-S1", "TASK_RUNNING", &[])]);
+    s["frameworks"].as_array_mut().unwrap().push(other);
+    master.set_state(s);
+    let o = sync_once(&master.url(), &etcd, &[]).await;
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("two frameworks report a task with this id")
+    );
+    let (snap, _) = catalog(&etcd).await;
+    assert_eq!(snap.tasks.len(), 1);
+    assert_eq!(snap.frameworks.len(), 2);
+}
+
+#[tokio::test]
+async fn one_exhausted_family_does_not_block_the_other_and_lost_records_keep_their_address() {
+    let etcd = EtcdServer::start();
+    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
+        .await
+        .unwrap();
+    let ranges = VipRanges {
+        v4: Some("198.19.5.7/32".parse().unwrap()),
+        v6: Some("2001:db8:19::/64".parse().unwrap()),
+    };
+    let a = vipalloc::ensure(&store, &ranges, "/a").await.unwrap();
+    assert_eq!(a.addresses.len(), 2);
+    let err = vipalloc::ensure(&store, &ranges, "/b").await.unwrap_err();
+    assert!(err.to_string().contains("IPv4"), "{err}");
+    let (snap, _) = catalog(&etcd).await;
+    let b = &snap.vip_addresses["/b"];
+    assert_eq!(b.addresses.len(), 1);
+    assert!(
+        b.addresses[0].is_ipv6(),
+        "the IPv6 address is given even though IPv4 is full"
+    );
+    // The record is lost (a restore, another tool): the name gets the same addresses back.
+    store
+        .delete(lodestar_control::keys::Kind::VipAddress, "/a")
+        .await
+        .unwrap();
+    let again = vipalloc::ensure(&store, &ranges, "/a").await.unwrap();
+    let mut x = again.addresses.clone();
+    let mut y = a.addresses.clone();
+    x.sort();
+    y.sort();
+    assert_eq!(x, y);
+}

@@ -24,6 +24,11 @@ pub struct Leadership {
 }
 
 impl Leadership {
+    /// The lease writes are fenced on.
+    pub fn lease_id(&self) -> i64 {
+        self.lease
+    }
+
     pub fn is_lost(&self) -> bool {
         *self.lost.borrow()
     }
@@ -48,9 +53,10 @@ impl Drop for Leadership {
     }
 }
 
-/// The compare that fences a write on `id` still leading.
-pub fn fence(id: &str) -> Compare {
-    Compare::value(LEADER_KEY, CompareOp::Equal, id)
+/// The compare that fences a write on the leader key still being bound to `lease` (unique
+/// per campaign, unlike an instance id an operator might reuse).
+pub fn fence(lease: i64) -> Compare {
+    Compare::lease(LEADER_KEY, CompareOp::Equal, lease)
 }
 
 /// Waits until this instance (`id`) leads, with a lease of `ttl` seconds.

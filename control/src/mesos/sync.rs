@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 use tracing::warn;
 
 use crate::error::describe;
@@ -26,6 +26,29 @@ pub const POLL_FAILURES_TOTAL: &str = "lodestar_mesos_sync_poll_failures_total";
 pub const WRITES_TOTAL: &str = "lodestar_mesos_sync_writes_total";
 pub const REJECTED_VIP_LABELS_TOTAL: &str = "lodestar_mesos_sync_rejected_vip_labels_total";
 pub const VIP_ALLOCATION_FAILURES_TOTAL: &str = "lodestar_mesos_sync_vip_allocation_failures_total";
+pub const DUPLICATE_TASK_IDS_TOTAL: &str = "lodestar_mesos_sync_duplicate_task_ids_total";
+pub const DELETES_HELD_TOTAL: &str = "lodestar_mesos_sync_deletes_held_total";
+
+/// Below this many owned keys, no delete counts as a mass delete.
+const MASS_DELETE_MIN_KEYS: usize = 10;
+
+/// The guard against acting on a master that suddenly reports far less than before.
+#[derive(Clone, Debug)]
+pub struct DeleteGuard {
+    /// Deletes above this share of the catalog in one poll are held...
+    pub max_delete_fraction: f64,
+    /// ...until the master has kept reporting them for this long.
+    pub mass_delete_delay: std::time::Duration,
+}
+
+impl Default for DeleteGuard {
+    fn default() -> Self {
+        DeleteGuard {
+            max_delete_fraction: 0.5,
+            mass_delete_delay: std::time::Duration::from_secs(300),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -50,6 +73,8 @@ pub struct SyncStats {
     pub conflicts: AtomicU64,
     pub rejected_vip_labels: AtomicU64,
     pub vip_allocation_failures: AtomicU64,
+    pub duplicate_task_ids: AtomicU64,
+    pub deletes_held: AtomicU64,
 }
 
 /// What one poll did.
@@ -68,6 +93,9 @@ pub struct Syncer {
     ranges: VipRanges,
     /// What etcd holds under the keys we own: key -> (value, mod revision). `None` until read.
     current: Option<BTreeMap<String, (Vec<u8>, i64)>>,
+    guard: DeleteGuard,
+    /// Since when the master has been reporting a mass delete.
+    mass_delete_since: Option<std::time::Instant>,
     pub stats: SyncStats,
 }
 
@@ -84,8 +112,16 @@ impl Syncer {
             site_attribute,
             ranges,
             current: None,
+            guard: DeleteGuard::default(),
+            mass_delete_since: None,
             stats: SyncStats::default(),
         }
+    }
+
+    /// Replaces the mass-delete guard.
+    pub fn with_delete_guard(mut self, guard: DeleteGuard) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// Forget what etcd holds (after a conflict, or on becoming leader): the next poll reads it.
@@ -93,12 +129,14 @@ impl Syncer {
         self.current = None;
     }
 
-    /// One poll. `fence_id`: the leader id writes are fenced on (None: unfenced, `--once`).
-    pub async fn poll(&mut self, fence_id: Option<&str>) -> Result<PollReport, SyncError> {
+    /// One poll. `fence`: the leadership lease writes are fenced on (None: unfenced, `--once`).
+    pub async fn poll(&mut self, fence: Option<i64>) -> Result<PollReport, SyncError> {
         self.stats.polls.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(POLLS_TOTAL).increment(1);
-        let result = self.poll_inner(fence_id).await;
+        let result = self.poll_inner(fence).await;
         if let Err(e) = &result {
+            // Whatever failed, what we believe etcd holds may be wrong now: read it again.
+            self.invalidate();
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             let kind = match e {
                 SyncError::Fetch(f) => f.kind(),
@@ -109,13 +147,12 @@ impl Syncer {
             metrics::counter!(POLL_FAILURES_TOTAL, "kind" => kind).increment(1);
             if matches!(e, SyncError::Conflict) {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                self.invalidate();
             }
         }
         result
     }
 
-    async fn poll_inner(&mut self, fence_id: Option<&str>) -> Result<PollReport, SyncError> {
+    async fn poll_inner(&mut self, fence: Option<i64>) -> Result<PollReport, SyncError> {
         let state = self.masters.fetch().await?;
         let t = translate(
             &state,
@@ -130,6 +167,19 @@ impl Syncer {
             .fetch_add(t.rejected_vip_labels.len() as u64, Ordering::Relaxed);
         metrics::counter!(REJECTED_VIP_LABELS_TOTAL).increment(t.rejected_vip_labels.len() as u64);
 
+        for id in &t.duplicate_task_ids {
+            warn!(task = %id, "two frameworks report a task with this id; keeping the first");
+        }
+        self.stats
+            .duplicate_task_ids
+            .fetch_add(t.duplicate_task_ids.len() as u64, Ordering::Relaxed);
+        metrics::counter!(DUPLICATE_TASK_IDS_TOTAL).increment(t.duplicate_task_ids.len() as u64);
+
+        // Someone else (an operator, a restore, another tool) may have changed the catalog
+        // since we last read or wrote it; a cheap probe says whether to read it again.
+        if self.current.is_some() && self.catalog_changed_behind_us().await? {
+            self.current = None;
+        }
         if self.current.is_none() {
             self.current = Some(self.read_current().await?);
         }
@@ -174,12 +224,13 @@ impl Syncer {
                 changes.push((key.clone(), None, *rev));
             }
         }
+        let changes = self.hold_mass_deletes(changes);
         let mut report = PollReport {
             unchanged,
             ..PollReport::default()
         };
         for batch in changes.chunks(BATCH) {
-            self.write_batch(batch, fence_id).await?;
+            self.write_batch(batch, fence).await?;
             report.txns += 1;
             for (_, value, _) in batch {
                 match value {
@@ -217,9 +268,9 @@ impl Syncer {
     async fn write_batch(
         &mut self,
         batch: &[(String, Option<Vec<u8>>, i64)],
-        fence_id: Option<&str>,
+        fence: Option<i64>,
     ) -> Result<(), SyncError> {
-        let mut compares: Vec<Compare> = fence_id.map(election::fence).into_iter().collect();
+        let mut compares: Vec<Compare> = fence.map(election::fence).into_iter().collect();
         let mut ops = Vec::with_capacity(batch.len());
         for (key, value, rev) in batch {
             compares.push(if *rev == 0 {
@@ -238,13 +289,13 @@ impl Syncer {
             .await
             .map_err(|e| SyncError::Store(describe(&e)))?;
         if !resp.succeeded() {
-            if let Some(id) = fence_id {
+            if let Some(lease) = fence {
                 let holder = kv
                     .get(election::LEADER_KEY, None)
                     .await
                     .ok()
-                    .and_then(|r| r.kvs().first().map(|kv| kv.value().to_vec()));
-                if holder.as_deref() != Some(id.as_bytes()) {
+                    .and_then(|r| r.kvs().first().map(|kv| kv.lease()));
+                if holder != Some(lease) {
                     return Err(SyncError::NotLeader);
                 }
             }
@@ -263,6 +314,74 @@ impl Syncer {
             }
         }
         Ok(())
+    }
+
+    /// Is the catalog in etcd not what we last read or wrote? One small range request: the
+    /// number of keys and the newest modification revision change with any put or delete.
+    async fn catalog_changed_behind_us(&self) -> Result<bool, SyncError> {
+        let Some(current) = &self.current else {
+            return Ok(true);
+        };
+        let mut kv = self.store.client().kv_client();
+        let opts = GetOptions::new()
+            .with_range(keys::prefix_end(PREFIX.as_bytes()))
+            .with_sort(SortTarget::Mod, SortOrder::Descend)
+            .with_limit(1)
+            .with_keys_only();
+        let resp = kv
+            .get(PREFIX, Some(opts))
+            .await
+            .map_err(|e| SyncError::Store(describe(&e)))?;
+        let newest = resp.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0);
+        let ours = current.values().map(|(_, rev)| *rev).max().unwrap_or(0);
+        Ok(resp.count() as usize != current.len() || newest != ours)
+    }
+
+    /// Holds deletes that would remove more than `max_delete_fraction` of the catalog until
+    /// the master has reported the same for `mass_delete_delay`: a master that has just been
+    /// elected lists few agents and tasks until they re-register, and acting on that would
+    /// wipe every site's names and VIPs.
+    fn hold_mass_deletes(
+        &mut self,
+        changes: Vec<(String, Option<Vec<u8>>, i64)>,
+    ) -> Vec<(String, Option<Vec<u8>>, i64)> {
+        let owned_now = self
+            .current
+            .as_ref()
+            .map_or(0, |c| c.keys().filter(|k| owned(k)).count());
+        let deletes = changes.iter().filter(|(_, v, _)| v.is_none()).count();
+        let mass = owned_now >= MASS_DELETE_MIN_KEYS
+            && deletes as f64 > owned_now as f64 * self.guard.max_delete_fraction;
+        if !mass {
+            self.mass_delete_since = None;
+            return changes;
+        }
+        let since = *self
+            .mass_delete_since
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= self.guard.mass_delete_delay {
+            warn!(
+                deletes,
+                of = owned_now,
+                "applying a mass delete the master has reported for a while"
+            );
+            self.mass_delete_since = None;
+            return changes;
+        }
+        warn!(
+            deletes,
+            of = owned_now,
+            wait = ?self.guard.mass_delete_delay.saturating_sub(since.elapsed()),
+            "holding deletes: the master reports far fewer tasks than the catalog has"
+        );
+        self.stats
+            .deletes_held
+            .fetch_add(deletes as u64, Ordering::Relaxed);
+        metrics::counter!(DELETES_HELD_TOTAL).increment(deletes as u64);
+        changes
+            .into_iter()
+            .filter(|(_, v, _)| v.is_some())
+            .collect()
     }
 
     /// Every key under `/lodestar/v1/` with its value and revision, in pages.

@@ -23,12 +23,16 @@ pub struct Translation {
     pub named_vips: BTreeSet<String>,
     /// `VIP_<n>` label values refused (neither `/name:port` nor `ip:port`).
     pub rejected_vip_labels: Vec<String>,
+    /// Task ids reported by more than one framework (Mesos makes ids unique per framework
+    /// only; the catalog keys tasks by id, so the first is kept).
+    pub duplicate_task_ids: Vec<String>,
 }
 
 /// Translates a state document. `masters` are the configured masters (host, port) in order.
 pub fn translate(state: &State, masters: &[(String, u16)], site_attribute: &str) -> Translation {
     let mut out = Translation::default();
     let mut agent_ips: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
+    let mut task_ids: BTreeSet<&str> = BTreeSet::new();
     for slave in &state.slaves {
         let addresses: Vec<IpAddr> = parse_pid(&slave.pid)
             .and_then(|(host, _)| host.parse().ok())
@@ -68,6 +72,10 @@ pub fn translate(state: &State, masters: &[(String, u16)], site_attribute: &str)
                 "TASK_KILLING" => TaskState::Draining,
                 _ => continue,
             };
+            if !task_ids.insert(task.id.as_str()) {
+                out.duplicate_task_ids.push(task.id.clone());
+                continue;
+            }
             let host_ips = agent_ips
                 .get(task.slave_id.as_str())
                 .cloned()

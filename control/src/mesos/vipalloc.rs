@@ -147,38 +147,59 @@ pub async fn ensure(
         if wanted.is_empty() {
             return Ok(record);
         }
-        let taken: BTreeSet<IpAddr> = {
+        // Every claimed address, and whom it was claimed for.
+        let index: Vec<(IpAddr, Vec<u8>)> = {
             let resp = kv
-                .get(
-                    INDEX_PREFIX,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
+                .get(INDEX_PREFIX, Some(GetOptions::new().with_prefix()))
                 .await
                 .map_err(err)?;
             resp.kvs()
                 .iter()
-                .filter_map(|kv| std::str::from_utf8(kv.key()).ok())
-                .filter_map(|k| k.strip_prefix(INDEX_PREFIX))
-                .filter_map(|ip| ip.parse().ok())
+                .filter_map(|kv| {
+                    let k = std::str::from_utf8(kv.key()).ok()?;
+                    let ip = k.strip_prefix(INDEX_PREFIX)?.parse().ok()?;
+                    Some((ip, kv.value().to_vec()))
+                })
                 .collect()
         };
+        let taken: BTreeSet<IpAddr> = index.iter().map(|(ip, _)| *ip).collect();
         let mut compares = vec![if mod_rev == 0 {
             Compare::version(vip_key.clone(), CompareOp::Equal, 0)
         } else {
             Compare::mod_revision(vip_key.clone(), CompareOp::Equal, mod_rev)
         }];
         let mut ops = Vec::new();
+        let mut exhausted = None;
+        let before = record.addresses.len();
         for (range, family, text) in wanted {
+            // An address already claimed for this name (its record lost, say) is its again:
+            // a name never silently moves to a new address.
+            let mine = index.iter().find(|(ip, owner)| {
+                owner.as_slice() == name.as_bytes() && ip.is_ipv4() == (family == "IPv4")
+            });
+            if let Some((ip, _)) = mine {
+                record.addresses.push(*ip);
+                continue;
+            }
             let Some(ip) = candidate(range, name, &taken) else {
-                return Err(AllocError::Exhausted {
+                // One family full does not keep the other from being given.
+                exhausted = Some(AllocError::Exhausted {
                     name: name.to_string(),
                     family,
                     range: text,
                 });
+                continue;
             };
             compares.push(Compare::version(index_key(ip), CompareOp::Equal, 0));
             ops.push(TxnOp::put(index_key(ip), name, None));
             record.addresses.push(ip);
+        }
+        if record.addresses.len() == before {
+            // Nothing to give: leave the record alone (no write, no watch event).
+            return match exhausted {
+                Some(e) => Err(e),
+                None => Ok(record),
+            };
         }
         let rec = Record::VipAddress(record.clone());
         ops.push(TxnOp::put(rec.key(), rec.to_value(), None));
@@ -187,7 +208,10 @@ pub async fn ensure(
             .await
             .map_err(err)?;
         if resp.succeeded() {
-            return Ok(record);
+            return match exhausted {
+                Some(e) => Err(e),
+                None => Ok(record),
+            };
         }
         // Someone else claimed the address or wrote this VIP first: look again.
     }
