@@ -17,7 +17,16 @@ use lodestar_dns::zone::ZoneBuilder;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::cache;
 use crate::config::AgentConfig;
+use crate::ops::Ops;
+
+/// This host's name, for a node without a configured name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
 
 /// Keeps whichever store feeds the snapshot channel alive (held, never read).
 #[allow(dead_code)]
@@ -37,12 +46,49 @@ pub async fn run(config: AgentConfig) -> Result<()> {
 
     let (store, mut snapshots) = open_store(&config)?;
     let source = snapshots.borrow().source.to_string();
+    let cache_file = match &store {
+        Store::Etcd(_) => config
+            .catalog
+            .cache_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty()),
+        _ => None,
+    };
+    // The first snapshot: from the store; or, when etcd stays out of reach at start, the copy
+    // of the last one kept on local disk (said in the log, /v1/status and /metrics).
+    let mut cached: Option<Arc<Snapshot>> = None;
     if !snapshots.borrow().is_loaded() {
         info!(catalog = %source, "waiting for the first catalog snapshot");
-        snapshots
-            .wait_for(|s| s.is_loaded())
+        let wait = Duration::from_millis(config.catalog.startup_wait_ms);
+        let loaded = tokio::time::timeout(wait, snapshots.wait_for(|s| s.is_loaded()))
             .await
-            .context("the catalog store stopped")?;
+            .map(|r| r.map(|_| ()));
+        match (loaded, &cache_file) {
+            (Ok(r), _) => r.context("the catalog store stopped")?,
+            (Err(_), Some(path)) => match cache::read(path) {
+                Ok(s) => {
+                    warn!(
+                        path = %path.display(),
+                        revision = s.revision,
+                        "etcd is out of reach: serving the catalog cached on local disk until it answers"
+                    );
+                    cached = Some(Arc::new(s));
+                }
+                Err(e) => {
+                    warn!("etcd is out of reach and there is no usable local cache ({e}); still waiting");
+                    snapshots
+                        .wait_for(|s| s.is_loaded())
+                        .await
+                        .context("the catalog store stopped")?;
+                }
+            },
+            (Err(_), None) => {
+                snapshots
+                    .wait_for(|s| s.is_loaded())
+                    .await
+                    .context("the catalog store stopped")?;
+            }
+        }
     }
 
     let ns_addresses: Vec<IpAddr> = {
@@ -61,7 +107,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     };
     let mut builder = ZoneBuilder::new(config.dns.zone.clone(), ns_addresses.clone())
         .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
-    let first = snapshots.borrow_and_update().clone();
+    let from_cache = Arc::new(std::sync::atomic::AtomicBool::new(cached.is_some()));
+    let first = match cached {
+        // Leave the channel's value unseen, so the updater picks etcd's snapshot up when it comes.
+        Some(c) => c,
+        None => snapshots.borrow_and_update().clone(),
+    };
     let zone = Arc::new(ArcSwap::from_pointee(builder.update(&first)));
 
     let upstreams = config.upstreams();
@@ -134,14 +185,31 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         dns_addrs.push(local);
     }
 
+    let ops = Ops {
+        node: config.node.clone().unwrap_or_else(host_name),
+        site: config.site.clone(),
+        started: std::time::Instant::now(),
+        dns: dns_addrs.clone(),
+        zone: zone.clone(),
+        stats: stats.clone(),
+        watch: match &store {
+            Store::Etcd(w) => Some(w.stats().clone()),
+            _ => None,
+        },
+        from_cache: from_cache.clone(),
+    };
+    let cache_task = cache_file.map(|path| tokio::spawn(cache::keep(path, snapshots.clone())));
     let forward_stats = forwarder.clone();
     let dns_stats = stats.clone();
+    let ops_metrics = ops.clone();
     let metrics = Arc::new(move || {
         let mut text = prometheus.render();
         dns_stats.render(&mut text);
         lodestar_dns::stats::render_forward(forward_stats.stats(), &mut text);
+        ops_metrics.render(&mut text);
         text
     });
+    let freshness_task = tokio::spawn(ops.clone().watch_freshness());
     let config_json = Arc::new(serde_json::to_value(&config).unwrap_or_default());
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -152,7 +220,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         zone_config: config.dns.zone.clone(),
         config_json,
         metrics,
-    });
+    })
+    .merge(ops.router());
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app).await {
             warn!("HTTP server stopped: {e}");
@@ -187,6 +256,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             match built {
                 Ok((b, z)) => {
                     builder = Some(b);
+                    if z.snapshot.is_loaded() {
+                        from_cache.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
                     zone_for_updates.store(Arc::new(z));
                 }
                 Err(e) => {
@@ -218,6 +290,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     info!("shutting down");
     updater.abort();
     http_task.abort();
+    freshness_task.abort();
+    if let Some(t) = cache_task {
+        t.abort();
+    }
     for t in tcp_tasks {
         t.abort();
     }

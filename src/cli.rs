@@ -62,6 +62,12 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Keep the etcd catalog in step with a Mesos master (docs/mesos-sync.md).
     MesosSync(Box<MesosSyncArgs>),
+    /// One screen about a node: catalog revision and age, DNS rates, VIPs, site.
+    Status {
+        /// The agent's HTTP API.
+        #[arg(long, default_value = "127.0.0.1:8123", value_name = "ADDR:PORT")]
+        http: std::net::SocketAddr,
+    },
     /// Register, remove and list tasks in etcd.
     Services {
         #[command(subcommand)]
@@ -114,6 +120,9 @@ pub struct AgentArgs {
     /// Do not program the VIP load balancer.
     #[arg(long)]
     no_l4lb: bool,
+    /// Where the last etcd snapshot is kept on local disk (overrides catalog.cache_file).
+    #[arg(long, value_name = "FILE")]
+    cache_file: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -152,6 +161,9 @@ impl AgentArgs {
         }
         if self.no_l4lb {
             c.l4lb.enabled = false;
+        }
+        if let Some(f) = &self.cache_file {
+            c.catalog.cache_file = Some(f.clone());
         }
         let problems = c.problems();
         if problems.is_empty() {
@@ -442,6 +454,7 @@ pub async fn run(args: Args) -> Result<()> {
             })
             .await
         }
+        Command::Status { http } => crate::ops::print_status(http).await,
         Command::Agent(agent) => {
             let config = agent.merged_config()?;
             crate::agent::run(config).await

@@ -30,6 +30,11 @@ pub struct CatalogConfig {
     pub file: Option<PathBuf>,
     /// How often the catalog file is checked, in milliseconds.
     pub file_poll_ms: u64,
+    /// With etcd: a copy of the last snapshot on local disk, served when etcd is out of reach
+    /// at start. Empty string: no cache.
+    pub cache_file: Option<PathBuf>,
+    /// With etcd: how long to wait at start for etcd before serving the local cache.
+    pub startup_wait_ms: u64,
 }
 
 impl Default for CatalogConfig {
@@ -38,6 +43,8 @@ impl Default for CatalogConfig {
             etcd: Vec::new(),
             file: None,
             file_poll_ms: 500,
+            cache_file: Some(PathBuf::from("/var/lib/lodestar/catalog-cache.json")),
+            startup_wait_ms: 3000,
         }
     }
 }

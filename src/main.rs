@@ -2,9 +2,11 @@
 //! Kept thin: parsing, wiring and output; the work is in the crates.
 
 mod agent;
+mod cache;
 mod cli;
 mod config;
 mod mesos_sync;
+mod ops;
 
 use std::process::ExitCode;
 

@@ -744,3 +744,126 @@ fn a_wildcard_listener_answers_from_the_address_asked() {
     let r = udp(server, "ns1.mesos.", RecordType::A, None);
     assert_eq!(answers(&r), expected);
 }
+
+/// `/v1/status` as JSON.
+fn status(agent: &Agent) -> serde_json::Value {
+    serde_json::from_str(&http_get(agent.http, "/v1/status")).expect("status JSON")
+}
+
+#[tokio::test]
+async fn restarted_without_etcd_it_serves_the_local_cache_and_says_it_is_stale() {
+    let mut etcd = EtcdServer::start();
+    let s = store(&etcd).await;
+    s.put(&[
+        Record::Agent(mesos_agent()),
+        Record::Task(task("c.1", "cached", "marathon", &["198.18.7.50"])),
+    ])
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.json");
+    let cache_arg = cache.to_str().unwrap().to_string();
+    let endpoint = etcd.endpoint();
+    let args = [
+        "--etcd",
+        endpoint.as_str(),
+        "--cache-file",
+        cache_arg.as_str(),
+    ];
+    let mut first = Agent::start(&args);
+    let st = status(&first);
+    assert_eq!(st["catalog"]["stale"], false, "{st}");
+    assert_eq!(st["catalog"]["connected"], true, "{st}");
+    assert_eq!(http_get(first.http, "/healthz"), "ok\n");
+    assert_eq!(http_get(first.http, "/readyz"), "ready\n");
+    eventually(PATIENCE, "the cache file", || {
+        let ok = std::fs::read_to_string(&cache).is_ok_and(|t| t.contains("cached"));
+        async move { ok.then_some(()) }
+    })
+    .await;
+    first.terminate();
+
+    // etcd is gone; a restarted agent serves what it had, and says so.
+    etcd.stop();
+    let second = Agent::start(&args);
+    assert_eq!(
+        answers(&udp(
+            second.dns,
+            "cached.marathon.mesos.",
+            RecordType::A,
+            None
+        )),
+        ["198.18.7.50"]
+    );
+    let st = status(&second);
+    assert_eq!(st["catalog"]["from_local_cache"], true, "{st}");
+    assert_eq!(st["catalog"]["stale"], true, "{st}");
+    assert_eq!(http_get(second.http, "/readyz"), "ready (catalog stale)\n");
+    let m = http_get(second.http, "/metrics");
+    assert_eq!(metric(&m, "lodestar_catalog_stale"), 1, "{m}");
+    assert!(second
+        .logs()
+        .contains("serving the catalog cached on local disk"));
+
+    // etcd returns: fresh again, and new writes show.
+    etcd.restart();
+    let s = store(&etcd).await;
+    s.put(&[Record::Task(task(
+        "c.2",
+        "cached",
+        "marathon",
+        &["198.18.7.51"],
+    ))])
+    .await
+    .unwrap();
+    eventually_answers(
+        second.dns,
+        "cached.marathon.mesos.",
+        RecordType::A,
+        &["198.18.7.50", "198.18.7.51"],
+    )
+    .await;
+    eventually(PATIENCE, "the catalog to be fresh", || {
+        let st = status(&second);
+        let fresh = st["catalog"]["stale"] == false && st["catalog"]["from_local_cache"] == false;
+        async move { fresh.then_some(()) }
+    })
+    .await;
+    eventually(PATIENCE, "the log to say so", || {
+        let said = second.logs().contains("catalog is fresh again");
+        async move { said.then_some(()) }
+    })
+    .await;
+    assert!(second.logs().contains("catalog is stale"));
+}
+
+#[test]
+fn lodestar_status_prints_one_screen() {
+    let agent = Agent::start(&[]);
+    udp(agent.dns, "leader.mesos.", RecordType::A, None);
+    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
+        .args(["status", "--http", &agent.http.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("the embedded demo catalog") && text.contains("revision 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fresh") && text.contains("NOERROR 1"),
+        "{text}"
+    );
+    let dead = format!("127.0.0.1:{}", support::etcd::free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
+        .args(["status", "--http", &dead])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent's HTTP API"));
+}

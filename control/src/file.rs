@@ -23,6 +23,9 @@ use crate::snapshot::{CatalogState, Snapshot, Source};
 #[serde(deny_unknown_fields)]
 pub struct CatalogDocument {
     pub schema: u32,
+    /// The etcd revision the document was taken at (the agent's local cache writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frameworks: Vec<Framework>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -54,6 +57,20 @@ impl Format {
 }
 
 impl CatalogDocument {
+    /// The whole catalog of a snapshot as one document.
+    pub fn from_snapshot(s: &Snapshot) -> Self {
+        CatalogDocument {
+            schema: SCHEMA_VERSION,
+            revision: Some(s.revision),
+            frameworks: s.frameworks.values().map(|v| (**v).clone()).collect(),
+            agents: s.agents.values().map(|v| (**v).clone()).collect(),
+            masters: s.masters.values().map(|v| (**v).clone()).collect(),
+            leader: s.leader.as_deref().cloned(),
+            vip_addresses: s.vip_addresses.values().map(|v| (**v).clone()).collect(),
+            tasks: s.tasks.values().map(|v| (**v).clone()).collect(),
+        }
+    }
+
     /// Parses and validates a document, reporting every problem at once.
     pub fn parse(text: &str, format: Format, origin: &str) -> Result<Self, StoreError> {
         let invalid = |problems: Vec<String>| StoreError::Invalid {

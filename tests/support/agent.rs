@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub struct Agent {
     child: Option<Child>,
+    /// Holds the agent's catalog cache unless the test names its own.
+    _dir: tempfile::TempDir,
     pub dns: SocketAddr,
     pub http: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
@@ -31,6 +33,11 @@ impl Agent {
         }
         if !args.contains(&"--http-listen") {
             cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        if !args.contains(&"--cache-file") {
+            cmd.arg("--cache-file")
+                .arg(dir.path().join("catalog-cache.json"));
         }
         cmd.args(args)
             .env_remove("LODESTAR_ETCD")
@@ -63,6 +70,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut agent = Agent {
             child: Some(child),
+            _dir: dir,
             dns: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
             log,

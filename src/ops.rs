@@ -1,0 +1,277 @@
+//! The agent's operational surface: `/healthz`, `/readyz`, `/v1/status` (what `lodestar
+//! status` prints), catalog freshness in `/metrics`, and a log line when the catalog goes stale.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use lodestar_control::WatchStats;
+use lodestar_dns::stats::DnsStats;
+use lodestar_dns::zone::Zone;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// Without contact with etcd for this long, the catalog counts as stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(15);
+
+pub const CATALOG_CONNECTED: &str = "lodestar_catalog_connected";
+pub const CATALOG_CONTACT_AGE_SECONDS: &str = "lodestar_catalog_last_contact_age_seconds";
+pub const CATALOG_STALE: &str = "lodestar_catalog_stale";
+
+/// What the ops endpoints read.
+#[derive(Clone)]
+pub struct Ops {
+    pub node: String,
+    pub site: Option<String>,
+    pub started: Instant,
+    pub dns: Vec<SocketAddr>,
+    pub zone: Arc<ArcSwap<Zone>>,
+    pub stats: Arc<DnsStats>,
+    /// The etcd watch's counters; `None` for a catalog file or the demo (never stale).
+    pub watch: Option<Arc<WatchStats>>,
+    /// Where the served catalog came from when it is the local cache (etcd unreachable at start).
+    pub from_cache: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// `/v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub site: Option<String>,
+    pub uptime_seconds: u64,
+    pub catalog: CatalogStatus,
+    pub dns: DnsStatus,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CatalogStatus {
+    pub source: String,
+    pub revision: i64,
+    /// Seconds since the last message from etcd (None: not an etcd catalog, or never).
+    pub last_contact_age_seconds: Option<f64>,
+    pub connected: bool,
+    pub stale: bool,
+    pub from_local_cache: bool,
+    pub tasks: usize,
+    pub vips: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DnsStatus {
+    pub listen: Vec<String>,
+    pub names: usize,
+    pub queries: u64,
+    pub responses: Vec<(String, u64)>,
+    pub forwarded: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Ops {
+    /// (connected, seconds since last contact, stale).
+    fn freshness(&self) -> (bool, Option<f64>, bool) {
+        let from_cache = self.from_cache.load(Ordering::Relaxed);
+        match &self.watch {
+            None => (true, None, false),
+            Some(w) => {
+                let connected = w.connected.load(Ordering::Relaxed);
+                let last = w.last_contact_ms.load(Ordering::Relaxed);
+                let age = (last > 0).then(|| now_ms().saturating_sub(last) as f64 / 1e3);
+                let stale =
+                    from_cache || !connected || age.is_none_or(|a| a > STALE_AFTER.as_secs_f64());
+                (connected, age, stale)
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let zone = self.zone.load();
+        let (connected, age, stale) = self.freshness();
+        let rcodes = [
+            "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+        ];
+        Status {
+            node: self.node.clone(),
+            site: self.site.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            catalog: CatalogStatus {
+                source: zone.snapshot.source.to_string(),
+                revision: zone.snapshot.revision,
+                last_contact_age_seconds: age,
+                connected,
+                stale,
+                from_local_cache: self.from_cache.load(Ordering::Relaxed),
+                tasks: zone.snapshot.tasks.len(),
+                vips: zone.snapshot.vip_count(),
+            },
+            dns: DnsStatus {
+                listen: self.dns.iter().map(ToString::to_string).collect(),
+                names: zone.len(),
+                queries: self.stats.queries(),
+                responses: rcodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.to_string(), self.stats.rcode(i as u8)))
+                    .collect(),
+                forwarded: self.stats.forwarded(),
+            },
+        }
+    }
+
+    /// Catalog freshness as Prometheus text (computed at scrape time).
+    pub fn render(&self, out: &mut String) {
+        let (connected, age, stale) = self.freshness();
+        let _ = writeln!(out, "# HELP {CATALOG_CONNECTED} 1 while the etcd watch is established.\n# TYPE {CATALOG_CONNECTED} gauge");
+        let _ = writeln!(out, "{CATALOG_CONNECTED} {}", u8::from(connected));
+        if let Some(age) = age {
+            let _ = writeln!(out, "# HELP {CATALOG_CONTACT_AGE_SECONDS} Seconds since the last message from etcd.\n# TYPE {CATALOG_CONTACT_AGE_SECONDS} gauge");
+            let _ = writeln!(out, "{CATALOG_CONTACT_AGE_SECONDS} {age}");
+        }
+        let _ = writeln!(out, "# HELP {CATALOG_STALE} 1 while the served catalog may be out of date.\n# TYPE {CATALOG_STALE} gauge");
+        let _ = writeln!(out, "{CATALOG_STALE} {}", u8::from(stale));
+    }
+
+    /// Logs once when the catalog goes stale and once when it is fresh again.
+    pub async fn watch_freshness(self) {
+        let mut was_stale = false;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (_, age, stale) = self.freshness();
+            if stale && !was_stale {
+                warn!(
+                    last_contact_age_seconds = age,
+                    "catalog is stale: etcd is out of reach; serving the last snapshot"
+                );
+            } else if !stale && was_stale {
+                info!("catalog is fresh again: etcd is back");
+            }
+            was_stale = stale;
+        }
+    }
+
+    /// `/healthz`, `/readyz` and `/v1/status`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/v1/status", get(status))
+            .with_state(Arc::new(self))
+    }
+}
+
+/// Ready once a catalog is loaded and the servers are bound (this router only runs then);
+/// a stale catalog is still served, so still ready, and the body says so.
+async fn readyz(State(ops): State<Arc<Ops>>) -> (StatusCode, String) {
+    let zone = ops.zone.load();
+    if !zone.snapshot.is_loaded() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no catalog loaded\n".into(),
+        );
+    }
+    let (_, _, stale) = ops.freshness();
+    let text = if stale {
+        "ready (catalog stale)\n"
+    } else {
+        "ready\n"
+    };
+    (StatusCode::OK, text.into())
+}
+
+async fn status(State(ops): State<Arc<Ops>>) -> Json<Status> {
+    Json(ops.status())
+}
+
+/// `lodestar status`: one screen about a node, from its agent's HTTP API.
+pub async fn print_status(http: SocketAddr) -> anyhow::Result<()> {
+    let first: Status = serde_json::from_str(&http_get(http, "/v1/status").await?)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second: Status = serde_json::from_str(&http_get(http, "/v1/status").await?)?;
+    let s = &second;
+    let c = &s.catalog;
+    println!(
+        "node      {} (site {})",
+        s.node,
+        s.site.as_deref().unwrap_or("-")
+    );
+    println!("uptime    {} s", s.uptime_seconds);
+    println!(
+        "catalog   {}  revision {}  {} tasks  {} VIPs",
+        c.source, c.revision, c.tasks, c.vips
+    );
+    let contact = c
+        .last_contact_age_seconds
+        .map(|a| format!("last contact {a:.1} s ago"))
+        .unwrap_or_else(|| "no etcd".into());
+    println!(
+        "          {}{}{}",
+        if c.stale { "STALE, " } else { "fresh, " },
+        contact,
+        if c.from_local_cache {
+            ", served from the local cache"
+        } else {
+            ""
+        }
+    );
+    let qps = second.dns.queries.saturating_sub(first.dns.queries);
+    println!(
+        "dns       {}  {} names  {} qps  {} queries in all  {} forwarded",
+        s.dns.listen.join(","),
+        s.dns.names,
+        qps,
+        s.dns.queries,
+        s.dns.forwarded
+    );
+    let rcodes: Vec<String> = s
+        .dns
+        .responses
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    println!(
+        "          {}",
+        if rcodes.is_empty() {
+            "no responses yet".into()
+        } else {
+            rcodes.join("  ")
+        }
+    );
+    Ok(())
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("timed out")
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot reach the agent's HTTP API at {addr}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
+        .await
+        .context("the agent did not answer in time")??;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        anyhow::bail!(
+            "{addr}{path}: {}",
+            head.lines().next().unwrap_or("no status line")
+        );
+    }
+    Ok(body.to_string())
+}
