@@ -200,11 +200,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_documented_example_parses() {
+    fn the_documented_examples_parse() {
         let text = include_str!("../docs/agent.example.toml");
         let c: AgentConfig = toml::from_str(text).unwrap();
         assert!(c.problems().is_empty(), "{:?}", c.problems());
         assert_eq!(c.dns.zone.domain, "mesos");
+        for (text, site) in [
+            (include_str!("../docs/install/agent.azure.toml"), "azure"),
+            (
+                include_str!("../docs/install/agent.vsphere.toml"),
+                "vsphere",
+            ),
+        ] {
+            let c: AgentConfig = toml::from_str(text).unwrap();
+            assert!(c.problems().is_empty(), "{:?}", c.problems());
+            assert_eq!(c.site.as_deref(), Some(site));
+        }
     }
 
     #[test]

@@ -775,6 +775,19 @@ async fn restarted_without_etcd_it_serves_the_local_cache_and_says_it_is_stale()
     assert_eq!(st["catalog"]["stale"], false, "{st}");
     assert_eq!(st["catalog"]["connected"], true, "{st}");
     assert_eq!(http_get(first.http, "/healthz"), "ok\n");
+    // Every metric the shipped Grafana dashboard plots is one the agent exports.
+    let metrics = http_get(first.http, "/metrics");
+    let dashboard = include_str!("../docs/install/grafana-dashboard.json");
+    serde_json::from_str::<serde_json::Value>(dashboard).expect("the dashboard is JSON");
+    for name in dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("lodestar_"))
+    {
+        assert!(
+            metrics.contains(name),
+            "the dashboard plots {name}, which /metrics lacks"
+        );
+    }
     assert_eq!(http_get(first.http, "/readyz"), "ready\n");
     eventually(PATIENCE, "the cache file", || {
         let ok = std::fs::read_to_string(&cache).is_ok_and(|t| t.contains("cached"));
