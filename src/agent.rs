@@ -116,20 +116,24 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let zone = Arc::new(ArcSwap::from_pointee(builder.update(&first)));
 
     let upstreams = config.upstreams();
-    let forwarder = Arc::new(Forwarder::new(ForwardConfig {
-        upstreams: upstreams.clone(),
-        zones: config
-            .dns
-            .forward_zones
-            .iter()
-            .map(|z| (z.zone.clone(), z.upstreams.clone()))
-            .collect(),
-        timeout: Duration::from_millis(config.dns.forward_timeout_ms),
-        max_in_flight: config.dns.max_in_flight,
-        cache_entries: config.dns.cache_entries,
-        max_stale: Duration::from_secs(config.dns.max_stale_secs),
-        ..ForwardConfig::default()
-    }));
+    let forwarder = Arc::new(
+        Forwarder::try_new(ForwardConfig {
+            upstreams: upstreams.clone(),
+            zones: config
+                .dns
+                .forward_zones
+                .iter()
+                .map(|z| (z.zone.clone(), z.upstreams.clone()))
+                .collect(),
+            timeout: Duration::from_millis(config.dns.forward_timeout_ms),
+            max_in_flight: config.dns.max_in_flight,
+            cache_entries: config.dns.cache_entries,
+            max_stale: Duration::from_secs(config.dns.max_stale_secs),
+            ..ForwardConfig::default()
+        })
+        // A mistyped forward zone must not quietly send internal names to the default upstreams.
+        .map_err(|e| crate::cli::ConfigError(vec![format!("dns.forward_zones: {e}")]))?,
+    );
     let acl = match &config.dns.recursion_networks {
         Some(n) => RecursionAcl::new(n.clone()),
         None => RecursionAcl::local_default(),
@@ -210,7 +214,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         text
     });
     let freshness_task = tokio::spawn(ops.clone().watch_freshness());
-    let config_json = Arc::new(serde_json::to_value(&config).unwrap_or_default());
+    let config_json = Arc::new(mesos_dns_config(&config, &upstreams));
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot serve HTTP on {}", config.http.listen))?;
@@ -300,6 +304,52 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     drop(udp_servers);
     drop(store);
     Ok(())
+}
+
+/// `/v1/config` in Mesos-DNS's key names (what its tooling reads), with the whole Lodestar
+/// configuration under `Lodestar`.
+fn mesos_dns_config(config: &AgentConfig, upstreams: &[SocketAddr]) -> serde_json::Value {
+    let z = &config.dns.zone;
+    let dot = |n: &str| format!("{}.", n.trim_end_matches('.'));
+    let first = config.dns.listen.first();
+    let zone_resolvers: serde_json::Map<String, serde_json::Value> = config
+        .dns
+        .forward_zones
+        .iter()
+        .map(|f| {
+            let list: Vec<String> = f.upstreams.iter().map(ToString::to_string).collect();
+            (f.zone.clone(), serde_json::json!(list))
+        })
+        .collect();
+    serde_json::json!({
+        "RefreshSeconds": 0,
+        "Port": first.map(|a| a.port()),
+        "Timeout": config.dns.forward_timeout_ms.div_ceil(1000),
+        "HttpPort": config.http.listen.port(),
+        "TTL": z.ttl,
+        "SOARefresh": z.soa_refresh,
+        "SOARetry": z.soa_retry,
+        "SOAExpire": z.soa_expire,
+        "SOAMinttl": z.ttl,
+        "SOAMname": dot(&z.ns_name),
+        "SOARname": dot(&z.soa_rname),
+        "Masters": [],
+        "ZoneResolvers": zone_resolvers,
+        "Resolvers": upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "IPSources": serde_json::to_value(&z.ip_sources).unwrap_or_default(),
+        "Domain": z.domain,
+        "Listener": first.map(|a| a.ip().to_string()),
+        "HTTPListener": config.http.listen.ip().to_string(),
+        "RecurseOn": true,
+        "DnsOn": true,
+        "HttpOn": true,
+        "ExternalOn": !upstreams.is_empty(),
+        "EnforceRFC952": z.labels == lodestar_dns::names::LabelSpec::Rfc952,
+        "SetTruncateBit": true,
+        "EnumerationOn": true,
+        "SRVRecordDefaultWeight": z.srv_weight,
+        "Lodestar": serde_json::to_value(config).unwrap_or_default(),
+    })
 }
 
 /// Zone updates that failed (a panic in the builder); the previous zone stays served.

@@ -688,6 +688,32 @@ fn a_bad_config_reports_every_problem_with_exit_code_78() {
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("lodestar: config error:").count(), 3, "{err}");
+    // A mistyped forward zone is refused rather than falling through to the default upstreams.
+    std::fs::write(
+        &config,
+        "[[dns.forward_zones]]\nzone = \"corp..example\"\nupstreams = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
+        .args([
+            "agent",
+            "--no-l4lb",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("corp..example"));
     std::fs::write(&config, "[dns]\nlisen = [\"127.0.0.1:53\"]\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
         .args(["agent", "--config", config.to_str().unwrap()])

@@ -201,7 +201,27 @@ struct EnumRecord<'a> {
     rtype: &'static str,
 }
 
+/// Enumerating a large zone is hundreds of milliseconds of CPU: off the async workers, which
+/// also serve DNS over TCP and forwarding.
 async fn enumerate(State(state): State<HttpState>) -> Response {
+    blocking(move || enumerate_now(state)).await
+}
+
+async fn axfr(State(state): State<HttpState>) -> Response {
+    blocking(move || axfr_now(state)).await
+}
+
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(_) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": "internal error"}),
+        ),
+    }
+}
+
+fn enumerate_now(state: HttpState) -> Response {
     let zone = state.zone.load_full();
     let domain = state.zone_config.fqdn_domain();
     let mut frameworks: Vec<EnumFramework<'_>> = Vec::new();
@@ -244,7 +264,7 @@ async fn enumerate(State(state): State<HttpState>) -> Response {
     json(StatusCode::OK, &Enumeration { frameworks })
 }
 
-async fn axfr(State(state): State<HttpState>) -> Response {
+fn axfr_now(state: HttpState) -> Response {
     #[derive(Serialize)]
     #[serde(rename_all = "PascalCase")]
     struct Axfr {

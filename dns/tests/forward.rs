@@ -946,3 +946,63 @@ async fn garbage_never_panics() {
     let refused = stats.refused_no_upstream.load(Relaxed);
     assert_eq!(stats.malformed.load(Relaxed) + refused, 4000);
 }
+
+#[tokio::test]
+async fn a_dead_partner_does_not_eat_the_in_flight_cap() {
+    // Every query races the healthy upstream against the dead one; the dead one's attempts
+    // run out in the background and must not hold the client's permit.
+    let healthy = Upstream::start(answer_mode(1)).await;
+    let dead = Upstream::start(Mode::Dead).await;
+    let forwarder = Forwarder::new(ForwardConfig {
+        max_in_flight: 2,
+        demote_after: 1000,
+        ..config(vec![dead.addr, healthy.addr])
+    });
+    for i in 0..20u16 {
+        let r = parse(
+            &forwarder
+                .resolve(&a_query(i, &format!("n{i}.example.com.")), 512)
+                .await,
+        );
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError, "query {i}");
+    }
+    assert_eq!(forwarder.stats().refused_in_flight.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn at_the_in_flight_cap_a_stale_answer_beats_refused() {
+    let upstream = Upstream::start(Mode::Answer {
+        ttl: 1,
+        octet: 1,
+        count: 1,
+    })
+    .await;
+    let forwarder = Arc::new(Forwarder::new(ForwardConfig {
+        max_in_flight: 1,
+        timeout: Duration::from_secs(5),
+        ..config(vec![upstream.addr])
+    }));
+    let r = parse(
+        &forwarder
+            .resolve(&a_query(1, "stale.example.com."), 512)
+            .await,
+    );
+    assert_eq!(answers(&r), [(1, 1)]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The only permit is taken by a query that hangs on the (now dead) upstream.
+    upstream.set_mode(Mode::Dead);
+    let hung = {
+        let f = Arc::clone(&forwarder);
+        tokio::spawn(async move { f.resolve(&a_query(2, "other.example.com."), 512).await })
+    };
+    eventually("the permit is taken", || forwarder.in_flight() == 1).await;
+    let r = parse(
+        &forwarder
+            .resolve(&a_query(3, "stale.example.com."), 512)
+            .await,
+    );
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(answers(&r), [(1, 30)], "served stale with TTL 30");
+    assert_eq!(forwarder.stats().stale_served.load(Relaxed), 1);
+    hung.abort();
+}

@@ -89,6 +89,9 @@ pub enum ForwardConfigError {
     DuplicateZone { zone: String },
 }
 
+/// Answers larger than this are not cached (10,000 entries stay under about 40 MB).
+const MAX_CACHED_BYTES: usize = 4096;
+
 /// Counters for metrics and status, all monotonic except the per-upstream health fields.
 #[derive(Debug, Default)]
 pub struct ForwardStats {
@@ -315,6 +318,15 @@ impl Forwarder {
             return packet::error_response(query, Some(&client), rcode::REFUSED);
         }
         let Ok(permit) = Arc::clone(&self.inner.in_flight).try_acquire_owned() else {
+            // At the cap, an expired answer still beats REFUSED (RFC 8767).
+            if let Lookup::Stale(entry) = self.inner.cache.get(&key, Instant::now()) {
+                stats.stale_served.fetch_add(1, Relaxed);
+                let ttls = Ttls::Fixed {
+                    offsets: &entry.ttl_offsets,
+                    ttl: STALE_TTL,
+                };
+                return self.respond(query, &client, &entry.message, entry.qend, ttls, max_size);
+            }
             stats.refused_in_flight.fetch_add(1, Relaxed);
             return packet::error_response(query, Some(&client), rcode::REFUSED);
         };
@@ -358,7 +370,12 @@ impl Forwarder {
         answer: Answer,
         max_size: usize,
     ) -> Vec<u8> {
-        let Some(ttl) = answer.cache_ttl else {
+        // Large answers (up to 64 KB over TCP) are relayed but not cached, so the cache's
+        // size in bytes stays bounded by its entry count.
+        let Some(ttl) = answer
+            .cache_ttl
+            .filter(|_| answer.message.len() <= MAX_CACHED_BYTES)
+        else {
             return self.respond(
                 query,
                 client,
@@ -419,19 +436,16 @@ impl Forwarder {
     ) -> Option<Answer> {
         let plan = self.inner.health.plan(set, Instant::now());
         let query = Arc::new(UpstreamQuery::new(client));
-        let permit = Arc::new(permit);
+        // The permit counts this client's query, not its attempts: it is released when the
+        // query has its answer, while losing attempts run out on their own (bounded by the
+        // deadline), so a dead partner upstream does not halve the capacity.
+        let _permit = permit;
         let deadline = tokio::time::Instant::now() + self.inner.timeout * 2;
         let mut order = plan.order.into_iter();
         let mut attempts = JoinSet::new();
         let mut launch = |attempts: &mut JoinSet<Option<Answer>>| match order.next() {
             Some(index) => {
-                let attempt = attempt(
-                    Arc::clone(&self.inner),
-                    index,
-                    Arc::clone(&query),
-                    deadline,
-                    Arc::clone(&permit),
-                );
+                let attempt = attempt(Arc::clone(&self.inner), index, Arc::clone(&query), deadline);
                 attempts.spawn(attempt);
                 true
             }
@@ -453,7 +467,7 @@ impl Forwarder {
             }
         }
         // The losers finish on their own (each within the deadline) so that their outcome
-        // still counts towards their upstream's health; they hold the in-flight permit until then.
+        // still counts towards their upstream's health.
         attempts.detach_all();
         winner
     }
@@ -486,7 +500,6 @@ async fn attempt(
     index: usize,
     query: Arc<UpstreamQuery>,
     deadline: tokio::time::Instant,
-    _permit: Arc<OwnedSemaphorePermit>,
 ) -> Option<Answer> {
     let stats = inner.stats.upstreams.get(index)?;
     stats.queries.fetch_add(1, Relaxed);
@@ -501,6 +514,12 @@ async fn attempt(
             // REFUSED means it will not serve us (an ACL, the wrong server): that is about the
             // upstream, not the name.
             rcode::REFUSED => {
+                stats.rcode_failures.fetch_add(1, Relaxed);
+                (Outcome::Failed { timed_out: None }, None)
+            }
+            // It could not take our query (EDNS, an opcode): a failure of that upstream, never
+            // an answer to relay.
+            rcode::FORMERR | rcode::NOTIMP => {
                 stats.rcode_failures.fetch_add(1, Relaxed);
                 (Outcome::Failed { timed_out: None }, None)
             }
