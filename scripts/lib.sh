@@ -21,8 +21,8 @@ ensure_packages() {
 # headers for TLS to Mesos masters.
 BUILD_PACKAGES=(protobuf-compiler libssl-dev pkg-config)
 # What the tests need besides: a real etcd and etcdctl, dig (a real DNS client), and openssl
-# (a certificate for the HTTPS master).
-TEST_PACKAGES=(etcd-server etcd-client dnsutils openssl)
+# (a certificate for the HTTPS master), and iproute2 (network namespaces for the two-site tests).
+TEST_PACKAGES=(etcd-server etcd-client dnsutils openssl iproute2)
 
 require_cargo() {
     command -v cargo >/dev/null || {

@@ -86,14 +86,48 @@ pub struct EtcdStore {
 
 impl EtcdStore {
     /// Connects and checks that etcd answers, so that "unreachable" is reported here.
+    /// Connects to the first endpoint, in the configured order, that answers with a leader,
+    /// so "unreachable" is reported here and a member cut off from the quorum is skipped.
+    ///
+    /// One endpoint at a time, rather than the client's balanced channel over all of them:
+    /// that channel sends requests to members it cannot reach (or that have no leader) and
+    /// fails them, even while other members would answer. Listing the local site's members
+    /// first keeps reads in the site.
     pub async fn connect(config: EtcdConfig) -> Result<Self, StoreError> {
-        let endpoints = config.display();
         if config.endpoints.is_empty() {
             return Err(StoreError::Endpoints {
-                endpoints,
+                endpoints: config.display(),
                 source: etcd_client::Error::InvalidArgs("no endpoint given".into()),
             });
         }
+        let mut last = None;
+        for endpoint in &config.endpoints {
+            match Self::connect_one(&config, endpoint).await {
+                Ok(store) => return Ok(store),
+                Err(e @ StoreError::Endpoints { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%endpoint, "etcd endpoint unusable: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        // With several endpoints, name them all: the last error says why the last failed.
+        Err(match last {
+            Some(StoreError::Unreachable { error, .. }) => StoreError::Unreachable {
+                endpoints: config.display(),
+                error,
+            },
+            Some(StoreError::Timeout { op, after, .. }) => StoreError::Timeout {
+                endpoints: config.display(),
+                op,
+                after,
+            },
+            Some(other) => other,
+            None => unreachable!("at least one endpoint was tried"),
+        })
+    }
+
+    async fn connect_one(config: &EtcdConfig, endpoint: &str) -> Result<Self, StoreError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout)
@@ -101,11 +135,11 @@ impl EtcdStore {
             .with_keep_alive_while_idle(true)
             // A member cut off from the quorum cancels our watch instead of going quiet.
             .with_require_leader(true);
-        let connect = Client::connect(&config.endpoints, Some(options));
+        let connect = Client::connect([endpoint], Some(options));
         let client = match tokio::time::timeout(config.connect_timeout, connect).await {
             Err(_) => {
                 return Err(StoreError::Timeout {
-                    endpoints,
+                    endpoints: endpoint.to_string(),
                     op: "connect",
                     after: config.connect_timeout,
                 })
@@ -114,11 +148,16 @@ impl EtcdStore {
                 e @ (etcd_client::Error::InvalidUri(_) | etcd_client::Error::InvalidArgs(_)),
             )) => {
                 return Err(StoreError::Endpoints {
-                    endpoints,
+                    endpoints: config.display(),
                     source: e,
                 })
             }
-            Ok(Err(error)) => return Err(StoreError::Unreachable { endpoints, error }),
+            Ok(Err(error)) => {
+                return Err(StoreError::Unreachable {
+                    endpoints: endpoint.to_string(),
+                    error,
+                })
+            }
             Ok(Ok(c)) => c,
         };
         let store = EtcdStore {
@@ -129,9 +168,9 @@ impl EtcdStore {
                 .watch_client()
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             client,
-            config,
+            config: config.clone(),
         };
-        // A cheap read proves the cluster answers (and has a leader).
+        // A cheap read proves the member answers and has a leader.
         let mut c = store.kv.clone();
         store
             .bounded("connect", store.config.connect_timeout, async move {
@@ -141,7 +180,7 @@ impl EtcdStore {
             .await
             .map_err(|e| match e {
                 StoreError::Request { error, .. } => StoreError::Unreachable {
-                    endpoints: store.config.display(),
+                    endpoints: endpoint.to_string(),
                     error,
                 },
                 other => other,

@@ -26,7 +26,20 @@ impl Agent {
 
     /// Like `start`, but returns the log instead of panicking when it does not get ready.
     pub fn try_start(args: &[&str]) -> Result<Agent, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
+        Self::try_start_in(None, args)
+    }
+
+    /// Starts the agent inside a network namespace.
+    pub fn start_in(ns: &super::netns::Netns, args: &[&str]) -> Agent {
+        Self::try_start_in(Some(ns), args)
+            .unwrap_or_else(|log| panic!("the agent did not get ready:\n{log}"))
+    }
+
+    fn try_start_in(ns: Option<&super::netns::Netns>, args: &[&str]) -> Result<Agent, String> {
+        let mut cmd = match ns {
+            Some(ns) => ns.command(env!("CARGO_BIN_EXE_lodestar")),
+            None => Command::new(env!("CARGO_BIN_EXE_lodestar")),
+        };
         cmd.args(["--log-format", "json", "agent", "--no-l4lb"]);
         if !args.contains(&"--dns-listen") {
             cmd.args(["--dns-listen", "127.0.0.1:0"]);

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod dns;
 pub mod etcd;
 pub mod mesos;
+pub mod netns;
 
 use std::future::Future;
 use std::time::Duration;
