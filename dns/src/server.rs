@@ -41,6 +41,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Answers from `zone` alone: no forwarder, recursion for this host only (tests, fuzzing).
+    pub fn authoritative(zone: Zone) -> Shared {
+        Shared {
+            zone: Arc::new(ArcSwap::from_pointee(zone)),
+            forwarder: None,
+            acl: RecursionAcl::local_default(),
+            stats: Arc::new(DnsStats::new(1)),
+        }
+    }
+
     /// Answers one query from `zone` into `out`, or says what else to do with it.
     #[allow(clippy::too_many_arguments)]
     pub fn handle(

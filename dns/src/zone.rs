@@ -859,7 +859,8 @@ mod tests {
     use lodestar_control::model::{Health, IpSource, Labels, Port, Task, TaskIp, TaskState};
     use lodestar_control::{demo, CatalogState, Source};
 
-    fn ask(zone: &Zone, name: &str, qtype: RecordType) -> Message {
+    /// Asks `zone` one question over TCP-sized limits; the decoded response.
+    pub(super) fn ask(zone: &Zone, name: &str, qtype: RecordType) -> Message {
         let mut m = Message::new(7, MessageType::Query, OpCode::Query);
         m.add_query(HQuery::query(Name::from_ascii(name).unwrap(), qtype));
         let packet = m.to_vec().unwrap();
@@ -1003,8 +1004,7 @@ mod tests {
 #[cfg(test)]
 mod edge_tests {
     use super::*;
-    use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery};
-    use hickory_proto::rr::{Name, RecordType};
+    use hickory_proto::rr::RecordType;
     use lodestar_control::keys::Record;
     use lodestar_control::model::{
         Agent, Framework, IpSource, Labels, Port, Task, TaskIp, TaskState,
@@ -1046,20 +1046,6 @@ mod edge_tests {
         }
     }
 
-    fn ask_tcp(zone: &Zone, name: &str, qtype: RecordType) -> Message {
-        let mut m = Message::new(9, MessageType::Query, OpCode::Query);
-        m.add_query(HQuery::query(Name::from_ascii(name).unwrap(), qtype));
-        let packet = m.to_vec().unwrap();
-        let q = wire::parse_query(&packet).unwrap();
-        let mut lower = [0u8; 256];
-        let n = wire::lowercase_name(q.qname(), &mut lower);
-        let mut out = Vec::new();
-        zone.answer(&q, &lower[..n], 0, false, wire::MAX_MESSAGE, &mut out)
-            .unwrap();
-        assert!(out.len() <= wire::MAX_MESSAGE);
-        Message::from_vec(&out).expect("a valid response")
-    }
-
     #[test]
     fn names_with_more_records_than_a_message_holds_are_cut_not_broken() {
         let mut st = CatalogState::new();
@@ -1075,13 +1061,13 @@ mod edge_tests {
         let zone = ZoneBuilder::new(ZoneConfig::default(), vec![])
             .unwrap()
             .update(&Arc::new(st.snapshot(1, Source::Demo)));
-        let r = ask_tcp(&zone, "_huge._tcp.marathon.slave.mesos.", RecordType::SRV);
+        let r = super::tests::ask(&zone, "_huge._tcp.marathon.slave.mesos.", RecordType::SRV);
         assert!(
             r.answers.len() > 1000 && r.answers.len() < 65_535,
             "{}",
             r.answers.len()
         );
-        let r = ask_tcp(&zone, "_huge._tcp.marathon.slave.mesos.", RecordType::ANY);
+        let r = super::tests::ask(&zone, "_huge._tcp.marathon.slave.mesos.", RecordType::ANY);
         assert!(!r.answers.is_empty());
     }
 
@@ -1107,8 +1093,8 @@ mod edge_tests {
         let incremental = b.update(&snap);
         let fresh = ZoneBuilder::new(cfg, vec![]).unwrap().update(&snap);
         let name = "_framework._tcp.web.marathon.mesos.";
-        let a = ask_tcp(&incremental, name, RecordType::SRV);
-        let f = ask_tcp(&fresh, name, RecordType::SRV);
+        let a = super::tests::ask(&incremental, name, RecordType::SRV);
+        let f = super::tests::ask(&fresh, name, RecordType::SRV);
         assert_eq!(a.additionals, f.additionals);
         assert_eq!(a.additionals[0].data.to_string(), "198.18.0.0");
     }

@@ -4,13 +4,10 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
-use lodestar_dns::acl::RecursionAcl;
 use lodestar_dns::config::ZoneConfig;
 use lodestar_dns::server::{Outcome, Shared};
-use lodestar_dns::stats::DnsStats;
 use lodestar_dns::zone::ZoneBuilder;
 
 fn shared() -> Shared {
@@ -18,12 +15,7 @@ fn shared() -> Shared {
     let zone = ZoneBuilder::new(ZoneConfig::default(), vec!["127.0.0.1".parse().unwrap()])
         .unwrap()
         .update(&snapshot);
-    Shared {
-        zone: Arc::new(ArcSwap::from_pointee(zone)),
-        forwarder: None,
-        acl: RecursionAcl::local_default(),
-        stats: Arc::new(DnsStats::new(1)),
-    }
+    Shared::authoritative(zone)
 }
 
 fn seeds() -> Vec<Vec<u8>> {

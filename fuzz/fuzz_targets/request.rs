@@ -4,12 +4,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
 use libfuzzer_sys::fuzz_target;
-use lodestar_dns::acl::RecursionAcl;
 use lodestar_dns::config::ZoneConfig;
 use lodestar_dns::server::{Outcome, Shared};
-use lodestar_dns::stats::DnsStats;
 use lodestar_dns::zone::ZoneBuilder;
 
 fn shared() -> &'static Shared {
@@ -19,12 +16,7 @@ fn shared() -> &'static Shared {
         let zone = ZoneBuilder::new(ZoneConfig::default(), vec!["127.0.0.1".parse().unwrap()])
             .unwrap()
             .update(&snapshot);
-        Shared {
-            zone: Arc::new(ArcSwap::from_pointee(zone)),
-            forwarder: None,
-            acl: RecursionAcl::local_default(),
-            stats: Arc::new(DnsStats::new(1)),
-        }
+        Shared::authoritative(zone)
     })
 }
 
