@@ -106,7 +106,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         }
     };
     let mut builder = ZoneBuilder::new(config.dns.zone.clone(), ns_addresses.clone())
-        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+        .map_err(|p| anyhow::anyhow!(p.join("; ")))?
+        .with_site(config.site.clone());
     let from_cache = Arc::new(std::sync::atomic::AtomicBool::new(cached.is_some()));
     let first = match cached {
         // Leave the channel's value unseen, so the updater picks etcd's snapshot up when it comes.
@@ -235,6 +236,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     // Snapshot -> zone, off the async workers (a first build of a large catalog takes a while).
     let zone_for_updates = zone.clone();
     let zone_config = config.dns.zone.clone();
+    let site = config.site.clone();
     let updater = tokio::spawn(async move {
         let mut builder = Some(builder);
         while snapshots.changed().await.is_ok() {
@@ -244,7 +246,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             let b = match builder.take() {
                 Some(b) => b,
                 None => match ZoneBuilder::new(zone_config.clone(), ns_addresses.clone()) {
-                    Ok(b) => b,
+                    Ok(b) => b.with_site(site.clone()),
                     Err(p) => {
                         error!("cannot rebuild the zone: {}", p.join("; "));
                         continue;

@@ -176,6 +176,9 @@ impl AgentConfig {
             out.push("catalog.file_poll_ms must be at least 1".into());
         }
         out.extend(self.dns.zone.problems());
+        if self.dns.zone.locality && self.site.is_none() {
+            out.push("dns.zone.locality needs this node's site (site = \"...\" or --site)".into());
+        }
         out
     }
 

@@ -34,6 +34,10 @@ pub struct ZoneConfig {
     pub thisdcos: bool,
     /// TTL of the `thisdcos.directory` records (dcos-net uses 5 s).
     pub thisdcos_ttl: u32,
+    /// Site-aware answers (off by default, for Mesos-DNS compatibility): A/AAAA answers list
+    /// this node's site's addresses first, and SRV gives its targets priority 0 and the other
+    /// site's priority 1. Needs the agent's `site`.
+    pub locality: bool,
 }
 
 impl Default for ZoneConfig {
@@ -52,6 +56,7 @@ impl Default for ZoneConfig {
             ns_addresses: Vec::new(),
             thisdcos: true,
             thisdcos_ttl: 5,
+            locality: false,
         }
     }
 }

@@ -333,6 +333,17 @@ fn rr_header(out: &mut Vec<u8>, owner: &[u8], rtype: u16, ttl: u32, rdlen: usize
 }
 
 fn encode_rr(out: &mut Vec<u8>, owner: &[u8], rr: &Rr, ttl: u32, weight: u16) -> bool {
+    encode_rr_with_priority(out, owner, rr, ttl, 0, weight)
+}
+
+fn encode_rr_with_priority(
+    out: &mut Vec<u8>,
+    owner: &[u8],
+    rr: &Rr,
+    ttl: u32,
+    priority: u16,
+    weight: u16,
+) -> bool {
     match rr {
         Rr::A(ip) => {
             rr_header(out, owner, wire::TYPE_A, ttl, 4);
@@ -348,7 +359,7 @@ fn encode_rr(out: &mut Vec<u8>, owner: &[u8], rr: &Rr, ttl: u32, weight: u16) ->
                 return false;
             };
             rr_header(out, owner, wire::TYPE_SRV, ttl, 6 + t.len());
-            out.extend_from_slice(&0u16.to_be_bytes());
+            out.extend_from_slice(&priority.to_be_bytes());
             out.extend_from_slice(&weight.to_be_bytes());
             out.extend_from_slice(&port.to_be_bytes());
             out.extend_from_slice(&t);
@@ -490,9 +501,38 @@ pub struct ZoneBuilder {
     srv_owners: HashMap<String, HashMap<String, u32, Fx>, Fx>,
     names: NameMap,
     tasks: imbl::OrdMap<String, Arc<TaskEntry>>,
+    /// This node's site, for site-aware answers (`ZoneConfig::locality`).
+    site: Option<String>,
+    /// Where addresses and SRV targets are, learnt from tasks and agents.
+    ip_site: HashMap<IpAddr, String, Fx>,
+    target_site: HashMap<String, String, Fx>,
 }
 
 impl ZoneBuilder {
+    /// Sets this node's site (used when `locality` is on).
+    pub fn with_site(mut self, site: Option<String>) -> Self {
+        self.site = site;
+        self
+    }
+
+    fn locality(&self) -> Option<&str> {
+        self.site.as_deref().filter(|_| self.config.locality)
+    }
+
+    fn is_remote_ip(&self, ip: IpAddr) -> bool {
+        match self.locality() {
+            Some(site) => self.ip_site.get(&ip).is_some_and(|s| s != site),
+            None => false,
+        }
+    }
+
+    fn is_remote_target(&self, target: &str) -> bool {
+        match self.locality() {
+            Some(site) => self.target_site.get(target).is_some_and(|s| s != site),
+            None => false,
+        }
+    }
+
     /// `ns_addresses` are published for the server's own name unless the config names some.
     pub fn new(config: ZoneConfig, ns_addresses: Vec<IpAddr>) -> Result<Self, Vec<String>> {
         let problems = config.problems();
@@ -510,6 +550,9 @@ impl ZoneBuilder {
             srv_owners: HashMap::default(),
             names: NameMap::default(),
             tasks: imbl::OrdMap::new(),
+            site: None,
+            ip_site: HashMap::default(),
+            target_site: HashMap::default(),
         })
     }
 
@@ -521,6 +564,15 @@ impl ZoneBuilder {
     pub fn update(&mut self, snapshot: &Arc<Snapshot>) -> Zone {
         let mut dirty: HashSet<String> = HashSet::new();
         let changed = self.changed_tasks(snapshot);
+        if self.config.locality {
+            for agent in snapshot.agents.values() {
+                if let Some(site) = &agent.site {
+                    for ip in &agent.addresses {
+                        self.ip_site.insert(*ip, site.clone());
+                    }
+                }
+            }
+        }
         for id in changed {
             self.retract_task(&id, &mut dirty);
             if let Some(task) = snapshot.tasks.get(&id) {
@@ -533,7 +585,26 @@ impl ZoneBuilder {
                     snapshot.agents.get(&task.agent).map(|a| &**a),
                     task,
                 ));
+                let site = task.site.clone().or_else(|| {
+                    snapshot
+                        .agents
+                        .get(&task.agent)
+                        .and_then(|a| a.site.clone())
+                });
                 for (owner, rr) in &rrs {
+                    if let (true, Some(site)) = (self.config.locality, &site) {
+                        match rr {
+                            Rr::A(ip) => drop(self.ip_site.insert(IpAddr::V4(*ip), site.clone())),
+                            Rr::Aaaa(ip) => {
+                                drop(self.ip_site.insert(IpAddr::V6(*ip), site.clone()))
+                            }
+                            Rr::Srv { .. } => {}
+                        }
+                        // The canonical names this task's SRV records target are its own.
+                        if !owner.starts_with('_') {
+                            self.target_site.insert(owner.clone(), site.clone());
+                        }
+                    }
                     self.add(owner, rr, &mut dirty);
                 }
                 if rrs.is_empty() {
@@ -689,10 +760,17 @@ impl ZoneBuilder {
                 Rr::Srv { target, port } => entry.srv.push((target.clone(), *port)),
             }
         }
-        // A canonical order, so every node (and every history) encodes the same bytes.
-        entry.a.sort();
-        entry.aaaa.sort();
-        entry.srv.sort();
+        // A canonical order, so every node (and every history) encodes the same bytes; with
+        // locality, this site's records first.
+        entry
+            .a
+            .sort_by_key(|ip| (self.is_remote_ip(IpAddr::V4(*ip)), *ip));
+        entry
+            .aaaa
+            .sort_by_key(|ip| (self.is_remote_ip(IpAddr::V6(*ip)), *ip));
+        entry.srv.sort_by(|x, y| {
+            (self.is_remote_target(&x.0), x).cmp(&(self.is_remote_target(&y.0), y))
+        });
         let a: Vec<Rr> = entry.a.iter().map(|ip| Rr::A(*ip)).collect();
         let aaaa: Vec<Rr> = entry.aaaa.iter().map(|ip| Rr::Aaaa(*ip)).collect();
         let srv: Vec<Rr> = entry
@@ -713,12 +791,29 @@ impl ZoneBuilder {
     /// `owner_len`: the owner's wire length, which fixes where the answers start in every
     /// response to this name (after the 12-byte header and the question), so records can
     /// point back at earlier names.
-    fn prepare(&self, rrs: &[Rr], ttl: u32, owner_len: usize) -> Option<Prepared> {
+    fn prepare<'a>(&self, rrs: &'a [Rr], ttl: u32, owner_len: usize) -> Option<Prepared> {
         if rrs.is_empty() {
             return None;
         }
         let answers_at = wire::HEADER + owner_len + 4;
-        let turns = rrs.len().min(MAX_ROTATIONS);
+        // Records come this site's first (when locality is on); rotation stays within each
+        // group, so the local ones always lead.
+        let remote = |rr: &Rr| match rr {
+            Rr::A(ip) => self.is_remote_ip(IpAddr::V4(*ip)),
+            Rr::Aaaa(ip) => self.is_remote_ip(IpAddr::V6(*ip)),
+            Rr::Srv { target, .. } => self.is_remote_target(target),
+        };
+        let n_local = rrs.iter().take_while(|rr| !remote(rr)).count();
+        let (local, others) = rrs.split_at(n_local);
+        let turns = local.len().max(others.len()).min(MAX_ROTATIONS);
+        let rotate = |group: &'a [Rr], turn: usize| {
+            let k = if group.is_empty() {
+                0
+            } else {
+                turn % group.len()
+            };
+            group[k..].iter().chain(&group[..k])
+        };
         let mut rotations = Vec::with_capacity(turns);
         for turn in 0..turns {
             let mut bytes = Vec::new();
@@ -726,7 +821,7 @@ impl ZoneBuilder {
             let mut included = Vec::new();
             // Where each SRV target's name was written, for the additional records' owners.
             let mut target_at: HashMap<&str, usize> = HashMap::new();
-            for rr in rrs[turn..].iter().chain(&rrs[..turn]) {
+            for rr in rotate(local, turn).chain(rotate(others, turn)) {
                 // Whole records up to what a TCP message holds; past that the rest is left
                 // out (as Mesos-DNS drops records from the end), never a broken message.
                 if bytes.len() > MAX_ANSWER_BYTES {
@@ -738,11 +833,12 @@ impl ZoneBuilder {
                         .entry(target)
                         .or_insert(answers_at + bytes.len() + 2 + 10 + 6);
                 }
-                if encode_rr(
+                if encode_rr_with_priority(
                     &mut bytes,
                     &POINTER_TO_QUESTION,
                     rr,
                     ttl,
+                    u16::from(remote(rr)),
                     self.config.srv_weight,
                 ) {
                     answers += 1;
@@ -1097,5 +1193,126 @@ mod edge_tests {
         let f = super::tests::ask(&fresh, name, RecordType::SRV);
         assert_eq!(a.additionals, f.additionals);
         assert_eq!(a.additionals[0].data.to_string(), "198.18.0.0");
+    }
+}
+
+#[cfg(test)]
+mod locality_tests {
+    use super::*;
+    use hickory_proto::rr::{RData, RecordType};
+    use lodestar_control::keys::Record;
+    use lodestar_control::model::{
+        Agent, DiscoveryInfo, IpSource, Labels, Port, Protocol, Task, TaskIp, TaskState,
+    };
+    use lodestar_control::{CatalogState, Source};
+
+    fn state() -> CatalogState {
+        let mut st = CatalogState::new();
+        for (id, site, ip) in [
+            ("a-S1", "azure", "198.18.1.1"),
+            ("v-S2", "vsphere", "198.18.2.1"),
+        ] {
+            st.upsert(Record::Agent(Agent {
+                id: id.into(),
+                hostname: id.into(),
+                addresses: vec![ip.parse().unwrap()],
+                site: Some(site.into()),
+            }));
+        }
+        for (i, agent) in ["a-S1", "v-S2", "a-S1", "v-S2"].iter().enumerate() {
+            st.upsert(Record::Task(Task {
+                id: format!("web.{i}"),
+                name: "web".into(),
+                framework: "marathon".into(),
+                agent: agent.to_string(),
+                state: TaskState::Running,
+                ips: vec![TaskIp {
+                    ip: format!(
+                        "198.18.{}.{}",
+                        if agent.starts_with('a') { 1 } else { 2 },
+                        10 + i
+                    )
+                    .parse()
+                    .unwrap(),
+                    source: IpSource::Netinfo,
+                }],
+                ports: vec![],
+                discovery: Some(DiscoveryInfo {
+                    name: Some("web".into()),
+                    ports: vec![Port {
+                        number: 80,
+                        name: Some("http".into()),
+                        protocol: Some(Protocol::Tcp),
+                        labels: Labels::default(),
+                    }],
+                    labels: Labels::default(),
+                }),
+                labels: Labels::default(),
+                health: Default::default(),
+                site: None,
+            }));
+        }
+        st
+    }
+
+    fn build(locality: bool) -> Zone {
+        let cfg = ZoneConfig {
+            locality,
+            ..ZoneConfig::default()
+        };
+        ZoneBuilder::new(cfg, vec![])
+            .unwrap()
+            .with_site(Some("vsphere".into()))
+            .update(&Arc::new(state().snapshot(1, Source::Demo)))
+    }
+
+    fn ask(zone: &Zone, turn: usize, name: &str, qtype: RecordType) -> hickory_proto::op::Message {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        let mut m = Message::new(1, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            hickory_proto::rr::Name::from_ascii(name).unwrap(),
+            qtype,
+        ));
+        let packet = m.to_vec().unwrap();
+        let q = wire::parse_query(&packet).unwrap();
+        let mut lower = [0u8; 256];
+        let n = wire::lowercase_name(q.qname(), &mut lower);
+        let mut out = Vec::new();
+        zone.answer(&q, &lower[..n], turn, false, wire::MAX_MESSAGE, &mut out)
+            .unwrap();
+        Message::from_vec(&out).unwrap()
+    }
+
+    #[test]
+    fn local_site_first_in_every_rotation_and_srv_priorities() {
+        let zone = build(true);
+        for turn in 0..4 {
+            let r = ask(&zone, turn, "web.marathon.mesos.", RecordType::A);
+            let ips: Vec<String> = r.answers.iter().map(|a| a.data.to_string()).collect();
+            assert_eq!(ips.len(), 4);
+            assert!(
+                ips[0].starts_with("198.18.2.") && ips[1].starts_with("198.18.2."),
+                "turn {turn}: {ips:?}"
+            );
+            assert!(ips[2].starts_with("198.18.1."), "turn {turn}: {ips:?}");
+        }
+        let r = ask(&zone, 0, "_web._tcp.marathon.mesos.", RecordType::SRV);
+        let mut prio: Vec<(u16, String)> = r
+            .answers
+            .iter()
+            .map(|a| match &a.data {
+                RData::SRV(s) => (s.priority, s.target.to_ascii()),
+                _ => unreachable!(),
+            })
+            .collect();
+        prio.sort();
+        assert_eq!(prio.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 0, 1, 1]);
+        // Off (the default): Mesos-DNS's answers, priority 0 everywhere.
+        let zone = build(false);
+        let r = ask(&zone, 0, "_web._tcp.marathon.mesos.", RecordType::SRV);
+        assert!(r
+            .answers
+            .iter()
+            .all(|a| matches!(&a.data, RData::SRV(s) if s.priority == 0)));
     }
 }
