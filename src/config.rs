@@ -229,5 +229,14 @@ mod tests {
         c.dns.listen.clear();
         c.dns.zone.domain = "bad domain".into();
         assert_eq!(c.problems().len(), 3, "{:?}", c.problems());
+        let mut c = AgentConfig::default();
+        c.dns.zone.locality = true;
+        assert!(
+            c.problems()[0].contains("needs this node's site"),
+            "{:?}",
+            c.problems()
+        );
+        c.site = Some("azure".into());
+        assert!(c.problems().is_empty());
     }
 }
