@@ -218,6 +218,8 @@ impl Worker {
         backoff: &mut Duration,
     ) -> Result<(), StoreError> {
         let store = EtcdStore::connect(self.etcd.clone()).await?;
+        // A member with a leader just answered: we are in contact.
+        self.stats.touch();
         if *needs_full_load {
             let loaded = store.load(self.state.as_ref()).await?;
             self.stats
@@ -233,6 +235,8 @@ impl Worker {
             self.state = Some(loaded.state);
             self.revision = loaded.revision;
             *needs_full_load = false;
+            self.stats.touch();
+            self.stats.connected.store(true, Ordering::Relaxed);
             self.publish(&store);
         }
         self.follow(&store, backoff).await
