@@ -285,11 +285,22 @@ pub(super) async fn exchange(
         .map_err(|_| ExchangeError::Timeout)?
 }
 
+/// A query ID from the operating system's CSPRNG: an off-path attacker must not be able to
+/// predict it from the IDs it has seen (a fast PRNG's output can be). Falls back to the
+/// fast generator only if the OS refuses.
+fn query_id() -> u16 {
+    let mut b = [0u8; 2];
+    match getrandom::fill(&mut b) {
+        Ok(()) => u16::from_be_bytes(b),
+        Err(_) => fastrand::u16(..),
+    }
+}
+
 async fn exchange_udp(
     upstream: SocketAddr,
     query: &UpstreamQuery,
 ) -> Result<Answer, ExchangeError> {
-    let id = fastrand::u16(..);
+    let id = query_id();
     let socket = UdpSocket::bind(local_addr_for(upstream)).await?;
     // Connected, so the kernel drops datagrams from anyone but the upstream.
     socket.connect(upstream).await?;
@@ -310,7 +321,7 @@ async fn exchange_tcp(
     upstream: SocketAddr,
     query: &UpstreamQuery,
 ) -> Result<Answer, ExchangeError> {
-    let id = fastrand::u16(..);
+    let id = query_id();
     let mut stream = TcpStream::connect(upstream).await?;
     stream.set_nodelay(true)?;
     let bytes = query.with_id(id);
