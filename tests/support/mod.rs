@@ -6,6 +6,7 @@ pub mod dns;
 pub mod etcd;
 pub mod mesos;
 pub mod netns;
+pub mod sites;
 
 use std::future::Future;
 use std::time::Duration;
