@@ -7,11 +7,17 @@
 //! cannot run here (no Mesos master); its 60 s poll is quoted as documented.
 
 #[allow(dead_code)]
+#[path = "../tests/support/agent.rs"]
+mod agent;
+#[allow(dead_code)]
 #[path = "../tests/support/dns.rs"]
 mod dns;
 #[allow(dead_code)]
 #[path = "../tests/support/etcd.rs"]
 mod etcd;
+#[allow(dead_code)]
+#[path = "../tests/support/netns.rs"]
+mod netns;
 
 #[path = "dns/catalog.rs"]
 mod catalog;
@@ -303,7 +309,7 @@ fn main() {
     let catalog_path = dir.path().join("catalog.toml");
     let doc = toml::to_string(&catalog::document(o.tasks, o.apps)).expect("catalog as TOML");
     std::fs::write(&catalog_path, doc).expect("write catalog");
-    let lodestar = Lodestar::start(
+    let lodestar = servers::start_lodestar(
         &binary,
         &["--catalog", catalog_path.to_str().expect("utf-8 path")],
     );

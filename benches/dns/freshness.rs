@@ -13,7 +13,6 @@ use lodestar_control::{EtcdConfig, EtcdStore};
 use crate::catalog;
 use crate::dns;
 use crate::etcd::EtcdServer;
-use crate::servers::Lodestar;
 
 /// A write not answered within this long counts as this long, and as a timeout.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -48,7 +47,7 @@ pub fn measure(binary: &Path, tasks: usize, apps: usize, writes: usize) -> Fresh
     base.extend((0..tasks).map(|i| Record::Task(catalog::task(i, apps))));
     rt.block_on(store.put(&base)).expect("fill etcd");
 
-    let agent = Lodestar::start(binary, &["--etcd", &etcd.endpoint()]);
+    let agent = crate::servers::start_lodestar(binary, &["--etcd", &etcd.endpoint()]);
     // The first snapshot is published whole, so one answer means the whole catalog is in.
     let probe = format!("app-{}.{}.mesos.", apps - 1, catalog::FRAMEWORK);
     let deadline = Instant::now() + Duration::from_secs(60);

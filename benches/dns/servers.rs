@@ -2,12 +2,10 @@
 //! Knot DNS (`knotd`). Both die with the bench (drop guard, and PR_SET_PDEATHSIG on panic
 //! paths that skip drops); CPU time is read from /proc.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
@@ -33,103 +31,15 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
-/// `lodestar agent` on 127.0.0.1 with JSON logs; ready when it logs "lodestar agent ready".
-pub struct Lodestar {
-    child: Option<Child>,
-    pub dns: SocketAddr,
-    pub http: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
+/// `lodestar agent` on 127.0.0.1, started by the test harness (`tests/support/agent.rs`).
+pub type Lodestar = crate::agent::Agent;
 
-impl Lodestar {
-    /// Starts `lodestar --log-format json agent --no-l4lb SOURCE...` and waits until ready.
-    pub fn start(binary: &Path, source: &[&str]) -> Lodestar {
-        let mut cmd = Command::new(binary);
-        cmd.args(["--log-format", "json", "agent", "--no-l4lb"])
-            .args(source)
-            .args([
-                "--dns-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            // Every query is in-zone; the upstream is never asked.
-            .args(["--upstream", "127.0.0.1:9"])
-            .env_remove("LODESTAR_ETCD")
-            .env("LODESTAR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["fields"]["message"] == "lodestar agent ready" {
-                        let _ = tx.send(v["fields"].clone());
-                    }
-                }
-                sink.lock().expect("log").push(line);
-            }
-        });
-        let mut agent = Lodestar {
-            child: Some(child),
-            dns: "0.0.0.0:0".parse().expect("addr"),
-            http: "0.0.0.0:0".parse().expect("addr"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(fields) => {
-                    let addr = |key: &str| -> SocketAddr {
-                        let v = fields[key].as_str().unwrap_or_default();
-                        v.split(',')
-                            .next()
-                            .unwrap_or_default()
-                            .parse()
-                            .unwrap_or_else(|_| {
-                                panic!("the ready line's {key} field {v:?} is not an address")
-                            })
-                    };
-                    agent.dns = addr("dns");
-                    agent.http = addr("http");
-                    return agent;
-                }
-                Err(_) => {
-                    let exited =
-                        matches!(agent.child.as_mut().map(Child::try_wait), Some(Ok(Some(_))));
-                    if exited || Instant::now() > deadline {
-                        std::thread::sleep(Duration::from_millis(100));
-                        panic!("lodestar agent did not get ready:\n{}", agent.logs());
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    pub fn logs(&self) -> String {
-        self.log.lock().expect("log").join("\n")
-    }
-}
-
-impl Drop for Lodestar {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-        if std::thread::panicking() {
-            eprintln!("---- lodestar agent log ----\n{}\n----", self.logs());
-        }
-    }
+/// Starts `lodestar agent --no-l4lb SOURCE...` on free loopback ports and waits until ready.
+/// Every query is in-zone, so the upstream (a discard port) is never asked.
+pub fn start_lodestar(binary: &Path, source: &[&str]) -> Lodestar {
+    let mut args = source.to_vec();
+    args.extend(["--upstream", "127.0.0.1:9"]);
+    Lodestar::start_binary(binary, &args, "info")
 }
 
 /// `knotd` in the foreground serving one zone file for `mesos.`, from a private directory.

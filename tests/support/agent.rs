@@ -35,10 +35,31 @@ impl Agent {
             .unwrap_or_else(|log| panic!("the agent did not get ready:\n{log}"))
     }
 
+    /// Starts a given `lodestar` binary with a given log filter (benchmarks: less logging).
+    pub fn start_binary(binary: &std::path::Path, args: &[&str], log_filter: &str) -> Agent {
+        Self::launch(binary, None, args, log_filter)
+            .unwrap_or_else(|log| panic!("the agent did not get ready:\n{log}"))
+    }
+
+    /// The agent's process id (for reading its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     fn try_start_in(ns: Option<&super::netns::Netns>, args: &[&str]) -> Result<Agent, String> {
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_lodestar"));
+        Self::launch(binary, ns, args, "info,lodestar_dns=debug")
+    }
+
+    fn launch(
+        binary: &std::path::Path,
+        ns: Option<&super::netns::Netns>,
+        args: &[&str],
+        log_filter: &str,
+    ) -> Result<Agent, String> {
         let mut cmd = match ns {
-            Some(ns) => ns.command(env!("CARGO_BIN_EXE_lodestar")),
-            None => Command::new(env!("CARGO_BIN_EXE_lodestar")),
+            Some(ns) => ns.command(binary.to_str().expect("utf-8 path")),
+            None => Command::new(binary),
         };
         cmd.args(["--log-format", "json", "agent", "--no-l4lb"]);
         if !args.contains(&"--dns-listen") {
@@ -54,7 +75,7 @@ impl Agent {
         }
         cmd.args(args)
             .env_remove("LODESTAR_ETCD")
-            .env("LODESTAR_LOG", "info,lodestar_dns=debug")
+            .env("LODESTAR_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -80,7 +101,7 @@ impl Agent {
                 sink.lock().unwrap().push(line);
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let mut agent = Agent {
             child: Some(child),
             _dir: dir,
