@@ -211,6 +211,21 @@ pub struct Backend {
     pub health: Health,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// Relative share of new connections (the task's `LODESTAR_WEIGHT` label, 0..=1000,
+    /// default 1). 0 drains like `state = draining`.
+    pub weight: u32,
+}
+
+/// The task label that sets a backend's load-balancing weight.
+pub const WEIGHT_LABEL: &str = "LODESTAR_WEIGHT";
+
+/// A backend's weight from its task's labels: an integer in 0..=1000, else the default 1.
+pub fn backend_weight(task: &crate::model::Task) -> u32 {
+    task.labels
+        .get(WEIGHT_LABEL)
+        .and_then(|w| w.trim().parse::<u32>().ok())
+        .filter(|w| *w <= 1000)
+        .unwrap_or(1)
 }
 
 impl Snapshot {
@@ -269,6 +284,7 @@ impl Snapshot {
                     state: task.state,
                     health: task.health,
                     site,
+                    weight: backend_weight(task),
                 })
             })
             .collect();

@@ -1,2 +1,17 @@
-//! Lodestar's BPF programs, written in C and compiled by clang from this crate's build script.
-//! The programs and the shared header arrive with the "VIPs" issues.
+//! Lodestar's BPF programs, written in C (`bpf/`) and compiled by clang from this crate's build
+//! script. `include/lodestar.h` is the one definition of what they share with userspace.
+
+/// Bytes aligned for an ELF parser that reads them in place.
+#[repr(C, align(8))]
+pub struct Aligned<B: ?Sized>(pub B);
+
+static SOCK_LB: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/sock_lb.o")));
+
+/// The socket-level load balancer: `cgroup/connect{4,6}`, `sendmsg{4,6}`, `recvmsg{4,6}` and
+/// `getpeername{4,6}` programs and their maps (an ELF object with BTF).
+pub fn sock_lb() -> &'static [u8] {
+    &SOCK_LB.0
+}
+
+/// The shared header, for tools and tests that check layouts against it.
+pub const HEADER: &str = include_str!("../include/lodestar.h");

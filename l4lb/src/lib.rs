@@ -1,2 +1,256 @@
-//! Lodestar's load-balancer control: the BPF loader, typed map wrappers, Maglev tables and the
-//! reconciler from a catalog `Snapshot` to maps. Built in the "VIPs" issues.
+//! Lodestar's load-balancer control: the BPF loader, typed map mirrors, and the reconciler from
+//! a catalog `Snapshot` to maps.
+//!
+//! [`L4lb`] ties them together for the agent: `start` loads (or takes over) the socket load
+//! balancer, `apply` programs a snapshot by difference, `status` and `render_metrics` report.
+
+pub mod btf;
+pub mod kernel;
+pub mod layout;
+pub mod plan;
+pub mod reconcile;
+mod sys;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use lodestar_control::Snapshot;
+use serde::{Deserialize, Serialize};
+
+pub use kernel::{cgroup2_root, detach, KernelConfig, L4lbError, DEFAULT_PIN_PATH};
+pub use plan::{Locality, PlanOptions};
+pub use reconcile::Report;
+
+use plan::Plan;
+use reconcile::Reconciler;
+
+/// One VIP address as the data plane holds it, with counters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub vip: String,
+    pub address: SocketAddr,
+    pub protocol: String,
+    pub fail_open: bool,
+    pub slots: usize,
+    pub healthy: usize,
+    pub total: usize,
+    pub connects: u64,
+    pub datagrams: u64,
+    pub no_backend: u64,
+    pub fail_open_steered: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: SocketAddr,
+    pub task: String,
+    pub weight: u32,
+    pub healthy: bool,
+    pub local: bool,
+    /// Share of new connections, in slots of the VIP's table (0: gets none).
+    pub slots: u32,
+    pub connects: u64,
+    pub datagrams: u64,
+}
+
+pub struct L4lb {
+    kernel: kernel::SockLb,
+    reconciler: Reconciler,
+    opts: PlanOptions,
+    plan: Plan,
+    revision: i64,
+    writes: u64,
+    errors: u64,
+}
+
+impl L4lb {
+    /// Loads the socket load balancer, or takes over the one an earlier agent pinned (its maps
+    /// keep steering while this agent starts).
+    pub fn start(kernel: &KernelConfig, opts: PlanOptions) -> Result<L4lb, L4lbError> {
+        let k = kernel::SockLb::open(kernel)?;
+        let reconciler = Reconciler::restore(k.dump());
+        Ok(L4lb {
+            kernel: k,
+            reconciler,
+            opts,
+            plan: Plan::new(),
+            revision: 0,
+            writes: 0,
+            errors: 0,
+        })
+    }
+
+    /// Links an earlier agent left pinned and this one took over.
+    pub fn took_over(&self) -> usize {
+        self.kernel.took_over
+    }
+
+    pub fn cgroup(&self) -> &std::path::Path {
+        &self.kernel.cgroup
+    }
+
+    /// Programs a snapshot by difference.
+    pub fn apply(&mut self, snapshot: &Snapshot) -> Report {
+        let plan = plan::plan(snapshot, &self.opts);
+        let report = self.reconciler.apply(&plan, &mut self.kernel);
+        self.writes += report.writes as u64;
+        self.errors += report.errors.len() as u64;
+        self.plan = plan;
+        self.revision = snapshot.revision;
+        report
+    }
+
+    /// The catalog revision last applied.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn status(&self) -> Vec<VipStatus> {
+        let mut out = Vec::new();
+        for (addr, planned) in &self.plan {
+            let Some(state) = self.reconciler.services().get(addr) else {
+                continue;
+            };
+            let s = self.kernel.service_stats(state.id);
+            let backends: Vec<BackendStatus> = planned
+                .backends
+                .iter()
+                .map(|(b, p)| {
+                    let bs = state
+                        .backends
+                        .get(b)
+                        .map(|id| self.kernel.backend_stats(*id))
+                        .unwrap_or_default();
+                    BackendStatus {
+                        address: SocketAddr::new(b.ip, b.port),
+                        task: p.task.clone(),
+                        weight: p.weight,
+                        healthy: p.healthy,
+                        local: p.local,
+                        slots: p.slots,
+                        connects: bs.connects,
+                        datagrams: bs.datagrams,
+                    }
+                })
+                .collect();
+            out.push(VipStatus {
+                vip: planned.vip.clone(),
+                address: SocketAddr::new(addr.ip, addr.port),
+                protocol: addr.protocol.to_string(),
+                fail_open: planned.fail_open,
+                slots: state.slots.len(),
+                healthy: backends
+                    .iter()
+                    .filter(|b| b.healthy && b.weight > 0)
+                    .count(),
+                total: backends.len(),
+                connects: s.connects,
+                datagrams: s.datagrams,
+                no_backend: s.no_backend,
+                fail_open_steered: s.fail_open,
+                backends,
+            });
+        }
+        out
+    }
+
+    /// Prometheus text for the VIPs and the reconciler.
+    pub fn render_metrics(&self, out: &mut String) {
+        let status = self.status();
+        let families: [MetricFamily; 6] = [
+            (
+                "lodestar_vip_connections_total",
+                "counter",
+                "connect() calls steered to a backend",
+                |v| v.connects,
+            ),
+            (
+                "lodestar_vip_datagrams_total",
+                "counter",
+                "unconnected UDP sends steered to a backend",
+                |v| v.datagrams,
+            ),
+            (
+                "lodestar_vip_no_backend_total",
+                "counter",
+                "calls to a VIP without any backend (refused)",
+                |v| v.no_backend,
+            ),
+            (
+                "lodestar_vip_fail_open_total",
+                "counter",
+                "calls steered while no backend was healthy",
+                |v| v.fail_open_steered,
+            ),
+            (
+                "lodestar_vip_backends_healthy",
+                "gauge",
+                "backends taking new connections by health",
+                |v| v.healthy as u64,
+            ),
+            (
+                "lodestar_vip_backends",
+                "gauge",
+                "backends known for the VIP",
+                |v| v.total as u64,
+            ),
+        ];
+        for (name, kind, help, get) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for v in &status {
+                let _ = writeln!(
+                    out,
+                    "{name}{{vip=\"{}\",address=\"{}\",protocol=\"{}\"}} {}",
+                    escape(&v.vip),
+                    v.address,
+                    v.protocol,
+                    get(v)
+                );
+            }
+        }
+        let name = "lodestar_vip_backend_connections_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} connect() calls and UDP sends steered to each backend\n# TYPE {name} counter"
+        );
+        for v in &status {
+            for b in &v.backends {
+                let _ = writeln!(
+                    out,
+                    "{name}{{vip=\"{}\",address=\"{}\",protocol=\"{}\",backend=\"{}\"}} {}",
+                    escape(&v.vip),
+                    v.address,
+                    v.protocol,
+                    b.address,
+                    b.connects + b.datagrams
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lodestar_l4lb_map_writes_total BPF map writes made by the reconciler\n\
+             # TYPE lodestar_l4lb_map_writes_total counter\n\
+             lodestar_l4lb_map_writes_total {}\n\
+             # HELP lodestar_l4lb_apply_errors_total VIPs that could not be programmed\n\
+             # TYPE lodestar_l4lb_apply_errors_total counter\n\
+             lodestar_l4lb_apply_errors_total {}\n\
+             # HELP lodestar_l4lb_revision catalog revision last programmed into the maps\n\
+             # TYPE lodestar_l4lb_revision gauge\n\
+             lodestar_l4lb_revision {}",
+            self.writes, self.errors, self.revision
+        );
+    }
+}
+
+/// (name, type, help, value of one VIP).
+type MetricFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&VipStatus) -> u64,
+);
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}

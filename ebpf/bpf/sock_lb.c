@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/*
+ * Socket-level VIP load balancing (the Minuteman equivalent, done the way Cilium's
+ * kube-proxy replacement does it): a connect() or an unconnected sendmsg() to a VIP is
+ * rewritten to a backend before any packet exists, so there is no NAT and no per-packet cost.
+ * recvmsg() and getpeername() translate back, so applications see the VIP as their peer.
+ *
+ * Every hook returns 1 (allow) except connect/sendmsg to a VIP with no backend at all, which
+ * is refused (the caller gets EPERM at once instead of waiting on an address nobody serves).
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/socket.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "lodestar.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LS_MAX_SERVICES);
+	__type(key, struct ls_svc_key);
+	__type(value, struct ls_svc);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LS_MAP_SERVICES SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LS_MAX_SLOTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ls_slot_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LS_MAP_SLOTS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LS_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct ls_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LS_MAP_BACKENDS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LS_MAX_REVNAT);
+	__type(key, struct ls_rev_key);
+	__type(value, struct ls_rev);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LS_MAP_REVNAT SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LS_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct ls_svc_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LS_MAP_SVC_STATS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LS_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct ls_be_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LS_MAP_BE_STATS SEC(".maps");
+
+/* Counter kinds for bump(). */
+enum { CNT_CONNECT, CNT_DATAGRAM };
+
+/* The address a hook sees, in the map's 16-byte form. */
+struct addr {
+	__u8 bytes[16];
+	__u8 family;
+};
+
+static __always_inline void load_v4(struct bpf_sock_addr *ctx, __u8 *out)
+{
+	__u32 ip = ctx->user_ip4;
+	__builtin_memcpy(out, &ip, 4);
+}
+
+static __always_inline void load_v6(struct bpf_sock_addr *ctx, __u8 *out)
+{
+	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1];
+	__u32 w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
+	__builtin_memcpy(out, &w0, 4);
+	__builtin_memcpy(out + 4, &w1, 4);
+	__builtin_memcpy(out + 8, &w2, 4);
+	__builtin_memcpy(out + 12, &w3, 4);
+}
+
+static __always_inline void store_v4(struct bpf_sock_addr *ctx, const __u8 *in)
+{
+	__u32 ip;
+	__builtin_memcpy(&ip, in, 4);
+	ctx->user_ip4 = ip;
+}
+
+static __always_inline void store_v6(struct bpf_sock_addr *ctx, const __u8 *in)
+{
+	__u32 w[4];
+	__builtin_memcpy(w, in, 16);
+	ctx->user_ip6[0] = w[0];
+	ctx->user_ip6[1] = w[1];
+	ctx->user_ip6[2] = w[2];
+	ctx->user_ip6[3] = w[3];
+}
+
+/* ::ffff:a.b.c.d, as a dual-stack IPv6 socket spells an IPv4 peer. */
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	__u32 w0, w1, w2;
+	__builtin_memcpy(&w0, a, 4);
+	__builtin_memcpy(&w1, a + 4, 4);
+	__builtin_memcpy(&w2, a + 8, 4);
+	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline void bump_svc(__u32 id, int which)
+{
+	struct ls_svc_stats *s = bpf_map_lookup_elem(&LS_MAP_SVC_STATS, &id);
+	if (!s)
+		return;
+	if (which == CNT_CONNECT)
+		s->connects++;
+	else
+		s->datagrams++;
+}
+
+/*
+ * Looks up the service for (addr, port, proto) and picks a backend: a slot of the service's
+ * weighted table, at random for connect() and by socket cookie for unconnected sendmsg()
+ * (so one socket's datagrams keep going to one backend while its table is unchanged).
+ * Returns 1 if rewritten (*be and *svc_id set), 0 if the address is not a VIP, -1 if it is a
+ * VIP without backends.
+ */
+static __always_inline int pick(const __u8 *addr, __u8 family, __u16 port, __u8 proto,
+				__u64 cookie, int by_cookie, struct ls_backend *be, __u32 *be_id_out,
+				__u32 *svc_id)
+{
+	struct ls_svc_key key;
+	__builtin_memset(&key, 0, sizeof(key));
+	if (family == AF_INET)
+		__builtin_memcpy(key.addr, addr, 4);
+	else
+		__builtin_memcpy(key.addr, addr, 16);
+	key.port = port;
+	key.proto = proto;
+	key.family = family;
+
+	struct ls_svc *svc = bpf_map_lookup_elem(&LS_MAP_SERVICES, &key);
+	if (!svc)
+		return 0;
+	__u32 id = svc->id;
+	*svc_id = id;
+	__u32 n = svc->slots;
+	struct ls_svc_stats *st = bpf_map_lookup_elem(&LS_MAP_SVC_STATS, &id);
+	if (n == 0) {
+		if (st)
+			st->no_backend++;
+		return -1;
+	}
+	if (st && (svc->flags & LS_SVC_FAIL_OPEN))
+		st->fail_open++;
+
+	__u32 r = by_cookie ? (__u32)(cookie ^ (cookie >> 32)) * 2654435761u : bpf_get_prandom_u32();
+	struct ls_slot_key sk = { .svc_id = id, .slot = r % n };
+	__u32 *be_id = bpf_map_lookup_elem(&LS_MAP_SLOTS, &sk);
+	if (!be_id) {
+		/* The table is being rewritten under us; slot 0 always exists while n > 0. */
+		sk.slot = 0;
+		be_id = bpf_map_lookup_elem(&LS_MAP_SLOTS, &sk);
+		if (!be_id)
+			return 0;
+	}
+	__u32 bid = *be_id;
+	struct ls_backend *b = bpf_map_lookup_elem(&LS_MAP_BACKENDS, &bid);
+	if (!b || !(b->flags & LS_BE_VALID) || b->family != family)
+		return 0;
+	__builtin_memcpy(be, b, sizeof(*be));
+	*be_id_out = bid;
+	return 1;
+}
+
+static __always_inline void bump_be(__u32 id, int which)
+{
+	struct ls_be_stats *s = bpf_map_lookup_elem(&LS_MAP_BE_STATS, &id);
+	if (!s)
+		return;
+	if (which == CNT_CONNECT)
+		s->connects++;
+	else
+		s->datagrams++;
+}
+
+/* Remembers that this socket's `backend` stands for `vip` (both as the socket spells them). */
+static __always_inline void remember(__u64 cookie, const __u8 *be_addr, __u16 be_port,
+				     const __u8 *vip_addr, __u16 vip_port, __u8 family)
+{
+	struct ls_rev_key k;
+	struct ls_rev v;
+	__builtin_memset(&k, 0, sizeof(k));
+	__builtin_memset(&v, 0, sizeof(v));
+	k.cookie = cookie;
+	__builtin_memcpy(k.addr, be_addr, 16);
+	k.port = be_port;
+	k.family = family;
+	__builtin_memcpy(v.addr, vip_addr, 16);
+	v.port = vip_port;
+	v.family = family;
+	bpf_map_update_elem(&LS_MAP_REVNAT, &k, &v, BPF_ANY);
+}
+
+static __always_inline int xlate4(struct bpf_sock_addr *ctx, int which)
+{
+	__u8 vip[16] = {};
+	struct ls_backend be;
+	__u32 svc_id = 0, be_id = 0;
+	__u16 port = (__u16)ctx->user_port;
+	__u8 proto = (__u8)ctx->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	load_v4(ctx, vip);
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	int r = pick(vip, AF_INET, port, proto, cookie, which == CNT_DATAGRAM, &be, &be_id, &svc_id);
+	if (r == 0)
+		return 1;
+	if (r < 0)
+		return 0;
+	store_v4(ctx, be.addr);
+	ctx->user_port = be.port;
+	bump_svc(svc_id, which);
+	bump_be(be_id, which);
+	remember(cookie, be.addr, be.port, vip, port, AF_INET);
+	return 1;
+}
+
+static __always_inline int xlate6(struct bpf_sock_addr *ctx, int which)
+{
+	__u8 vip[16];
+	struct ls_backend be;
+	__u32 svc_id = 0, be_id = 0;
+	__u16 port = (__u16)ctx->user_port;
+	__u8 proto = (__u8)ctx->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	load_v6(ctx, vip);
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	int r;
+	if (is_v4_mapped(vip)) {
+		/* A dual-stack socket reaching an IPv4 VIP: steer to an IPv4 backend, mapped. */
+		r = pick(vip + 12, AF_INET, port, proto, cookie, which == CNT_DATAGRAM, &be,
+			 &be_id, &svc_id);
+		if (r == 0)
+			return 1;
+		if (r < 0)
+			return 0;
+		__u8 mapped[16] = {};
+		mapped[10] = 0xff;
+		mapped[11] = 0xff;
+		__builtin_memcpy(mapped + 12, be.addr, 4);
+		__builtin_memcpy(be.addr, mapped, 16);
+	} else {
+		r = pick(vip, AF_INET6, port, proto, cookie, which == CNT_DATAGRAM, &be, &be_id,
+			 &svc_id);
+		if (r == 0)
+			return 1;
+		if (r < 0)
+			return 0;
+	}
+	store_v6(ctx, be.addr);
+	ctx->user_port = be.port;
+	bump_svc(svc_id, which);
+	bump_be(be_id, which);
+	remember(cookie, be.addr, be.port, vip, port, AF_INET6);
+	return 1;
+}
+
+/* recvmsg / getpeername: the backend the socket talks to becomes the VIP again. */
+static __always_inline int rev(struct bpf_sock_addr *ctx, __u8 family)
+{
+	struct ls_rev_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	k.cookie = bpf_get_socket_cookie(ctx);
+	if (family == AF_INET)
+		load_v4(ctx, k.addr);
+	else
+		load_v6(ctx, k.addr);
+	k.port = (__u16)ctx->user_port;
+	k.family = family;
+	struct ls_rev *v = bpf_map_lookup_elem(&LS_MAP_REVNAT, &k);
+	if (!v)
+		return 1;
+	if (family == AF_INET)
+		store_v4(ctx, v->addr);
+	else
+		store_v6(ctx, v->addr);
+	ctx->user_port = v->port;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int ls_connect4(struct bpf_sock_addr *ctx) { return xlate4(ctx, CNT_CONNECT); }
+
+SEC("cgroup/connect6")
+int ls_connect6(struct bpf_sock_addr *ctx) { return xlate6(ctx, CNT_CONNECT); }
+
+SEC("cgroup/sendmsg4")
+int ls_sendmsg4(struct bpf_sock_addr *ctx) { return xlate4(ctx, CNT_DATAGRAM); }
+
+SEC("cgroup/sendmsg6")
+int ls_sendmsg6(struct bpf_sock_addr *ctx) { return xlate6(ctx, CNT_DATAGRAM); }
+
+SEC("cgroup/recvmsg4")
+int ls_recvmsg4(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET); }
+
+SEC("cgroup/recvmsg6")
+int ls_recvmsg6(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET6); }
+
+SEC("cgroup/getpeername4")
+int ls_getpeername4(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET); }
+
+SEC("cgroup/getpeername6")
+int ls_getpeername6(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET6); }

@@ -1,0 +1,174 @@
+//! The Rust mirror of `ebpf/include/lodestar.h`. [`verify`] checks every struct here against
+//! the BTF of the compiled object (sizes and field offsets, by name); the loader refuses an
+//! object that does not match, and a test runs the same check on every build.
+
+use crate::btf::Btf;
+
+macro_rules! mirror {
+    ($( $(#[$m:meta])* $name:ident = $c:literal { $( $field:ident : $ty:ty ),* $(,)? } )*) => {
+        $(
+            $(#[$m])*
+            #[repr(C)]
+            #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+            pub struct $name { $( pub $field: $ty ),* }
+            // SAFETY: repr(C), integer fields only, padding explicit (checked by `verify`).
+            unsafe impl aya::Pod for $name {}
+        )*
+
+        /// Every mirrored struct: (C name, size, [(field, offset)]).
+        pub(crate) fn mirrors() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
+            vec![$( (
+                $c,
+                std::mem::size_of::<$name>(),
+                vec![$( (stringify!($field), std::mem::offset_of!($name, $field)) ),*],
+            ) ),*]
+        }
+    };
+}
+
+mirror! {
+    /// `struct ls_svc_key`: one VIP address, port (network order) and protocol.
+    SvcKey = "ls_svc_key" { addr: [u8; 16], port: u16, proto: u8, family: u8 }
+    /// `struct ls_svc`.
+    Svc = "ls_svc" { id: u32, slots: u16, flags: u16 }
+    /// `struct ls_slot_key`.
+    SlotKey = "ls_slot_key" { svc_id: u32, slot: u32 }
+    /// `struct ls_backend`.
+    BackendEntry = "ls_backend" { addr: [u8; 16], port: u16, family: u8, flags: u8, svc_id: u32 }
+    /// `struct ls_rev_key`.
+    RevKey = "ls_rev_key" { cookie: u64, addr: [u8; 16], port: u16, family: u8, pad: [u8; 5] }
+    /// `struct ls_rev`.
+    Rev = "ls_rev" { addr: [u8; 16], port: u16, family: u8, pad: u8 }
+    /// `struct ls_svc_stats`: per-CPU counters of one service.
+    SvcStats = "ls_svc_stats" { connects: u64, datagrams: u64, no_backend: u64, fail_open: u64 }
+    /// `struct ls_be_stats`: per-CPU counters of one backend.
+    BackendStats = "ls_be_stats" { connects: u64, datagrams: u64 }
+}
+
+/// `LS_SVC_FAIL_OPEN`.
+pub const SVC_FAIL_OPEN: u16 = 0x1;
+/// `LS_BE_VALID`.
+pub const BE_VALID: u8 = 0x1;
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Map names (and pin file names), as in the header.
+pub mod maps {
+    pub const SERVICES: &str = "ls_services";
+    pub const SLOTS: &str = "ls_slots";
+    pub const BACKENDS: &str = "ls_backends";
+    pub const REVNAT: &str = "ls_revnat";
+    pub const SVC_STATS: &str = "ls_svc_stats";
+    pub const BE_STATS: &str = "ls_be_stats";
+    pub const ALL: [&str; 6] = [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_STATS, BE_STATS];
+}
+
+/// A `#define NAME value` of the shared header, as a number.
+pub fn header_constant(name: &str) -> Option<u64> {
+    lodestar_ebpf::HEADER.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some("#define") && w.next() == Some(name))
+            .then(|| w.next())
+            .flatten()
+            .and_then(|v| match v.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => v.parse().ok(),
+            })
+    })
+}
+
+/// Capacities from the header.
+pub fn max_slots_per_service() -> u32 {
+    header_constant("LS_MAX_SLOTS_PER_SVC").unwrap_or(4096) as u32
+}
+pub fn max_services() -> u32 {
+    header_constant("LS_MAX_SERVICES").unwrap_or(16384) as u32
+}
+pub fn max_backends() -> u32 {
+    header_constant("LS_MAX_BACKENDS").unwrap_or(65536) as u32
+}
+
+/// Checks the mirror against a compiled object's BTF and the header's flag values; every
+/// difference, or none.
+pub fn verify(object: &[u8]) -> Result<(), Vec<String>> {
+    let btf = Btf::from_elf(object).map_err(|e| vec![e])?;
+    let mut problems = Vec::new();
+    for (name, size, fields) in mirrors() {
+        let Some(s) = btf.struct_by_name(name) else {
+            problems.push(format!("struct {name}: not in the object's BTF"));
+            continue;
+        };
+        if s.size as usize != size {
+            problems.push(format!(
+                "struct {name}: {} bytes in BTF, {size} in Rust",
+                s.size
+            ));
+        }
+        for (field, offset) in &fields {
+            match s.members.iter().find(|m| m.name == *field) {
+                None => problems.push(format!("struct {name}: no field {field} in BTF")),
+                Some(m) if m.bit_offset as usize != offset * 8 => problems.push(format!(
+                    "struct {name}.{field}: at byte {} in BTF, {offset} in Rust",
+                    m.bit_offset / 8
+                )),
+                Some(_) => {}
+            }
+        }
+        for m in &s.members {
+            if !fields.iter().any(|(f, _)| *f == m.name) {
+                problems.push(format!("struct {name}.{}: missing in Rust", m.name));
+            }
+        }
+    }
+    for (define, value) in [
+        ("LS_SVC_FAIL_OPEN", SVC_FAIL_OPEN as u64),
+        ("LS_BE_VALID", BE_VALID as u64),
+    ] {
+        if header_constant(define) != Some(value) {
+            problems.push(format!(
+                "{define}: the header says {:?}, Rust {value}",
+                header_constant(define)
+            ));
+        }
+    }
+    for map in maps::ALL {
+        if !lodestar_ebpf::HEADER.contains(&format!(" {map}\n")) {
+            problems.push(format!("map {map}: not named in the header"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_matches_the_compiled_object() {
+        verify(lodestar_ebpf::sock_lb()).unwrap_or_else(|p| panic!("{}", p.join("\n")));
+    }
+
+    #[test]
+    fn verify_notices_a_wrong_mirror() {
+        // The same check against a struct list with one field moved must fail: compare the
+        // real BTF with a doctored expectation.
+        let btf = Btf::from_elf(lodestar_ebpf::sock_lb()).unwrap();
+        let s = btf.struct_by_name("ls_backend").unwrap();
+        let port = s.members.iter().find(|m| m.name == "port").unwrap();
+        assert_eq!(port.bit_offset, 16 * 8);
+        assert_ne!(port.bit_offset, 18 * 8);
+        assert_eq!(s.size as usize, std::mem::size_of::<BackendEntry>());
+    }
+
+    #[test]
+    fn header_constants() {
+        assert_eq!(max_slots_per_service(), 4096);
+        assert_eq!(header_constant("LS_SVC_FAIL_OPEN"), Some(1));
+    }
+}
