@@ -17,12 +17,14 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# What building Lodestar needs: protoc for etcd-client's generated gRPC code, and OpenSSL's
-# headers for TLS to Mesos masters.
-BUILD_PACKAGES=(protobuf-compiler libssl-dev pkg-config)
+# What building Lodestar needs: protoc for etcd-client's generated gRPC code, OpenSSL's
+# headers for TLS to Mesos masters, and clang with libbpf's and the kernel's headers for the
+# BPF programs in ebpf/.
+BUILD_PACKAGES=(protobuf-compiler libssl-dev pkg-config clang-19 libbpf-dev linux-libc-dev)
 # What the tests need besides: a real etcd and etcdctl, dig (a real DNS client), and openssl
-# (a certificate for the HTTPS master), and iproute2 (network namespaces for the two-site tests).
-TEST_PACKAGES=(etcd-server etcd-client dnsutils openssl iproute2)
+# (a certificate for the HTTPS master), iproute2 (network namespaces for the two-site and VIP
+# tests), and bpftool (to check what is attached to a cgroup after detach).
+TEST_PACKAGES=(etcd-server etcd-client dnsutils openssl iproute2 bpftool)
 
 require_cargo() {
     command -v cargo >/dev/null || {

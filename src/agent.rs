@@ -190,6 +190,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         dns_addrs.push(local);
     }
 
+    // The VIP load balancer: loaded (or taken over from the pins of an earlier agent) and fed
+    // the first snapshot before "ready", so VIPs work as soon as the agent says so.
+    let (l4lb, l4lb_state) = start_l4lb(&config, &first).await?;
+
     let ops = Ops {
         node: config.node.clone().unwrap_or_else(host_name),
         site: config.site.clone(),
@@ -202,13 +206,21 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             _ => None,
         },
         from_cache: from_cache.clone(),
+        l4lb: l4lb.clone(),
+        l4lb_state: l4lb_state.clone(),
     };
     let cache_task = cache_file.map(|path| tokio::spawn(cache::keep(path, snapshots.clone())));
     let forward_stats = forwarder.clone();
     let dns_stats = stats.clone();
     let ops_metrics = ops.clone();
+    let l4lb_metrics = l4lb.clone();
     let metrics = Arc::new(move || {
         let mut text = prometheus.render();
+        if let Some(l) = &l4lb_metrics {
+            l.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .render_metrics(&mut text);
+        }
         dns_stats.render(&mut text);
         lodestar_dns::stats::render_forward(forward_stats.stats(), &mut text);
         ops_metrics.render(&mut text);
@@ -232,6 +244,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             warn!("HTTP server stopped: {e}");
         }
     });
+
+    let l4lb_task = l4lb.map(|l| tokio::spawn(feed_l4lb(l, snapshots.clone())));
 
     // Snapshot -> zone, off the async workers (a first build of a large catalog takes a while).
     let zone_for_updates = zone.clone();
@@ -286,6 +300,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         revision = zone.load().serial,
         names = zone.load().len(),
         upstreams = ?upstreams,
+        l4lb = %l4lb_state,
         "lodestar agent ready"
     );
 
@@ -295,6 +310,11 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     }
     info!("shutting down");
     updater.abort();
+    // The load balancer's maps and links stay pinned: VIPs keep working until the next agent
+    // takes them over (`lodestar l4lb detach` removes them).
+    if let Some(t) = l4lb_task {
+        t.abort();
+    }
     http_task.abort();
     freshness_task.abort();
     if let Some(t) = cache_task {
@@ -306,6 +326,91 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     drop(udp_servers);
     drop(store);
     Ok(())
+}
+
+type SharedL4lb = Arc<std::sync::Mutex<lodestar_l4lb::L4lb>>;
+
+/// Starts the VIP load balancer if configured; without the privilege or kernel support it
+/// says what is missing and the agent goes on with DNS only, unless `l4lb.required`.
+async fn start_l4lb(
+    config: &AgentConfig,
+    first: &Arc<Snapshot>,
+) -> Result<(Option<SharedL4lb>, String)> {
+    let c = &config.l4lb;
+    if !c.enabled {
+        return Ok((None, "off".into()));
+    }
+    let kernel = lodestar_l4lb::KernelConfig {
+        cgroup: c.cgroup.clone(),
+        pin_path: c.pin_path.clone(),
+    };
+    let opts = lodestar_l4lb::PlanOptions {
+        site: config.site.clone(),
+        locality: c.locality,
+    };
+    let first = first.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        let mut l = lodestar_l4lb::L4lb::start(&kernel, opts)?;
+        let report = l.apply(&first);
+        Ok::<_, lodestar_l4lb::L4lbError>((l, report))
+    })
+    .await
+    .context("the load balancer's start panicked")?;
+    match started {
+        Ok((l, report)) => {
+            for e in &report.errors {
+                warn!("VIP not programmed: {e}");
+            }
+            let state = format!("attached to {}", l.cgroup().display());
+            info!(
+                cgroup = %l.cgroup().display(),
+                pin_path = %c.pin_path.display(),
+                took_over_links = l.took_over(),
+                map_writes = report.writes,
+                vips = l.status().len(),
+                "VIP load balancer running"
+            );
+            Ok((Some(Arc::new(std::sync::Mutex::new(l))), state))
+        }
+        Err(e) if c.required => Err(anyhow::anyhow!(
+            "the VIP load balancer is required (l4lb.required) but cannot start: {e}"
+        )),
+        Err(e) => {
+            warn!("VIP load balancer not running, DNS only: {e}");
+            Ok((None, format!("unavailable: {e}")))
+        }
+    }
+}
+
+/// Programs every new snapshot into the maps, off the async workers.
+async fn feed_l4lb(l4lb: SharedL4lb, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
+    while snapshots.changed().await.is_ok() {
+        let snapshot = snapshots.borrow_and_update().clone();
+        if !snapshot.is_loaded() {
+            continue;
+        }
+        let l = l4lb.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let report = l.lock().unwrap_or_else(|p| p.into_inner()).apply(&snapshot);
+            (report, started.elapsed(), snapshot.revision)
+        })
+        .await;
+        match done {
+            Ok((report, took, revision)) => {
+                for e in &report.errors {
+                    warn!(revision, "VIP not programmed: {e}");
+                }
+                tracing::debug!(
+                    revision,
+                    writes = report.writes,
+                    took_us = took.as_micros() as u64,
+                    "VIPs programmed"
+                );
+            }
+            Err(e) => error!("programming VIPs failed: {e}"),
+        }
+    }
 }
 
 /// `/v1/config` in Mesos-DNS's key names (what its tooling reads), with the whole Lodestar

@@ -78,6 +78,11 @@ pub enum Command {
         #[command(subcommand)]
         command: VipsCommand,
     },
+    /// The VIP load balancer's kernel state.
+    L4lb {
+        #[command(subcommand)]
+        command: L4lbCommand,
+    },
     /// Write a whole catalog document (TOML or JSON, as for --catalog) into etcd.
     Catalog {
         #[command(subcommand)]
@@ -120,6 +125,15 @@ pub struct AgentArgs {
     /// Do not program the VIP load balancer.
     #[arg(long)]
     no_l4lb: bool,
+    /// Refuse to start without a working VIP load balancer.
+    #[arg(long, conflicts_with = "no_l4lb")]
+    l4lb_required: bool,
+    /// The cgroup v2 directory the VIP hooks attach to (default: the cgroup2 root).
+    #[arg(long, value_name = "DIR")]
+    l4lb_cgroup: Option<PathBuf>,
+    /// Where the load balancer's maps and links are pinned (default /sys/fs/bpf/lodestar).
+    #[arg(long, value_name = "DIR")]
+    l4lb_pin_path: Option<PathBuf>,
     /// Where the last etcd snapshot is kept on local disk (overrides catalog.cache_file).
     #[arg(long, value_name = "FILE")]
     cache_file: Option<PathBuf>,
@@ -161,6 +175,15 @@ impl AgentArgs {
         }
         if self.no_l4lb {
             c.l4lb.enabled = false;
+        }
+        if self.l4lb_required {
+            c.l4lb.required = true;
+        }
+        if let Some(d) = &self.l4lb_cgroup {
+            c.l4lb.cgroup = Some(d.clone());
+        }
+        if let Some(d) = &self.l4lb_pin_path {
+            c.l4lb.pin_path = d.clone();
         }
         if let Some(f) = &self.cache_file {
             c.catalog.cache_file = Some(f.clone());
@@ -332,6 +355,21 @@ pub enum VipsCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Ask a running agent (its HTTP API) for what its data plane holds: backends with
+        /// weights, health, share of slots and connection counters.
+        #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["etcd", "catalog"])]
+        agent: Option<std::net::SocketAddr>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum L4lbCommand {
+    /// Remove every trace of the load balancer: detach its programs, unpin its maps and links.
+    /// Refused while an agent runs (stop it first).
+    Detach {
+        /// The pin directory (l4lb.pin_path).
+        #[arg(long, default_value = lodestar_l4lb::DEFAULT_PIN_PATH, value_name = "DIR")]
+        pin_path: PathBuf,
     },
 }
 
@@ -461,7 +499,36 @@ pub async fn run(args: Args) -> Result<()> {
         }
         Command::Services { command } => services(command).await,
         Command::Vips {
-            command: VipsCommand::Ls { source, json },
+            command:
+                VipsCommand::Ls {
+                    agent: Some(agent),
+                    json,
+                    ..
+                },
+        } => {
+            let body = crate::ops::http_get(agent, "/v1/vips").await?;
+            let vips: Vec<lodestar_l4lb::VipStatus> = serde_json::from_str(&body)?;
+            if json {
+                print_json(&vips)
+            } else {
+                print_dataplane_vips(&vips);
+                Ok(())
+            }
+        }
+        Command::L4lb {
+            command: L4lbCommand::Detach { pin_path },
+        } => {
+            let d = lodestar_l4lb::detach(&pin_path)?;
+            println!(
+                "detached: {} links and {} maps removed from {}",
+                d.links,
+                d.maps,
+                pin_path.display()
+            );
+            Ok(())
+        }
+        Command::Vips {
+            command: VipsCommand::Ls { source, json, .. },
         } => {
             let snapshot = load(&source).await?;
             if json {
@@ -704,6 +771,47 @@ fn print_tasks(snapshot: &Snapshot) {
         ],
         rows,
     );
+}
+
+fn print_dataplane_vips(vips: &[lodestar_l4lb::VipStatus]) {
+    let mut rows = Vec::new();
+    for v in vips {
+        let mut flags = format!("{}/{} healthy", v.healthy, v.total);
+        if v.fail_open {
+            flags.push_str(" FAIL-OPEN");
+        }
+        rows.push(vec![
+            v.vip.clone(),
+            format!("{}/{}", v.address, v.protocol),
+            flags,
+            format!(
+                "conns={} dgrams={} no_backend={} fail_open={}",
+                v.connects, v.datagrams, v.no_backend, v.fail_open_steered
+            ),
+        ]);
+        for b in &v.backends {
+            let health = if b.weight == 0 {
+                "draining"
+            } else if b.healthy {
+                "healthy"
+            } else {
+                "unhealthy"
+            };
+            rows.push(vec![
+                String::new(),
+                format!("  -> {}", b.address),
+                format!(
+                    "{} weight={} slots={}{}",
+                    health,
+                    b.weight,
+                    b.slots,
+                    if b.local { " local" } else { "" }
+                ),
+                format!("conns={} dgrams={} {}", b.connects, b.datagrams, b.task),
+            ]);
+        }
+    }
+    print_table(&["VIP", "ADDRESS / BACKEND", "STATE", "COUNTERS"], rows);
 }
 
 fn print_vips(snapshot: &Snapshot) {

@@ -116,13 +116,31 @@ impl Default for HttpConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct L4lbConfig {
-    /// Program the VIP load balancer (arrives with the VIP issues; DNS runs without it).
+    /// Program the socket-level VIP load balancer. Without the privilege or kernel support
+    /// for it the agent says what is missing and keeps serving DNS, unless `required`.
     pub enabled: bool,
+    /// Refuse to start without a working load balancer.
+    pub required: bool,
+    /// The cgroup v2 directory whose processes get VIPs; default: the root of the cgroup2
+    /// mount (found in /proc/mounts), i.e. every process on the node.
+    pub cgroup: Option<PathBuf>,
+    /// Where maps and links are pinned on bpffs; they outlive the agent, so VIPs keep working
+    /// while it restarts. `lodestar l4lb detach` removes them.
+    pub pin_path: PathBuf,
+    /// Which site's backends get new connections: `prefer-local`, `local-only` or `any`.
+    /// Needs `site`; without one every policy is `any`.
+    pub locality: lodestar_l4lb::Locality,
 }
 
 impl Default for L4lbConfig {
     fn default() -> Self {
-        L4lbConfig { enabled: true }
+        L4lbConfig {
+            enabled: true,
+            required: false,
+            cgroup: None,
+            pin_path: PathBuf::from(lodestar_l4lb::DEFAULT_PIN_PATH),
+            locality: lodestar_l4lb::Locality::default(),
+        }
     }
 }
 
@@ -174,6 +192,12 @@ impl AgentConfig {
         }
         if self.catalog.file_poll_ms == 0 {
             out.push("catalog.file_poll_ms must be at least 1".into());
+        }
+        if self.l4lb.required && !self.l4lb.enabled {
+            out.push("l4lb.required needs l4lb.enabled".into());
+        }
+        if !self.l4lb.pin_path.is_absolute() {
+            out.push("l4lb.pin_path must be an absolute path on bpffs".into());
         }
         out.extend(self.dns.zone.problems());
         if self.dns.zone.locality && self.site.is_none() {

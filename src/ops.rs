@@ -38,6 +38,10 @@ pub struct Ops {
     pub watch: Option<Arc<WatchStats>>,
     /// Where the served catalog came from when it is the local cache (etcd unreachable at start).
     pub from_cache: Arc<std::sync::atomic::AtomicBool>,
+    /// The VIP load balancer, when it runs.
+    pub l4lb: Option<Arc<std::sync::Mutex<lodestar_l4lb::L4lb>>>,
+    /// What the load balancer is doing (`attached to <cgroup>`, `off`, or why it is not).
+    pub l4lb_state: String,
 }
 
 /// `/v1/status`.
@@ -48,6 +52,17 @@ pub struct Status {
     pub uptime_seconds: u64,
     pub catalog: CatalogStatus,
     pub dns: DnsStatus,
+    #[serde(default)]
+    pub l4lb: L4lbStatus,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct L4lbStatus {
+    pub state: String,
+    /// Catalog revision last programmed into the maps.
+    pub revision: i64,
+    /// (VIP, address/protocol, healthy backends, backends, connections).
+    pub vips: Vec<(String, String, usize, usize, u64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -127,6 +142,40 @@ impl Ops {
                     .collect(),
                 forwarded: self.stats.forwarded(),
             },
+            l4lb: self.l4lb_status(),
+        }
+    }
+
+    fn l4lb_status(&self) -> L4lbStatus {
+        let mut out = L4lbStatus {
+            state: self.l4lb_state.clone(),
+            ..L4lbStatus::default()
+        };
+        if let Some(l) = &self.l4lb {
+            let l = l.lock().unwrap_or_else(|p| p.into_inner());
+            out.revision = l.revision();
+            out.vips = l
+                .status()
+                .into_iter()
+                .map(|v| {
+                    (
+                        v.vip,
+                        format!("{}/{}", v.address, v.protocol),
+                        v.healthy,
+                        v.total,
+                        v.connects + v.datagrams,
+                    )
+                })
+                .collect();
+        }
+        out
+    }
+
+    /// The data plane's VIPs with backends and counters (`lodestar vips ls --agent`).
+    pub fn vips(&self) -> Vec<lodestar_l4lb::VipStatus> {
+        match &self.l4lb {
+            Some(l) => l.lock().unwrap_or_else(|p| p.into_inner()).status(),
+            None => Vec::new(),
         }
     }
 
@@ -167,6 +216,7 @@ impl Ops {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/v1/status", get(status))
+            .route("/v1/vips", get(vips))
             .with_state(Arc::new(self))
     }
 }
@@ -192,6 +242,10 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> (StatusCode, String) {
 
 async fn status(State(ops): State<Arc<Ops>>) -> Json<Status> {
     Json(ops.status())
+}
+
+async fn vips(State(ops): State<Arc<Ops>>) -> Json<Vec<lodestar_l4lb::VipStatus>> {
+    Json(ops.vips())
 }
 
 /// `lodestar status`: one screen about a node, from its agent's HTTP API.
@@ -249,10 +303,15 @@ pub async fn print_status(http: SocketAddr) -> anyhow::Result<()> {
             rcodes.join("  ")
         }
     );
+    let l = &s.l4lb;
+    println!("vips      {}  revision {}", l.state, l.revision);
+    for (vip, addr, healthy, total, conns) in &l.vips {
+        println!("          {vip:<28} {addr:<26} {healthy}/{total} healthy  {conns} connections");
+    }
     Ok(())
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     use anyhow::Context;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))

@@ -18,7 +18,7 @@ use lodestar_control::model::{
 use lodestar_control::{EtcdConfig, EtcdStore};
 use support::agent::Agent;
 use support::dns::{answers, tcp, udp, udp_raw_within, Upstream};
-use support::{eventually, EtcdServer};
+use support::{eventually, http_get, metric, EtcdServer};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 const AGENT_ID: &str = "20261121-000000-0001-0000-S7";
@@ -625,25 +625,6 @@ fn hostile_packets_get_formerr_or_are_dropped_and_counted() {
     assert!(metrics.contains("lodestar_dns_dropped_total"), "{metrics}");
     let formerr = metric(&metrics, "lodestar_dns_responses_total{rcode=\"FORMERR\"}");
     assert!(formerr >= 2, "FORMERR count {formerr}");
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
 }
 
 #[test]

@@ -61,7 +61,12 @@ impl Agent {
             Some(ns) => ns.command(binary.to_str().expect("utf-8 path")),
             None => Command::new(binary),
         };
-        cmd.args(["--log-format", "json", "agent", "--no-l4lb"]);
+        cmd.args(["--log-format", "json", "agent"]);
+        // The VIP load balancer only where a test gives it a cgroup of its own: attached at the
+        // root it would steer every process on the machine.
+        if !args.contains(&"--l4lb-cgroup") {
+            cmd.arg("--no-l4lb");
+        }
         if !args.contains(&"--dns-listen") {
             cmd.args(["--dns-listen", "127.0.0.1:0"]);
         }
