@@ -214,8 +214,7 @@ impl Drop for PlainCgroup {
 }
 
 fn join_cgroup(dir: &Path) {
-    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
-        .expect("join cgroup");
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).expect("join cgroup");
 }
 
 fn task_toml(id: &str, ip: Ipv4Addr, vip: &str) -> String {
@@ -309,10 +308,13 @@ fn main() {
         v_runs.push(load(&client, &[vip], threads, seconds));
 
         join_cgroup(plain);
-        lab.client.exec_ok(&["ip", "route", "add", "198.19.0.1/32", "via", "198.18.1.2"]);
-        lab.client.exec_ok(&["nft", "-f", &nft_file.display().to_string()]);
+        lab.client
+            .exec_ok(&["ip", "route", "add", "198.19.0.1/32", "via", "198.18.1.2"]);
+        lab.client
+            .exec_ok(&["nft", "-f", &nft_file.display().to_string()]);
         n_runs.push(load(&client, &[vip], threads, seconds));
-        lab.client.exec_ok(&["nft", "delete", "table", "ip", "lodestar_bench"]);
+        lab.client
+            .exec_ok(&["nft", "delete", "table", "ip", "lodestar_bench"]);
         lab.client.exec_ok(&["ip", "route", "del", "198.19.0.1/32"]);
         eprintln!(
             "round {round}: direct {:.0}/s, VIP {:.0}/s, nftables DNAT {:.0}/s",
@@ -329,10 +331,19 @@ fn main() {
     let mut timeouts = 0;
     for k in 0..writes {
         let vip_k = SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(198, 19, 1 + (k / 250) as u8, (k % 250) as u8 + 1)),
+            IpAddr::V4(Ipv4Addr::new(
+                198,
+                19,
+                1 + (k / 250) as u8,
+                (k % 250) as u8 + 1,
+            )),
             80,
         );
-        let recs = records(&task_toml(&format!("fresh-{k}"), lab.backends[0].v4, &vip_k.to_string()));
+        let recs = records(&task_toml(
+            &format!("fresh-{k}"),
+            lab.backends[0].v4,
+            &vip_k.to_string(),
+        ));
         let t0 = Instant::now();
         rt.block_on(store.put(&recs)).expect("put");
         let ok = l4lb::in_ns(&client, || {

@@ -168,7 +168,14 @@ impl Lab {
                 "nodad",
             ]);
             // Replies find the client whatever source address it used (DNAT keeps it).
-            ns.exec_ok(&["ip", "route", "add", "default", "via", &format!("198.18.{i}.1")]);
+            ns.exec_ok(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{i}.1"),
+            ]);
             let b = Backend {
                 name: format!("b{i}"),
                 v4: Ipv4Addr::new(198, 18, i, 2),
