@@ -18,6 +18,9 @@ mod agent;
 #[path = "../tests/support/etcd.rs"]
 mod etcd;
 #[allow(dead_code)]
+#[path = "../tests/support/http.rs"]
+mod http;
+#[allow(dead_code)]
 #[path = "../tests/support/l4lb.rs"]
 mod l4lb;
 #[allow(dead_code)]

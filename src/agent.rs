@@ -193,6 +193,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     // The VIP load balancer: loaded (or taken over from the pins of an earlier agent) and fed
     // the first snapshot before "ready", so VIPs work as soon as the agent says so.
     let (l4lb, l4lb_state) = start_l4lb(&config, &first).await?;
+    let health_changed = Arc::new(tokio::sync::Notify::new());
+    let active_stats = Arc::new(lodestar_l4lb::health::ActiveStats::default());
 
     let ops = Ops {
         node: config.node.clone().unwrap_or_else(host_name),
@@ -214,12 +216,14 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let dns_stats = stats.clone();
     let ops_metrics = ops.clone();
     let l4lb_metrics = l4lb.clone();
+    let active_metrics = active_stats.clone();
     let metrics = Arc::new(move || {
         let mut text = prometheus.render();
         if let Some(l) = &l4lb_metrics {
             l.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .render_metrics(&mut text);
+            active_metrics.render(&mut text);
         }
         dns_stats.render(&mut text);
         lodestar_dns::stats::render_forward(forward_stats.stats(), &mut text);
@@ -245,7 +249,18 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         }
     });
 
-    let l4lb_task = l4lb.map(|l| tokio::spawn(feed_l4lb(l, snapshots.clone())));
+    let active_task = match &l4lb {
+        Some(l) if config.l4lb.active.enabled => Some(tokio::spawn(lodestar_l4lb::health::run(
+            config.l4lb.active.clone(),
+            l.clone(),
+            health_changed.clone(),
+            active_stats.clone(),
+        ))),
+        _ => None,
+    };
+    let l4lb_task = l4lb
+        .clone()
+        .map(|l| tokio::spawn(feed_l4lb(l, snapshots.clone(), health_changed.clone())));
 
     // Snapshot -> zone, off the async workers (a first build of a large catalog takes a while).
     let zone_for_updates = zone.clone();
@@ -312,7 +327,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     updater.abort();
     // The load balancer's maps and links stay pinned: VIPs keep working until the next agent
     // takes them over (`lodestar l4lb detach` removes them).
-    if let Some(t) = l4lb_task {
+    for t in [l4lb_task, active_task].into_iter().flatten() {
         t.abort();
     }
     http_task.abort();
@@ -343,10 +358,13 @@ async fn start_l4lb(
     let kernel = lodestar_l4lb::KernelConfig {
         cgroup: c.cgroup.clone(),
         pin_path: c.pin_path.clone(),
+        passive_fail_threshold: c.passive.fail_threshold,
+        passive_hold: Duration::from_millis(c.passive.hold_ms),
     };
     let opts = lodestar_l4lb::PlanOptions {
         site: config.site.clone(),
         locality: c.locality,
+        ..Default::default()
     };
     let first = first.clone();
     let started = tokio::task::spawn_blocking(move || {
@@ -382,18 +400,36 @@ async fn start_l4lb(
     }
 }
 
-/// Programs every new snapshot into the maps, off the async workers.
-async fn feed_l4lb(l4lb: SharedL4lb, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
-    while snapshots.changed().await.is_ok() {
-        let snapshot = snapshots.borrow_and_update().clone();
-        if !snapshot.is_loaded() {
-            continue;
-        }
+/// Programs every new snapshot into the maps, and the last one again when an active check
+/// changes a verdict; off the async workers.
+async fn feed_l4lb(
+    l4lb: SharedL4lb,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    health_changed: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let snapshot = tokio::select! {
+            r = snapshots.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let s = snapshots.borrow_and_update().clone();
+                if !s.is_loaded() {
+                    continue;
+                }
+                Some(s)
+            }
+            _ = health_changed.notified() => None,
+        };
         let l = l4lb.clone();
         let done = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let report = l.lock().unwrap_or_else(|p| p.into_inner()).apply(&snapshot);
-            (report, started.elapsed(), snapshot.revision)
+            let mut l = l.lock().unwrap_or_else(|p| p.into_inner());
+            let report = match &snapshot {
+                Some(s) => l.apply(s),
+                None => l.reapply().unwrap_or_default(),
+            };
+            (report, started.elapsed(), l.revision())
         })
         .await;
         match done {

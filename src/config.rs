@@ -128,8 +128,32 @@ pub struct L4lbConfig {
     /// while it restarts. `lodestar l4lb detach` removes them.
     pub pin_path: PathBuf,
     /// Which site's backends get new connections: `prefer-local`, `local-only` or `any`.
-    /// Needs `site`; without one every policy is `any`.
+    /// Needs `site`; without one every policy is `any`. A task's `LODESTAR_LOCALITY` label
+    /// overrides it for the VIPs it backs.
     pub locality: lodestar_l4lb::Locality,
+    /// Passive health: failed connects seen in the kernel.
+    pub passive: PassiveConfig,
+    /// Active health checks by the agent.
+    pub active: lodestar_l4lb::ActiveConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveConfig {
+    /// Consecutive failed connects (refused, reset, SYN timeout) to a backend address that make
+    /// new connections pass over it; 0 turns passive health off.
+    pub fail_threshold: u32,
+    /// How long such a backend is passed over before it is tried again.
+    pub hold_ms: u64,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            fail_threshold: 2,
+            hold_ms: 10_000,
+        }
+    }
 }
 
 impl Default for L4lbConfig {
@@ -140,6 +164,8 @@ impl Default for L4lbConfig {
             cgroup: None,
             pin_path: PathBuf::from(lodestar_l4lb::DEFAULT_PIN_PATH),
             locality: lodestar_l4lb::Locality::default(),
+            passive: PassiveConfig::default(),
+            active: lodestar_l4lb::ActiveConfig::default(),
         }
     }
 }
@@ -199,6 +225,7 @@ impl AgentConfig {
         if !self.l4lb.pin_path.is_absolute() {
             out.push("l4lb.pin_path must be an absolute path on bpffs".into());
         }
+        out.extend(self.l4lb.active.problems());
         out.extend(self.dns.zone.problems());
         if self.dns.zone.locality && self.site.is_none() {
             out.push("dns.zone.locality needs this node's site (site = \"...\" or --site)".into());

@@ -10,52 +10,15 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use support::agent::Agent;
-use support::l4lb::{connect, in_ns, ping, udp_exchange, Lab, VIP4, VIP6};
-use support::{http_get, metric, EtcdServer};
-
-fn start_agent(lab: &Lab, etcd: &EtcdServer) -> Agent {
-    let ep = etcd.endpoint();
-    let extra = lab.agent_args();
-    let mut args = vec!["--etcd", ep.as_str()];
-    args.extend(extra.iter().map(String::as_str));
-    Agent::start(&args)
-}
-
-/// A lab with `n` backends registered in a fresh etcd (`extra[i]`: flags for backend i+1).
-fn lab(tag: &str, n: u8, extra: &[&[&str]]) -> (Lab, EtcdServer) {
-    let lab = Lab::new(tag, n);
-    let etcd = EtcdServer::start();
-    for i in 1..=n as usize {
-        lab.put_backend(
-            &etcd.endpoint(),
-            i,
-            extra.get(i - 1).copied().unwrap_or(&[]),
-        );
-    }
-    (lab, etcd)
-}
-
-fn vips(agent: &Agent) -> serde_json::Value {
-    serde_json::from_str(&http_get(agent.http, "/v1/vips")).expect("/v1/vips is JSON")
-}
-
-/// Polls (bounded) until `f` holds; how long it took.
-fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "gave up after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
+use support::l4lb::{
+    connect, in_ns, lab, ping, start_agent, udp_exchange, vips, within, Lab, VIP4, VIP6,
+};
+use support::{http_get, metric};
 
 #[test]
 fn tcp_and_udp_reach_every_backend_over_both_families() {
     let (lab, etcd) = lab("spread", 3, &[]);
-    let agent = start_agent(&lab, &etcd);
+    let agent = start_agent(&lab, &etcd, &[]);
     let client = lab.client.name.clone();
     in_ns(&client, || {
         for vip in [VIP4, VIP6] {
@@ -147,7 +110,7 @@ fn tcp_and_udp_reach_every_backend_over_both_families() {
 fn removed_backend_stops_getting_connections_and_draining_keeps_open_ones() {
     let (lab, etcd) = lab("drain", 3, &[]);
     let ep = etcd.endpoint();
-    let _agent = start_agent(&lab, &etcd);
+    let _agent = start_agent(&lab, &etcd, &[]);
     let client = lab.client.name.clone();
     let vip = SocketAddr::new(VIP4, 80);
 
@@ -204,7 +167,7 @@ fn all_unhealthy_fails_open_and_no_backend_is_refused() {
         &[&["--health", "unhealthy"], &["--health", "healthy"]],
     );
     let ep = etcd.endpoint();
-    let agent = start_agent(&lab, &etcd);
+    let agent = start_agent(&lab, &etcd, &[]);
     let client = lab.client.name.clone();
     let vip = SocketAddr::new(VIP4, 80);
     in_ns(&client, || {
@@ -268,7 +231,7 @@ fn all_unhealthy_fails_open_and_no_backend_is_refused() {
 fn agent_restart_fails_no_connection_and_detach_leaves_nothing() {
     let (lab, etcd) = lab("restart", 2, &[]);
     let ep = etcd.endpoint();
-    let mut agent = start_agent(&lab, &etcd);
+    let mut agent = start_agent(&lab, &etcd, &[]);
 
     // A second agent on the same node (same pins) is refused.
     let second = {
@@ -308,7 +271,7 @@ fn agent_restart_fails_no_connection_and_detach_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(300));
         agent.terminate();
         std::thread::sleep(Duration::from_millis(500));
-        agent = start_agent(&lab, &etcd);
+        agent = start_agent(&lab, &etcd, &[]);
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         worker.join().unwrap()
@@ -322,7 +285,7 @@ fn agent_restart_fails_no_connection_and_detach_leaves_nothing() {
     );
     let logs = agent.logs();
     assert!(
-        logs.contains("\"took_over_links\":8"),
+        logs.contains("\"took_over_links\":9"),
         "the new agent took the pinned links over: {logs}"
     );
     // The new agent goes on from the pinned state: one more backend is a few writes.
@@ -341,11 +304,11 @@ fn agent_restart_fails_no_connection_and_detach_leaves_nothing() {
 
     // Detach: programs off the cgroup, pins gone, programs unloaded.
     let prog_ids = attached_programs(&lab.cgroup.path);
-    assert_eq!(prog_ids.len(), 8, "eight hooks attached");
+    assert_eq!(prog_ids.len(), 9, "nine hooks attached");
     agent.terminate();
     assert_eq!(
         attached_programs(&lab.cgroup.path).len(),
-        8,
+        9,
         "still attached with no agent running"
     );
     let out = lab.detach();

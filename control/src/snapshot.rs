@@ -214,6 +214,9 @@ pub struct Backend {
     /// Relative share of new connections (the task's `LODESTAR_WEIGHT` label, 0..=1000,
     /// default 1). 0 drains like `state = draining`.
     pub weight: u32,
+    /// The task's `LODESTAR_LOCALITY` label: the locality policy of the VIPs it backs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
 }
 
 /// The task label that sets a backend's load-balancing weight.
@@ -285,6 +288,7 @@ impl Snapshot {
                     health: task.health,
                     site,
                     weight: backend_weight(task),
+                    locality: task.labels.get("LODESTAR_LOCALITY").map(str::to_string),
                 })
             })
             .collect();

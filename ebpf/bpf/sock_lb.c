@@ -73,6 +73,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LS_MAP_BE_STATS SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LS_MAX_HEALTH);
+	__type(key, struct ls_svc_key);
+	__type(value, struct ls_health);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LS_MAP_HEALTH SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ls_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LS_MAP_CONFIG SEC(".maps");
+
 /* Counter kinds for bump(). */
 enum { CNT_CONNECT, CNT_DATAGRAM };
 
@@ -173,18 +189,50 @@ static __always_inline int pick(const __u8 *addr, __u8 family, __u16 port, __u8 
 		st->fail_open++;
 
 	__u32 r = by_cookie ? (__u32)(cookie ^ (cookie >> 32)) * 2654435761u : bpf_get_prandom_u32();
-	struct ls_slot_key sk = { .svc_id = id, .slot = r % n };
-	__u32 *be_id = bpf_map_lookup_elem(&LS_MAP_SLOTS, &sk);
-	if (!be_id) {
-		/* The table is being rewritten under us; slot 0 always exists while n > 0. */
-		sk.slot = 0;
-		be_id = bpf_map_lookup_elem(&LS_MAP_SLOTS, &sk);
+	__u32 zero = 0;
+	struct ls_config *cfg = bpf_map_lookup_elem(&LS_MAP_CONFIG, &zero);
+	__u64 now = bpf_ktime_get_ns();
+	struct ls_backend *b = 0;
+	__u32 bid = 0;
+	/*
+	 * The slot r % n, or, while that backend is failing passively (recent refused or timed
+	 * out connects), the next slots. If every one tried is failing, the first pick stands
+	 * (fail open).
+	 */
+	for (int i = 0; i < LS_PICK_TRIES; i++) {
+		struct ls_slot_key sk = { .svc_id = id, .slot = (r + i) % n };
+		__u32 *be_id = bpf_map_lookup_elem(&LS_MAP_SLOTS, &sk);
 		if (!be_id)
-			return 0;
+			break;
+		__u32 cand = *be_id;
+		struct ls_backend *c = bpf_map_lookup_elem(&LS_MAP_BACKENDS, &cand);
+		if (!c || !(c->flags & LS_BE_VALID) || c->family != family)
+			break;
+		if (!b) {
+			b = c;
+			bid = cand;
+		}
+		if (!cfg || cfg->fail_threshold == 0 || (__u32)i + 1 >= n + 1)
+			break;
+		struct ls_svc_key hk;
+		__builtin_memset(&hk, 0, sizeof(hk));
+		__builtin_memcpy(hk.addr, c->addr, 16);
+		hk.port = c->port;
+		hk.proto = IPPROTO_TCP;
+		hk.family = family;
+		struct ls_health *h = bpf_map_lookup_elem(&LS_MAP_HEALTH, &hk);
+		if (!h || h->consecutive_fails < cfg->fail_threshold ||
+		    now - h->last_fail_ns > cfg->hold_ns) {
+			b = c;
+			bid = cand;
+			break;
+		}
+		if (st)
+			st->skipped++;
+		if ((__u32)i + 1 >= n)
+			break;
 	}
-	__u32 bid = *be_id;
-	struct ls_backend *b = bpf_map_lookup_elem(&LS_MAP_BACKENDS, &bid);
-	if (!b || !(b->flags & LS_BE_VALID) || b->family != family)
+	if (!b)
 		return 0;
 	__builtin_memcpy(be, b, sizeof(*be));
 	*be_id_out = bid;
@@ -331,3 +379,77 @@ int ls_getpeername4(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET); }
 
 SEC("cgroup/getpeername6")
 int ls_getpeername6(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET6); }
+
+/*
+ * Passive health: TCP connects from the cgroup to a watched backend address. A connect that
+ * dies in SYN_SENT (refused, reset, given up) or whose SYN times out counts against the
+ * backend; one that reaches ESTABLISHED clears its run of failures.
+ */
+static __always_inline struct ls_health *health_of(struct bpf_sock_ops *skops)
+{
+	struct ls_svc_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	if (skops->family == AF_INET) {
+		__u32 ip = skops->remote_ip4;
+		__builtin_memcpy(k.addr, &ip, 4);
+	} else if (skops->family == AF_INET6) {
+		/* One 4-byte load per word: the verifier refuses wider context reads. */
+		volatile __u32 *ip6 = skops->remote_ip6;
+		__u32 w[4] = { ip6[0], ip6[1], ip6[2], ip6[3] };
+		__builtin_memcpy(k.addr, w, 16);
+	} else {
+		return 0;
+	}
+	k.port = (__u16)(skops->remote_port >> 16);
+	k.proto = IPPROTO_TCP;
+	k.family = (__u8)skops->family;
+	return bpf_map_lookup_elem(&LS_MAP_HEALTH, &k);
+}
+
+static __always_inline void failed(struct ls_health *h)
+{
+	__sync_fetch_and_add(&h->fails, 1);
+	__sync_fetch_and_add(&h->consecutive_fails, 1);
+	h->last_fail_ns = bpf_ktime_get_ns();
+}
+
+#define LS_TCP_SYN_SENT 2
+#define LS_TCP_CLOSE 7
+
+SEC("sockops")
+int ls_sockops(struct bpf_sock_ops *skops)
+{
+	struct ls_health *h;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		/* Only connects to watched backends get the state and timeout callbacks. */
+		if (health_of(skops))
+			bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG |
+							 BPF_SOCK_OPS_RTO_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		h = health_of(skops);
+		if (h) {
+			__sync_fetch_and_add(&h->successes, 1);
+			h->consecutive_fails = 0;
+		}
+		/* Nothing more to learn from this connection. */
+		bpf_sock_ops_cb_flags_set(skops, 0);
+		break;
+	case BPF_SOCK_OPS_RTO_CB:
+		if (skops->state == LS_TCP_SYN_SENT) {
+			h = health_of(skops);
+			if (h)
+				failed(h);
+		}
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[0] == LS_TCP_SYN_SENT && skops->args[1] == LS_TCP_CLOSE) {
+			h = health_of(skops);
+			if (h)
+				failed(h);
+		}
+		break;
+	}
+	return 1;
+}

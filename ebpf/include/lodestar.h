@@ -21,6 +21,8 @@
 #define LS_MAP_REVNAT     ls_revnat
 #define LS_MAP_SVC_STATS  ls_svc_stats
 #define LS_MAP_BE_STATS   ls_be_stats
+#define LS_MAP_HEALTH     ls_health
+#define LS_MAP_CONFIG     ls_config
 
 /* Capacities. */
 #define LS_MAX_SERVICES       16384   /* (VIP address, port, protocol) entries */
@@ -28,6 +30,8 @@
 #define LS_MAX_SLOTS          262144  /* slot-table entries over all services */
 #define LS_MAX_SLOTS_PER_SVC  4096    /* weighted slots of one service */
 #define LS_MAX_REVNAT         131072  /* sockets translated at once (LRU) */
+#define LS_MAX_HEALTH         65536   /* distinct backend addresses watched passively */
+#define LS_PICK_TRIES         8       /* slots tried past a backend marked failing */
 
 /* A service: one VIP address, port and protocol. */
 struct ls_svc_key {
@@ -86,12 +90,34 @@ struct ls_svc_stats {
 	__u64 datagrams;    /* unconnected sendmsg() calls steered */
 	__u64 no_backend;   /* calls to the VIP with no backend at all: refused */
 	__u64 fail_open;    /* steered while no backend was healthy */
+	__u64 skipped;      /* picks that passed over a backend failing passively */
 };
 
 /* Per-CPU counter slots per backend (ls_be_stats, indexed by backend id). */
 struct ls_be_stats {
 	__u64 connects;
 	__u64 datagrams;
+};
+
+/*
+ * Passive health: what connections to a backend address did, whoever made them (the
+ * sockops program sees every TCP connect in the cgroup). Userspace creates an entry per
+ * backend address; the BPF side only updates entries that exist. Keyed like a service
+ * (proto always IPPROTO_TCP).
+ */
+struct ls_health {
+	__u32 consecutive_fails;  /* failed connects since the last success */
+	__u32 pad;
+	__u64 fails;              /* refused, reset, or a SYN retransmission timeout */
+	__u64 successes;          /* connects that reached ESTABLISHED */
+	__u64 last_fail_ns;       /* bpf_ktime_get_ns() of the last failure */
+};
+
+/* Knobs userspace sets (ls_config[0]). fail_threshold 0: passive health off. */
+struct ls_config {
+	__u32 fail_threshold;     /* consecutive failures that mark a backend failing */
+	__u32 pad;
+	__u64 hold_ns;            /* how long a failing backend is passed over */
 };
 
 #endif /* LODESTAR_H */

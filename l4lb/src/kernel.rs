@@ -15,18 +15,20 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
-use aya::programs::CgroupSockAddr;
+use aya::programs::Program;
 use aya::{Ebpf, EbpfLoader};
 use tracing::{info, warn};
 
-use crate::layout::{self, BackendEntry, BackendStats, SlotKey, Svc, SvcKey, SvcStats};
+use crate::layout::{
+    self, BackendEntry, BackendStats, Config, Health, SlotKey, Svc, SvcKey, SvcStats,
+};
 use crate::reconcile::{Dump, MapWriter};
 use crate::sys;
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lodestar";
 
 /// The programs and the hook each is attached to.
-pub const PROGRAMS: [(&str, u32); 8] = [
+pub const PROGRAMS: [(&str, u32); 9] = [
     ("ls_connect4", sys::BPF_CGROUP_INET4_CONNECT),
     ("ls_connect6", sys::BPF_CGROUP_INET6_CONNECT),
     ("ls_sendmsg4", sys::BPF_CGROUP_UDP4_SENDMSG),
@@ -35,6 +37,7 @@ pub const PROGRAMS: [(&str, u32); 8] = [
     ("ls_recvmsg6", sys::BPF_CGROUP_UDP6_RECVMSG),
     ("ls_getpeername4", sys::BPF_CGROUP_INET4_GETPEERNAME),
     ("ls_getpeername6", sys::BPF_CGROUP_INET6_GETPEERNAME),
+    ("ls_sockops", sys::BPF_CGROUP_SOCK_OPS),
 ];
 
 /// Why the load balancer could not start, said so an operator knows what to fix.
@@ -74,6 +77,10 @@ pub struct KernelConfig {
     /// The cgroup v2 directory the hooks attach to; None: the root of the cgroup2 mount.
     pub cgroup: Option<PathBuf>,
     pub pin_path: PathBuf,
+    /// Consecutive failed connects that make the BPF side pass over a backend; 0: off.
+    pub passive_fail_threshold: u32,
+    /// How long a failing backend is passed over before it is tried again.
+    pub passive_hold: std::time::Duration,
 }
 
 /// The root of the cgroup v2 hierarchy, from `/proc/mounts` (it is not always at
@@ -166,7 +173,10 @@ pub struct SockLb {
     backends: Array<MapData, BackendEntry>,
     svc_stats: PerCpuArray<MapData, SvcStats>,
     be_stats: PerCpuArray<MapData, BackendStats>,
+    health: BpfHashMap<MapData, SvcKey, Health>,
     cpus: usize,
+    fail_threshold: u32,
+    hold_ns: u64,
     pub cgroup: PathBuf,
     pub pin_path: PathBuf,
     /// Links found pinned (an earlier agent's) and taken over.
@@ -217,12 +227,19 @@ impl SockLb {
         let cgroup_id = sys::cgroup_id(&cgroup).map_err(io_err("reading the cgroup id"))?;
         let mut took_over = 0;
         for (name, attach_type) in PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
+            let prog = ebpf
                 .program_mut(name)
-                .ok_or_else(|| L4lbError::Bpf(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|e| bpf_error(name, &e))?;
-            prog.load().map_err(|e| bpf_error(name, &e))?;
+                .ok_or_else(|| L4lbError::Bpf(format!("program {name} missing from the object")))?;
+            match prog {
+                Program::CgroupSockAddr(p) => p.load(),
+                Program::SockOps(p) => p.load(),
+                _ => {
+                    return Err(L4lbError::Bpf(format!(
+                        "program {name} has an unexpected type"
+                    )))
+                }
+            }
+            .map_err(|e| bpf_error(name, &e))?;
             let prog_fd = prog.fd().map_err(|e| bpf_error(name, &e))?.as_fd();
             let pin = links_dir.join(name);
             // An earlier agent's link on the same cgroup and hook: swap the program in place,
@@ -256,6 +273,21 @@ impl SockLb {
             .map_err(|e| bpf_error("ls_svc_stats", &e))?;
         let be_stats = PerCpuArray::try_from(take(layout::maps::BE_STATS)?)
             .map_err(|e| bpf_error("ls_be_stats", &e))?;
+        let health = BpfHashMap::try_from(take(layout::maps::HEALTH)?)
+            .map_err(|e| bpf_error("ls_health", &e))?;
+        let mut config: Array<MapData, Config> =
+            Array::try_from(take(layout::maps::CONFIG)?).map_err(|e| bpf_error("ls_config", &e))?;
+        config
+            .set(
+                0,
+                Config {
+                    fail_threshold: cfg.passive_fail_threshold,
+                    pad: 0,
+                    hold_ns: cfg.passive_hold.as_nanos() as u64,
+                },
+                0,
+            )
+            .map_err(|e| bpf_error("ls_config", &e))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| L4lbError::Io {
             what: "counting possible CPUs".into(),
             source: e,
@@ -267,7 +299,10 @@ impl SockLb {
             backends,
             svc_stats,
             be_stats,
+            health,
             cpus,
+            fail_threshold: cfg.passive_fail_threshold,
+            hold_ns: cfg.passive_hold.as_nanos() as u64,
             cgroup,
             pin_path: cfg.pin_path.clone(),
             took_over,
@@ -283,6 +318,9 @@ impl SockLb {
         }
         for (k, v) in self.slots.iter().flatten() {
             d.slots.push((k, v));
+        }
+        for k in self.health.keys().flatten() {
+            d.watched.push(k);
         }
         for (i, b) in self.backends.iter().enumerate() {
             if let Ok(b) = b {
@@ -303,9 +341,19 @@ impl SockLb {
                 s.datagrams += c.datagrams;
                 s.no_backend += c.no_backend;
                 s.fail_open += c.fail_open;
+                s.skipped += c.skipped;
             }
         }
         s
+    }
+
+    /// A backend address's passive health, and whether the BPF side passes over it now.
+    pub fn passive(&self, key: &SvcKey) -> (Health, bool) {
+        let h = self.health.get(key, 0).unwrap_or_default();
+        let failing = self.fail_threshold > 0
+            && h.consecutive_fails >= self.fail_threshold
+            && sys::monotonic_ns().saturating_sub(h.last_fail_ns) <= self.hold_ns;
+        (h, failing)
     }
 
     /// A backend's counters, summed over CPUs.
@@ -371,6 +419,23 @@ impl MapWriter for SockLb {
         let zero = PerCpuValues::try_from(vec![SvcStats::default(); self.cpus])
             .map_err(io::Error::other)?;
         self.svc_stats.set(id, zero, 0).map_err(map_io)
+    }
+    fn watch_backend(&mut self, key: &SvcKey) -> io::Result<()> {
+        // BPF_NOEXIST: an entry a previous agent left keeps its history.
+        match self.health.insert(key, Health::default(), 1) {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(map_io),
+        }
+    }
+    fn unwatch_backend(&mut self, key: &SvcKey) -> io::Result<()> {
+        match self.health.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => r.map_err(map_io),
+        }
     }
     fn reset_backend_stats(&mut self, id: u32) -> io::Result<()> {
         let zero = PerCpuValues::try_from(vec![BackendStats::default(); self.cpus])

@@ -40,9 +40,25 @@ mirror! {
     /// `struct ls_rev`.
     Rev = "ls_rev" { addr: [u8; 16], port: u16, family: u8, pad: u8 }
     /// `struct ls_svc_stats`: per-CPU counters of one service.
-    SvcStats = "ls_svc_stats" { connects: u64, datagrams: u64, no_backend: u64, fail_open: u64 }
+    SvcStats = "ls_svc_stats" {
+        connects: u64,
+        datagrams: u64,
+        no_backend: u64,
+        fail_open: u64,
+        skipped: u64,
+    }
     /// `struct ls_be_stats`: per-CPU counters of one backend.
     BackendStats = "ls_be_stats" { connects: u64, datagrams: u64 }
+    /// `struct ls_health`: passive health of one backend address.
+    Health = "ls_health" {
+        consecutive_fails: u32,
+        pad: u32,
+        fails: u64,
+        successes: u64,
+        last_fail_ns: u64,
+    }
+    /// `struct ls_config`: ls_config[0].
+    Config = "ls_config" { fail_threshold: u32, pad: u32, hold_ns: u64 }
 }
 
 /// `LS_SVC_FAIL_OPEN`.
@@ -62,7 +78,11 @@ pub mod maps {
     pub const REVNAT: &str = "ls_revnat";
     pub const SVC_STATS: &str = "ls_svc_stats";
     pub const BE_STATS: &str = "ls_be_stats";
-    pub const ALL: [&str; 6] = [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_STATS, BE_STATS];
+    pub const HEALTH: &str = "ls_health";
+    pub const CONFIG: &str = "ls_config";
+    pub const ALL: [&str; 8] = [
+        SERVICES, SLOTS, BACKENDS, REVNAT, SVC_STATS, BE_STATS, HEALTH, CONFIG,
+    ];
 }
 
 /// A `#define NAME value` of the shared header, as a number.

@@ -5,6 +5,7 @@
 //! balancer, `apply` programs a snapshot by difference, `status` and `render_metrics` report.
 
 pub mod btf;
+pub mod health;
 pub mod kernel;
 pub mod layout;
 pub mod plan;
@@ -13,15 +14,17 @@ mod sys;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use lodestar_control::Snapshot;
 use serde::{Deserialize, Serialize};
 
+pub use health::ActiveConfig;
 pub use kernel::{cgroup2_root, detach, KernelConfig, L4lbError, DEFAULT_PIN_PATH};
 pub use plan::{Locality, PlanOptions};
 pub use reconcile::Report;
 
-use plan::Plan;
+use plan::{BackendAddr, Plan};
 use reconcile::Reconciler;
 
 /// One VIP address as the data plane holds it, with counters.
@@ -38,6 +41,11 @@ pub struct VipStatus {
     pub datagrams: u64,
     pub no_backend: u64,
     pub fail_open_steered: u64,
+    /// Picks that passed over a backend failing passively.
+    #[serde(default)]
+    pub skipped: u64,
+    #[serde(default)]
+    pub locality: String,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -52,6 +60,15 @@ pub struct BackendStatus {
     pub slots: u32,
     pub connects: u64,
     pub datagrams: u64,
+    /// The agent's active check found it down.
+    #[serde(default)]
+    pub active_down: bool,
+    /// Failed connects to its address seen by the kernel (refused, reset, SYN timeout).
+    #[serde(default)]
+    pub passive_fails: u64,
+    /// The kernel passes over it for new connections right now (recent failures).
+    #[serde(default)]
+    pub passive_failing: bool,
 }
 
 pub struct L4lb {
@@ -62,6 +79,9 @@ pub struct L4lb {
     revision: i64,
     writes: u64,
     errors: u64,
+    last: Option<Arc<Snapshot>>,
+    /// Bumped by every apply (the active checker re-reads its targets then).
+    generation: u64,
 }
 
 impl L4lb {
@@ -78,6 +98,8 @@ impl L4lb {
             revision: 0,
             writes: 0,
             errors: 0,
+            last: None,
+            generation: 0,
         })
     }
 
@@ -91,14 +113,49 @@ impl L4lb {
     }
 
     /// Programs a snapshot by difference.
-    pub fn apply(&mut self, snapshot: &Snapshot) -> Report {
+    pub fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Report {
         let plan = plan::plan(snapshot, &self.opts);
         let report = self.reconciler.apply(&plan, &mut self.kernel);
         self.writes += report.writes as u64;
         self.errors += report.errors.len() as u64;
         self.plan = plan;
         self.revision = snapshot.revision;
+        self.last = Some(snapshot.clone());
+        self.generation += 1;
         report
+    }
+
+    /// Programs the last snapshot again (after a health verdict changed).
+    pub fn reapply(&mut self) -> Option<Report> {
+        let last = self.last.clone()?;
+        Some(self.apply(&last))
+    }
+
+    /// Records an active-check verdict; whether it changes the plan's input.
+    pub fn set_active_down(&mut self, addr: &BackendAddr, down: bool) -> bool {
+        if down {
+            self.opts.active_down.insert(*addr)
+        } else {
+            self.opts.active_down.remove(addr)
+        }
+    }
+
+    /// The TCP backend addresses to check actively, each with the first VIP it backs, if the
+    /// plan changed since `seen` (and the generation they are from).
+    pub fn check_targets(&self, seen: u64) -> (u64, Option<Vec<(BackendAddr, String)>>) {
+        if seen == self.generation {
+            return (seen, None);
+        }
+        let mut out: std::collections::BTreeMap<BackendAddr, String> = Default::default();
+        for (addr, svc) in &self.plan {
+            if addr.protocol != lodestar_control::model::Protocol::Tcp {
+                continue;
+            }
+            for b in svc.backends.keys() {
+                out.entry(*b).or_insert_with(|| svc.vip.clone());
+            }
+        }
+        (self.generation, Some(out.into_iter().collect()))
     }
 
     /// The catalog revision last applied.
@@ -122,6 +179,7 @@ impl L4lb {
                         .get(b)
                         .map(|id| self.kernel.backend_stats(*id))
                         .unwrap_or_default();
+                    let (h, failing) = self.kernel.passive(&reconcile::health_key(b));
                     BackendStatus {
                         address: SocketAddr::new(b.ip, b.port),
                         task: p.task.clone(),
@@ -131,6 +189,9 @@ impl L4lb {
                         slots: p.slots,
                         connects: bs.connects,
                         datagrams: bs.datagrams,
+                        active_down: p.active_down,
+                        passive_fails: h.fails,
+                        passive_failing: failing,
                     }
                 })
                 .collect();
@@ -149,6 +210,8 @@ impl L4lb {
                 datagrams: s.datagrams,
                 no_backend: s.no_backend,
                 fail_open_steered: s.fail_open,
+                skipped: s.skipped,
+                locality: format!("{:?}", planned.locality),
                 backends,
             });
         }
@@ -158,7 +221,7 @@ impl L4lb {
     /// Prometheus text for the VIPs and the reconciler.
     pub fn render_metrics(&self, out: &mut String) {
         let status = self.status();
-        let families: [MetricFamily; 6] = [
+        let families: [MetricFamily; 7] = [
             (
                 "lodestar_vip_connections_total",
                 "counter",
@@ -182,6 +245,12 @@ impl L4lb {
                 "counter",
                 "calls steered while no backend was healthy",
                 |v| v.fail_open_steered,
+            ),
+            (
+                "lodestar_vip_passive_skips_total",
+                "counter",
+                "picks that passed over a backend failing passively",
+                |v| v.skipped,
             ),
             (
                 "lodestar_vip_backends_healthy",
@@ -209,22 +278,51 @@ impl L4lb {
                 );
             }
         }
-        let name = "lodestar_vip_backend_connections_total";
+        let per_backend: [BackendFamily; 2] = [
+            (
+                "lodestar_vip_backend_connections_total",
+                "counter",
+                "connect() calls and UDP sends steered to each backend",
+                |b| b.connects + b.datagrams,
+            ),
+            (
+                "lodestar_vip_backend_up",
+                "gauge",
+                "1 while a backend takes new connections (catalog health, active checks and passive failures)",
+                |b| u64::from(b.healthy && !b.passive_failing && b.weight > 0),
+            ),
+        ];
+        for (name, kind, help, get) in per_backend {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for v in &status {
+                for b in &v.backends {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{vip=\"{}\",address=\"{}\",protocol=\"{}\",backend=\"{}\"}} {}",
+                        escape(&v.vip),
+                        v.address,
+                        v.protocol,
+                        b.address,
+                        get(b)
+                    );
+                }
+            }
+        }
+        let name = "lodestar_backend_connect_failures_total";
         let _ = writeln!(
             out,
-            "# HELP {name} connect() calls and UDP sends steered to each backend\n# TYPE {name} counter"
+            "# HELP {name} failed connects to a backend address seen by the kernel (refused, reset, SYN timeout)\n# TYPE {name} counter"
         );
+        let mut seen = std::collections::BTreeSet::new();
         for v in &status {
             for b in &v.backends {
-                let _ = writeln!(
-                    out,
-                    "{name}{{vip=\"{}\",address=\"{}\",protocol=\"{}\",backend=\"{}\"}} {}",
-                    escape(&v.vip),
-                    v.address,
-                    v.protocol,
-                    b.address,
-                    b.connects + b.datagrams
-                );
+                if seen.insert(b.address) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{backend=\"{}\"}} {}",
+                        b.address, b.passive_fails
+                    );
+                }
             }
         }
         let _ = writeln!(
@@ -249,6 +347,13 @@ type MetricFamily = (
     &'static str,
     &'static str,
     fn(&VipStatus) -> u64,
+);
+/// (name, type, help, value of one backend).
+type BackendFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&BackendStatus) -> u64,
 );
 
 fn escape(s: &str) -> String {

@@ -26,7 +26,27 @@ pub enum Locality {
 pub struct PlanOptions {
     /// This node's site; without one every policy behaves as `any`.
     pub site: Option<String>,
+    /// The default policy; a task's `LODESTAR_LOCALITY` label overrides it for its VIPs.
     pub locality: Locality,
+    /// Backends the agent's active checks found down (they count as unhealthy).
+    pub active_down: std::collections::HashSet<BackendAddr>,
+}
+
+/// The task label that sets the locality policy of the VIPs a task backs.
+pub const LOCALITY_LABEL: &str = "LODESTAR_LOCALITY";
+
+impl std::str::FromStr for Locality {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "prefer-local" => Ok(Locality::PreferLocal),
+            "local-only" => Ok(Locality::LocalOnly),
+            "any" => Ok(Locality::Any),
+            _ => Err(format!(
+                "unknown locality {s:?}: prefer-local, local-only or any"
+            )),
+        }
+    }
 }
 
 /// One kernel service: a VIP address, port and protocol.
@@ -49,6 +69,8 @@ pub struct PlannedBackend {
     /// The configured weight (0 while draining).
     pub weight: u32,
     pub healthy: bool,
+    /// The agent's active check says it is down.
+    pub active_down: bool,
     pub local: bool,
     /// Slots in the service's table: its share of new connections. 0: none.
     pub slots: u32,
@@ -61,6 +83,7 @@ pub struct PlannedService {
     pub backends: BTreeMap<BackendAddr, PlannedBackend>,
     /// No backend is healthy: the slots hold every live one.
     pub fail_open: bool,
+    pub locality: Locality,
 }
 
 impl PlannedService {
@@ -81,10 +104,18 @@ pub fn plan(snapshot: &Snapshot, opts: &PlanOptions) -> Plan {
                 port: vip.key.port,
                 protocol: vip.key.protocol,
             };
+            // A backend's LODESTAR_LOCALITY label sets the VIP's policy (the first that
+            // parses, in backend order); else the node's default.
+            let locality = vip
+                .backends
+                .iter()
+                .find_map(|b| b.locality.as_deref().and_then(|l| l.parse().ok()))
+                .unwrap_or(opts.locality);
             let svc = out.entry(key).or_insert_with(|| PlannedService {
                 vip: vip.key.to_string(),
                 backends: BTreeMap::new(),
                 fail_open: false,
+                locality,
             });
             for b in &vip.backends {
                 let Some(bip) = b.ips.iter().find(|a| a.is_ipv4() == ip.is_ipv4()) else {
@@ -96,18 +127,19 @@ pub fn plan(snapshot: &Snapshot, opts: &PlanOptions) -> Plan {
                     b.weight
                 };
                 let local = opts.site.is_some() && b.site == opts.site;
-                svc.backends
-                    .entry(BackendAddr {
-                        ip: *bip,
-                        port: b.port,
-                    })
-                    .or_insert(PlannedBackend {
-                        task: b.task.clone(),
-                        weight,
-                        healthy: b.health != Health::Unhealthy,
-                        local,
-                        slots: 0,
-                    });
+                let addr = BackendAddr {
+                    ip: *bip,
+                    port: b.port,
+                };
+                let active_down = opts.active_down.contains(&addr);
+                svc.backends.entry(addr).or_insert(PlannedBackend {
+                    task: b.task.clone(),
+                    weight,
+                    healthy: b.health != Health::Unhealthy && !active_down,
+                    active_down,
+                    local,
+                    slots: 0,
+                });
             }
         }
     }
@@ -123,7 +155,7 @@ fn choose(svc: &mut PlannedService, opts: &PlanOptions, max: u32) {
     let policy = if opts.site.is_none() {
         Locality::Any
     } else {
-        opts.locality
+        svc.locality
     };
     let live = |b: &PlannedBackend| b.weight > 0;
     let in_pool = |b: &PlannedBackend| match policy {
@@ -241,6 +273,7 @@ labels = {{ VIP_0 = "{vip}" }}
         PlanOptions {
             site: site.map(String::from),
             locality,
+            ..PlanOptions::default()
         }
     }
 
@@ -324,6 +357,42 @@ labels = {{ VIP_0 = "{vip}" }}
         let p = plan(&s, &opts(Some("azure"), Locality::LocalOnly));
         assert_eq!(slots(&p), [1, 0]);
         assert!(p.values().next().unwrap().fail_open);
+    }
+
+    #[test]
+    fn a_task_label_sets_the_vip_policy_and_active_checks_count_as_health() {
+        let s = snapshot(&format!(
+            "{}{}",
+            task(
+                "t1",
+                "198.18.1.2",
+                "azure",
+                "labels = { LODESTAR_LOCALITY = \"any\" }"
+            ),
+            task("t2", "198.18.2.2", "vsphere", ""),
+        ));
+        // The node default is prefer-local, but the VIP says any.
+        let p = plan(&s, &opts(Some("azure"), Locality::PreferLocal));
+        assert_eq!(slots(&p), [1, 1]);
+        assert_eq!(p.values().next().unwrap().locality, Locality::Any);
+
+        let mut o = opts(Some("azure"), Locality::PreferLocal);
+        o.active_down.insert(BackendAddr {
+            ip: "198.18.1.2".parse().unwrap(),
+            port: 8080,
+        });
+        let p = plan(&s, &o);
+        assert_eq!(slots(&p), [0, 1]);
+        assert!(
+            p.values()
+                .next()
+                .unwrap()
+                .backends
+                .values()
+                .next()
+                .unwrap()
+                .active_down
+        );
     }
 
     #[test]

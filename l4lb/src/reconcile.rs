@@ -27,6 +27,9 @@ pub trait MapWriter {
     fn put_backend(&mut self, id: u32, entry: &BackendEntry) -> io::Result<()>;
     fn reset_service_stats(&mut self, id: u32) -> io::Result<()>;
     fn reset_backend_stats(&mut self, id: u32) -> io::Result<()>;
+    /// Starts passive health tracking of a backend address (keeps an existing entry).
+    fn watch_backend(&mut self, key: &SvcKey) -> io::Result<()>;
+    fn unwatch_backend(&mut self, key: &SvcKey) -> io::Result<()>;
 }
 
 /// What the maps held when the reconciler took them over (pinned by an earlier agent).
@@ -35,6 +38,8 @@ pub struct Dump {
     pub services: Vec<(SvcKey, Svc)>,
     pub slots: Vec<(SlotKey, u32)>,
     pub backends: Vec<(u32, BackendEntry)>,
+    /// Backend addresses under passive health tracking.
+    pub watched: Vec<SvcKey>,
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +105,9 @@ pub struct Reconciler {
     stale_slots: Vec<SlotKey>,
     stale_backends: Vec<u32>,
     stale_services: Vec<SvcKey>,
+    stale_watched: Vec<SvcKey>,
+    /// Backend address -> how many services use it (tracked passively while > 0).
+    watched: BTreeMap<BackendAddr, u32>,
 }
 
 pub fn svc_key(s: &ServiceAddr) -> SvcKey {
@@ -147,6 +155,17 @@ pub fn service_addr(k: &SvcKey) -> Option<ServiceAddr> {
     })
 }
 
+/// The passive-health key of a backend address (TCP whatever the service's protocol).
+pub fn health_key(b: &BackendAddr) -> SvcKey {
+    let (addr, family) = addr_bytes(b.ip);
+    SvcKey {
+        addr,
+        port: b.port.to_be(),
+        proto: IPPROTO_TCP,
+        family,
+    }
+}
+
 fn backend_entry(b: &BackendAddr, svc_id: u32) -> BackendEntry {
     let (addr, family) = addr_bytes(b.ip);
     BackendEntry {
@@ -175,6 +194,8 @@ impl Reconciler {
             stale_slots: Vec::new(),
             stale_backends: Vec::new(),
             stale_services: Vec::new(),
+            stale_watched: Vec::new(),
+            watched: BTreeMap::new(),
         }
     }
 
@@ -234,6 +255,20 @@ impl Reconciler {
                 r.stale_slots.push(*key);
             }
         }
+        for svc in r.services.values() {
+            for b in svc.backends.keys() {
+                *r.watched.entry(*b).or_default() += 1;
+            }
+        }
+        let live: std::collections::HashSet<SvcKey> = r.watched.keys().map(health_key).collect();
+        r.stale_watched = dump
+            .watched
+            .iter()
+            .filter(|k| !live.contains(k))
+            .copied()
+            .collect();
+        // Entries that should exist but do not (a crash between writes) are created by the
+        // first apply: watch_backend keeps existing ones.
         r.svc_ids = Ids::rebuild(r.svc_ids.max, r.services.values().map(|s| s.id));
         r.be_ids = Ids::rebuild(
             r.be_ids.max,
@@ -263,6 +298,9 @@ impl Reconciler {
         }
         for id in std::mem::take(&mut self.stale_backends) {
             let _ = w(maps.put_backend(id, &BackendEntry::default()), &mut report);
+        }
+        for key in std::mem::take(&mut self.stale_watched) {
+            let _ = w(maps.unwatch_backend(&key), &mut report);
         }
 
         let gone: Vec<ServiceAddr> = self
@@ -307,10 +345,11 @@ impl Reconciler {
                 slot,
             });
         }
-        for id in state.backends.values() {
+        for (b, id) in &state.backends {
             report.writes += 1;
             let _ = maps.put_backend(*id, &BackendEntry::default());
             self.be_ids.release(*id);
+            unwatch(&mut self.watched, b, maps, report);
         }
         Ok(())
     }
@@ -369,6 +408,15 @@ impl Reconciler {
                 return Err(e);
             }
             state.backends.insert(*b, id);
+            let n = self.watched.entry(*b).or_default();
+            *n += 1;
+            if *n == 1 {
+                report.writes += 1;
+                if let Err(e) = maps.watch_backend(&health_key(b)) {
+                    // Steering works without it; passive health for this address does not.
+                    tracing::warn!("cannot track {b:?} passively: {e}");
+                }
+            }
         }
 
         // 2. The slot table.
@@ -440,8 +488,26 @@ impl Reconciler {
             maps.put_backend(id, &BackendEntry::default())?;
             state.backends.remove(&b);
             self.be_ids.release(id);
+            unwatch(&mut self.watched, &b, maps, report);
         }
         Ok(())
+    }
+}
+
+/// One service less uses `b`; the last one stops its passive tracking.
+fn unwatch(
+    watched: &mut BTreeMap<BackendAddr, u32>,
+    b: &BackendAddr,
+    maps: &mut dyn MapWriter,
+    report: &mut Report,
+) {
+    if let Some(n) = watched.get_mut(b) {
+        *n -= 1;
+        if *n == 0 {
+            watched.remove(b);
+            report.writes += 1;
+            let _ = maps.unwatch_backend(&health_key(b));
+        }
     }
 }
 
@@ -509,9 +575,18 @@ mod tests {
         services: HashMap<SvcKey, Svc>,
         slots: HashMap<(u32, u32), u32>,
         backends: HashMap<u32, BackendEntry>,
+        watched: std::collections::HashSet<SvcKey>,
     }
 
     impl MapWriter for Model {
+        fn watch_backend(&mut self, key: &SvcKey) -> io::Result<()> {
+            self.watched.insert(*key);
+            Ok(())
+        }
+        fn unwatch_backend(&mut self, key: &SvcKey) -> io::Result<()> {
+            self.watched.remove(key);
+            Ok(())
+        }
         fn put_service(&mut self, key: &SvcKey, svc: &Svc) -> io::Result<()> {
             self.services.insert(*key, *svc);
             Ok(())
@@ -589,6 +664,7 @@ mod tests {
                     })
                     .collect(),
                 backends: self.backends.iter().map(|(k, v)| (*k, *v)).collect(),
+                watched: self.watched.iter().copied().collect(),
             }
         }
     }
@@ -605,6 +681,7 @@ mod tests {
                     PlannedService {
                         vip: format!("v{v}"),
                         fail_open: false,
+                        locality: crate::plan::Locality::Any,
                         backends: backends
                             .iter()
                             .map(|(b, slots)| {
@@ -617,6 +694,7 @@ mod tests {
                                         task: format!("t{b}"),
                                         weight: *slots,
                                         healthy: true,
+                                        active_down: false,
                                         local: false,
                                         slots: *slots,
                                     },
@@ -644,18 +722,19 @@ mod tests {
             "no change, no writes"
         );
 
-        // Remove backend 7 of VIP 3: move one slot, shrink, delete the tail and the backend.
+        // Remove backend 7 of VIP 3: move one slot, shrink, delete the tail and the backend,
+        // stop watching its address.
         let fewer: Vec<(u8, u32)> = backends.iter().copied().filter(|(b, _)| *b != 7).collect();
         let mut changed = vips.clone();
         changed[2].1 = &fewer;
         let rep = r.apply(&plan(&changed), &mut m);
-        assert!(rep.writes <= 4, "{rep:?}");
+        assert!(rep.writes <= 5, "{rep:?}");
         assert_eq!(m.shares()["198.19.0.3:80"].len(), 49);
         assert!(!m.shares()["198.19.0.3:80"].contains_key("198.18.3.7:8080"));
 
-        // Add it back: a backend, its stats, one slot and the count.
+        // Add it back: a backend, its stats, its watch, one slot and the count.
         let rep = r.apply(&plan(&vips), &mut m);
-        assert!(rep.writes <= 4, "{rep:?}");
+        assert!(rep.writes <= 5, "{rep:?}");
         assert_eq!(m.shares()["198.19.0.3:80"].len(), 50);
     }
 
@@ -682,6 +761,7 @@ mod tests {
             assert_eq!(m.shares()["198.19.0.1:80"], expect);
             // Draining backends keep their entry (and counters) but get no slot.
             assert_eq!(m.backends.len(), backends.len());
+            assert_eq!(m.watched.len(), backends.len());
         }
         r.apply(&Plan::new(), &mut m);
         assert_eq!(m, Model::default(), "everything removed");
@@ -702,15 +782,44 @@ mod tests {
                 ..BackendEntry::default()
             },
         );
+        let orphan = health_key(&BackendAddr {
+            ip: IpAddr::from([198, 18, 9, 9]),
+            port: 1,
+        });
+        m.watched.insert(orphan);
         let mut r = Reconciler::restore(m.dump());
         let rep = r.apply(&p, &mut m);
-        assert_eq!(rep.writes, 2, "only the leftovers: {rep:?}");
+        assert_eq!(rep.writes, 3, "only the leftovers: {rep:?}");
+        assert!(!m.watched.contains(&orphan));
         assert!(!m.slots.contains_key(&(0, 99)));
         assert!(!m.backends.contains_key(&500));
-        // And it goes on diffing from there.
+        // And it goes on diffing from there: VIP 2 goes (service, slot, backend, watch).
         let rep = r.apply(&plan(&[(1, &[(1, 1), (2, 2)])]), &mut m);
-        assert!(rep.writes <= 3, "{rep:?}");
+        assert_eq!(rep.writes, 4, "{rep:?}");
         assert_eq!(m.services.len(), 1);
+    }
+
+    #[test]
+    fn a_backend_address_shared_by_two_vips_is_watched_until_both_let_go() {
+        let shared = ServiceAddr {
+            ip: IpAddr::from([198, 19, 0, 9]),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let mut p = plan(&[(1, &[(1, 1)])]);
+        // VIP .9 uses VIP .1's backend address 198.18.1.1:8080.
+        let mut second = p.values().next().unwrap().clone();
+        second.vip = "v9".into();
+        p.insert(shared, second);
+        let mut r = Reconciler::new();
+        let mut m = Model::default();
+        r.apply(&p, &mut m);
+        assert_eq!(m.watched.len(), 1);
+        p.remove(&shared);
+        r.apply(&p, &mut m);
+        assert_eq!(m.watched.len(), 1, "still used by VIP .1");
+        r.apply(&Plan::new(), &mut m);
+        assert!(m.watched.is_empty());
     }
 
     #[test]

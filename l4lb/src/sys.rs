@@ -21,6 +21,7 @@ pub const BPF_CGROUP_UDP4_RECVMSG: u32 = 19;
 pub const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
 pub const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
 pub const BPF_CGROUP_INET6_GETPEERNAME: u32 = 30;
+pub const BPF_CGROUP_SOCK_OPS: u32 = 3;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
     // SAFETY: `attr` is a zeroed, 128-byte union bpf_attr as the kernel expects.
@@ -144,4 +145,15 @@ pub fn mount_bpffs(dir: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -57,10 +57,25 @@ impl Agent {
         args: &[&str],
         log_filter: &str,
     ) -> Result<Agent, String> {
-        let mut cmd = match ns {
-            Some(ns) => ns.command(binary.to_str().expect("utf-8 path")),
-            None => Command::new(binary),
-        };
+        let mut cmd = Command::new(binary);
+        // Only the network namespace changes (setns before exec): `ip netns exec` would also
+        // remount /sys, hiding the cgroup2 and bpffs mounts the VIP load balancer uses.
+        let netns = ns.map(|ns| {
+            std::fs::File::open(format!("/var/run/netns/{}", ns.name)).expect("netns file")
+        });
+        if let Some(f) = &netns {
+            use std::os::fd::AsRawFd;
+            let fd = f.as_raw_fd();
+            // SAFETY: setns is a plain syscall, safe between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(["--log-format", "json", "agent"]);
         // The VIP load balancer only where a test gives it a cgroup of its own: attached at the
         // root it would steer every process on the machine.

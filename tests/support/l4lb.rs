@@ -108,18 +108,40 @@ fn enter_ns(ns: &str) {
 }
 
 pub const PORT: u16 = 8080;
+/// Each backend's HTTP server (200, or 503 while `sick`), behind VIP 198.19.0.2:80.
+pub const HTTP_PORT: u16 = 8081;
 
 pub struct Backend {
     pub name: String,
     pub ns: Netns,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
-    stop: Arc<AtomicBool>,
+    stop: Mutex<Arc<AtomicBool>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The HTTP server on `HTTP_PORT` answers 503 while set.
+    pub sick: Arc<AtomicBool>,
+}
+
+impl Backend {
+    /// Stops its servers: new connections are refused (open ones carry on).
+    pub fn kill(&self) {
+        self.stop.lock().unwrap().store(true, Ordering::Relaxed);
+        for t in self.threads.lock().unwrap().drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Starts its servers again.
+    pub fn revive(&self) {
+        *self.stop.lock().unwrap() = Arc::new(AtomicBool::new(false));
+        let threads = serve(self);
+        *self.threads.lock().unwrap() = threads;
+    }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.lock().unwrap().store(true, Ordering::Relaxed);
     }
 }
 
@@ -181,9 +203,11 @@ impl Lab {
                 v4: Ipv4Addr::new(198, 18, i, 2),
                 v6: format!("2001:db8:{i}::2").parse().unwrap(),
                 ns,
-                stop: Arc::new(AtomicBool::new(false)),
+                stop: Mutex::new(Arc::new(AtomicBool::new(false))),
+                threads: Mutex::new(Vec::new()),
+                sick: Arc::new(AtomicBool::new(false)),
             };
-            serve(&b);
+            b.revive();
             backends.push(b);
         }
         let pin = PathBuf::from(format!(
@@ -232,6 +256,10 @@ impl Lab {
             "8080",
             "--port",
             "8080/udp",
+            "--port",
+            "8081",
+            "--vip",
+            "8081/tcp=198.19.0.2:80",
             "--vip",
             "8080/tcp=198.19.0.1:80",
             "--vip",
@@ -246,6 +274,26 @@ impl Lab {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         lodestar(&args);
+    }
+
+    /// A catalog document (for `--catalog`) with every backend behind the TCP VIPs
+    /// 198.19.0.1:80 (echo, port 8080) and 198.19.0.2:80 (HTTP, port 8081).
+    pub fn catalog_toml(&self) -> String {
+        let mut doc = String::from("schema = 1\n");
+        for b in &self.backends {
+            doc.push_str(&format!(
+                "[[tasks]]\nid = \"{n}\"\nname = \"web\"\nframework = \"marathon\"\n\
+                 agent = \"a1\"\nips = [{{ ip = \"{v4}\", source = \"netinfo\" }}]\n\
+                 [tasks.discovery]\nname = \"web\"\n\
+                 [[tasks.discovery.ports]]\nnumber = {PORT}\nprotocol = \"tcp\"\n\
+                 labels = {{ VIP_0 = \"198.19.0.1:80\" }}\n\
+                 [[tasks.discovery.ports]]\nnumber = {HTTP_PORT}\nprotocol = \"tcp\"\n\
+                 labels = {{ VIP_0 = \"198.19.0.2:80\" }}\n",
+                n = b.name,
+                v4 = b.v4
+            ));
+        }
+        doc
     }
 
     pub fn remove_backend(&self, etcd: &str, i: usize) {
@@ -292,41 +340,55 @@ pub const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
 pub const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1));
 
 /// TCP and UDP servers on port 8080 (both families) inside the backend's namespace: TCP says
-/// the backend's name, then echoes lines; UDP answers `name:payload`.
-fn serve(b: &Backend) {
+/// the backend's name, then echoes lines; UDP answers `name:payload`. And an HTTP server on
+/// 8081. Returns the server threads (they end when `stop` is set).
+fn serve(b: &Backend) -> Vec<std::thread::JoinHandle<()>> {
     let ns = b.ns.name.clone();
     let name = b.name.clone();
-    let (tcp, udp) = in_ns(&ns, || {
+    let stop_flag = b.stop.lock().unwrap().clone();
+    let mut threads = Vec::new();
+    let (tcp, http, udp) = in_ns(&ns, || {
         let tcp: Vec<TcpListener> = [IpAddr::V4(b.v4), IpAddr::V6(b.v6)]
             .iter()
             .map(|ip| TcpListener::bind(SocketAddr::new(*ip, PORT)).expect("bind backend tcp"))
             .collect();
+        let http = TcpListener::bind(SocketAddr::new(IpAddr::V4(b.v4), HTTP_PORT))
+            .expect("bind backend http");
         let udp: Vec<UdpSocket> = [IpAddr::V4(b.v4), IpAddr::V6(b.v6)]
             .iter()
             .map(|ip| UdpSocket::bind(SocketAddr::new(*ip, PORT)).expect("bind backend udp"))
             .collect();
-        (tcp, udp)
+        (tcp, http, udp)
     });
-    for l in tcp {
-        let (name, stop) = (name.clone(), b.stop.clone());
+    let mut listeners: Vec<(TcpListener, bool)> = tcp.into_iter().map(|l| (l, false)).collect();
+    listeners.push((http, true));
+    for (l, is_http) in listeners {
+        let (name, stop, sick) = (name.clone(), stop_flag.clone(), b.sick.clone());
         l.set_nonblocking(true).unwrap();
-        std::thread::spawn(move || {
+        threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((c, _)) => {
                         let name = name.clone();
-                        std::thread::spawn(move || echo(c, &name));
+                        let sick = sick.load(Ordering::Relaxed);
+                        std::thread::spawn(move || {
+                            if is_http {
+                                http_reply(c, &name, sick)
+                            } else {
+                                echo(c, &name)
+                            }
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
-        });
+        }));
     }
     for u in udp {
-        let (name, stop) = (name.clone(), b.stop.clone());
+        let (name, stop) = (name.clone(), stop_flag.clone());
         u.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        std::thread::spawn(move || {
+        threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = u.recv_from(&mut buf) {
@@ -335,8 +397,33 @@ fn serve(b: &Backend) {
                     let _ = u.send_to(&reply, from);
                 }
             }
-        });
+        }));
     }
+    threads
+}
+
+/// Reads a request head and answers 200 (or 503 when sick) with the backend's name.
+fn http_reply(mut c: TcpStream, name: &str, sick: bool) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 4096 {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let status = if sick {
+        "503 Service Unavailable"
+    } else {
+        "200 OK"
+    };
+    let _ = write!(
+        c,
+        "HTTP/1.0 {status}\r\nContent-Length: {}\r\n\r\n{name}\n",
+        name.len() + 1
+    );
 }
 
 fn echo(c: TcpStream, name: &str) {
@@ -407,4 +494,70 @@ pub fn udp_exchange(vip: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
 /// Is `path` gone (and nothing of ours pinned there)?
 pub fn gone(path: &Path) -> bool {
     !path.exists()
+}
+
+/// A lab with `n` backends registered in a fresh etcd (`extra[i]`: flags for backend i+1).
+pub fn lab(tag: &str, n: u8, extra: &[&[&str]]) -> (Lab, super::etcd::EtcdServer) {
+    let lab = Lab::new(tag, n);
+    let etcd = super::etcd::EtcdServer::start();
+    for i in 1..=n as usize {
+        lab.put_backend(
+            &etcd.endpoint(),
+            i,
+            extra.get(i - 1).copied().unwrap_or(&[]),
+        );
+    }
+    (lab, etcd)
+}
+
+/// The agent on the lab's etcd, with the load balancer on the lab's cgroup.
+pub fn start_agent(
+    lab: &Lab,
+    etcd: &super::etcd::EtcdServer,
+    more: &[&str],
+) -> super::agent::Agent {
+    let ep = etcd.endpoint();
+    let extra = lab.agent_args();
+    let mut args = vec!["--etcd", ep.as_str()];
+    args.extend(extra.iter().map(String::as_str));
+    args.extend(more);
+    super::agent::Agent::start(&args)
+}
+
+/// The agent's `/v1/vips`.
+pub fn vips(agent: &super::agent::Agent) -> serde_json::Value {
+    serde_json::from_str(&super::http::http_get(agent.http, "/v1/vips")).expect("/v1/vips is JSON")
+}
+
+/// One VIP address's entry in a `/v1/vips` answer.
+pub fn vip_status(all: &serde_json::Value, address: &str) -> serde_json::Value {
+    all.as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|v| v["address"] == address && v["protocol"] == "tcp")
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no VIP {address} in {all}"))
+}
+
+/// A backend's entry in one VIP's status.
+pub fn backend_status(vip: &serde_json::Value, backend: &str) -> serde_json::Value {
+    vip["backends"]
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["address"] == backend))
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {backend} in {vip}"))
+}
+
+/// Polls (bounded) until `f` holds; how long it took.
+pub fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
 }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod dns;
 pub mod etcd;
+pub mod http;
 pub mod l4lb;
 pub mod mesos;
 pub mod netns;
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use etcd::EtcdServer;
+pub use http::{http_get, metric};
 
 /// Waits until `check` returns `Some`, polling; fails the test with `what` after `patience`.
 pub async fn eventually<T, F, Fut>(patience: Duration, what: &str, mut check: F) -> T
@@ -31,25 +33,4 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// `GET path` over HTTP/1.0; the body.
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-/// A sample's value in Prometheus text (0 when absent).
-pub fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
 }
