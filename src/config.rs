@@ -259,6 +259,11 @@ mod tests {
         let c: AgentConfig = toml::from_str(text).unwrap();
         assert!(c.problems().is_empty(), "{:?}", c.problems());
         assert_eq!(c.dns.zone.domain, "mesos");
+        assert_eq!(
+            c.l4lb,
+            L4lbConfig::default(),
+            "the example shows the defaults"
+        );
         for (text, site) in [
             (include_str!("../docs/install/agent.azure.toml"), "azure"),
             (

@@ -199,6 +199,7 @@ fn all_unhealthy_fails_open_and_no_backend_is_refused() {
         .find(|s| s["address"] == "198.19.0.1:80")
         .unwrap();
     assert_eq!(tcp4["fail_open"], true, "{tcp4}");
+    assert!(agent.logs().contains("failing open"), "fail-open is logged");
     assert!(tcp4["fail_open_steered"].as_u64().unwrap() > 0, "{tcp4}");
 
     // Every backend draining: nothing to send to. connect() fails at once, counted.
@@ -425,5 +426,61 @@ fn without_privilege_the_agent_says_what_is_missing() {
     assert!(
         log.contains("required") && log.contains("needs root"),
         "{log}"
+    );
+}
+
+#[test]
+fn vips_keep_steering_while_etcd_is_down_and_across_a_restart_without_it() {
+    let (lab, mut etcd) = lab("etcdgone", 2, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.json");
+    let cache_arg = cache.to_str().unwrap().to_string();
+    let mut agent = start_agent(&lab, &etcd, &["--cache-file", &cache_arg]);
+    within(
+        Duration::from_secs(10),
+        "the catalog cached on disk",
+        || cache.exists(),
+    );
+    let client = lab.client.name.clone();
+    let vip = SocketAddr::new(VIP4, 80);
+    let both = |what: &str| {
+        in_ns(&client, || {
+            let mut seen = BTreeSet::new();
+            within(Duration::from_secs(5), what, || {
+                seen.insert(connect(vip).expect("connect").backend);
+                seen.len() == 2
+            });
+        })
+    };
+    both("both backends");
+
+    // etcd dies: the maps are the kernel's, nothing about steering needs etcd.
+    etcd.stop();
+    both("both backends with etcd down");
+
+    // The agent restarts while etcd is still down: it serves the snapshot it kept on disk,
+    // says so, takes the pinned maps over and keeps them as they are.
+    agent.terminate();
+    let agent = start_agent(&lab, &etcd, &["--cache-file", &cache_arg]);
+    assert!(
+        agent
+            .logs()
+            .contains("serving the catalog cached on local disk"),
+        "{}",
+        agent.logs()
+    );
+    assert!(
+        agent.logs().contains("\"took_over_links\":9"),
+        "{}",
+        agent.logs()
+    );
+    both("both backends after a restart without etcd");
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(agent.http, "/v1/status")).unwrap();
+    assert_eq!(status["catalog"]["from_local_cache"], true, "{status}");
+    assert_eq!(
+        status["l4lb"]["vips"].as_array().map(Vec::len),
+        Some(5),
+        "{status}"
     );
 }

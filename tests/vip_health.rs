@@ -176,6 +176,20 @@ fn active_checks_take_a_silent_backend_out_and_bring_it_back() {
         support::metric(&metrics, "lodestar_health_transitions_total") >= 3,
         "{metrics}"
     );
+    // Every metric the Grafana dashboard's VIP panels plot is exported.
+    let dashboard = include_str!("../docs/install/grafana-dashboard.json");
+    let vip_names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("lodestar_"))
+        .filter(|w| !w.starts_with("lodestar_dns_") && !w.starts_with("lodestar_catalog_"))
+        .collect();
+    assert!(vip_names.len() >= 10, "{vip_names:?}");
+    for name in vip_names {
+        assert!(
+            metrics.contains(name),
+            "the dashboard plots {name}, which /metrics lacks"
+        );
+    }
     lab.backends[0]
         .sick
         .store(false, std::sync::atomic::Ordering::Relaxed);

@@ -116,6 +116,17 @@ impl L4lb {
     pub fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Report {
         let plan = plan::plan(snapshot, &self.opts);
         let report = self.reconciler.apply(&plan, &mut self.kernel);
+        // Say when a VIP starts or stops failing open (the counter says how often it is used).
+        for (addr, svc) in &plan {
+            let was = self.plan.get(addr).is_some_and(|p| p.fail_open);
+            let vip = SocketAddr::new(addr.ip, addr.port);
+            if svc.fail_open && !was {
+                tracing::warn!(vip = %svc.vip, %vip, backends = svc.backends.len(),
+                    "no backend of the VIP is healthy: failing open, using all of them");
+            } else if !svc.fail_open && was {
+                tracing::info!(vip = %svc.vip, %vip, "a backend of the VIP is healthy again");
+            }
+        }
         self.writes += report.writes as u64;
         self.errors += report.errors.len() as u64;
         self.plan = plan;
