@@ -8,6 +8,7 @@ pub mod btf;
 pub mod health;
 pub mod kernel;
 pub mod layout;
+pub mod maglev;
 pub mod plan;
 pub mod reconcile;
 mod sys;
