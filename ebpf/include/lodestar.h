@@ -120,4 +120,117 @@ struct ls_config {
 	__u64 hold_ns;            /* how long a failing backend is passed over */
 };
 
+/* ---------------------------------------------------------------------------------------
+ * The per-packet path (xdp_lb.c): XDP on the load balancer's interfaces, a tc egress program
+ * that restores the VIP on NAT replies, and a tc ingress program that decapsulates GUE on
+ * backend nodes.
+ */
+#define LX_MAP_VIPS        lx_vips
+#define LX_MAP_RING        lx_ring
+#define LX_MAP_REALS       lx_reals
+#define LX_MAP_CT          lx_ct
+#define LX_MAP_REVNAT      lx_revnat
+#define LX_MAP_VIP_STATS   lx_vip_stats
+#define LX_MAP_REAL_STATS  lx_real_stats
+#define LX_MAP_GLOBAL      lx_global
+#define LX_MAP_XCONFIG     lx_config
+
+#define LX_MAX_VIPS          4096
+#define LX_MAX_REALS         65536
+#define LX_MAX_RING_ENTRIES  1048576
+#define LX_MAX_CT            262144
+
+/* lx_vip.mode */
+#define LX_MODE_NAT  0   /* rewrite the destination; replies come back through this node */
+#define LX_MODE_GUE  1   /* encapsulate in UDP to the backend's node; the backend replies directly */
+
+/* A VIP (keyed by struct ls_svc_key). */
+struct lx_vip {
+	__u32 id;         /* index of lx_vip_stats; key of its ring */
+	__u32 ring_size;  /* Maglev table size M (a prime); 0: no backend */
+	__u32 mode;
+	__u32 flags;
+};
+
+/* Slot of a VIP's Maglev table. Value: a real id (__u32). */
+struct lx_ring_key {
+	__u32 vip_id;
+	__u32 slot;
+};
+
+/* lx_real.flags */
+#define LX_REAL_VALID 0x1
+
+/* A backend of a VIP (array indexed by real id). */
+struct lx_real {
+	__u8  addr[16];   /* the backend (NAT destination) */
+	__u8  node[16];   /* its node (GUE outer destination) */
+	__u16 port;       /* network order */
+	__u8  family;
+	__u8  flags;
+	__u32 vip_id;     /* the VIP it belongs to (userspace takeover) */
+};
+
+/* A flow as the load balancer sees it (also the reverse-NAT key, with the reply's fields). */
+struct lx_flow {
+	__u8  src[16];
+	__u8  dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u8  proto;
+	__u8  family;
+	__u8  pad[2];
+};
+
+/* Connection tracking: the backend a flow was given, kept even if the backend set changes. */
+struct lx_ct {
+	struct lx_real real;
+	__u32 real_id;
+	__u32 pad;
+};
+
+/* NAT replies: the VIP to put back as the source. */
+struct lx_rev {
+	__u8  addr[16];
+	__u16 port;
+	__u8  family;
+	__u8  pad;
+};
+
+struct lx_vip_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;   /* connection-tracking misses that started a flow (SYN, or UDP) */
+	__u64 lru_misses;  /* misses mid-flow (a TCP packet without SYN): Maglev keeps them put */
+};
+
+struct lx_real_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/* lx_global slots (per-CPU __u64 counters). */
+#define LX_PASS_FRAGMENT    0   /* IP fragments: passed to the kernel */
+#define LX_PASS_IP_OPTIONS  1   /* IPv4 options or IPv6 extension headers: passed */
+#define LX_DROP_NO_REAL     2   /* a VIP whose table slot has no valid backend */
+#define LX_DROP_ENCAP       3   /* no room to encapsulate */
+#define LX_XDP_TX           4
+#define LX_XDP_REDIRECT     5
+#define LX_XDP_PASS_FWD     6   /* rewritten, then forwarded by the kernel */
+#define LX_TC_REVNAT        7   /* NAT replies given the VIP back */
+#define LX_TC_DECAP         8   /* GUE packets decapsulated */
+#define LX_DROP_MALFORMED   9   /* truncated TCP/UDP headers: passed for the kernel to drop */
+#define LX_COUNTERS         10
+
+/* lx_config.flags */
+#define LX_CFG_FIB_FORWARD  0x1  /* forward with XDP_TX / XDP_REDIRECT where the FIB allows */
+
+struct lx_config {
+	__u8  gue_src4[4];   /* outer source for IPv4 GUE */
+	__u8  gue_src6[16];  /* outer source for IPv6 GUE */
+	__u16 gue_port;      /* network order */
+	__u16 flags;
+};
+
 #endif /* LODESTAR_H */

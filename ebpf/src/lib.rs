@@ -13,5 +13,13 @@ pub fn sock_lb() -> &'static [u8] {
     &SOCK_LB.0
 }
 
+static XDP_LB: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/xdp_lb.o")));
+
+/// The per-packet load balancer: the `xdp` program and the `classifier` programs for NAT
+/// replies (tc egress) and GUE decapsulation (tc ingress), with their maps.
+pub fn xdp_lb() -> &'static [u8] {
+    &XDP_LB.0
+}
+
 /// The shared header, for tools and tests that check layouts against it.
 pub const HEADER: &str = include_str!("../include/lodestar.h");

@@ -57,7 +57,7 @@ pub enum L4lbError {
     Bpf(String),
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> L4lbError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> L4lbError {
     let what = what.into();
     move |source| {
         if source.raw_os_error() == Some(libc::EPERM) || source.raw_os_error() == Some(libc::EACCES)
@@ -130,7 +130,7 @@ pub fn missing_capabilities() -> Vec<&'static str> {
 }
 
 /// Makes sure the pin directory is on bpffs, mounting bpffs at its parent if nothing is there.
-fn ensure_bpffs(pin: &Path) -> Result<(), L4lbError> {
+pub(crate) fn ensure_bpffs(pin: &Path) -> Result<(), L4lbError> {
     let parent = pin.parent().unwrap_or(Path::new("/"));
     if sys::fs_magic(parent).ok() == Some(sys::BPF_FS_MAGIC) {
         return Ok(());
@@ -152,7 +152,7 @@ fn ensure_bpffs(pin: &Path) -> Result<(), L4lbError> {
 }
 
 /// Takes the pin directory's lock, or says who holds it.
-fn lock(pin: &Path) -> Result<File, L4lbError> {
+pub(crate) fn lock(pin: &Path) -> Result<File, L4lbError> {
     let dir = File::open(pin).map_err(io_err(format!("opening {}", pin.display())))?;
     // SAFETY: flock on an open descriptor.
     if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -189,7 +189,7 @@ impl SockLb {
     /// earlier agent wrote; read it with `dump`.
     pub fn open(cfg: &KernelConfig) -> Result<SockLb, L4lbError> {
         let object = lodestar_ebpf::sock_lb();
-        layout::verify(object).map_err(|p| {
+        layout::verify_objects(&[object, lodestar_ebpf::xdp_lb()]).map_err(|p| {
             L4lbError::Bpf(format!(
                 "the compiled object does not match the Rust layout: {}",
                 p.join("; ")
@@ -369,7 +369,7 @@ impl SockLb {
     }
 }
 
-fn bpf_error(what: &str, e: &dyn std::error::Error) -> L4lbError {
+pub(crate) fn bpf_error(what: &str, e: &dyn std::error::Error) -> L4lbError {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -389,7 +389,7 @@ fn bpf_error(what: &str, e: &dyn std::error::Error) -> L4lbError {
     L4lbError::Bpf(format!("{what}: {text}"))
 }
 
-fn map_io(e: aya::maps::MapError) -> io::Error {
+pub(crate) fn map_io(e: aya::maps::MapError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
@@ -460,6 +460,12 @@ pub fn detach(pin: &Path) -> Result<Detached, L4lbError> {
     }
     let _lock = lock(pin)?;
     let links = pin.join("links");
+    // An agent running only the XDP path holds the links directory.
+    let _xdp_lock = if links.exists() {
+        Some(lock(&links)?)
+    } else {
+        None
+    };
     if let Ok(entries) = std::fs::read_dir(&links) {
         for e in entries.flatten() {
             std::fs::remove_file(e.path())

@@ -59,7 +59,53 @@ mirror! {
     }
     /// `struct ls_config`: ls_config[0].
     Config = "ls_config" { fail_threshold: u32, pad: u32, hold_ns: u64 }
+    /// `struct lx_vip`.
+    XVip = "lx_vip" { id: u32, ring_size: u32, mode: u32, flags: u32 }
+    /// `struct lx_ring_key`.
+    RingKey = "lx_ring_key" { vip_id: u32, slot: u32 }
+    /// `struct lx_real`.
+    Real = "lx_real" { addr: [u8; 16], node: [u8; 16], port: u16, family: u8, flags: u8, vip_id: u32 }
+    /// `struct lx_flow`.
+    Flow = "lx_flow" {
+        src: [u8; 16],
+        dst: [u8; 16],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        family: u8,
+        pad: [u8; 2],
+    }
+    /// `struct lx_ct`.
+    Ct = "lx_ct" { real: Real, real_id: u32, pad: u32 }
+    /// `struct lx_rev`.
+    XRev = "lx_rev" { addr: [u8; 16], port: u16, family: u8, pad: u8 }
+    /// `struct lx_vip_stats`.
+    XVipStats = "lx_vip_stats" { packets: u64, bytes: u64, new_flows: u64, lru_misses: u64 }
+    /// `struct lx_real_stats`.
+    RealStats = "lx_real_stats" { packets: u64, bytes: u64, new_flows: u64 }
+    /// `struct lx_config`.
+    XConfig = "lx_config" { gue_src4: [u8; 4], gue_src6: [u8; 16], gue_port: u16, flags: u16 }
 }
+
+/// `LX_MODE_*`, `LX_REAL_VALID`, `LX_CFG_FIB_FORWARD`.
+pub const LX_MODE_NAT: u32 = 0;
+pub const LX_MODE_GUE: u32 = 1;
+pub const LX_REAL_VALID: u8 = 0x1;
+pub const LX_CFG_FIB_FORWARD: u16 = 0x1;
+
+/// `lx_global` counter slots: (metric label, header define, slot).
+pub const LX_COUNTERS: [(&str, &str, u32); 10] = [
+    ("pass_fragment", "LX_PASS_FRAGMENT", 0),
+    ("pass_ip_options", "LX_PASS_IP_OPTIONS", 1),
+    ("drop_no_backend", "LX_DROP_NO_REAL", 2),
+    ("drop_encap", "LX_DROP_ENCAP", 3),
+    ("xdp_tx", "LX_XDP_TX", 4),
+    ("xdp_redirect", "LX_XDP_REDIRECT", 5),
+    ("pass_forwarded_by_kernel", "LX_XDP_PASS_FWD", 6),
+    ("tc_revnat", "LX_TC_REVNAT", 7),
+    ("tc_decap", "LX_TC_DECAP", 8),
+    ("pass_malformed", "LX_DROP_MALFORMED", 9),
+];
 
 /// `LS_SVC_FAIL_OPEN`.
 pub const SVC_FAIL_OPEN: u16 = 0x1;
@@ -82,6 +128,17 @@ pub mod maps {
     pub const CONFIG: &str = "ls_config";
     pub const ALL: [&str; 8] = [
         SERVICES, SLOTS, BACKENDS, REVNAT, SVC_STATS, BE_STATS, HEALTH, CONFIG,
+    ];
+    pub const XDP: [&str; 9] = [
+        "lx_vips",
+        "lx_ring",
+        "lx_reals",
+        "lx_ct",
+        "lx_revnat",
+        "lx_vip_stats",
+        "lx_real_stats",
+        "lx_global",
+        "lx_config",
     ];
 }
 
@@ -113,38 +170,56 @@ pub fn max_backends() -> u32 {
 /// Checks the mirror against a compiled object's BTF and the header's flag values; every
 /// difference, or none.
 pub fn verify(object: &[u8]) -> Result<(), Vec<String>> {
-    let btf = Btf::from_elf(object).map_err(|e| vec![e])?;
+    verify_objects(&[object])
+}
+
+/// [`verify`] over several objects: each struct is checked in every object that has it, and
+/// must be in at least one.
+pub fn verify_objects(objects: &[&[u8]]) -> Result<(), Vec<String>> {
+    let btfs = objects
+        .iter()
+        .map(|o| Btf::from_elf(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| vec![e])?;
     let mut problems = Vec::new();
     for (name, size, fields) in mirrors() {
-        let Some(s) = btf.struct_by_name(name) else {
-            problems.push(format!("struct {name}: not in the object's BTF"));
+        let found: Vec<_> = btfs.iter().filter_map(|b| b.struct_by_name(name)).collect();
+        if found.is_empty() {
+            problems.push(format!("struct {name}: in no object's BTF"));
             continue;
-        };
-        if s.size as usize != size {
-            problems.push(format!(
-                "struct {name}: {} bytes in BTF, {size} in Rust",
-                s.size
-            ));
         }
-        for (field, offset) in &fields {
-            match s.members.iter().find(|m| m.name == *field) {
-                None => problems.push(format!("struct {name}: no field {field} in BTF")),
-                Some(m) if m.bit_offset as usize != offset * 8 => problems.push(format!(
-                    "struct {name}.{field}: at byte {} in BTF, {offset} in Rust",
-                    m.bit_offset / 8
-                )),
-                Some(_) => {}
+        for s in found {
+            if s.size as usize != size {
+                problems.push(format!(
+                    "struct {name}: {} bytes in BTF, {size} in Rust",
+                    s.size
+                ));
             }
-        }
-        for m in &s.members {
-            if !fields.iter().any(|(f, _)| *f == m.name) {
-                problems.push(format!("struct {name}.{}: missing in Rust", m.name));
+            for (field, offset) in &fields {
+                match s.members.iter().find(|m| m.name == *field) {
+                    None => problems.push(format!("struct {name}: no field {field} in BTF")),
+                    Some(m) if m.bit_offset as usize != offset * 8 => problems.push(format!(
+                        "struct {name}.{field}: at byte {} in BTF, {offset} in Rust",
+                        m.bit_offset / 8
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for m in &s.members {
+                if !fields.iter().any(|(f, _)| *f == m.name) {
+                    problems.push(format!("struct {name}.{}: missing in Rust", m.name));
+                }
             }
         }
     }
     for (define, value) in [
         ("LS_SVC_FAIL_OPEN", SVC_FAIL_OPEN as u64),
         ("LS_BE_VALID", BE_VALID as u64),
+        ("LX_MODE_NAT", LX_MODE_NAT as u64),
+        ("LX_MODE_GUE", LX_MODE_GUE as u64),
+        ("LX_REAL_VALID", LX_REAL_VALID as u64),
+        ("LX_CFG_FIB_FORWARD", LX_CFG_FIB_FORWARD as u64),
+        ("LX_COUNTERS", LX_COUNTERS.len() as u64),
     ] {
         if header_constant(define) != Some(value) {
             problems.push(format!(
@@ -153,7 +228,15 @@ pub fn verify(object: &[u8]) -> Result<(), Vec<String>> {
             ));
         }
     }
-    for map in maps::ALL {
+    for (_, define, slot) in LX_COUNTERS {
+        if header_constant(define) != Some(u64::from(slot)) {
+            problems.push(format!(
+                "{define}: the header says {:?}, Rust {slot}",
+                header_constant(define)
+            ));
+        }
+    }
+    for map in maps::ALL.iter().chain(maps::XDP.iter()) {
         if !lodestar_ebpf::HEADER.contains(&format!(" {map}\n")) {
             problems.push(format!("map {map}: not named in the header"));
         }
@@ -170,8 +253,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mirror_matches_the_compiled_object() {
-        verify(lodestar_ebpf::sock_lb()).unwrap_or_else(|p| panic!("{}", p.join("\n")));
+    fn mirror_matches_the_compiled_objects() {
+        verify_objects(&[lodestar_ebpf::sock_lb(), lodestar_ebpf::xdp_lb()])
+            .unwrap_or_else(|p| panic!("{}", p.join("\n")));
     }
 
     #[test]

@@ -7,11 +7,13 @@
 pub mod btf;
 pub mod health;
 pub mod kernel;
+pub mod kernel_xdp;
 pub mod layout;
 pub mod maglev;
 pub mod plan;
 pub mod reconcile;
-mod sys;
+pub mod sys;
+pub mod xdp;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

@@ -74,6 +74,9 @@ pub struct PlannedBackend {
     pub local: bool,
     /// Slots in the service's table: its share of new connections. 0: none.
     pub slots: u32,
+    /// The address of the node it runs on, of the VIP's family (its agent's first address;
+    /// else its own): where the XDP path's GUE mode sends its packets.
+    pub node: IpAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -132,7 +135,14 @@ pub fn plan(snapshot: &Snapshot, opts: &PlanOptions) -> Plan {
                     port: b.port,
                 };
                 let active_down = opts.active_down.contains(&addr);
+                let node = snapshot
+                    .agents
+                    .get(&b.agent)
+                    .and_then(|a| a.addresses.iter().find(|n| n.is_ipv4() == ip.is_ipv4()))
+                    .copied()
+                    .unwrap_or(*bip);
                 svc.backends.entry(addr).or_insert(PlannedBackend {
+                    node,
                     task: b.task.clone(),
                     weight,
                     healthy: b.health != Health::Unhealthy && !active_down,

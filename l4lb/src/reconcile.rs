@@ -43,20 +43,20 @@ pub struct Dump {
 }
 
 #[derive(Debug, Default)]
-struct Ids {
+pub(crate) struct Ids {
     next: u32,
     free: Vec<u32>,
     max: u32,
 }
 
 impl Ids {
-    fn new(max: u32) -> Ids {
+    pub(crate) fn new(max: u32) -> Ids {
         Ids {
             max,
             ..Ids::default()
         }
     }
-    fn alloc(&mut self) -> Option<u32> {
+    pub(crate) fn alloc(&mut self) -> Option<u32> {
         self.free.pop().or_else(|| {
             (self.next < self.max).then(|| {
                 self.next += 1;
@@ -64,11 +64,14 @@ impl Ids {
             })
         })
     }
-    fn release(&mut self, id: u32) {
+    pub(crate) fn max_id(&self) -> u32 {
+        self.max
+    }
+    pub(crate) fn release(&mut self, id: u32) {
         self.free.push(id);
     }
     /// After a takeover: ids in use are exactly `used`.
-    fn rebuild(max: u32, used: impl Iterator<Item = u32>) -> Ids {
+    pub(crate) fn rebuild(max: u32, used: impl Iterator<Item = u32>) -> Ids {
         let used: std::collections::BTreeSet<u32> = used.collect();
         let next = used.iter().next_back().map_or(0, |m| m + 1);
         let free = (0..next).rev().filter(|i| !used.contains(i)).collect();
@@ -123,7 +126,7 @@ pub fn svc_key(s: &ServiceAddr) -> SvcKey {
     }
 }
 
-fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+pub(crate) fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     let mut addr = [0u8; 16];
     match ip {
         IpAddr::V4(v4) => {
@@ -134,7 +137,7 @@ fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-fn addr_ip(addr: &[u8; 16], family: u8) -> Option<IpAddr> {
+pub(crate) fn addr_ip(addr: &[u8; 16], family: u8) -> Option<IpAddr> {
     match family {
         AF_INET => Some(IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
         AF_INET6 => Some(IpAddr::from(*addr)),
@@ -696,6 +699,7 @@ mod tests {
                                         healthy: true,
                                         active_down: false,
                                         local: false,
+                                        node: IpAddr::from([198, 18, *v, *b]),
                                         slots: *slots,
                                     },
                                 )

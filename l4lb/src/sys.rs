@@ -22,6 +22,53 @@ pub const BPF_CGROUP_UDP6_RECVMSG: u32 = 20;
 pub const BPF_CGROUP_INET4_GETPEERNAME: u32 = 29;
 pub const BPF_CGROUP_INET6_GETPEERNAME: u32 = 30;
 pub const BPF_CGROUP_SOCK_OPS: u32 = 3;
+pub const BPF_XDP: u32 = 37;
+pub const BPF_TCX_INGRESS: u32 = 46;
+pub const BPF_TCX_EGRESS: u32 = 47;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// What one `BPF_PROG_TEST_RUN` returned.
+#[derive(Debug, Clone)]
+pub struct TestRun {
+    pub retval: u32,
+    pub data: Vec<u8>,
+    /// Mean run time per repetition, as the kernel measured it.
+    pub duration_ns: u32,
+}
+
+/// Runs a loaded program on a packet `repeat` times (`BPF_PROG_TEST_RUN`).
+pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> io::Result<TestRun> {
+    let mut out = vec![0u8; data.len() + 512];
+    let mut attr = [0u64; 16];
+    attr[0] = pack32(prog.as_raw_fd() as u32, 0);
+    attr[1] = pack32(data.len() as u32, out.len() as u32);
+    attr[2] = data.as_ptr() as u64;
+    attr[3] = out.as_mut_ptr() as u64;
+    attr[4] = pack32(repeat, 0);
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    out.truncate((attr[1] >> 32) as usize);
+    Ok(TestRun {
+        retval: (attr[0] >> 32) as u32,
+        data: out,
+        duration_ns: (attr[4] >> 32) as u32,
+    })
+}
+
+/// An interface's index in this network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+    // SAFETY: a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface {name} in this network namespace"),
+        ))
+    } else {
+        Ok(i)
+    }
+}
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
     // SAFETY: `attr` is a zeroed, 128-byte union bpf_attr as the kernel expects.
@@ -56,8 +103,13 @@ pub fn link_create(
     cgroup: BorrowedFd<'_>,
     attach_type: u32,
 ) -> io::Result<OwnedFd> {
+    link_create_raw(prog, cgroup.as_raw_fd() as u32, attach_type)
+}
+
+/// `BPF_LINK_CREATE` on an interface (XDP, tcx): `target` is the ifindex.
+pub fn link_create_raw(prog: BorrowedFd<'_>, target: u32, attach_type: u32) -> io::Result<OwnedFd> {
     let mut attr = [0u64; 16];
-    attr[0] = pack32(prog.as_raw_fd() as u32, cgroup.as_raw_fd() as u32);
+    attr[0] = pack32(prog.as_raw_fd() as u32, target);
     attr[1] = pack32(attach_type, 0);
     let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.

@@ -1,0 +1,514 @@
+//! The per-packet path's maps from the same plan as the socket path (so health, drain,
+//! weights and locality follow one rule): per VIP address a Maglev table over the backends that
+//! get new connections, written by difference, and the VIP's forwarding mode.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{Real, RingKey, SvcKey, XVip, LX_MODE_GUE, LX_MODE_NAT, LX_REAL_VALID};
+use crate::maglev;
+use crate::plan::{BackendAddr, Plan, ServiceAddr};
+use crate::reconcile::{addr_bytes, svc_key, Ids, Report};
+
+/// How the XDP path forwards a VIP's packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Rewrite the destination to the backend; replies come back through this node, where tc
+    /// egress restores the VIP. Nothing is needed on the backends.
+    #[default]
+    Nat,
+    /// Encapsulate in UDP (GUE) to the backend's node, whose tc ingress decapsulates; the
+    /// backend holds the VIP locally and replies directly (direct server return).
+    Gue,
+}
+
+impl Mode {
+    fn code(self) -> u32 {
+        match self {
+            Mode::Nat => LX_MODE_NAT,
+            Mode::Gue => LX_MODE_GUE,
+        }
+    }
+}
+
+/// The BPF side's flow hash (`flow_hash` in xdp_lb.c) of a flow key: which Maglev slot a
+/// new flow takes is `flow_hash(flow) % table size`. Kept here so tests can predict it.
+pub fn flow_hash(flow: &crate::layout::Flow) -> u32 {
+    // SAFETY: Flow is repr(C), 40 bytes of integers with explicit padding.
+    let bytes: &[u8] = unsafe {
+        std::slice::from_raw_parts(
+            (flow as *const crate::layout::Flow).cast::<u8>(),
+            std::mem::size_of::<crate::layout::Flow>(),
+        )
+    };
+    let mut h: u32 = 0x9e37_79b9;
+    for w in bytes.chunks_exact(4) {
+        h ^= u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+    }
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The map operations the XDP reconciler needs.
+pub trait XdpMaps {
+    fn put_vip(&mut self, key: &SvcKey, vip: &XVip) -> io::Result<()>;
+    fn delete_vip(&mut self, key: &SvcKey) -> io::Result<()>;
+    fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()>;
+    fn delete_slot(&mut self, key: &RingKey) -> io::Result<()>;
+    fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()>;
+    fn reset_vip_stats(&mut self, id: u32) -> io::Result<()>;
+    fn reset_real_stats(&mut self, id: u32) -> io::Result<()>;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct XVipState {
+    pub id: u32,
+    pub mode: Mode,
+    /// Real id per Maglev slot (empty: no backend).
+    pub ring: Vec<u32>,
+    pub reals: BTreeMap<BackendAddr, (u32, Real)>,
+}
+
+/// What the pinned maps held at takeover.
+#[derive(Default, Debug)]
+pub struct XDump {
+    pub vips: Vec<(SvcKey, XVip)>,
+    pub ring: Vec<(RingKey, u32)>,
+    pub reals: Vec<(u32, Real)>,
+}
+
+pub struct XdpReconciler {
+    vips: BTreeMap<ServiceAddr, XVipState>,
+    vip_ids: Ids,
+    real_ids: Ids,
+    /// Bound on a VIP's Maglev table.
+    pub max_ring: u32,
+    pub seed: u64,
+    stale: XDump,
+}
+
+fn real_entry(b: &crate::plan::PlannedBackend, addr: &BackendAddr, vip_id: u32) -> Real {
+    let (a, family) = addr_bytes(addr.ip);
+    let (node, _) = addr_bytes(b.node);
+    Real {
+        addr: a,
+        node,
+        port: addr.port.to_be(),
+        family,
+        flags: LX_REAL_VALID,
+        vip_id,
+    }
+}
+
+impl XdpReconciler {
+    pub fn new(max_ring: u32, seed: u64) -> XdpReconciler {
+        XdpReconciler {
+            vips: BTreeMap::new(),
+            vip_ids: Ids::new(crate::layout::header_constant("LX_MAX_VIPS").unwrap_or(4096) as u32),
+            real_ids: Ids::new(
+                crate::layout::header_constant("LX_MAX_REALS").unwrap_or(65_536) as u32,
+            ),
+            max_ring,
+            seed,
+            stale: XDump::default(),
+        }
+    }
+
+    /// Takes over maps an earlier agent wrote: their content becomes the mirror, so the next
+    /// apply writes only differences (and removes what no VIP uses).
+    pub fn restore(dump: XDump, max_ring: u32, seed: u64) -> XdpReconciler {
+        let mut r = XdpReconciler::new(max_ring, seed);
+        let ring: std::collections::HashMap<(u32, u32), u32> = dump
+            .ring
+            .iter()
+            .map(|(k, v)| ((k.vip_id, k.slot), *v))
+            .collect();
+        let mut by_id = BTreeMap::new();
+        for (key, vip) in &dump.vips {
+            match crate::reconcile::service_addr(key) {
+                Some(addr) if !by_id.values().any(|a| *a == addr) => {
+                    by_id.insert(vip.id, addr);
+                    r.vips.insert(
+                        addr,
+                        XVipState {
+                            id: vip.id,
+                            mode: if vip.mode == LX_MODE_GUE {
+                                Mode::Gue
+                            } else {
+                                Mode::Nat
+                            },
+                            ring: (0..vip.ring_size)
+                                .map(|i| ring.get(&(vip.id, i)).copied().unwrap_or(u32::MAX))
+                                .collect(),
+                            reals: BTreeMap::new(),
+                        },
+                    );
+                }
+                _ => r.stale.vips.push((*key, *vip)),
+            }
+        }
+        for (id, real) in &dump.reals {
+            let owner = by_id.get(&real.vip_id).and_then(|a| r.vips.get_mut(a));
+            let addr = crate::reconcile::addr_ip(&real.addr, real.family).map(|ip| BackendAddr {
+                ip,
+                port: u16::from_be(real.port),
+            });
+            match (owner, addr) {
+                (Some(v), Some(a)) if !v.reals.contains_key(&a) => {
+                    v.reals.insert(a, (*id, *real));
+                }
+                _ => r.stale.reals.push((*id, *real)),
+            }
+        }
+        for (k, v) in &dump.ring {
+            let live = by_id
+                .get(&k.vip_id)
+                .and_then(|a| r.vips.get(a))
+                .is_some_and(|s| (k.slot as usize) < s.ring.len());
+            if !live {
+                r.stale.ring.push((*k, *v));
+            }
+        }
+        r.vip_ids = Ids::rebuild(r.vip_ids.max_id(), r.vips.values().map(|v| v.id));
+        r.real_ids = Ids::rebuild(
+            r.real_ids.max_id(),
+            r.vips
+                .values()
+                .flat_map(|v| v.reals.values().map(|(id, _)| *id)),
+        );
+        r
+    }
+
+    pub fn vips(&self) -> &BTreeMap<ServiceAddr, XVipState> {
+        &self.vips
+    }
+
+    /// Makes the maps hold `plan`, each VIP in the mode `mode_of` gives it.
+    pub fn apply(
+        &mut self,
+        plan: &Plan,
+        mode_of: &dyn Fn(&str) -> Mode,
+        maps: &mut dyn XdpMaps,
+    ) -> Report {
+        let mut report = Report::default();
+        let stale = std::mem::take(&mut self.stale);
+        for (k, _) in stale.vips {
+            report.writes += 1;
+            let _ = maps.delete_vip(&k);
+        }
+        for (k, _) in stale.ring {
+            report.writes += 1;
+            let _ = maps.delete_slot(&k);
+        }
+        for (id, _) in stale.reals {
+            report.writes += 1;
+            let _ = maps.put_real(id, &Real::default());
+        }
+        let gone: Vec<ServiceAddr> = self
+            .vips
+            .keys()
+            .filter(|k| !plan.contains_key(k))
+            .copied()
+            .collect();
+        for addr in gone {
+            let v = self.vips.remove(&addr).expect("listed");
+            report.writes += 1 + v.ring.len() + v.reals.len();
+            let _ = maps.delete_vip(&svc_key(&addr));
+            for slot in 0..v.ring.len() as u32 {
+                let _ = maps.delete_slot(&RingKey { vip_id: v.id, slot });
+            }
+            for (id, _) in v.reals.values() {
+                let _ = maps.put_real(*id, &Real::default());
+                self.real_ids.release(*id);
+            }
+            self.vip_ids.release(v.id);
+        }
+        for (addr, planned) in plan {
+            let mode = mode_of(&planned.vip);
+            if let Err(e) = self.program(addr, planned, mode, maps, &mut report) {
+                report.errors.push(format!("XDP VIP {}: {e}", planned.vip));
+            }
+        }
+        report
+    }
+
+    fn program(
+        &mut self,
+        addr: &ServiceAddr,
+        planned: &crate::plan::PlannedService,
+        mode: Mode,
+        maps: &mut dyn XdpMaps,
+        report: &mut Report,
+    ) -> io::Result<()> {
+        let key = svc_key(addr);
+        let is_new = !self.vips.contains_key(addr);
+        if is_new {
+            let id = self
+                .vip_ids
+                .alloc()
+                .ok_or_else(|| io::Error::other("more VIP addresses than LX_MAX_VIPS"))?;
+            report.writes += 1;
+            maps.reset_vip_stats(id)?;
+            self.vips.insert(
+                *addr,
+                XVipState {
+                    id,
+                    mode,
+                    ring: Vec::new(),
+                    reals: BTreeMap::new(),
+                },
+            );
+        }
+        let st = self.vips.get_mut(addr).expect("inserted");
+        let vip_id = st.id;
+        // Reals: every planned backend (draining ones too: tracked flows keep their entry).
+        for (b, p) in &planned.backends {
+            let entry = real_entry(p, b, vip_id);
+            match st.reals.get(b) {
+                Some((_, old)) if *old == entry => {}
+                Some((id, _)) => {
+                    let id = *id;
+                    report.writes += 1;
+                    maps.put_real(id, &entry)?;
+                    st.reals.insert(*b, (id, entry));
+                }
+                None => {
+                    let id = self
+                        .real_ids
+                        .alloc()
+                        .ok_or_else(|| io::Error::other("more backends than LX_MAX_REALS"))?;
+                    report.writes += 2;
+                    maps.reset_real_stats(id)?;
+                    maps.put_real(id, &entry)?;
+                    st.reals.insert(*b, (id, entry));
+                }
+            }
+        }
+        // The Maglev table over the backends that get new connections, by their slots.
+        let members: Vec<(BackendAddr, maglev::Member)> = planned
+            .backends
+            .iter()
+            .filter(|(_, p)| p.slots > 0)
+            .map(|(b, p)| {
+                (
+                    *b,
+                    maglev::Member {
+                        key: format!("{}", std::net::SocketAddr::new(b.ip, b.port)).into_bytes(),
+                        weight: p.slots,
+                    },
+                )
+            })
+            .collect();
+        let ring: Vec<u32> = if members.is_empty() {
+            Vec::new()
+        } else {
+            let size = maglev::table_size(members.len(), self.max_ring);
+            let list: Vec<maglev::Member> = members.iter().map(|(_, m)| m.clone()).collect();
+            maglev::build(&list, size, self.seed)
+                .into_iter()
+                .map(|i| st.reals[&members[i.unwrap_or(0) as usize].0].0)
+                .collect()
+        };
+        let old_len = st.ring.len();
+        for (i, rid) in ring.iter().enumerate() {
+            if st.ring.get(i) != Some(rid) {
+                report.writes += 1;
+                maps.put_slot(
+                    &RingKey {
+                        vip_id,
+                        slot: i as u32,
+                    },
+                    *rid,
+                )?;
+                if i < st.ring.len() {
+                    st.ring[i] = *rid;
+                } else {
+                    st.ring.push(*rid);
+                }
+            }
+        }
+        if is_new || old_len != ring.len() || st.mode != mode {
+            report.writes += 1;
+            maps.put_vip(
+                &key,
+                &XVip {
+                    id: vip_id,
+                    ring_size: ring.len() as u32,
+                    mode: mode.code(),
+                    flags: 0,
+                },
+            )?;
+            st.mode = mode;
+        }
+        for slot in ring.len()..old_len {
+            report.writes += 1;
+            maps.delete_slot(&RingKey {
+                vip_id,
+                slot: slot as u32,
+            })?;
+        }
+        st.ring.truncate(ring.len());
+        let gone: Vec<BackendAddr> = st
+            .reals
+            .keys()
+            .filter(|b| !planned.backends.contains_key(b))
+            .copied()
+            .collect();
+        for b in gone {
+            let (id, _) = st.reals.remove(&b).expect("listed");
+            report.writes += 1;
+            maps.put_real(id, &Real::default())?;
+            self.real_ids.release(id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlannedBackend, PlannedService};
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+
+    #[derive(Default)]
+    struct Model {
+        vips: HashMap<SvcKey, XVip>,
+        ring: HashMap<(u32, u32), u32>,
+        reals: HashMap<u32, Real>,
+    }
+
+    impl XdpMaps for Model {
+        fn put_vip(&mut self, key: &SvcKey, vip: &XVip) -> io::Result<()> {
+            self.vips.insert(*key, *vip);
+            Ok(())
+        }
+        fn delete_vip(&mut self, key: &SvcKey) -> io::Result<()> {
+            self.vips.remove(key);
+            Ok(())
+        }
+        fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()> {
+            assert!(self.reals.contains_key(&real), "slot before its real");
+            self.ring.insert((key.vip_id, key.slot), real);
+            Ok(())
+        }
+        fn delete_slot(&mut self, key: &RingKey) -> io::Result<()> {
+            self.ring.remove(&(key.vip_id, key.slot));
+            Ok(())
+        }
+        fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()> {
+            if real.flags & LX_REAL_VALID == 0 {
+                assert!(
+                    !self.ring.values().any(|r| *r == id),
+                    "real cleared while in a table"
+                );
+                self.reals.remove(&id);
+            } else {
+                self.reals.insert(id, *real);
+            }
+            Ok(())
+        }
+        fn reset_vip_stats(&mut self, _: u32) -> io::Result<()> {
+            Ok(())
+        }
+        fn reset_real_stats(&mut self, _: u32) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn plan(backends: &[(u8, u32)]) -> Plan {
+        let svc = PlannedService {
+            vip: "198.19.0.1:80/tcp".into(),
+            fail_open: false,
+            locality: crate::plan::Locality::Any,
+            backends: backends
+                .iter()
+                .map(|(b, slots)| {
+                    (
+                        BackendAddr {
+                            ip: IpAddr::from([198, 18, 1, *b]),
+                            port: 8080,
+                        },
+                        PlannedBackend {
+                            task: format!("t{b}"),
+                            weight: *slots,
+                            healthy: true,
+                            active_down: false,
+                            local: false,
+                            slots: *slots,
+                            node: IpAddr::from([198, 18, 1, *b]),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        [(
+            ServiceAddr {
+                ip: IpAddr::from([198, 19, 0, 1]),
+                port: 80,
+                protocol: lodestar_control::model::Protocol::Tcp,
+            },
+            svc,
+        )]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn a_backend_change_rewrites_only_the_slots_that_move() {
+        let mut r = XdpReconciler::new(maglev::DEFAULT_MAX, maglev::DEFAULT_SEED);
+        let mut m = Model::default();
+        let nat = |_: &str| Mode::Nat;
+        let ten: Vec<(u8, u32)> = (1..=10).map(|b| (b, 1)).collect();
+        let first = r.apply(&plan(&ten), &nat, &mut m);
+        let size = maglev::table_size(10, maglev::DEFAULT_MAX) as usize;
+        assert_eq!(m.ring.len(), size);
+        assert!(first.writes > size);
+        assert_eq!(r.apply(&plan(&ten), &nat, &mut m).writes, 0);
+        // Drain backend 4 (weight 0): its real stays for tracked flows, its slots move. The
+        // table shrinks to the 9-backend size: every slot of the smaller table is rewritten
+        // only where it differs.
+        let mut drained = ten.clone();
+        drained[3].1 = 0;
+        let rep = r.apply(&plan(&drained), &nat, &mut m);
+        assert_eq!(m.reals.len(), 10);
+        let new_size = maglev::table_size(9, maglev::DEFAULT_MAX) as usize;
+        assert_eq!(m.ring.len(), new_size);
+        assert!(!m.ring.values().any(|id| m.reals[id].addr[3] == 4));
+        assert!(rep.writes < size, "{rep:?}");
+        // Mode change is one write.
+        let rep = r.apply(&plan(&drained), &|_| Mode::Gue, &mut m);
+        assert_eq!(rep.writes, 1);
+        assert_eq!(m.vips.values().next().unwrap().mode, LX_MODE_GUE);
+        // Takeover: nothing to write.
+        let dump = XDump {
+            vips: m.vips.iter().map(|(k, v)| (*k, *v)).collect(),
+            ring: m
+                .ring
+                .iter()
+                .map(|((v, s), r)| {
+                    (
+                        RingKey {
+                            vip_id: *v,
+                            slot: *s,
+                        },
+                        *r,
+                    )
+                })
+                .collect(),
+            reals: m.reals.iter().map(|(k, v)| (*k, *v)).collect(),
+        };
+        let mut again = XdpReconciler::restore(dump, maglev::DEFAULT_MAX, maglev::DEFAULT_SEED);
+        assert_eq!(
+            again.apply(&plan(&drained), &|_| Mode::Gue, &mut m).writes,
+            0
+        );
+        again.apply(&Plan::new(), &nat, &mut m);
+        assert!(m.vips.is_empty() && m.ring.is_empty() && m.reals.is_empty());
+    }
+}

@@ -1,0 +1,714 @@
+//! The XDP and tc programs on packet fixtures, through `BPF_PROG_TEST_RUN` in the real kernel:
+//! each case is a description, an input packet, the expected action and the expected output
+//! packet, byte for byte (checksums included: expected packets are built from scratch, so the
+//! programs' incremental checksum updates are checked against full computations). Maps are
+//! programmed by the real reconciler from a plan. Needs root (BPF).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use lodestar_control::model::Protocol;
+use lodestar_l4lb::kernel_xdp::{XdpConfig, XdpLb};
+use lodestar_l4lb::layout::Flow;
+use lodestar_l4lb::maglev;
+use lodestar_l4lb::plan::{
+    BackendAddr, Locality, Plan, PlannedBackend, PlannedService, ServiceAddr,
+};
+use lodestar_l4lb::xdp::{flow_hash, Mode, XdpReconciler};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    acc
+}
+
+fn finish(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+#[derive(Clone)]
+struct Pkt {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: Protocol,
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    payload: Vec<u8>,
+    fragment: bool,
+    ip_options: bool,
+    udp_no_csum: bool,
+}
+
+fn pkt(src: &str, dst: &str, proto: Protocol, sport: u16, dport: u16) -> Pkt {
+    Pkt {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        proto,
+        sport,
+        dport,
+        syn: true,
+        payload: b"hello".to_vec(),
+        fragment: false,
+        ip_options: false,
+        udp_no_csum: false,
+    }
+}
+
+impl Pkt {
+    fn l4(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        l4.extend(self.sport.to_be_bytes());
+        l4.extend(self.dport.to_be_bytes());
+        match self.proto {
+            Protocol::Tcp => {
+                l4.extend(1u32.to_be_bytes()); // seq
+                l4.extend(0u32.to_be_bytes()); // ack
+                l4.push(5 << 4);
+                l4.push(if self.syn { 0x02 } else { 0x10 });
+                l4.extend(65535u16.to_be_bytes());
+                l4.extend([0, 0, 0, 0]); // checksum, urgent
+            }
+            Protocol::Udp => {
+                l4.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+                l4.extend([0, 0]);
+            }
+        }
+        l4.extend(&self.payload);
+        let proto = if self.proto == Protocol::Tcp { 6u8 } else { 17 };
+        let mut pseudo = Vec::new();
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                pseudo.extend(s.octets());
+                pseudo.extend(d.octets());
+                pseudo.extend([0, proto]);
+                pseudo.extend((l4.len() as u16).to_be_bytes());
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                pseudo.extend(s.octets());
+                pseudo.extend(d.octets());
+                pseudo.extend((l4.len() as u32).to_be_bytes());
+                pseudo.extend([0, 0, 0, proto]);
+            }
+            _ => panic!("mixed families"),
+        }
+        let csum = finish(sum16(&l4, sum16(&pseudo, 0)));
+        let at = if self.proto == Protocol::Tcp { 16 } else { 6 };
+        if !(self.proto == Protocol::Udp && self.udp_no_csum && self.src.is_ipv4()) {
+            l4[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+        }
+        l4
+    }
+
+    /// IP packet (no Ethernet).
+    fn ip(&self) -> Vec<u8> {
+        let l4 = self.l4();
+        let proto = if self.proto == Protocol::Tcp { 6u8 } else { 17 };
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let opt = if self.ip_options { 4 } else { 0 };
+                let mut h = vec![0x45 + (opt / 4) as u8, 0];
+                h.extend(((20 + opt + l4.len()) as u16).to_be_bytes());
+                h.extend([0x12, 0x34]);
+                h.extend(if self.fragment {
+                    [0x20, 0x00]
+                } else {
+                    [0x40, 0x00]
+                });
+                h.extend([64, proto, 0, 0]);
+                h.extend(s.octets());
+                h.extend(d.octets());
+                h.extend(std::iter::repeat_n(1u8, opt)); // NOP options
+                let c = finish(sum16(&h, 0));
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+                h.extend(l4);
+                h
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut h = vec![0x60, 0, 0, 0];
+                let frag = if self.fragment { 8 } else { 0 };
+                h.extend(((frag + l4.len()) as u16).to_be_bytes());
+                h.push(if self.fragment { 44 } else { proto });
+                h.push(64);
+                h.extend(s.octets());
+                h.extend(d.octets());
+                if self.fragment {
+                    h.extend([proto, 0, 0, 1, 0, 0, 0, 7]); // first fragment, more follow
+                }
+                h.extend(l4);
+                h
+            }
+            _ => panic!("mixed families"),
+        }
+    }
+
+    fn frame(&self) -> Vec<u8> {
+        eth(self.src.is_ipv4(), self.ip())
+    }
+
+    fn flow(&self) -> Flow {
+        let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+        let family = match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                src[..4].copy_from_slice(&s.octets());
+                dst[..4].copy_from_slice(&d.octets());
+                2
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                src = s.octets();
+                dst = d.octets();
+                10
+            }
+            _ => panic!(),
+        };
+        Flow {
+            src,
+            dst,
+            sport: self.sport.to_be(),
+            dport: self.dport.to_be(),
+            proto: if self.proto == Protocol::Tcp { 6 } else { 17 },
+            family,
+            pad: [0; 2],
+        }
+    }
+}
+
+fn eth(v4: bool, payload: Vec<u8>) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+    f.extend(if v4 { [0x08, 0x00] } else { [0x86, 0xdd] });
+    f.extend(payload);
+    f
+}
+
+/// The GUE packet the XDP program should make of `inner`, to `node`.
+fn gue(inner: &Pkt, node: IpAddr, src: IpAddr) -> Vec<u8> {
+    let ip = inner.ip();
+    let sport = 0xc000 | (flow_hash(&inner.flow()) & 0x3fff) as u16;
+    let mut udp = Vec::new();
+    udp.extend(sport.to_be_bytes());
+    udp.extend(6080u16.to_be_bytes());
+    udp.extend(((8 + ip.len()) as u16).to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(&ip);
+    match (src, node) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = vec![0x45, 0];
+            h.extend(((20 + udp.len()) as u16).to_be_bytes());
+            h.extend([0, 0, 0x40, 0, 64, 17, 0, 0]);
+            h.extend(s.octets());
+            h.extend(d.octets());
+            let c = finish(sum16(&h, 0));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            h.extend(udp);
+            eth(true, h)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut h = vec![0x60, 0, 0, 0];
+            h.extend((udp.len() as u16).to_be_bytes());
+            h.extend([17, 64]);
+            h.extend(s.octets());
+            h.extend(d.octets());
+            h.extend(udp);
+            eth(false, h)
+        }
+        _ => panic!(),
+    }
+}
+
+struct Lab {
+    lb: XdpLb,
+    rec: XdpReconciler,
+    pin: std::path::PathBuf,
+    modes: BTreeMap<String, Mode>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin);
+    }
+}
+
+fn backend(ip: &str, port: u16, node: &str, slots: u32) -> (BackendAddr, PlannedBackend) {
+    (
+        BackendAddr {
+            ip: ip.parse().unwrap(),
+            port,
+        },
+        PlannedBackend {
+            task: ip.into(),
+            weight: slots,
+            healthy: true,
+            active_down: false,
+            local: false,
+            slots,
+            node: node.parse().unwrap(),
+        },
+    )
+}
+
+fn service(
+    ip: &str,
+    port: u16,
+    proto: Protocol,
+    backends: Vec<(BackendAddr, PlannedBackend)>,
+) -> (ServiceAddr, PlannedService) {
+    let addr = ServiceAddr {
+        ip: ip.parse().unwrap(),
+        port,
+        protocol: proto,
+    };
+    let vip = format!("{}/{}", std::net::SocketAddr::new(addr.ip, port), proto);
+    (
+        addr,
+        PlannedService {
+            vip,
+            backends: backends.into_iter().collect(),
+            fail_open: false,
+            locality: Locality::Any,
+        },
+    )
+}
+
+fn base_plan(b1_slots: u32, b2_slots: u32) -> Plan {
+    let v4 = || {
+        vec![
+            backend("198.18.1.2", 8080, "198.18.1.10", b1_slots),
+            backend("198.18.2.2", 8080, "198.18.2.10", b2_slots),
+        ]
+    };
+    let v6 = || {
+        vec![
+            backend("2001:db8:1::2", 8080, "2001:db8:1::10", 1),
+            backend("2001:db8:2::2", 8080, "2001:db8:2::10", 1),
+        ]
+    };
+    [
+        service("198.19.0.1", 80, Protocol::Tcp, v4()),
+        service("198.19.0.1", 53, Protocol::Udp, v4()),
+        service("2001:db8:ffff::1", 80, Protocol::Tcp, v6()),
+        service("2001:db8:ffff::1", 53, Protocol::Udp, v6()),
+        service("198.19.0.2", 80, Protocol::Tcp, v4()),
+        service("2001:db8:ffff::2", 80, Protocol::Tcp, v6()),
+        service("198.19.0.3", 80, Protocol::Tcp, vec![]),
+    ]
+    .into_iter()
+    .collect()
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let pin = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/lodestar-fixtures-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&pin);
+        let cfg = XdpConfig {
+            gue_source_v4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            gue_source_v6: Some("2001:db8::1".parse::<Ipv6Addr>().unwrap()),
+            ..XdpConfig::default()
+        };
+        let lb = XdpLb::open(&pin, &cfg, true).unwrap_or_else(|e| {
+            panic!("cannot load the XDP object ({e}); these tests need root and BPF")
+        });
+        let modes = [
+            ("198.19.0.2:80/tcp".to_string(), Mode::Gue),
+            ("[2001:db8:ffff::2]:80/tcp".to_string(), Mode::Gue),
+        ]
+        .into_iter()
+        .collect();
+        let mut lab = Lab {
+            lb,
+            rec: XdpReconciler::new(maglev::DEFAULT_MAX, maglev::DEFAULT_SEED),
+            pin,
+            modes,
+        };
+        lab.program(&base_plan(1, 1));
+        lab
+    }
+
+    fn program(&mut self, plan: &Plan) {
+        let modes = self.modes.clone();
+        let rep = self.rec.apply(
+            plan,
+            &|v| modes.get(v).copied().unwrap_or(Mode::Nat),
+            &mut self.lb,
+        );
+        assert!(rep.errors.is_empty(), "{rep:?}");
+    }
+
+    /// The backend Maglev gives a new flow of `p`.
+    fn maglev_pick(&self, p: &Pkt) -> BackendAddr {
+        let addr = ServiceAddr {
+            ip: p.dst,
+            port: p.dport,
+            protocol: p.proto,
+        };
+        let st = &self.rec.vips()[&addr];
+        let slot = flow_hash(&p.flow()) as usize % st.ring.len();
+        let id = st.ring[slot];
+        *st.reals.iter().find(|(_, (rid, _))| *rid == id).unwrap().0
+    }
+
+    fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let r = self.lb.test_run(prog, frame, 1).expect("BPF_PROG_TEST_RUN");
+        (r.retval, r.data)
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let slot = lodestar_l4lb::layout::LX_COUNTERS
+            .iter()
+            .find(|c| c.0 == name)
+            .unwrap()
+            .2;
+        self.lb.global()[slot as usize]
+    }
+}
+
+/// The node of a fixture backend: 198.18.N.2 runs on 198.18.N.10, 2001:db8:N::2 on ::10.
+fn node_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut o = v4.octets();
+            o[3] = 10;
+            IpAddr::from(o)
+        }
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[15] = 0x10;
+            IpAddr::from(o)
+        }
+    }
+}
+
+fn rewritten(p: &Pkt, to: BackendAddr) -> Pkt {
+    let mut q = p.clone();
+    q.dst = to.ip;
+    q.dport = to.port;
+    q
+}
+
+struct Case {
+    what: &'static str,
+    input: Vec<u8>,
+    action: u32,
+    output: Vec<u8>,
+}
+
+#[test]
+fn xdp_fixtures() {
+    let lab = Lab::new("table");
+    let mut cases = Vec::new();
+    for (what, p) in [
+        (
+            "IPv4 TCP SYN to a NAT VIP",
+            pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40000, 80),
+        ),
+        (
+            "IPv4 UDP to a NAT VIP",
+            pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40001, 53),
+        ),
+        (
+            "IPv6 TCP SYN to a NAT VIP",
+            pkt(
+                "2001:db8:100::1",
+                "2001:db8:ffff::1",
+                Protocol::Tcp,
+                40002,
+                80,
+            ),
+        ),
+        (
+            "IPv6 UDP to a NAT VIP",
+            pkt(
+                "2001:db8:100::1",
+                "2001:db8:ffff::1",
+                Protocol::Udp,
+                40003,
+                53,
+            ),
+        ),
+    ] {
+        let to = lab.maglev_pick(&p);
+        cases.push(Case {
+            what,
+            input: p.frame(),
+            action: XDP_PASS,
+            output: rewritten(&p, to).frame(),
+        });
+    }
+    let mut nocsum = pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40004, 53);
+    nocsum.udp_no_csum = true;
+    let to = lab.maglev_pick(&nocsum);
+    cases.push(Case {
+        what: "IPv4 UDP without a checksum stays without one",
+        input: nocsum.frame(),
+        action: XDP_PASS,
+        output: rewritten(&nocsum, to).frame(),
+    });
+    for (what, p) in [
+        (
+            "traffic to no VIP passes untouched",
+            pkt("198.18.100.1", "198.18.9.9", Protocol::Tcp, 40010, 80),
+        ),
+        (
+            "a VIP address on an unknown port passes untouched",
+            pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40011, 81),
+        ),
+        (
+            "a VIP port over the other protocol passes untouched",
+            pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40012, 80),
+        ),
+    ] {
+        cases.push(Case {
+            what,
+            input: p.frame(),
+            action: XDP_PASS,
+            output: p.frame(),
+        });
+    }
+    let mut frag = pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40020, 53);
+    frag.fragment = true;
+    cases.push(Case {
+        what: "an IPv4 fragment passes to the kernel",
+        input: frag.frame(),
+        action: XDP_PASS,
+        output: frag.frame(),
+    });
+    let mut frag6 = pkt(
+        "2001:db8:100::1",
+        "2001:db8:ffff::1",
+        Protocol::Udp,
+        40021,
+        53,
+    );
+    frag6.fragment = true;
+    cases.push(Case {
+        what: "an IPv6 fragment passes to the kernel",
+        input: frag6.frame(),
+        action: XDP_PASS,
+        output: frag6.frame(),
+    });
+    let mut opts = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40022, 80);
+    opts.ip_options = true;
+    cases.push(Case {
+        what: "IPv4 options pass to the kernel",
+        input: opts.frame(),
+        action: XDP_PASS,
+        output: opts.frame(),
+    });
+    let empty = pkt("198.18.100.1", "198.19.0.3", Protocol::Tcp, 40023, 80);
+    cases.push(Case {
+        what: "a VIP without backends drops",
+        input: empty.frame(),
+        action: XDP_DROP,
+        output: empty.frame(),
+    });
+    let mut short = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40024, 80).frame();
+    short.truncate(14 + 20 + 10);
+    // The IPv4 total length still claims the full packet; only the buffer is short.
+    cases.push(Case {
+        what: "a truncated TCP header passes to the kernel",
+        input: short.clone(),
+        action: XDP_PASS,
+        output: short,
+    });
+    for (what, p, src) in [
+        (
+            "IPv4 TCP to a GUE VIP is encapsulated to the backend's node",
+            pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 40030, 80),
+            "198.18.0.1",
+        ),
+        (
+            "IPv6 TCP to a GUE VIP is encapsulated to the backend's node",
+            pkt(
+                "2001:db8:100::1",
+                "2001:db8:ffff::2",
+                Protocol::Tcp,
+                40031,
+                80,
+            ),
+            "2001:db8::1",
+        ),
+    ] {
+        let to = lab.maglev_pick(&p);
+        let node = node_of(to.ip);
+        cases.push(Case {
+            what,
+            input: p.frame(),
+            action: XDP_PASS,
+            output: gue(&p, node, src.parse().unwrap()),
+        });
+    }
+
+    let mut failures = Vec::new();
+    for c in &cases {
+        let (action, out) = lab.run("lx_xdp", &c.input);
+        if action != c.action || out != c.output {
+            failures.push(format!(
+                "{}: action {action} (expected {}), output {}",
+                c.what,
+                c.action,
+                if out == c.output {
+                    "as expected".to_string()
+                } else {
+                    format!("{out:02x?}\n  expected {:02x?}", c.output)
+                }
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert_eq!(lab.counter("pass_fragment"), 2);
+    assert_eq!(lab.counter("pass_ip_options"), 1);
+    assert_eq!(lab.counter("drop_no_backend"), 1);
+    assert_eq!(lab.counter("pass_malformed"), 1);
+}
+
+#[test]
+fn gue_decapsulation_and_nat_replies_byte_for_byte() {
+    let lab = Lab::new("tc");
+    for (p, src) in [
+        (
+            pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41000, 80),
+            "198.18.0.1",
+        ),
+        (
+            pkt(
+                "2001:db8:100::1",
+                "2001:db8:ffff::2",
+                Protocol::Tcp,
+                41001,
+                80,
+            ),
+            "2001:db8::1",
+        ),
+    ] {
+        let (action, encapsulated) = lab.run("lx_xdp", &p.frame());
+        assert_eq!(action, XDP_PASS);
+        let to = lab.maglev_pick(&p);
+        let node = node_of(to.ip);
+        assert_eq!(encapsulated, gue(&p, node, src.parse().unwrap()));
+        let (action, inner) = lab.run("lx_tc_decap", &encapsulated);
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!(
+            inner,
+            p.frame(),
+            "decapsulation gives back the client's packet"
+        );
+    }
+    assert_eq!(lab.counter("tc_decap"), 2);
+
+    // NAT: the reply from the backend gets the VIP back as its source on tc egress.
+    for p in [
+        pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 41002, 80),
+        pkt(
+            "2001:db8:100::1",
+            "2001:db8:ffff::1",
+            Protocol::Udp,
+            41003,
+            53,
+        ),
+    ] {
+        let (action, _) = lab.run("lx_xdp", &p.frame());
+        assert_eq!(action, XDP_PASS);
+        let to = lab.maglev_pick(&p);
+        let mut reply = pkt(
+            &to.ip.to_string(),
+            &p.src.to_string(),
+            p.proto,
+            to.port,
+            p.sport,
+        );
+        reply.syn = false;
+        let mut expected = reply.clone();
+        expected.src = p.dst;
+        expected.sport = p.dport;
+        let (action, out) = lab.run("lx_tc_revnat", &reply.frame());
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!(out, expected.frame(), "the reply leaves from the VIP");
+        // Unrelated traffic leaves untouched.
+        let other = pkt("198.18.1.2", "198.18.100.9", Protocol::Tcp, 8080, 5555);
+        assert_eq!(lab.run("lx_tc_revnat", &other.frame()).1, other.frame());
+        // A packet that is not GUE is not decapsulated.
+        assert_eq!(lab.run("lx_tc_decap", &other.frame()).1, other.frame());
+    }
+    assert_eq!(lab.counter("tc_revnat"), 2);
+}
+
+#[test]
+fn a_known_flow_keeps_its_backend_and_draining_takes_no_new_flows() {
+    let mut lab = Lab::new("ct");
+    let first = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 42000, 80);
+    let to = lab.maglev_pick(&first);
+    assert_eq!(
+        lab.run("lx_xdp", &first.frame()).1,
+        rewritten(&first, to).frame()
+    );
+    // The flow's backend leaves the set (drained to weight 0): the flow stays with it.
+    let (b1, b2) = if to.ip.to_string() == "198.18.1.2" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    lab.program(&base_plan(b1, b2));
+    let mut next = first.clone();
+    next.syn = false;
+    next.payload = b"more".to_vec();
+    assert_eq!(
+        lab.run("lx_xdp", &next.frame()).1,
+        rewritten(&next, to).frame(),
+        "tracked flow keeps its backend"
+    );
+    // New flows never go to the drained backend.
+    for port in 0..200u16 {
+        let p = pkt(
+            "198.18.100.2",
+            "198.19.0.1",
+            Protocol::Tcp,
+            43000 + port,
+            80,
+        );
+        let (_, out) = lab.run("lx_xdp", &p.frame());
+        assert_ne!(
+            out,
+            rewritten(&p, to).frame(),
+            "a new flow went to the drained backend"
+        );
+    }
+    // And a backend added later takes new flows without moving the tracked one.
+    lab.program(&base_plan(1, 1));
+    assert_eq!(
+        lab.run("lx_xdp", &next.frame()).1,
+        rewritten(&next, to).frame()
+    );
+    // A mid-flow packet the tracker does not know (its entry was evicted) goes where Maglev
+    // says, which is where its flow started, and counts as an LRU miss.
+    let mut evicted = pkt("198.18.100.3", "198.19.0.1", Protocol::Tcp, 44000, 80);
+    evicted.syn = false;
+    let to = lab.maglev_pick(&evicted);
+    assert_eq!(
+        lab.run("lx_xdp", &evicted.frame()).1,
+        rewritten(&evicted, to).frame()
+    );
+    let vip = ServiceAddr {
+        ip: first.dst,
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let stats = lab.lb.vip_stats(lab.rec.vips()[&vip].id);
+    assert!(stats.packets >= 2, "{stats:?}");
+    assert!(stats.new_flows >= 1 && stats.lru_misses >= 1, "{stats:?}");
+}
