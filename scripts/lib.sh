@@ -23,8 +23,9 @@ ensure_packages() {
 BUILD_PACKAGES=(protobuf-compiler libssl-dev pkg-config clang-19 libbpf-dev linux-libc-dev)
 # What the tests need besides: a real etcd and etcdctl, dig (a real DNS client), and openssl
 # (a certificate for the HTTPS master), iproute2 (network namespaces for the two-site and VIP
-# tests), and bpftool (to check what is attached to a cgroup after detach).
-TEST_PACKAGES=(etcd-server etcd-client dnsutils openssl iproute2 bpftool)
+# tests), bpftool (to check what is attached to a cgroup after detach), and ethtool (full
+# checksums on a test veth, as a real NIC delivers them to XDP).
+TEST_PACKAGES=(etcd-server etcd-client dnsutils openssl iproute2 bpftool ethtool)
 
 require_cargo() {
     command -v cargo >/dev/null || {

@@ -367,8 +367,9 @@ async fn start_l4lb(
         ..Default::default()
     };
     let first = first.clone();
+    let (socket, xdp) = (c.socket, c.xdp.clone());
     let started = tokio::task::spawn_blocking(move || {
-        let mut l = lodestar_l4lb::L4lb::start(&kernel, opts)?;
+        let mut l = lodestar_l4lb::L4lb::start(&kernel, socket, &xdp, opts)?;
         let report = l.apply(&first);
         Ok::<_, lodestar_l4lb::L4lbError>((l, report))
     })
@@ -379,9 +380,9 @@ async fn start_l4lb(
             for e in &report.errors {
                 warn!("VIP not programmed: {e}");
             }
-            let state = format!("attached to {}", l.cgroup().display());
+            let state = format!("running: {}", l.describe());
             info!(
-                cgroup = %l.cgroup().display(),
+                what = %l.describe(),
                 pin_path = %c.pin_path.display(),
                 took_over_links = l.took_over(),
                 map_writes = report.writes,

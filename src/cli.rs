@@ -780,6 +780,12 @@ fn print_dataplane_vips(vips: &[lodestar_l4lb::VipStatus]) {
         if v.fail_open {
             flags.push_str(" FAIL-OPEN");
         }
+        if let Some(x) = &v.xdp {
+            flags.push_str(&format!(
+                " xdp={} table={} pkts={} flows={} lru_misses={}",
+                x.mode, x.table, x.packets, x.new_flows, x.lru_misses
+            ));
+        }
         rows.push(vec![
             v.vip.clone(),
             format!("{}/{}", v.address, v.protocol),
@@ -807,7 +813,10 @@ fn print_dataplane_vips(vips: &[lodestar_l4lb::VipStatus]) {
                     b.slots,
                     if b.local { " local" } else { "" }
                 ),
-                format!("conns={} dgrams={} {}", b.connects, b.datagrams, b.task),
+                format!(
+                    "conns={} dgrams={} xdp_pkts={} {}",
+                    b.connects, b.datagrams, b.xdp_packets, b.task
+                ),
             ]);
         }
     }

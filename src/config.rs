@@ -135,6 +135,11 @@ pub struct L4lbConfig {
     pub passive: PassiveConfig,
     /// Active health checks by the agent.
     pub active: lodestar_l4lb::ActiveConfig,
+    /// The socket-level load balancer (cgroup hooks). Off on a node that only runs the XDP
+    /// path (a gateway) or only decapsulates GUE.
+    pub socket: bool,
+    /// The per-packet XDP/tc path; off until interfaces are configured.
+    pub xdp: lodestar_l4lb::XdpConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -166,6 +171,8 @@ impl Default for L4lbConfig {
             locality: lodestar_l4lb::Locality::default(),
             passive: PassiveConfig::default(),
             active: lodestar_l4lb::ActiveConfig::default(),
+            socket: true,
+            xdp: lodestar_l4lb::XdpConfig::default(),
         }
     }
 }
@@ -226,6 +233,7 @@ impl AgentConfig {
             out.push("l4lb.pin_path must be an absolute path on bpffs".into());
         }
         out.extend(self.l4lb.active.problems());
+        out.extend(self.l4lb.xdp.problems());
         out.extend(self.dns.zone.problems());
         if self.dns.zone.locality && self.site.is_none() {
             out.push("dns.zone.locality needs this node's site (site = \"...\" or --site)".into());

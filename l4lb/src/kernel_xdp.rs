@@ -149,6 +149,21 @@ impl XdpLb {
             .map_pin_path(pin_path)
             .load(object)
             .map_err(|e| bpf_error("loading the XDP object", &e))?;
+        // GUE packets leave from this node's own address. When the FIB cannot forward them
+        // from XDP (no resolved neighbour yet, or fib_forward off) the kernel does, and it
+        // would drop a received packet whose source is local as a martian: accept_local.
+        let gue = cfg.mode == crate::xdp::Mode::Gue
+            || cfg.vips.iter().any(|v| v.mode == crate::xdp::Mode::Gue);
+        if gue {
+            for ifname in &cfg.interfaces {
+                let knob = format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local");
+                if let Err(e) = std::fs::write(&knob, "1") {
+                    warn!(
+                        "cannot set {knob} (GUE packets the kernel forwards may be dropped): {e}"
+                    );
+                }
+            }
+        }
         let mut took_over = 0;
         let mut wanted: Vec<PathBuf> = Vec::new();
         for (name, attach_type) in PROGS {

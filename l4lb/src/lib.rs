@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use health::ActiveConfig;
 pub use kernel::{cgroup2_root, detach, KernelConfig, L4lbError, DEFAULT_PIN_PATH};
+pub use kernel_xdp::XdpConfig;
 pub use plan::{Locality, PlanOptions};
 pub use reconcile::Report;
 
@@ -49,7 +50,21 @@ pub struct VipStatus {
     pub skipped: u64,
     #[serde(default)]
     pub locality: String,
+    /// The XDP path's view of the VIP, when it runs.
+    #[serde(default)]
+    pub xdp: Option<XdpVipStatus>,
     pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XdpVipStatus {
+    pub mode: String,
+    /// Maglev table size (0: no backend).
+    pub table: usize,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub lru_misses: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,6 +81,9 @@ pub struct BackendStatus {
     /// The agent's active check found it down.
     #[serde(default)]
     pub active_down: bool,
+    /// Packets the XDP path sent it.
+    #[serde(default)]
+    pub xdp_packets: u64,
     /// Failed connects to its address seen by the kernel (refused, reset, SYN timeout).
     #[serde(default)]
     pub passive_fails: u64,
@@ -74,9 +92,16 @@ pub struct BackendStatus {
     pub passive_failing: bool,
 }
 
+struct XdpPart {
+    lb: kernel_xdp::XdpLb,
+    rec: xdp::XdpReconciler,
+    cfg: kernel_xdp::XdpConfig,
+}
+
 pub struct L4lb {
-    kernel: kernel::SockLb,
+    kernel: Option<kernel::SockLb>,
     reconciler: Reconciler,
+    xdp: Option<XdpPart>,
     opts: PlanOptions,
     plan: Plan,
     revision: i64,
@@ -90,12 +115,41 @@ pub struct L4lb {
 impl L4lb {
     /// Loads the socket load balancer, or takes over the one an earlier agent pinned (its maps
     /// keep steering while this agent starts).
-    pub fn start(kernel: &KernelConfig, opts: PlanOptions) -> Result<L4lb, L4lbError> {
-        let k = kernel::SockLb::open(kernel)?;
-        let reconciler = Reconciler::restore(k.dump());
+    pub fn start(
+        kernel: &KernelConfig,
+        socket: bool,
+        xdp_cfg: &kernel_xdp::XdpConfig,
+        opts: PlanOptions,
+    ) -> Result<L4lb, L4lbError> {
+        if !socket && !xdp_cfg.enabled() {
+            return Err(L4lbError::Missing(
+                "neither the socket load balancer nor any XDP interface is configured".into(),
+            ));
+        }
+        let k = if socket {
+            Some(kernel::SockLb::open(kernel)?)
+        } else {
+            None
+        };
+        let reconciler = match &k {
+            Some(k) => Reconciler::restore(k.dump()),
+            None => Reconciler::new(),
+        };
+        let xdp = if xdp_cfg.enabled() {
+            let lb = kernel_xdp::XdpLb::open(&kernel.pin_path, xdp_cfg, !socket)?;
+            let rec = xdp::XdpReconciler::restore(lb.dump(), xdp_cfg.max_table, xdp_cfg.seed);
+            Some(XdpPart {
+                lb,
+                rec,
+                cfg: xdp_cfg.clone(),
+            })
+        } else {
+            None
+        };
         Ok(L4lb {
             kernel: k,
             reconciler,
+            xdp,
             opts,
             plan: Plan::new(),
             revision: 0,
@@ -108,17 +162,57 @@ impl L4lb {
 
     /// Links an earlier agent left pinned and this one took over.
     pub fn took_over(&self) -> usize {
-        self.kernel.took_over
+        self.kernel.as_ref().map_or(0, |k| k.took_over)
+            + self.xdp.as_ref().map_or(0, |x| x.lb.took_over)
     }
 
-    pub fn cgroup(&self) -> &std::path::Path {
-        &self.kernel.cgroup
+    /// The cgroup the socket hooks are attached to (None: socket path off).
+    pub fn cgroup(&self) -> Option<&std::path::Path> {
+        self.kernel.as_ref().map(|k| k.cgroup.as_path())
+    }
+
+    /// What runs, for logs and status.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = self.cgroup() {
+            parts.push(format!("sockets of {}", c.display()));
+        }
+        if let Some(x) = &self.xdp {
+            if !x.cfg.interfaces.is_empty() {
+                parts.push(format!("XDP on {}", x.cfg.interfaces.join(",")));
+            }
+            if !x.cfg.decap_interfaces.is_empty() {
+                parts.push(format!("GUE decap on {}", x.cfg.decap_interfaces.join(",")));
+            }
+        }
+        parts.join("; ")
+    }
+
+    /// The per-packet path's global counters (label, value), when it runs.
+    pub fn xdp_counters(&self) -> Vec<(&'static str, u64)> {
+        match &self.xdp {
+            Some(x) => layout::LX_COUNTERS
+                .iter()
+                .zip(x.lb.global())
+                .map(|((label, _, _), v)| (*label, v))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Programs a snapshot by difference.
     pub fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Report {
         let plan = plan::plan(snapshot, &self.opts);
-        let report = self.reconciler.apply(&plan, &mut self.kernel);
+        let mut report = match &mut self.kernel {
+            Some(k) => self.reconciler.apply(&plan, k),
+            None => Report::default(),
+        };
+        if let Some(x) = &mut self.xdp {
+            let cfg = &x.cfg;
+            let r = x.rec.apply(&plan, &|vip| cfg.mode_of(vip), &mut x.lb);
+            report.writes += r.writes;
+            report.errors.extend(r.errors);
+        }
         // Say when a VIP starts or stops failing open (the counter says how often it is used).
         for (addr, svc) in &plan {
             let was = self.plan.get(addr).is_some_and(|p| p.fail_open);
@@ -180,20 +274,35 @@ impl L4lb {
     pub fn status(&self) -> Vec<VipStatus> {
         let mut out = Vec::new();
         for (addr, planned) in &self.plan {
-            let Some(state) = self.reconciler.services().get(addr) else {
+            let state = self.reconciler.services().get(addr);
+            let xstate = self
+                .xdp
+                .as_ref()
+                .and_then(|x| x.rec.vips().get(addr).map(|v| (x, v)));
+            if state.is_none() && xstate.is_none() {
                 continue;
+            }
+            let s = match (&self.kernel, state) {
+                (Some(k), Some(st)) => k.service_stats(st.id),
+                _ => Default::default(),
             };
-            let s = self.kernel.service_stats(state.id);
             let backends: Vec<BackendStatus> = planned
                 .backends
                 .iter()
                 .map(|(b, p)| {
-                    let bs = state
-                        .backends
-                        .get(b)
-                        .map(|id| self.kernel.backend_stats(*id))
-                        .unwrap_or_default();
-                    let (h, failing) = self.kernel.passive(&reconcile::health_key(b));
+                    let bs = match (&self.kernel, state.and_then(|st| st.backends.get(b))) {
+                        (Some(k), Some(id)) => k.backend_stats(*id),
+                        _ => Default::default(),
+                    };
+                    let (h, failing) = match &self.kernel {
+                        Some(k) => k.passive(&reconcile::health_key(b)),
+                        None => Default::default(),
+                    };
+                    let xdp_packets = xstate
+                        .and_then(|(x, v)| {
+                            v.reals.get(b).map(|(id, _)| x.lb.real_stats(*id).packets)
+                        })
+                        .unwrap_or(0);
                     BackendStatus {
                         address: SocketAddr::new(b.ip, b.port),
                         task: p.task.clone(),
@@ -206,6 +315,7 @@ impl L4lb {
                         active_down: p.active_down,
                         passive_fails: h.fails,
                         passive_failing: failing,
+                        xdp_packets,
                     }
                 })
                 .collect();
@@ -214,7 +324,7 @@ impl L4lb {
                 address: SocketAddr::new(addr.ip, addr.port),
                 protocol: addr.protocol.to_string(),
                 fail_open: planned.fail_open,
-                slots: state.slots.len(),
+                slots: state.map_or(0, |st| st.slots.len()),
                 healthy: backends
                     .iter()
                     .filter(|b| b.healthy && b.weight > 0)
@@ -226,6 +336,17 @@ impl L4lb {
                 fail_open_steered: s.fail_open,
                 skipped: s.skipped,
                 locality: format!("{:?}", planned.locality),
+                xdp: xstate.map(|(x, v)| {
+                    let st = x.lb.vip_stats(v.id);
+                    XdpVipStatus {
+                        mode: format!("{:?}", v.mode).to_lowercase(),
+                        table: v.ring.len(),
+                        packets: st.packets,
+                        bytes: st.bytes,
+                        new_flows: st.new_flows,
+                        lru_misses: st.lru_misses,
+                    }
+                }),
                 backends,
             });
         }
@@ -320,6 +441,56 @@ impl L4lb {
                         get(b)
                     );
                 }
+            }
+        }
+        if self.xdp.is_some() {
+            let xdp_families: [MetricFamily; 4] = [
+                (
+                    "lodestar_xdp_vip_packets_total",
+                    "counter",
+                    "packets the XDP path forwarded for the VIP",
+                    |v| v.xdp.as_ref().map_or(0, |x| x.packets),
+                ),
+                (
+                    "lodestar_xdp_vip_bytes_total",
+                    "counter",
+                    "bytes the XDP path forwarded for the VIP",
+                    |v| v.xdp.as_ref().map_or(0, |x| x.bytes),
+                ),
+                (
+                    "lodestar_xdp_vip_new_flows_total",
+                    "counter",
+                    "flows the XDP path started tracking",
+                    |v| v.xdp.as_ref().map_or(0, |x| x.new_flows),
+                ),
+                (
+                    "lodestar_xdp_vip_lru_misses_total",
+                    "counter",
+                    "mid-flow packets of untracked flows (sent where Maglev says)",
+                    |v| v.xdp.as_ref().map_or(0, |x| x.lru_misses),
+                ),
+            ];
+            for (name, kind, help, get) in xdp_families {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for v in status.iter().filter(|v| v.xdp.is_some()) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{vip=\"{}\",address=\"{}\",protocol=\"{}\",mode=\"{}\"}} {}",
+                        escape(&v.vip),
+                        v.address,
+                        v.protocol,
+                        v.xdp.as_ref().map_or("", |x| x.mode.as_str()),
+                        get(v)
+                    );
+                }
+            }
+            let name = "lodestar_xdp_events_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} the XDP/tc path's packets by what happened to them\n# TYPE {name} counter"
+            );
+            for (event, n) in self.xdp_counters() {
+                let _ = writeln!(out, "{name}{{event=\"{event}\"}} {n}");
             }
         }
         let name = "lodestar_backend_connect_failures_total";

@@ -79,7 +79,7 @@ impl Agent {
         cmd.args(["--log-format", "json", "agent"]);
         // The VIP load balancer only where a test gives it a cgroup of its own: attached at the
         // root it would steer every process on the machine.
-        if !args.contains(&"--l4lb-cgroup") {
+        if !args.contains(&"--l4lb-cgroup") && !args.contains(&"--l4lb-pin-path") {
             cmd.arg("--no-l4lb");
         }
         if !args.contains(&"--dns-listen") {

@@ -160,55 +160,7 @@ impl Lab {
         let client = Netns::new(&format!("{tag}c"));
         let mut backends = Vec::new();
         for i in 1..=n {
-            let ns = Netns::new(&format!("{tag}b{i}"));
-            let (ci, bi) = super::netns::link(
-                &client,
-                &format!("198.18.{i}.1/24"),
-                &ns,
-                &format!("198.18.{i}.2/24"),
-                // Interface names have 15 bytes: v + 3 + index + a/b + pid.
-                &format!("{}{i}", &tag[..tag.len().min(3)]),
-            );
-            client.exec_ok(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("2001:db8:{i}::1/64"),
-                "dev",
-                &ci,
-                "nodad",
-            ]);
-            ns.exec_ok(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("2001:db8:{i}::2/64"),
-                "dev",
-                &bi,
-                "nodad",
-            ]);
-            // Replies find the client whatever source address it used (DNAT keeps it).
-            ns.exec_ok(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("198.18.{i}.1"),
-            ]);
-            let b = Backend {
-                name: format!("b{i}"),
-                v4: Ipv4Addr::new(198, 18, i, 2),
-                v6: format!("2001:db8:{i}::2").parse().unwrap(),
-                ns,
-                stop: Mutex::new(Arc::new(AtomicBool::new(false))),
-                threads: Mutex::new(Vec::new()),
-                sick: Arc::new(AtomicBool::new(false)),
-            };
-            b.revive();
-            backends.push(b);
+            backends.push(backend_behind(&client, tag, i).0);
         }
         let pin = PathBuf::from(format!(
             "/sys/fs/bpf/lodestar-test-{tag}-{}",
@@ -338,6 +290,93 @@ pub fn lodestar(args: &[String]) {
 
 pub const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
 pub const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1));
+
+/// Backend `i` in a namespace of its own behind a veth from `front` (front side 198.18.i.1 and
+/// 2001:db8:i::1, backend 198.18.i.2 and 2001:db8:i::2, routed back through the front), with
+/// its servers running. Also the interface names (front side, backend side).
+pub fn backend_behind(front: &Netns, tag: &str, i: u8) -> (Backend, String, String) {
+    let ns = Netns::new(&format!("{tag}b{i}"));
+    let (ci, bi) = super::netns::link(
+        front,
+        &format!("198.18.{i}.1/24"),
+        &ns,
+        &format!("198.18.{i}.2/24"),
+        // Interface names have 15 bytes: v + 3 + index + a/b + pid.
+        &format!("{}{i}", &tag[..tag.len().min(3)]),
+    );
+    front.exec_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("2001:db8:{i}::1/64"),
+        "dev",
+        &ci,
+        "nodad",
+    ]);
+    ns.exec_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("2001:db8:{i}::2/64"),
+        "dev",
+        &bi,
+        "nodad",
+    ]);
+    // Replies find the client whatever source address it used (DNAT keeps it).
+    ns.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("198.18.{i}.1"),
+    ]);
+    let b = Backend {
+        name: format!("b{i}"),
+        v4: Ipv4Addr::new(198, 18, i, 2),
+        v6: format!("2001:db8:{i}::2").parse().unwrap(),
+        ns,
+        stop: Mutex::new(Arc::new(AtomicBool::new(false))),
+        threads: Mutex::new(Vec::new()),
+        sick: Arc::new(AtomicBool::new(false)),
+    };
+    ns_default_v6(&b.ns, &format!("2001:db8:{i}::1"));
+    b.revive();
+    (b, ci, bi)
+}
+
+fn ns_default_v6(ns: &Netns, via: &str) {
+    ns.exec_ok(&["ip", "-6", "route", "add", "default", "via", via]);
+}
+
+/// Extra TCP echo and UDP servers (the same protocols as the backends') on `addr` inside
+/// `ns`, until the process ends.
+pub fn listen_echo(ns: &str, addr: SocketAddr, name: &str) {
+    let (l, u) = in_ns(ns, || {
+        (
+            TcpListener::bind(addr).expect("bind extra echo listener"),
+            UdpSocket::bind(addr).expect("bind extra UDP server"),
+        )
+    });
+    let reply_name = name.to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = u.recv_from(&mut buf) {
+            let mut reply = format!("{reply_name}:").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = u.send_to(&reply, from);
+        }
+    });
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let name = name.clone();
+            std::thread::spawn(move || echo(c, &name));
+        }
+    });
+}
 
 /// TCP and UDP servers on port 8080 (both families) inside the backend's namespace: TCP says
 /// the backend's name, then echoes lines; UDP answers `name:payload`. And an HTTP server on

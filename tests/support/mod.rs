@@ -9,6 +9,7 @@ pub mod l4lb;
 pub mod mesos;
 pub mod netns;
 pub mod sites;
+pub mod xdp;
 
 use std::future::Future;
 use std::time::Duration;
