@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["sock_lb", "xdp_lb"];
+const PROGRAMS: &[&str] = &["sock_lb", "xdp_lb", "xdp_floor"];
 
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

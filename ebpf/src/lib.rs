@@ -21,5 +21,14 @@ pub fn xdp_lb() -> &'static [u8] {
     &XDP_LB.0
 }
 
+static XDP_FLOOR: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/xdp_floor.o")));
+
+/// The benchmark's floor: an XDP program that only rewrites the destination and bounces the
+/// packet (`XDP_TX`).
+pub fn xdp_floor() -> &'static [u8] {
+    &XDP_FLOOR.0
+}
+
 /// The shared header, for tools and tests that check layouts against it.
 pub const HEADER: &str = include_str!("../include/lodestar.h");

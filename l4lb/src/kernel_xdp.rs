@@ -354,3 +354,24 @@ impl XdpMaps for XdpLb {
         self.real_stats.set(id, zero, 0).map_err(map_io)
     }
 }
+
+/// The benchmark floor program (`xdp_floor.o`), loaded but attached nowhere.
+pub struct Floor(Ebpf);
+
+impl Floor {
+    pub fn load() -> Result<Floor, L4lbError> {
+        let mut ebpf = Ebpf::load(lodestar_ebpf::xdp_floor())
+            .map_err(|e| bpf_error("loading the floor program", &e))?;
+        match ebpf.program_mut("xdp_floor") {
+            Some(Program::Xdp(p)) => p.load().map_err(|e| bpf_error("xdp_floor", &e))?,
+            _ => return Err(L4lbError::Bpf("xdp_floor missing".into())),
+        }
+        Ok(Floor(ebpf))
+    }
+
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> io::Result<sys::TestRun> {
+        let prog = self.0.program("xdp_floor").expect("loaded");
+        let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
+        sys::prog_test_run(fd.as_fd(), packet, repeat)
+    }
+}
