@@ -432,13 +432,13 @@ int lx_xdp(struct xdp_md *ctx)
 	struct lx_vip_stats *vs = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &vip_id);
 	struct lx_ct *ct = bpf_map_lookup_elem(&LX_MAP_CT, &p.flow);
 	struct lx_ct fresh;
-	__u32 hash = flow_hash(&p.flow);
+	int new_flow = 0;
 	if (!ct) {
 		if (ring == 0) {
 			count(LX_DROP_NO_REAL);
 			return XDP_DROP;
 		}
-		struct lx_ring_key rk = { .vip_id = vip_id, .slot = hash % ring };
+		struct lx_ring_key rk = { .vip_id = vip_id, .slot = flow_hash(&p.flow) % ring };
 		__u32 *rid = bpf_map_lookup_elem(&LX_MAP_RING, &rk);
 		if (!rid) {
 			count(LX_DROP_NO_REAL);
@@ -455,6 +455,7 @@ int lx_xdp(struct xdp_md *ctx)
 		fresh.real_id = real_id;
 		bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
 		ct = &fresh;
+		new_flow = 1;
 		if (vs) {
 			if (p.flow.proto == IPPROTO_TCP && !p.tcp_syn)
 				vs->lru_misses++;
@@ -484,13 +485,15 @@ int lx_xdp(struct xdp_md *ctx)
 	if (mode == LX_MODE_GUE) {
 		if (!cfg)
 			return XDP_DROP;
-		int act = gue_encap(ctx, &p, &real, cfg, hash);
+		int act = gue_encap(ctx, &p, &real, cfg, flow_hash(&p.flow));
 		if (act != XDP_PASS)
 			return act;
 		return forward(ctx, cfg);
 	}
 
-	/* NAT: remember how to give replies their VIP back, then rewrite. */
+	/* NAT: a new flow's replies will need their VIP back (tc egress); then rewrite. */
+	if (!new_flow)
+		goto rewrite;
 	struct lx_flow back;
 	__builtin_memset(&back, 0, sizeof(back));
 	__builtin_memcpy(back.src, real.addr, 16);
@@ -504,8 +507,8 @@ int lx_xdp(struct xdp_md *ctx)
 	__builtin_memcpy(rev.addr, p.flow.dst, 16);
 	rev.port = p.flow.dport;
 	rev.family = p.flow.family;
-	if (!bpf_map_lookup_elem(&LX_MAP_REVNAT, &back))
-		bpf_map_update_elem(&LX_MAP_REVNAT, &back, &rev, BPF_ANY);
+	bpf_map_update_elem(&LX_MAP_REVNAT, &back, &rev, BPF_ANY);
+rewrite:
 	nat_dst(&p, &real, end);
 	return forward(ctx, cfg);
 }

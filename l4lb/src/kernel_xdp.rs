@@ -355,18 +355,38 @@ impl XdpMaps for XdpLb {
     }
 }
 
-/// The benchmark floor program (`xdp_floor.o`), loaded but attached nowhere.
+/// The benchmark's programs (`xdp_floor.o`): the floor, and the backends' sink.
 pub struct Floor(Ebpf);
 
 impl Floor {
     pub fn load() -> Result<Floor, L4lbError> {
         let mut ebpf = Ebpf::load(lodestar_ebpf::xdp_floor())
             .map_err(|e| bpf_error("loading the floor program", &e))?;
-        match ebpf.program_mut("xdp_floor") {
-            Some(Program::Xdp(p)) => p.load().map_err(|e| bpf_error("xdp_floor", &e))?,
-            _ => return Err(L4lbError::Bpf("xdp_floor missing".into())),
+        for name in ["xdp_floor", "xdp_sink"] {
+            match ebpf.program_mut(name) {
+                Some(Program::Xdp(p)) => p.load().map_err(|e| bpf_error(name, &e))?,
+                _ => return Err(L4lbError::Bpf(format!("{name} missing"))),
+            }
         }
         Ok(Floor(ebpf))
+    }
+
+    /// Attaches the sink to an interface of the caller's network namespace; attached while the
+    /// returned link lives.
+    pub fn attach_sink(&self, ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
+        let prog = self.0.program("xdp_sink").expect("loaded");
+        let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
+        sys::link_create_raw(fd.as_fd(), sys::ifindex(ifname)?, sys::BPF_XDP)
+    }
+
+    /// Datagrams the sink dropped, over all CPUs.
+    pub fn sunk(&self) -> u64 {
+        let map = self.0.map("sink_count").expect("sink_count");
+        let counts: PerCpuArray<&MapData, u64> = match PerCpuArray::try_from(map) {
+            Ok(c) => c,
+            Err(_) => return 0,
+        };
+        counts.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     pub fn test_run(&self, packet: &[u8], repeat: u32) -> io::Result<sys::TestRun> {

@@ -1,0 +1,380 @@
+//! XDP benchmark, in one run:
+//!
+//! 1. **Per-packet cost** with `BPF_PROG_TEST_RUN` (the kernel times `--repeat` runs of the
+//!    program on one packet): a conntrack hit through a NAT VIP, a packet to no VIP, and a
+//!    conntrack miss, against the floor: a minimal XDP program that only rewrites the
+//!    destination and returns XDP_TX (`ebpf/bpf/xdp_floor.c`).
+//! 2. **End to end**: small UDP packets from a `sendmmsg` generator in a client namespace,
+//!    through a load-balancer namespace, to two backends (tests/support/xdp.rs): Lodestar's XDP
+//!    NAT with XDP_REDIRECT, against an nftables DNAT rule set doing the same job, with the same
+//!    generator; delivered packets per second and CPU per packet (the whole machine's, and the
+//!    softirq share, where forwarding happens) for each.
+//!
+//! Run as root: `cargo bench --bench xdp [-- --repeat 1000000 --seconds 5 --rounds 3]`.
+
+#[allow(dead_code)]
+#[path = "../tests/support/agent.rs"]
+mod agent;
+#[allow(dead_code)]
+#[path = "../tests/support/etcd.rs"]
+mod etcd;
+#[allow(dead_code)]
+#[path = "../tests/support/http.rs"]
+mod http;
+#[allow(dead_code)]
+#[path = "../tests/support/l4lb.rs"]
+mod l4lb;
+#[allow(dead_code)]
+#[path = "../tests/support/netns.rs"]
+mod netns;
+#[path = "../l4lb/tests/packet/mod.rs"]
+mod packet;
+#[allow(dead_code)]
+#[path = "../tests/support/xdp.rs"]
+mod xdp;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lodestar_control::model::Protocol;
+use lodestar_l4lb::kernel_xdp::{Floor, XdpConfig, XdpLb};
+use lodestar_l4lb::plan::{
+    BackendAddr, Locality, Plan, PlannedBackend, PlannedService, ServiceAddr,
+};
+use lodestar_l4lb::xdp::{Mode, XdpReconciler};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| w[1].parse().expect("a number"))
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn service(
+    vip: &str,
+    port: u16,
+    backends: &[&str],
+    bport: u16,
+    protocol: Protocol,
+) -> (ServiceAddr, PlannedService) {
+    let addr = ServiceAddr {
+        ip: vip.parse().unwrap(),
+        port,
+        protocol,
+    };
+    (
+        addr,
+        PlannedService {
+            vip: format!("{}/{protocol}", SocketAddr::new(addr.ip, port)),
+            fail_open: false,
+            locality: Locality::Any,
+            backends: backends
+                .iter()
+                .map(|b| {
+                    (
+                        BackendAddr {
+                            ip: b.parse().unwrap(),
+                            port: bport,
+                        },
+                        PlannedBackend {
+                            task: b.to_string(),
+                            weight: 1,
+                            healthy: true,
+                            active_down: false,
+                            local: false,
+                            slots: 1,
+                            node: b.parse().unwrap(),
+                        },
+                    )
+                })
+                .collect(),
+        },
+    )
+}
+
+struct Cost {
+    floor: f64,
+    hit: f64,
+    not_vip: f64,
+    miss: f64,
+}
+
+fn per_packet(repeat: u32, singles: u16) -> Cost {
+    let pin = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lodestar-bench-xdp-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&pin);
+    let cfg = XdpConfig {
+        gue_source_v4: Some("198.18.0.1".parse().unwrap()),
+        ..XdpConfig::default()
+    };
+    let mut lb = XdpLb::open(&pin, &cfg, true).expect("load the XDP object (needs root)");
+    // 198.18.1.2:8080 is a VIP whose one backend is itself: a packet rewritten by one run is
+    // the same packet for the next, so every repetition takes the full conntrack-hit path.
+    let plan: Plan = [
+        service("198.18.1.2", 8080, &["198.18.1.2"], 8080, Protocol::Tcp),
+        service(
+            "198.19.0.1",
+            80,
+            &["198.18.1.2", "198.18.2.2"],
+            8080,
+            Protocol::Tcp,
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let mut rec = XdpReconciler::new(lodestar_l4lb::maglev::DEFAULT_MAX, 1);
+    let rep = rec.apply(&plan, &|_| Mode::Nat, &mut lb);
+    assert!(rep.errors.is_empty(), "{rep:?}");
+    let floor = Floor::load().expect("load the floor program");
+
+    let mut hit_pkt = packet::pkt("198.18.100.1", "198.18.1.2", Protocol::Tcp, 40000, 8080);
+    hit_pkt.syn = false;
+    let hit_frame = hit_pkt.frame();
+    lb.test_run("lx_xdp", &hit_frame, 1).unwrap();
+    let hit = lb.test_run("lx_xdp", &hit_frame, repeat).unwrap();
+    let other = packet::pkt("198.18.100.1", "198.18.9.9", Protocol::Tcp, 40000, 8080).frame();
+    let not_vip = lb.test_run("lx_xdp", &other, repeat).unwrap();
+    let floor_frame = packet::pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40000, 80).frame();
+    let fl = floor.test_run(&floor_frame, repeat).unwrap();
+    assert_eq!(fl.retval, 3, "the floor returns XDP_TX");
+
+    // A miss cannot repeat (the first run creates the entry): time single runs of new flows
+    // and of a tracked one, and add their difference to the repeated hit.
+    let (mut miss1, mut hit1) = (0u64, 0u64);
+    for i in 0..singles {
+        let p = packet::pkt("198.18.101.1", "198.19.0.1", Protocol::Tcp, 1024 + i, 80);
+        miss1 += u64::from(lb.test_run("lx_xdp", &p.frame(), 1).unwrap().duration_ns);
+        hit1 += u64::from(lb.test_run("lx_xdp", &hit_frame, 1).unwrap().duration_ns);
+    }
+    let delta = (miss1 as f64 - hit1 as f64) / f64::from(singles);
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&pin);
+    Cost {
+        floor: f64::from(fl.duration_ns),
+        hit: f64::from(hit.duration_ns),
+        not_vip: f64::from(not_vip.duration_ns),
+        miss: f64::from(hit.duration_ns) + delta,
+    }
+}
+
+/// (total busy, softirq) CPU seconds of the machine so far.
+fn cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ((f.iter().sum::<f64>() - f[3] - f[4]) / hz, f[6] / hz)
+}
+
+/// The backends' XDP sinks: what arrived, dropped at once so the backends cost little.
+struct Sinks(Vec<(Floor, std::os::fd::OwnedFd)>);
+
+impl Sinks {
+    fn attach(lab: &xdp::XdpLab) -> Sinks {
+        Sinks(
+            lab.backends
+                .iter()
+                .zip(&lab.backend_ifaces)
+                .map(|(b, ifname)| {
+                    l4lb::in_ns(&b.ns.name, || {
+                        let f = Floor::load().expect("load the sink");
+                        let link = f.attach_sink(ifname).expect("attach the sink");
+                        (f, link)
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn count(&self) -> u64 {
+        self.0.iter().map(|(f, _)| f.sunk()).sum()
+    }
+}
+
+struct Flow {
+    pps: f64,
+    cpu_ns: f64,
+    softirq_ns: f64,
+    sent_pps: f64,
+}
+
+/// Sends 18-byte UDP datagrams to `vip` from 32 sockets in the client namespace with
+/// sendmmsg (batches of 64) for `seconds`; counts what reaches the backends.
+fn blast(lab: &xdp::XdpLab, sinks: &Sinks, vip: SocketAddr, seconds: u64) -> Flow {
+    use std::os::fd::AsRawFd;
+    let rx0 = sinks.count();
+    let (c0, s0) = cpu();
+    let start = Instant::now();
+    let sent = l4lb::in_ns(&lab.client.name, || {
+        let socks: Vec<std::net::UdpSocket> = (0..32)
+            .map(|_| std::net::UdpSocket::bind("198.18.0.2:0").unwrap())
+            .collect();
+        let std::net::IpAddr::V4(v4) = vip.ip() else {
+            panic!("an IPv4 VIP")
+        };
+        // SAFETY: a zeroed sockaddr_in, filled in field by field.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_port = vip.port().to_be();
+        sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+        let payload = [0x5au8; 18];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        let mut msgs: Vec<libc::mmsghdr> = (0..64)
+            .map(|_| {
+                // SAFETY: a zeroed mmsghdr, then pointers to locals that outlive the sends.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_name = &mut sa as *mut _ as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                m.msg_hdr.msg_iov = &mut iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let (mut sent, mut i) = (0u64, 0usize);
+        while Instant::now() < deadline {
+            let fd = socks[i % socks.len()].as_raw_fd();
+            i += 1;
+            // SAFETY: msgs holds valid headers for the duration of the call.
+            let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, 0) };
+            if n > 0 {
+                sent += n as u64;
+            }
+        }
+        sent
+    });
+    let secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(200));
+    let (c1, s1) = cpu();
+    let got = sinks.count() - rx0;
+    Flow {
+        pps: got as f64 / secs,
+        cpu_ns: (c1 - c0) * 1e9 / got.max(1) as f64,
+        softirq_ns: (s1 - s0) * 1e9 / got.max(1) as f64,
+        sent_pps: sent as f64 / secs,
+    }
+}
+
+fn main() {
+    let repeat = arg("--repeat", 1_000_000) as u32;
+    let seconds = arg("--seconds", 5);
+    let rounds = arg("--rounds", 3) as usize;
+
+    let costs: Vec<Cost> = (0..3).map(|_| per_packet(repeat, 5000)).collect();
+    let floor = median(costs.iter().map(|c| c.floor).collect());
+    let hit = median(costs.iter().map(|c| c.hit).collect());
+    let not_vip = median(costs.iter().map(|c| c.not_vip).collect());
+    let miss = median(costs.iter().map(|c| c.miss).collect());
+
+    // End to end.
+    let mut lab = xdp::XdpLab::new("xbench", 2);
+    lab.write_catalog(&[(1, ""), (2, "")], &[("198.19.0.1:8080", 8080, "udp")]);
+    // The backends drop the datagrams in XDP and count them (both modes pay the same small
+    // receive cost; and a veth takes XDP_REDIRECTed frames only when its peer runs XDP).
+    let sinks = Sinks::attach(&lab);
+    let vip: SocketAddr = "198.19.0.1:8080".parse().unwrap();
+    let dnat = format!(
+        "table ip lodestar_bench {{\n  chain pre {{\n    type nat hook prerouting priority -100;\n    \
+         ip daddr 198.19.0.1 udp dport 8080 dnat to numgen random mod 2 map {{ 0 : {}, 1 : {} }}\n  }}\n}}\n",
+        lab.backends[0].v4, lab.backends[1].v4
+    );
+    let dnat_file = lab.dir.path().join("dnat.nft");
+    std::fs::write(&dnat_file, dnat).unwrap();
+    let (mut x_runs, mut n_runs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let agent = lab.lb_agent("fib_forward = true\n");
+        blast(&lab, &sinks, vip, 1); // warm: neighbours resolved, flows tracked
+        x_runs.push(blast(&lab, &sinks, vip, seconds));
+        drop(agent);
+        let pin = lab
+            .pins()
+            .iter()
+            .find(|p| p.to_string_lossy().contains("-lb-"))
+            .cloned()
+            .expect("the load balancer's pin directory");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lodestar"))
+            .args(["l4lb", "detach", "--pin-path"])
+            .arg(&pin)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab.lb
+            .exec_ok(&["nft", "-f", &dnat_file.display().to_string()]);
+        blast(&lab, &sinks, vip, 1);
+        n_runs.push(blast(&lab, &sinks, vip, seconds));
+        lab.lb
+            .exec_ok(&["nft", "delete", "table", "ip", "lodestar_bench"]);
+        eprintln!(
+            "round {round}: XDP {:.0} pps of {:.0} offered, nftables DNAT {:.0} pps of {:.0} offered",
+            x_runs[round].pps, x_runs[round].sent_pps, n_runs[round].pps, n_runs[round].sent_pps
+        );
+    }
+    let pick = |runs: &Vec<Flow>, f: fn(&Flow) -> f64| median(runs.iter().map(f).collect());
+    let (xp, np) = (pick(&x_runs, |f| f.pps), pick(&n_runs, |f| f.pps));
+    let (xc, nc) = (pick(&x_runs, |f| f.cpu_ns), pick(&n_runs, |f| f.cpu_ns));
+    let (xs, ns) = (
+        pick(&x_runs, |f| f.softirq_ns),
+        pick(&n_runs, |f| f.softirq_ns),
+    );
+    let (xo, no) = (pick(&x_runs, |f| f.sent_pps), pick(&n_runs, |f| f.sent_pps));
+
+    println!("xdp: per-packet cost (BPF_PROG_TEST_RUN, {repeat} repetitions, median of 3)\n");
+    println!("| path | ns per packet | vs floor |");
+    println!("| --- | --- | --- |");
+    println!("| floor: rewrite + XDP_TX, no lookups | {floor:.1} | 1.00 |");
+    println!(
+        "| Lodestar, conntrack hit (NAT) | {hit:.1} | {:.2} |",
+        hit / floor
+    );
+    println!(
+        "| Lodestar, conntrack miss (Maglev, new entry) | {miss:.1} | {:.2} |",
+        miss / floor
+    );
+    println!(
+        "| Lodestar, packet to no VIP | {not_vip:.1} | {:.2} |",
+        not_vip / floor
+    );
+    println!(
+        "\nxdp: end to end, 18-byte UDP from 32 sockets (sendmmsg), 2 backends, {rounds} rounds of {seconds} s (median)\n"
+    );
+    println!("| measure | Lodestar XDP (NAT, XDP_REDIRECT) | nftables DNAT | ratio |");
+    println!("| --- | --- | --- | --- |");
+    println!("| offered (pps) | {xo:.0} | {no:.0} | {:.2} |", xo / no);
+    println!("| delivered (pps) | {xp:.0} | {np:.0} | {:.2} |", xp / np);
+    println!(
+        "| machine CPU per delivered packet (ns) | {xc:.0} | {nc:.0} | {:.2} |",
+        nc / xc
+    );
+    println!(
+        "| softirq CPU per delivered packet (ns) | {xs:.0} | {ns:.0} | {:.2} |",
+        ns / xs
+    );
+    println!(
+        "| delivered packets per softirq CPU-second | {:.0} | {:.0} | {:.2} |",
+        1e9 / xs,
+        1e9 / ns,
+        ns / xs
+    );
+}
