@@ -63,6 +63,8 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LX_MAX_CT);
+	/* Per-CPU LRU lists: a new flow does not contend on one global list lock. */
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct lx_flow);
 	__type(value, struct lx_ct);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -71,6 +73,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LX_MAX_CT);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct lx_flow);
 	__type(value, struct lx_rev);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
