@@ -26,13 +26,6 @@
 #include <bpf/bpf_endian.h>
 #include "lodestar.h"
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 struct {

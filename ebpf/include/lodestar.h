@@ -14,6 +14,14 @@
 
 #include <linux/types.h>
 
+/* Address families as the kernel numbers them (not in the uapi headers BPF programs use). */
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
 /* Map names (also the file names under the pin directory, /sys/fs/bpf/lodestar/). */
 #define LS_MAP_SERVICES   ls_services
 #define LS_MAP_SLOTS      ls_slots

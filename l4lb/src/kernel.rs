@@ -389,6 +389,14 @@ pub(crate) fn bpf_error(what: &str, e: &dyn std::error::Error) -> L4lbError {
     L4lbError::Bpf(format!("{what}: {text}"))
 }
 
+/// A delete of something already gone is a success.
+pub(crate) fn gone_ok(r: Result<(), aya::maps::MapError>) -> io::Result<()> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        r => r.map_err(map_io),
+    }
+}
+
 pub(crate) fn map_io(e: aya::maps::MapError) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -398,19 +406,13 @@ impl MapWriter for SockLb {
         self.services.insert(key, svc, 0).map_err(map_io)
     }
     fn delete_service(&mut self, key: &SvcKey) -> io::Result<()> {
-        match self.services.remove(key) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            r => r.map_err(map_io),
-        }
+        gone_ok(self.services.remove(key))
     }
     fn put_slot(&mut self, key: &SlotKey, backend: u32) -> io::Result<()> {
         self.slots.insert(key, backend, 0).map_err(map_io)
     }
     fn delete_slot(&mut self, key: &SlotKey) -> io::Result<()> {
-        match self.slots.remove(key) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            r => r.map_err(map_io),
-        }
+        gone_ok(self.slots.remove(key))
     }
     fn put_backend(&mut self, id: u32, entry: &BackendEntry) -> io::Result<()> {
         self.backends.set(id, entry, 0).map_err(map_io)
@@ -432,10 +434,7 @@ impl MapWriter for SockLb {
         }
     }
     fn unwatch_backend(&mut self, key: &SvcKey) -> io::Result<()> {
-        match self.health.remove(key) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            r => r.map_err(map_io),
-        }
+        gone_ok(self.health.remove(key))
     }
     fn reset_backend_stats(&mut self, id: u32) -> io::Result<()> {
         let zero = PerCpuValues::try_from(vec![BackendStats::default(); self.cpus])

@@ -15,7 +15,7 @@ use aya::{Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::kernel::{bpf_error, ensure_bpffs, io_err, lock, map_io, L4lbError};
+use crate::kernel::{bpf_error, ensure_bpffs, gone_ok, io_err, lock, map_io, L4lbError};
 use crate::layout::{
     self, Real, RealStats, RingKey, SvcKey, XConfig, XVip, XVipStats, LX_CFG_FIB_FORWARD,
 };
@@ -326,19 +326,13 @@ impl XdpMaps for XdpLb {
         self.vips.insert(key, vip, 0).map_err(map_io)
     }
     fn delete_vip(&mut self, key: &SvcKey) -> io::Result<()> {
-        match self.vips.remove(key) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            r => r.map_err(map_io),
-        }
+        gone_ok(self.vips.remove(key))
     }
     fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()> {
         self.ring.insert(key, real, 0).map_err(map_io)
     }
     fn delete_slot(&mut self, key: &RingKey) -> io::Result<()> {
-        match self.ring.remove(key) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            r => r.map_err(map_io),
-        }
+        gone_ok(self.ring.remove(key))
     }
     fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()> {
         self.reals.set(id, real, 0).map_err(map_io)
