@@ -284,6 +284,10 @@ fn main() {
     let not_vip = median(costs.iter().map(|c| c.not_vip).collect());
     let miss = median(costs.iter().map(|c| c.miss).collect());
 
+    if rounds == 0 {
+        println!("floor {floor:.1} ns, hit {hit:.1} ns ({:.2}x), miss {miss:.1} ns, no VIP {not_vip:.1} ns", hit / floor);
+        return;
+    }
     // End to end.
     let mut lab = xdp::XdpLab::new("xbench", 2);
     lab.write_catalog(&[(1, ""), (2, "")], &[("198.19.0.1:8080", 8080, "udp")]);
