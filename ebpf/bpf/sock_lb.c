@@ -199,7 +199,7 @@ static __always_inline int pick(const __u8 *addr, __u8 family, __u16 port, __u8 
 			break;
 		__u32 cand = *be_id;
 		struct ls_backend *c = bpf_map_lookup_elem(&LS_MAP_BACKENDS, &cand);
-		if (!c || !(c->flags & LS_BE_VALID) || c->family != family)
+		if (!c || !(c->flags & LS_BE_VALID) || c->family != family || c->svc_id != id)
 			break;
 		if (!b) {
 			b = c;
@@ -385,17 +385,24 @@ static __always_inline struct ls_health *health_of(struct bpf_sock_ops *skops)
 	if (skops->family == AF_INET) {
 		__u32 ip = skops->remote_ip4;
 		__builtin_memcpy(k.addr, &ip, 4);
+		k.family = AF_INET;
 	} else if (skops->family == AF_INET6) {
 		/* One 4-byte load per word: the verifier refuses wider context reads. */
 		volatile __u32 *ip6 = skops->remote_ip6;
 		__u32 w[4] = { ip6[0], ip6[1], ip6[2], ip6[3] };
-		__builtin_memcpy(k.addr, w, 16);
+		if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff)) {
+			/* A dual-stack socket's IPv4 peer: watched under its IPv4 address. */
+			__builtin_memcpy(k.addr, &w[3], 4);
+			k.family = AF_INET;
+		} else {
+			__builtin_memcpy(k.addr, w, 16);
+			k.family = AF_INET6;
+		}
 	} else {
 		return 0;
 	}
 	k.port = (__u16)(skops->remote_port >> 16);
 	k.proto = IPPROTO_TCP;
-	k.family = (__u8)skops->family;
 	return bpf_map_lookup_elem(&LS_MAP_HEALTH, &k);
 }
 
@@ -430,14 +437,18 @@ int ls_sockops(struct bpf_sock_ops *skops)
 		bpf_sock_ops_cb_flags_set(skops, 0);
 		break;
 	case BPF_SOCK_OPS_RTO_CB:
-		if (skops->state == LS_TCP_SYN_SENT) {
+		/* The first SYN timeout counts; its retransmissions' do not (one connect, one
+		 * failure). */
+		if (skops->state == LS_TCP_SYN_SENT && skops->args[0] == 0) {
 			h = health_of(skops);
 			if (h)
 				failed(h);
 		}
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[0] == LS_TCP_SYN_SENT && skops->args[1] == LS_TCP_CLOSE) {
+		/* Refused or reset before any SYN timed out (a timed-out one was counted). */
+		if (skops->args[0] == LS_TCP_SYN_SENT && skops->args[1] == LS_TCP_CLOSE &&
+		    skops->total_retrans == 0) {
 			h = health_of(skops);
 			if (h)
 				failed(h);

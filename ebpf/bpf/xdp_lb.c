@@ -271,8 +271,12 @@ static __always_inline void nat_dst(struct parsed *p, const struct lx_real *r, v
 	__u16 *dport = (__u16 *)p->l4 + 1;
 	if ((void *)(dport + 1) > end)
 		return;
-	if (p->l4_csum)
+	if (p->l4_csum) {
 		csum_replace2(p->l4_csum, *dport, r->port);
+		/* 0 means "no checksum" to UDP: a computed 0 is sent as its equal, 0xffff. */
+		if (p->flow.proto == IPPROTO_UDP && *p->l4_csum == 0)
+			*p->l4_csum = 0xffff;
+	}
 	*dport = r->port;
 }
 
@@ -371,7 +375,7 @@ static __always_inline int forward(struct xdp_md *ctx, struct lx_config *cfg)
 			return XDP_PASS;
 		fib.family = AF_INET6;
 		fib.l4_protocol = ip6->nexthdr;
-		fib.tot_len = bpf_ntohs(ip6->payload_len);
+		fib.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 		__builtin_memcpy(fib.ipv6_src, &ip6->saddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, 16);
 	}
@@ -442,7 +446,7 @@ int lx_xdp(struct xdp_md *ctx)
 		}
 		__u32 real_id = *rid;
 		struct lx_real *real = bpf_map_lookup_elem(&LX_MAP_REALS, &real_id);
-		if (!real || !(real->flags & LX_REAL_VALID)) {
+		if (!real || !(real->flags & LX_REAL_VALID) || real->vip_id != vip_id) {
 			count(LX_DROP_NO_REAL);
 			return XDP_DROP;
 		}
@@ -533,13 +537,16 @@ int lx_tc_revnat(struct __sk_buff *skb)
 	__u32 l4 = (__u32)((long)p.l4 - (long)data);
 	__u32 csum_off = l4 + (p.flow.proto == IPPROTO_TCP ? 16 : 6);
 	int has_l4_csum = p.l4_csum != 0;
+	/* UDP: a checksum that comes out 0 must be sent as 0xffff. */
+	__u64 mangled0 = p.flow.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	if (p.flow.family == AF_INET) {
 		__u32 from, to;
 		__builtin_memcpy(&from, p.flow.src, 4);
 		__builtin_memcpy(&to, v.addr, 4);
 		bpf_l3_csum_replace(skb, l3 + 10, from, to, 4);
 		if (has_l4_csum)
-			bpf_l4_csum_replace(skb, csum_off, from, to, BPF_F_PSEUDO_HDR | 4);
+			bpf_l4_csum_replace(skb, csum_off, from, to,
+					    BPF_F_PSEUDO_HDR | mangled0 | 4);
 		bpf_skb_store_bytes(skb, l3 + 12, &to, 4, 0);
 	} else {
 #pragma unroll
@@ -547,12 +554,13 @@ int lx_tc_revnat(struct __sk_buff *skb)
 			__u32 from, to;
 			__builtin_memcpy(&from, p.flow.src + 4 * i, 4);
 			__builtin_memcpy(&to, v.addr + 4 * i, 4);
-			bpf_l4_csum_replace(skb, csum_off, from, to, BPF_F_PSEUDO_HDR | 4);
+			bpf_l4_csum_replace(skb, csum_off, from, to,
+					    BPF_F_PSEUDO_HDR | mangled0 | 4);
 		}
 		bpf_skb_store_bytes(skb, l3 + 8, v.addr, 16, 0);
 	}
 	if (has_l4_csum)
-		bpf_l4_csum_replace(skb, csum_off, p.flow.sport, v.port, 2);
+		bpf_l4_csum_replace(skb, csum_off, p.flow.sport, v.port, mangled0 | 2);
 	bpf_skb_store_bytes(skb, l4, &v.port, 2, 0);
 	count(LX_TC_REVNAT);
 	return TC_ACT_OK;

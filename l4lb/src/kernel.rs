@@ -181,13 +181,14 @@ pub struct SockLb {
     pub pin_path: PathBuf,
     /// Links found pinned (an earlier agent's) and taken over.
     pub took_over: usize,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl SockLb {
     /// Loads and attaches the programs (or takes over the pinned ones). The maps keep what an
     /// earlier agent wrote; read it with `dump`.
-    pub fn open(cfg: &KernelConfig) -> Result<SockLb, L4lbError> {
+    /// `take_lock`: take the pin directory's lock (false when the caller holds it).
+    pub fn open(cfg: &KernelConfig, take_lock: bool) -> Result<SockLb, L4lbError> {
         let object = lodestar_ebpf::sock_lb();
         layout::verify_objects(&[object, lodestar_ebpf::xdp_lb()]).map_err(|p| {
             L4lbError::Bpf(format!(
@@ -216,7 +217,11 @@ impl SockLb {
         let links_dir = cfg.pin_path.join("links");
         std::fs::create_dir_all(&links_dir)
             .map_err(io_err(format!("creating {}", links_dir.display())))?;
-        let lock = lock(&cfg.pin_path)?;
+        let lock = if take_lock {
+            Some(lock(&cfg.pin_path)?)
+        } else {
+            None
+        };
 
         let mut ebpf = EbpfLoader::new()
             .map_pin_path(&cfg.pin_path)

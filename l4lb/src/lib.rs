@@ -99,6 +99,7 @@ struct XdpPart {
 }
 
 pub struct L4lb {
+    _lock: std::fs::File,
     kernel: Option<kernel::SockLb>,
     reconciler: Reconciler,
     xdp: Option<XdpPart>,
@@ -126,8 +127,30 @@ impl L4lb {
                 "neither the socket load balancer nor any XDP interface is configured".into(),
             ));
         }
+        // One lock for the node's load balancer, whichever paths run.
+        kernel::ensure_bpffs(&kernel.pin_path)?;
+        let links = kernel.pin_path.join("links");
+        std::fs::create_dir_all(&links).map_err(|e| L4lbError::Io {
+            what: format!("creating {}", links.display()),
+            source: e,
+        })?;
+        let lock = kernel::lock(&kernel.pin_path)?;
+        // A path this agent does not run must not keep steering with maps nobody updates:
+        // drop the links an earlier agent pinned for it.
+        for (prefix, runs, what) in [("ls_", socket, "socket"), ("lx_", xdp_cfg.enabled(), "XDP")] {
+            if runs {
+                continue;
+            }
+            for e in std::fs::read_dir(&links).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(prefix) {
+                    tracing::warn!(link = %e.path().display(),
+                        "detaching the {what} path an earlier agent left attached (this one does not run it)");
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let k = if socket {
-            Some(kernel::SockLb::open(kernel)?)
+            Some(kernel::SockLb::open(kernel, false)?)
         } else {
             None
         };
@@ -136,7 +159,7 @@ impl L4lb {
             None => Reconciler::new(),
         };
         let xdp = if xdp_cfg.enabled() {
-            let lb = kernel_xdp::XdpLb::open(&kernel.pin_path, xdp_cfg, !socket)?;
+            let lb = kernel_xdp::XdpLb::open(&kernel.pin_path, xdp_cfg, false)?;
             let rec = xdp::XdpReconciler::restore(lb.dump(), xdp_cfg.max_table, xdp_cfg.seed);
             Some(XdpPart {
                 lb,
@@ -147,6 +170,7 @@ impl L4lb {
             None
         };
         Ok(L4lb {
+            _lock: lock,
             kernel: k,
             reconciler,
             xdp,

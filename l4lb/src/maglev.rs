@@ -45,29 +45,29 @@ pub fn is_prime(n: u32) -> bool {
     true
 }
 
-/// Slots per backend the table aims for. Maglev's balance is exact at any size (each backend
-/// gets the floor or ceiling of its share), but its disruption shrinks as the table grows: at
-/// 100 slots per backend removing one of ten moves about 3% more slots than the ideal 1/N,
-/// at 2,000 well under 1%.
-pub const SLOTS_PER_BACKEND: u64 = 2000;
+/// The table sizes (primes), smallest first: a VIP uses the first that gives each backend at
+/// least 1,000 slots, else the largest. The size is a function of the backend count alone, so
+/// every node agrees; tiers keep it from changing with every backend that comes or goes
+/// (a new size moves most flows' slots). Maglev's balance is exact at any size; its
+/// disruption shrinks as the table grows: at 100 slots per backend removing one of ten moves
+/// about 3% more slots than the ideal 1/N, at 1,000 or more under 1%.
+pub const TIERS: [u32; 3] = [4099, 16_381, 65_537];
 
 /// The default bound on a VIP's table (a prime, as Katran's).
 pub const DEFAULT_MAX: u32 = 65_537;
 
-/// The table size for `backends` backends: the smallest prime of at least
-/// `SLOTS_PER_BACKEND` per backend, bounded by `max` (rounded down to a prime). The bound
-/// should leave at least 100 slots per backend: 65,537 does up to 655 backends.
+/// The table size for `backends` backends, bounded by `max` (rounded down to a prime).
+/// 65,537 gives at least 100 slots to each of up to 655 backends.
 pub fn table_size(backends: usize, max: u32) -> u32 {
-    let want = (backends as u64 * SLOTS_PER_BACKEND).clamp(101, u64::from(max.max(3))) as u32;
-    let mut m = want;
-    while !is_prime(m) {
-        m += 1;
-    }
-    if m > max {
-        m = max;
-        while m > 2 && !is_prime(m) {
-            m -= 1;
-        }
+    let n = backends.max(1) as u64;
+    let tier = TIERS
+        .iter()
+        .copied()
+        .find(|t| u64::from(*t) >= n * 1000)
+        .unwrap_or(TIERS[TIERS.len() - 1]);
+    let mut m = tier.min(max.max(3));
+    while m > 2 && !is_prime(m) {
+        m -= 1;
     }
     m
 }
@@ -145,15 +145,19 @@ mod tests {
     }
 
     #[test]
-    fn sizes_are_primes_of_at_least_100_per_backend_within_the_bound() {
-        assert_eq!(table_size(1, 65_537), 2003);
-        assert_eq!(table_size(10, 65_537), 20_011);
-        assert!(is_prime(table_size(17, 65_537)));
-        assert!(table_size(17, 65_537) >= 34_000);
-        assert_eq!(table_size(600, 65_537), 65_537);
-        assert!(table_size(600, 65_537) >= 100 * 600);
+    fn sizes_are_prime_tiers_of_at_least_100_per_backend_within_the_bound() {
+        assert!(TIERS.iter().all(|t| is_prime(*t)));
+        assert_eq!(table_size(1, 65_537), 4099);
+        assert_eq!(table_size(4, 65_537), 4099);
+        assert_eq!(table_size(5, 65_537), 16_381);
+        assert_eq!(table_size(16, 65_537), 16_381);
+        assert_eq!(table_size(17, 65_537), 65_537);
+        assert_eq!(table_size(655, 65_537), 65_537);
+        assert!(table_size(655, 65_537) >= 100 * 655);
         assert_eq!(table_size(10_000, 65_536), 65_521);
         assert_eq!(table_size(5, 1000), 997);
+        // Removing a backend rarely changes the size (only across a tier).
+        assert_eq!(table_size(10, DEFAULT_MAX), table_size(9, DEFAULT_MAX));
     }
 
     #[test]

@@ -318,10 +318,15 @@ impl Reconciler {
             }
         }
         for (addr, planned) in plan {
+            let was_new = !self.services.contains_key(addr);
             if let Err(e) = self.program_service(addr, planned, maps, &mut report) {
                 report
                     .errors
                     .push(format!("VIP {} ({}): {e}", planned.vip, sock(addr)));
+                if was_new {
+                    // Undo what was written, so the next apply programs it whole.
+                    let _ = self.remove_service(addr, maps, &mut report);
+                }
             }
         }
         report
@@ -534,11 +539,20 @@ pub fn stable_assign(old: &[u32], want: &BTreeMap<u32, u32>) -> Vec<u32> {
             holes.push(i);
         }
     }
+    // New slots interleaved across backends (a, b, a, b, ...), so that one backend's slots
+    // are not a run the BPF side's retry-the-next-slot (passive health) would stay inside.
+    let mut deficits: Vec<(u32, u32)> = want
+        .iter()
+        .map(|(b, n)| (*b, n.saturating_sub(seen.get(b).copied().unwrap_or(0))))
+        .filter(|(_, d)| *d > 0)
+        .collect();
     let mut adds = Vec::new();
-    for (b, n) in want {
-        for _ in seen.get(b).copied().unwrap_or(0)..*n {
+    while !deficits.is_empty() {
+        for (b, d) in deficits.iter_mut() {
             adds.push(*b);
+            *d -= 1;
         }
+        deficits.retain(|(_, d)| *d > 0);
     }
     let mut holes = holes.into_iter();
     let mut adds = adds.into_iter();
@@ -824,6 +838,12 @@ mod tests {
         assert_eq!(m.watched.len(), 1, "still used by VIP .1");
         r.apply(&Plan::new(), &mut m);
         assert!(m.watched.is_empty());
+    }
+
+    #[test]
+    fn a_fresh_table_interleaves_backends() {
+        let want: BTreeMap<u32, u32> = [(1, 3), (2, 3), (3, 1)].into_iter().collect();
+        assert_eq!(stable_assign(&[], &want), [1, 2, 3, 1, 2, 1, 2]);
     }
 
     #[test]
