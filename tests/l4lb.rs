@@ -484,3 +484,47 @@ fn vips_keep_steering_while_etcd_is_down_and_across_a_restart_without_it() {
         "{status}"
     );
 }
+
+#[test]
+fn an_agent_without_the_socket_path_detaches_the_one_left_pinned() {
+    let (lab, etcd) = lab("off", 1, &[]);
+    let mut agent = start_agent(&lab, &etcd, &[]);
+    agent.terminate();
+    assert_eq!(
+        attached_programs(&lab.cgroup.path).len(),
+        9,
+        "pinned and attached"
+    );
+    // Next on this node: an agent that only decapsulates GUE (no socket path). It must not
+    // leave the old hooks steering with maps nobody updates any more.
+    let client_if = String::from_utf8_lossy(
+        &lab.client
+            .exec_ok(&["ip", "-o", "link", "show", "type", "veth"])
+            .stdout,
+    )
+    .split(':')
+    .nth(1)
+    .and_then(|s| s.trim().split('@').next().map(String::from))
+    .expect("the client's veth");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!("[l4lb]\nsocket = false\n[l4lb.xdp]\ndecap_interfaces = [\"{client_if}\"]\n"),
+    )
+    .unwrap();
+    let pin = lab.pin.display().to_string();
+    let agent = Agent::start_in(
+        &lab.client,
+        &["--config", cfg.to_str().unwrap(), "--l4lb-pin-path", &pin],
+    );
+    assert!(
+        attached_programs(&lab.cgroup.path).is_empty(),
+        "the socket hooks are detached"
+    );
+    assert!(
+        agent.logs().contains("detaching the socket path"),
+        "{}",
+        agent.logs()
+    );
+}
