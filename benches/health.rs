@@ -13,6 +13,8 @@
 #[allow(dead_code)]
 #[path = "../tests/support/agent.rs"]
 mod agent;
+#[path = "common/mod.rs"]
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/support/etcd.rs"]
 mod etcd;
@@ -26,18 +28,11 @@ mod l4lb;
 #[path = "../tests/support/netns.rs"]
 mod netns;
 
+use common::arg;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use l4lb::{backend_status, connect, in_ns, vip_status, within, Lab, VIP4};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .map(|w| w[1].parse().expect("a number"))
-        .unwrap_or(default)
-}
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]

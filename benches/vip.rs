@@ -14,6 +14,8 @@
 #[allow(dead_code)]
 #[path = "../tests/support/agent.rs"]
 mod agent;
+#[path = "common/mod.rs"]
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/support/etcd.rs"]
 mod etcd;
@@ -27,6 +29,7 @@ mod l4lb;
 #[path = "../tests/support/netns.rs"]
 mod netns;
 
+use common::arg;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
@@ -36,35 +39,10 @@ use std::time::{Duration, Instant};
 use lodestar_control::file::CatalogDocument;
 use lodestar_control::{EtcdConfig, EtcdStore};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .map(|w| w[1].parse().expect("a number"))
-        .unwrap_or(default)
-}
-
 fn need(tool: &str, package: &str) {
     if Command::new(tool).arg("-v").output().is_err() {
         panic!("this benchmark needs {tool}: apt-get install {package}");
     }
-}
-
-/// Busy CPU seconds of the whole machine so far (/proc/stat).
-fn busy_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let f: Vec<f64> = stat
-        .lines()
-        .next()
-        .expect("cpu line")
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    let total: f64 = f.iter().sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (total - f[3] - f[4]) / hz
 }
 
 struct Nginx(Child);
@@ -149,7 +127,7 @@ impl Run {
 /// `threads` clients in the client namespace, each opening connections to `targets` in turn
 /// for `seconds`.
 fn load(client_ns: &str, targets: &[SocketAddr], threads: usize, seconds: u64) -> Run {
-    let cpu0 = busy_cpu_seconds();
+    let cpu0 = common::cpu_seconds().0;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let results: Vec<(u64, u64, Vec<u32>)> = std::thread::scope(|s| {
@@ -184,7 +162,7 @@ fn load(client_ns: &str, targets: &[SocketAddr], threads: usize, seconds: u64) -
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let seconds = start.elapsed().as_secs_f64();
-    let cpu = busy_cpu_seconds() - cpu0;
+    let cpu = common::cpu_seconds().0 - cpu0;
     let mut run = Run {
         conns: 0,
         errors: 0,

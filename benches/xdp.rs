@@ -15,6 +15,8 @@
 #[allow(dead_code)]
 #[path = "../tests/support/agent.rs"]
 mod agent;
+#[path = "common/mod.rs"]
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/support/etcd.rs"]
 mod etcd;
@@ -33,6 +35,7 @@ mod packet;
 #[path = "../tests/support/xdp.rs"]
 mod xdp;
 
+use common::arg;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -42,14 +45,6 @@ use lodestar_l4lb::plan::{
     BackendAddr, Locality, Plan, PlannedBackend, PlannedService, ServiceAddr,
 };
 use lodestar_l4lb::xdp::{Mode, XdpReconciler};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .map(|w| w[1].parse().expect("a number"))
-        .unwrap_or(default)
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -165,22 +160,6 @@ fn per_packet(repeat: u32, singles: u16) -> Cost {
     }
 }
 
-/// (total busy, softirq) CPU seconds of the machine so far.
-fn cpu() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let f: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ((f.iter().sum::<f64>() - f[3] - f[4]) / hz, f[6] / hz)
-}
-
 /// The backends' XDP sinks: what arrived, dropped at once so the backends cost little.
 struct Sinks(Vec<(Floor, std::os::fd::OwnedFd)>);
 
@@ -218,7 +197,7 @@ struct Flow {
 fn blast(lab: &xdp::XdpLab, sinks: &Sinks, vip: SocketAddr, seconds: u64) -> Flow {
     use std::os::fd::AsRawFd;
     let rx0 = sinks.count();
-    let (c0, s0) = cpu();
+    let (c0, s0) = common::cpu_seconds();
     let start = Instant::now();
     let sent = l4lb::in_ns(&lab.client.name, || {
         let socks: Vec<std::net::UdpSocket> = (0..32)
@@ -263,7 +242,7 @@ fn blast(lab: &xdp::XdpLab, sinks: &Sinks, vip: SocketAddr, seconds: u64) -> Flo
     });
     let secs = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(200));
-    let (c1, s1) = cpu();
+    let (c1, s1) = common::cpu_seconds();
     let got = sinks.count() - rx0;
     Flow {
         pps: got as f64 / secs,

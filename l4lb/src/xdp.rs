@@ -216,17 +216,7 @@ impl XdpReconciler {
             .copied()
             .collect();
         for addr in gone {
-            let v = self.vips.remove(&addr).expect("listed");
-            report.writes += 1 + v.ring.len() + v.reals.len();
-            let _ = maps.delete_vip(&svc_key(&addr));
-            for slot in 0..v.ring.len() as u32 {
-                let _ = maps.delete_slot(&RingKey { vip_id: v.id, slot });
-            }
-            for (id, _) in v.reals.values() {
-                let _ = maps.put_real(*id, &Real::default());
-                self.real_ids.release(*id);
-            }
-            self.vip_ids.release(v.id);
+            self.forget(&addr, maps, &mut report);
         }
         for (addr, planned) in plan {
             let mode = mode_of(&planned.vip);
