@@ -192,11 +192,14 @@ impl Ops {
         let _ = writeln!(out, "{CATALOG_STALE} {}", u8::from(stale));
     }
 
-    /// Logs once when the catalog goes stale and once when it is fresh again.
+    /// Logs once when the catalog goes stale and once when it is fresh again. The first look
+    /// is at once: an agent that starts on its local cache is stale from its first moment, and
+    /// etcd may be back before a second has passed.
     pub async fn watch_freshness(self) {
         let mut was_stale = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tick.tick().await;
             let (_, age, stale) = self.freshness();
             if stale && !was_stale {
                 warn!(
