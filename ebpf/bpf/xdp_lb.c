@@ -64,6 +64,30 @@ struct {
 } LX_MAP_CT SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LX_CACHE_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct lx_cache_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_FLOW_CACHE SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LX_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct lx_vip);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_VIP_LIVE SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LX_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_VIP_FILTER SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LX_MAX_CT);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
@@ -118,20 +142,6 @@ static __always_inline __u16 fold(__u32 c)
 	c = (c & 0xffff) + (c >> 16);
 	c = (c & 0xffff) + (c >> 16);
 	return (__u16)c;
-}
-
-static __always_inline void csum_replace2(__u16 *sum, __u16 from, __u16 to)
-{
-	__u32 c = (__u16)~*sum;
-	c += (__u16)~from;
-	c += to;
-	*sum = (__u16)~fold(c);
-}
-
-static __always_inline void csum_replace4(__u16 *sum, __u32 from, __u32 to)
-{
-	csum_replace2(sum, (__u16)from, (__u16)to);
-	csum_replace2(sum, (__u16)(from >> 16), (__u16)(to >> 16));
 }
 
 static __always_inline __u16 ipv4_csum(struct iphdr *ip)
@@ -240,19 +250,88 @@ static __always_inline __u32 flow_hash(const struct lx_flow *f)
 	return h;
 }
 
+/* The VIP filter's bit for a packet's destination (mirrored by filter_bit in xdp.rs). */
+static __always_inline __u32 filter_bit(const struct lx_flow *f)
+{
+	const __u32 *d = (const __u32 *)f->dst;
+	__u32 x = d[0] ^ d[1] ^ d[2] ^ d[3] ^ (((__u32)f->dport << 16) | f->proto);
+	return (x * 0x9e3779b1u) >> (32 - 16);
+}
+
+/* ---- the per-CPU flow cache ---- */
+
+/* A cheap mix of the flow: its bucket (the top bits), and its tag (never 0). */
+static __always_inline __u32 cache_index(const struct lx_flow *f, __u32 *tag)
+{
+	const __u32 *w = (const __u32 *)f;
+	__u64 h = ((__u64)(w[0] ^ w[1] ^ w[2] ^ w[3]) << 32) | (w[4] ^ w[5] ^ w[6] ^ w[7]);
+	h ^= (__u64)(w[8] ^ (w[9] << 7)) * 0x9e3779b97f4a7c15ULL;
+	h *= 0xc2b2ae3d27d4eb4fULL;
+	*tag = (__u32)(h >> 18) | 1;
+	return (__u32)(h >> (64 - LX_CACHE_BITS));
+}
+
+static __always_inline int flow_eq(const struct lx_flow *a, const struct lx_flow *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) |
+		(x[4] ^ y[4])) == 0;
+}
+
+static __always_inline int cache_find(struct lx_cache_bucket *b, __u32 tag,
+				      const struct lx_flow *f)
+{
+#pragma unroll
+	for (int i = 0; i < LX_CACHE_WAYS; i++)
+		if (b->tags[i] == tag && flow_eq(&b->e[i].flow, f))
+			return i;
+	return -1;
+}
+
+/* Puts a flow in its set: in `way` (its stale entry), or in place of the oldest. */
+static __always_inline void cache_put(struct lx_cache_bucket *b, int way, __u32 tag,
+				      const struct lx_flow *f, const struct lx_ct *ct)
+{
+	if (way < 0) {
+		way = b->next & (LX_CACHE_WAYS - 1);
+		b->next = way + 1;
+	}
+	way &= LX_CACHE_WAYS - 1;
+	b->tags[way] = tag;
+	__builtin_memcpy(&b->e[way].flow, f, sizeof(*f));
+	__builtin_memcpy(&b->e[way].ct, ct, sizeof(*ct));
+}
+
 /* ---- NAT ---- */
+
+/* The one's-complement difference (unfolded) of replacing the 32-bit word `from` by `to`. */
+static __always_inline __u32 csum_diff4(__u32 from, __u32 to)
+{
+	return (__u16)~from + (__u16)~(from >> 16) + (__u16)to + (__u16)(to >> 16);
+}
+
+/* Applies an unfolded difference of at most 2^16 words' worth to a checksum. */
+static __always_inline void csum_apply(__u16 *sum, __u32 diff)
+{
+	*sum = (__u16)~fold((__u16)~*sum + diff);
+}
 
 static __always_inline void nat_dst(struct parsed *p, const struct lx_real *r, void *end)
 {
+	/* The destination port: TCP and UDP both keep it at offset 2. */
+	__u16 *dport = (__u16 *)p->l4 + 1;
+	if ((void *)(dport + 1) > end)
+		return;
+	__u32 l4diff = (__u16)~*dport + r->port;
 	if (p->flow.family == AF_INET) {
 		struct iphdr *ip = p->l3;
 		if ((void *)(ip + 1) > end)
 			return;
-		__u32 from = ip->daddr, to;
+		__u32 to;
 		__builtin_memcpy(&to, r->addr, 4);
-		csum_replace4(&ip->check, from, to);
-		if (p->l4_csum)
-			csum_replace4(p->l4_csum, from, to);
+		__u32 d = csum_diff4(ip->daddr, to);
+		csum_apply(&ip->check, d);
+		l4diff += d;
 		ip->daddr = to;
 	} else {
 		struct ipv6hdr *ip6 = p->l3;
@@ -262,17 +341,12 @@ static __always_inline void nat_dst(struct parsed *p, const struct lx_real *r, v
 		const __u32 *to = (const __u32 *)r->addr;
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
-			if (p->l4_csum)
-				csum_replace4(p->l4_csum, from[i], to[i]);
+			l4diff += csum_diff4(from[i], to[i]);
 			from[i] = to[i];
 		}
 	}
-	/* The destination port: TCP and UDP both keep it at offset 2. */
-	__u16 *dport = (__u16 *)p->l4 + 1;
-	if ((void *)(dport + 1) > end)
-		return;
 	if (p->l4_csum) {
-		csum_replace2(p->l4_csum, *dport, r->port);
+		csum_apply(p->l4_csum, l4diff);
 		/* 0 means "no checksum" to UDP: a computed 0 is sent as its equal, 0xffff. */
 		if (p->flow.proto == IPPROTO_UDP && *p->l4_csum == 0)
 			*p->l4_csum = 0xffff;
@@ -411,29 +485,61 @@ int lx_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
+	if (r == P_MALFORMED) {
+		/* A truncated L4 header: the kernel drops it. */
+		count(LX_DROP_MALFORMED);
+		return XDP_PASS;
+	}
+	/* Traffic to no VIP leaves after one array read. */
+	__u32 bit = filter_bit(&p.flow);
+	__u32 word_ix = bit >> 6;
+	__u64 *word = bpf_map_lookup_elem(&LX_MAP_VIP_FILTER, &word_ix);
+	if (!word || !(*word & (1ULL << (bit & 63))))
+		return XDP_PASS;
+
+	/* A tracked flow, from this CPU's cache: no hash map lookup at all. */
+	struct lx_ct fresh;
+	const struct lx_ct *ct;
+	__u32 mode;
+	int new_flow = 0;
+	__u32 tag;
+	__u32 bucket = cache_index(&p.flow, &tag);
+	struct lx_cache_bucket *cb = bpf_map_lookup_elem(&LX_MAP_FLOW_CACHE, &bucket);
+	int way = -1;
+	if (cb) {
+		way = cache_find(cb, tag, &p.flow);
+		if (way >= 0) {
+			struct lx_cache_entry *e = &cb->e[way & (LX_CACHE_WAYS - 1)];
+			__u32 vid = e->ct.real.vip_id;
+			struct lx_vip *live = bpf_map_lookup_elem(&LX_MAP_VIP_LIVE, &vid);
+			if (live && live->gen && live->gen == e->ct.gen) {
+				ct = &e->ct;
+				mode = live->mode;
+				goto tracked;
+			}
+		}
+	}
+
+	/* Otherwise: the VIP, then the shared table, then its Maglev table. */
 	struct ls_svc_key key;
 	__builtin_memset(&key, 0, sizeof(key));
 	__builtin_memcpy(key.addr, p.flow.dst, 16);
 	key.port = p.flow.dport;
 	key.proto = p.flow.proto;
 	key.family = p.flow.family;
-	if (r == P_MALFORMED) {
-		/* A truncated L4 header: the kernel drops it. */
-		count(LX_DROP_MALFORMED);
-		return XDP_PASS;
-	}
 	struct lx_vip *vip = bpf_map_lookup_elem(&LX_MAP_VIPS, &key);
 	if (!vip)
 		return XDP_PASS;
 	__u32 vip_id = vip->id;
-	__u32 mode = vip->mode;
 	__u32 ring = vip->ring_size;
+	__u32 gen = vip->gen;
+	mode = vip->mode;
 
-	struct lx_vip_stats *vs = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &vip_id);
-	struct lx_ct *ct = bpf_map_lookup_elem(&LX_MAP_CT, &p.flow);
-	struct lx_ct fresh;
-	int new_flow = 0;
-	if (!ct) {
+	struct lx_ct *shared = bpf_map_lookup_elem(&LX_MAP_CT, &p.flow);
+	if (shared && shared->gen == gen && shared->real.vip_id == vip_id) {
+		__builtin_memcpy(&fresh, shared, sizeof(fresh));
+		count(LX_CACHE_MISS);
+	} else {
 		if (ring == 0) {
 			count(LX_DROP_NO_REAL);
 			return XDP_DROP;
@@ -453,23 +559,29 @@ int lx_xdp(struct xdp_md *ctx)
 		__builtin_memset(&fresh, 0, sizeof(fresh));
 		__builtin_memcpy(&fresh.real, real, sizeof(*real));
 		fresh.real_id = real_id;
+		fresh.gen = gen;
 		bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
-		ct = &fresh;
 		new_flow = 1;
-		if (vs) {
+		struct lx_vip_stats *vs0 = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &vip_id);
+		if (vs0) {
 			if (p.flow.proto == IPPROTO_TCP && !p.tcp_syn)
-				vs->lru_misses++;
+				vs0->lru_misses++;
 			else
-				vs->new_flows++;
+				vs0->new_flows++;
 		}
 		struct lx_real_stats *rs0 = bpf_map_lookup_elem(&LX_MAP_REAL_STATS, &real_id);
 		if (rs0)
 			rs0->new_flows++;
 	}
-	struct lx_real real;
-	__builtin_memcpy(&real, &ct->real, sizeof(real));
+	if (cb)
+		cache_put(cb, way, tag, &p.flow, &fresh);
+	ct = &fresh;
+
+tracked:;
 	__u32 real_id = ct->real_id;
+	__u32 stats_id = ct->real.vip_id;
 	__u64 bytes = end - data;
+	struct lx_vip_stats *vs = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &stats_id);
 	if (vs) {
 		vs->packets++;
 		vs->bytes += bytes;
@@ -485,7 +597,7 @@ int lx_xdp(struct xdp_md *ctx)
 	if (mode == LX_MODE_GUE) {
 		if (!cfg)
 			return XDP_DROP;
-		int act = gue_encap(ctx, &p, &real, cfg, flow_hash(&p.flow));
+		int act = gue_encap(ctx, &p, &ct->real, cfg, flow_hash(&p.flow));
 		if (act != XDP_PASS)
 			return act;
 		return forward(ctx, cfg);
@@ -496,9 +608,9 @@ int lx_xdp(struct xdp_md *ctx)
 		goto rewrite;
 	struct lx_flow back;
 	__builtin_memset(&back, 0, sizeof(back));
-	__builtin_memcpy(back.src, real.addr, 16);
+	__builtin_memcpy(back.src, ct->real.addr, 16);
 	__builtin_memcpy(back.dst, p.flow.src, 16);
-	back.sport = real.port;
+	back.sport = ct->real.port;
 	back.dport = p.flow.sport;
 	back.proto = p.flow.proto;
 	back.family = p.flow.family;
@@ -509,7 +621,7 @@ int lx_xdp(struct xdp_md *ctx)
 	rev.family = p.flow.family;
 	bpf_map_update_elem(&LX_MAP_REVNAT, &back, &rev, BPF_ANY);
 rewrite:
-	nat_dst(&p, &real, end);
+	nat_dst(&p, &ct->real, end);
 	return forward(ctx, cfg);
 }
 

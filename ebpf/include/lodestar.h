@@ -142,22 +142,46 @@ struct ls_config {
 #define LX_MAP_REAL_STATS  lx_real_stats
 #define LX_MAP_GLOBAL      lx_global
 #define LX_MAP_XCONFIG     lx_config
+#define LX_MAP_VIP_LIVE    lx_vip_live
+#define LX_MAP_VIP_FILTER  lx_vip_filter
+#define LX_MAP_FLOW_CACHE  lx_flow_cache
 
 #define LX_MAX_VIPS          4096
 #define LX_MAX_REALS         65536
 #define LX_MAX_RING_ENTRIES  1048576
 #define LX_MAX_CT            262144
 
+/*
+ * The VIP filter: a bitmap of LX_FILTER_WORDS * 64 bits, one bit (lx_filter_bit in xdp_lb.c,
+ * mirrored by l4lb/src/xdp.rs) set for every (VIP address, port, protocol). A packet whose
+ * bit is clear is no VIP's, and passes after one array read.
+ */
+#define LX_FILTER_WORDS      1024
+
+/*
+ * The per-CPU flow cache in front of lx_ct: LX_CACHE_BUCKETS sets of LX_CACHE_WAYS flows on
+ * every CPU, read with array lookups the verifier inlines (a hash map lookup is a kernel call).
+ * lx_ct stays the shared, authoritative table; a cache miss falls back to it.
+ */
+#define LX_CACHE_BITS        14
+#define LX_CACHE_BUCKETS     (1 << LX_CACHE_BITS)
+#define LX_CACHE_WAYS        4
+
 /* lx_vip.mode */
 #define LX_MODE_NAT  0   /* rewrite the destination; replies come back through this node */
 #define LX_MODE_GUE  1   /* encapsulate in UDP to the backend's node; the backend replies directly */
 
-/* A VIP (keyed by struct ls_svc_key). */
+/*
+ * A VIP: the value of lx_vips (keyed by struct ls_svc_key), and of lx_vip_live (an array
+ * indexed by the id), where a tracked flow finds its VIP's mode, and whether the VIP it was
+ * given a backend for still exists: gen is drawn anew whenever an id is given to a VIP, and
+ * 0 in lx_vip_live means no VIP has the id.
+ */
 struct lx_vip {
-	__u32 id;         /* index of lx_vip_stats; key of its ring */
+	__u32 id;         /* index of lx_vip_stats and lx_vip_live; key of its ring */
 	__u32 ring_size;  /* Maglev table size M (a prime); 0: no backend */
 	__u32 mode;
-	__u32 flags;
+	__u32 gen;
 };
 
 /* Slot of a VIP's Maglev table. Value: a real id (__u32). */
@@ -190,11 +214,27 @@ struct lx_flow {
 	__u8  pad[2];
 };
 
-/* Connection tracking: the backend a flow was given, kept even if the backend set changes. */
+/*
+ * Connection tracking: the backend a flow was given, kept even if the backend set changes,
+ * for as long as its VIP (real.vip_id) keeps the generation gen.
+ */
 struct lx_ct {
 	struct lx_real real;
 	__u32 real_id;
-	__u32 pad;
+	__u32 gen;
+};
+
+/* A set of the per-CPU flow cache: tags[i] is 0 (empty) or a hash of e[i].flow, never 0. */
+struct lx_cache_entry {
+	struct lx_flow flow;
+	struct lx_ct ct;
+};
+
+struct lx_cache_bucket {
+	__u32 tags[LX_CACHE_WAYS];
+	__u32 next;       /* the way the next insertion replaces (FIFO) */
+	__u32 pad[3];
+	struct lx_cache_entry e[LX_CACHE_WAYS];
 };
 
 /* NAT replies: the VIP to put back as the source. */
@@ -229,7 +269,8 @@ struct lx_real_stats {
 #define LX_TC_REVNAT        7   /* NAT replies given the VIP back */
 #define LX_TC_DECAP         8   /* GUE packets decapsulated */
 #define LX_DROP_MALFORMED   9   /* truncated TCP/UDP headers: passed for the kernel to drop */
-#define LX_COUNTERS         10
+#define LX_CACHE_MISS       10  /* tracked flows not in this CPU's flow cache: read from lx_ct */
+#define LX_COUNTERS         11
 
 /* lx_config.flags */
 #define LX_CFG_FIB_FORWARD  0x1  /* forward with XDP_TX / XDP_REDIRECT where the FIB allows */

@@ -110,6 +110,8 @@ impl XdpConfig {
 pub struct XdpLb {
     ebpf: Ebpf,
     vips: BpfHashMap<MapData, SvcKey, XVip>,
+    live: Array<MapData, XVip>,
+    filter: Array<MapData, u64>,
     ring: BpfHashMap<MapData, RingKey, u32>,
     reals: Array<MapData, Real>,
     vip_stats: PerCpuArray<MapData, XVipStats>,
@@ -217,6 +219,10 @@ impl XdpLb {
                 .ok_or_else(|| L4lbError::Bpf(format!("map {name} missing from the object")))
         };
         let vips = BpfHashMap::try_from(take("lx_vips")?).map_err(|e| bpf_error("lx_vips", &e))?;
+        let live =
+            Array::try_from(take("lx_vip_live")?).map_err(|e| bpf_error("lx_vip_live", &e))?;
+        let filter =
+            Array::try_from(take("lx_vip_filter")?).map_err(|e| bpf_error("lx_vip_filter", &e))?;
         let ring = BpfHashMap::try_from(take("lx_ring")?).map_err(|e| bpf_error("lx_ring", &e))?;
         let reals = Array::try_from(take("lx_reals")?).map_err(|e| bpf_error("lx_reals", &e))?;
         let vip_stats = PerCpuArray::try_from(take("lx_vip_stats")?)
@@ -252,6 +258,8 @@ impl XdpLb {
         Ok(XdpLb {
             ebpf,
             vips,
+            live,
+            filter,
             ring,
             reals,
             vip_stats,
@@ -278,6 +286,20 @@ impl XdpLb {
         let mut d = XDump::default();
         d.vips.extend(self.vips.iter().flatten());
         d.ring.extend(self.ring.iter().flatten());
+        for (i, v) in self.live.iter().enumerate() {
+            if let Ok(v) = v {
+                if v != XVip::default() {
+                    d.live.push((i as u32, v));
+                }
+            }
+        }
+        for (i, w) in self.filter.iter().enumerate() {
+            if let Ok(w) = w {
+                if w != 0 {
+                    d.filter.push((i as u32, w));
+                }
+            }
+        }
         for (i, r) in self.reals.iter().enumerate() {
             if let Ok(r) = r {
                 if r.flags & layout::LX_REAL_VALID != 0 {
@@ -327,6 +349,12 @@ impl XdpMaps for XdpLb {
     }
     fn delete_vip(&mut self, key: &SvcKey) -> io::Result<()> {
         gone_ok(self.vips.remove(key))
+    }
+    fn put_live(&mut self, id: u32, vip: &XVip) -> io::Result<()> {
+        self.live.set(id, vip, 0).map_err(map_io)
+    }
+    fn put_filter_word(&mut self, word: u32, bits: u64) -> io::Result<()> {
+        self.filter.set(word, bits, 0).map_err(map_io)
     }
     fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()> {
         self.ring.insert(key, real, 0).map_err(map_io)

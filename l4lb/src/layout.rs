@@ -60,7 +60,7 @@ mirror! {
     /// `struct ls_config`: ls_config[0].
     Config = "ls_config" { fail_threshold: u32, pad: u32, hold_ns: u64 }
     /// `struct lx_vip`.
-    XVip = "lx_vip" { id: u32, ring_size: u32, mode: u32, flags: u32 }
+    XVip = "lx_vip" { id: u32, ring_size: u32, mode: u32, gen: u32 }
     /// `struct lx_ring_key`.
     RingKey = "lx_ring_key" { vip_id: u32, slot: u32 }
     /// `struct lx_real`.
@@ -76,7 +76,11 @@ mirror! {
         pad: [u8; 2],
     }
     /// `struct lx_ct`.
-    Ct = "lx_ct" { real: Real, real_id: u32, pad: u32 }
+    Ct = "lx_ct" { real: Real, real_id: u32, gen: u32 }
+    /// `struct lx_cache_entry`: a flow in a CPU's flow cache.
+    CacheEntry = "lx_cache_entry" { flow: Flow, ct: Ct }
+    /// `struct lx_cache_bucket`: a set of a CPU's flow cache (`LX_CACHE_WAYS` ways).
+    CacheBucket = "lx_cache_bucket" { tags: [u32; 4], next: u32, pad: [u32; 3], e: [CacheEntry; 4] }
     /// `struct lx_rev`.
     XRev = "lx_rev" { addr: [u8; 16], port: u16, family: u8, pad: u8 }
     /// `struct lx_vip_stats`.
@@ -92,9 +96,11 @@ pub const LX_MODE_NAT: u32 = 0;
 pub const LX_MODE_GUE: u32 = 1;
 pub const LX_REAL_VALID: u8 = 0x1;
 pub const LX_CFG_FIB_FORWARD: u16 = 0x1;
+/// `LX_FILTER_WORDS`: the VIP filter's size in 64-bit words.
+pub const LX_FILTER_WORDS: u32 = 1024;
 
 /// `lx_global` counter slots: (metric label, header define, slot).
-pub const LX_COUNTERS: [(&str, &str, u32); 10] = [
+pub const LX_COUNTERS: [(&str, &str, u32); 11] = [
     ("pass_fragment", "LX_PASS_FRAGMENT", 0),
     ("pass_ip_options", "LX_PASS_IP_OPTIONS", 1),
     ("drop_no_backend", "LX_DROP_NO_REAL", 2),
@@ -105,6 +111,7 @@ pub const LX_COUNTERS: [(&str, &str, u32); 10] = [
     ("tc_revnat", "LX_TC_REVNAT", 7),
     ("tc_decap", "LX_TC_DECAP", 8),
     ("pass_malformed", "LX_DROP_MALFORMED", 9),
+    ("flow_cache_miss", "LX_CACHE_MISS", 10),
 ];
 
 /// `LS_SVC_FAIL_OPEN`.
@@ -129,8 +136,11 @@ pub mod maps {
     pub const ALL: [&str; 8] = [
         SERVICES, SLOTS, BACKENDS, REVNAT, SVC_STATS, BE_STATS, HEALTH, CONFIG,
     ];
-    pub const XDP: [&str; 9] = [
+    pub const XDP: [&str; 12] = [
         "lx_vips",
+        "lx_vip_live",
+        "lx_vip_filter",
+        "lx_flow_cache",
         "lx_ring",
         "lx_reals",
         "lx_ct",
@@ -220,6 +230,8 @@ pub fn verify_objects(objects: &[&[u8]]) -> Result<(), Vec<String>> {
         ("LX_REAL_VALID", LX_REAL_VALID as u64),
         ("LX_CFG_FIB_FORWARD", LX_CFG_FIB_FORWARD as u64),
         ("LX_COUNTERS", LX_COUNTERS.len() as u64),
+        ("LX_CACHE_WAYS", 4),
+        ("LX_FILTER_WORDS", u64::from(LX_FILTER_WORDS)),
     ] {
         if header_constant(define) != Some(value) {
             problems.push(format!(

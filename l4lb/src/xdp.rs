@@ -7,7 +7,9 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{Real, RingKey, SvcKey, XVip, LX_MODE_GUE, LX_MODE_NAT, LX_REAL_VALID};
+use crate::layout::{
+    Real, RingKey, SvcKey, XVip, LX_FILTER_WORDS, LX_MODE_GUE, LX_MODE_NAT, LX_REAL_VALID,
+};
 use crate::maglev;
 use crate::plan::{BackendAddr, Plan, ServiceAddr};
 use crate::reconcile::{addr_bytes, svc_key, Ids, Report};
@@ -54,10 +56,41 @@ pub fn flow_hash(flow: &crate::layout::Flow) -> u32 {
     h ^ (h >> 16)
 }
 
+/// The BPF side's VIP filter bit (`filter_bit` in xdp_lb.c) of a VIP: a packet whose bit is
+/// clear in `lx_vip_filter` is no VIP's, and passes without a hash lookup.
+pub fn filter_bit(key: &SvcKey) -> u32 {
+    let w = |i: usize| {
+        u32::from_ne_bytes([
+            key.addr[i],
+            key.addr[i + 1],
+            key.addr[i + 2],
+            key.addr[i + 3],
+        ])
+    };
+    let x = w(0) ^ w(4) ^ w(8) ^ w(12) ^ ((u32::from(key.port) << 16) | u32::from(key.proto));
+    x.wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// The filter's words (index, bits) for a set of VIPs: what `lx_vip_filter` must hold.
+fn filter_words(keys: impl Iterator<Item = SvcKey>) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for k in keys {
+        let bit = filter_bit(&k);
+        debug_assert!(bit >> 6 < LX_FILTER_WORDS);
+        *words.entry(bit >> 6).or_insert(0) |= 1u64 << (bit & 63);
+    }
+    words
+}
+
 /// The map operations the XDP reconciler needs.
 pub trait XdpMaps {
+    /// `lx_vips`: the VIP by address (the path of a packet not yet tracked).
     fn put_vip(&mut self, key: &SvcKey, vip: &XVip) -> io::Result<()>;
     fn delete_vip(&mut self, key: &SvcKey) -> io::Result<()>;
+    /// `lx_vip_live`: the VIP by id (the path of a tracked flow); all zero: no VIP has the id.
+    fn put_live(&mut self, id: u32, vip: &XVip) -> io::Result<()>;
+    /// `lx_vip_filter`: one 64-bit word of the filter.
+    fn put_filter_word(&mut self, word: u32, bits: u64) -> io::Result<()>;
     fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()>;
     fn delete_slot(&mut self, key: &RingKey) -> io::Result<()>;
     fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()>;
@@ -69,6 +102,9 @@ pub trait XdpMaps {
 pub struct XVipState {
     pub id: u32,
     pub mode: Mode,
+    /// Drawn anew when the id is given to the VIP and when its mode changes: a tracked flow
+    /// whose entry holds another generation is decided again.
+    pub gen: u32,
     /// Real id per Maglev slot (empty: no backend).
     pub ring: Vec<u32>,
     pub reals: BTreeMap<BackendAddr, (u32, Real)>,
@@ -78,6 +114,10 @@ pub struct XVipState {
 #[derive(Default, Debug)]
 pub struct XDump {
     pub vips: Vec<(SvcKey, XVip)>,
+    /// `lx_vip_live` entries that are not all zero.
+    pub live: Vec<(u32, XVip)>,
+    /// `lx_vip_filter` words that are not zero.
+    pub filter: Vec<(u32, u64)>,
     pub ring: Vec<(RingKey, u32)>,
     pub reals: Vec<(u32, Real)>,
 }
@@ -90,6 +130,11 @@ pub struct XdpReconciler {
     pub max_ring: u32,
     pub seed: u64,
     stale: XDump,
+    /// `lx_vip_filter` as written (words that are not zero).
+    filter: BTreeMap<u32, u64>,
+    /// VIPs whose `lx_vip_live` entry did not match at takeover.
+    dirty: std::collections::BTreeSet<ServiceAddr>,
+    last_gen: u32,
 }
 
 fn real_entry(b: &crate::plan::PlannedBackend, addr: &BackendAddr, vip_id: u32) -> Real {
@@ -116,7 +161,22 @@ impl XdpReconciler {
             max_ring,
             seed,
             stale: XDump::default(),
+            filter: BTreeMap::new(),
+            dirty: Default::default(),
+            // Generations start somewhere new on every start: an entry a flow cache kept from
+            // an earlier agent's VIP is not taken for one of ours.
+            last_gen: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| {
+                    d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16)
+                })
+                ^ std::process::id().rotate_left(8),
         }
+    }
+
+    fn next_gen(&mut self) -> u32 {
+        self.last_gen = self.last_gen.wrapping_add(1).max(1);
+        self.last_gen
     }
 
     /// Takes over maps an earlier agent wrote: their content becomes the mirror, so the next
@@ -128,15 +188,20 @@ impl XdpReconciler {
             .iter()
             .map(|(k, v)| ((k.vip_id, k.slot), *v))
             .collect();
+        let live: std::collections::HashMap<u32, XVip> = dump.live.iter().copied().collect();
         let mut by_id = BTreeMap::new();
         for (key, vip) in &dump.vips {
             match crate::reconcile::service_addr(key) {
                 Some(addr) if !by_id.values().any(|a| *a == addr) => {
                     by_id.insert(vip.id, addr);
+                    if vip.gen == 0 || live.get(&vip.id) != Some(vip) {
+                        r.dirty.insert(addr);
+                    }
                     r.vips.insert(
                         addr,
                         XVipState {
                             id: vip.id,
+                            gen: vip.gen,
                             mode: if vip.mode == LX_MODE_GUE {
                                 Mode::Gue
                             } else {
@@ -152,6 +217,17 @@ impl XdpReconciler {
                 _ => r.stale.vips.push((*key, *vip)),
             }
         }
+        for (id, v) in &dump.live {
+            if !by_id.contains_key(id) {
+                r.stale.live.push((*id, *v));
+            }
+        }
+        r.filter = dump
+            .filter
+            .iter()
+            .copied()
+            .filter(|(_, b)| *b != 0)
+            .collect();
         for (id, real) in &dump.reals {
             let owner = by_id.get(&real.vip_id).and_then(|a| r.vips.get_mut(a));
             let addr = crate::reconcile::addr_ip(&real.addr, real.family).map(|ip| BackendAddr {
@@ -209,6 +285,17 @@ impl XdpReconciler {
             report.writes += 1;
             let _ = maps.put_real(id, &Real::default());
         }
+        for (id, _) in stale.live {
+            report.writes += 1;
+            let _ = maps.put_live(id, &XVip::default());
+        }
+        // The filter lets every VIP that is or will be programmed through before any is; bits
+        // of the VIPs that went are cleared at the end.
+        let mut widened = filter_words(self.vips.keys().chain(plan.keys()).map(svc_key));
+        for (w, bits) in &self.filter {
+            *widened.entry(*w).or_insert(0) |= bits;
+        }
+        self.sync_filter(&widened, maps, &mut report);
         let gone: Vec<ServiceAddr> = self
             .vips
             .keys()
@@ -229,7 +316,36 @@ impl XdpReconciler {
                 }
             }
         }
+        let exact = filter_words(self.vips.keys().map(svc_key));
+        self.sync_filter(&exact, maps, &mut report);
         report
+    }
+
+    /// Writes the filter words that differ from `want`.
+    fn sync_filter(
+        &mut self,
+        want: &BTreeMap<u32, u64>,
+        maps: &mut dyn XdpMaps,
+        report: &mut Report,
+    ) {
+        let words: std::collections::BTreeSet<u32> =
+            want.keys().chain(self.filter.keys()).copied().collect();
+        for w in words {
+            let new = want.get(&w).copied().unwrap_or(0);
+            if self.filter.get(&w).copied().unwrap_or(0) == new {
+                continue;
+            }
+            report.writes += 1;
+            match maps.put_filter_word(w, new) {
+                Ok(()) if new == 0 => {
+                    self.filter.remove(&w);
+                }
+                Ok(()) => {
+                    self.filter.insert(w, new);
+                }
+                Err(e) => report.errors.push(format!("XDP VIP filter word {w}: {e}")),
+            }
+        }
     }
 
     /// Removes a VIP from the maps and the mirror. Its id is only reused once its entry is
@@ -247,7 +363,10 @@ impl XdpReconciler {
         }
         let v = v.clone();
         self.vips.remove(addr);
-        report.writes += v.ring.len() + v.reals.len();
+        self.dirty.remove(addr);
+        // Tracked flows of the VIP find no generation under its id any more.
+        report.writes += 1 + v.ring.len() + v.reals.len();
+        let _ = maps.put_live(v.id, &XVip::default());
         for slot in 0..v.ring.len() as u32 {
             let _ = maps.delete_slot(&RingKey { vip_id: v.id, slot });
         }
@@ -283,11 +402,22 @@ impl XdpReconciler {
                 XVipState {
                     id,
                     mode,
+                    gen: 0,
                     ring: Vec::new(),
                     reals: BTreeMap::new(),
                 },
             );
         }
+        // A new VIP, one whose mode changes (its tracked flows must be decided again: a flow
+        // that began in GUE mode has no reverse-NAT entry), or one taken over without a
+        // generation gets a new one.
+        let old = &self.vips[addr];
+        let gen = if old.gen == 0 || old.mode != mode {
+            self.next_gen()
+        } else {
+            old.gen
+        };
+        let dirty = self.dirty.remove(addr);
         let st = self.vips.get_mut(addr).expect("inserted");
         let vip_id = st.id;
         // Reals: every planned backend (draining ones too: tracked flows keep their entry).
@@ -361,18 +491,24 @@ impl XdpReconciler {
                 }
             }
         }
-        if is_new || old_len != ring.len() || st.mode != mode {
-            report.writes += 1;
-            maps.put_vip(
-                &key,
-                &XVip {
-                    id: vip_id,
-                    ring_size: ring.len() as u32,
-                    mode: mode.code(),
-                    flags: 0,
-                },
-            )?;
+        if is_new || dirty || old_len != ring.len() || st.mode != mode || st.gen != gen {
+            let vip = XVip {
+                id: vip_id,
+                ring_size: ring.len() as u32,
+                mode: mode.code(),
+                gen,
+            };
+            // By id first: a packet that finds the VIP by address then finds its generation.
+            report.writes += 2;
+            if let Err(e) = maps
+                .put_live(vip_id, &vip)
+                .and_then(|()| maps.put_vip(&key, &vip))
+            {
+                self.dirty.insert(*addr);
+                return Err(e);
+            }
             st.mode = mode;
+            st.gen = gen;
         }
         for slot in ring.len()..old_len {
             report.writes += 1;
@@ -408,13 +544,67 @@ mod tests {
     #[derive(Default)]
     struct Model {
         vips: HashMap<SvcKey, XVip>,
+        live: HashMap<u32, XVip>,
+        filter: HashMap<u32, u64>,
         ring: HashMap<(u32, u32), u32>,
         reals: HashMap<u32, Real>,
     }
 
+    impl Model {
+        /// What an agent taking the maps over would read.
+        fn dump(&self) -> XDump {
+            XDump {
+                vips: self.vips.iter().map(|(k, v)| (*k, *v)).collect(),
+                ring: self
+                    .ring
+                    .iter()
+                    .map(|((v, s), r)| {
+                        (
+                            RingKey {
+                                vip_id: *v,
+                                slot: *s,
+                            },
+                            *r,
+                        )
+                    })
+                    .collect(),
+                reals: self.reals.iter().map(|(k, v)| (*k, *v)).collect(),
+                live: self.live.iter().map(|(k, v)| (*k, *v)).collect(),
+                filter: self.filter.iter().map(|(k, v)| (*k, *v)).collect(),
+            }
+        }
+    }
+
     impl XdpMaps for Model {
         fn put_vip(&mut self, key: &SvcKey, vip: &XVip) -> io::Result<()> {
+            assert_eq!(self.live.get(&vip.id), Some(vip), "by address before by id");
+            let bit = filter_bit(key);
+            assert!(
+                self.filter.get(&(bit >> 6)).copied().unwrap_or(0) & (1 << (bit & 63)) != 0,
+                "a VIP before its filter bit"
+            );
             self.vips.insert(*key, *vip);
+            Ok(())
+        }
+        fn put_live(&mut self, id: u32, vip: &XVip) -> io::Result<()> {
+            if vip.gen == 0 {
+                assert!(
+                    !self.vips.values().any(|v| v.id == id),
+                    "id cleared while in use"
+                );
+                self.live.remove(&id);
+            } else {
+                self.live.insert(id, *vip);
+            }
+            Ok(())
+        }
+        fn put_filter_word(&mut self, word: u32, bits: u64) -> io::Result<()> {
+            assert!(word < LX_FILTER_WORDS);
+            if bits == 0 {
+                self.filter.remove(&word);
+            } else {
+                self.filter.insert(word, bits);
+            }
             Ok(())
         }
         fn delete_vip(&mut self, key: &SvcKey) -> io::Result<()> {
@@ -508,34 +698,42 @@ mod tests {
         assert_eq!(m.ring.len(), size);
         assert!(!m.ring.values().any(|id| m.reals[id].addr[3] == 4));
         assert!(rep.writes < size / 10 + size / 100, "{rep:?}");
-        // Mode change is one write.
+        // A mode change writes the VIP by id and by address, with a new generation (its
+        // tracked flows are decided again).
+        let gen = m.vips.values().next().unwrap().gen;
         let rep = r.apply(&plan(&drained), &|_| Mode::Gue, &mut m);
-        assert_eq!(rep.writes, 1);
-        assert_eq!(m.vips.values().next().unwrap().mode, LX_MODE_GUE);
+        assert_eq!(rep.writes, 2);
+        let v = *m.vips.values().next().unwrap();
+        assert_eq!(v.mode, LX_MODE_GUE);
+        assert_ne!(v.gen, gen);
+        assert_eq!(m.live[&v.id], v);
         // Takeover: nothing to write.
-        let dump = XDump {
-            vips: m.vips.iter().map(|(k, v)| (*k, *v)).collect(),
-            ring: m
-                .ring
-                .iter()
-                .map(|((v, s), r)| {
-                    (
-                        RingKey {
-                            vip_id: *v,
-                            slot: *s,
-                        },
-                        *r,
-                    )
-                })
-                .collect(),
-            reals: m.reals.iter().map(|(k, v)| (*k, *v)).collect(),
-        };
+        let dump = m.dump();
         let mut again = XdpReconciler::restore(dump, maglev::DEFAULT_MAX, maglev::DEFAULT_SEED);
         assert_eq!(
             again.apply(&plan(&drained), &|_| Mode::Gue, &mut m).writes,
             0
         );
+        // A takeover that finds the VIP's entry by id missing (maps of an agent from before
+        // it existed) writes it, keeping the generation its tracked flows hold.
+        let v = *m.vips.values().next().unwrap();
+        m.live.clear();
+        let dump = m.dump();
+        let mut again = XdpReconciler::restore(dump, maglev::DEFAULT_MAX, maglev::DEFAULT_SEED);
+        assert_eq!(
+            again.apply(&plan(&drained), &|_| Mode::Gue, &mut m).writes,
+            2
+        );
+        assert_eq!(
+            m.live[&v.id],
+            m.vips[&svc_key(&ServiceAddr {
+                ip: IpAddr::from([198, 19, 0, 1]),
+                port: 80,
+                protocol: lodestar_control::model::Protocol::Tcp
+            })]
+        );
         again.apply(&Plan::new(), &nat, &mut m);
         assert!(m.vips.is_empty() && m.ring.is_empty() && m.reals.is_empty());
+        assert!(m.live.is_empty() && m.filter.is_empty());
     }
 }

@@ -482,24 +482,31 @@ fn gue_decapsulation_and_nat_replies_byte_for_byte() {
     assert_eq!(lab.counter("tc_revnat"), 2);
 }
 
-#[test]
-fn a_known_flow_keeps_its_backend_and_draining_takes_no_new_flows() {
-    let mut lab = Lab::new("ct");
-    let first = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 42000, 80);
-    let to = lab.maglev_pick(&first);
+/// Starts the flow of `first` (checking it goes where Maglev says), then drains its backend
+/// in 198.19.0.1's plan. Returns the backend, the plan's slots, and a mid-flow packet.
+fn start_then_drain(lab: &mut Lab, first: &Pkt) -> (BackendAddr, (u32, u32), Pkt) {
+    let to = lab.maglev_pick(first);
     assert_eq!(
         lab.run("lx_xdp", &first.frame()).1,
-        rewritten(&first, to).frame()
+        rewritten(first, to).frame()
     );
-    // The flow's backend leaves the set (drained to weight 0): the flow stays with it.
-    let (b1, b2) = if to.ip.to_string() == "198.18.1.2" {
+    let slots = if to.ip.to_string() == "198.18.1.2" {
         (0, 1)
     } else {
         (1, 0)
     };
-    lab.program(&base_plan(b1, b2));
+    lab.program(&base_plan(slots.0, slots.1));
     let mut next = first.clone();
     next.syn = false;
+    (to, slots, next)
+}
+
+#[test]
+fn a_known_flow_keeps_its_backend_and_draining_takes_no_new_flows() {
+    let mut lab = Lab::new("ct");
+    let first = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 42000, 80);
+    // The flow's backend leaves the set (drained to weight 0): the flow stays with it.
+    let (to, _, mut next) = start_then_drain(&mut lab, &first);
     next.payload = b"more".to_vec();
     assert_eq!(
         lab.run("lx_xdp", &next.frame()).1,
@@ -545,4 +552,87 @@ fn a_known_flow_keeps_its_backend_and_draining_takes_no_new_flows() {
     let stats = lab.lb.vip_stats(lab.rec.vips()[&vip].id);
     assert!(stats.packets >= 2, "{stats:?}");
     assert!(stats.new_flows >= 1 && stats.lru_misses >= 1, "{stats:?}");
+}
+
+/// Runs the rest of the calling thread on `cpu` (the flow cache is per CPU).
+fn on_cpu(cpu: usize) {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    assert!(
+        cpus >= 2,
+        "this test needs two CPUs to show a flow moving between flow caches ({cpus} available)"
+    );
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(rc, 0, "sched_setaffinity to CPU {cpu}");
+}
+
+#[test]
+fn the_flow_cache_is_per_cpu_backed_by_the_shared_table_and_follows_its_vip() {
+    let mut lab = Lab::new("cache");
+    let vip = ServiceAddr {
+        ip: "198.19.0.1".parse().unwrap(),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    on_cpu(0);
+    let first = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 45000, 80);
+    // Drain the flow's backend: Maglev would now send the flow elsewhere, so only tracking
+    // keeps it in place.
+    let (to, (b1, b2), next) = start_then_drain(&mut lab, &first);
+    assert_ne!(lab.maglev_pick(&next), to);
+    let misses = lab.counter("flow_cache_miss");
+    assert_eq!(
+        lab.run("lx_xdp", &next.frame()).1,
+        rewritten(&next, to).frame(),
+        "served by CPU 0's cache"
+    );
+    assert_eq!(lab.counter("flow_cache_miss"), misses);
+    // On the other CPU the cache does not know the flow: the shared table does.
+    on_cpu(1);
+    assert_eq!(
+        lab.run("lx_xdp", &next.frame()).1,
+        rewritten(&next, to).frame(),
+        "served by the shared table on CPU 1"
+    );
+    assert_eq!(lab.counter("flow_cache_miss"), misses + 1);
+    lab.run("lx_xdp", &next.frame());
+    assert_eq!(
+        lab.counter("flow_cache_miss"),
+        misses + 1,
+        "then cached on CPU 1"
+    );
+
+    // The VIP goes: its tracked flows pass to the kernel untouched, from either cache.
+    let mut without = base_plan(b1, b2);
+    without.remove(&vip);
+    lab.program(&without);
+    for cpu in [0, 1] {
+        on_cpu(cpu);
+        assert_eq!(
+            lab.run("lx_xdp", &next.frame()),
+            (XDP_PASS, next.frame()),
+            "a flow of a removed VIP, CPU {cpu}"
+        );
+    }
+    // It comes back (with a new generation): the flow is decided again, by Maglev, so it
+    // does not return to the drained backend.
+    lab.program(&base_plan(b1, b2));
+    let again = lab.maglev_pick(&next);
+    assert_ne!(again, to);
+    assert_eq!(
+        lab.run("lx_xdp", &next.frame()).1,
+        rewritten(&next, again).frame()
+    );
+    // A mode change decides tracked flows again too: now they are encapsulated.
+    lab.modes.insert("198.19.0.1:80/tcp".into(), Mode::Gue);
+    lab.program(&base_plan(b1, b2));
+    assert_eq!(
+        lab.run("lx_xdp", &next.frame()).1,
+        gue(&next, node_of(again.ip), "198.18.0.1".parse().unwrap())
+    );
 }
