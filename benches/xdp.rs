@@ -98,9 +98,27 @@ struct Cost {
     hit: f64,
     not_vip: f64,
     miss: f64,
+    /// Medians of the ratios to the floor measured next to it (the machine's speed drifts).
+    hit_ratio: f64,
+    not_vip_ratio: f64,
+    trials: usize,
 }
 
-fn per_packet(repeat: u32, singles: u16) -> Cost {
+/// Keeps this thread on one CPU: per-CPU state (the flow cache, counters) is then the same
+/// from one run to the next, and the kernel's timings are not split across migrations.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The per-packet costs: `trials` rounds, each timing the floor, the hit and the no-VIP
+/// packet one after the other (`repeat` runs each), and the medians.
+fn per_packet(repeat: u32, singles: u16, trials: usize) -> Cost {
+    pin_to_cpu(1);
     let pin = std::path::PathBuf::from(format!(
         "/sys/fs/bpf/lodestar-bench-xdp-{}",
         std::process::id()
@@ -134,12 +152,25 @@ fn per_packet(repeat: u32, singles: u16) -> Cost {
     hit_pkt.syn = false;
     let hit_frame = hit_pkt.frame();
     lb.test_run("lx_xdp", &hit_frame, 1).unwrap();
-    let hit = lb.test_run("lx_xdp", &hit_frame, repeat).unwrap();
     let other = packet::pkt("198.18.100.1", "198.18.9.9", Protocol::Tcp, 40000, 8080).frame();
-    let not_vip = lb.test_run("lx_xdp", &other, repeat).unwrap();
     let floor_frame = packet::pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40000, 80).frame();
-    let fl = floor.test_run(&floor_frame, repeat).unwrap();
-    assert_eq!(fl.retval, 3, "the floor returns XDP_TX");
+    let (mut fl, mut hit, mut not_vip) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..trials {
+        let f = floor.test_run(&floor_frame, repeat).unwrap();
+        assert_eq!(f.retval, 3, "the floor returns XDP_TX");
+        fl.push(f64::from(f.duration_ns));
+        hit.push(f64::from(
+            lb.test_run("lx_xdp", &hit_frame, repeat)
+                .unwrap()
+                .duration_ns,
+        ));
+        not_vip.push(f64::from(
+            lb.test_run("lx_xdp", &other, repeat).unwrap().duration_ns,
+        ));
+    }
+    let ratio = |v: &[f64]| median(v.iter().zip(&fl).map(|(x, f)| x / f).collect());
+    let (hit_ratio, not_vip_ratio) = (ratio(&hit), ratio(&not_vip));
+    let (fl, hit, not_vip) = (median(fl), median(hit), median(not_vip));
 
     // A miss cannot repeat (the first run creates the entry): time single runs of new flows
     // and of a tracked one, and add their difference to the repeated hit.
@@ -153,10 +184,13 @@ fn per_packet(repeat: u32, singles: u16) -> Cost {
     drop(lb);
     let _ = std::fs::remove_dir_all(&pin);
     Cost {
-        floor: f64::from(fl.duration_ns),
-        hit: f64::from(hit.duration_ns),
-        not_vip: f64::from(not_vip.duration_ns),
-        miss: f64::from(hit.duration_ns) + delta,
+        floor: fl,
+        hit,
+        not_vip,
+        miss: hit + delta,
+        hit_ratio,
+        not_vip_ratio,
+        trials,
     }
 }
 
@@ -185,6 +219,37 @@ impl Sinks {
     }
 }
 
+/// What arrived at the sinks, and the CPU spent, from `start` on.
+struct Meter {
+    rx0: u64,
+    cpu0: (f64, f64),
+    start: Instant,
+}
+
+impl Meter {
+    fn start(sinks: &Sinks) -> Meter {
+        Meter {
+            rx0: sinks.count(),
+            cpu0: common::cpu_seconds(),
+            start: Instant::now(),
+        }
+    }
+
+    /// The flow, given what was sent: delivered rate and CPU per delivered packet.
+    fn finish(self, sinks: &Sinks, sent: u64) -> Flow {
+        let secs = self.start.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(200));
+        let (c1, s1) = common::cpu_seconds();
+        let got = sinks.count() - self.rx0;
+        Flow {
+            pps: got as f64 / secs,
+            cpu_ns: (c1 - self.cpu0.0) * 1e9 / got.max(1) as f64,
+            softirq_ns: (s1 - self.cpu0.1) * 1e9 / got.max(1) as f64,
+            sent_pps: sent as f64 / secs,
+        }
+    }
+}
+
 struct Flow {
     pps: f64,
     cpu_ns: f64,
@@ -196,9 +261,7 @@ struct Flow {
 /// sendmmsg (batches of 64) for `seconds`; counts what reaches the backends.
 fn blast(lab: &xdp::XdpLab, sinks: &Sinks, vip: SocketAddr, seconds: u64) -> Flow {
     use std::os::fd::AsRawFd;
-    let rx0 = sinks.count();
-    let (c0, s0) = common::cpu_seconds();
-    let start = Instant::now();
+    let meter = Meter::start(sinks);
     let sent = l4lb::in_ns(&lab.client.name, || {
         let socks: Vec<std::net::UdpSocket> = (0..32)
             .map(|_| std::net::UdpSocket::bind("198.18.0.2:0").unwrap())
@@ -240,31 +303,65 @@ fn blast(lab: &xdp::XdpLab, sinks: &Sinks, vip: SocketAddr, seconds: u64) -> Flo
         }
         sent
     });
-    let secs = start.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(200));
-    let (c1, s1) = common::cpu_seconds();
-    let got = sinks.count() - rx0;
-    Flow {
-        pps: got as f64 / secs,
-        cpu_ns: (c1 - c0) * 1e9 / got.max(1) as f64,
-        softirq_ns: (s1 - s0) * 1e9 / got.max(1) as f64,
-        sent_pps: sent as f64 / secs,
-    }
+    meter.finish(sinks, sent)
+}
+
+/// An interface's MAC address in a namespace.
+fn mac(ns: &netns::Netns, ifname: &str) -> [u8; 6] {
+    let out = ns.exec_ok(&["cat", &format!("/sys/class/net/{ifname}/address")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("a MAC address"))
+        .collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// Generates 18-byte UDP datagrams to `vip` from 256 source ports with BPF_PROG_RUN's
+/// live-frames mode in the client namespace (as a NIC would hand frames to XDP: no socket,
+/// no skb) for `seconds`; counts what reaches the backends.
+fn live(lab: &xdp::XdpLab, sinks: &Sinks, vip: SocketAddr, seconds: f64) -> Flow {
+    let mut p = packet::pkt(
+        "198.18.0.2",
+        &vip.ip().to_string(),
+        Protocol::Udp,
+        20000,
+        vip.port(),
+    );
+    p.payload = vec![0x5a; 18];
+    let mut frame = p.frame();
+    frame[..6].copy_from_slice(&mac(&lab.lb, &lab.lb_front));
+    frame[6..12].copy_from_slice(&mac(&lab.client, &lab.client_if));
+    let meter = Meter::start(sinks);
+    let start = meter.start;
+    let sent = l4lb::in_ns(&lab.client.name, || {
+        pin_to_cpu(1);
+        let mut gen = Floor::load().expect("load the generator");
+        let mut sent = 0u64;
+        while start.elapsed().as_secs_f64() < seconds {
+            let n = 1 << 16;
+            gen.generate(&lab.client_if, &frame, 20000, 256, n)
+                .expect("BPF_PROG_RUN live frames");
+            sent += u64::from(n);
+        }
+        sent
+    });
+    meter.finish(sinks, sent)
 }
 
 fn main() {
     let repeat = arg("--repeat", 1_000_000) as u32;
     let seconds = arg("--seconds", 5);
     let rounds = arg("--rounds", 3) as usize;
+    let trials = arg("--trials", 15) as usize;
 
-    let costs: Vec<Cost> = (0..3).map(|_| per_packet(repeat, 5000)).collect();
-    let floor = median(costs.iter().map(|c| c.floor).collect());
-    let hit = median(costs.iter().map(|c| c.hit).collect());
-    let not_vip = median(costs.iter().map(|c| c.not_vip).collect());
-    let miss = median(costs.iter().map(|c| c.miss).collect());
-
+    let c = per_packet(repeat, 5000, trials);
     if rounds == 0 {
-        println!("floor {floor:.1} ns, hit {hit:.1} ns ({:.2}x), miss {miss:.1} ns, no VIP {not_vip:.1} ns", hit / floor);
+        println!(
+            "floor {:.1} ns, hit {:.1} ns ({:.2}x), miss {:.1} ns, no VIP {:.1} ns ({:.2}x)",
+            c.floor, c.hit, c.hit_ratio, c.miss, c.not_vip, c.not_vip_ratio
+        );
         return;
     }
     // End to end.
@@ -281,11 +378,24 @@ fn main() {
     );
     let dnat_file = lab.dir.path().join("dnat.nft");
     std::fs::write(&dnat_file, dnat).unwrap();
+    // Frames from XDP reach a veth only if it runs NAPI: with an XDP program, or with GRO on
+    // (nftables' case). On for both.
+    lab.lb
+        .exec_ok(&["ethtool", "-K", &lab.lb_front, "gro", "on"]);
     let (mut x_runs, mut n_runs) = (Vec::new(), Vec::new());
+    let (mut x_live, mut n_live) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let agent = lab.lb_agent("fib_forward = true\n");
         blast(&lab, &sinks, vip, 1); // warm: neighbours resolved, flows tracked
         x_runs.push(blast(&lab, &sinks, vip, seconds));
+        let l = live(&lab, &sinks, vip, seconds as f64);
+        assert!(
+            l.pps > 0.9 * l.sent_pps,
+            "live frames through the XDP path: {:.0} pps delivered of {:.0} generated",
+            l.pps,
+            l.sent_pps
+        );
+        x_live.push(l);
         drop(agent);
         let pin = lab
             .pins()
@@ -307,41 +417,72 @@ fn main() {
             .exec_ok(&["nft", "-f", &dnat_file.display().to_string()]);
         blast(&lab, &sinks, vip, 1);
         n_runs.push(blast(&lab, &sinks, vip, seconds));
+        n_live.push(live(&lab, &sinks, vip, seconds as f64));
         lab.lb
             .exec_ok(&["nft", "delete", "table", "ip", "lodestar_bench"]);
         eprintln!(
-            "round {round}: XDP {:.0} pps of {:.0} offered, nftables DNAT {:.0} pps of {:.0} offered",
+            "round {round}: sendmmsg: XDP {:.0} pps of {:.0} offered, nftables DNAT {:.0} pps of {:.0} offered",
             x_runs[round].pps, x_runs[round].sent_pps, n_runs[round].pps, n_runs[round].sent_pps
         );
+        eprintln!(
+            "round {round}: live frames: XDP {:.0} pps of {:.0} offered ({:.0} ns softirq/pkt), nftables DNAT {:.0} pps of {:.0} offered ({:.0} ns)",
+            x_live[round].pps, x_live[round].sent_pps, x_live[round].softirq_ns,
+            n_live[round].pps, n_live[round].sent_pps, n_live[round].softirq_ns
+        );
     }
-    let pick = |runs: &Vec<Flow>, f: fn(&Flow) -> f64| median(runs.iter().map(f).collect());
-    let (xp, np) = (pick(&x_runs, |f| f.pps), pick(&n_runs, |f| f.pps));
-    let (xc, nc) = (pick(&x_runs, |f| f.cpu_ns), pick(&n_runs, |f| f.cpu_ns));
-    let (xs, ns) = (
-        pick(&x_runs, |f| f.softirq_ns),
-        pick(&n_runs, |f| f.softirq_ns),
-    );
-    let (xo, no) = (pick(&x_runs, |f| f.sent_pps), pick(&n_runs, |f| f.sent_pps));
 
-    println!("xdp: per-packet cost (BPF_PROG_TEST_RUN, {repeat} repetitions, median of 3)\n");
+    println!(
+        "xdp: per-packet cost (BPF_PROG_TEST_RUN, {repeat} repetitions, median of {} trials, \
+         each timing the floor next to the others)\n",
+        c.trials
+    );
     println!("| path | ns per packet | vs floor |");
     println!("| --- | --- | --- |");
-    println!("| floor: rewrite + XDP_TX, no lookups | {floor:.1} | 1.00 |");
     println!(
-        "| Lodestar, conntrack hit (NAT) | {hit:.1} | {:.2} |",
-        hit / floor
+        "| floor: rewrite + XDP_TX, no lookups | {:.1} | 1.00 |",
+        c.floor
     );
     println!(
-        "| Lodestar, conntrack miss (Maglev, new entry) | {miss:.1} | {:.2} |",
-        miss / floor
+        "| Lodestar, conntrack hit (NAT, flow cache) | {:.1} | {:.2} |",
+        c.hit, c.hit_ratio
     );
     println!(
-        "| Lodestar, packet to no VIP | {not_vip:.1} | {:.2} |",
-        not_vip / floor
+        "| Lodestar, conntrack miss (Maglev, new entry) | {:.1} | {:.2} |",
+        c.miss,
+        c.miss / c.floor
     );
     println!(
-        "\nxdp: end to end, 18-byte UDP from 32 sockets (sendmmsg), 2 backends, {rounds} rounds of {seconds} s (median)\n"
+        "| Lodestar, packet to no VIP | {:.1} | {:.2} |",
+        c.not_vip, c.not_vip_ratio
     );
+    flow_table(
+        &format!(
+            "xdp: end to end, 18-byte UDP from BPF_PROG_RUN live frames (256 flows), 2 backends, \
+             {rounds} rounds of {seconds} s (median)"
+        ),
+        &x_live,
+        &n_live,
+    );
+    flow_table(
+        &format!(
+            "xdp: end to end, 18-byte UDP from 32 sockets (sendmmsg), 2 backends, \
+             {rounds} rounds of {seconds} s (median)"
+        ),
+        &x_runs,
+        &n_runs,
+    );
+}
+
+fn flow_table(title: &str, x_runs: &[Flow], n_runs: &[Flow]) {
+    let pick = |runs: &[Flow], f: fn(&Flow) -> f64| median(runs.iter().map(f).collect());
+    let (xp, np) = (pick(x_runs, |f| f.pps), pick(n_runs, |f| f.pps));
+    let (xc, nc) = (pick(x_runs, |f| f.cpu_ns), pick(n_runs, |f| f.cpu_ns));
+    let (xs, ns) = (
+        pick(x_runs, |f| f.softirq_ns),
+        pick(n_runs, |f| f.softirq_ns),
+    );
+    let (xo, no) = (pick(x_runs, |f| f.sent_pps), pick(n_runs, |f| f.sent_pps));
+    println!("\n{title}\n");
     println!("| measure | Lodestar XDP (NAT, XDP_REDIRECT) | nftables DNAT | ratio |");
     println!("| --- | --- | --- | --- |");
     println!("| offered (pps) | {xo:.0} | {no:.0} | {:.2} |", xo / no);

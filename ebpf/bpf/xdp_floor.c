@@ -73,3 +73,56 @@ int xdp_sink(struct xdp_md *ctx)
 		*c += 1;
 	return XDP_DROP;
 }
+
+/*
+ * The end-to-end benchmark's generator, run with BPF_PROG_RUN's live-frames mode in the
+ * client's namespace: every frame becomes the template (an IPv4/UDP datagram to the VIP, with
+ * its checksums), from one of `flows` source ports in turn, and is sent out of the client's
+ * interface (XDP_TX). The template is written again each time because the pages are recycled:
+ * a frame that the load balancer rewrote would otherwise come round again already rewritten.
+ */
+#define GEN_FRAME 60
+
+struct gen_tmpl {
+	__u8  frame[GEN_FRAME];  /* Ethernet + IPv4 + UDP + 18 bytes */
+	__u16 base_port;         /* the template's source port, network order */
+	__u16 flows;             /* source ports base_port .. base_port + flows - 1 */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_tmpl);
+} gen_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} gen_count SEC(".maps");
+
+SEC("xdp")
+int xdp_gen(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + GEN_FRAME > end)
+		return XDP_ABORTED;
+	__u32 zero = 0;
+	struct gen_tmpl *t = bpf_map_lookup_elem(&gen_cfg, &zero);
+	__u64 *n = bpf_map_lookup_elem(&gen_count, &zero);
+	if (!t || !n || !t->flows)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, t->frame, GEN_FRAME);
+	__u16 port = bpf_htons(bpf_ntohs(t->base_port) + (__u16)(*n % t->flows));
+	*n += 1;
+	__u16 *sport = data + 14 + 20;
+	__u16 *check = data + 14 + 20 + 6;
+	__u32 c = (__u16)~*check + (__u16)~t->base_port + port;
+	__u16 sum = (__u16)~fold(c);
+	*check = sum ? sum : 0xffff;
+	*sport = port;
+	return XDP_TX;
+}

@@ -377,14 +377,30 @@ impl XdpMaps for XdpLb {
     }
 }
 
-/// The benchmark's programs (`xdp_floor.o`): the floor, and the backends' sink.
+/// The benchmark generator's template (`struct gen_tmpl` in xdp_floor.c).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GenTemplate {
+    frame: [u8; GEN_FRAME],
+    base_port: u16,
+    flows: u16,
+}
+
+// SAFETY: repr(C), integers only, no padding (60 + 2 + 2 bytes).
+unsafe impl aya::Pod for GenTemplate {}
+
+/// The size of the generator's frames: Ethernet, IPv4, UDP and 18 bytes.
+pub const GEN_FRAME: usize = 60;
+
+/// The benchmark's programs (`xdp_floor.o`): the floor, the backends' sink, and the
+/// live-frames generator.
 pub struct Floor(Ebpf);
 
 impl Floor {
     pub fn load() -> Result<Floor, L4lbError> {
         let mut ebpf = Ebpf::load(lodestar_ebpf::xdp_floor())
             .map_err(|e| bpf_error("loading the floor program", &e))?;
-        for name in ["xdp_floor", "xdp_sink"] {
+        for name in ["xdp_floor", "xdp_sink", "xdp_gen"] {
             match ebpf.program_mut(name) {
                 Some(Program::Xdp(p)) => p.load().map_err(|e| bpf_error(name, &e))?,
                 _ => return Err(L4lbError::Bpf(format!("{name} missing"))),
@@ -409,6 +425,41 @@ impl Floor {
             Err(_) => return 0,
         };
         counts.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Sends `frames` copies of `frame` (an IPv4/UDP datagram of [`GEN_FRAME`] bytes with
+    /// source port `base_port`, cycling through `flows` source ports) out of `ifname` of the
+    /// caller's network namespace, from XDP (live frames). Returns the kernel's ns per frame.
+    pub fn generate(
+        &mut self,
+        ifname: &str,
+        frame: &[u8],
+        base_port: u16,
+        flows: u16,
+        frames: u32,
+    ) -> io::Result<u32> {
+        let mut t = GenTemplate {
+            frame: [0; GEN_FRAME],
+            base_port: base_port.to_be(),
+            flows: flows.max(1),
+        };
+        if frame.len() != GEN_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a generator frame is {GEN_FRAME} bytes, not {}",
+                    frame.len()
+                ),
+            ));
+        }
+        t.frame.copy_from_slice(frame);
+        let map = self.0.map_mut("gen_cfg").expect("gen_cfg");
+        let mut cfg: Array<&mut MapData, GenTemplate> =
+            Array::try_from(map).map_err(|e| io::Error::other(e.to_string()))?;
+        cfg.set(0, t, 0).map_err(map_io)?;
+        let prog = self.0.program("xdp_gen").expect("loaded");
+        let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
+        sys::prog_test_run_live(fd.as_fd(), frame, sys::ifindex(ifname)?, frames, 64)
     }
 
     pub fn test_run(&self, packet: &[u8], repeat: u32) -> io::Result<sys::TestRun> {
