@@ -229,7 +229,8 @@ static __always_inline int parse(void *data, void *end, struct parsed *p)
 			return P_MALFORMED;
 		p->flow.sport = u->source;
 		p->flow.dport = u->dest;
-		p->l4_csum = (p->flow.family == AF_INET && u->check == 0) ? 0 : &u->check;
+		/* 0: no checksum (IPv4; and IPv6 tunnels, RFC 6935): it stays 0. */
+		p->l4_csum = u->check == 0 ? 0 : &u->check;
 	}
 	return P_OK;
 }
@@ -290,7 +291,7 @@ static __always_inline int cache_find(struct lx_cache_bucket *b, __u32 tag,
 
 /* Puts a flow in its set: in `way` (its stale entry), or in place of the oldest. */
 static __always_inline void cache_put(struct lx_cache_bucket *b, int way, __u32 tag,
-				      const struct lx_flow *f, const struct lx_ct *ct)
+				      const struct lx_flow *f, const struct lx_ct *ct, __u32 now)
 {
 	if (way < 0) {
 		way = b->next & (LX_CACHE_WAYS - 1);
@@ -300,6 +301,7 @@ static __always_inline void cache_put(struct lx_cache_bucket *b, int way, __u32 
 	b->tags[way] = tag;
 	__builtin_memcpy(&b->e[way].flow, f, sizeof(*f));
 	__builtin_memcpy(&b->e[way].ct, ct, sizeof(*ct));
+	b->e[way].touched = now;
 }
 
 /* ---- NAT ---- */
@@ -512,10 +514,28 @@ int lx_xdp(struct xdp_md *ctx)
 			struct lx_cache_entry *e = &cb->e[way & (LX_CACHE_WAYS - 1)];
 			__u32 vid = e->ct.real.vip_id;
 			struct lx_vip *live = bpf_map_lookup_elem(&LX_MAP_VIP_LIVE, &vid);
-			if (live && live->gen && live->gen == e->ct.gen) {
-				ct = &e->ct;
-				mode = live->mode;
-				goto tracked;
+			if (live) {
+				/* mode and gen in one load: a mode change is seen whole. */
+				__u64 mg = *(volatile __u64 *)&live->mode;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+				__u32 lgen = mg >> 32, lmode = (__u32)mg;
+#else
+				__u32 lgen = (__u32)mg, lmode = mg >> 32;
+#endif
+				if (lgen && lgen == e->ct.gen) {
+					ct = &e->ct;
+					mode = lmode;
+					__u32 clock = LX_CACHE_INSERTS;
+					__u64 *now = bpf_map_lookup_elem(&LX_MAP_GLOBAL, &clock);
+					if (now && (__u32)*now - e->touched > LX_CT_REFRESH) {
+						e->touched = (__u32)*now;
+						/* Keeps lx_ct's entry from ageing out, or puts it back. */
+						if (!bpf_map_lookup_elem(&LX_MAP_CT, &p.flow))
+							bpf_map_update_elem(&LX_MAP_CT, &p.flow, &e->ct,
+									    BPF_NOEXIST);
+					}
+					goto tracked;
+				}
 			}
 		}
 	}
@@ -536,8 +556,10 @@ int lx_xdp(struct xdp_md *ctx)
 	mode = vip->mode;
 
 	struct lx_ct *shared = bpf_map_lookup_elem(&LX_MAP_CT, &p.flow);
-	if (shared && shared->gen == gen && shared->real.vip_id == vip_id) {
+	if (shared && (shared->gen == gen || shared->gen == 0) && shared->real.vip_id == vip_id) {
+		/* gen 0: an entry from before generations, taken as it was then. */
 		__builtin_memcpy(&fresh, shared, sizeof(fresh));
+		fresh.gen = gen;
 		count(LX_CACHE_MISS);
 	} else {
 		if (ring == 0) {
@@ -573,8 +595,14 @@ int lx_xdp(struct xdp_md *ctx)
 		if (rs0)
 			rs0->new_flows++;
 	}
-	if (cb)
-		cache_put(cb, way, tag, &p.flow, &fresh);
+	if (cb) {
+		__u32 clock = LX_CACHE_INSERTS;
+		__u64 *now = bpf_map_lookup_elem(&LX_MAP_GLOBAL, &clock);
+		__u32 t = 0;
+		if (now)
+			t = (__u32)(*now)++;
+		cache_put(cb, way, tag, &p.flow, &fresh, t);
+	}
 	ct = &fresh;
 
 tracked:;

@@ -152,7 +152,7 @@ struct ls_config {
 #define LX_MAX_CT            262144
 
 /*
- * The VIP filter: a bitmap of LX_FILTER_WORDS * 64 bits, one bit (lx_filter_bit in xdp_lb.c,
+ * The VIP filter: a bitmap of LX_FILTER_WORDS * 64 bits, one bit (filter_bit in xdp_lb.c,
  * mirrored by l4lb/src/xdp.rs) set for every (VIP address, port, protocol). A packet whose
  * bit is clear is no VIP's, and passes after one array read.
  */
@@ -161,11 +161,15 @@ struct ls_config {
 /*
  * The per-CPU flow cache in front of lx_ct: LX_CACHE_BUCKETS sets of LX_CACHE_WAYS flows on
  * every CPU, read with array lookups the verifier inlines (a hash map lookup is a kernel call).
- * lx_ct stays the shared, authoritative table; a cache miss falls back to it.
+ * lx_ct stays the shared, authoritative table; a cache miss falls back to it. A cached flow
+ * looks its lx_ct entry up again (an LRU entry ages unless looked up), or puts it back, once
+ * LX_CT_REFRESH flows have entered its CPU's cache since it last did: well within the
+ * LX_MAX_CT / CPUs new flows that could push it out of lx_ct.
  */
 #define LX_CACHE_BITS        14
 #define LX_CACHE_BUCKETS     (1 << LX_CACHE_BITS)
 #define LX_CACHE_WAYS        4
+#define LX_CT_REFRESH        1024
 
 /* lx_vip.mode */
 #define LX_MODE_NAT  0   /* rewrite the destination; replies come back through this node */
@@ -175,7 +179,9 @@ struct ls_config {
  * A VIP: the value of lx_vips (keyed by struct ls_svc_key), and of lx_vip_live (an array
  * indexed by the id), where a tracked flow finds its VIP's mode, and whether the VIP it was
  * given a backend for still exists: gen is drawn anew whenever an id is given to a VIP, and
- * 0 in lx_vip_live means no VIP has the id.
+ * 0 in lx_vip_live means no VIP has the id. mode and gen share one aligned 64-bit word, which
+ * the data path reads at once. lx_ct entries written before generations existed hold 0, and
+ * are taken as the program of that time took them.
  */
 struct lx_vip {
 	__u32 id;         /* index of lx_vip_stats and lx_vip_live; key of its ring */
@@ -228,6 +234,8 @@ struct lx_ct {
 struct lx_cache_entry {
 	struct lx_flow flow;
 	struct lx_ct ct;
+	__u32 touched;    /* the CPU's LX_CACHE_INSERTS count when lx_ct was last looked up */
+	__u32 pad;
 };
 
 struct lx_cache_bucket {
@@ -270,7 +278,8 @@ struct lx_real_stats {
 #define LX_TC_DECAP         8   /* GUE packets decapsulated */
 #define LX_DROP_MALFORMED   9   /* truncated TCP/UDP headers: passed for the kernel to drop */
 #define LX_CACHE_MISS       10  /* tracked flows not in this CPU's flow cache: read from lx_ct */
-#define LX_COUNTERS         11
+#define LX_CACHE_INSERTS    11  /* flows put in this CPU's flow cache (its clock for LX_CT_REFRESH) */
+#define LX_COUNTERS         12
 
 /* lx_config.flags */
 #define LX_CFG_FIB_FORWARD  0x1  /* forward with XDP_TX / XDP_REDIRECT where the FIB allows */

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::kernel::{bpf_error, ensure_bpffs, gone_ok, io_err, lock, map_io, L4lbError};
 use crate::layout::{
-    self, Real, RealStats, RingKey, SvcKey, XConfig, XVip, XVipStats, LX_CFG_FIB_FORWARD,
+    self, Ct, Flow, Real, RealStats, RingKey, SvcKey, XConfig, XVip, XVipStats, LX_CFG_FIB_FORWARD,
 };
 use crate::sys;
 use crate::xdp::{XDump, XdpMaps};
@@ -112,6 +112,7 @@ pub struct XdpLb {
     vips: BpfHashMap<MapData, SvcKey, XVip>,
     live: Array<MapData, XVip>,
     filter: Array<MapData, u64>,
+    ct: BpfHashMap<MapData, Flow, Ct>,
     ring: BpfHashMap<MapData, RingKey, u32>,
     reals: Array<MapData, Real>,
     vip_stats: PerCpuArray<MapData, XVipStats>,
@@ -151,6 +152,29 @@ impl XdpLb {
             .map_pin_path(pin_path)
             .load(object)
             .map_err(|e| bpf_error("loading the XDP object", &e))?;
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| L4lbError::Bpf(format!("map {name} missing from the object")))
+        };
+        let vips = BpfHashMap::try_from(take("lx_vips")?).map_err(|e| bpf_error("lx_vips", &e))?;
+        let mut live =
+            Array::try_from(take("lx_vip_live")?).map_err(|e| bpf_error("lx_vip_live", &e))?;
+        let mut filter =
+            Array::try_from(take("lx_vip_filter")?).map_err(|e| bpf_error("lx_vip_filter", &e))?;
+        let ct = BpfHashMap::try_from(take("lx_ct")?).map_err(|e| bpf_error("lx_ct", &e))?;
+        let ring = BpfHashMap::try_from(take("lx_ring")?).map_err(|e| bpf_error("lx_ring", &e))?;
+        let reals = Array::try_from(take("lx_reals")?).map_err(|e| bpf_error("lx_reals", &e))?;
+        let vip_stats = PerCpuArray::try_from(take("lx_vip_stats")?)
+            .map_err(|e| bpf_error("lx_vip_stats", &e))?;
+        let real_stats = PerCpuArray::try_from(take("lx_real_stats")?)
+            .map_err(|e| bpf_error("lx_real_stats", &e))?;
+        let global =
+            PerCpuArray::try_from(take("lx_global")?).map_err(|e| bpf_error("lx_global", &e))?;
+        let mut config: Array<MapData, XConfig> =
+            Array::try_from(take("lx_config")?).map_err(|e| bpf_error("lx_config", &e))?;
+        // Maps of an agent from before the VIP filter and generations: a program swapped into
+        // the pinned links must find every VIP through the filter before the first apply.
+        seed_from_vips(&vips, &mut live, &mut filter)?;
         // GUE packets leave from this node's own address. When the FIB cannot forward them
         // from XDP (no resolved neighbour yet, or fib_forward off) the kernel does, and it
         // would drop a received packet whose source is local as a martian: accept_local.
@@ -214,25 +238,6 @@ impl XdpLb {
             }
         }
 
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| L4lbError::Bpf(format!("map {name} missing from the object")))
-        };
-        let vips = BpfHashMap::try_from(take("lx_vips")?).map_err(|e| bpf_error("lx_vips", &e))?;
-        let live =
-            Array::try_from(take("lx_vip_live")?).map_err(|e| bpf_error("lx_vip_live", &e))?;
-        let filter =
-            Array::try_from(take("lx_vip_filter")?).map_err(|e| bpf_error("lx_vip_filter", &e))?;
-        let ring = BpfHashMap::try_from(take("lx_ring")?).map_err(|e| bpf_error("lx_ring", &e))?;
-        let reals = Array::try_from(take("lx_reals")?).map_err(|e| bpf_error("lx_reals", &e))?;
-        let vip_stats = PerCpuArray::try_from(take("lx_vip_stats")?)
-            .map_err(|e| bpf_error("lx_vip_stats", &e))?;
-        let real_stats = PerCpuArray::try_from(take("lx_real_stats")?)
-            .map_err(|e| bpf_error("lx_real_stats", &e))?;
-        let global =
-            PerCpuArray::try_from(take("lx_global")?).map_err(|e| bpf_error("lx_global", &e))?;
-        let mut config: Array<MapData, XConfig> =
-            Array::try_from(take("lx_config")?).map_err(|e| bpf_error("lx_config", &e))?;
         let mut xc = XConfig {
             gue_port: cfg.gue_port.to_be(),
             flags: if cfg.fib_forward {
@@ -260,6 +265,7 @@ impl XdpLb {
             vips,
             live,
             filter,
+            ct,
             ring,
             reals,
             vip_stats,
@@ -310,6 +316,21 @@ impl XdpLb {
         d
     }
 
+    /// The shared tracking table's entry for a flow (inspection and tests).
+    pub fn flow(&self, flow: &Flow) -> Option<Ct> {
+        self.ct.get(flow, 0).ok()
+    }
+
+    /// Writes a flow's entry in the shared tracking table (tests).
+    pub fn set_flow(&mut self, flow: &Flow, ct: &Ct) -> io::Result<()> {
+        self.ct.insert(flow, ct, 0).map_err(map_io)
+    }
+
+    /// Removes a flow from the shared tracking table (the CPUs' caches keep theirs).
+    pub fn remove_flow(&mut self, flow: &Flow) -> io::Result<()> {
+        gone_ok(self.ct.remove(flow))
+    }
+
     pub fn vip_stats(&self, id: u32) -> XVipStats {
         let mut s = XVipStats::default();
         if let Ok(v) = self.vip_stats.get(&id, 0) {
@@ -341,6 +362,31 @@ impl XdpLb {
             .map(|i| self.global.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
             .collect()
     }
+}
+
+/// Sets the filter bit of every VIP in `lx_vips`, and its `lx_vip_live` entry where that is
+/// empty: what maps written by an agent from before either existed lack.
+fn seed_from_vips(
+    vips: &BpfHashMap<MapData, SvcKey, XVip>,
+    live: &mut Array<MapData, XVip>,
+    filter: &mut Array<MapData, u64>,
+) -> Result<(), L4lbError> {
+    for (key, vip) in vips.iter().flatten() {
+        let bit = crate::xdp::filter_bit(&key);
+        let word = filter
+            .get(&(bit >> 6), 0)
+            .map_err(|e| bpf_error("lx_vip_filter", &e))?;
+        if word & (1 << (bit & 63)) == 0 {
+            filter
+                .set(bit >> 6, word | (1 << (bit & 63)), 0)
+                .map_err(|e| bpf_error("lx_vip_filter", &e))?;
+        }
+        if live.get(&vip.id, 0).is_ok_and(|v| v == XVip::default()) {
+            live.set(vip.id, vip, 0)
+                .map_err(|e| bpf_error("lx_vip_live", &e))?;
+        }
+    }
+    Ok(())
 }
 
 impl XdpMaps for XdpLb {

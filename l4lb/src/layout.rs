@@ -78,7 +78,7 @@ mirror! {
     /// `struct lx_ct`.
     Ct = "lx_ct" { real: Real, real_id: u32, gen: u32 }
     /// `struct lx_cache_entry`: a flow in a CPU's flow cache.
-    CacheEntry = "lx_cache_entry" { flow: Flow, ct: Ct }
+    CacheEntry = "lx_cache_entry" { flow: Flow, ct: Ct, touched: u32, pad: u32 }
     /// `struct lx_cache_bucket`: a set of a CPU's flow cache (`LX_CACHE_WAYS` ways).
     CacheBucket = "lx_cache_bucket" { tags: [u32; 4], next: u32, pad: [u32; 3], e: [CacheEntry; 4] }
     /// `struct lx_rev`.
@@ -100,7 +100,7 @@ pub const LX_CFG_FIB_FORWARD: u16 = 0x1;
 pub const LX_FILTER_WORDS: u32 = 1024;
 
 /// `lx_global` counter slots: (metric label, header define, slot).
-pub const LX_COUNTERS: [(&str, &str, u32); 11] = [
+pub const LX_COUNTERS: [(&str, &str, u32); 12] = [
     ("pass_fragment", "LX_PASS_FRAGMENT", 0),
     ("pass_ip_options", "LX_PASS_IP_OPTIONS", 1),
     ("drop_no_backend", "LX_DROP_NO_REAL", 2),
@@ -112,6 +112,7 @@ pub const LX_COUNTERS: [(&str, &str, u32); 11] = [
     ("tc_decap", "LX_TC_DECAP", 8),
     ("pass_malformed", "LX_DROP_MALFORMED", 9),
     ("flow_cache_miss", "LX_CACHE_MISS", 10),
+    ("flow_cache_insert", "LX_CACHE_INSERTS", 11),
 ];
 
 /// `LS_SVC_FAIL_OPEN`.

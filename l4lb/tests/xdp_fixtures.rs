@@ -11,11 +11,12 @@ mod packet;
 
 use lodestar_control::model::Protocol;
 use lodestar_l4lb::kernel_xdp::{XdpConfig, XdpLb};
+use lodestar_l4lb::layout::Ct;
 use lodestar_l4lb::maglev;
 use lodestar_l4lb::plan::{
     BackendAddr, Locality, Plan, PlannedBackend, PlannedService, ServiceAddr,
 };
-use lodestar_l4lb::xdp::{flow_hash, Mode, XdpReconciler};
+use lodestar_l4lb::xdp::{flow_hash, Mode, XdpMaps, XdpReconciler};
 use packet::{eth, finish, pkt, sum16, Pkt};
 
 const XDP_DROP: u32 = 1;
@@ -137,6 +138,14 @@ fn base_plan(b1_slots: u32, b2_slots: u32) -> Plan {
     .collect()
 }
 
+fn lab_config() -> XdpConfig {
+    XdpConfig {
+        gue_source_v4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+        gue_source_v6: Some("2001:db8::1".parse::<Ipv6Addr>().unwrap()),
+        ..XdpConfig::default()
+    }
+}
+
 impl Lab {
     fn new(tag: &str) -> Lab {
         let pin = std::path::PathBuf::from(format!(
@@ -144,12 +153,7 @@ impl Lab {
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&pin);
-        let cfg = XdpConfig {
-            gue_source_v4: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            gue_source_v6: Some("2001:db8::1".parse::<Ipv6Addr>().unwrap()),
-            ..XdpConfig::default()
-        };
-        let lb = XdpLb::open(&pin, &cfg, true).unwrap_or_else(|e| {
+        let lb = XdpLb::open(&pin, &lab_config(), true).unwrap_or_else(|e| {
             panic!("cannot load the XDP object ({e}); these tests need root and BPF")
         });
         let modes = [
@@ -229,6 +233,11 @@ fn rewritten(p: &Pkt, to: BackendAddr) -> Pkt {
     q
 }
 
+fn no_csum(mut p: Pkt) -> Pkt {
+    p.udp_no_csum = true;
+    p
+}
+
 struct Case {
     what: &'static str,
     input: Vec<u8>,
@@ -269,6 +278,20 @@ fn xdp_fixtures() {
                 53,
             ),
         ),
+        (
+            "IPv4 UDP without a checksum stays without one",
+            no_csum(pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40004, 53)),
+        ),
+        (
+            "IPv6 UDP with a zero checksum (a tunnel's, RFC 6935) stays zero",
+            no_csum(pkt(
+                "2001:db8:100::1",
+                "2001:db8:ffff::1",
+                Protocol::Udp,
+                40004,
+                53,
+            )),
+        ),
     ] {
         let to = lab.maglev_pick(&p);
         cases.push(Case {
@@ -278,15 +301,6 @@ fn xdp_fixtures() {
             output: rewritten(&p, to).frame(),
         });
     }
-    let mut nocsum = pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40004, 53);
-    nocsum.udp_no_csum = true;
-    let to = lab.maglev_pick(&nocsum);
-    cases.push(Case {
-        what: "IPv4 UDP without a checksum stays without one",
-        input: nocsum.frame(),
-        action: XDP_PASS,
-        output: rewritten(&nocsum, to).frame(),
-    });
     for (what, p) in [
         (
             "traffic to no VIP passes untouched",
@@ -607,6 +621,36 @@ fn the_flow_cache_is_per_cpu_backed_by_the_shared_table_and_follows_its_vip() {
         "then cached on CPU 1"
     );
 
+    // A cached flow keeps its shared entry: gone from lx_ct (as an LRU eviction would do),
+    // it is put back by the next packet once LX_CT_REFRESH other flows entered the cache.
+    let flow = next.flow();
+    let kept = lab.lb.flow(&flow).expect("the flow is in lx_ct");
+    lab.lb.remove_flow(&flow).unwrap();
+    lab.run("lx_xdp", &next.frame());
+    assert!(lab.lb.flow(&flow).is_none(), "not before LX_CT_REFRESH");
+    for port in 0..1100u16 {
+        let p = pkt("198.18.101.1", "198.19.0.1", Protocol::Udp, 1024 + port, 53);
+        lab.run("lx_xdp", &p.frame());
+    }
+    assert_eq!(
+        lab.run("lx_xdp", &next.frame()).1,
+        rewritten(&next, to).frame()
+    );
+    assert_eq!(lab.lb.flow(&flow), Some(kept), "put back in lx_ct");
+
+    // An lx_ct entry from before generations (gen 0) is taken as it was: this one sends a new
+    // flow to the drained backend, where Maglev would not.
+    let mut legacy = pkt("198.18.102.1", "198.19.0.1", Protocol::Tcp, 46000, 80);
+    legacy.syn = false;
+    assert_ne!(lab.maglev_pick(&legacy), to);
+    lab.lb
+        .set_flow(&legacy.flow(), &Ct { gen: 0, ..kept })
+        .unwrap();
+    assert_eq!(
+        lab.run("lx_xdp", &legacy.frame()).1,
+        rewritten(&legacy, to).frame()
+    );
+
     // The VIP goes: its tracked flows pass to the kernel untouched, from either cache.
     let mut without = base_plan(b1, b2);
     without.remove(&vip);
@@ -635,4 +679,32 @@ fn the_flow_cache_is_per_cpu_backed_by_the_shared_table_and_follows_its_vip() {
         lab.run("lx_xdp", &next.frame()).1,
         gue(&next, node_of(again.ip), "198.18.0.1".parse().unwrap())
     );
+}
+
+#[test]
+fn maps_from_before_the_filter_are_seeded_before_the_new_program_runs() {
+    let mut lab = Lab::new("seed");
+    let p = pkt("198.18.100.9", "198.19.0.1", Protocol::Tcp, 47000, 80);
+    let to = lab.maglev_pick(&p);
+    let vip = ServiceAddr {
+        ip: p.dst,
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    // What an agent from before the VIP filter and generations leaves pinned: neither.
+    for w in 0..lodestar_l4lb::layout::LX_FILTER_WORDS {
+        lab.lb.put_filter_word(w, 0).unwrap();
+    }
+    let id = lab.rec.vips()[&vip].id;
+    lab.lb
+        .put_live(id, &lodestar_l4lb::layout::XVip::default())
+        .unwrap();
+    assert_eq!(
+        lab.run("lx_xdp", &p.frame()),
+        (XDP_PASS, p.frame()),
+        "without its filter bit the VIP is invisible"
+    );
+    // A new agent opens the maps: before any apply, the VIPs are found again.
+    lab.lb = XdpLb::open(&lab.pin, &lab_config(), false).expect("reopen the maps");
+    assert_eq!(lab.run("lx_xdp", &p.frame()).1, rewritten(&p, to).frame());
 }

@@ -89,7 +89,7 @@ impl Pkt {
         }
         let csum = finish(sum16(&l4, sum16(&pseudo, 0)));
         let at = if self.proto == Protocol::Tcp { 16 } else { 6 };
-        if !(self.proto == Protocol::Udp && self.udp_no_csum && self.src.is_ipv4()) {
+        if !(self.proto == Protocol::Udp && self.udp_no_csum) {
             l4[at..at + 2].copy_from_slice(&csum.to_be_bytes());
         }
         l4
