@@ -150,7 +150,7 @@ fn dsr_over_gue_reaches_every_backend_and_replies_come_straight_back() {
 #[test]
 fn xdp_redirect_forwards_without_the_kernel_where_the_fib_has_a_route() {
     let mut lab = XdpLab::new("xfib", 2);
-    lab.write_catalog(&[(1, ""), (2, "")], &NAT_VIPS[..1]);
+    lab.write_catalog(&[(1, ""), (2, "")], &NAT_VIPS);
     let _backends = lab.xdp_on_backends();
     let agent = lab.lb_agent("fib_forward = true\n");
     let client = lab.client.name.clone();
@@ -163,12 +163,52 @@ fn xdp_redirect_forwards_without_the_kernel_where_the_fib_has_a_route() {
             seen.insert(c.backend);
         }
         assert_eq!(seen.len(), 2, "{seen:?}");
+        // A hop like the kernel's: with one hop left a datagram is the kernel's (which drops
+        // it with ICMP time exceeded); with two it gets through, its IPv4 checksum mended.
+        for vip in ["198.19.0.1:53", "[2001:db8:ffff::1]:53"] {
+            let vip: SocketAddr = vip.parse().unwrap();
+            within(Duration::from_secs(5), "neighbours resolved", || {
+                udp_with_hops(vip, 2).is_some()
+            });
+            assert_eq!(udp_with_hops(vip, 1), None, "{vip} with one hop left");
+            assert!(udp_with_hops(vip, 2).is_some(), "{vip} with two hops left");
+        }
     });
     let m = in_ns(&lab.lb.name, || http_get(agent.http, "/metrics"));
     assert!(
         support::metric(&m, "lodestar_xdp_events_total{event=\"xdp_redirect\"}") > 100,
         "most packets leave by XDP_REDIRECT once neighbours are resolved: {m}"
     );
+}
+
+/// One UDP exchange through `vip` with the datagram's TTL (hop limit) set: the reply, if any
+/// came within a second.
+fn udp_with_hops(vip: SocketAddr, hops: u32) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let bind = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = std::net::UdpSocket::bind(bind).unwrap();
+    if vip.is_ipv4() {
+        s.set_ttl(hops).unwrap();
+    } else {
+        let v = hops as libc::c_int;
+        // SAFETY: setsockopt with a c_int option value that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_UNICAST_HOPS,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "IPV6_UNICAST_HOPS");
+    }
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.send_to(b"hi", vip).unwrap();
+    let mut buf = [0u8; 64];
+    s.recv_from(&mut buf)
+        .ok()
+        .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).to_string())
 }
 
 #[test]

@@ -435,10 +435,16 @@ static __always_inline int forward(struct xdp_md *ctx, struct lx_config *cfg)
 	struct bpf_fib_lookup fib;
 	__builtin_memset(&fib, 0, sizeof(fib));
 	fib.ifindex = ctx->ingress_ifindex;
+	/* Forwarding here is a hop like the kernel's: the TTL goes down by one, and a packet
+	 * with none left is the kernel's (it answers with ICMP time exceeded). */
+	__u8 *ttl;
+	__u16 *ip4_check = 0;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);
 		if ((void *)(ip + 1) > end)
 			return XDP_PASS;
+		ttl = &ip->ttl;
+		ip4_check = &ip->check;
 		fib.family = AF_INET;
 		fib.tos = ip->tos;
 		fib.l4_protocol = ip->protocol;
@@ -449,16 +455,24 @@ static __always_inline int forward(struct xdp_md *ctx, struct lx_config *cfg)
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end)
 			return XDP_PASS;
+		ttl = &ip6->hop_limit;
 		fib.family = AF_INET6;
 		fib.l4_protocol = ip6->nexthdr;
 		fib.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 		__builtin_memcpy(fib.ipv6_src, &ip6->saddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, 16);
 	}
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS) {
+	if (*ttl <= 1 ||
+	    bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS) {
 		count(LX_XDP_PASS_FWD);
 		return XDP_PASS;
 	}
+	if (ip4_check) {
+		/* The TTL is the high byte of the header's fifth 16-bit word (network order). */
+		csum_apply(ip4_check, (__u16)~bpf_htons((__u16)*ttl << 8) +
+					      bpf_htons((__u16)(*ttl - 1) << 8));
+	}
+	*ttl -= 1;
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	if (fib.ifindex == ctx->ingress_ifindex) {
