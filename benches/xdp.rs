@@ -115,20 +115,29 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// A pin directory of ours, removed when dropped (also when the benchmark panics).
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The per-packet costs: `trials` rounds, each timing the floor, the hit and the no-VIP
 /// packet one after the other (`repeat` runs each), and the medians.
 fn per_packet(repeat: u32, singles: u16, trials: usize) -> Cost {
     pin_to_cpu(1);
-    let pin = std::path::PathBuf::from(format!(
+    let pin = PinDir(std::path::PathBuf::from(format!(
         "/sys/fs/bpf/lodestar-bench-xdp-{}",
         std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&pin);
+    )));
+    let _ = std::fs::remove_dir_all(&pin.0);
     let cfg = XdpConfig {
         gue_source_v4: Some("198.18.0.1".parse().unwrap()),
         ..XdpConfig::default()
     };
-    let mut lb = XdpLb::open(&pin, &cfg, true).expect("load the XDP object (needs root)");
+    let mut lb = XdpLb::open(&pin.0, &cfg, true).expect("load the XDP object (needs root)");
     // 198.18.1.2:8080 is a VIP whose one backend is itself: a packet rewritten by one run is
     // the same packet for the next, so every repetition takes the full conntrack-hit path.
     let plan: Plan = [
@@ -182,7 +191,7 @@ fn per_packet(repeat: u32, singles: u16, trials: usize) -> Cost {
     }
     let delta = (miss1 as f64 - hit1 as f64) / f64::from(singles);
     drop(lb);
-    let _ = std::fs::remove_dir_all(&pin);
+    drop(pin);
     Cost {
         floor: fl,
         hit,
