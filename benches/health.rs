@@ -10,27 +10,15 @@
 //! client namespace so its checks reach the backends. Run as root:
 //! `cargo bench --bench health [-- --kills 50 --interval-ms 250]`.
 
-#[allow(dead_code)]
-#[path = "../tests/support/agent.rs"]
-mod agent;
 #[path = "common/mod.rs"]
 mod common;
-#[allow(dead_code)]
-#[path = "../tests/support/etcd.rs"]
-mod etcd;
-#[allow(dead_code)]
-#[path = "../tests/support/http.rs"]
-mod http;
-#[allow(dead_code)]
-#[path = "../tests/support/l4lb.rs"]
-mod l4lb;
-#[allow(dead_code)]
-#[path = "../tests/support/netns.rs"]
-mod netns;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use common::arg;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::{agent, http, l4lb};
 
 use l4lb::{backend_status, connect, in_ns, vip_status, within, Lab, VIP4};
 

@@ -11,23 +11,10 @@
 //! Run as root: `cargo bench --bench vip [-- --seconds 5 --rounds 3 --threads 4 --writes 100]`.
 //! Needs nginx (Debian nginx-light) and nft (nftables).
 
-#[allow(dead_code)]
-#[path = "../tests/support/agent.rs"]
-mod agent;
 #[path = "common/mod.rs"]
 mod common;
-#[allow(dead_code)]
-#[path = "../tests/support/etcd.rs"]
-mod etcd;
-#[allow(dead_code)]
-#[path = "../tests/support/http.rs"]
-mod http;
-#[allow(dead_code)]
-#[path = "../tests/support/l4lb.rs"]
-mod l4lb;
-#[allow(dead_code)]
-#[path = "../tests/support/netns.rs"]
-mod netns;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use common::arg;
 use std::io::{Read, Write};
@@ -35,6 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{agent, etcd, l4lb, netns};
 
 use lodestar_control::file::CatalogDocument;
 use lodestar_control::{EtcdConfig, EtcdStore};

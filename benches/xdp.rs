@@ -12,32 +12,17 @@
 //!
 //! Run as root: `cargo bench --bench xdp [-- --repeat 1000000 --seconds 5 --rounds 3]`.
 
-#[allow(dead_code)]
-#[path = "../tests/support/agent.rs"]
-mod agent;
 #[path = "common/mod.rs"]
 mod common;
-#[allow(dead_code)]
-#[path = "../tests/support/etcd.rs"]
-mod etcd;
-#[allow(dead_code)]
-#[path = "../tests/support/http.rs"]
-mod http;
-#[allow(dead_code)]
-#[path = "../tests/support/l4lb.rs"]
-mod l4lb;
-#[allow(dead_code)]
-#[path = "../tests/support/netns.rs"]
-mod netns;
 #[path = "../l4lb/tests/packet/mod.rs"]
 mod packet;
-#[allow(dead_code)]
-#[path = "../tests/support/xdp.rs"]
-mod xdp;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use common::arg;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::{l4lb, netns, xdp};
 
 use lodestar_control::model::Protocol;
 use lodestar_l4lb::kernel_xdp::{Floor, XdpConfig, XdpLb};
