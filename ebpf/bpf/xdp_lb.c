@@ -251,21 +251,27 @@ static __always_inline __u32 flow_hash(const struct lx_flow *f)
 	return h;
 }
 
-/* The VIP filter's bit for a packet's destination (mirrored by filter_bit in xdp.rs). */
-static __always_inline __u32 filter_bit(const struct lx_flow *f)
+/* The destination address folded to 32 bits: the filter's and the cache's input. */
+static __always_inline __u32 dst_fold(const struct lx_flow *f)
 {
 	const __u32 *d = (const __u32 *)f->dst;
-	__u32 x = d[0] ^ d[1] ^ d[2] ^ d[3] ^ (((__u32)f->dport << 16) | f->proto);
+	return d[0] ^ d[1] ^ d[2] ^ d[3];
+}
+
+/* The VIP filter's bit for a packet's destination (mirrored by filter_bit in xdp.rs). */
+static __always_inline __u32 filter_bit(const struct lx_flow *f, __u32 dst)
+{
+	__u32 x = dst ^ (((__u32)f->dport << 16) | f->proto);
 	return (x * 0x9e3779b1u) >> (32 - 16);
 }
 
 /* ---- the per-CPU flow cache ---- */
 
 /* A cheap mix of the flow: its bucket (the top bits), and its tag (never 0). */
-static __always_inline __u32 cache_index(const struct lx_flow *f, __u32 *tag)
+static __always_inline __u32 cache_index(const struct lx_flow *f, __u32 dst, __u32 *tag)
 {
 	const __u32 *w = (const __u32 *)f;
-	__u64 h = ((__u64)(w[0] ^ w[1] ^ w[2] ^ w[3]) << 32) | (w[4] ^ w[5] ^ w[6] ^ w[7]);
+	__u64 h = ((__u64)(w[0] ^ w[1] ^ w[2] ^ w[3]) << 32) | dst;
 	h ^= (__u64)(w[8] ^ (w[9] << 7)) * 0x9e3779b97f4a7c15ULL;
 	h *= 0xc2b2ae3d27d4eb4fULL;
 	*tag = (__u32)(h >> 18) | 1;
@@ -507,7 +513,8 @@ int lx_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	/* Traffic to no VIP leaves after one array read. */
-	__u32 bit = filter_bit(&p.flow);
+	__u32 dst = dst_fold(&p.flow);
+	__u32 bit = filter_bit(&p.flow, dst);
 	__u32 word_ix = bit >> 6;
 	__u64 *word = bpf_map_lookup_elem(&LX_MAP_VIP_FILTER, &word_ix);
 	if (!word || !(*word & (1ULL << (bit & 63))))
@@ -519,7 +526,7 @@ int lx_xdp(struct xdp_md *ctx)
 	__u32 mode;
 	int new_flow = 0;
 	__u32 tag;
-	__u32 bucket = cache_index(&p.flow, &tag);
+	__u32 bucket = cache_index(&p.flow, dst, &tag);
 	struct lx_cache_bucket *cb = bpf_map_lookup_elem(&LX_MAP_FLOW_CACHE, &bucket);
 	int way = -1;
 	if (cb) {

@@ -371,16 +371,18 @@ fn seed_from_vips(
     live: &mut Array<MapData, XVip>,
     filter: &mut Array<MapData, u64>,
 ) -> Result<(), L4lbError> {
-    for (key, vip) in vips.iter().flatten() {
-        let bit = crate::xdp::filter_bit(&key);
+    let all: Vec<(SvcKey, XVip)> = vips.iter().flatten().collect();
+    for (w, bits) in crate::xdp::filter_words(all.iter().map(|(k, _)| *k)) {
         let word = filter
-            .get(&(bit >> 6), 0)
+            .get(&w, 0)
             .map_err(|e| bpf_error("lx_vip_filter", &e))?;
-        if word & (1 << (bit & 63)) == 0 {
+        if word & bits != bits {
             filter
-                .set(bit >> 6, word | (1 << (bit & 63)), 0)
+                .set(w, word | bits, 0)
                 .map_err(|e| bpf_error("lx_vip_filter", &e))?;
         }
+    }
+    for (_, vip) in all {
         if live.get(&vip.id, 0).is_ok_and(|v| v == XVip::default()) {
             live.set(vip.id, vip, 0)
                 .map_err(|e| bpf_error("lx_vip_live", &e))?;

@@ -72,7 +72,7 @@ pub fn filter_bit(key: &SvcKey) -> u32 {
 }
 
 /// The filter's words (index, bits) for a set of VIPs: what `lx_vip_filter` must hold.
-fn filter_words(keys: impl Iterator<Item = SvcKey>) -> BTreeMap<u32, u64> {
+pub(crate) fn filter_words(keys: impl Iterator<Item = SvcKey>) -> BTreeMap<u32, u64> {
     let mut words = BTreeMap::new();
     for k in keys {
         let bit = filter_bit(&k);
