@@ -1,5 +1,56 @@
-# Shared by scripts/run and scripts/test: install Debian packages that are missing.
-# Sourced, not run.
+# Shared by scripts/run and scripts/test: install the Debian packages that are missing, then
+# check that what each one provides is really there. Sourced, not run.
+#
+# Packages are installed with --no-install-recommends, so every package the build and the
+# tests use is named here, even where another package merely recommends it (protoc's
+# google/protobuf/*.proto files are in libprotobuf-dev, only a Recommends of protobuf-compiler).
+
+# What building Lodestar needs, as `thing|package`: a thing is a command (looked up on PATH)
+# or an absolute path (a header, a .proto file). protoc and the protobuf include files for
+# etcd-client's generated gRPC code, a C toolchain and OpenSSL's headers for the native-tls
+# crates (TLS to Mesos masters and to etcd), clang with libbpf's and the kernel's headers for
+# the BPF programs in ebpf/.
+BUILD_PREREQUISITES=(
+    "protoc|protobuf-compiler"
+    "/usr/include/google/protobuf/descriptor.proto|libprotobuf-dev"
+    "/usr/include/google/protobuf/struct.proto|libprotobuf-dev"
+    "cc|gcc"
+    "/usr/include/stdio.h|libc6-dev"
+    "pkg-config|pkg-config"
+    "/usr/include/openssl/ssl.h|libssl-dev"
+    "clang-19|clang-19"
+    "/usr/include/bpf/bpf_helpers.h|libbpf-dev"
+    "/usr/include/linux/bpf.h|linux-libc-dev"
+)
+# What running the demo needs besides: iproute2, for the route that keeps the demo VIP range
+# from leaving the machine unsteered.
+RUN_PREREQUISITES=(
+    "ip|iproute2"
+)
+# What the tests need besides: a real etcd and etcdctl, dig (a real DNS client), openssl
+# (certificates for the HTTPS master and etcd's TLS), iproute2 (network namespaces for the
+# two-site and VIP tests), bpftool (to check what is attached to a cgroup after detach), and
+# ethtool (full checksums on a test veth, as a real NIC delivers them to XDP). The benchmarks'
+# peers come along, so `cargo bench` works after `scripts/test`: Knot and dnsperf (DNS),
+# nftables (DNAT beside the VIP paths).
+TEST_PREREQUISITES=(
+    "etcd|etcd-server"
+    "etcdctl|etcd-client"
+    "dig|dnsutils"
+    "openssl|openssl"
+    "ip|iproute2"
+    "bpftool|bpftool"
+    "ethtool|ethtool"
+    "knotd|knot"
+    "dnsperf|dnsperf"
+    "nft|nftables"
+)
+
+# packages_of PREREQ...: the package names, once each.
+packages_of() {
+    local p
+    for p in "$@"; do echo "${p#*|}"; done | sort -u
+}
 
 # ensure_packages PKG...: apt-get installs the ones not installed yet (one `apt-get update` first).
 ensure_packages() {
@@ -17,15 +68,31 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# What building Lodestar needs: protoc for etcd-client's generated gRPC code, OpenSSL's
-# headers for TLS to Mesos masters, and clang with libbpf's and the kernel's headers for the
-# BPF programs in ebpf/.
-BUILD_PACKAGES=(protobuf-compiler libssl-dev pkg-config clang-19 libbpf-dev linux-libc-dev)
-# What the tests need besides: a real etcd and etcdctl, dig (a real DNS client), and openssl
-# (a certificate for the HTTPS master), iproute2 (network namespaces for the two-site and VIP
-# tests), bpftool (to check what is attached to a cgroup after detach), and ethtool (full
-# checksums on a test veth, as a real NIC delivers them to XDP).
-TEST_PACKAGES=(etcd-server etcd-client dnsutils openssl iproute2 bpftool ethtool)
+# check_prerequisites PREREQ...: fails with one line per missing thing, naming its package.
+check_prerequisites() {
+    local p thing pkg missing=0
+    for p in "$@"; do
+        thing="${p%%|*}"
+        pkg="${p#*|}"
+        if [[ "$thing" == /* ]]; then
+            [ -e "$thing" ] && continue
+        else
+            command -v "$thing" >/dev/null 2>&1 && continue
+            # Debian puts some daemons and admin tools in sbin, off a non-root PATH.
+            [ -x "/usr/sbin/$thing" ] || [ -x "/sbin/$thing" ] && continue
+        fi
+        echo "error: $thing is missing (Debian package $pkg)" >&2
+        missing=1
+    done
+    [ "$missing" -eq 0 ] || exit 1
+}
+
+# install_prerequisites PREREQ...: installs their packages, then checks each one.
+install_prerequisites() {
+    # shellcheck disable=SC2046
+    ensure_packages $(packages_of "$@")
+    check_prerequisites "$@"
+}
 
 require_cargo() {
     command -v cargo >/dev/null || {
