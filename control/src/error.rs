@@ -3,6 +3,25 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// One thing wrong with a configuration: which setting, and what is wrong with it. A
+/// configuration is checked whole, so that every problem is reported at once.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigProblem {
+    /// The setting, as the file spells it (`dns.workers`), or the file itself.
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigProblem {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("invalid etcd endpoint list {endpoints:?}: {source}")]

@@ -12,7 +12,7 @@ pub mod model;
 pub mod snapshot;
 pub mod watch;
 
-pub use error::StoreError;
+pub use error::{ConfigProblem, StoreError};
 pub use etcd::{EtcdConfig, EtcdStore};
 pub use file::{CatalogDocument, FileStore};
 pub use snapshot::{Backend, CatalogState, Snapshot, SnapshotView, Source, Vip};
