@@ -22,10 +22,12 @@ BUILD_PREREQUISITES=(
     "/usr/include/bpf/bpf_helpers.h|libbpf-dev"
     "/usr/include/linux/bpf.h|linux-libc-dev"
 )
-# What running the demo needs besides: iproute2, for the route that keeps the demo VIP range
-# from leaving the machine unsteered.
+# What running the demo needs besides: iproute2, for the routes that keep the demo VIPs from
+# leaving the machine unsteered; dig and curl, for the README's tour.
 RUN_PREREQUISITES=(
     "ip|iproute2"
+    "dig|dnsutils"
+    "curl|curl"
 )
 # What the tests need besides: a real etcd and etcdctl, dig (a real DNS client), openssl
 # (certificates for the HTTPS master and etcd's TLS), iproute2 (network namespaces for the

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lodestar_control::{CatalogDocument, Snapshot, Source};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// Minimum time between two writes of the cache.
@@ -35,17 +36,24 @@ fn write(path: &Path, snapshot: &Snapshot) -> Result<()> {
     Ok(())
 }
 
-/// Keeps `path` a copy of the latest loaded snapshot, until the task is dropped.
-pub async fn keep(path: PathBuf, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
+/// Keeps `path` a copy of the latest loaded snapshot until `stop`, when the latest one is
+/// written once more if it has not been yet.
+pub async fn keep(
+    path: PathBuf,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    stop: CancellationToken,
+) {
     let mut warned = false;
+    let mut written = -1;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        if snapshot.is_loaded() {
+        if snapshot.is_loaded() && snapshot.revision != written {
             let p = path.clone();
             let s = snapshot.clone();
             match tokio::task::spawn_blocking(move || write(&p, &s)).await {
                 Ok(Ok(())) => {
                     debug!(path = %path.display(), revision = snapshot.revision, "catalog cached on disk");
+                    written = snapshot.revision;
                     warned = false;
                 }
                 Ok(Err(e)) if !warned => {
@@ -55,9 +63,17 @@ pub async fn keep(path: PathBuf, mut snapshots: watch::Receiver<Arc<Snapshot>>) 
                 _ => {}
             }
         }
-        tokio::time::sleep(MIN_INTERVAL).await;
-        if snapshots.changed().await.is_err() {
+        if stop.is_cancelled() {
             return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(MIN_INTERVAL) => {}
+            // One last write of whatever came since.
+            _ = stop.cancelled() => continue,
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => {}
         }
     }
 }

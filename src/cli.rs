@@ -15,6 +15,10 @@ use lodestar_control::model::{
 };
 use lodestar_control::{demo, EtcdConfig, EtcdStore, Snapshot, SnapshotView, Source};
 
+use crate::client::AgentClient;
+use crate::ops::Status;
+use crate::output::{print_dataplane_vips, print_json, print_status, print_tasks, print_vips};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "lodestar",
@@ -37,18 +41,6 @@ impl Args {
         }
     }
 }
-
-/// A configuration that cannot be used: every problem, reported at once (exit code 78).
-#[derive(Debug)]
-pub struct ConfigError(pub Vec<String>);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.join("; "))
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum LogFormat {
@@ -141,9 +133,9 @@ pub struct AgentArgs {
 
 impl AgentArgs {
     /// The config file (or defaults) with these flags applied.
-    pub fn merged_config(&self) -> Result<crate::config::AgentConfig, ConfigError> {
+    pub fn merged_config(&self) -> Result<crate::config::AgentConfig, crate::config::ConfigError> {
         let mut c = match &self.config {
-            Some(path) => crate::config::load(path).map_err(ConfigError)?,
+            Some(path) => crate::config::load(path)?,
             None => crate::config::AgentConfig::default(),
         };
         if let Some(e) = &self.etcd {
@@ -192,7 +184,7 @@ impl AgentArgs {
         if problems.is_empty() {
             Ok(c)
         } else {
-            Err(ConfigError(problems))
+            Err(crate::config::ConfigError(problems))
         }
     }
 }
@@ -492,7 +484,14 @@ pub async fn run(args: Args) -> Result<()> {
             })
             .await
         }
-        Command::Status { http } => crate::ops::print_status(http).await,
+        Command::Status { http } => {
+            let agent = AgentClient::new(http)?;
+            let first: Status = agent.get("/v1/status").await?;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let second: Status = agent.get("/v1/status").await?;
+            print_status(&first, &second);
+            Ok(())
+        }
         Command::Agent(agent) => {
             let config = agent.merged_config()?;
             crate::agent::run(config).await
@@ -506,8 +505,8 @@ pub async fn run(args: Args) -> Result<()> {
                     ..
                 },
         } => {
-            let body = crate::ops::http_get(agent, "/v1/vips").await?;
-            let vips: Vec<lodestar_l4lb::VipStatus> = serde_json::from_str(&body)?;
+            let vips: Vec<lodestar_l4lb::VipStatus> =
+                AgentClient::new(agent)?.get("/v1/vips").await?;
             if json {
                 print_json(&vips)
             } else {
@@ -683,185 +682,6 @@ fn task_from_args(put: PutArgs) -> Result<Task> {
         },
         site: put.site,
     })
-}
-
-fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    println!("{text}");
-    Ok(())
-}
-
-fn lower<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// Prints rows as left-aligned columns.
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
-fn print_tasks(snapshot: &Snapshot) {
-    let rows = snapshot
-        .tasks
-        .values()
-        .map(|t| {
-            let ports: Vec<String> = match &t.discovery {
-                Some(d) if !d.ports.is_empty() => d
-                    .ports
-                    .iter()
-                    .map(|p| {
-                        let proto = p.protocol.unwrap_or_default();
-                        match &p.name {
-                            Some(n) => format!("{n}:{}/{proto}", p.number),
-                            None => format!("{}/{proto}", p.number),
-                        }
-                    })
-                    .collect(),
-                _ => t.ports.iter().map(|p| p.number.to_string()).collect(),
-            };
-            vec![
-                t.id.clone(),
-                t.name.clone(),
-                t.framework.clone(),
-                t.agent.clone(),
-                lower(&t.state),
-                lower(&t.health),
-                t.ips
-                    .iter()
-                    .map(|i| i.ip.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                ports.join(","),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "ID",
-            "NAME",
-            "FRAMEWORK",
-            "AGENT",
-            "STATE",
-            "HEALTH",
-            "IPS",
-            "PORTS",
-        ],
-        rows,
-    );
-}
-
-fn print_dataplane_vips(vips: &[lodestar_l4lb::VipStatus]) {
-    let mut rows = Vec::new();
-    for v in vips {
-        let mut flags = format!("{}/{} healthy", v.healthy, v.total);
-        if v.fail_open {
-            flags.push_str(" FAIL-OPEN");
-        }
-        if let Some(x) = &v.xdp {
-            flags.push_str(&format!(
-                " xdp={} table={} pkts={} flows={} lru_misses={}",
-                x.mode, x.table, x.packets, x.new_flows, x.lru_misses
-            ));
-        }
-        rows.push(vec![
-            v.vip.clone(),
-            format!("{}/{}", v.address, v.protocol),
-            flags,
-            format!(
-                "conns={} dgrams={} no_backend={} fail_open={}",
-                v.connects, v.datagrams, v.no_backend, v.fail_open_steered
-            ),
-        ]);
-        for b in &v.backends {
-            let health = if b.weight == 0 {
-                "draining"
-            } else if b.healthy {
-                "healthy"
-            } else {
-                "unhealthy"
-            };
-            rows.push(vec![
-                String::new(),
-                format!("  -> {}", b.address),
-                format!(
-                    "{} weight={} slots={}{}",
-                    health,
-                    b.weight,
-                    b.slots,
-                    if b.local { " local" } else { "" }
-                ),
-                format!(
-                    "conns={} dgrams={} xdp_pkts={} {}",
-                    b.connects, b.datagrams, b.xdp_packets, b.task
-                ),
-            ]);
-        }
-    }
-    print_table(&["VIP", "ADDRESS / BACKEND", "STATE", "COUNTERS"], rows);
-}
-
-fn print_vips(snapshot: &Snapshot) {
-    let mut rows = Vec::new();
-    for vip in snapshot.vips() {
-        let addresses: Vec<String> = vip.addresses.iter().map(ToString::to_string).collect();
-        let addresses = if addresses.is_empty() {
-            "(not allocated)".to_string()
-        } else {
-            addresses.join(",")
-        };
-        if vip.backends.is_empty() {
-            rows.push(vec![
-                vip.key.to_string(),
-                addresses.clone(),
-                "-".into(),
-                String::new(),
-            ]);
-        }
-        for (i, b) in vip.backends.iter().enumerate() {
-            let ips: Vec<String> = b.ips.iter().map(ToString::to_string).collect();
-            let target = format!("{}:{}", ips.join(","), b.port);
-            let detail = format!(
-                "{} {} {} site={}",
-                b.task,
-                lower(&b.state),
-                lower(&b.health),
-                b.site.as_deref().unwrap_or("-")
-            );
-            let (k, a) = if i == 0 {
-                (vip.key.to_string(), addresses.clone())
-            } else {
-                (String::new(), String::new())
-            };
-            rows.push(vec![k, a, target, detail]);
-        }
-    }
-    print_table(
-        &["VIP", "ADDRESSES", "BACKEND", "TASK STATE HEALTH SITE"],
-        rows,
-    );
 }
 
 #[cfg(test)]

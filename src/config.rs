@@ -5,8 +5,24 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use lodestar_control::ConfigProblem;
 use lodestar_dns::config::ZoneConfig;
 use serde::{Deserialize, Serialize};
+
+/// A configuration that cannot be used: every problem, reported at once (exit code 78,
+/// EX_CONFIG).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ConfigError(pub Vec<ConfigProblem>);
+
+impl ConfigError {
+    /// The exit code of a process stopped by a bad configuration.
+    pub const EXIT_CODE: u8 = 78;
+
+    pub fn one(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError(vec![ConfigProblem::new(field, message)])
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -178,66 +194,76 @@ impl Default for L4lbConfig {
 }
 
 /// Reads a config file; every problem of the file at once.
-pub fn load(path: &Path) -> Result<AgentConfig, Vec<String>> {
+pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
+        .map_err(|e| ConfigError::one(&file, format!("cannot read the config file: {e}")))?;
     toml::from_str(&text).map_err(|e| {
         let line = e
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        vec![match line {
-            Some(l) => format!(
-                "config file {}: line {l}: {}",
-                path.display(),
-                e.message().trim()
-            ),
-            None => format!("config file {}: {}", path.display(), e.message().trim()),
-        }]
+        let message = e.message().trim();
+        ConfigError::one(
+            &file,
+            match line {
+                Some(l) => format!("line {l}: {message}"),
+                None => message.to_string(),
+            },
+        )
     })
 }
 
 impl AgentConfig {
     /// Everything wrong with the merged configuration.
-    pub fn problems(&self) -> Vec<String> {
+    pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
+        let mut problem = |field: &str, message: &str| out.push(ConfigProblem::new(field, message));
         if !self.catalog.etcd.is_empty() && self.catalog.file.is_some() {
-            out.push("catalog: give etcd endpoints or a catalog file, not both".into());
+            problem("catalog", "give etcd endpoints or a catalog file, not both");
         }
         if self.dns.listen.is_empty() {
-            out.push("dns.listen: at least one address is needed".into());
+            problem("dns.listen", "at least one address is needed");
         }
         if self.dns.workers == Some(0) {
-            out.push("dns.workers must be at least 1".into());
+            problem("dns.workers", "must be at least 1");
         }
         if self.dns.max_in_flight == 0 {
-            out.push("dns.max_in_flight must be at least 1".into());
+            problem("dns.max_in_flight", "must be at least 1");
         }
         if self.dns.forward_timeout_ms == 0 {
-            out.push("dns.forward_timeout_ms must be at least 1".into());
+            problem("dns.forward_timeout_ms", "must be at least 1");
         }
         for z in &self.dns.forward_zones {
             if z.upstreams.is_empty() {
-                out.push(format!(
-                    "dns.forward_zones: zone {:?} has no upstreams",
-                    z.zone
-                ));
+                problem(
+                    "dns.forward_zones",
+                    &format!("zone {:?} has no upstreams", z.zone),
+                );
             }
         }
         if self.catalog.file_poll_ms == 0 {
-            out.push("catalog.file_poll_ms must be at least 1".into());
+            problem("catalog.file_poll_ms", "must be at least 1");
         }
         if self.l4lb.required && !self.l4lb.enabled {
-            out.push("l4lb.required needs l4lb.enabled".into());
+            problem("l4lb.required", "needs l4lb.enabled");
         }
         if !self.l4lb.pin_path.is_absolute() {
-            out.push("l4lb.pin_path must be an absolute path on bpffs".into());
+            problem("l4lb.pin_path", "must be an absolute path on bpffs");
         }
-        out.extend(self.l4lb.active.problems());
-        out.extend(self.l4lb.xdp.problems());
-        out.extend(self.dns.zone.problems());
         if self.dns.zone.locality && self.site.is_none() {
-            out.push("dns.zone.locality needs this node's site (site = \"...\" or --site)".into());
+            problem(
+                "dns.zone.locality",
+                "needs this node's site (site = \"...\" or --site)",
+            );
         }
+        let nested = |field: &str, list: Vec<String>| {
+            list.into_iter()
+                .map(|m| ConfigProblem::new(field, m))
+                .collect::<Vec<_>>()
+        };
+        out.extend(nested("l4lb.active", self.l4lb.active.problems()));
+        out.extend(nested("l4lb.xdp", self.l4lb.xdp.problems()));
+        out.extend(nested("dns.zone", self.dns.zone.problems()));
         out
     }
 
@@ -296,7 +322,7 @@ mod tests {
         let mut c = AgentConfig::default();
         c.dns.zone.locality = true;
         assert!(
-            c.problems()[0].contains("needs this node's site"),
+            c.problems()[0].message.contains("needs this node's site"),
             "{:?}",
             c.problems()
         );

@@ -4,9 +4,12 @@
 mod agent;
 mod cache;
 mod cli;
+mod client;
 mod config;
+mod demo;
 mod mesos_sync;
 mod ops;
+mod output;
 
 use std::process::ExitCode;
 
@@ -28,13 +31,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<cli::ConfigError>().is_some() => {
-            if let Some(cli::ConfigError(problems)) = e.downcast_ref::<cli::ConfigError>() {
+        Err(e) if e.is::<config::ConfigError>() => {
+            if let Some(config::ConfigError(problems)) = e.downcast_ref() {
                 for p in problems {
                     eprintln!("lodestar: config error: {p}");
                 }
             }
-            ExitCode::from(78)
+            ExitCode::from(config::ConfigError::EXIT_CODE)
         }
         Err(e) => {
             // One line: the error and its causes, outermost first.

@@ -195,11 +195,14 @@ impl Ops {
     /// Logs once when the catalog goes stale and once when it is fresh again. The first look
     /// is at once: an agent that starts on its local cache is stale from its first moment, and
     /// etcd may be back before a second has passed.
-    pub async fn watch_freshness(self) {
+    pub async fn watch_freshness(self, stop: tokio_util::sync::CancellationToken) {
         let mut was_stale = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
             let (_, age, stale) = self.freshness();
             if stale && !was_stale {
                 warn!(
@@ -249,91 +252,4 @@ async fn status(State(ops): State<Arc<Ops>>) -> Json<Status> {
 
 async fn vips(State(ops): State<Arc<Ops>>) -> Json<Vec<lodestar_l4lb::VipStatus>> {
     Json(ops.vips())
-}
-
-/// `lodestar status`: one screen about a node, from its agent's HTTP API.
-pub async fn print_status(http: SocketAddr) -> anyhow::Result<()> {
-    let first: Status = serde_json::from_str(&http_get(http, "/v1/status").await?)?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let second: Status = serde_json::from_str(&http_get(http, "/v1/status").await?)?;
-    let s = &second;
-    let c = &s.catalog;
-    println!(
-        "node      {} (site {})",
-        s.node,
-        s.site.as_deref().unwrap_or("-")
-    );
-    println!("uptime    {} s", s.uptime_seconds);
-    println!(
-        "catalog   {}  revision {}  {} tasks  {} VIPs",
-        c.source, c.revision, c.tasks, c.vips
-    );
-    let contact = c
-        .last_contact_age_seconds
-        .map(|a| format!("last contact {a:.1} s ago"))
-        .unwrap_or_else(|| "no etcd".into());
-    println!(
-        "          {}{}{}",
-        if c.stale { "STALE, " } else { "fresh, " },
-        contact,
-        if c.from_local_cache {
-            ", served from the local cache"
-        } else {
-            ""
-        }
-    );
-    let qps = second.dns.queries.saturating_sub(first.dns.queries);
-    println!(
-        "dns       {}  {} names  {} qps  {} queries in all  {} forwarded",
-        s.dns.listen.join(","),
-        s.dns.names,
-        qps,
-        s.dns.queries,
-        s.dns.forwarded
-    );
-    let rcodes: Vec<String> = s
-        .dns
-        .responses
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    println!(
-        "          {}",
-        if rcodes.is_empty() {
-            "no responses yet".into()
-        } else {
-            rcodes.join("  ")
-        }
-    );
-    let l = &s.l4lb;
-    println!("vips      {}  revision {}", l.state, l.revision);
-    for (vip, addr, healthy, total, conns) in &l.vips {
-        println!("          {vip:<28} {addr:<26} {healthy}/{total} healthy  {conns} connections");
-    }
-    Ok(())
-}
-
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    use anyhow::Context;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
-        .await
-        .context("timed out")
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .with_context(|| format!("cannot reach the agent's HTTP API at {addr}"))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
-        .await
-        .context("the agent did not answer in time")??;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        anyhow::bail!(
-            "{addr}{path}: {}",
-            head.lines().next().unwrap_or("no status line")
-        );
-    }
-    Ok(body.to_string())
 }

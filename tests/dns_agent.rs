@@ -94,12 +94,12 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     assert_eq!(rcode(&r), ResponseCode::NoError);
     assert!(r.metadata.authoritative);
     assert_eq!(r.queries[0].name().to_ascii(), "WEB.Marathon.MESOS.");
-    assert_eq!(answers(&r), ["198.18.1.101", "198.18.2.101"]);
+    assert_eq!(answers(&r), ["127.0.1.101", "127.0.2.101"]);
     assert!(r.answers.iter().all(|a| a.ttl == 60));
 
     // The .slave name gives the agents' addresses; the canonical name the task's.
     let r = udp(dns, "web.marathon.slave.mesos.", RecordType::A, None);
-    assert_eq!(answers(&r), ["198.18.1.21", "198.18.2.21"]);
+    assert_eq!(answers(&r), ["127.0.1.1", "127.0.2.1"]);
 
     // SRV for a DiscoveryInfo port, with A records for the targets in the additional section.
     let r = udp(dns, "_web._tcp.marathon.mesos.", RecordType::SRV, None);
@@ -155,7 +155,7 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     // Frameworks, agents, masters, leader, our own name.
     assert_eq!(
         answers(&udp(dns, "marathon.mesos.", RecordType::A, None)),
-        ["198.18.1.11"]
+        ["127.0.1.11"]
     );
     let r = udp(
         dns,
@@ -166,7 +166,7 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     assert_eq!(r.answers.len(), 1);
     assert_eq!(
         answers(&udp(dns, "slave.mesos.", RecordType::A, None)),
-        ["198.18.1.21", "198.18.2.21"]
+        ["127.0.1.1", "127.0.2.1"]
     );
     assert_eq!(
         udp(dns, "_slave._tcp.mesos.", RecordType::SRV, None)
@@ -176,7 +176,7 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     );
     assert_eq!(
         answers(&udp(dns, "leader.mesos.", RecordType::A, None)),
-        ["198.18.1.11"]
+        ["127.0.1.11"]
     );
     assert_eq!(
         udp(dns, "_leader._tcp.mesos.", RecordType::SRV, None)
@@ -192,7 +192,7 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     );
     assert_eq!(
         answers(&udp(dns, "master.mesos.", RecordType::A, None)),
-        ["198.18.1.11", "198.18.1.12", "198.18.2.11"]
+        ["127.0.1.11", "127.0.1.12", "127.0.2.11"]
     );
     for n in 0..3 {
         assert_eq!(
@@ -237,16 +237,16 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
             RecordType::A,
             None
         )),
-        ["198.18.1.21", "198.18.2.21"]
+        ["127.0.1.1", "127.0.2.1"]
     );
     assert_eq!(
         answers(&udp(
             dns,
-            "dns-cache.marathon.containerip.dcos.thisdcos.directory.",
+            "echo.marathon.containerip.dcos.thisdcos.directory.",
             RecordType::A,
             None
         )),
-        ["198.18.1.102"]
+        ["127.0.1.102"]
     );
     assert_eq!(
         answers(&udp(
@@ -255,13 +255,13 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
             RecordType::A,
             None
         )),
-        ["198.18.1.101", "198.18.2.101"]
+        ["127.0.1.101", "127.0.2.101"]
     );
 
     // TCP gives the same answers.
     assert_eq!(
         answers(&tcp(dns, "web.marathon.mesos.", RecordType::A)),
-        ["198.18.1.101", "198.18.2.101"]
+        ["127.0.1.101", "127.0.2.101"]
     );
 }
 
@@ -510,7 +510,7 @@ fn recursion_is_refused_to_clients_outside_the_configured_networks() {
     assert_eq!(good.queries.load(std::sync::atomic::Ordering::Relaxed), 0);
     // Authoritative answers are for everyone.
     let r = udp(agent.dns, "leader.mesos.", RecordType::A, None);
-    assert_eq!(answers(&r), ["198.18.1.11"]);
+    assert_eq!(answers(&r), ["127.0.1.11"]);
 }
 
 /// A catalog with one name that has 60 addresses: 1,000+ bytes of answers.
@@ -619,7 +619,7 @@ fn hostile_packets_get_formerr_or_are_dropped_and_counted() {
     // Still serving, and counting.
     assert_eq!(
         answers(&udp(agent.dns, "leader.mesos.", RecordType::A, None)),
-        ["198.18.1.11"]
+        ["127.0.1.11"]
     );
     let metrics = http_get(agent.http, "/metrics");
     assert!(metrics.contains("lodestar_dns_dropped_total"), "{metrics}");
@@ -644,7 +644,7 @@ fn metrics_and_the_mesos_dns_http_api() {
     );
     let hosts: serde_json::Value =
         serde_json::from_str(&http_get(agent.http, "/v1/hosts/leader.mesos")).unwrap();
-    assert_eq!(hosts[0]["ip"], "198.18.1.11");
+    assert_eq!(hosts[0]["ip"], "127.0.1.11");
     let services: serde_json::Value = serde_json::from_str(&http_get(
         agent.http,
         "/v1/services/_web._tcp.marathon.mesos",

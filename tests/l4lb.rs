@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use support::agent::Agent;
 use support::l4lb::{
-    connect, in_ns, lab, ping, start_agent, udp_exchange, vips, within, Lab, VIP4, VIP6,
+    attached_programs, connect, in_ns, lab, ping, start_agent, udp_exchange, vips, within, Lab,
+    VIP4, VIP6,
 };
 use support::{http_get, metric};
 
@@ -337,19 +338,6 @@ fn agent_restart_fails_no_connection_and_detach_leaves_nothing() {
     in_ns(&client, || {
         assert!(connect(vip).is_err());
     });
-}
-
-/// Program ids attached to a cgroup (bpftool).
-fn attached_programs(cgroup: &std::path::Path) -> Vec<u64> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .expect("bpftool (Debian package bpftool)");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
-        .map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect())
-        .unwrap_or_default()
 }
 
 #[test]

@@ -32,5 +32,40 @@ mod tests {
             web.addresses,
             ["198.19.0.10".parse::<std::net::IpAddr>().unwrap()]
         );
+        assert!(vips.iter().any(|v| v.key.to_string() == "198.19.0.7:7/udp"));
+    }
+
+    /// A demo never points at an address this machine does not have: every task, agent,
+    /// framework and master address is on loopback, and VIPs are in 198.19.0.0/16.
+    #[test]
+    fn every_demo_address_is_on_loopback_or_a_vip() {
+        let s = super::snapshot();
+        let vip_range: ipnet::IpNet = "198.19.0.0/16".parse().unwrap();
+        let mut addresses = Vec::new();
+        for t in s.tasks.values() {
+            addresses.extend(t.ips.iter().map(|i| i.ip));
+        }
+        for a in s.agents.values() {
+            addresses.extend(a.addresses.iter().copied());
+        }
+        for f in s.frameworks.values() {
+            addresses.extend(f.addresses.iter().copied());
+        }
+        for m in s.masters.values() {
+            addresses.push(m.address);
+        }
+        addresses.extend(s.leader.as_ref().map(|l| l.address));
+        assert!(addresses.len() > 10, "{addresses:?}");
+        for a in addresses {
+            assert!(a.is_loopback(), "{a} is not on loopback");
+        }
+        for v in s.vips() {
+            for a in &v.addresses {
+                assert!(vip_range.contains(a), "VIP {} at {a}", v.key);
+            }
+            for b in &v.backends {
+                assert!(b.ips.iter().all(|ip| ip.is_loopback()), "{b:?}");
+            }
+        }
     }
 }

@@ -544,8 +544,8 @@ protocol = "tcp"
         assert_eq!(
             get_ok(addr, "/v1/hosts/web.marathon.mesos").await,
             json!([
-                {"host": "web.marathon.mesos.", "ip": "198.18.1.101"},
-                {"host": "web.marathon.mesos.", "ip": "198.18.2.101"},
+                {"host": "web.marathon.mesos.", "ip": "127.0.1.101"},
+                {"host": "web.marathon.mesos.", "ip": "127.0.2.101"},
             ])
         );
         // Case, a trailing dot and wildcards do not matter; A before AAAA.
@@ -599,7 +599,7 @@ protocol = "tcp"
             ips.push(row["ip"].as_str().unwrap().to_string());
         }
         ips.sort();
-        assert_eq!(ips, ["198.18.1.101", "198.18.2.101"]);
+        assert_eq!(ips, ["127.0.1.101", "127.0.2.101"]);
 
         // One A and one AAAA of the target; the service echoed as given.
         let v = get_ok(addr, "/v1/services/_API._tcp.Marathon.mesos.").await;
@@ -656,7 +656,7 @@ protocol = "tcp"
             "{records:?}"
         );
         assert!(
-            has("api.marathon.slave.mesos.", "198.18.1.21", "A"),
+            has("api.marathon.slave.mesos.", "127.0.1.1", "A"),
             "{records:?}"
         );
         assert!(records.iter().any(|r| r["rtype"] == "SRV"
@@ -717,7 +717,7 @@ protocol = "tcp"
         let rec = &v["Records"];
         assert_eq!(
             rec["As"]["web.marathon.mesos."],
-            json!(["198.18.1.101", "198.18.2.101"])
+            json!(["127.0.1.101", "127.0.2.101"])
         );
         assert_eq!(rec["As"]["ns1.mesos."], json!(["127.0.0.1"]));
         assert_eq!(

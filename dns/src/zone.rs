@@ -1009,7 +1009,7 @@ mod tests {
         assert_eq!(r.answers[0].record_type(), RecordType::NS);
         assert_eq!(r.additionals[0].data.to_string(), "127.0.0.1");
         let r = ask(&zone, "leader.mesos.", RecordType::A);
-        assert_eq!(r.answers[0].data.to_string(), "198.18.1.11");
+        assert_eq!(r.answers[0].data.to_string(), "127.0.1.11");
         let r = ask(&zone, "web.marathon.mesos.", RecordType::ANY);
         assert_eq!(r.answers.len(), 2);
         assert_eq!(r.authorities.len(), 2);

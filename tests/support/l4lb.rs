@@ -530,6 +530,19 @@ pub fn udp_exchange(vip: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
     Ok((backend, from))
 }
 
+/// Program ids attached to a cgroup (bpftool).
+pub fn attached_programs(cgroup: &std::path::Path) -> Vec<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool (Debian package bpftool)");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
 /// Is `path` gone (and nothing of ours pinned there)?
 pub fn gone(path: &Path) -> bool {
     !path.exists()

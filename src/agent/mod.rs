@@ -1,0 +1,229 @@
+//! `lodestar agent`: wires a catalog source (etcd, a file, or the demo) to the DNS zones and
+//! servers, the VIP load balancer and the HTTP API, and runs until SIGTERM or SIGINT.
+//!
+//! Startup is config -> [`App::build`] (each part built and bound, in order: catalog, DNS, VIPs,
+//! HTTP) -> [`App::spawn`] (the tasks that keep them current) -> "ready"; a signal starts the
+//! drain ([`Running::drain`]): the tasks stop at a clean point, in-flight work finishes.
+
+mod catalog;
+mod dns;
+mod http;
+mod l4lb;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::AgentConfig;
+use crate::demo::{Demo, DEMO_PIN_PATH};
+use crate::ops::Ops;
+use catalog::Catalog;
+use dns::Dns;
+use l4lb::VipPlane;
+
+/// How long the drain waits for tasks and connections before it stops them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn run(config: AgentConfig) -> Result<()> {
+    // Listen for SIGTERM before anything can log "ready": a stop right after must be graceful.
+    let mut stop_signal = StopSignal::install()?;
+    let app = App::build(config).await?;
+    let running = app.spawn().await?;
+    stop_signal.wait().await;
+    running.drain().await;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+struct StopSignal {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignal {
+    fn install() -> Result<StopSignal> {
+        Ok(StopSignal {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Everything built and bound, nothing running yet.
+struct App {
+    config: AgentConfig,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    catalog: Catalog,
+    dns: Dns,
+    vips: VipPlane,
+    http: tokio::net::TcpListener,
+}
+
+impl App {
+    async fn build(mut config: AgentConfig) -> Result<App> {
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("installing the metrics recorder")?;
+        let catalog = Catalog::open(&config.catalog)
+            .instrument(info_span!("catalog"))
+            .await?;
+        if catalog.is_demo() && config.l4lb.pin_path.as_os_str() == lodestar_l4lb::DEFAULT_PIN_PATH
+        {
+            config.l4lb.pin_path = DEMO_PIN_PATH.into();
+        }
+        let dns = Dns::bind(&config, &catalog.first)
+            .instrument(info_span!("dns"))
+            .await?;
+        // The VIP load balancer is loaded (or taken over from the pins of an earlier agent) and
+        // fed the first snapshot before "ready", so VIPs work as soon as the agent says so.
+        let vips = VipPlane::start(&config, &catalog.first)
+            .instrument(info_span!("l4lb"))
+            .await?;
+        let http = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot serve HTTP on {}", config.http.listen))?;
+        Ok(App {
+            config,
+            prometheus,
+            catalog,
+            dns,
+            vips,
+            http,
+        })
+    }
+
+    /// Starts every task, then says "ready".
+    async fn spawn(mut self) -> Result<Running> {
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let demo = if self.catalog.is_demo() {
+            Some(Demo::start(&self.catalog.first, &mut tasks, stop.clone()).await?)
+        } else {
+            None
+        };
+        let snapshots = &self.catalog.snapshots;
+        self.dns.spawn(
+            &mut tasks,
+            snapshots.clone(),
+            self.catalog.from_cache.clone(),
+            stop.clone(),
+        );
+        self.vips
+            .spawn(&self.config, &mut tasks, snapshots.clone(), stop.clone());
+        if let Some(path) = self.catalog.cache_file.clone() {
+            tasks.spawn(crate::cache::keep(path, snapshots.clone(), stop.clone()));
+        }
+        let ops = Ops {
+            node: self.config.node.clone().unwrap_or_else(host_name),
+            site: self.config.site.clone(),
+            started: Instant::now(),
+            dns: self.dns.addresses.clone(),
+            zone: self.dns.zone.clone(),
+            stats: self.dns.stats.clone(),
+            watch: self.catalog.watch_stats(),
+            from_cache: self.catalog.from_cache.clone(),
+            l4lb: self.vips.l4lb.clone(),
+            l4lb_state: self.vips.state.clone(),
+        };
+        tasks.spawn(ops.clone().watch_freshness(stop.clone()));
+        let app = http::routes(
+            &self.config,
+            self.prometheus.clone(),
+            &self.dns,
+            &self.vips,
+            &ops,
+        );
+        let http_addr = self.http.local_addr()?;
+        let serve =
+            axum::serve(self.http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        tasks.spawn(async move {
+            if let Err(e) = serve.await {
+                warn!("HTTP server stopped: {e}");
+            }
+        });
+
+        let zone = self.dns.zone.load();
+        let listen: Vec<String> = self
+            .dns
+            .addresses
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect();
+        info!(
+            dns = %listen.join(","),
+            http = %http_addr,
+            catalog = %self.catalog.source,
+            revision = zone.serial,
+            names = zone.len(),
+            upstreams = ?self.dns.upstreams,
+            l4lb = %self.vips.state,
+            "lodestar agent ready"
+        );
+        Ok(Running {
+            config: self.config,
+            stop,
+            tasks,
+            catalog: self.catalog,
+            dns: self.dns,
+            vips: self.vips,
+            demo,
+        })
+    }
+}
+
+/// The agent at work, until [`Running::drain`].
+struct Running {
+    config: AgentConfig,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    catalog: Catalog,
+    dns: Dns,
+    vips: VipPlane,
+    demo: Option<Demo>,
+}
+
+impl Running {
+    /// Stops accepting, lets every task finish what it is doing (up to [`DRAIN_TIMEOUT`]),
+    /// stops the UDP servers, and then, for the demo only, removes what it attached.
+    async fn drain(mut self) {
+        info!("shutting down");
+        self.stop.cancel();
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                left = self.tasks.len(),
+                "tasks still running after {DRAIN_TIMEOUT:?}; stopping them"
+            );
+            self.tasks.shutdown().await;
+        }
+        self.dns.stop();
+        let demo = self.demo.is_some();
+        self.vips.stop(&self.config, demo);
+        if let Some(d) = self.demo {
+            d.stop();
+        }
+        drop(self.catalog);
+    }
+}
+
+/// This host's name, for a node without a configured name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
