@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lodestar_control::keys::Record;
-use lodestar_control::model::{
-    DiscoveryInfo, Health, IpSource, Labels, Port, Protocol, Task, TaskIp, TaskState,
-};
+use lodestar_control::model::{Health, IpSource, Port, Task};
 use lodestar_control::{CatalogWatch, EtcdConfig, EtcdStore, WatchConfig};
 
 struct Options {
@@ -47,47 +45,28 @@ fn options() -> Options {
 
 /// A task shaped like a Marathon task with DiscoveryInfo and one VIP label (~600 bytes).
 fn task(i: usize) -> Task {
-    let labels: Labels = [("VIP_0".to_string(), format!("/app-{}:80", i % 500))].into();
-    Task {
-        id: format!("group_app-{i}.{i:08x}-7c1b-11ef-9c9a-0242ac110002"),
-        name: format!("app-{}", i % 500),
-        framework: "marathon".into(),
-        agent: format!("20261121-000000-0001-0000-S{}", i % 1000),
-        state: TaskState::Running,
-        ips: vec![
-            TaskIp {
-                ip: format!("198.18.{}.{}", (i / 250) % 256, i % 250 + 1)
-                    .parse()
-                    .unwrap(),
-                source: IpSource::Netinfo,
-            },
-            TaskIp {
-                ip: format!("198.19.{}.{}", (i / 250) % 256, i % 250 + 1)
-                    .parse()
-                    .unwrap(),
-                source: IpSource::Host,
-            },
-        ],
-        ports: vec![Port {
-            number: 31000 + (i % 1000) as u16,
-            name: None,
-            protocol: None,
-            labels: Labels::default(),
-        }],
-        discovery: Some(DiscoveryInfo {
-            name: Some(format!("app-{}", i % 500)),
-            ports: vec![Port {
-                number: 8080,
-                name: Some("http".into()),
-                protocol: Some(Protocol::Tcp),
-                labels,
-            }],
-            labels: Labels::default(),
-        }),
-        labels: [("team".to_string(), "payments".to_string())].into(),
-        health: Health::Healthy,
-        site: None,
-    }
+    let ip = |net: &str| {
+        format!("{net}.{}.{}", (i / 250) % 256, i % 250 + 1)
+            .parse()
+            .unwrap()
+    };
+    Task::new(
+        format!("group_app-{i}.{i:08x}-7c1b-11ef-9c9a-0242ac110002"),
+        format!("app-{}", i % 500),
+        "marathon",
+        format!("20261121-000000-0001-0000-S{}", i % 1000),
+    )
+    .with_ip(ip("198.18"), IpSource::Netinfo)
+    .with_ip(ip("198.19"), IpSource::Host)
+    .with_resource_port(31000 + (i % 1000) as u16)
+    .with_discovery_name(format!("app-{}", i % 500))
+    .with_discovery_port(
+        Port::tcp(8080)
+            .named("http")
+            .with_label("VIP_0", format!("/app-{}:80", i % 500)),
+    )
+    .with_label("team", "payments")
+    .with_health(Health::Healthy)
 }
 
 fn status_kb(field: &str) -> u64 {

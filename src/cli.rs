@@ -10,8 +10,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use lodestar_control::file::read_file;
 use lodestar_control::keys::{Kind, Record};
 use lodestar_control::model::{
-    parse_vip_label, DiscoveryInfo, Health, IpSource, Labels, Port, Protocol, Task, TaskIp,
-    TaskState,
+    parse_vip_label, Health, IpSource, Labels, Port, Protocol, Task, TaskState,
 };
 use lodestar_control::{demo, EtcdConfig, EtcdStore, Snapshot, SnapshotView, Source};
 
@@ -643,45 +642,32 @@ fn task_from_args(put: PutArgs) -> Result<Task> {
     if put.id.is_empty() {
         bail!("--id must not be empty");
     }
-    Ok(Task {
-        id: put.id,
-        name: put.name.clone(),
-        framework: put.framework,
-        agent: put.agent,
-        state: match put.state {
-            StateArg::Running => TaskState::Running,
-            StateArg::Draining => TaskState::Draining,
-        },
-        ips: put
-            .ips
-            .into_iter()
-            .map(|ip| TaskIp {
-                ip,
-                source: IpSource::Netinfo,
-            })
-            .collect(),
-        ports: ports
-            .iter()
-            .map(|p| Port {
-                number: p.number,
-                name: None,
-                protocol: None,
-                labels: Labels::default(),
-            })
-            .collect(),
-        discovery: Some(DiscoveryInfo {
-            name: Some(put.discovery_name.unwrap_or(put.name)),
-            ports,
-            labels: Labels::default(),
-        }),
-        labels: put.labels.into_iter().collect(),
-        health: match put.health {
-            HealthArg::Unknown => Health::Unknown,
-            HealthArg::Healthy => Health::Healthy,
-            HealthArg::Unhealthy => Health::Unhealthy,
-        },
-        site: put.site,
-    })
+    let state = match put.state {
+        StateArg::Running => TaskState::Running,
+        StateArg::Draining => TaskState::Draining,
+    };
+    let health = match put.health {
+        HealthArg::Unknown => Health::Unknown,
+        HealthArg::Healthy => Health::Healthy,
+        HealthArg::Unhealthy => Health::Unhealthy,
+    };
+    let mut task = Task::new(put.id, put.name.clone(), put.framework, put.agent)
+        .with_state(state)
+        .with_health(health)
+        .with_discovery_name(put.discovery_name.unwrap_or(put.name));
+    for ip in put.ips {
+        task = task.with_ip(ip, IpSource::Netinfo);
+    }
+    for p in ports {
+        task = task.with_resource_port(p.number).with_discovery_port(p);
+    }
+    for (k, v) in put.labels {
+        task = task.with_label(k, v);
+    }
+    if let Some(site) = put.site {
+        task = task.with_site(site);
+    }
+    Ok(task)
 }
 
 #[cfg(test)]

@@ -8,50 +8,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lodestar_control::keys::{self, Kind, Record};
-use lodestar_control::model::{
-    DiscoveryInfo, Health, IpSource, Labels, Port, Protocol, Task, TaskIp, TaskState,
-};
+use lodestar_control::model::{Health, IpSource, Port, Task, TaskState};
 use lodestar_control::{CatalogWatch, EtcdConfig, EtcdStore, Snapshot, WatchConfig};
 use support::{eventually, EtcdServer};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn task(i: usize, vip: Option<&str>) -> Task {
-    let labels: Labels = vip
-        .map(|v| [("VIP_0".to_string(), v.to_string())].into())
-        .unwrap_or_default();
-    Task {
-        id: format!("app-{i}.{i:08x}-0000-11ef-9c9a-0242ac110002"),
-        name: format!("app-{}", i % 100),
-        framework: "marathon".into(),
-        agent: format!("agent-{}", i % 50),
-        state: TaskState::Running,
-        ips: vec![TaskIp {
-            ip: format!("198.18.{}.{}", (i / 250) % 256, i % 250 + 1)
-                .parse()
-                .unwrap(),
-            source: IpSource::Netinfo,
-        }],
-        ports: vec![Port {
-            number: 31000 + (i % 1000) as u16,
-            name: None,
-            protocol: None,
-            labels: Labels::default(),
-        }],
-        discovery: Some(DiscoveryInfo {
-            name: None,
-            ports: vec![Port {
-                number: 8080,
-                name: Some("http".into()),
-                protocol: Some(Protocol::Tcp),
-                labels,
-            }],
-            labels: Labels::default(),
-        }),
-        labels: Labels::default(),
-        health: Health::Healthy,
-        site: None,
+    let ip = format!("198.18.{}.{}", (i / 250) % 256, i % 250 + 1);
+    let mut http = Port::tcp(8080).named("http");
+    if let Some(v) = vip {
+        http = http.with_label("VIP_0", v);
     }
+    Task::new(
+        format!("app-{i}.{i:08x}-0000-11ef-9c9a-0242ac110002"),
+        format!("app-{}", i % 100),
+        "marathon",
+        format!("agent-{}", i % 50),
+    )
+    .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
+    .with_resource_port(31000 + (i % 1000) as u16)
+    .with_discovery_port(http)
+    .with_health(Health::Healthy)
 }
 
 fn config(endpoint: &str) -> EtcdConfig {

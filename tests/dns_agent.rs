@@ -13,7 +13,7 @@ use hickory_proto::rr::{RData, RecordType};
 use lodestar_control::keys::{Kind, Record};
 use lodestar_control::model::{
     Agent as MesosAgent, DiscoveryInfo, Framework, Health, IpSource, Labels, Port, Protocol, Task,
-    TaskIp, TaskState, VipAddress,
+    TaskState, VipAddress,
 };
 use lodestar_control::{EtcdConfig, EtcdStore};
 use support::agent::Agent;
@@ -33,34 +33,17 @@ fn mesos_agent() -> MesosAgent {
 }
 
 fn task(id: &str, name: &str, framework: &str, ips: &[&str]) -> Task {
-    Task {
-        id: id.into(),
-        name: name.into(),
-        framework: framework.into(),
-        agent: AGENT_ID.into(),
-        state: TaskState::Running,
-        ips: ips
-            .iter()
-            .map(|ip| TaskIp {
-                ip: ip.parse().unwrap(),
-                source: IpSource::Netinfo,
-            })
-            .collect(),
-        ports: vec![],
-        discovery: None,
-        labels: Labels::default(),
-        health: Health::Healthy,
-        site: None,
-    }
+    ips.iter().fold(
+        Task::new(id, name, framework, AGENT_ID).with_health(Health::Healthy),
+        |t, ip| t.with_ip(ip.parse().unwrap(), IpSource::Netinfo),
+    )
 }
 
 fn port(number: u16, name: Option<&str>, protocol: Option<Protocol>) -> Port {
-    Port {
-        number,
-        name: name.map(str::to_string),
-        protocol,
-        labels: Labels::default(),
-    }
+    let p = protocol
+        .into_iter()
+        .fold(Port::new(number), Port::with_protocol);
+    name.into_iter().fold(p, Port::named)
 }
 
 async fn store(etcd: &EtcdServer) -> EtcdStore {

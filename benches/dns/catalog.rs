@@ -6,10 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use lodestar_control::model::{
-    Agent, DiscoveryInfo, Framework, Health, IpSource, Labels, Port, Protocol, Task, TaskIp,
-    TaskState, SCHEMA_VERSION,
-};
+use lodestar_control::model::{Agent, Framework, Health, IpSource, Port, Task, SCHEMA_VERSION};
 use lodestar_control::CatalogDocument;
 use serde::Deserialize;
 
@@ -66,46 +63,23 @@ pub fn framework() -> Framework {
 /// port and a named DiscoveryInfo port.
 pub fn task(i: usize, apps: usize) -> Task {
     let app = i % apps;
-    let mut ips = vec![TaskIp {
-        ip: format!("198.18.{}.{}", (i / 250) % 250, i % 250 + 1)
-            .parse()
-            .expect("ipv4"),
-        source: IpSource::Netinfo,
-    }];
-    if app % 4 == 0 {
-        ips.push(TaskIp {
-            ip: format!("2001:db8::{:x}", i + 1).parse().expect("ipv6"),
-            source: IpSource::Netinfo,
-        });
-    }
     let name = format!("app-{app}");
-    Task {
-        id: format!("{name}.{i:08x}-7c1b-11ef-9c9a-0242ac110002"),
-        name: name.clone(),
-        framework: FRAMEWORK.into(),
-        agent: AGENT_ID.into(),
-        state: TaskState::Running,
-        ips,
-        ports: vec![Port {
-            number: 31000 + (i % 1000) as u16,
-            name: None,
-            protocol: None,
-            labels: Labels::default(),
-        }],
-        discovery: Some(DiscoveryInfo {
-            name: Some(name),
-            ports: vec![Port {
-                number: 8080,
-                name: Some("http".into()),
-                protocol: Some(Protocol::Tcp),
-                labels: Labels::default(),
-            }],
-            labels: Labels::default(),
-        }),
-        labels: Labels::default(),
-        health: Health::Healthy,
-        site: None,
+    let v4 = format!("198.18.{}.{}", (i / 250) % 250, i % 250 + 1);
+    let mut t = Task::new(
+        format!("{name}.{i:08x}-7c1b-11ef-9c9a-0242ac110002"),
+        name.clone(),
+        FRAMEWORK,
+        AGENT_ID,
+    )
+    .with_ip(v4.parse().expect("ipv4"), IpSource::Netinfo);
+    if app % 4 == 0 {
+        let v6 = format!("2001:db8::{:x}", i + 1);
+        t = t.with_ip(v6.parse().expect("ipv6"), IpSource::Netinfo);
     }
+    t.with_resource_port(31000 + (i % 1000) as u16)
+        .with_discovery_name(name)
+        .with_discovery_port(Port::tcp(8080).named("http"))
+        .with_health(Health::Healthy)
 }
 
 /// The catalog file: one framework, one agent, `tasks` tasks over `apps` app names.

@@ -296,19 +296,7 @@ mod tests {
     use crate::model::*;
 
     fn task(id: &str) -> Task {
-        Task {
-            id: id.into(),
-            name: "web".into(),
-            framework: "marathon".into(),
-            agent: "a1".into(),
-            state: TaskState::Running,
-            ips: vec![],
-            ports: vec![],
-            discovery: None,
-            labels: Default::default(),
-            health: Health::Unknown,
-            site: None,
-        }
+        Task::new(id, "web", "marathon", "a1")
     }
 
     #[test]

@@ -376,6 +376,114 @@ pub fn is_vip_label(key: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Building tasks and ports: the one way the CLI, the tests and the benchmarks make them, so
+/// that a field added to the model is defaulted in one place.
+impl Task {
+    /// A running task of `framework` on `agent`, with unknown health and no addresses, ports,
+    /// DiscoveryInfo or labels; the `with_*` methods add them.
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        framework: impl Into<String>,
+        agent: impl Into<String>,
+    ) -> Task {
+        Task {
+            id: id.into(),
+            name: name.into(),
+            framework: framework.into(),
+            agent: agent.into(),
+            state: TaskState::Running,
+            ips: Vec::new(),
+            ports: Vec::new(),
+            discovery: None,
+            labels: Labels::default(),
+            health: Health::Unknown,
+            site: None,
+        }
+    }
+
+    pub fn with_ip(mut self, ip: IpAddr, source: IpSource) -> Task {
+        self.ips.push(TaskIp { ip, source });
+        self
+    }
+
+    /// A port of the task's `ports` resource.
+    pub fn with_resource_port(mut self, number: u16) -> Task {
+        self.ports.push(Port::new(number));
+        self
+    }
+
+    /// A DiscoveryInfo port (DiscoveryInfo is made if the task has none).
+    pub fn with_discovery_port(mut self, port: Port) -> Task {
+        self.discovery
+            .get_or_insert_with(Default::default)
+            .ports
+            .push(port);
+        self
+    }
+
+    /// The DiscoveryInfo name (DiscoveryInfo is made if the task has none).
+    pub fn with_discovery_name(mut self, name: impl Into<String>) -> Task {
+        self.discovery.get_or_insert_with(Default::default).name = Some(name.into());
+        self
+    }
+
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Task {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn with_state(mut self, state: TaskState) -> Task {
+        self.state = state;
+        self
+    }
+
+    pub fn with_health(mut self, health: Health) -> Task {
+        self.health = health;
+        self
+    }
+
+    pub fn with_site(mut self, site: impl Into<String>) -> Task {
+        self.site = Some(site.into());
+        self
+    }
+}
+
+impl Port {
+    /// A port without a name, protocol or labels (a resource port: both `_tcp` and `_udp`).
+    pub fn new(number: u16) -> Port {
+        Port {
+            number,
+            name: None,
+            protocol: None,
+            labels: Labels::default(),
+        }
+    }
+
+    pub fn tcp(number: u16) -> Port {
+        Port::new(number).with_protocol(Protocol::Tcp)
+    }
+
+    pub fn udp(number: u16) -> Port {
+        Port::new(number).with_protocol(Protocol::Udp)
+    }
+
+    pub fn with_protocol(mut self, protocol: Protocol) -> Port {
+        self.protocol = Some(protocol);
+        self
+    }
+
+    pub fn named(mut self, name: impl Into<String>) -> Port {
+        self.name = Some(name.into());
+        self
+    }
+
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Port {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+}
+
 impl Task {
     /// The VIPs this task is a backend of, with the task port behind each,
     /// and the labels that could not be parsed.

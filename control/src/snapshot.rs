@@ -333,37 +333,16 @@ impl<'a> From<&'a Snapshot> for SnapshotView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DiscoveryInfo, IpSource, Labels, Port, Protocol, TaskIp};
+    use crate::model::{IpSource, Port};
 
     fn task(id: &str, vip: Option<&str>) -> Task {
-        let labels: Labels = vip
-            .map(|v| [("VIP_0".to_string(), v.to_string())].into())
-            .unwrap_or_default();
-        Task {
-            id: id.into(),
-            name: "web".into(),
-            framework: "marathon".into(),
-            agent: "a1".into(),
-            state: TaskState::Running,
-            ips: vec![TaskIp {
-                ip: "198.18.0.10".parse().unwrap(),
-                source: IpSource::Netinfo,
-            }],
-            ports: vec![],
-            discovery: Some(DiscoveryInfo {
-                name: None,
-                ports: vec![Port {
-                    number: 8080,
-                    name: Some("http".into()),
-                    protocol: Some(Protocol::Tcp),
-                    labels,
-                }],
-                labels: Default::default(),
-            }),
-            labels: Default::default(),
-            health: Health::Unknown,
-            site: None,
-        }
+        let http = Port::tcp(8080).named("http");
+        Task::new(id, "web", "marathon", "a1")
+            .with_ip("198.18.0.10".parse().unwrap(), IpSource::Netinfo)
+            .with_discovery_port(match vip {
+                Some(v) => http.with_label("VIP_0", v),
+                None => http,
+            })
     }
 
     #[test]
