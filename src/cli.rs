@@ -9,9 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use lodestar_control::file::read_file;
 use lodestar_control::keys::{Kind, Record};
-use lodestar_control::model::{
-    parse_vip_label, Health, IpSource, Labels, Port, Protocol, Task, TaskState,
-};
+use lodestar_control::model::{parse_vip_label, Health, IpSource, Port, Protocol, Task, TaskState};
 use lodestar_control::{demo, EtcdConfig, EtcdStore, Snapshot, SnapshotView, Source};
 
 use crate::client::AgentClient;
@@ -375,24 +373,44 @@ pub enum CatalogCommand {
     },
 }
 
-fn parse_port_spec(s: &str) -> Result<Port, String> {
+/// A command-line value that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {what} {value:?}: {reason}")]
+struct BadValue {
+    what: &'static str,
+    value: String,
+    reason: String,
+}
+
+impl BadValue {
+    fn new(what: &'static str, value: &str, reason: impl ToString) -> BadValue {
+        BadValue {
+            what,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+fn parse_port_spec(s: &str) -> Result<Port, BadValue> {
+    let bad = |reason: String| BadValue::new("port", s, reason);
     let (rest, protocol) = match s.rsplit_once('/') {
-        Some((r, p)) => (r, Some(p.parse::<Protocol>()?)),
-        None => (s, None),
+        Some((r, p)) => (r, p.parse::<Protocol>().map_err(|e| bad(e.to_string()))?),
+        None => (s, Protocol::default()),
     };
     let (name, number) = match rest.rsplit_once(':') {
-        Some((n, num)) if !n.is_empty() => (Some(n.to_string()), num),
-        Some(_) => return Err(format!("invalid port {s:?}: empty name before ':'")),
+        Some((n, num)) if !n.is_empty() => (Some(n), num),
+        Some(_) => return Err(bad("empty name before ':'".into())),
         None => (None, rest),
     };
-    let number: u16 = number.parse().ok().filter(|n| *n != 0).ok_or_else(|| {
-        format!("invalid port {s:?}: expected [NAME:]NUMBER[/tcp|udp] with NUMBER in 1..=65535")
-    })?;
-    Ok(Port {
-        number,
-        name,
-        protocol: Some(protocol.unwrap_or_default()),
-        labels: Labels::default(),
+    let number: u16 =
+        number.parse().ok().filter(|n| *n != 0).ok_or_else(|| {
+            bad("expected [NAME:]NUMBER[/tcp|udp] with NUMBER in 1..=65535".into())
+        })?;
+    let port = Port::new(number).with_protocol(protocol);
+    Ok(match name {
+        Some(n) => port.named(n),
+        None => port,
     })
 }
 
@@ -404,18 +422,22 @@ struct VipSpec {
     vip: String,
 }
 
-fn parse_vip_spec(s: &str) -> Result<VipSpec, String> {
+fn parse_vip_spec(s: &str) -> Result<VipSpec, BadValue> {
+    let bad = |reason: String| BadValue::new("VIP", s, reason);
     let (port, vip) = s
         .split_once('=')
-        .ok_or_else(|| format!("invalid VIP {s:?}: expected PORT=VIP, e.g. 8080=/web:80"))?;
+        .ok_or_else(|| bad("expected PORT=VIP, e.g. 8080=/web:80".into()))?;
     let (port, protocol) = match port.split_once('/') {
-        Some((p, proto)) => (p, Some(proto.parse::<Protocol>()?)),
+        Some((p, proto)) => (
+            p,
+            Some(proto.parse::<Protocol>().map_err(|e| bad(e.to_string()))?),
+        ),
         None => (port, None),
     };
     let port: u16 = port
         .parse()
-        .map_err(|_| format!("invalid VIP {s:?}: {port:?} is not a port number"))?;
-    parse_vip_label(vip).map_err(|e| e.to_string())?;
+        .map_err(|_| bad(format!("{port:?} is not a port number")))?;
+    parse_vip_label(vip).map_err(|e| bad(e.to_string()))?;
     Ok(VipSpec {
         port,
         protocol,
@@ -423,11 +445,11 @@ fn parse_vip_spec(s: &str) -> Result<VipSpec, String> {
     })
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+fn parse_label(s: &str) -> Result<(String, String), BadValue> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("invalid label {s:?}: expected KEY=VALUE"))
+        .ok_or_else(|| BadValue::new("label", s, "expected KEY=VALUE"))
 }
 
 pub async fn run(args: Args) -> Result<()> {

@@ -58,8 +58,7 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         args.auth.clone(),
         args.ca_cert.as_deref(),
         args.max_body,
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
+    )?;
     let mut syncer = Syncer::new(
         store.clone(),
         masters,

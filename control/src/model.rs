@@ -36,13 +36,26 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// A word that names none of an enumeration's values (a protocol, an IP source).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?} (expected {expected})")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
 impl FromStr for Protocol {
-    type Err = String;
+    type Err = UnknownValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
-            other => Err(format!("unknown protocol {other:?} (expected tcp or udp)")),
+            other => Err(UnknownValue {
+                what: "protocol",
+                value: other.to_string(),
+                expected: "tcp or udp",
+            }),
         }
     }
 }
@@ -169,16 +182,18 @@ pub enum IpSource {
 }
 
 impl FromStr for IpSource {
-    type Err = String;
+    type Err = UnknownValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "netinfo" => Ok(IpSource::Netinfo),
             "mesos" => Ok(IpSource::Mesos),
             "docker" => Ok(IpSource::Docker),
             "host" => Ok(IpSource::Host),
-            other => Err(format!(
-                "unknown IP source {other:?} (expected netinfo, mesos, docker or host)"
-            )),
+            other => Err(UnknownValue {
+                what: "IP source",
+                value: other.to_string(),
+                expected: "netinfo, mesos, docker or host",
+            }),
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::error::describe;
-use crate::EtcdStore;
+use crate::{EtcdStore, StoreError};
 
 /// The election key (outside `/lodestar/v1/`, which agents read).
 pub const LEADER_KEY: &str = "/lodestar/sync/leader";
@@ -60,14 +60,17 @@ pub fn fence(lease: i64) -> Compare {
 }
 
 /// Waits until this instance (`id`) leads, with a lease of `ttl` seconds.
-pub async fn campaign(store: &EtcdStore, id: &str, ttl: i64) -> Result<Leadership, String> {
+pub async fn campaign(store: &EtcdStore, id: &str, ttl: i64) -> Result<Leadership, StoreError> {
     let mut client = store.client();
     let mut announced = false;
     loop {
         let lease = client
             .lease_grant(ttl, None)
             .await
-            .map_err(|e| describe(&e))?
+            .map_err(|error| StoreError::Request {
+                op: "lease grant",
+                error,
+            })?
             .id();
         let txn = Txn::new()
             .when([Compare::version(LEADER_KEY, CompareOp::Equal, 0)])
@@ -77,7 +80,10 @@ pub async fn campaign(store: &EtcdStore, id: &str, ttl: i64) -> Result<Leadershi
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(LEADER_KEY, None)]);
-        let resp = client.txn(txn).await.map_err(|e| describe(&e))?;
+        let resp = client.txn(txn).await.map_err(|error| StoreError::Request {
+            op: "leader key transaction",
+            error,
+        })?;
         if resp.succeeded() {
             info!(id, "leading: this mesos-sync instance writes the catalog");
             return Ok(start_keeper(store.clone(), lease, ttl).await);

@@ -17,6 +17,23 @@ pub enum FetchError {
     Bad { url: String, reason: String },
 }
 
+/// Why a client of the masters cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterClientError {
+    #[error("bad CA certificate: {source}")]
+    CaCertificate {
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("cannot build the HTTP client: {source}")]
+    Build {
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("no master given")]
+    NoMaster,
+}
+
 impl FetchError {
     /// A short label for the metric.
     pub fn kind(&self) -> &'static str {
@@ -45,19 +62,19 @@ impl MasterClient {
         auth: Option<(String, String)>,
         ca_cert: Option<&[u8]>,
         max_body: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, MasterClientError> {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = ca_cert {
             let cert = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| format!("bad CA certificate: {e}"))?;
+                .map_err(|source| MasterClientError::CaCertificate { source })?;
             builder = builder.add_root_certificate(cert);
         }
         let http = builder
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(|source| MasterClientError::Build { source })?;
         let masters: Vec<String> = masters
             .iter()
             .map(|m| {
@@ -70,7 +87,7 @@ impl MasterClient {
             })
             .collect();
         if masters.is_empty() {
-            return Err("no master given".into());
+            return Err(MasterClientError::NoMaster);
         }
         let scheme = if masters[0].starts_with("https://") {
             "https"
