@@ -6,9 +6,8 @@
 //! decoding) as the floor for the sync. Mesos-DNS and dcos-net cannot run here (no Mesos
 //! master); their propagation delays are their documented poll intervals, quoted as such.
 
-#[allow(dead_code)]
-#[path = "../tests/support/etcd.rs"]
-mod etcd;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -117,7 +116,7 @@ fn main() {
         return;
     }
     let o = options();
-    let server = etcd::EtcdServer::start();
+    let server = support::EtcdServer::start();
     let endpoint = server.endpoint();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,12 +3,8 @@
 //! change, next to what a sync that rewrites everything (the Mesos-DNS way: regenerate it all
 //! every poll) would cost. Run: `cargo bench --bench mesos_sync [-- --tasks N]`.
 
-#[allow(dead_code)]
-#[path = "../tests/support/etcd.rs"]
-mod etcd;
-#[allow(dead_code)]
-#[path = "../tests/support/mesos.rs"]
-mod mesos;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +24,7 @@ fn tasks(n: usize, generation: usize, changed: usize) -> Vec<serde_json::Value> 
             } else {
                 format!("198.18.{}.{}", (i / 250) % 100, i % 250 + 1)
             };
-            let mut t = mesos::task(&format!("app{}.{i:08x}", i % 500), &format!("app{}", i % 500), slave, "TASK_RUNNING", &[&ip]);
+            let mut t = support::mesos::task(&format!("app{}.{i:08x}", i % 500), &format!("app{}", i % 500), slave, "TASK_RUNNING", &[&ip]);
             t["discovery"] = json!({
                 "name": format!("app{}", i % 500),
                 "ports": {"ports": [{"number": 8080, "name": "http", "protocol": "tcp",
@@ -51,10 +47,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let server = etcd::EtcdServer::start();
+    let server = support::EtcdServer::start();
     rt.block_on(async {
-        let master = mesos::FakeMaster::start().await;
-        master.set_state(mesos::state(&master.pid(), &master.pid(), tasks(n, 0, 0)));
+        let master = support::mesos::FakeMaster::start().await;
+        master.set_state(support::mesos::state(&master.pid(), &master.pid(), tasks(n, 0, 0)));
         let store = EtcdStore::connect(EtcdConfig::from_list(&server.endpoint())).await.unwrap();
         let client = MasterClient::new(&[master.url()], Duration::from_secs(10), None, None, 512 << 20).unwrap();
         let ranges = VipRanges {
@@ -77,7 +73,7 @@ fn main() {
         idle.sort();
 
         let changed = n / 100;
-        master.set_state(mesos::state(&master.pid(), &master.pid(), tasks(n, 1, changed)));
+        master.set_state(support::mesos::state(&master.pid(), &master.pid(), tasks(n, 1, changed)));
         let started = Instant::now();
         let delta = syncer.poll(None).await.unwrap();
         let delta_time = started.elapsed();

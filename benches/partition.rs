@@ -3,19 +3,12 @@
 //! heals the minority site answers a name written during the partition, and how long after the
 //! cut it reports its state stale. Run as root: `cargo bench --bench partition [-- --rounds N]`.
 
-#[allow(dead_code)]
-#[path = "../tests/support/agent.rs"]
-mod agent;
-#[allow(dead_code)]
-#[path = "../tests/support/netns.rs"]
-mod netns;
-#[allow(dead_code)]
-#[path = "../tests/support/sites.rs"]
-mod sites;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
-use sites::{time_until, TwoSites};
+use support::sites::{time_until, TwoSites};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
