@@ -218,13 +218,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let l4lb_metrics = l4lb.clone();
     let active_metrics = active_stats.clone();
     let metrics = Arc::new(move || {
-        let mut text = prometheus.render();
         if let Some(l) = &l4lb_metrics {
             l.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .render_metrics(&mut text);
-            active_metrics.render(&mut text);
+                .publish_metrics();
+            active_metrics.publish();
         }
+        let mut text = prometheus.render();
         dns_stats.render(&mut text);
         lodestar_dns::stats::render_forward(forward_stats.stats(), &mut text);
         ops_metrics.render(&mut text);

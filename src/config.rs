@@ -232,8 +232,8 @@ impl AgentConfig {
         if !self.l4lb.pin_path.is_absolute() {
             out.push("l4lb.pin_path must be an absolute path on bpffs".into());
         }
-        out.extend(self.l4lb.active.problems());
-        out.extend(self.l4lb.xdp.problems());
+        out.extend(self.l4lb.active.problems().iter().map(|p| p.to_string()));
+        out.extend(self.l4lb.xdp.problems().iter().map(|p| p.to_string()));
         out.extend(self.dns.zone.problems());
         if self.dns.zone.locality && self.site.is_none() {
             out.push("dns.zone.locality needs this node's site (site = \"...\" or --site)".into());

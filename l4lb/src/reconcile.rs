@@ -188,11 +188,12 @@ impl Default for Reconciler {
 
 impl Reconciler {
     pub fn new() -> Reconciler {
+        let capacity = crate::layout::capacities();
         Reconciler {
             services: BTreeMap::new(),
-            svc_ids: Ids::new(crate::layout::max_services()),
-            be_ids: Ids::new(crate::layout::max_backends()),
-            max_slots: crate::layout::header_constant("LS_MAX_SLOTS").unwrap_or(262_144) as usize,
+            svc_ids: Ids::new(capacity.services),
+            be_ids: Ids::new(capacity.backends),
+            max_slots: capacity.slots as usize,
             slots_in_use: 0,
             stale_slots: Vec::new(),
             stale_backends: Vec::new(),

@@ -152,12 +152,11 @@ fn real_entry(b: &crate::plan::PlannedBackend, addr: &BackendAddr, vip_id: u32) 
 
 impl XdpReconciler {
     pub fn new(max_ring: u32, seed: u64) -> XdpReconciler {
+        let capacity = crate::layout::capacities();
         XdpReconciler {
             vips: BTreeMap::new(),
-            vip_ids: Ids::new(crate::layout::header_constant("LX_MAX_VIPS").unwrap_or(4096) as u32),
-            real_ids: Ids::new(
-                crate::layout::header_constant("LX_MAX_REALS").unwrap_or(65_536) as u32,
-            ),
+            vip_ids: Ids::new(capacity.vips),
+            real_ids: Ids::new(capacity.reals),
             max_ring,
             seed,
             stale: XDump::default(),

@@ -1,0 +1,142 @@
+//! The load balancer's errors: one enum, each variant with what was being done and the error
+//! underneath as its source, said so an operator knows what to fix.
+
+use std::io;
+use std::path::PathBuf;
+
+use aya::sys::SyscallError;
+
+/// What to do when the kernel said EPERM or EACCES somewhere under an error.
+const NEEDS_ROOT: &str =
+    ": the VIP load balancer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)";
+
+/// Why the load balancer could not start or do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum L4lbError {
+    #[error("neither the socket load balancer nor any XDP interface is configured")]
+    NothingToRun,
+    #[error("the VIP load balancer needs root: this process lacks {}", .missing.join(" and "))]
+    MissingCapabilities { missing: Vec<&'static str> },
+    #[error(
+        "no cgroup v2 hierarchy is mounted (nothing of type cgroup2 in /proc/mounts); \
+         the socket load balancer attaches there"
+    )]
+    NoCgroup2,
+    #[error("{} is not a cgroup v2 directory", .path.display())]
+    NotCgroup2 { path: PathBuf },
+    #[error(
+        "{} is not on a BPF filesystem and mounting one there failed ({source}); \
+         mount it with: mount -t bpf bpf {}", .path.display(), .path.display()
+    )]
+    NoBpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("another lodestar agent is running on this node: it holds {} (stop it first)", .path.display())]
+    Busy { path: PathBuf },
+    #[error("l4lb.xdp: interface {interface}: {source}")]
+    NoInterface {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{action}: {source}{}", hint(.source))]
+    Io {
+        action: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{action}: {source}: {}{}", .source.io_error, hint(.source))]
+    Syscall {
+        action: String,
+        #[source]
+        source: SyscallError,
+    },
+    #[error("loading the {object} object: {source}{}", hint(.source))]
+    Load {
+        object: &'static str,
+        #[source]
+        source: aya::EbpfError,
+    },
+    /// Loading or attaching a program; a refused load carries the verifier's log.
+    #[error("program {program}: {action}: {source}{}", hint(.source))]
+    Program {
+        program: String,
+        action: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {program}: its link: {source}{}", hint(.source))]
+    Link {
+        program: String,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("link {}: {source}{}", .path.display(), hint(.source))]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("map {map}: {source}{}", hint(.source))]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("the {object} object has no {kind} {name}")]
+    Missing {
+        object: &'static str,
+        kind: &'static str,
+        name: String,
+    },
+    #[error("program {program} is not of the type its hook needs")]
+    ProgramType { program: String },
+    #[error("the compiled objects do not match the Rust side: {}", .problems.join("; "))]
+    Layout { problems: Vec<String> },
+}
+
+impl L4lbError {
+    pub(crate) fn io(action: impl Into<String>) -> impl FnOnce(io::Error) -> L4lbError {
+        let action = action.into();
+        move |source| L4lbError::Io { action, source }
+    }
+
+    pub(crate) fn syscall(action: impl Into<String>) -> impl FnOnce(SyscallError) -> L4lbError {
+        let action = action.into();
+        move |source| L4lbError::Syscall { action, source }
+    }
+
+    pub(crate) fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> L4lbError {
+        move |source| L4lbError::Map { map, source }
+    }
+
+    /// Whether the kernel refused for want of privilege (EPERM or EACCES under it).
+    pub fn needs_root(&self) -> bool {
+        matches!(self, L4lbError::MissingCapabilities { .. })
+            || std::error::Error::source(self).is_some_and(denied)
+    }
+}
+
+/// EPERM or EACCES anywhere in the chain.
+fn denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+fn hint(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    if denied(e) {
+        NEEDS_ROOT
+    } else {
+        ""
+    }
+}
