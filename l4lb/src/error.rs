@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use aya::sys::SyscallError;
 
-/// What to do when the kernel said EPERM or EACCES somewhere under an error.
+/// What to do when the kernel refused for want of privilege.
 const NEEDS_ROOT: &str =
     ": the VIP load balancer needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)";
 
@@ -41,7 +41,7 @@ pub enum L4lbError {
         #[source]
         source: io::Error,
     },
-    #[error("{action}: {source}{}", hint(.source))]
+    #[error("{action}: {source}{}", io_hint(.source))]
     Io {
         action: String,
         #[source]
@@ -112,31 +112,39 @@ impl L4lbError {
         move |source| L4lbError::Map { map, source }
     }
 
-    /// Whether the kernel refused for want of privilege (EPERM or EACCES under it).
+    /// Whether the kernel refused for want of privilege: EPERM under a `bpf(2)` error (EACCES
+    /// there is the verifier refusing a program), EPERM or EACCES under a file's.
     pub fn needs_root(&self) -> bool {
-        matches!(self, L4lbError::MissingCapabilities { .. })
-            || std::error::Error::source(self).is_some_and(denied)
+        match self {
+            L4lbError::MissingCapabilities { .. } => true,
+            L4lbError::Io { source, .. } => !io_hint(source).is_empty(),
+            e => std::error::Error::source(e).is_some_and(|s| !hint(s).is_empty()),
+        }
     }
 }
 
-/// EPERM or EACCES anywhere in the chain.
-fn denied(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The first `io::Error` under an error (itself included).
+fn io_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
     let mut cur = Some(e);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
-                return true;
-            }
+            return Some(io);
         }
         cur = e.source();
     }
-    false
+    None
 }
 
 fn hint(e: &(dyn std::error::Error + 'static)) -> &'static str {
-    if denied(e) {
-        NEEDS_ROOT
-    } else {
-        ""
+    match io_error(e).and_then(io::Error::raw_os_error) {
+        Some(libc::EPERM) => NEEDS_ROOT,
+        _ => "",
+    }
+}
+
+fn io_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => NEEDS_ROOT,
+        _ => "",
     }
 }

@@ -19,6 +19,8 @@ pub mod pin;
 pub mod plan;
 pub mod reconcile;
 pub mod sys;
+#[cfg(test)]
+mod test_support;
 pub mod xdp;
 
 use std::net::SocketAddr;

@@ -9,21 +9,27 @@ pub mod xdp;
 
 use std::path::Path;
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::ProgramError;
 use tracing::warn;
 
 use crate::error::L4lbError;
 
-/// The aya link API's part, shared by XDP and tcx: swap the program into the link pinned at
-/// `pin` (`take_over`, given the pinned link), or else attach anew (`attach`, which hands back
-/// the new link) and pin that. Whether a link was taken over.
-pub(crate) fn pinned_link(
+/// The aya link API's part, shared by XDP and tcx: swap `prog` into the link pinned at `pin`
+/// (`take_over`, given the pinned link), or else attach anew (`attach`, which hands back the
+/// program's new link) and pin that. Whether a link was taken over.
+pub(crate) fn pinned_link<P, L>(
+    prog: &mut P,
+    program: &str,
     pin: &Path,
-    take_over: impl FnOnce(FdLink) -> Result<(), Box<dyn std::error::Error>>,
-    attach: impl FnOnce() -> Result<FdLink, L4lbError>,
-) -> Result<bool, L4lbError> {
+    take_over: impl FnOnce(&mut P, FdLink) -> Result<(), Box<dyn std::error::Error>>,
+    attach: impl FnOnce(&mut P) -> Result<L, ProgramError>,
+) -> Result<bool, L4lbError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
     if let Ok(link) = PinnedLink::from_pin(pin) {
-        match take_over(link.into()) {
+        match take_over(prog, link.into()) {
             Ok(()) => return Ok(true),
             // A link of another kind, or one whose interface went (the kernel keeps it,
             // defunct): a new link replaces it.
@@ -31,11 +37,20 @@ pub(crate) fn pinned_link(
         }
         let _ = std::fs::remove_file(pin);
     }
-    attach()?
+    let link = attach(prog).map_err(|source| L4lbError::Program {
+        program: program.into(),
+        action: "attaching",
+        source,
+    })?;
+    FdLink::try_from(link)
+        .map_err(|source| L4lbError::Link {
+            program: program.into(),
+            source,
+        })?
         .pin(pin)
         .map_err(|source| L4lbError::Pin {
             path: pin.to_path_buf(),
             source,
-        })
-        .map(|_| false)
+        })?;
+    Ok(false)
 }

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use aya::programs::links::FdLink;
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 
@@ -13,38 +12,23 @@ use crate::error::L4lbError;
 /// `pin`, after any other tcx program there; whether it took over an earlier agent's link.
 pub(crate) fn attach(
     prog: &mut SchedClassifier,
-    program: &'static str,
+    program: &str,
     interface: &str,
     direction: TcAttachType,
     pin: &Path,
 ) -> Result<bool, L4lbError> {
-    let failed = |source| L4lbError::Program {
-        program: program.into(),
-        action: "attaching",
-        source,
-    };
-    let prog = std::cell::RefCell::new(prog);
     super::pinned_link(
+        prog,
+        program,
         pin,
-        |link| {
-            let link = SchedClassifierLink::try_from(link)?;
-            prog.borrow_mut().attach_to_link(link)?;
-            Ok(())
+        |p, link| {
+            Ok(p.attach_to_link(SchedClassifierLink::try_from(link)?)
+                .map(drop)?)
         },
-        || {
-            let mut prog = prog.borrow_mut();
-            let id = prog
-                .attach_with_options(
-                    interface,
-                    direction,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(failed)?;
-            let link = prog.take_link(id).map_err(failed)?;
-            FdLink::try_from(link).map_err(|source| L4lbError::Link {
-                program: program.into(),
-                source,
-            })
+        |p| {
+            let order = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let id = p.attach_with_options(interface, direction, order)?;
+            p.take_link(id)
         },
     )
 }

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use aya::programs::links::FdLink;
 use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp, XdpFlags};
 
@@ -13,34 +12,18 @@ use crate::error::L4lbError;
 /// whether it took over an earlier agent's link.
 pub(crate) fn attach(
     prog: &mut Xdp,
-    program: &'static str,
+    program: &str,
     ifindex: u32,
     pin: &Path,
 ) -> Result<bool, L4lbError> {
-    let failed = |source| L4lbError::Program {
-        program: program.into(),
-        action: "attaching",
-        source,
-    };
-    // Two uses of `prog`, one at a time: the take-over, or the new link.
-    let prog = std::cell::RefCell::new(prog);
     super::pinned_link(
+        prog,
+        program,
         pin,
-        |link| {
-            let link = XdpLink::try_from(link)?;
-            prog.borrow_mut().attach_to_link(link)?;
-            Ok(())
-        },
-        || {
-            let mut prog = prog.borrow_mut();
-            let id = prog
-                .attach_to_if_index(ifindex, XdpFlags::default())
-                .map_err(failed)?;
-            let link = prog.take_link(id).map_err(failed)?;
-            FdLink::try_from(link).map_err(|source| L4lbError::Link {
-                program: program.into(),
-                source,
-            })
+        |p, link| Ok(p.attach_to_link(XdpLink::try_from(link)?).map(drop)?),
+        |p| {
+            let id = p.attach_to_if_index(ifindex, XdpFlags::default())?;
+            p.take_link(id)
         },
     )
 }
