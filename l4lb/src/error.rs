@@ -93,8 +93,10 @@ pub enum L4lbError {
     },
     #[error("program {program} is not of the type its hook needs")]
     ProgramType { program: String },
-    #[error("the compiled objects do not match the Rust side: {}", .problems.join("; "))]
-    Layout { problems: Vec<String> },
+    #[error("the compiled objects do not match the Rust side: {}", join(.problems))]
+    Layout {
+        problems: Vec<crate::layout::LayoutProblem>,
+    },
 }
 
 impl L4lbError {
@@ -146,5 +148,42 @@ fn io_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::EPERM | libc::EACCES) => NEEDS_ROOT,
         _ => "",
+    }
+}
+
+fn join(problems: &[crate::layout::LayoutProblem]) -> String {
+    let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    all.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syscall(errno: i32) -> L4lbError {
+        L4lbError::syscall("attaching ls_connect4")(SyscallError {
+            call: "BPF_LINK_CREATE",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn eperm_from_bpf_says_root_is_needed_and_the_verifiers_eacces_does_not() {
+        let e = syscall(libc::EPERM);
+        assert!(e.needs_root());
+        assert!(e.to_string().ends_with(NEEDS_ROOT), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with("attaching ls_connect4: `BPF_LINK_CREATE` failed"));
+        let source = std::error::Error::source(&e).expect("the syscall error is kept");
+        assert!(source.downcast_ref::<SyscallError>().is_some());
+        let e = syscall(libc::EACCES);
+        assert!(!e.needs_root());
+        assert!(!e.to_string().contains("needs root"), "{e}");
+        // A file the process may not open: EACCES is a privilege matter there.
+        let e = L4lbError::io("opening /sys/fs/bpf/lodestar")(io::Error::from_raw_os_error(
+            libc::EACCES,
+        ));
+        assert!(e.needs_root());
     }
 }

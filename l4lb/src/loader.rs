@@ -44,7 +44,7 @@ static LAYOUT: LazyLock<Result<(), Vec<LayoutProblem>>> = LazyLock::new(layout::
 pub fn preflight() -> Result<(), L4lbError> {
     if let Err(problems) = &*LAYOUT {
         return Err(L4lbError::Layout {
-            problems: problems.iter().map(|p| p.to_string()).collect(),
+            problems: problems.clone(),
         });
     }
     let missing = missing_capabilities();
