@@ -112,7 +112,6 @@ impl SockLb {
             )?;
             took_over += usize::from(taken);
         }
-        let counters = |e| L4lbError::io("counting possible CPUs")(e);
         let mut config: Array<MapData, Config> =
             loader::take_map(&mut ebpf, object, h::LS_MAP_CONFIG)?;
         let hold_ns = cfg.passive_hold.as_nanos() as u64;
@@ -131,14 +130,8 @@ impl SockLb {
             services: loader::take_map(&mut ebpf, object, h::LS_MAP_SERVICES)?,
             slots: loader::take_map(&mut ebpf, object, h::LS_MAP_SLOTS)?,
             backends: loader::take_map(&mut ebpf, object, h::LS_MAP_BACKENDS)?,
-            svc_stats: PerCpuCounters::new(loader::take_map(
-                &mut ebpf,
-                object,
-                h::LS_MAP_SVC_STATS,
-            )?)
-            .map_err(counters)?,
-            be_stats: PerCpuCounters::new(loader::take_map(&mut ebpf, object, h::LS_MAP_BE_STATS)?)
-                .map_err(counters)?,
+            svc_stats: PerCpuCounters::take(&mut ebpf, object, h::LS_MAP_SVC_STATS)?,
+            be_stats: PerCpuCounters::take(&mut ebpf, object, h::LS_MAP_BE_STATS)?,
             health: loader::take_map(&mut ebpf, object, h::LS_MAP_HEALTH)?,
             _ebpf: ebpf,
             fail_threshold: cfg.passive_fail_threshold,

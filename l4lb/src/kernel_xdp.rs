@@ -244,7 +244,6 @@ impl XdpLb {
         config
             .set(0, xc, 0)
             .map_err(L4lbError::map(h::LX_MAP_XCONFIG))?;
-        let counters = |e| L4lbError::io("counting possible CPUs")(e);
         Ok(XdpLb {
             vips,
             live,
@@ -252,20 +251,9 @@ impl XdpLb {
             ct: loader::take_map(&mut ebpf, object, h::LX_MAP_CT)?,
             ring: loader::take_map(&mut ebpf, object, h::LX_MAP_RING)?,
             reals: loader::take_map(&mut ebpf, object, h::LX_MAP_REALS)?,
-            vip_stats: PerCpuCounters::new(loader::take_map(
-                &mut ebpf,
-                object,
-                h::LX_MAP_VIP_STATS,
-            )?)
-            .map_err(counters)?,
-            real_stats: PerCpuCounters::new(loader::take_map(
-                &mut ebpf,
-                object,
-                h::LX_MAP_REAL_STATS,
-            )?)
-            .map_err(counters)?,
-            global: PerCpuCounters::new(loader::take_map(&mut ebpf, object, h::LX_MAP_GLOBAL)?)
-                .map_err(counters)?,
+            vip_stats: PerCpuCounters::take(&mut ebpf, object, h::LX_MAP_VIP_STATS)?,
+            real_stats: PerCpuCounters::take(&mut ebpf, object, h::LX_MAP_REAL_STATS)?,
+            global: PerCpuCounters::take(&mut ebpf, object, h::LX_MAP_GLOBAL)?,
             ebpf,
             took_over,
             _pins: None,
@@ -466,8 +454,7 @@ impl Floor {
         for name in ["xdp_floor", "xdp_sink", "xdp_gen"] {
             loader::program(&mut ebpf, FLOOR, name)?;
         }
-        let sunk = PerCpuCounters::new(loader::take_map(&mut ebpf, FLOOR, "sink_count")?)
-            .map_err(L4lbError::io("counting possible CPUs"))?;
+        let sunk = PerCpuCounters::take(&mut ebpf, FLOOR, "sink_count")?;
         let template = loader::take_map(&mut ebpf, FLOOR, "gen_cfg")?;
         Ok(Floor {
             ebpf,

@@ -181,50 +181,36 @@ impl Object {
     }
 }
 
+/// (map, key size, value size) of each map, from the Rust types that hold its entries.
+macro_rules! map_layouts {
+    ($($map:expr => ($k:ty, $v:ty)),* $(,)?) => {
+        [$(($map, std::mem::size_of::<$k>(), std::mem::size_of::<$v>())),*]
+    };
+}
+
 /// What the Rust side reads and writes in each map: (map, key size, value size).
 fn map_layouts() -> [(&'static str, usize, usize); 20] {
-    use std::mem::size_of;
-    [
-        (h::LS_MAP_SERVICES, size_of::<SvcKey>(), size_of::<Svc>()),
-        (h::LS_MAP_SLOTS, size_of::<SlotKey>(), size_of::<u32>()),
-        (
-            h::LS_MAP_BACKENDS,
-            size_of::<u32>(),
-            size_of::<BackendEntry>(),
-        ),
-        (h::LS_MAP_REVNAT, size_of::<RevKey>(), size_of::<Rev>()),
-        (h::LS_MAP_SVC_STATS, size_of::<u32>(), size_of::<SvcStats>()),
-        (
-            h::LS_MAP_BE_STATS,
-            size_of::<u32>(),
-            size_of::<BackendStats>(),
-        ),
-        (h::LS_MAP_HEALTH, size_of::<SvcKey>(), size_of::<Health>()),
-        (h::LS_MAP_CONFIG, size_of::<u32>(), size_of::<Config>()),
-        (h::LX_MAP_VIPS, size_of::<SvcKey>(), size_of::<XVip>()),
-        (h::LX_MAP_RING, size_of::<RingKey>(), size_of::<u32>()),
-        (h::LX_MAP_REALS, size_of::<u32>(), size_of::<Real>()),
-        (h::LX_MAP_CT, size_of::<Flow>(), size_of::<Ct>()),
-        (h::LX_MAP_REVNAT, size_of::<Flow>(), size_of::<XRev>()),
-        (
-            h::LX_MAP_VIP_STATS,
-            size_of::<u32>(),
-            size_of::<XVipStats>(),
-        ),
-        (
-            h::LX_MAP_REAL_STATS,
-            size_of::<u32>(),
-            size_of::<RealStats>(),
-        ),
-        (h::LX_MAP_GLOBAL, size_of::<u32>(), size_of::<u64>()),
-        (h::LX_MAP_XCONFIG, size_of::<u32>(), size_of::<XConfig>()),
-        (h::LX_MAP_VIP_LIVE, size_of::<u32>(), size_of::<XVip>()),
-        (h::LX_MAP_VIP_FILTER, size_of::<u32>(), size_of::<u64>()),
-        (
-            h::LX_MAP_FLOW_CACHE,
-            size_of::<u32>(),
-            size_of::<CacheBucket>(),
-        ),
+    map_layouts![
+        h::LS_MAP_SERVICES => (SvcKey, Svc),
+        h::LS_MAP_SLOTS => (SlotKey, u32),
+        h::LS_MAP_BACKENDS => (u32, BackendEntry),
+        h::LS_MAP_REVNAT => (RevKey, Rev),
+        h::LS_MAP_SVC_STATS => (u32, SvcStats),
+        h::LS_MAP_BE_STATS => (u32, BackendStats),
+        h::LS_MAP_HEALTH => (SvcKey, Health),
+        h::LS_MAP_CONFIG => (u32, Config),
+        h::LX_MAP_VIPS => (SvcKey, XVip),
+        h::LX_MAP_RING => (RingKey, u32),
+        h::LX_MAP_REALS => (u32, Real),
+        h::LX_MAP_CT => (Flow, Ct),
+        h::LX_MAP_REVNAT => (Flow, XRev),
+        h::LX_MAP_VIP_STATS => (u32, XVipStats),
+        h::LX_MAP_REAL_STATS => (u32, RealStats),
+        h::LX_MAP_GLOBAL => (u32, u64),
+        h::LX_MAP_XCONFIG => (u32, XConfig),
+        h::LX_MAP_VIP_LIVE => (u32, XVip),
+        h::LX_MAP_VIP_FILTER => (u32, u64),
+        h::LX_MAP_FLOW_CACHE => (u32, CacheBucket),
     ]
 }
 

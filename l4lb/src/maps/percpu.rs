@@ -5,6 +5,7 @@ use std::io;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 
+use crate::error::L4lbError;
 use crate::layout::{BackendStats, RealStats, SvcStats, XVipStats};
 
 /// A struct of counters that add up field by field.
@@ -41,8 +42,15 @@ pub struct PerCpuCounters<T: Counters> {
 }
 
 impl<T: Counters> PerCpuCounters<T> {
-    pub(crate) fn new(map: PerCpuArray<MapData, T>) -> io::Result<Self> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    /// Takes the map `name` out of a loaded object.
+    pub(crate) fn take(
+        ebpf: &mut aya::Ebpf,
+        object: &'static str,
+        name: &'static str,
+    ) -> Result<Self, L4lbError> {
+        let map = crate::loader::take_map(ebpf, object, name)?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(_, e)| L4lbError::io("counting possible CPUs")(e))?;
         Ok(PerCpuCounters { map, cpus })
     }
 
