@@ -57,7 +57,7 @@ pub enum L4lbError {
     Load {
         object: &'static str,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     /// Loading or attaching a program; a refused load carries the verifier's log.
     #[error("program {program}: {action}: {source}{}", hint(.source))]
@@ -65,25 +65,25 @@ pub enum L4lbError {
         program: String,
         action: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("program {program}: its link: {source}{}", hint(.source))]
     Link {
         program: String,
         #[source]
-        source: aya::programs::links::LinkError,
+        source: Box<aya::programs::links::LinkError>,
     },
     #[error("link {}: {source}{}", .path.display(), hint(.source))]
     Pin {
         path: PathBuf,
         #[source]
-        source: aya::pin::PinError,
+        source: Box<aya::pin::PinError>,
     },
     #[error("map {map}: {source}{}", hint(.source))]
     Map {
         map: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("the {object} object has no {kind} {name}")]
     Missing {
@@ -111,7 +111,23 @@ impl L4lbError {
     }
 
     pub(crate) fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> L4lbError {
-        move |source| L4lbError::Map { map, source }
+        move |source| L4lbError::Map {
+            map,
+            source: Box::new(source),
+        }
+    }
+
+    /// Loading or attaching `program` failed.
+    pub(crate) fn program(
+        program: &str,
+        action: &'static str,
+    ) -> impl FnOnce(aya::programs::ProgramError) -> L4lbError {
+        let program = program.to_string();
+        move |source| L4lbError::Program {
+            program,
+            action,
+            source: Box::new(source),
+        }
     }
 
     /// Whether the kernel refused for want of privilege: EPERM under a `bpf(2)` error (EACCES
@@ -165,6 +181,11 @@ mod tests {
             call: "BPF_LINK_CREATE",
             io_error: io::Error::from_raw_os_error(errno),
         })
+    }
+
+    #[test]
+    fn the_error_is_small_enough_to_return() {
+        assert!(std::mem::size_of::<L4lbError>() <= 64);
     }
 
     #[test]

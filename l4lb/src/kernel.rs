@@ -96,11 +96,9 @@ impl SockLb {
         let mut took_over = 0;
         for (name, attach_type) in PROGRAMS {
             let prog = loader::program(&mut ebpf, object, name)?;
-            let fd = prog.fd().map_err(|source| L4lbError::Program {
-                program: name.into(),
-                action: "reading its fd",
-                source,
-            })?;
+            let fd = prog
+                .fd()
+                .map_err(L4lbError::program(name, "reading its fd"))?;
             let pin = pins.link(name);
             let taken = crate::attach::cgroup::attach(
                 fd.as_fd(),

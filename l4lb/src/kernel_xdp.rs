@@ -353,11 +353,9 @@ fn program_fd<'a>(
         kind: "program",
         name: program.into(),
     })?;
-    let fd = prog.fd().map_err(|source| L4lbError::Program {
-        program: program.into(),
-        action: "reading its fd",
-        source,
-    })?;
+    let fd = prog
+        .fd()
+        .map_err(L4lbError::program(program, "reading its fd"))?;
     Ok(fd.as_fd())
 }
 
@@ -449,7 +447,7 @@ impl Floor {
         let mut ebpf =
             Ebpf::load(lodestar_ebpf::xdp_floor()).map_err(|source| L4lbError::Load {
                 object: FLOOR,
-                source,
+                source: Box::new(source),
             })?;
         for name in ["xdp_floor", "xdp_sink", "xdp_gen"] {
             loader::program(&mut ebpf, FLOOR, name)?;
@@ -473,11 +471,7 @@ impl Floor {
             Some(Program::Xdp(p)) => p
                 .attach_to_if_index(index, aya::programs::XdpFlags::default())
                 .map(drop)
-                .map_err(|source| L4lbError::Program {
-                    program: "xdp_sink".into(),
-                    action: "attaching",
-                    source,
-                }),
+                .map_err(L4lbError::program("xdp_sink", "attaching")),
             _ => Err(L4lbError::ProgramType {
                 program: "xdp_sink".into(),
             }),

@@ -63,7 +63,7 @@ pub fn load(object: Object, pins: &PinDir) -> Result<Ebpf, L4lbError> {
         .load(object.bytes())
         .map_err(|source| L4lbError::Load {
             object: object.name(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -90,11 +90,7 @@ pub fn program<'a>(
             })
         }
     }
-    .map_err(|source| L4lbError::Program {
-        program: name.into(),
-        action: "loading",
-        source,
-    })?;
+    .map_err(L4lbError::program(name, "loading"))?;
     Ok(prog)
 }
 

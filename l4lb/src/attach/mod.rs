@@ -37,20 +37,16 @@ where
         }
         let _ = std::fs::remove_file(pin);
     }
-    let link = attach(prog).map_err(|source| L4lbError::Program {
-        program: program.into(),
-        action: "attaching",
-        source,
-    })?;
+    let link = attach(prog).map_err(L4lbError::program(program, "attaching"))?;
     FdLink::try_from(link)
         .map_err(|source| L4lbError::Link {
             program: program.into(),
-            source,
+            source: Box::new(source),
         })?
         .pin(pin)
         .map_err(|source| L4lbError::Pin {
             path: pin.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
     Ok(false)
 }
