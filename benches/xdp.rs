@@ -188,8 +188,9 @@ fn per_packet(repeat: u32, singles: u16, trials: usize) -> Cost {
     }
 }
 
-/// The backends' XDP sinks: what arrived, dropped at once so the backends cost little.
-struct Sinks(Vec<(Floor, std::os::fd::OwnedFd)>);
+/// The backends' XDP sinks: what arrived, dropped at once so the backends cost little
+/// (attached while their `Floor` lives).
+struct Sinks(Vec<Floor>);
 
 impl Sinks {
     fn attach(lab: &xdp::XdpLab) -> Sinks {
@@ -199,9 +200,9 @@ impl Sinks {
                 .zip(&lab.backend_ifaces)
                 .map(|(b, ifname)| {
                     l4lb::in_ns(&b.ns.name, || {
-                        let f = Floor::load().expect("load the sink");
-                        let link = f.attach_sink(ifname).expect("attach the sink");
-                        (f, link)
+                        let mut f = Floor::load().expect("load the sink");
+                        f.attach_sink(ifname).expect("attach the sink");
+                        f
                     })
                 })
                 .collect(),
@@ -209,7 +210,7 @@ impl Sinks {
     }
 
     fn count(&self) -> u64 {
-        self.0.iter().map(|(f, _)| f.sunk()).sum()
+        self.0.iter().map(Floor::sunk).sum()
     }
 }
 

@@ -261,8 +261,8 @@ impl AgentConfig {
                 .map(|m| ConfigProblem::new(field, m))
                 .collect::<Vec<_>>()
         };
-        out.extend(nested("l4lb.active", self.l4lb.active.problems()));
-        out.extend(nested("l4lb.xdp", self.l4lb.xdp.problems()));
+        out.extend(self.l4lb.active.problems());
+        out.extend(self.l4lb.xdp.problems());
         out.extend(nested("dns.zone", self.dns.zone.problems()));
         out
     }

@@ -15,7 +15,9 @@
 #include <bpf/bpf_endian.h>
 #include "lodestar.h"
 
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
+/* The kernel's name for the GPL-2.0 half of the SPDX line (it has none for the choice);
+ * ebpf/build.rs checks the two agree. */
+char LICENSE[] SEC("license") = "GPL";
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -134,17 +136,6 @@ static __always_inline int is_v4_mapped(const __u8 *a)
 	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff);
 }
 
-static __always_inline void bump_svc(__u32 id, int which)
-{
-	struct ls_svc_stats *s = bpf_map_lookup_elem(&LS_MAP_SVC_STATS, &id);
-	if (!s)
-		return;
-	if (which == CNT_CONNECT)
-		s->connects++;
-	else
-		s->datagrams++;
-}
-
 /*
  * Looks up the service for (addr, port, proto) and picks a backend: a slot of the service's
  * weighted table, at random for connect() and by socket cookie for unconnected sendmsg()
@@ -232,15 +223,22 @@ static __always_inline int pick(const __u8 *addr, __u8 family, __u16 port, __u8 
 	return 1;
 }
 
-static __always_inline void bump_be(__u32 id, int which)
+/* Counts a steered call on its service and its backend. */
+static __always_inline void bump(__u32 svc_id, __u32 be_id, int which)
 {
-	struct ls_be_stats *s = bpf_map_lookup_elem(&LS_MAP_BE_STATS, &id);
-	if (!s)
-		return;
-	if (which == CNT_CONNECT)
-		s->connects++;
-	else
-		s->datagrams++;
+	struct ls_svc_stats *s = bpf_map_lookup_elem(&LS_MAP_SVC_STATS, &svc_id);
+	struct ls_be_stats *b = bpf_map_lookup_elem(&LS_MAP_BE_STATS, &be_id);
+	if (which == CNT_CONNECT) {
+		if (s)
+			s->connects++;
+		if (b)
+			b->connects++;
+	} else {
+		if (s)
+			s->datagrams++;
+		if (b)
+			b->datagrams++;
+	}
 }
 
 /* Remembers that this socket's `backend` stands for `vip` (both as the socket spells them). */
@@ -261,6 +259,21 @@ static __always_inline void remember(__u64 cookie, const __u8 *be_addr, __u16 be
 	bpf_map_update_elem(&LS_MAP_REVNAT, &k, &v, BPF_ANY);
 }
 
+/* After a pick: the socket goes to `be`, counted, and remembered for the way back. */
+static __always_inline int steer(struct bpf_sock_addr *ctx, int which, __u64 cookie, __u32 svc_id,
+				 __u32 be_id, const struct ls_backend *be, const __u8 *vip,
+				 __u16 port, __u8 family)
+{
+	if (family == AF_INET)
+		store_v4(ctx, be->addr);
+	else
+		store_v6(ctx, be->addr);
+	ctx->user_port = be->port;
+	bump(svc_id, be_id, which);
+	remember(cookie, be->addr, be->port, vip, port, family);
+	return 1;
+}
+
 static __always_inline int xlate4(struct bpf_sock_addr *ctx, int which)
 {
 	__u8 vip[16] = {};
@@ -277,12 +290,7 @@ static __always_inline int xlate4(struct bpf_sock_addr *ctx, int which)
 		return 1;
 	if (r < 0)
 		return 0;
-	store_v4(ctx, be.addr);
-	ctx->user_port = be.port;
-	bump_svc(svc_id, which);
-	bump_be(be_id, which);
-	remember(cookie, be.addr, be.port, vip, port, AF_INET);
-	return 1;
+	return steer(ctx, which, cookie, svc_id, be_id, &be, vip, port, AF_INET);
 }
 
 static __always_inline int xlate6(struct bpf_sock_addr *ctx, int which)
@@ -318,12 +326,7 @@ static __always_inline int xlate6(struct bpf_sock_addr *ctx, int which)
 		if (r < 0)
 			return 0;
 	}
-	store_v6(ctx, be.addr);
-	ctx->user_port = be.port;
-	bump_svc(svc_id, which);
-	bump_be(be_id, which);
-	remember(cookie, be.addr, be.port, vip, port, AF_INET6);
-	return 1;
+	return steer(ctx, which, cookie, svc_id, be_id, &be, vip, port, AF_INET6);
 }
 
 /* recvmsg / getpeername: the backend the socket talks to becomes the VIP again. */
@@ -349,29 +352,18 @@ static __always_inline int rev(struct bpf_sock_addr *ctx, __u8 family)
 	return 1;
 }
 
-SEC("cgroup/connect4")
-int ls_connect4(struct bpf_sock_addr *ctx) { return xlate4(ctx, CNT_CONNECT); }
+/* The hooks: each is one of the three bodies above. */
+#define LS_HOOK(section, name, body) \
+	SEC(section) int name(struct bpf_sock_addr *ctx) { return body; }
 
-SEC("cgroup/connect6")
-int ls_connect6(struct bpf_sock_addr *ctx) { return xlate6(ctx, CNT_CONNECT); }
-
-SEC("cgroup/sendmsg4")
-int ls_sendmsg4(struct bpf_sock_addr *ctx) { return xlate4(ctx, CNT_DATAGRAM); }
-
-SEC("cgroup/sendmsg6")
-int ls_sendmsg6(struct bpf_sock_addr *ctx) { return xlate6(ctx, CNT_DATAGRAM); }
-
-SEC("cgroup/recvmsg4")
-int ls_recvmsg4(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET); }
-
-SEC("cgroup/recvmsg6")
-int ls_recvmsg6(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET6); }
-
-SEC("cgroup/getpeername4")
-int ls_getpeername4(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET); }
-
-SEC("cgroup/getpeername6")
-int ls_getpeername6(struct bpf_sock_addr *ctx) { return rev(ctx, AF_INET6); }
+LS_HOOK("cgroup/connect4", ls_connect4, xlate4(ctx, CNT_CONNECT))
+LS_HOOK("cgroup/connect6", ls_connect6, xlate6(ctx, CNT_CONNECT))
+LS_HOOK("cgroup/sendmsg4", ls_sendmsg4, xlate4(ctx, CNT_DATAGRAM))
+LS_HOOK("cgroup/sendmsg6", ls_sendmsg6, xlate6(ctx, CNT_DATAGRAM))
+LS_HOOK("cgroup/recvmsg4", ls_recvmsg4, rev(ctx, AF_INET))
+LS_HOOK("cgroup/recvmsg6", ls_recvmsg6, rev(ctx, AF_INET6))
+LS_HOOK("cgroup/getpeername4", ls_getpeername4, rev(ctx, AF_INET))
+LS_HOOK("cgroup/getpeername6", ls_getpeername6, rev(ctx, AF_INET6))
 
 /*
  * Passive health: TCP connects from the cgroup to a watched backend address. A connect that

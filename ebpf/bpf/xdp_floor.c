@@ -10,7 +10,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
+/* The kernel's name for the GPL-2.0 half of the SPDX line (it has none for the choice);
+ * ebpf/build.rs checks the two agree. */
+char LICENSE[] SEC("license") = "GPL";
 
 static __always_inline __u16 fold(__u32 c)
 {

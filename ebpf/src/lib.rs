@@ -32,3 +32,9 @@ pub fn xdp_floor() -> &'static [u8] {
 
 /// The shared header, for tools and tests that check layouts against it.
 pub const HEADER: &str = include_str!("../include/lodestar.h");
+
+/// The header's map names and integer `#define`s, generated from it by the build script: the
+/// Rust side names a map, a capacity, a flag or a counter slot only through these.
+pub mod header {
+    include!(concat!(env!("OUT_DIR"), "/lodestar_h.rs"));
+}

@@ -1,6 +1,23 @@
 //! Just enough of ELF and BTF to read struct layouts out of a compiled BPF object, for the
-//! layout check (`layout::verify`). Little-endian ELF64 only, as clang's `-target bpf` writes
-//! on this machine's architecture.
+//! layout check (`layout::verify_objects`). Little-endian ELF64 only, as clang's `-target bpf`
+//! writes on this machine's architecture.
+
+/// Why an object's BTF could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BtfError {
+    #[error("not a little-endian ELF64 object")]
+    NotElf64,
+    #[error("truncated at byte {at}")]
+    Truncated { at: usize },
+    #[error("section {name} out of bounds")]
+    SectionBounds { name: String },
+    #[error("no {name} section (compiled without -g?)")]
+    NoSection { name: String },
+    #[error("bad BTF magic {magic:#x}")]
+    BadMagic { magic: u16 },
+    #[error("unknown BTF kind {kind}")]
+    UnknownKind { kind: u32 },
+}
 
 pub struct Member {
     pub name: String,
@@ -16,19 +33,19 @@ pub struct Btf {
     structs: Vec<(String, Struct)>,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Result<u16, String> {
+fn u16_at(b: &[u8], at: usize) -> Result<u16, BtfError> {
     b.get(at..at + 2)
         .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .ok_or_else(|| format!("truncated at byte {at}"))
+        .ok_or(BtfError::Truncated { at })
 }
 
-fn u32_at(b: &[u8], at: usize) -> Result<u32, String> {
+fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
     b.get(at..at + 4)
         .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or_else(|| format!("truncated at byte {at}"))
+        .ok_or(BtfError::Truncated { at })
 }
 
-fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
+fn u64_at(b: &[u8], at: usize) -> Result<u64, BtfError> {
     Ok(u32_at(b, at)? as u64 | (u32_at(b, at + 4)? as u64) << 32)
 }
 
@@ -39,9 +56,9 @@ fn c_str(b: &[u8], at: usize) -> String {
 }
 
 /// The bytes of a named ELF section.
-fn elf_section<'a>(elf: &'a [u8], want: &str) -> Result<&'a [u8], String> {
+fn elf_section<'a>(elf: &'a [u8], want: &str) -> Result<&'a [u8], BtfError> {
     if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
-        return Err("not a little-endian ELF64 object".into());
+        return Err(BtfError::NotElf64);
     }
     let shoff = u64_at(elf, 0x28)? as usize;
     let shentsize = u16_at(elf, 0x3a)? as usize;
@@ -57,20 +74,21 @@ fn elf_section<'a>(elf: &'a [u8], want: &str) -> Result<&'a [u8], String> {
             let size = u64_at(elf, h + 32)? as usize;
             return elf
                 .get(off..off + size)
-                .ok_or_else(|| format!("section {want} out of bounds"));
+                .ok_or_else(|| BtfError::SectionBounds { name: want.into() });
         }
     }
-    Err(format!("no {want} section (compiled without -g?)"))
+    Err(BtfError::NoSection { name: want.into() })
 }
 
 impl Btf {
-    pub fn from_elf(elf: &[u8]) -> Result<Btf, String> {
+    pub fn from_elf(elf: &[u8]) -> Result<Btf, BtfError> {
         Self::parse(elf_section(elf, ".BTF")?)
     }
 
-    pub fn parse(b: &[u8]) -> Result<Btf, String> {
-        if u16_at(b, 0)? != 0xeb9f {
-            return Err("bad BTF magic".into());
+    pub fn parse(b: &[u8]) -> Result<Btf, BtfError> {
+        let magic = u16_at(b, 0)?;
+        if magic != 0xeb9f {
+            return Err(BtfError::BadMagic { magic });
         }
         let hdr_len = u32_at(b, 4)? as usize;
         let type_off = hdr_len + u32_at(b, 8)? as usize;
@@ -93,7 +111,7 @@ impl Btf {
                 4 | 5 | 15 | 19 => vlen * 12, // STRUCT, UNION, DATASEC, ENUM64
                 6 | 13 => vlen * 8,           // ENUM, FUNC_PROTO
                 2 | 7..=12 | 16 | 18 => 0,
-                k => return Err(format!("unknown BTF kind {k}")),
+                kind => return Err(BtfError::UnknownKind { kind }),
             };
             if kind == 4 {
                 let mut members = Vec::with_capacity(vlen);

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lodestar_control::ConfigProblem;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -78,16 +79,26 @@ impl Default for ActiveConfig {
 }
 
 impl ActiveConfig {
-    pub fn problems(&self) -> Vec<String> {
+    /// Everything wrong with the section, all at once.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
         if self.interval_ms == 0 || self.timeout_ms == 0 {
-            out.push("l4lb.active: interval_ms and timeout_ms must be at least 1".into());
+            out.push(ConfigProblem::new(
+                "l4lb.active",
+                "interval_ms and timeout_ms must be at least 1",
+            ));
         }
         if self.rise == 0 || self.fall == 0 {
-            out.push("l4lb.active: rise and fall must be at least 1".into());
+            out.push(ConfigProblem::new(
+                "l4lb.active",
+                "rise and fall must be at least 1",
+            ));
         }
         if self.max_in_flight == 0 {
-            out.push("l4lb.active.max_in_flight must be at least 1".into());
+            out.push(ConfigProblem::new(
+                "l4lb.active.max_in_flight",
+                "must be at least 1",
+            ));
         }
         out
     }
@@ -160,22 +171,14 @@ pub struct ActiveStats {
 }
 
 impl ActiveStats {
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    /// Publishes the counters through the `metrics` facade (at scrape time).
+    pub fn publish(&self) {
+        use crate::metrics::{HEALTH_PROBES_TOTAL, HEALTH_TRANSITIONS_TOTAL};
         use std::sync::atomic::Ordering::Relaxed;
-        let _ = writeln!(
-            out,
-            "# HELP lodestar_health_probes_total active health probes by result\n\
-             # TYPE lodestar_health_probes_total counter\n\
-             lodestar_health_probes_total{{result=\"ok\"}} {}\n\
-             lodestar_health_probes_total{{result=\"failed\"}} {}\n\
-             # HELP lodestar_health_transitions_total backends taken out or brought back by active checks\n\
-             # TYPE lodestar_health_transitions_total counter\n\
-             lodestar_health_transitions_total {}",
-            self.probes_ok.load(Relaxed),
-            self.probes_failed.load(Relaxed),
-            self.transitions.load(Relaxed)
-        );
+        for (result, n) in [("ok", &self.probes_ok), ("failed", &self.probes_failed)] {
+            ::metrics::counter!(HEALTH_PROBES_TOTAL, "result" => result).absolute(n.load(Relaxed));
+        }
+        ::metrics::counter!(HEALTH_TRANSITIONS_TOTAL).absolute(self.transitions.load(Relaxed));
     }
 }
 

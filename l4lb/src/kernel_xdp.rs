@@ -1,26 +1,31 @@
-//! The per-packet load balancer in the kernel: loads `xdp_lb.o`, pins its maps next to the
-//! socket load balancer's, attaches XDP (and the tc programs) through BPF links pinned under
-//! `links/` (`lx_xdp@eth0`, `lx_tc_revnat@eth0`, `lx_tc_decap@eth1`), swaps new programs into
-//! existing links on restart, and exposes the maps to the XDP reconciler.
+//! The per-packet load balancer in the kernel: `xdp_lb.o` loaded (`loader`), its maps pinned
+//! as `lx_*` next to the socket load balancer's, XDP and the tc programs attached through
+//! links pinned under `links/` (`lx_xdp@eth0`, `lx_tc_revnat@eth0`, `lx_tc_decap@eth1`;
+//! `attach::xdp`, `attach::tc`), and its maps for the XDP reconciler (`XdpMaps`).
 
-use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
-use aya::programs::Program;
-use aya::{Ebpf, EbpfLoader};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::programs::{Program, TcAttachType};
+use aya::Ebpf;
+use lodestar_control::ConfigProblem;
+use lodestar_ebpf::header as h;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::kernel::{bpf_error, ensure_bpffs, gone_ok, io_err, lock, map_io, L4lbError};
+use crate::error::L4lbError;
 use crate::layout::{
-    self, Ct, Flow, Real, RealStats, RingKey, SvcKey, XConfig, XVip, XVipStats, LX_CFG_FIB_FORWARD,
+    self, Ct, Flow, Object, Real, RealStats, RingKey, SvcKey, XConfig, XVip, XVipStats,
+    LX_CFG_FIB_FORWARD,
 };
-use crate::sys;
+use crate::maps::percpu::PerCpuCounters;
+use crate::maps::{gone_ok, io_error};
+use crate::pin::PinDir;
 use crate::xdp::{XDump, XdpMaps};
+use crate::{loader, sys};
 
 /// The XDP path's configuration (`[l4lb.xdp]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,18 +95,29 @@ impl XdpConfig {
             .map_or(self.mode, |v| v.mode)
     }
 
-    pub fn problems(&self) -> Vec<String> {
+    /// Whether any VIP is forwarded in GUE mode.
+    fn uses_gue(&self) -> bool {
+        self.mode == crate::xdp::Mode::Gue
+            || self.vips.iter().any(|v| v.mode == crate::xdp::Mode::Gue)
+    }
+
+    /// Everything wrong with the section, all at once.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
-        let gue = self.mode == crate::xdp::Mode::Gue
-            || self.vips.iter().any(|v| v.mode == crate::xdp::Mode::Gue);
-        if gue && self.gue_source_v4.is_none() && self.gue_source_v6.is_none() {
-            out.push("l4lb.xdp: GUE mode needs gue_source_v4 or gue_source_v6".into());
+        if self.uses_gue() && self.gue_source_v4.is_none() && self.gue_source_v6.is_none() {
+            out.push(ConfigProblem::new(
+                "l4lb.xdp",
+                "GUE mode needs gue_source_v4 or gue_source_v6",
+            ));
         }
         if self.max_table < 101 {
-            out.push("l4lb.xdp.max_table must be at least 101".into());
+            out.push(ConfigProblem::new(
+                "l4lb.xdp.max_table",
+                "must be at least 101",
+            ));
         }
         if self.gue_port == 0 {
-            out.push("l4lb.xdp.gue_port must not be 0".into());
+            out.push(ConfigProblem::new("l4lb.xdp.gue_port", "must not be 0"));
         }
         out
     }
@@ -115,72 +131,55 @@ pub struct XdpLb {
     ct: BpfHashMap<MapData, Flow, Ct>,
     ring: BpfHashMap<MapData, RingKey, u32>,
     reals: Array<MapData, Real>,
-    vip_stats: PerCpuArray<MapData, XVipStats>,
-    real_stats: PerCpuArray<MapData, RealStats>,
-    global: PerCpuArray<MapData, u64>,
-    cpus: usize,
+    vip_stats: PerCpuCounters<XVipStats>,
+    real_stats: PerCpuCounters<RealStats>,
+    global: PerCpuCounters<u64>,
     /// Links an earlier agent pinned and this one took over.
     pub took_over: usize,
-    _lock: Option<File>,
+    _pins: Option<PinDir>,
 }
 
-const PROGS: [(&str, u32); 3] = [
-    ("lx_xdp", sys::BPF_XDP),
-    ("lx_tc_revnat", sys::BPF_TCX_EGRESS),
-    ("lx_tc_decap", sys::BPF_TCX_INGRESS),
+/// The programs and where each is attached.
+#[derive(Clone, Copy)]
+enum Hook {
+    Xdp,
+    Tc(TcAttachType),
+}
+
+const PROGS: [(&str, Hook); 3] = [
+    ("lx_xdp", Hook::Xdp),
+    ("lx_tc_revnat", Hook::Tc(TcAttachType::Egress)),
+    ("lx_tc_decap", Hook::Tc(TcAttachType::Ingress)),
 ];
 
 impl XdpLb {
     /// Loads the object with its maps pinned in `pin_path` and attaches it as `cfg` says.
-    /// `lock`: take the links directory's lock (an agent without the socket path).
-    pub fn open(
-        pin_path: &std::path::Path,
-        cfg: &XdpConfig,
-        take_lock: bool,
-    ) -> Result<XdpLb, L4lbError> {
-        let object = lodestar_ebpf::xdp_lb();
-        ensure_bpffs(pin_path)?;
-        let links_dir = pin_path.join("links");
-        std::fs::create_dir_all(&links_dir)
-            .map_err(io_err(format!("creating {}", links_dir.display())))?;
-        let lock = if take_lock {
-            Some(lock(&links_dir)?)
+    /// `take_lock`: take the pin directory's lock (false when the caller holds it).
+    pub fn open(pin_path: &Path, cfg: &XdpConfig, take_lock: bool) -> Result<XdpLb, L4lbError> {
+        let pins = if take_lock {
+            PinDir::lock(pin_path)?
         } else {
-            None
+            PinDir::prepare(pin_path)?
         };
-        let mut ebpf = EbpfLoader::new()
-            .map_pin_path(pin_path)
-            .load(object)
-            .map_err(|e| bpf_error("loading the XDP object", &e))?;
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| L4lbError::Bpf(format!("map {name} missing from the object")))
-        };
-        let vips = BpfHashMap::try_from(take("lx_vips")?).map_err(|e| bpf_error("lx_vips", &e))?;
-        let mut live =
-            Array::try_from(take("lx_vip_live")?).map_err(|e| bpf_error("lx_vip_live", &e))?;
-        let mut filter =
-            Array::try_from(take("lx_vip_filter")?).map_err(|e| bpf_error("lx_vip_filter", &e))?;
-        let ct = BpfHashMap::try_from(take("lx_ct")?).map_err(|e| bpf_error("lx_ct", &e))?;
-        let ring = BpfHashMap::try_from(take("lx_ring")?).map_err(|e| bpf_error("lx_ring", &e))?;
-        let reals = Array::try_from(take("lx_reals")?).map_err(|e| bpf_error("lx_reals", &e))?;
-        let vip_stats = PerCpuArray::try_from(take("lx_vip_stats")?)
-            .map_err(|e| bpf_error("lx_vip_stats", &e))?;
-        let real_stats = PerCpuArray::try_from(take("lx_real_stats")?)
-            .map_err(|e| bpf_error("lx_real_stats", &e))?;
-        let global =
-            PerCpuArray::try_from(take("lx_global")?).map_err(|e| bpf_error("lx_global", &e))?;
-        let mut config: Array<MapData, XConfig> =
-            Array::try_from(take("lx_config")?).map_err(|e| bpf_error("lx_config", &e))?;
+        let mut lb = XdpLb::open_in(&pins, cfg)?;
+        lb._pins = take_lock.then_some(pins);
+        Ok(lb)
+    }
+
+    /// Loads and attaches in `pins`, whose lock the caller holds.
+    pub fn open_in(pins: &PinDir, cfg: &XdpConfig) -> Result<XdpLb, L4lbError> {
+        let object = Object::XdpLb.name();
+        let mut ebpf = loader::load(Object::XdpLb, pins)?;
+        let vips = loader::take_map(&mut ebpf, object, h::LX_MAP_VIPS)?;
+        let mut live = loader::take_map(&mut ebpf, object, h::LX_MAP_VIP_LIVE)?;
+        let mut filter = loader::take_map(&mut ebpf, object, h::LX_MAP_VIP_FILTER)?;
         // Maps of an agent from before the VIP filter and generations: a program swapped into
         // the pinned links must find every VIP through the filter before the first apply.
         seed_from_vips(&vips, &mut live, &mut filter)?;
         // GUE packets leave from this node's own address. When the FIB cannot forward them
         // from XDP (no resolved neighbour yet, or fib_forward off) the kernel does, and it
         // would drop a received packet whose source is local as a martian: accept_local.
-        let gue = cfg.mode == crate::xdp::Mode::Gue
-            || cfg.vips.iter().any(|v| v.mode == crate::xdp::Mode::Gue);
-        if gue {
+        if cfg.uses_gue() {
             for ifname in &cfg.interfaces {
                 let knob = format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local");
                 if let Err(e) = std::fs::write(&knob, "1") {
@@ -192,51 +191,38 @@ impl XdpLb {
         }
         let mut took_over = 0;
         let mut wanted: Vec<PathBuf> = Vec::new();
-        for (name, attach_type) in PROGS {
+        for (name, hook) in PROGS {
             let ifaces = match name {
                 "lx_xdp" => &cfg.interfaces,
                 "lx_tc_revnat" => &cfg.nat_reply_interfaces,
                 _ => &cfg.decap_interfaces,
             };
-            let prog = ebpf
-                .program_mut(name)
-                .ok_or_else(|| L4lbError::Bpf(format!("program {name} missing from the object")))?;
-            match prog {
-                Program::Xdp(p) => p.load(),
-                Program::SchedClassifier(p) => p.load(),
-                _ => return Err(L4lbError::Bpf(format!("program {name}: unexpected type"))),
-            }
-            .map_err(|e| bpf_error(name, &e))?;
-            let prog_fd = prog.fd().map_err(|e| bpf_error(name, &e))?.as_fd();
+            let prog = loader::program(&mut ebpf, object, name)?;
             for ifname in ifaces {
-                let index = sys::ifindex(ifname).map_err(|e| {
-                    L4lbError::Missing(format!("l4lb.xdp: interface {ifname}: {e}"))
+                let index = sys::ifindex(ifname).map_err(|source| L4lbError::NoInterface {
+                    interface: ifname.clone(),
+                    source,
                 })?;
-                let pin = links_dir.join(format!("{name}@{ifname}"));
-                wanted.push(pin.clone());
-                if let Ok(link) = sys::obj_get(&pin) {
-                    if sys::link_update(link.as_fd(), prog_fd).is_ok() {
-                        took_over += 1;
-                        continue;
+                let pin = pins.link(&format!("{name}@{ifname}"));
+                let taken = match (hook, &mut *prog) {
+                    (Hook::Xdp, Program::Xdp(p)) => {
+                        crate::attach::xdp::attach(p, name, index, &pin)?
                     }
-                    warn!(link = %pin.display(), "replacing a pinned link that would not update");
-                    let _ = std::fs::remove_file(&pin);
-                }
-                let link = sys::link_create_raw(prog_fd, index, attach_type)
-                    .map_err(io_err(format!("attaching {name} to {ifname}")))?;
-                sys::pin(link.as_fd(), &pin)
-                    .map_err(io_err(format!("pinning {}", pin.display())))?;
+                    (Hook::Tc(dir), Program::SchedClassifier(p)) => {
+                        crate::attach::tc::attach(p, name, ifname, dir, &pin)?
+                    }
+                    _ => {
+                        return Err(L4lbError::ProgramType {
+                            program: name.into(),
+                        })
+                    }
+                };
+                took_over += usize::from(taken);
+                wanted.push(pin);
             }
         }
         // Links for interfaces no longer configured go (which detaches them).
-        if let Ok(entries) = std::fs::read_dir(&links_dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with("lx_") && !wanted.contains(&e.path()) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        pins.unpin_links("lx_", &wanted);
 
         let mut xc = XConfig {
             gue_port: cfg.gue_port.to_be(),
@@ -253,39 +239,36 @@ impl XdpLb {
         if let Some(v6) = cfg.gue_source_v6 {
             xc.gue_src6 = v6.octets();
         }
+        let mut config: Array<MapData, XConfig> =
+            loader::take_map(&mut ebpf, object, h::LX_MAP_XCONFIG)?;
         config
             .set(0, xc, 0)
-            .map_err(|e| bpf_error("lx_config", &e))?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| L4lbError::Io {
-            what: "counting possible CPUs".into(),
-            source: e,
-        })?;
+            .map_err(L4lbError::map(h::LX_MAP_XCONFIG))?;
         Ok(XdpLb {
-            ebpf,
             vips,
             live,
             filter,
-            ct,
-            ring,
-            reals,
-            vip_stats,
-            real_stats,
-            global,
-            cpus,
+            ct: loader::take_map(&mut ebpf, object, h::LX_MAP_CT)?,
+            ring: loader::take_map(&mut ebpf, object, h::LX_MAP_RING)?,
+            reals: loader::take_map(&mut ebpf, object, h::LX_MAP_REALS)?,
+            vip_stats: PerCpuCounters::take(&mut ebpf, object, h::LX_MAP_VIP_STATS)?,
+            real_stats: PerCpuCounters::take(&mut ebpf, object, h::LX_MAP_REAL_STATS)?,
+            global: PerCpuCounters::take(&mut ebpf, object, h::LX_MAP_GLOBAL)?,
+            ebpf,
             took_over,
-            _lock: lock,
+            _pins: None,
         })
     }
 
     /// Runs one of the object's programs on a packet (`BPF_PROG_TEST_RUN`): fixtures and the
     /// per-packet cost benchmark.
-    pub fn test_run(&self, program: &str, packet: &[u8], repeat: u32) -> io::Result<sys::TestRun> {
-        let prog = self
-            .ebpf
-            .program(program)
-            .ok_or_else(|| io::Error::other(format!("no program {program}")))?;
-        let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
-        sys::prog_test_run(fd.as_fd(), packet, repeat)
+    pub fn test_run(
+        &self,
+        program: &str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<sys::TestRun, L4lbError> {
+        test_run(&self.ebpf, Object::XdpLb.name(), program, packet, repeat)
     }
 
     pub fn dump(&self) -> XDump {
@@ -323,7 +306,7 @@ impl XdpLb {
 
     /// Writes a flow's entry in the shared tracking table (tests).
     pub fn set_flow(&mut self, flow: &Flow, ct: &Ct) -> io::Result<()> {
-        self.ct.insert(flow, ct, 0).map_err(map_io)
+        self.ct.insert(flow, ct, 0).map_err(io_error)
     }
 
     /// Removes a flow from the shared tracking table (the CPUs' caches keep theirs).
@@ -332,36 +315,48 @@ impl XdpLb {
     }
 
     pub fn vip_stats(&self, id: u32) -> XVipStats {
-        let mut s = XVipStats::default();
-        if let Ok(v) = self.vip_stats.get(&id, 0) {
-            for c in v.iter() {
-                s.packets += c.packets;
-                s.bytes += c.bytes;
-                s.new_flows += c.new_flows;
-                s.lru_misses += c.lru_misses;
-            }
-        }
-        s
+        self.vip_stats.sum(id)
     }
 
     pub fn real_stats(&self, id: u32) -> RealStats {
-        let mut s = RealStats::default();
-        if let Ok(v) = self.real_stats.get(&id, 0) {
-            for c in v.iter() {
-                s.packets += c.packets;
-                s.bytes += c.bytes;
-                s.new_flows += c.new_flows;
-            }
-        }
-        s
+        self.real_stats.sum(id)
     }
 
     /// The `lx_global` counters, summed over CPUs, by slot.
     pub fn global(&self) -> Vec<u64> {
         (0..layout::LX_COUNTERS.len() as u32)
-            .map(|i| self.global.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .map(|i| self.global.sum(i))
             .collect()
     }
+}
+
+/// `BPF_PROG_TEST_RUN` of a loaded program of `ebpf`.
+fn test_run(
+    ebpf: &Ebpf,
+    object: &'static str,
+    program: &str,
+    packet: &[u8],
+    repeat: u32,
+) -> Result<sys::TestRun, L4lbError> {
+    let fd = program_fd(ebpf, object, program)?;
+    sys::bpf::prog_test_run(fd, packet, repeat)
+        .map_err(L4lbError::syscall(format!("running {program} on a packet")))
+}
+
+fn program_fd<'a>(
+    ebpf: &'a Ebpf,
+    object: &'static str,
+    program: &str,
+) -> Result<std::os::fd::BorrowedFd<'a>, L4lbError> {
+    let prog = ebpf.program(program).ok_or_else(|| L4lbError::Missing {
+        object,
+        kind: "program",
+        name: program.into(),
+    })?;
+    let fd = prog
+        .fd()
+        .map_err(L4lbError::program(program, "reading its fd"))?;
+    Ok(fd.as_fd())
 }
 
 /// Sets the filter bit of every VIP in `lx_vips`, and its `lx_vip_live` entry where that is
@@ -375,17 +370,17 @@ fn seed_from_vips(
     for (w, bits) in crate::xdp::filter_words(all.iter().map(|(k, _)| *k)) {
         let word = filter
             .get(&w, 0)
-            .map_err(|e| bpf_error("lx_vip_filter", &e))?;
+            .map_err(L4lbError::map(h::LX_MAP_VIP_FILTER))?;
         if word & bits != bits {
             filter
                 .set(w, word | bits, 0)
-                .map_err(|e| bpf_error("lx_vip_filter", &e))?;
+                .map_err(L4lbError::map(h::LX_MAP_VIP_FILTER))?;
         }
     }
     for (_, vip) in all {
         if live.get(&vip.id, 0).is_ok_and(|v| v == XVip::default()) {
             live.set(vip.id, vip, 0)
-                .map_err(|e| bpf_error("lx_vip_live", &e))?;
+                .map_err(L4lbError::map(h::LX_MAP_VIP_LIVE))?;
         }
     }
     Ok(())
@@ -393,35 +388,31 @@ fn seed_from_vips(
 
 impl XdpMaps for XdpLb {
     fn put_vip(&mut self, key: &SvcKey, vip: &XVip) -> io::Result<()> {
-        self.vips.insert(key, vip, 0).map_err(map_io)
+        self.vips.insert(key, vip, 0).map_err(io_error)
     }
     fn delete_vip(&mut self, key: &SvcKey) -> io::Result<()> {
         gone_ok(self.vips.remove(key))
     }
     fn put_live(&mut self, id: u32, vip: &XVip) -> io::Result<()> {
-        self.live.set(id, vip, 0).map_err(map_io)
+        self.live.set(id, vip, 0).map_err(io_error)
     }
     fn put_filter_word(&mut self, word: u32, bits: u64) -> io::Result<()> {
-        self.filter.set(word, bits, 0).map_err(map_io)
+        self.filter.set(word, bits, 0).map_err(io_error)
     }
     fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()> {
-        self.ring.insert(key, real, 0).map_err(map_io)
+        self.ring.insert(key, real, 0).map_err(io_error)
     }
     fn delete_slot(&mut self, key: &RingKey) -> io::Result<()> {
         gone_ok(self.ring.remove(key))
     }
     fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()> {
-        self.reals.set(id, real, 0).map_err(map_io)
+        self.reals.set(id, real, 0).map_err(io_error)
     }
     fn reset_vip_stats(&mut self, id: u32) -> io::Result<()> {
-        let zero = PerCpuValues::try_from(vec![XVipStats::default(); self.cpus])
-            .map_err(io::Error::other)?;
-        self.vip_stats.set(id, zero, 0).map_err(map_io)
+        self.vip_stats.reset(id)
     }
     fn reset_real_stats(&mut self, id: u32) -> io::Result<()> {
-        let zero = PerCpuValues::try_from(vec![RealStats::default(); self.cpus])
-            .map_err(io::Error::other)?;
-        self.real_stats.set(id, zero, 0).map_err(map_io)
+        self.real_stats.reset(id)
     }
 }
 
@@ -441,38 +432,55 @@ unsafe impl aya::Pod for GenTemplate {}
 pub const GEN_FRAME: usize = 60;
 
 /// The benchmark's programs (`xdp_floor.o`): the floor, the backends' sink, and the
-/// live-frames generator.
-pub struct Floor(Ebpf);
+/// live-frames generator. Whatever it attached stays attached while it lives.
+pub struct Floor {
+    ebpf: Ebpf,
+    sunk: PerCpuCounters<u64>,
+    template: Array<MapData, GenTemplate>,
+}
+
+const FLOOR: &str = "xdp_floor";
 
 impl Floor {
     pub fn load() -> Result<Floor, L4lbError> {
-        let mut ebpf = Ebpf::load(lodestar_ebpf::xdp_floor())
-            .map_err(|e| bpf_error("loading the floor program", &e))?;
+        loader::preflight()?;
+        let mut ebpf =
+            Ebpf::load(lodestar_ebpf::xdp_floor()).map_err(|source| L4lbError::Load {
+                object: FLOOR,
+                source: Box::new(source),
+            })?;
         for name in ["xdp_floor", "xdp_sink", "xdp_gen"] {
-            match ebpf.program_mut(name) {
-                Some(Program::Xdp(p)) => p.load().map_err(|e| bpf_error(name, &e))?,
-                _ => return Err(L4lbError::Bpf(format!("{name} missing"))),
-            }
+            loader::program(&mut ebpf, FLOOR, name)?;
         }
-        Ok(Floor(ebpf))
+        let sunk = PerCpuCounters::take(&mut ebpf, FLOOR, "sink_count")?;
+        let template = loader::take_map(&mut ebpf, FLOOR, "gen_cfg")?;
+        Ok(Floor {
+            ebpf,
+            sunk,
+            template,
+        })
     }
 
-    /// Attaches the sink to an interface of the caller's network namespace; attached while the
-    /// returned link lives.
-    pub fn attach_sink(&self, ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
-        let prog = self.0.program("xdp_sink").expect("loaded");
-        let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
-        sys::link_create_raw(fd.as_fd(), sys::ifindex(ifname)?, sys::BPF_XDP)
+    /// Attaches the sink to an interface of the caller's network namespace.
+    pub fn attach_sink(&mut self, ifname: &str) -> Result<(), L4lbError> {
+        let index = sys::ifindex(ifname).map_err(|source| L4lbError::NoInterface {
+            interface: ifname.into(),
+            source,
+        })?;
+        match self.ebpf.program_mut("xdp_sink") {
+            Some(Program::Xdp(p)) => p
+                .attach_to_if_index(index, aya::programs::XdpFlags::default())
+                .map(drop)
+                .map_err(L4lbError::program("xdp_sink", "attaching")),
+            _ => Err(L4lbError::ProgramType {
+                program: "xdp_sink".into(),
+            }),
+        }
     }
 
     /// Datagrams the sink dropped, over all CPUs.
     pub fn sunk(&self) -> u64 {
-        let map = self.0.map("sink_count").expect("sink_count");
-        let counts: PerCpuArray<&MapData, u64> = match PerCpuArray::try_from(map) {
-            Ok(c) => c,
-            Err(_) => return 0,
-        };
-        counts.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        self.sunk.sum(0)
     }
 
     /// Sends `frames` copies of `frame` (an IPv4/UDP datagram of [`GEN_FRAME`] bytes with
@@ -485,34 +493,34 @@ impl Floor {
         base_port: u16,
         flows: u16,
         frames: u32,
-    ) -> io::Result<u32> {
-        let mut t = GenTemplate {
-            frame: [0; GEN_FRAME],
+    ) -> Result<u32, L4lbError> {
+        let t = GenTemplate {
+            frame: frame.try_into().map_err(|_| L4lbError::Io {
+                action: "generating live frames".into(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a generator frame is {GEN_FRAME} bytes, not {}",
+                        frame.len()
+                    ),
+                ),
+            })?,
             base_port: base_port.to_be(),
             flows: flows.max(1),
         };
-        if frame.len() != GEN_FRAME {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a generator frame is {GEN_FRAME} bytes, not {}",
-                    frame.len()
-                ),
-            ));
-        }
-        t.frame.copy_from_slice(frame);
-        let map = self.0.map_mut("gen_cfg").expect("gen_cfg");
-        let mut cfg: Array<&mut MapData, GenTemplate> =
-            Array::try_from(map).map_err(|e| io::Error::other(e.to_string()))?;
-        cfg.set(0, t, 0).map_err(map_io)?;
-        let prog = self.0.program("xdp_gen").expect("loaded");
-        let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
-        sys::prog_test_run_live(fd.as_fd(), frame, sys::ifindex(ifname)?, frames, 64)
+        self.template
+            .set(0, t, 0)
+            .map_err(L4lbError::map("gen_cfg"))?;
+        let index = sys::ifindex(ifname).map_err(|source| L4lbError::NoInterface {
+            interface: ifname.into(),
+            source,
+        })?;
+        let fd = program_fd(&self.ebpf, FLOOR, "xdp_gen")?;
+        sys::bpf::prog_test_run_live(fd, frame, index, frames, 64)
+            .map_err(L4lbError::syscall("generating live frames"))
     }
 
-    pub fn test_run(&self, packet: &[u8], repeat: u32) -> io::Result<sys::TestRun> {
-        let prog = self.0.program("xdp_floor").expect("loaded");
-        let fd = prog.fd().map_err(|e| io::Error::other(e.to_string()))?;
-        sys::prog_test_run(fd.as_fd(), packet, repeat)
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<sys::TestRun, L4lbError> {
+        test_run(&self.ebpf, FLOOR, "xdp_floor", packet, repeat)
     }
 }

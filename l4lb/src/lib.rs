@@ -2,29 +2,39 @@
 //! a catalog `Snapshot` to maps.
 //!
 //! [`L4lb`] ties them together for the agent: `start` loads (or takes over) the socket load
-//! balancer, `apply` programs a snapshot by difference, `status` and `render_metrics` report.
+//! balancer, `apply` programs a snapshot by difference, `status` and `publish_metrics` report.
 
+pub mod attach;
 pub mod btf;
+pub mod error;
 pub mod health;
 pub mod kernel;
 pub mod kernel_xdp;
 pub mod layout;
+pub mod loader;
 pub mod maglev;
+pub mod maps;
+pub mod metrics;
+pub mod pin;
 pub mod plan;
 pub mod reconcile;
 pub mod sys;
+#[cfg(test)]
+mod test_support;
 pub mod xdp;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ::metrics::Label;
 use lodestar_control::Snapshot;
 use serde::{Deserialize, Serialize};
 
+pub use error::L4lbError;
 pub use health::ActiveConfig;
-pub use kernel::{cgroup2_root, detach, KernelConfig, L4lbError, DEFAULT_PIN_PATH};
+pub use kernel::{cgroup2_root, KernelConfig};
 pub use kernel_xdp::XdpConfig;
+pub use pin::{detach, Detached, DEFAULT_PIN_PATH};
 pub use plan::{Locality, PlanOptions};
 pub use reconcile::Report;
 
@@ -99,7 +109,7 @@ struct XdpPart {
 }
 
 pub struct L4lb {
-    _lock: std::fs::File,
+    _pins: pin::PinDir,
     kernel: Option<kernel::SockLb>,
     reconciler: Reconciler,
     xdp: Option<XdpPart>,
@@ -123,34 +133,24 @@ impl L4lb {
         opts: PlanOptions,
     ) -> Result<L4lb, L4lbError> {
         if !socket && !xdp_cfg.enabled() {
-            return Err(L4lbError::Missing(
-                "neither the socket load balancer nor any XDP interface is configured".into(),
-            ));
+            return Err(L4lbError::NothingToRun);
         }
         // One lock for the node's load balancer, whichever paths run.
-        kernel::ensure_bpffs(&kernel.pin_path)?;
-        let links = kernel.pin_path.join("links");
-        std::fs::create_dir_all(&links).map_err(|e| L4lbError::Io {
-            what: format!("creating {}", links.display()),
-            source: e,
-        })?;
-        let lock = kernel::lock(&kernel.pin_path)?;
+        let pins = pin::PinDir::lock(&kernel.pin_path)?;
         // A path this agent does not run must not keep steering with maps nobody updates:
         // drop the links an earlier agent pinned for it.
         for (prefix, runs, what) in [("ls_", socket, "socket"), ("lx_", xdp_cfg.enabled(), "XDP")] {
             if runs {
                 continue;
             }
-            for e in std::fs::read_dir(&links).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with(prefix) {
-                    tracing::warn!(link = %e.path().display(),
-                        "detaching the {what} path an earlier agent left attached (this one does not run it)");
-                    let _ = std::fs::remove_file(e.path());
-                }
+            for link in pins.unpin_links(prefix, &[]) {
+                tracing::warn!(link = %link.display(),
+                    "detaching the {what} path an earlier agent left attached (this one does not run it)");
             }
         }
+        metrics::describe();
         let k = if socket {
-            Some(kernel::SockLb::open(kernel, false)?)
+            Some(kernel::SockLb::open(kernel, &pins)?)
         } else {
             None
         };
@@ -159,7 +159,7 @@ impl L4lb {
             None => Reconciler::new(),
         };
         let xdp = if xdp_cfg.enabled() {
-            let lb = kernel_xdp::XdpLb::open(&kernel.pin_path, xdp_cfg, false)?;
+            let lb = kernel_xdp::XdpLb::open_in(&pins, xdp_cfg)?;
             let rec = xdp::XdpReconciler::restore(lb.dump(), xdp_cfg.max_table, xdp_cfg.seed);
             Some(XdpPart {
                 lb,
@@ -170,7 +170,7 @@ impl L4lb {
             None
         };
         Ok(L4lb {
-            _lock: lock,
+            _pins: pins,
             kernel: k,
             reconciler,
             xdp,
@@ -377,194 +377,75 @@ impl L4lb {
         out
     }
 
-    /// Prometheus text for the VIPs and the reconciler.
-    pub fn render_metrics(&self, out: &mut String) {
+    /// Publishes the VIPs' and the reconciler's metrics (read from the maps now) through the
+    /// `metrics` facade: call it before rendering the exporter's text.
+    pub fn publish_metrics(&self) {
+        use crate::metrics as m;
         let status = self.status();
-        let families: [MetricFamily; 7] = [
-            (
-                "lodestar_vip_connections_total",
-                "counter",
-                "connect() calls steered to a backend",
-                |v| v.connects,
-            ),
-            (
-                "lodestar_vip_datagrams_total",
-                "counter",
-                "unconnected UDP sends steered to a backend",
-                |v| v.datagrams,
-            ),
-            (
-                "lodestar_vip_no_backend_total",
-                "counter",
-                "calls to a VIP without any backend (refused)",
-                |v| v.no_backend,
-            ),
-            (
-                "lodestar_vip_fail_open_total",
-                "counter",
-                "calls steered while no backend was healthy",
-                |v| v.fail_open_steered,
-            ),
-            (
-                "lodestar_vip_passive_skips_total",
-                "counter",
-                "picks that passed over a backend failing passively",
-                |v| v.skipped,
-            ),
-            (
-                "lodestar_vip_backends_healthy",
-                "gauge",
-                "backends taking new connections by health",
-                |v| v.healthy as u64,
-            ),
-            (
-                "lodestar_vip_backends",
-                "gauge",
-                "backends known for the VIP",
-                |v| v.total as u64,
-            ),
-        ];
-        for (name, kind, help, get) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for v in &status {
-                let _ = writeln!(
-                    out,
-                    "{name}{{vip=\"{}\",address=\"{}\",protocol=\"{}\"}} {}",
-                    escape(&v.vip),
-                    v.address,
-                    v.protocol,
-                    get(v)
+        let mut backends_seen = std::collections::BTreeSet::new();
+        for v in &status {
+            let vip = vec![
+                Label::new("vip", v.vip.clone()),
+                Label::new("address", v.address.to_string()),
+                Label::new("protocol", v.protocol.clone()),
+            ];
+            m::counters(
+                &vip,
+                &[
+                    (m::VIP_CONNECTIONS_TOTAL, v.connects),
+                    (m::VIP_DATAGRAMS_TOTAL, v.datagrams),
+                    (m::VIP_NO_BACKEND_TOTAL, v.no_backend),
+                    (m::VIP_FAIL_OPEN_TOTAL, v.fail_open_steered),
+                    (m::VIP_PASSIVE_SKIPS_TOTAL, v.skipped),
+                ],
+            );
+            m::gauges(
+                &vip,
+                &[
+                    (m::VIP_BACKENDS_HEALTHY, v.healthy as f64),
+                    (m::VIP_BACKENDS, v.total as f64),
+                ],
+            );
+            for b in &v.backends {
+                let mut labels = vip.clone();
+                labels.push(Label::new("backend", b.address.to_string()));
+                m::counters(
+                    &labels,
+                    &[(m::VIP_BACKEND_CONNECTIONS_TOTAL, b.connects + b.datagrams)],
+                );
+                let up = b.healthy && !b.passive_failing && b.weight > 0;
+                m::gauges(&labels, &[(m::VIP_BACKEND_UP, f64::from(u8::from(up)))]);
+                if backends_seen.insert(b.address) {
+                    m::counters(
+                        &[Label::new("backend", b.address.to_string())],
+                        &[(m::BACKEND_CONNECT_FAILURES_TOTAL, b.passive_fails)],
+                    );
+                }
+            }
+            if let Some(x) = &v.xdp {
+                let mut labels = vip;
+                labels.push(Label::new("mode", x.mode.clone()));
+                m::counters(
+                    &labels,
+                    &[
+                        (m::XDP_VIP_PACKETS_TOTAL, x.packets),
+                        (m::XDP_VIP_BYTES_TOTAL, x.bytes),
+                        (m::XDP_VIP_NEW_FLOWS_TOTAL, x.new_flows),
+                        (m::XDP_VIP_LRU_MISSES_TOTAL, x.lru_misses),
+                    ],
                 );
             }
         }
-        let per_backend: [BackendFamily; 2] = [
-            (
-                "lodestar_vip_backend_connections_total",
-                "counter",
-                "connect() calls and UDP sends steered to each backend",
-                |b| b.connects + b.datagrams,
-            ),
-            (
-                "lodestar_vip_backend_up",
-                "gauge",
-                "1 while a backend takes new connections (catalog health, active checks and passive failures)",
-                |b| u64::from(b.healthy && !b.passive_failing && b.weight > 0),
-            ),
-        ];
-        for (name, kind, help, get) in per_backend {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for v in &status {
-                for b in &v.backends {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{vip=\"{}\",address=\"{}\",protocol=\"{}\",backend=\"{}\"}} {}",
-                        escape(&v.vip),
-                        v.address,
-                        v.protocol,
-                        b.address,
-                        get(b)
-                    );
-                }
-            }
+        for (event, n) in self.xdp_counters() {
+            m::counters(&[Label::new("event", event)], &[(m::XDP_EVENTS_TOTAL, n)]);
         }
-        if self.xdp.is_some() {
-            let xdp_families: [MetricFamily; 4] = [
-                (
-                    "lodestar_xdp_vip_packets_total",
-                    "counter",
-                    "packets the XDP path forwarded for the VIP",
-                    |v| v.xdp.as_ref().map_or(0, |x| x.packets),
-                ),
-                (
-                    "lodestar_xdp_vip_bytes_total",
-                    "counter",
-                    "bytes the XDP path forwarded for the VIP",
-                    |v| v.xdp.as_ref().map_or(0, |x| x.bytes),
-                ),
-                (
-                    "lodestar_xdp_vip_new_flows_total",
-                    "counter",
-                    "flows the XDP path started tracking",
-                    |v| v.xdp.as_ref().map_or(0, |x| x.new_flows),
-                ),
-                (
-                    "lodestar_xdp_vip_lru_misses_total",
-                    "counter",
-                    "mid-flow packets of untracked flows (sent where Maglev says)",
-                    |v| v.xdp.as_ref().map_or(0, |x| x.lru_misses),
-                ),
-            ];
-            for (name, kind, help, get) in xdp_families {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for v in status.iter().filter(|v| v.xdp.is_some()) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{vip=\"{}\",address=\"{}\",protocol=\"{}\",mode=\"{}\"}} {}",
-                        escape(&v.vip),
-                        v.address,
-                        v.protocol,
-                        v.xdp.as_ref().map_or("", |x| x.mode.as_str()),
-                        get(v)
-                    );
-                }
-            }
-            let name = "lodestar_xdp_events_total";
-            let _ = writeln!(
-                out,
-                "# HELP {name} the XDP/tc path's packets by what happened to them\n# TYPE {name} counter"
-            );
-            for (event, n) in self.xdp_counters() {
-                let _ = writeln!(out, "{name}{{event=\"{event}\"}} {n}");
-            }
-        }
-        let name = "lodestar_backend_connect_failures_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} failed connects to a backend address seen by the kernel (refused, reset, SYN timeout)\n# TYPE {name} counter"
+        m::counters(
+            &[],
+            &[
+                (m::MAP_WRITES_TOTAL, self.writes),
+                (m::APPLY_ERRORS_TOTAL, self.errors),
+            ],
         );
-        let mut seen = std::collections::BTreeSet::new();
-        for v in &status {
-            for b in &v.backends {
-                if seen.insert(b.address) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{backend=\"{}\"}} {}",
-                        b.address, b.passive_fails
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP lodestar_l4lb_map_writes_total BPF map writes made by the reconciler\n\
-             # TYPE lodestar_l4lb_map_writes_total counter\n\
-             lodestar_l4lb_map_writes_total {}\n\
-             # HELP lodestar_l4lb_apply_errors_total VIPs that could not be programmed\n\
-             # TYPE lodestar_l4lb_apply_errors_total counter\n\
-             lodestar_l4lb_apply_errors_total {}\n\
-             # HELP lodestar_l4lb_revision catalog revision last programmed into the maps\n\
-             # TYPE lodestar_l4lb_revision gauge\n\
-             lodestar_l4lb_revision {}",
-            self.writes, self.errors, self.revision
-        );
+        m::gauges(&[], &[(m::REVISION, self.revision as f64)]);
     }
-}
-
-/// (name, type, help, value of one VIP).
-type MetricFamily = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&VipStatus) -> u64,
-);
-/// (name, type, help, value of one backend).
-type BackendFamily = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&BackendStatus) -> u64,
-);
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
 }

@@ -35,16 +35,21 @@ pub struct PlanOptions {
 /// The task label that sets the locality policy of the VIPs a task backs.
 pub const LOCALITY_LABEL: &str = "LODESTAR_LOCALITY";
 
+/// A locality policy that is none of the three.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown locality {given:?}: prefer-local, local-only or any")]
+pub struct UnknownLocality {
+    pub given: String,
+}
+
 impl std::str::FromStr for Locality {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownLocality;
+    fn from_str(s: &str) -> Result<Self, UnknownLocality> {
         match s {
             "prefer-local" => Ok(Locality::PreferLocal),
             "local-only" => Ok(Locality::LocalOnly),
             "any" => Ok(Locality::Any),
-            _ => Err(format!(
-                "unknown locality {s:?}: prefer-local, local-only or any"
-            )),
+            _ => Err(UnknownLocality { given: s.into() }),
         }
     }
 }
@@ -153,7 +158,7 @@ pub fn plan(snapshot: &Snapshot, opts: &PlanOptions) -> Plan {
             }
         }
     }
-    let max = crate::layout::max_slots_per_service();
+    let max = crate::layout::MAX_SLOTS_PER_SERVICE;
     for svc in out.values_mut() {
         choose(svc, opts, max);
     }

@@ -188,11 +188,12 @@ impl Default for Reconciler {
 
 impl Reconciler {
     pub fn new() -> Reconciler {
+        let capacity = crate::layout::capacities();
         Reconciler {
             services: BTreeMap::new(),
-            svc_ids: Ids::new(crate::layout::max_services()),
-            be_ids: Ids::new(crate::layout::max_backends()),
-            max_slots: crate::layout::header_constant("LS_MAX_SLOTS").unwrap_or(262_144) as usize,
+            svc_ids: Ids::new(capacity.services),
+            be_ids: Ids::new(capacity.backends),
+            max_slots: capacity.slots as usize,
             slots_in_use: 0,
             stale_slots: Vec::new(),
             stale_backends: Vec::new(),
@@ -583,15 +584,14 @@ pub fn stable_assign(old: &[u32], want: &BTreeMap<u32, u32>) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::PlannedBackend;
-    use crate::plan::PlannedService;
+    use crate::test_support::{plan, SlotTable};
 
     /// The maps as plain collections (a unit-test model of the kernel side).
     #[derive(Default, Debug, PartialEq)]
     struct Model {
         services: HashMap<SvcKey, Svc>,
-        slots: HashMap<(u32, u32), u32>,
-        backends: HashMap<u32, BackendEntry>,
+        /// `ls_slots` over `ls_backends`.
+        table: SlotTable<BackendEntry>,
         watched: std::collections::HashSet<SvcKey>,
     }
 
@@ -613,29 +613,16 @@ mod tests {
             Ok(())
         }
         fn put_slot(&mut self, key: &SlotKey, backend: u32) -> io::Result<()> {
-            assert!(
-                self.backends
-                    .get(&backend)
-                    .is_some_and(|b| b.flags & BE_VALID != 0),
-                "slot points at a backend not written yet"
-            );
-            self.slots.insert((key.svc_id, key.slot), backend);
+            self.table.put_slot(key.svc_id, key.slot, backend);
             Ok(())
         }
         fn delete_slot(&mut self, key: &SlotKey) -> io::Result<()> {
-            self.slots.remove(&(key.svc_id, key.slot));
+            self.table.delete_slot(key.svc_id, key.slot);
             Ok(())
         }
         fn put_backend(&mut self, id: u32, entry: &BackendEntry) -> io::Result<()> {
-            if entry.flags & BE_VALID == 0 {
-                assert!(
-                    !self.slots.values().any(|b| *b == id),
-                    "backend {id} cleared while a slot points at it"
-                );
-                self.backends.remove(&id);
-            } else {
-                self.backends.insert(id, *entry);
-            }
+            self.table
+                .put_member(id, entry, entry.flags & BE_VALID != 0);
             Ok(())
         }
         fn reset_service_stats(&mut self, _: u32) -> io::Result<()> {
@@ -654,7 +641,7 @@ mod tests {
                 let a = service_addr(k).unwrap();
                 let mut m = BTreeMap::new();
                 for i in 0..u32::from(s.slots) {
-                    let be = self.backends[&self.slots[&(s.id, i)]];
+                    let be = self.table.members[&self.table.slots[&(s.id, i)]];
                     let ip = addr_ip(&be.addr, be.family).unwrap();
                     *m.entry(format!("{ip}:{}", u16::from_be(be.port)))
                         .or_insert(0) += 1;
@@ -668,61 +655,12 @@ mod tests {
             Dump {
                 services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
                 slots: self
-                    .slots
-                    .iter()
-                    .map(|((s, i), b)| {
-                        (
-                            SlotKey {
-                                svc_id: *s,
-                                slot: *i,
-                            },
-                            *b,
-                        )
-                    })
-                    .collect(),
-                backends: self.backends.iter().map(|(k, v)| (*k, *v)).collect(),
+                    .table
+                    .slot_entries(|svc_id, slot| SlotKey { svc_id, slot }),
+                backends: self.table.member_entries(),
                 watched: self.watched.iter().copied().collect(),
             }
         }
-    }
-
-    fn plan(vips: &[(u8, &[(u8, u32)])]) -> Plan {
-        vips.iter()
-            .map(|(v, backends)| {
-                (
-                    ServiceAddr {
-                        ip: IpAddr::from([198, 19, 0, *v]),
-                        port: 80,
-                        protocol: Protocol::Tcp,
-                    },
-                    PlannedService {
-                        vip: format!("v{v}"),
-                        fail_open: false,
-                        locality: crate::plan::Locality::Any,
-                        backends: backends
-                            .iter()
-                            .map(|(b, slots)| {
-                                (
-                                    BackendAddr {
-                                        ip: IpAddr::from([198, 18, *v, *b]),
-                                        port: 8080,
-                                    },
-                                    PlannedBackend {
-                                        task: format!("t{b}"),
-                                        weight: *slots,
-                                        healthy: true,
-                                        active_down: false,
-                                        local: false,
-                                        node: IpAddr::from([198, 18, *v, *b]),
-                                        slots: *slots,
-                                    },
-                                )
-                            })
-                            .collect(),
-                    },
-                )
-            })
-            .collect()
     }
 
     #[test]
@@ -778,7 +716,7 @@ mod tests {
                 .collect();
             assert_eq!(m.shares()["198.19.0.1:80"], expect);
             // Draining backends keep their entry (and counters) but get no slot.
-            assert_eq!(m.backends.len(), backends.len());
+            assert_eq!(m.table.members.len(), backends.len());
             assert_eq!(m.watched.len(), backends.len());
         }
         r.apply(&Plan::new(), &mut m);
@@ -791,8 +729,8 @@ mod tests {
         let mut m = Model::default();
         Reconciler::new().apply(&p, &mut m);
         // Leftovers of a crash: a slot past the end and a backend of no service.
-        m.slots.insert((0, 99), 0);
-        m.backends.insert(
+        m.table.slots.insert((0, 99), 0);
+        m.table.members.insert(
             500,
             BackendEntry {
                 flags: BE_VALID,
@@ -809,8 +747,8 @@ mod tests {
         let rep = r.apply(&p, &mut m);
         assert_eq!(rep.writes, 3, "only the leftovers: {rep:?}");
         assert!(!m.watched.contains(&orphan));
-        assert!(!m.slots.contains_key(&(0, 99)));
-        assert!(!m.backends.contains_key(&500));
+        assert!(!m.table.slots.contains_key(&(0, 99)));
+        assert!(!m.table.members.contains_key(&500));
         // And it goes on diffing from there: VIP 2 goes (service, slot, backend, watch).
         let rep = r.apply(&plan(&[(1, &[(1, 1), (2, 2)])]), &mut m);
         assert_eq!(rep.writes, 4, "{rep:?}");

@@ -152,12 +152,11 @@ fn real_entry(b: &crate::plan::PlannedBackend, addr: &BackendAddr, vip_id: u32) 
 
 impl XdpReconciler {
     pub fn new(max_ring: u32, seed: u64) -> XdpReconciler {
+        let capacity = crate::layout::capacities();
         XdpReconciler {
             vips: BTreeMap::new(),
-            vip_ids: Ids::new(crate::layout::header_constant("LX_MAX_VIPS").unwrap_or(4096) as u32),
-            real_ids: Ids::new(
-                crate::layout::header_constant("LX_MAX_REALS").unwrap_or(65_536) as u32,
-            ),
+            vip_ids: Ids::new(capacity.vips),
+            real_ids: Ids::new(capacity.reals),
             max_ring,
             seed,
             stale: XDump::default(),
@@ -537,7 +536,7 @@ impl XdpReconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{PlannedBackend, PlannedService};
+    use crate::test_support::SlotTable;
     use std::collections::HashMap;
     use std::net::IpAddr;
 
@@ -546,8 +545,8 @@ mod tests {
         vips: HashMap<SvcKey, XVip>,
         live: HashMap<u32, XVip>,
         filter: HashMap<u32, u64>,
-        ring: HashMap<(u32, u32), u32>,
-        reals: HashMap<u32, Real>,
+        /// `lx_ring` over `lx_reals`.
+        table: SlotTable<Real>,
     }
 
     impl Model {
@@ -556,19 +555,9 @@ mod tests {
             XDump {
                 vips: self.vips.iter().map(|(k, v)| (*k, *v)).collect(),
                 ring: self
-                    .ring
-                    .iter()
-                    .map(|((v, s), r)| {
-                        (
-                            RingKey {
-                                vip_id: *v,
-                                slot: *s,
-                            },
-                            *r,
-                        )
-                    })
-                    .collect(),
-                reals: self.reals.iter().map(|(k, v)| (*k, *v)).collect(),
+                    .table
+                    .slot_entries(|vip_id, slot| RingKey { vip_id, slot }),
+                reals: self.table.member_entries(),
                 live: self.live.iter().map(|(k, v)| (*k, *v)).collect(),
                 filter: self.filter.iter().map(|(k, v)| (*k, *v)).collect(),
             }
@@ -612,24 +601,16 @@ mod tests {
             Ok(())
         }
         fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()> {
-            assert!(self.reals.contains_key(&real), "slot before its real");
-            self.ring.insert((key.vip_id, key.slot), real);
+            self.table.put_slot(key.vip_id, key.slot, real);
             Ok(())
         }
         fn delete_slot(&mut self, key: &RingKey) -> io::Result<()> {
-            self.ring.remove(&(key.vip_id, key.slot));
+            self.table.delete_slot(key.vip_id, key.slot);
             Ok(())
         }
         fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()> {
-            if real.flags & LX_REAL_VALID == 0 {
-                assert!(
-                    !self.ring.values().any(|r| *r == id),
-                    "real cleared while in a table"
-                );
-                self.reals.remove(&id);
-            } else {
-                self.reals.insert(id, *real);
-            }
+            self.table
+                .put_member(id, real, real.flags & LX_REAL_VALID != 0);
             Ok(())
         }
         fn reset_vip_stats(&mut self, _: u32) -> io::Result<()> {
@@ -641,41 +622,7 @@ mod tests {
     }
 
     fn plan(backends: &[(u8, u32)]) -> Plan {
-        let svc = PlannedService {
-            vip: "198.19.0.1:80/tcp".into(),
-            fail_open: false,
-            locality: crate::plan::Locality::Any,
-            backends: backends
-                .iter()
-                .map(|(b, slots)| {
-                    (
-                        BackendAddr {
-                            ip: IpAddr::from([198, 18, 1, *b]),
-                            port: 8080,
-                        },
-                        PlannedBackend {
-                            task: format!("t{b}"),
-                            weight: *slots,
-                            healthy: true,
-                            active_down: false,
-                            local: false,
-                            slots: *slots,
-                            node: IpAddr::from([198, 18, 1, *b]),
-                        },
-                    )
-                })
-                .collect(),
-        };
-        [(
-            ServiceAddr {
-                ip: IpAddr::from([198, 19, 0, 1]),
-                port: 80,
-                protocol: lodestar_control::model::Protocol::Tcp,
-            },
-            svc,
-        )]
-        .into_iter()
-        .collect()
+        crate::test_support::plan(&[(1, backends)])
     }
 
     #[test]
@@ -686,7 +633,7 @@ mod tests {
         let ten: Vec<(u8, u32)> = (1..=10).map(|b| (b, 1)).collect();
         let first = r.apply(&plan(&ten), &nat, &mut m);
         let size = maglev::table_size(10, maglev::DEFAULT_MAX) as usize;
-        assert_eq!(m.ring.len(), size);
+        assert_eq!(m.table.slots.len(), size);
         assert!(first.writes > size);
         assert_eq!(r.apply(&plan(&ten), &nat, &mut m).writes, 0);
         // Drain backend 4 (weight 0): its real stays for tracked flows, only its slots move
@@ -694,9 +641,13 @@ mod tests {
         let mut drained = ten.clone();
         drained[3].1 = 0;
         let rep = r.apply(&plan(&drained), &nat, &mut m);
-        assert_eq!(m.reals.len(), 10);
-        assert_eq!(m.ring.len(), size);
-        assert!(!m.ring.values().any(|id| m.reals[id].addr[3] == 4));
+        assert_eq!(m.table.members.len(), 10);
+        assert_eq!(m.table.slots.len(), size);
+        assert!(!m
+            .table
+            .slots
+            .values()
+            .any(|id| m.table.members[id].addr[3] == 4));
         assert!(rep.writes < size / 10 + size / 100, "{rep:?}");
         // A mode change writes the VIP by id and by address, with a new generation (its
         // tracked flows are decided again).
@@ -733,7 +684,7 @@ mod tests {
             })]
         );
         again.apply(&Plan::new(), &nat, &mut m);
-        assert!(m.vips.is_empty() && m.ring.is_empty() && m.reals.is_empty());
+        assert!(m.vips.is_empty() && m.table.slots.is_empty() && m.table.members.is_empty());
         assert!(m.live.is_empty() && m.filter.is_empty());
     }
 }

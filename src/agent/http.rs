@@ -26,13 +26,11 @@ pub(super) fn routes(
     let l4lb = vips.l4lb.clone();
     let active = vips.active_stats.clone();
     let metrics = Arc::new(move || {
-        let mut text = prometheus.render();
         if let Some(l) = &l4lb {
-            l.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .render_metrics(&mut text);
-            active.render(&mut text);
+            l.lock().unwrap_or_else(|p| p.into_inner()).publish_metrics();
+            active.publish();
         }
+        let mut text = prometheus.render();
         dns_stats.render(&mut text);
         lodestar_dns::stats::render_forward(forward_stats.stats(), &mut text);
         ops_metrics.render(&mut text);

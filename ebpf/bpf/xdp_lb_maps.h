@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * The per-packet path's maps, pinned by name next to the socket path's; their names,
+ * key and value layouts and sizes are lodestar.h's.
+ */
+#ifndef XDP_LB_MAPS_H
+#define XDP_LB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "lodestar.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LX_MAX_VIPS);
+	__type(key, struct ls_svc_key);
+	__type(value, struct lx_vip);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_VIPS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LX_MAX_RING_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lx_ring_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_RING SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LX_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct lx_real);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_REALS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LX_MAX_CT);
+	/* Per-CPU LRU lists: a new flow does not contend on one global list lock. */
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct lx_flow);
+	__type(value, struct lx_ct);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_CT SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LX_CACHE_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct lx_cache_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_FLOW_CACHE SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LX_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct lx_vip);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_VIP_LIVE SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LX_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_VIP_FILTER SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LX_MAX_CT);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct lx_flow);
+	__type(value, struct lx_rev);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_REVNAT SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LX_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct lx_vip_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_VIP_STATS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LX_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct lx_real_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_REAL_STATS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LX_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_GLOBAL SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lx_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_XCONFIG SEC(".maps");
+
+#endif /* XDP_LB_MAPS_H */
