@@ -9,9 +9,10 @@ use std::process::Command;
 const PROGRAMS: &[&str] = &["sock_lb", "xdp_lb", "xdp_floor"];
 
 /// The kernel's name for each SPDX expression our programs use (`license_is_gpl_compatible`
-/// knows a fixed list). It has none for "GPL-2.0 OR Apache-2.0": "GPL" names the half of the
-/// choice the kernel checks (GPL v2, for the GPL-only helpers such as `bpf_fib_lookup`).
-const LICENSES: &[(&str, &str)] = &[("GPL-2.0 OR Apache-2.0", "GPL")];
+/// knows a fixed list). The BPF code is dual-licensed as Cilium's is, GPL-2.0 for the kernel
+/// (the GPL-only helpers such as `bpf_fib_lookup`) or BSD-2-Clause for everyone else, which the
+/// kernel calls "Dual BSD/GPL".
+const LICENSES: &[(&str, &str)] = &[("GPL-2.0-only OR BSD-2-Clause", "Dual BSD/GPL")];
 
 const HEADER: &str = "include/lodestar.h";
 

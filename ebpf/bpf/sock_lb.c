@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /*
  * Socket-level VIP load balancing (the Minuteman equivalent, done the way Cilium's
  * kube-proxy replacement does it): a connect() or an unconnected sendmsg() to a VIP is
@@ -15,9 +15,9 @@
 #include <bpf/bpf_endian.h>
 #include "lodestar.h"
 
-/* The kernel's name for the GPL-2.0 half of the SPDX line (it has none for the choice);
- * ebpf/build.rs checks the two agree. */
-char LICENSE[] SEC("license") = "GPL";
+/* The kernel's name for the SPDX line (GPL-compatible, for the GPL-only helpers such as
+ * bpf_fib_lookup); ebpf/build.rs checks the two agree. */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

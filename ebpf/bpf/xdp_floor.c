@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /*
  * The floor for the XDP benchmark: the least a load balancer can do to a packet. Parse
  * Ethernet and IPv4, rewrite the destination address (with the checksum update), swap the MAC
@@ -10,9 +10,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-/* The kernel's name for the GPL-2.0 half of the SPDX line (it has none for the choice);
- * ebpf/build.rs checks the two agree. */
-char LICENSE[] SEC("license") = "GPL";
+/* The kernel's name for the SPDX line (GPL-compatible, for the GPL-only helpers such as
+ * bpf_fib_lookup); ebpf/build.rs checks the two agree. */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 static __always_inline __u16 fold(__u32 c)
 {

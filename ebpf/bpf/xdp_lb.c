@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /*
  * The per-packet VIP path, for traffic that does not start in a local socket (other sites,
  * VMs, gateways): XDP on the load balancer's interfaces, in the manner of Katran and Cilium.
@@ -26,9 +26,9 @@
 #include "xdp_lb_helpers.h"
 #include "xdp_lb_encap.h"
 
-/* The kernel's name for the GPL-2.0 half of the SPDX line (it has none for the choice);
- * ebpf/build.rs checks the two agree. */
-char LICENSE[] SEC("license") = "GPL";
+/* The kernel's name for the SPDX line (GPL-compatible, for the GPL-only helpers such as
+ * bpf_fib_lookup); ebpf/build.rs checks the two agree. */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 SEC("xdp")
 int lx_xdp(struct xdp_md *ctx)

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
  * Checksums: RFC 1624 incremental updates on raw, network-order words, and the full
  * IPv4 header checksum of a header built from scratch (GUE).

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
  * Rewriting a packet for its backend: NAT (the destination, with its checksums) and GUE
  * encapsulation (variant 1: the UDP payload is the inner IP packet).

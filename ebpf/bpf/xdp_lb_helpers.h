@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
  * Counting, the flow hashes (Maglev key, VIP filter bit), the per-CPU flow cache, and
  * forwarding through the FIB.

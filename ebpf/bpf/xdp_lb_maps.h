@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
  * The per-packet path's maps, pinned by name next to the socket path's; their names,
  * key and value layouts and sizes are lodestar.h's.

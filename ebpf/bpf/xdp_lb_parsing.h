@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
  * Parsing Ethernet / IPv4 / IPv6 / TCP / UDP into a flow, for XDP and tc alike; what is not
  * ours (or is a fragment, has options, or is truncated) says so.

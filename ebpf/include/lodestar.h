@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
  * The one definition of everything Lodestar's BPF programs share with userspace: map names,
  * sizes, key and value layouts, flags and counter slots. The Rust side (l4lb/src/layout.rs)

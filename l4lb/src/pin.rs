@@ -65,10 +65,20 @@ impl PinDir {
                 p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
                     && !keep.contains(p)
-                    && std::fs::remove_file(p).is_ok()
+                    && unpin_link(p).is_ok()
             })
             .collect()
     }
+}
+
+/// Detaches the link pinned at `path` (at once, see `sys::bpf::link_detach`) and unpins it.
+fn unpin_link(path: &Path) -> std::io::Result<()> {
+    // A pin that is not a link (or a kernel without BPF_LINK_DETACH) still goes: the kernel
+    // then detaches when it lets go of the last reference.
+    if let Ok(link) = sys::bpf::obj_get(path) {
+        let _ = sys::bpf::link_detach(std::os::fd::AsFd::as_fd(&link));
+    }
+    std::fs::remove_file(path)
 }
 
 /// Makes sure the pin directory is on bpffs, mounting bpffs at its parent if nothing is there.
@@ -120,7 +130,7 @@ pub fn detach(pin: &Path) -> Result<Detached, L4lbError> {
     let links = pin.join("links");
     if let Ok(entries) = std::fs::read_dir(&links) {
         for e in entries.flatten() {
-            std::fs::remove_file(e.path())
+            unpin_link(&e.path())
                 .map_err(L4lbError::io(format!("removing {}", e.path().display())))?;
             out.links += 1;
         }

@@ -27,7 +27,9 @@ pub(super) fn routes(
     let active = vips.active_stats.clone();
     let metrics = Arc::new(move || {
         if let Some(l) = &l4lb {
-            l.lock().unwrap_or_else(|p| p.into_inner()).publish_metrics();
+            l.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .publish_metrics();
             active.publish();
         }
         let mut text = prometheus.render();

@@ -6,6 +6,8 @@
 //!   `pin`), and have no `attach_to_link` (no `BPF_LINK_UPDATE`); a `PinnedLink` hides its fd.
 //!   So a cgroup link is created, pinned, opened, updated and read here.
 //! - `BPF_PROG_TEST_RUN` (the packet fixtures and the benchmarks), which aya has no call for.
+//! - `BPF_LINK_DETACH`, so that `lodestar l4lb detach` has detached every program when it
+//!   returns (aya's links only close their fd).
 
 use std::ffi::CString;
 use std::io;
@@ -86,6 +88,15 @@ pub fn obj_get(path: &Path) -> Result<OwnedFd, SyscallError> {
     let mut attr = zeroed();
     attr.__bindgen_anon_4.pathname = p.as_ptr() as u64;
     bpf(bpf_cmd::BPF_OBJ_GET, &mut attr, "BPF_OBJ_GET").map(new_fd)
+}
+
+/// `BPF_LINK_DETACH`: takes the link's program off its hook now, whoever still holds the
+/// link. Unpinning alone leaves that to the kernel's deferred release of the last reference,
+/// so programs would stay attached for a moment after `detach` said they were gone.
+pub fn link_detach(link: BorrowedFd<'_>) -> Result<(), SyscallError> {
+    let mut attr = zeroed();
+    attr.link_detach.link_fd = link.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr, "BPF_LINK_DETACH").map(drop)
 }
 
 /// `BPF_LINK_UPDATE`: the link runs `prog` from now on, atomically.
