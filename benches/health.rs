@@ -10,14 +10,12 @@
 //! client namespace so its checks reach the backends. Run as root:
 //! `cargo bench --bench health [-- --kills 50 --interval-ms 250]`.
 
-#[path = "common/mod.rs"]
-mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::arg;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::bench::arg;
 use support::{agent, http, l4lb};
 
 use l4lb::{backend_status, connect, in_ns, vip_status, within, Lab, VIP4};

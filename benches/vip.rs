@@ -11,17 +11,15 @@
 //! Run as root: `cargo bench --bench vip [-- --seconds 5 --rounds 3 --threads 4 --writes 100]`.
 //! Needs nginx (Debian nginx-light) and nft (nftables).
 
-#[path = "common/mod.rs"]
-mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::arg;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::bench::arg;
 use support::{agent, etcd, l4lb, netns};
 
 use lodestar_control::file::CatalogDocument;
@@ -115,7 +113,7 @@ impl Run {
 /// `threads` clients in the client namespace, each opening connections to `targets` in turn
 /// for `seconds`.
 fn load(client_ns: &str, targets: &[SocketAddr], threads: usize, seconds: u64) -> Run {
-    let cpu0 = common::cpu_seconds().0;
+    let cpu0 = support::bench::cpu_seconds().0;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let results: Vec<(u64, u64, Vec<u32>)> = std::thread::scope(|s| {
@@ -150,7 +148,7 @@ fn load(client_ns: &str, targets: &[SocketAddr], threads: usize, seconds: u64) -
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let seconds = start.elapsed().as_secs_f64();
-    let cpu = common::cpu_seconds().0 - cpu0;
+    let cpu = support::bench::cpu_seconds().0 - cpu0;
     let mut run = Run {
         conns: 0,
         errors: 0,

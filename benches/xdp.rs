@@ -12,16 +12,14 @@
 //!
 //! Run as root: `cargo bench --bench xdp [-- --repeat 1000000 --seconds 5 --rounds 3]`.
 
-#[path = "common/mod.rs"]
-mod common;
 #[path = "../l4lb/tests/packet/mod.rs"]
 mod packet;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::arg;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::bench::arg;
 use support::{l4lb, netns, xdp};
 
 use lodestar_control::model::Protocol;
@@ -225,7 +223,7 @@ impl Meter {
     fn start(sinks: &Sinks) -> Meter {
         Meter {
             rx0: sinks.count(),
-            cpu0: common::cpu_seconds(),
+            cpu0: support::bench::cpu_seconds(),
             start: Instant::now(),
         }
     }
@@ -234,7 +232,7 @@ impl Meter {
     fn finish(self, sinks: &Sinks, sent: u64) -> Flow {
         let secs = self.start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(200));
-        let (c1, s1) = common::cpu_seconds();
+        let (c1, s1) = support::bench::cpu_seconds();
         let got = sinks.count() - self.rx0;
         Flow {
             pps: got as f64 / secs,

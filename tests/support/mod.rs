@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod bench;
 pub mod dns;
 pub mod etcd;
 pub mod http;

@@ -1,5 +1,4 @@
-//! Helpers the VIP, health and XDP benchmarks share: flags and the machine's CPU time.
-#![allow(dead_code)]
+//! Helpers the benchmarks share: flags and the machine's CPU time.
 
 /// The number after `name` on the command line, or `default`.
 pub fn arg(name: &str, default: u64) -> u64 {
