@@ -15,12 +15,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args
-        .windows(2)
-        .find(|w| w[0] == "--rounds")
-        .map(|w| w[1].parse().expect("--rounds N"))
-        .unwrap_or(5);
+    let rounds = support::bench::arg("--rounds", 5) as usize;
     let sites = TwoSites::start();
     let _agent_a = sites.agent(&sites.a);
     let agent_b = sites.agent(&sites.b);
