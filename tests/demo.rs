@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use support::agent::Agent;
-use support::l4lb::{attached_programs, in_ns, udp_exchange, Lab};
+use support::l4lb::{attached_programs, in_ns, lodestar, udp_exchange, Lab};
 
 const WEB_VIP: &str = "198.19.0.10:80";
 const ECHO_VIP: &str = "198.19.0.7:7";
@@ -30,20 +30,6 @@ fn http_body(vip: SocketAddr) -> std::io::Result<String> {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     Ok(body.to_string())
-}
-
-fn lodestar(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(args)
-        .output()
-        .expect("run lodestar");
-    assert!(
-        out.status.success(),
-        "lodestar {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn blackholes(lab: &Lab) -> String {

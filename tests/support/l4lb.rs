@@ -275,9 +275,11 @@ impl Drop for Lab {
     }
 }
 
-pub fn lodestar(args: &[String]) {
+/// Runs `lodestar ARGS` to success; its standard output.
+pub fn lodestar<S: AsRef<str>>(args: &[S]) -> String {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(args)
+        .args(&args)
         .output()
         .expect("run lodestar");
     assert!(
@@ -286,6 +288,7 @@ pub fn lodestar(args: &[String]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
