@@ -787,3 +787,92 @@ async fn one_exhausted_family_does_not_block_the_other_and_lost_records_keep_the
     y.sort();
     assert_eq!(x, y);
 }
+
+/// A state with tasks `app.0` .. `app.{n-1}`.
+fn tasks_state(master: &FakeMaster, n: usize) -> serde_json::Value {
+    let tasks = (0..n)
+        .map(|i| {
+            task(
+                &format!("app.{i}"),
+                "app",
+                "S-azure-S1",
+                "TASK_RUNNING",
+                &[],
+            )
+        })
+        .collect();
+    state(&master.pid(), &master.pid(), tasks)
+}
+
+#[tokio::test]
+async fn two_polls_deleting_49_percent_each_are_held_at_the_second() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    master.set_state(tasks_state(&master, 100));
+    ok(&sync_once(&master.url(), &etcd, &[]).await);
+    // 49 of 100: below half, applied.
+    master.set_state(tasks_state(&master, 51));
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(out.contains("49 deleted"), "{out}");
+    // 25 of the 51 left is below half of them too, but it would leave 26 of a recent 100.
+    master.set_state(tasks_state(&master, 26));
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(out.contains(" 0 deleted"), "{out}");
+    assert_eq!(catalog(&etcd).await.0.tasks.len(), 51);
+}
+
+#[tokio::test]
+async fn the_high_water_mark_follows_the_catalog_as_it_grows() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    for (tasks, deleted) in [(12, 0), (40, 0), (30, 10)] {
+        master.set_state(tasks_state(&master, tasks));
+        let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+        assert!(out.contains(&format!(" {deleted} deleted")), "{out}");
+    }
+    // 16 tasks (21 keys with the agents, framework, master and leader) is more than half of
+    // the 30 there are, and more than the 12 the catalog began with, but less than half of
+    // the 40 (45 keys) it grew to.
+    master.set_state(tasks_state(&master, 16));
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(out.contains(" 0 deleted"), "{out}");
+    assert_eq!(catalog(&etcd).await.0.tasks.len(), 30);
+}
+
+#[tokio::test]
+async fn a_real_shrink_is_released_once_the_master_has_reported_it_for_the_whole_hold() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    master.set_state(tasks_state(&master, 20));
+    let sync = SyncProcess::start(
+        &master.url(),
+        &etcd,
+        "shrink",
+        &["--mass-delete-delay", "3s"],
+    );
+    eventually(PATIENCE, "the first sync", || async {
+        (catalog(&etcd).await.0.tasks.len() == 20).then_some(())
+    })
+    .await;
+    master.set_state(tasks_state(&master, 5));
+    let held_at = std::time::Instant::now();
+    eventually(PATIENCE, "the deletes to be held", || async {
+        let log = sync.log.lock().unwrap().clone();
+        log.contains("holding deletes").then_some(())
+    })
+    .await;
+    assert_eq!(catalog(&etcd).await.0.tasks.len(), 20, "held, not applied");
+    eventually(PATIENCE, "the shrink to be applied", || async {
+        (catalog(&etcd).await.0.tasks.len() == 5).then_some(())
+    })
+    .await;
+    assert!(
+        held_at.elapsed() >= Duration::from_secs(3),
+        "released only after the hold"
+    );
+    assert!(sync
+        .log
+        .lock()
+        .unwrap()
+        .contains("applying a mass delete the master has reported for the whole delay"));
+}

@@ -69,7 +69,7 @@ impl Catalog {
                         cached = Some(Arc::new(s));
                     }
                     Err(e) => {
-                        warn!("etcd is out of reach and there is no usable local cache ({e}); still waiting");
+                        warn!("etcd is out of reach and there is no usable local cache ({e:#}); still waiting");
                         wait_loaded(&mut snapshots).await?;
                     }
                 },
