@@ -169,6 +169,15 @@ mod tests {
         dir.path().join("state").join("catalog-cache.json")
     }
 
+    fn set_age(path: &Path, age: Duration) {
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - age)
+            .unwrap();
+    }
+
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
@@ -205,13 +214,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = cache_in(&dir);
         write(&path, &lodestar_control::demo::snapshot()).unwrap();
-        let eight_days_ago = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(eight_days_ago)
-            .unwrap();
+        set_age(&path, Duration::from_secs(8 * 24 * 3600));
         let err = format!("{:#}", read(&path, WEEK).unwrap_err());
         assert!(
             err.contains("was last confirmed by etcd 8days")
@@ -227,18 +230,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = cache_in(&dir);
         write(&path, &lodestar_control::demo::snapshot()).unwrap();
-        let old = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        set_age(&path, Duration::from_secs(8 * 24 * 3600));
         assert!(read(&path, WEEK).is_err());
         confirm(&path, SystemTime::now()).unwrap();
         assert!(read(&path, WEEK).is_ok());
         // An older contact does not move the time back.
-        confirm(&path, old).unwrap();
+        confirm(
+            &path,
+            SystemTime::now() - Duration::from_secs(8 * 24 * 3600),
+        )
+        .unwrap();
         assert!(read(&path, WEEK).is_ok());
     }
 

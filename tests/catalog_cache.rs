@@ -7,7 +7,6 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -16,25 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use hickory_proto::rr::RecordType;
 use support::agent::Agent;
 use support::dns::{answers, udp};
-use support::EtcdServer;
+use support::{EtcdServer, WEB_CATALOG};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// One agent and one task on it (`web.marathon.mesos` -> 127.0.3.10, a loopback address).
-const CATALOG: &str = r#"schema = 1
-
-[[agents]]
-id = "a1"
-hostname = "agent-1"
-addresses = ["127.0.3.1"]
-
-[[tasks]]
-id = "web.1"
-name = "web"
-framework = "marathon"
-agent = "a1"
-ips = [{ ip = "127.0.3.10", source = "netinfo" }]
-"#;
 
 /// An agent started without waiting for it to get ready (it may not, without etcd): its log
 /// lines arrive on `lines`. Killed on drop.
@@ -56,13 +39,7 @@ impl WaitingAgent {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: prctl only asks the kernel to kill the agent if the test process dies.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        support::die_with_test(&mut cmd);
         let mut child = cmd.spawn().expect("spawn lodestar agent");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
@@ -118,7 +95,7 @@ fn a_cache_too_old_or_torn_is_refused_at_start_and_etcd_is_awaited() {
     let mut etcd = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("catalog.toml");
-    std::fs::write(&catalog, CATALOG).unwrap();
+    std::fs::write(&catalog, WEB_CATALOG).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_lodestar"))
         .args(["catalog", "put", "--etcd", &etcd.endpoint()])
         .arg(&catalog)

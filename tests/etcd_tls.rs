@@ -7,23 +7,19 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
 use lodestar_control::mesos::election::LEADER_KEY;
 use lodestar_control::{EtcdAuth, EtcdConfig, EtcdStore, EtcdTls};
-use serde_json::json;
 use support::agent::Agent;
 use support::dns::{answers, udp};
 use support::etcd::{AGENT_USER, SYNC_USER};
-use support::mesos::{state, task, FakeMaster};
-use support::{eventually, EtcdServer};
+use support::mesos::{state, vip_task, FakeMaster, SyncProcess};
+use support::{eventually, EtcdServer, WEB_CATALOG};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -85,27 +81,10 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A catalog of one agent and one task on it (`web.marathon.mesos` -> 127.0.3.10, an address
-/// of this machine's loopback).
-const CATALOG: &str = r#"schema = 1
-
-[[agents]]
-id = "a1"
-hostname = "agent-1"
-addresses = ["127.0.3.1"]
-
-[[tasks]]
-id = "web.1"
-name = "web"
-framework = "marathon"
-agent = "a1"
-ips = [{ ip = "127.0.3.10", source = "netinfo" }]
-"#;
-
-/// `lodestar catalog put` of `CATALOG` with these flags.
+/// `lodestar catalog put` of `WEB_CATALOG` with these flags.
 fn put_catalog(dir: &Path, flags: &[String]) -> Output {
     let file = dir.join("catalog.toml");
-    std::fs::write(&file, CATALOG).unwrap();
+    std::fs::write(&file, WEB_CATALOG).unwrap();
     let mut args: Vec<String> = vec!["catalog".into(), "put".into(), path(&file)];
     args.extend(flags.iter().cloned());
     lodestar(&args)
@@ -129,9 +108,9 @@ fn an_agent_reads_the_catalog_with_its_role_and_etcd_refuses_its_writes() {
 
     // The agent, configured by its file: TLS with its certificate, its user and password.
     let (cert, key) = etcd.pki().client(AGENT_USER);
-    let config = dir.path().join("agent.toml");
+    let agent_toml = dir.path().join("agent.toml");
     std::fs::write(
-        &config,
+        &agent_toml,
         format!(
             "[catalog]\netcd = [{:?}]\n\n[catalog.etcd_tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n\
              [catalog.etcd_auth]\nuser = {AGENT_USER:?}\npassword_file = {:?}\n",
@@ -143,7 +122,7 @@ fn an_agent_reads_the_catalog_with_its_role_and_etcd_refuses_its_writes() {
         ),
     )
     .unwrap();
-    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    let agent = Agent::start(&["--config", agent_toml.to_str().unwrap()]);
     assert_eq!(
         answers(&udp(agent.dns, "web.marathon.mesos.", RecordType::A, None)),
         ["127.0.3.10"]
@@ -165,7 +144,7 @@ fn an_agent_reads_the_catalog_with_its_role_and_etcd_refuses_its_writes() {
     // ...nor read what only mesos-sync may (the election key).
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let store = EtcdStore::connect(config_for_agent(&etcd)).await.unwrap();
+        let store = EtcdStore::connect(config(&etcd, AGENT_USER)).await.unwrap();
         let err = store.client().get(LEADER_KEY, None).await.unwrap_err();
         assert!(err.to_string().contains("permission denied"), "{err}");
         let loaded = store.load(None).await.unwrap();
@@ -191,92 +170,18 @@ fn an_agent_reads_the_catalog_with_its_role_and_etcd_refuses_its_writes() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("web.1"));
 }
 
-fn config_for_agent(etcd: &EtcdServer) -> EtcdConfig {
-    config(etcd, AGENT_USER)
-}
-
-/// A background `lodestar mesos-sync`, its log collected; killed on drop.
-struct SyncProcess {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl SyncProcess {
-    fn start(args: &[String]) -> SyncProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
-        cmd.args(args)
-            .env_remove("LODESTAR_ETCD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: prctl only asks the kernel to kill the child with us.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        SyncProcess { child, log }
-    }
-}
-
-impl Drop for SyncProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- mesos-sync log ----\n{}", self.log.lock().unwrap());
-        }
-    }
-}
-
 #[tokio::test]
 async fn mesos_sync_writes_the_catalog_its_election_and_vip_addresses_with_its_role() {
     let etcd = EtcdServer::start_secured();
     let master = FakeMaster::start().await;
-    let mut api = task(
-        "api.1",
-        "api",
-        "S-azure-S1",
-        "TASK_RUNNING",
-        &["198.18.1.50"],
-    );
-    api["discovery"] = json!({
-        "name": "api",
-        "ports": {"ports": [{"number": 8080, "name": "http", "protocol": "tcp",
-            "labels": {"labels": [{"key": "VIP_0", "value": "/api:80"}]}}]}
-    });
+    let api = vip_task("api.1", "api", "S-azure-S1", &["/api:80"]);
     master.set_state(state(&master.pid(), &master.pid(), vec![api]));
-    let mut args: Vec<String> = [
-        "mesos-sync",
-        "--master",
+    let sync = SyncProcess::start(
         &master.url(),
-        "--interval",
-        "200ms",
-        "--lease-ttl",
-        "2",
-        "--instance-id",
+        &credentials(&etcd, SYNC_USER),
         "tls-one",
-        "--timeout",
-        "2s",
-        "--vip-range-v4",
-        "198.19.0.0/24",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(credentials(&etcd, SYNC_USER));
-    let sync = SyncProcess::start(&args);
+        &["--vip-range-v4", "198.19.0.0/24"],
+    );
     let store = EtcdStore::connect(config(&etcd, AGENT_USER)).await.unwrap();
     let snapshot = eventually(PATIENCE, "the task and its VIP address", || async {
         let loaded = store.load(None).await.ok()?;
@@ -288,11 +193,7 @@ async fn mesos_sync_writes_the_catalog_its_election_and_vip_addresses_with_its_r
         .addresses
         .iter()
         .all(|a| a.to_string().starts_with("198.19.0.")));
-    assert!(sync
-        .log
-        .lock()
-        .unwrap()
-        .contains("leading: this mesos-sync instance writes"));
+    assert!(sync.leads());
     drop(sync);
 
     // The agent's credentials cannot do mesos-sync's job.

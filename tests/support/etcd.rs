@@ -350,56 +350,46 @@ impl Pki {
     }
 
     fn make_ca(&self, name: &str) {
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN=lodestar test {name}"),
-            "-keyout",
-            &self.path(&format!("{name}-key.pem")).display().to_string(),
-            "-out",
-            &self.path(&format!("{name}.pem")).display().to_string(),
-        ]);
+        self.req(&format!("lodestar test {name}"), name, &[], false);
     }
 
     /// A certificate for `cn` signed by the test CA.
     fn sign(&self, name: &str, cn: &str, extensions: &[&str]) {
-        let mut args: Vec<String> = [
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(format!("/CN={cn}"));
-        for e in ["basicConstraints=critical,CA:FALSE"]
+        self.req(cn, name, extensions, true);
+    }
+
+    /// `openssl req -x509` for `cn` into `name.pem` and `name-key.pem`: self-signed (a CA), or
+    /// a leaf signed by the test CA with `extensions`.
+    fn req(&self, cn: &str, name: &str, extensions: &[&str], signed: bool) {
+        let mut args: Vec<String> = ["req", "-x509", "-newkey", "ec", "-pkeyopt"]
             .iter()
-            .chain(extensions)
-        {
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(
+            [
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+            ]
+            .map(String::from),
+        );
+        args.push(format!("/CN={cn}"));
+        let leaf = ["basicConstraints=critical,CA:FALSE"];
+        for e in leaf.iter().chain(extensions).filter(|_| signed) {
             args.push("-addext".into());
             args.push(e.to_string());
         }
-        for (flag, file) in [
-            ("-CA", "ca.pem".to_string()),
-            ("-CAkey", "ca-key.pem".to_string()),
+        let mut files = vec![
             ("-keyout", format!("{name}-key.pem")),
             ("-out", format!("{name}.pem")),
-        ] {
+        ];
+        if signed {
+            files.push(("-CA", "ca.pem".into()));
+            files.push(("-CAkey", "ca-key.pem".into()));
+        }
+        for (flag, file) in files {
             args.push(flag.into());
             args.push(self.path(&file).display().to_string());
         }
