@@ -7,9 +7,9 @@
 
 # What building Lodestar needs, as `thing|package`: a thing is a command (looked up on PATH)
 # or an absolute path (a header, a .proto file). protoc and the protobuf include files for
-# etcd-client's generated gRPC code, a C toolchain and OpenSSL's headers for the native-tls
-# crates (TLS to Mesos masters and to etcd), clang with libbpf's and the kernel's headers for
-# the BPF programs in ebpf/.
+# etcd-client's generated gRPC code, a C toolchain (also for ring, the cryptography under
+# rustls, etcd-client's TLS to etcd) and OpenSSL's headers for the native-tls crates (TLS to
+# Mesos masters), clang with libbpf's and the kernel's headers for the BPF programs in ebpf/.
 BUILD_PREREQUISITES=(
     "protoc|protobuf-compiler"
     "/usr/include/google/protobuf/descriptor.proto|libprotobuf-dev"

@@ -1,5 +1,6 @@
 //! Command-line interface: `lodestar services|vips|catalog|snapshot`.
-//! Every command that talks to etcd takes `--etcd URL[,URL...]` (env `LODESTAR_ETCD`).
+//! Every command that talks to etcd takes `--etcd URL[,URL...]` (env `LODESTAR_ETCD`) and the
+//! `--etcd-ca/-cert/-key/-user/-password-file` flags (env `LODESTAR_ETCD_CA` ...).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,7 +11,10 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use lodestar_control::file::read_file;
 use lodestar_control::keys::{Kind, Record};
 use lodestar_control::model::{parse_vip_label, Health, IpSource, Port, Protocol, Task, TaskState};
-use lodestar_control::{demo, EtcdConfig, EtcdStore, Snapshot, SnapshotView, Source};
+use lodestar_control::{
+    demo, EtcdAuth, EtcdConfig, EtcdSettingNames, EtcdStore, EtcdTls, Snapshot, SnapshotView,
+    Source,
+};
 
 use crate::client::AgentClient;
 use crate::ops::Status;
@@ -93,6 +97,8 @@ pub struct AgentArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "LODESTAR_ETCD", value_name = "URL[,URL...]")]
     etcd: Option<String>,
+    #[command(flatten)]
+    etcd_security: EtcdSecurityArgs,
     /// A catalog file instead of etcd.
     #[arg(long, value_name = "FILE", conflicts_with = "etcd")]
     catalog: Option<PathBuf>,
@@ -147,6 +153,8 @@ impl AgentArgs {
             c.catalog.file = Some(f.clone());
             c.catalog.etcd.clear();
         }
+        self.etcd_security
+            .apply(&mut c.catalog.etcd_tls, &mut c.catalog.etcd_auth);
         if !self.dns_listen.is_empty() {
             c.dns.listen = self.dns_listen.clone();
         }
@@ -191,9 +199,8 @@ pub struct MesosSyncArgs {
     /// Mesos masters, comma-separated, tried in order (`http://198.18.0.1:5050`).
     #[arg(long, value_name = "URL[,URL...]", required = true)]
     master: String,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "LODESTAR_ETCD", value_name = "URL[,URL...]")]
-    etcd: String,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Time between polls.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     interval: std::time::Duration,
@@ -233,12 +240,14 @@ pub struct MesosSyncArgs {
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// Deletes above this share of the catalog in one poll are held (a master that has just
-    /// been elected reports few tasks until agents re-register)...
+    /// Deletes that would shrink the catalog by more than this share of the largest it has
+    /// been recently are held (a master that has just been elected reports few tasks until
+    /// agents re-register, and a cut-off site disappears agent by agent)...
     #[arg(long, default_value_t = 0.5)]
     max_delete_fraction: f64,
-    /// ...until the master has reported them for this long.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    /// ...until the master has reported them for this long (also the window of "recently";
+    /// the default outlasts Mesos's 10-minute --agent_reregister_timeout).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     mass_delete_delay: std::time::Duration,
 }
 
@@ -247,6 +256,67 @@ pub struct EtcdArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "LODESTAR_ETCD", value_name = "URL[,URL...]")]
     pub etcd: String,
+    #[command(flatten)]
+    pub security: EtcdSecurityArgs,
+}
+
+impl EtcdArgs {
+    /// The endpoints with TLS and credentials; every problem with them at once.
+    pub fn config(&self) -> Result<EtcdConfig, crate::config::ConfigError> {
+        let mut config = EtcdConfig::from_list(&self.etcd);
+        self.security.apply(&mut config.tls, &mut config.auth);
+        let problems = config.problems(&EtcdSettingNames::FLAGS);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(crate::config::ConfigError(problems))
+        }
+    }
+}
+
+/// TLS and authentication to etcd (docs/security.md). For the agent each flag overrides its
+/// `catalog.etcd_tls` / `catalog.etcd_auth` setting.
+#[derive(ClapArgs, Debug, Default, Clone)]
+pub struct EtcdSecurityArgs {
+    /// PEM CA certificate that signed etcd's certificates (needed for https:// endpoints;
+    /// the only CA trusted for them).
+    #[arg(long, env = "LODESTAR_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate, for members started with --client-cert-auth (its CN names
+    /// the etcd user when no --etcd-user is given).
+    #[arg(long, env = "LODESTAR_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert (not readable by every user).
+    #[arg(long, env = "LODESTAR_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (with --etcd-password-file).
+    #[arg(long, env = "LODESTAR_ETCD_USER", value_name = "NAME")]
+    pub etcd_user: Option<String>,
+    /// File whose first line is the etcd user's password (not readable by every user).
+    #[arg(long, env = "LODESTAR_ETCD_PASSWORD_FILE", value_name = "FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdSecurityArgs {
+    /// Lays the given flags over `tls` and `auth`; what is missing is left for
+    /// `EtcdConfig::problems` to name.
+    pub fn apply(&self, tls: &mut Option<EtcdTls>, auth: &mut Option<EtcdAuth>) {
+        if let Some(ca) = &self.etcd_ca {
+            tls.get_or_insert_with(EtcdTls::default).ca = ca.clone();
+        }
+        if let Some(cert) = &self.etcd_cert {
+            tls.get_or_insert_with(EtcdTls::default).cert = Some(cert.clone());
+        }
+        if let Some(key) = &self.etcd_key {
+            tls.get_or_insert_with(EtcdTls::default).key = Some(key.clone());
+        }
+        if let Some(user) = &self.etcd_user {
+            auth.get_or_insert_with(EtcdAuth::default).user = user.clone();
+        }
+        if let Some(file) = &self.etcd_password_file {
+            auth.get_or_insert_with(EtcdAuth::default).password_file = file.clone();
+        }
+    }
 }
 
 /// Where a read-only command takes the catalog from; neither flag means the demo catalog.
@@ -255,6 +325,8 @@ pub struct SourceArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "LODESTAR_ETCD", value_name = "URL[,URL...]")]
     pub etcd: Option<String>,
+    #[command(flatten)]
+    pub security: EtcdSecurityArgs,
     /// A catalog file (TOML, or JSON by its .json extension).
     #[arg(long, value_name = "FILE", conflicts_with = "etcd")]
     pub catalog: Option<PathBuf>,
@@ -483,7 +555,7 @@ pub async fn run(args: Args) -> Result<()> {
                     .filter(|m| !m.is_empty())
                     .map(String::from)
                     .collect(),
-                etcd: a.etcd,
+                etcd: a.etcd.config()?,
                 interval: a.interval,
                 once: a.once,
                 ranges: lodestar_control::mesos::vipalloc::VipRanges {
@@ -575,13 +647,17 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 async fn connect(etcd: &EtcdArgs) -> Result<EtcdStore> {
-    Ok(EtcdStore::connect(EtcdConfig::from_list(&etcd.etcd)).await?)
+    Ok(EtcdStore::connect(etcd.config()?).await?)
 }
 
 /// Reads the catalog from the chosen source.
 async fn load(source: &SourceArgs) -> Result<Arc<Snapshot>> {
     if let Some(list) = &source.etcd {
-        let store = EtcdStore::connect(EtcdConfig::from_list(list)).await?;
+        let store = connect(&EtcdArgs {
+            etcd: list.clone(),
+            security: source.security.clone(),
+        })
+        .await?;
         let loaded = store.load(None).await?;
         for r in &loaded.rejected {
             eprintln!("lodestar: warning: skipped {r}");
@@ -604,9 +680,10 @@ async fn services(command: ServicesCommand) -> Result<()> {
     match command {
         ServicesCommand::Put(put) => {
             let id = put.id.clone();
-            let etcd = put.etcd.etcd.clone();
+            // Checked before the task, so that a bad --etcd-* flag is reported first.
+            let config = put.etcd.config()?;
             let task = task_from_args(*put)?;
-            let store = connect(&EtcdArgs { etcd }).await?;
+            let store = EtcdStore::connect(config).await?;
             let revision = store.put(&[Record::Task(task)]).await?;
             println!("registered task {id} (revision {revision})");
             Ok(())
@@ -629,6 +706,7 @@ async fn services(command: ServicesCommand) -> Result<()> {
         ServicesCommand::Ls { etcd, json } => {
             let snapshot = load(&SourceArgs {
                 etcd: Some(etcd.etcd),
+                security: etcd.security,
                 catalog: None,
             })
             .await?;

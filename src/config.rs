@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use lodestar_control::ConfigProblem;
+use lodestar_control::{ConfigProblem, EtcdAuth, EtcdConfig, EtcdSettingNames, EtcdTls};
 use lodestar_dns::config::ZoneConfig;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,40 @@ pub struct CatalogConfig {
     pub cache_file: Option<PathBuf>,
     /// With etcd: how long to wait at start for etcd before serving the local cache.
     pub startup_wait_ms: u64,
+    /// A local cache last confirmed current by etcd longer ago than this is not served at
+    /// start: DNS names and VIPs that old steer connections to tasks long gone.
+    pub cache_max_age_secs: u64,
+    /// TLS to etcd (`https://` endpoints): `ca`, and for client-certificate members `cert`
+    /// and `key`.
+    pub etcd_tls: Option<EtcdTls>,
+    /// An etcd user: `user` and `password_file`.
+    pub etcd_auth: Option<EtcdAuth>,
+}
+
+/// The catalog's etcd settings as the config file spells them.
+pub const ETCD_SETTING_NAMES: EtcdSettingNames = EtcdSettingNames {
+    endpoints: "catalog.etcd",
+    ca: "catalog.etcd_tls.ca",
+    cert: "catalog.etcd_tls.cert",
+    key: "catalog.etcd_tls.key",
+    user: "catalog.etcd_auth.user",
+    password_file: "catalog.etcd_auth.password_file",
+};
+
+/// A week: an agent restarted during a long etcd outage still serves, but not for ever.
+pub const DEFAULT_CACHE_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+
+impl CatalogConfig {
+    /// How to reach etcd: the endpoints with TLS and credentials.
+    pub fn etcd_config(&self) -> EtcdConfig {
+        EtcdConfig::from_list(&self.etcd.join(","))
+            .with_tls(self.etcd_tls.clone())
+            .with_auth(self.etcd_auth.clone())
+    }
+
+    pub fn cache_max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.cache_max_age_secs)
+    }
 }
 
 impl Default for CatalogConfig {
@@ -61,6 +95,9 @@ impl Default for CatalogConfig {
             file_poll_ms: 500,
             cache_file: Some(PathBuf::from("/var/lib/lodestar/catalog-cache.json")),
             startup_wait_ms: 3000,
+            cache_max_age_secs: DEFAULT_CACHE_MAX_AGE_SECS,
+            etcd_tls: None,
+            etcd_auth: None,
         }
     }
 }
@@ -244,6 +281,17 @@ impl AgentConfig {
         if self.catalog.file_poll_ms == 0 {
             problem("catalog.file_poll_ms", "must be at least 1");
         }
+        if self.catalog.cache_max_age_secs == 0 {
+            problem("catalog.cache_max_age_secs", "must be at least 1");
+        }
+        if self.catalog.etcd.is_empty() {
+            if self.catalog.etcd_tls.is_some() {
+                problem("catalog.etcd_tls", "needs catalog.etcd");
+            }
+            if self.catalog.etcd_auth.is_some() {
+                problem("catalog.etcd_auth", "needs catalog.etcd");
+            }
+        }
         if self.l4lb.required && !self.l4lb.enabled {
             problem("l4lb.required", "needs l4lb.enabled");
         }
@@ -261,6 +309,9 @@ impl AgentConfig {
                 .map(|m| ConfigProblem::new(field, m))
                 .collect::<Vec<_>>()
         };
+        if !self.catalog.etcd.is_empty() {
+            out.extend(self.catalog.etcd_config().problems(&ETCD_SETTING_NAMES));
+        }
         out.extend(self.l4lb.active.problems());
         out.extend(self.l4lb.xdp.problems());
         out.extend(nested("dns.zone", self.dns.zone.problems()));

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 pub struct SyncArgs {
     pub masters: Vec<String>,
-    pub etcd: String,
+    pub etcd: EtcdConfig,
     pub interval: Duration,
     pub once: bool,
     pub ranges: VipRanges,
@@ -51,7 +51,7 @@ pub async fn run(args: SyncArgs) -> Result<()> {
             let _ = axum::serve(listener, app).await;
         });
     }
-    let store = EtcdStore::connect(EtcdConfig::from_list(&args.etcd)).await?;
+    let store = EtcdStore::connect(args.etcd.clone()).await?;
     let masters = MasterClient::new(
         &args.masters,
         args.timeout,

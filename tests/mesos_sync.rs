@@ -4,11 +4,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -16,7 +13,7 @@ use lodestar_control::mesos::vipalloc::{self, VipRanges};
 use lodestar_control::model::{Health, IpSource, TaskState};
 use lodestar_control::{EtcdConfig, EtcdStore, Snapshot};
 use serde_json::json;
-use support::mesos::{state, task, FakeMaster, Reply};
+use support::mesos::{state, task, vip_task, FakeMaster, Reply, SyncProcess};
 use support::{eventually, EtcdServer};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -69,20 +66,6 @@ fn ok(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn vip_task(id: &str, name: &str, slave: &str, vips: &[&str]) -> serde_json::Value {
-    let mut t = task(id, name, slave, "TASK_RUNNING", &["198.18.1.50"]);
-    let labels: Vec<_> = vips
-        .iter()
-        .enumerate()
-        .map(|(i, v)| json!({"key": format!("VIP_{i}"), "value": v}))
-        .collect();
-    t["discovery"] = json!({
-        "name": name,
-        "ports": {"ports": [{"number": 8080, "name": "http", "protocol": "tcp", "labels": {"labels": labels}}]}
-    });
-    t
 }
 
 #[tokio::test]
@@ -410,71 +393,9 @@ async fn named_vip_addresses_are_unique_under_racing_writers_and_exhaustion_hits
     assert!(err.to_string().contains("no VIP range"), "{err}");
 }
 
-/// A background `lodestar mesos-sync`, its log collected; killed on drop.
-struct SyncProcess {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl SyncProcess {
-    fn start(masters: &str, etcd: &EtcdServer, id: &str, extra: &[&str]) -> SyncProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
-        cmd.args([
-            "mesos-sync",
-            "--master",
-            masters,
-            "--etcd",
-            &etcd.endpoint(),
-            "--interval",
-            "200ms",
-            "--lease-ttl",
-            "2",
-            "--instance-id",
-            id,
-            "--timeout",
-            "2s",
-        ])
-        .args(extra)
-        .env_remove("LODESTAR_ETCD")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        // SAFETY: prctl only asks the kernel to kill the child with us.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        SyncProcess { child, log }
-    }
-
-    fn leads(&self) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .contains("leading: this mesos-sync instance writes")
-    }
-}
-
-impl Drop for SyncProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- mesos-sync log ----\n{}", self.log.lock().unwrap());
-        }
-    }
+/// `lodestar mesos-sync` in the background against a plaintext etcd.
+fn start_sync(masters: &str, etcd: &EtcdServer, id: &str, extra: &[&str]) -> SyncProcess {
+    SyncProcess::start(masters, &["--etcd".into(), etcd.endpoint()], id, extra)
 }
 
 #[tokio::test]
@@ -489,8 +410,8 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
     let (p1, p2) = (support::etcd::free_port(), support::etcd::free_port());
     let m1 = format!("127.0.0.1:{p1}");
     let m2 = format!("127.0.0.1:{p2}");
-    let mut one = SyncProcess::start(&master.url(), &etcd, "one", &["--metrics-listen", &m1]);
-    let mut two = SyncProcess::start(&master.url(), &etcd, "two", &["--metrics-listen", &m2]);
+    let mut one = start_sync(&master.url(), &etcd, "one", &["--metrics-listen", &m1]);
+    let mut two = start_sync(&master.url(), &etcd, "two", &["--metrics-listen", &m2]);
     eventually(PATIENCE, "a leader", || async {
         (one.leads() || two.leads()).then_some(())
     })
@@ -786,4 +707,90 @@ async fn one_exhausted_family_does_not_block_the_other_and_lost_records_keep_the
     x.sort();
     y.sort();
     assert_eq!(x, y);
+}
+
+/// A state with tasks `app.0` .. `app.{n-1}`.
+fn tasks_state(master: &FakeMaster, n: usize) -> serde_json::Value {
+    let tasks = (0..n)
+        .map(|i| {
+            task(
+                &format!("app.{i}"),
+                "app",
+                "S-azure-S1",
+                "TASK_RUNNING",
+                &[],
+            )
+        })
+        .collect();
+    state(&master.pid(), &master.pid(), tasks)
+}
+
+#[tokio::test]
+async fn two_polls_deleting_49_percent_each_are_held_at_the_second() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    master.set_state(tasks_state(&master, 100));
+    ok(&sync_once(&master.url(), &etcd, &[]).await);
+    // 49 of 100: below half, applied.
+    master.set_state(tasks_state(&master, 51));
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(out.contains("49 deleted"), "{out}");
+    // 25 of the 51 left is below half of them too, but it would leave 26 of a recent 100.
+    master.set_state(tasks_state(&master, 26));
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(out.contains(" 0 deleted"), "{out}");
+    assert_eq!(catalog(&etcd).await.0.tasks.len(), 51);
+}
+
+#[tokio::test]
+async fn the_high_water_mark_follows_the_catalog_as_it_grows() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    for (tasks, deleted) in [(12, 0), (40, 0), (30, 10)] {
+        master.set_state(tasks_state(&master, tasks));
+        let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+        assert!(out.contains(&format!(" {deleted} deleted")), "{out}");
+    }
+    // 16 tasks (21 keys with the agents, framework, master and leader) is more than half of
+    // the 30 there are, and more than the 12 the catalog began with, but less than half of
+    // the 40 (45 keys) it grew to.
+    master.set_state(tasks_state(&master, 16));
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(out.contains(" 0 deleted"), "{out}");
+    assert_eq!(catalog(&etcd).await.0.tasks.len(), 30);
+}
+
+#[tokio::test]
+async fn a_real_shrink_is_released_once_the_master_has_reported_it_for_the_whole_hold() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    master.set_state(tasks_state(&master, 20));
+    let sync = start_sync(
+        &master.url(),
+        &etcd,
+        "shrink",
+        &["--mass-delete-delay", "3s"],
+    );
+    eventually(PATIENCE, "the first sync", || async {
+        (catalog(&etcd).await.0.tasks.len() == 20).then_some(())
+    })
+    .await;
+    master.set_state(tasks_state(&master, 5));
+    let held_at = std::time::Instant::now();
+    eventually(PATIENCE, "the deletes to be held", || async {
+        sync.log().contains("holding deletes").then_some(())
+    })
+    .await;
+    assert_eq!(catalog(&etcd).await.0.tasks.len(), 20, "held, not applied");
+    eventually(PATIENCE, "the shrink to be applied", || async {
+        (catalog(&etcd).await.0.tasks.len() == 5).then_some(())
+    })
+    .await;
+    assert!(
+        held_at.elapsed() >= Duration::from_secs(3),
+        "released only after the hold"
+    );
+    assert!(sync
+        .log()
+        .contains("applying a mass delete the master has reported for the whole delay"));
 }

@@ -35,6 +35,15 @@ pub enum StoreError {
         endpoints: String,
         error: etcd_client::Error,
     },
+    #[error("etcd at {endpoints}: TLS: {reason}")]
+    Tls { endpoints: String, reason: String },
+    #[error("etcd at {endpoints}: {reason}")]
+    Authentication { endpoints: String, reason: String },
+    #[error(transparent)]
+    Credentials {
+        #[from]
+        source: CredentialError,
+    },
     #[error("cannot reach etcd at {endpoints}: no answer within {after:?} ({op})")]
     Timeout {
         endpoints: String,
@@ -67,6 +76,39 @@ pub enum StoreError {
         origin: String,
         problems: Vec<String>,
     },
+}
+
+/// A TLS or password file for etcd that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds no PEM {what}{}", .path.display(), .reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    NotPem {
+        path: PathBuf,
+        what: &'static str,
+        reason: Option<String>,
+    },
+    #[error("{} is empty", .path.display())]
+    Empty { path: PathBuf },
+    #[error("{} can be read by every user on this machine (mode {mode:03o}): chmod o-rwx it", .path.display())]
+    WorldReadable { path: PathBuf, mode: u32 },
+}
+
+impl CredentialError {
+    /// The file at fault.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            CredentialError::Read { path, .. }
+            | CredentialError::NotPem { path, .. }
+            | CredentialError::Empty { path }
+            | CredentialError::WorldReadable { path, .. } => path,
+        }
+    }
 }
 
 impl StoreError {
@@ -102,7 +144,10 @@ pub fn describe(e: &etcd_client::Error) -> String {
     match (e, innermost) {
         (_, Some(io)) => io,
         (etcd_client::Error::GRpcStatus(s), None) => {
-            format!("{} ({:?})", s.message(), s.code())
+            let message = s.message();
+            // etcd prefixes every error it returns with its own name; the caller names etcd.
+            let message = message.strip_prefix("etcdserver: ").unwrap_or(message);
+            format!("{message} ({:?})", s.code())
         }
         (other, None) => other.to_string(),
     }

@@ -12,8 +12,8 @@ pub mod model;
 pub mod snapshot;
 pub mod watch;
 
-pub use error::{ConfigProblem, StoreError};
-pub use etcd::{EtcdConfig, EtcdStore};
+pub use error::{ConfigProblem, CredentialError, StoreError};
+pub use etcd::{EtcdAuth, EtcdConfig, EtcdSettingNames, EtcdStore, EtcdTls};
 pub use file::{CatalogDocument, FileStore};
 pub use snapshot::{Backend, CatalogState, Snapshot, SnapshotView, Source, Vip};
 pub use watch::{CatalogWatch, WatchConfig, WatchStats};

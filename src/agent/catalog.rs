@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lodestar_control::WatchStats;
-use lodestar_control::{demo, CatalogWatch, EtcdConfig, FileStore, Snapshot, WatchConfig};
+use lodestar_control::{demo, CatalogWatch, FileStore, Snapshot, WatchConfig};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -59,7 +59,7 @@ impl Catalog {
                 .map(|r| r.map(|_| ()));
             match (loaded, &cache_file) {
                 (Ok(r), _) => r.context("the catalog store stopped")?,
-                (Err(_), Some(path)) => match cache::read(path) {
+                (Err(_), Some(path)) => match cache::read(path, config.cache_max_age()) {
                     Ok(s) => {
                         warn!(
                             path = %path.display(),
@@ -69,7 +69,7 @@ impl Catalog {
                         cached = Some(Arc::new(s));
                     }
                     Err(e) => {
-                        warn!("etcd is out of reach and there is no usable local cache ({e}); still waiting");
+                        warn!("etcd is out of reach and there is no usable local cache ({e:#}); still waiting");
                         wait_loaded(&mut snapshots).await?;
                     }
                 },
@@ -115,8 +115,7 @@ async fn wait_loaded(snapshots: &mut watch::Receiver<Arc<Snapshot>>) -> Result<(
 
 fn open_store(config: &CatalogConfig) -> Result<(Store, watch::Receiver<Arc<Snapshot>>)> {
     if !config.etcd.is_empty() {
-        let etcd = EtcdConfig::from_list(&config.etcd.join(","));
-        let w = CatalogWatch::spawn(etcd, WatchConfig::default());
+        let w = CatalogWatch::spawn(config.etcd_config(), WatchConfig::default());
         let rx = w.subscribe();
         return Ok((Store::Etcd(w), rx));
     }

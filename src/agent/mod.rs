@@ -123,7 +123,13 @@ impl App {
         self.vips
             .spawn(&self.config, &mut tasks, snapshots.clone(), stop.clone());
         if let Some(path) = self.catalog.cache_file.clone() {
-            tasks.spawn(crate::cache::keep(path, snapshots.clone(), stop.clone()));
+            let watch = self.catalog.watch_stats();
+            tasks.spawn(crate::cache::keep(
+                path,
+                snapshots.clone(),
+                watch,
+                stop.clone(),
+            ));
         }
         let ops = Ops {
             node: self.config.node.clone().unwrap_or_else(host_name),

@@ -1,7 +1,10 @@
 //! A local HTTP server that plays a Mesos master: it serves `GET /master/state` from a
 //! document the test sets (or garbage, or an error status). Loopback only; stops on drop.
+//! And the real `lodestar mesos-sync` in the background, its log collected, killed on drop.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -150,6 +153,21 @@ pub fn task(id: &str, name: &str, slave: &str, state: &str, ips: &[&str]) -> Val
     })
 }
 
+/// A running task whose discovery port 8080 carries the VIP labels `vips` (`VIP_0`, ...).
+pub fn vip_task(id: &str, name: &str, slave: &str, vips: &[&str]) -> serde_json::Value {
+    let mut t = task(id, name, slave, "TASK_RUNNING", &["198.18.1.50"]);
+    let labels: Vec<_> = vips
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"key": format!("VIP_{i}"), "value": v}))
+        .collect();
+    t["discovery"] = json!({
+        "name": name,
+        "ports": {"ports": [{"number": 8080, "name": "http", "protocol": "tcp", "labels": {"labels": labels}}]}
+    });
+    t
+}
+
 /// A state document led by `leader_pid`, with two agents in two sites.
 pub fn state(self_pid: &str, leader_pid: &str, tasks: Vec<Value>) -> Value {
     json!({
@@ -164,4 +182,67 @@ pub fn state(self_pid: &str, leader_pid: &str, tasks: Vec<Value>) -> Value {
             {"id": "fw-marathon", "name": "marathon", "pid": "scheduler-1@198.18.1.11:8080", "hostname": "master-1", "tasks": tasks}
         ]
     })
+}
+
+/// A background `lodestar mesos-sync`, its log collected; killed on drop (its log printed if
+/// the test failed).
+pub struct SyncProcess {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl SyncProcess {
+    /// Polls `masters` every 200 ms as instance `id` with a 2 s lease; `etcd` are the
+    /// `--etcd ...` flags (with any credentials), `extra` more flags.
+    pub fn start(masters: &str, etcd: &[String], id: &str, extra: &[&str]) -> SyncProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
+        cmd.args(["mesos-sync", "--master", masters])
+            .args(etcd)
+            .args([
+                "--interval",
+                "200ms",
+                "--lease-ttl",
+                "2",
+                "--instance-id",
+                id,
+            ])
+            .args(["--timeout", "2s"])
+            .args(extra)
+            .env_remove("LODESTAR_ETCD")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        super::die_with_test(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn lodestar mesos-sync");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        SyncProcess { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn leads(&self) -> bool {
+        self.log()
+            .contains("leading: this mesos-sync instance writes")
+    }
+}
+
+impl Drop for SyncProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- mesos-sync log ----\n{}", self.log());
+        }
+    }
 }

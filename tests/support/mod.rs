@@ -16,6 +16,36 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use etcd::EtcdServer;
+
+/// Asks the kernel to kill the process `cmd` starts if the test process dies first, so that
+/// nothing a test starts outlives it.
+pub fn die_with_test(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with us.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// A catalog document of one agent and one task on it: `web.marathon.mesos` -> 127.0.3.10,
+/// an address of this machine's loopback.
+pub const WEB_CATALOG: &str = r#"schema = 1
+
+[[agents]]
+id = "a1"
+hostname = "agent-1"
+addresses = ["127.0.3.1"]
+
+[[tasks]]
+id = "web.1"
+name = "web"
+framework = "marathon"
+agent = "a1"
+ips = [{ ip = "127.0.3.10", source = "netinfo" }]
+"#;
 pub use http::{http_get, metric};
 
 /// Waits until `check` returns `Some`, polling; fails the test with `what` after `patience`.

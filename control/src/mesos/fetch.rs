@@ -45,13 +45,27 @@ impl FetchError {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MasterClient {
     http: reqwest::Client,
     masters: Vec<String>,
+    /// Basic auth: user and password.
     auth: Option<(String, String)>,
     max_body: usize,
     scheme: &'static str,
+}
+
+/// Names the user, never the password: a client printed in a log or a panic message must not
+/// hand out the masters' credentials.
+impl std::fmt::Debug for MasterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterClient")
+            .field("masters", &self.masters)
+            .field("user", &self.auth.as_ref().map(|(user, _)| user))
+            .field("password", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MasterClient {
@@ -220,4 +234,37 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_names_the_user_and_hides_the_password() {
+        let client = MasterClient::new(
+            &["http://198.18.0.1:5050".to_string()],
+            Duration::from_secs(1),
+            Some(("lodestar".into(), "s3cret-master-pw".into())),
+            None,
+            1 << 20,
+        )
+        .unwrap();
+        for text in [format!("{client:?}"), format!("{client:#?}")] {
+            assert!(!text.contains("s3cret-master-pw"), "{text}");
+            assert!(
+                text.contains("\"lodestar\"") && text.contains("<redacted>"),
+                "{text}"
+            );
+        }
+        let anonymous = MasterClient::new(
+            &["198.18.0.1:5050".to_string()],
+            Duration::from_secs(1),
+            None,
+            None,
+            1 << 20,
+        )
+        .unwrap();
+        assert!(format!("{anonymous:?}").contains("password: None"));
+    }
 }

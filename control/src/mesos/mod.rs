@@ -3,6 +3,7 @@
 
 pub mod election;
 pub mod fetch;
+pub mod guard;
 pub mod state;
 pub mod sync;
 pub mod translate;

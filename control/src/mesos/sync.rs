@@ -12,6 +12,8 @@ use crate::error::describe;
 use crate::keys::{self, Kind, Record, PREFIX};
 use crate::mesos::election;
 use crate::mesos::fetch::{FetchError, MasterClient};
+pub use crate::mesos::guard::DeleteGuard;
+use crate::mesos::guard::{GuardState, Verdict, GUARD_KEY};
 use crate::mesos::translate::translate;
 use crate::mesos::vipalloc::{self, VipRanges};
 use crate::model::VipAddress;
@@ -28,27 +30,6 @@ pub const REJECTED_VIP_LABELS_TOTAL: &str = "lodestar_mesos_sync_rejected_vip_la
 pub const VIP_ALLOCATION_FAILURES_TOTAL: &str = "lodestar_mesos_sync_vip_allocation_failures_total";
 pub const DUPLICATE_TASK_IDS_TOTAL: &str = "lodestar_mesos_sync_duplicate_task_ids_total";
 pub const DELETES_HELD_TOTAL: &str = "lodestar_mesos_sync_deletes_held_total";
-
-/// Below this many owned keys, no delete counts as a mass delete.
-const MASS_DELETE_MIN_KEYS: usize = 10;
-
-/// The guard against acting on a master that suddenly reports far less than before.
-#[derive(Clone, Debug)]
-pub struct DeleteGuard {
-    /// Deletes above this share of the catalog in one poll are held...
-    pub max_delete_fraction: f64,
-    /// ...until the master has kept reporting them for this long.
-    pub mass_delete_delay: std::time::Duration,
-}
-
-impl Default for DeleteGuard {
-    fn default() -> Self {
-        DeleteGuard {
-            max_delete_fraction: 0.5,
-            mass_delete_delay: std::time::Duration::from_secs(300),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -94,8 +75,8 @@ pub struct Syncer {
     /// What etcd holds under the keys we own: key -> (value, mod revision). `None` until read.
     current: Option<BTreeMap<String, (Vec<u8>, i64)>>,
     guard: DeleteGuard,
-    /// Since when the master has been reporting a mass delete.
-    mass_delete_since: Option<std::time::Instant>,
+    /// The guard's memory as etcd holds it, with its revision (0: absent). `None` until read.
+    guard_state: Option<(GuardState, i64)>,
     pub stats: SyncStats,
 }
 
@@ -113,7 +94,7 @@ impl Syncer {
             ranges,
             current: None,
             guard: DeleteGuard::default(),
-            mass_delete_since: None,
+            guard_state: None,
             stats: SyncStats::default(),
         }
     }
@@ -127,6 +108,7 @@ impl Syncer {
     /// Forget what etcd holds (after a conflict, or on becoming leader): the next poll reads it.
     pub fn invalidate(&mut self) {
         self.current = None;
+        self.guard_state = None;
     }
 
     /// One poll. `fence`: the leadership lease writes are fenced on (None: unfenced, `--once`).
@@ -224,7 +206,7 @@ impl Syncer {
                 changes.push((key.clone(), None, *rev));
             }
         }
-        let changes = self.hold_mass_deletes(changes);
+        let (changes, guard_state) = self.hold_mass_deletes(changes).await?;
         let mut report = PollReport {
             unchanged,
             ..PollReport::default()
@@ -239,6 +221,7 @@ impl Syncer {
                 }
             }
         }
+        self.save_guard_state(guard_state, fence).await?;
         self.stats
             .puts
             .fetch_add(report.puts as u64, Ordering::Relaxed);
@@ -337,51 +320,123 @@ impl Syncer {
         Ok(resp.count() as usize != current.len() || newest != ours)
     }
 
-    /// Holds deletes that would remove more than `max_delete_fraction` of the catalog until
-    /// the master has reported the same for `mass_delete_delay`: a master that has just been
-    /// elected lists few agents and tasks until they re-register, and acting on that would
-    /// wipe every site's names and VIPs.
-    fn hold_mass_deletes(
+    /// Holds deletes that would shrink the catalog below `1 - max_delete_fraction` of the
+    /// largest it has been recently, until the master has reported them for
+    /// `mass_delete_delay`: a master that has just been elected lists few agents and tasks
+    /// until they re-register, and acting on that would wipe every site's names and VIPs.
+    /// Returns the changes to make and the guard's new memory.
+    async fn hold_mass_deletes(
         &mut self,
         changes: Vec<(String, Option<Vec<u8>>, i64)>,
-    ) -> Vec<(String, Option<Vec<u8>>, i64)> {
-        let owned_now = self
+    ) -> Result<(Vec<(String, Option<Vec<u8>>, i64)>, GuardState), SyncError> {
+        let mut state = self.guard_state().await?;
+        let before = self
             .current
             .as_ref()
             .map_or(0, |c| c.keys().filter(|k| owned(k)).count());
         let deletes = changes.iter().filter(|(_, v, _)| v.is_none()).count();
-        let mass = owned_now >= MASS_DELETE_MIN_KEYS
-            && deletes as f64 > owned_now as f64 * self.guard.max_delete_fraction;
-        if !mass {
-            self.mass_delete_since = None;
-            return changes;
+        let added = changes
+            .iter()
+            .filter(|(k, v, rev)| v.is_some() && *rev == 0 && owned(k))
+            .count();
+        let after = (before + added).saturating_sub(deletes);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        match state.judge(&self.guard, now_ms, before, after) {
+            Verdict::Apply => Ok((changes, state)),
+            Verdict::Release { high_water } => {
+                warn!(
+                    deletes,
+                    keys = before,
+                    high_water,
+                    "applying a mass delete the master has reported for the whole delay"
+                );
+                Ok((changes, state))
+            }
+            Verdict::Hold { high_water, wait } => {
+                warn!(
+                    deletes,
+                    keys = before,
+                    would_leave = after,
+                    high_water,
+                    wait = ?wait,
+                    "holding deletes: the master reports far fewer tasks than the catalog had recently"
+                );
+                self.stats
+                    .deletes_held
+                    .fetch_add(deletes as u64, Ordering::Relaxed);
+                metrics::counter!(DELETES_HELD_TOTAL).increment(deletes as u64);
+                let puts = changes
+                    .into_iter()
+                    .filter(|(_, v, _)| v.is_some())
+                    .collect();
+                Ok((puts, state))
+            }
         }
-        let since = *self
-            .mass_delete_since
-            .get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() >= self.guard.mass_delete_delay {
-            warn!(
-                deletes,
-                of = owned_now,
-                "applying a mass delete the master has reported for a while"
-            );
-            self.mass_delete_since = None;
-            return changes;
+    }
+
+    /// The guard's memory: as last read or written, else from etcd (absent or unreadable:
+    /// start afresh, which measures against the catalog as it is).
+    async fn guard_state(&mut self) -> Result<GuardState, SyncError> {
+        if let Some((state, _)) = &self.guard_state {
+            return Ok(state.clone());
         }
-        warn!(
-            deletes,
-            of = owned_now,
-            wait = ?self.guard.mass_delete_delay.saturating_sub(since.elapsed()),
-            "holding deletes: the master reports far fewer tasks than the catalog has"
-        );
-        self.stats
-            .deletes_held
-            .fetch_add(deletes as u64, Ordering::Relaxed);
-        metrics::counter!(DELETES_HELD_TOTAL).increment(deletes as u64);
-        changes
-            .into_iter()
-            .filter(|(_, v, _)| v.is_some())
-            .collect()
+        let mut kv = self.store.client().kv_client();
+        let resp = kv
+            .get(GUARD_KEY, None)
+            .await
+            .map_err(|e| SyncError::Store(describe(&e)))?;
+        let (state, rev) = match resp.kvs().first() {
+            Some(found) => match serde_json::from_slice(found.value()) {
+                Ok(state) => (state, found.mod_revision()),
+                Err(e) => {
+                    warn!(
+                        key = GUARD_KEY,
+                        "ignoring the mass-delete guard's unreadable memory: {e}"
+                    );
+                    (GuardState::default(), found.mod_revision())
+                }
+            },
+            None => (GuardState::default(), 0),
+        };
+        self.guard_state = Some((state.clone(), rev));
+        Ok(state)
+    }
+
+    /// Writes the guard's memory when it changed, fenced like the catalog writes.
+    async fn save_guard_state(
+        &mut self,
+        state: GuardState,
+        fence: Option<i64>,
+    ) -> Result<(), SyncError> {
+        let rev = match &self.guard_state {
+            Some((old, _)) if *old == state => return Ok(()),
+            Some((_, rev)) => *rev,
+            None => 0,
+        };
+        let value = serde_json::to_vec(&state).expect("the guard state serializes");
+        let mut compares: Vec<Compare> = fence.map(election::fence).into_iter().collect();
+        compares.push(if rev == 0 {
+            Compare::version(GUARD_KEY, CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(GUARD_KEY, CompareOp::Equal, rev)
+        });
+        let mut kv = self.store.client().kv_client();
+        let resp = kv
+            .txn(
+                Txn::new()
+                    .when(compares)
+                    .and_then([TxnOp::put(GUARD_KEY, value, None)]),
+            )
+            .await
+            .map_err(|e| SyncError::Store(describe(&e)))?;
+        if !resp.succeeded() {
+            return Err(SyncError::Conflict);
+        }
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        self.guard_state = Some((state, revision));
+        Ok(())
     }
 
     /// Every key under `/lodestar/v1/` with its value and revision, in pages.
