@@ -11,6 +11,7 @@ use lodestar_control::{demo, CatalogWatch, EtcdConfig, FileStore, Snapshot, Watc
 use lodestar_dns::acl::{interface_addresses, RecursionAcl};
 use lodestar_dns::forward::{ForwardConfig, Forwarder};
 use lodestar_dns::http::{router, HttpState};
+use lodestar_dns::metrics as dns_metrics;
 use lodestar_dns::server::{serve_tcp, Shared, TcpLimits, UdpServer};
 use lodestar_dns::stats::DnsStats;
 use lodestar_dns::zone::ZoneBuilder;
@@ -41,8 +42,14 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(dns_metrics::DURATION_SECONDS.into()),
+            &dns_metrics::DURATION_BUCKETS,
+        )
+        .context("the DNS latency buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    dns_metrics::describe();
 
     let (store, mut snapshots) = open_store(&config)?;
     let source = snapshots.borrow().source.to_string();
@@ -105,8 +112,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             listen
         }
     };
-    let mut builder = ZoneBuilder::new(config.dns.zone.clone(), ns_addresses.clone())
-        .map_err(|p| anyhow::anyhow!(p.join("; ")))?
+    let mut builder = ZoneBuilder::new(config.dns.zone.clone(), ns_addresses.clone())?
         .with_site(config.site.clone());
     let from_cache = Arc::new(std::sync::atomic::AtomicBool::new(cached.is_some()));
     let first = match cached {
@@ -154,12 +160,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         .collect();
     let udp_sockets: usize = plan.iter().map(|(_, u)| u.len()).sum();
     let stats = Arc::new(DnsStats::new(udp_sockets * workers + plan.len()));
-    let shared = Arc::new(Shared {
-        zone: zone.clone(),
-        forwarder: Some(forwarder.clone()),
+    let shared = Arc::new(Shared::new(
+        zone.clone(),
+        Some(forwarder.clone()),
         acl,
-        stats: stats.clone(),
-    });
+        stats.clone(),
+    ));
 
     let runtime = tokio::runtime::Handle::current();
     let mut udp_servers = Vec::new();
@@ -217,7 +223,19 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let ops_metrics = ops.clone();
     let l4lb_metrics = l4lb.clone();
     let active_metrics = active_stats.clone();
+    // The DNS latency histogram reaches the exporter as samples that wait for its upkeep.
+    let (upkeep, upkeep_dns, upkeep_forward) =
+        (prometheus.clone(), stats.clone(), forwarder.clone());
+    let upkeep_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(dns_metrics::PUBLISH_INTERVAL);
+        loop {
+            every.tick().await;
+            dns_metrics::publish(&upkeep_dns, upkeep_forward.stats());
+            upkeep.run_upkeep();
+        }
+    });
     let metrics = Arc::new(move || {
+        dns_metrics::publish(&dns_stats, forward_stats.stats());
         let mut text = prometheus.render();
         if let Some(l) = &l4lb_metrics {
             l.lock()
@@ -225,8 +243,6 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 .render_metrics(&mut text);
             active_metrics.render(&mut text);
         }
-        dns_stats.render(&mut text);
-        lodestar_dns::stats::render_forward(forward_stats.stats(), &mut text);
         ops_metrics.render(&mut text);
         text
     });
@@ -277,7 +293,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 None => match ZoneBuilder::new(zone_config.clone(), ns_addresses.clone()) {
                     Ok(b) => b.with_site(site.clone()),
                     Err(p) => {
-                        error!("cannot rebuild the zone: {}", p.join("; "));
+                        error!("cannot rebuild the zone: {p}");
                         continue;
                     }
                 },
@@ -331,6 +347,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         t.abort();
     }
     http_task.abort();
+    upkeep_task.abort();
     freshness_task.abort();
     if let Some(t) = cache_task {
         t.abort();

@@ -234,7 +234,7 @@ impl AgentConfig {
         }
         out.extend(self.l4lb.active.problems());
         out.extend(self.l4lb.xdp.problems());
-        out.extend(self.dns.zone.problems());
+        out.extend(self.dns.zone.problems().iter().map(ToString::to_string));
         if self.dns.zone.locality && self.site.is_none() {
             out.push("dns.zone.locality needs this node's site (site = \"...\" or --site)".into());
         }
