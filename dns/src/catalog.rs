@@ -6,6 +6,7 @@
 //! source answers at once from memory (the zones' prepared bytes, the forwarder's cache), or
 //! says it must wait on the network; the transport then runs its `answer_later` on tokio.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -20,8 +21,8 @@ use crate::wire::{self, Body, Query, Written, MAX_NAME};
 #[derive(Clone, Debug)]
 pub struct Request<'a> {
     pub query: Query<'a>,
-    lower: [u8; MAX_NAME],
-    lower_len: usize,
+    /// The question name lowercased: in the server's stack buffer, or owned.
+    lower: Cow<'a, [u8]>,
     pub peer: IpAddr,
     /// The largest response the client takes: its UDP payload (at least 512), or 65,535 over TCP.
     pub limit: usize,
@@ -29,6 +30,8 @@ pub struct Request<'a> {
     pub recursion_available: bool,
     /// Which rotation of a multi-record answer this request gets.
     pub turn: usize,
+    /// Where in the lowercase name the origin the catalog matched starts.
+    origin_at: Option<usize>,
 }
 
 impl<'a> Request<'a> {
@@ -39,22 +42,52 @@ impl<'a> Request<'a> {
         recursion_available: bool,
         turn: usize,
     ) -> Self {
-        let mut lower = [0u8; MAX_NAME];
-        let lower_len = wire::lowercase_name(query.qname(), &mut lower);
+        let lower = Cow::Owned(query.qname().to_ascii_lowercase());
+        Request::with_name(query, lower, peer, limit, recursion_available, turn)
+    }
+
+    /// `new`, with the name lowercased into `buffer`: what the servers do, on their stack, so
+    /// that the answer path allocates nothing.
+    pub fn in_buffer(
+        query: Query<'a>,
+        buffer: &'a mut [u8; MAX_NAME],
+        peer: IpAddr,
+        limit: usize,
+        recursion_available: bool,
+        turn: usize,
+    ) -> Self {
+        let n = wire::lowercase_name(query.qname(), buffer);
+        let lower = Cow::Borrowed(&buffer[..n]);
+        Request::with_name(query, lower, peer, limit, recursion_available, turn)
+    }
+
+    fn with_name(
+        query: Query<'a>,
+        lower: Cow<'a, [u8]>,
+        peer: IpAddr,
+        limit: usize,
+        recursion_available: bool,
+        turn: usize,
+    ) -> Self {
         Request {
             query,
             lower,
-            lower_len,
             peer,
             limit,
             recursion_available,
             turn,
+            origin_at: None,
         }
     }
 
     /// The question name, lowercase, in wire form.
     pub fn lower_qname(&self) -> &[u8] {
-        &self.lower[..self.lower_len]
+        &self.lower
+    }
+
+    /// The origin the catalog picked the source by (a suffix of `lower_qname`), once it has.
+    pub fn origin(&self) -> Option<&[u8]> {
+        self.origin_at.map(|at| &self.lower_qname()[at..])
     }
 
     /// Writes the response with `body` into `out` (see `wire::write_response`).
@@ -71,10 +104,16 @@ impl<'a> Request<'a> {
         self.respond(out, &body);
     }
 
+    /// Notes the origin the catalog found the source by (`Found::origin_at`).
+    pub fn set_origin(&mut self, at: usize) {
+        self.origin_at = (at < self.lower.len()).then_some(at);
+    }
+
     /// The request with the question copied, for a source that answers later.
     pub fn into_owned(self) -> Request<'static> {
         Request {
             query: self.query.into_owned(),
+            lower: Cow::Owned(self.lower.into_owned()),
             ..self
         }
     }
@@ -141,6 +180,9 @@ impl<S: AnswerSource> AnswerSource for ArcSwap<S> {
 pub struct Catalog {
     /// Each origin once.
     origins: Vec<Origin>,
+    /// Bit `n` set: some origin is `n` bytes long. Most suffixes of a name are no origin's
+    /// length, and the lookup passes them over with this one test.
+    lengths: [u64; 4],
 }
 
 #[derive(Clone)]
@@ -157,6 +199,8 @@ pub struct Found<'a> {
     pub source: &'a Arc<dyn AnswerSource>,
     /// Only clients that may recurse are to be answered.
     pub recursive: bool,
+    /// Where the origin starts in the name.
+    pub origin_at: usize,
 }
 
 impl Catalog {
@@ -169,6 +213,8 @@ impl Catalog {
         let recursive = source.is_recursive();
         for name in source.origins() {
             self.origins.retain(|o| o.name != name);
+            let len = name.len().min(255);
+            self.lengths[len / 64] |= 1 << (len % 64);
             let source = Arc::clone(&source);
             self.origins.push(Origin {
                 name,
@@ -183,10 +229,15 @@ impl Catalog {
     pub fn find(&self, lower: &[u8]) -> Option<Found<'_>> {
         let mut at = 0;
         while let Some(suffix) = lower.get(at..).filter(|s| !s.is_empty()) {
-            if let Some(origin) = self.origins.iter().find(|o| *o.name == *suffix) {
+            let len = suffix.len().min(255);
+            let origin = (self.lengths[len / 64] & (1 << (len % 64)) != 0)
+                .then(|| self.origins.iter().find(|o| *o.name == *suffix))
+                .flatten();
+            if let Some(origin) = origin {
                 return Some(Found {
                     source: &origin.source,
                     recursive: origin.recursive,
+                    origin_at: at,
                 });
             }
             at += 1 + usize::from(suffix[0]);

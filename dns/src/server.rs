@@ -99,12 +99,14 @@ impl Shared {
         } else {
             query.udp_limit()
         };
-        let request = Request::new(query, peer, limit, may_recurse, turn);
-        let source = match self.catalog.find(request.lower_qname()) {
-            Some(found) if !found.recursive => found.source,
+        let mut lower = [0u8; wire::MAX_NAME];
+        let mut request = Request::in_buffer(query, &mut lower, peer, limit, may_recurse, turn);
+        let found = self.catalog.find(request.lower_qname());
+        let source = match found {
+            Some(found) if !found.recursive => found,
             Some(found) if may_recurse => {
                 ws.forwarded.fetch_add(1, Ordering::Relaxed);
-                found.source
+                found
             }
             // Never an open resolver: names outside our zones are refused to strangers.
             _ => {
@@ -116,6 +118,8 @@ impl Shared {
                 return Outcome::Reply;
             }
         };
+        request.set_origin(source.origin_at);
+        let source = source.source;
         match source.answer(&request, out) {
             Answered::Now { prepared, .. } => {
                 if prepared {

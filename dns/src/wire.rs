@@ -272,9 +272,8 @@ fn skip_any_name(packet: &[u8], mut pos: usize) -> Option<usize> {
 /// Lowercases a wire-form name into `buf`; returns its length.
 pub fn lowercase_name(name: &[u8], buf: &mut [u8; MAX_NAME]) -> usize {
     let n = name.len().min(MAX_NAME);
-    for (dst, src) in buf.iter_mut().zip(&name[..n]) {
-        *dst = src.to_ascii_lowercase();
-    }
+    buf[..n].copy_from_slice(&name[..n]);
+    buf[..n].make_ascii_lowercase();
     n
 }
 
