@@ -54,16 +54,9 @@ impl ZoneRecipe {
 
     /// The one place a `ZoneBuilder` is made.
     fn builder(&self) -> Result<ZoneBuilder, ConfigError> {
-        let problems = |p: Vec<String>| {
-            ConfigError(
-                p.into_iter()
-                    .map(|m| lodestar_control::ConfigProblem::new("dns.zone", m))
-                    .collect(),
-            )
-        };
         Ok(
             ZoneBuilder::new(self.config.clone(), self.ns_addresses.clone())
-                .map_err(problems)?
+                .map_err(|p| ConfigError(p.problems))?
                 .with_site(self.site.clone()),
         )
     }
@@ -133,12 +126,12 @@ impl Dns {
             .collect();
         let udp_sockets: usize = plan.iter().map(|(_, u)| u.len()).sum();
         let stats = Arc::new(DnsStats::new(udp_sockets * workers + plan.len()));
-        let shared = Arc::new(Shared {
-            zone: zone.clone(),
-            forwarder: Some(forwarder.clone()),
+        let shared = Arc::new(Shared::new(
+            zone.clone(),
+            Some(forwarder.clone()),
             acl,
-            stats: stats.clone(),
-        });
+            stats.clone(),
+        ));
 
         let runtime = tokio::runtime::Handle::current();
         let (mut udp, mut tcp, mut addresses) = (Vec::new(), Vec::new(), Vec::new());
