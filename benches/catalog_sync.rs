@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use lodestar_control::keys::Record;
 use lodestar_control::model::{Health, IpSource, Port, Task};
 use lodestar_control::{CatalogWatch, EtcdConfig, EtcdStore, WatchConfig};
+use support::report::{median, percentile, sorted, Plot, Report};
 
 struct Options {
     tasks: usize,
@@ -97,16 +98,6 @@ fn child_sync(endpoint: &str) {
             status_kb("VmRSS:")
         );
     });
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
 }
 
 fn main() {
@@ -193,8 +184,8 @@ fn main() {
         );
         raw_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    let sync = median(&mut sync_ms);
-    let raw = median(&mut raw_ms);
+    let sync = median(&sync_ms);
+    let raw = median(&raw_ms);
 
     // Write -> published snapshot, isolated writes on the full catalog.
     let latencies = rt.block_on(async {
@@ -217,37 +208,49 @@ fn main() {
         }
         lat
     });
-    let mut sorted = latencies.clone();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let sorted = sorted(&latencies);
     let (p50, p99, max) = (
         percentile(&sorted, 0.5),
         percentile(&sorted, 0.99),
-        sorted[sorted.len() - 1],
+        percentile(&sorted, 1.0),
     );
+    let mut report = Report::new("catalog_sync");
 
-    println!();
-    println!("| measure | Lodestar | peer | ratio (peer / Lodestar) | target |");
-    println!("| --- | --- | --- | --- | --- |");
-    println!(
+    report.say("");
+    report.say("| measure | Lodestar | peer | ratio (peer / Lodestar) | target |");
+    report.say("| --- | --- | --- | --- | --- |");
+    report.say(format!(
         "| initial sync of {} tasks, median of {} | {:.0} ms | etcdctl get --prefix (raw, no decode): {:.0} ms | {:.2} | < 2000 ms |",
         o.tasks, o.runs, sync, raw, raw / sync
-    );
-    println!(
+    ));
+    report.say(format!(
         "| peak RSS of the syncing process | {:.0} MB | - | - | < 300 MB |",
         peak_kb as f64 / 1024.0
-    );
-    println!(
+    ));
+    report.say(format!(
         "| write -> snapshot p50 ({} writes) | {p50:.1} ms | Mesos-DNS poll (60 s interval, mean 30 s): 30000 ms | {:.0} | - |",
         o.writes,
         30_000.0 / p50
-    );
-    println!(
+    ));
+    report.say(format!(
         "| write -> snapshot p99 | {p99:.1} ms | dcos-net propagation (1-11 s, best case 1 s): 1000 ms | {:.0} | < 50 ms |",
         1_000.0 / p99
-    );
-    println!(
+    ));
+    report.say(format!(
         "| write -> snapshot max | {max:.1} ms | Mesos-DNS worst case: 60000 ms | {:.0} | - |",
         60_000.0 / max
+    ));
+    report.plot(
+        "write-to-snapshot",
+        Plot::cdf(
+            &format!(
+                "etcd write to published snapshot, {} tasks (dcos-net: 1,000 ms at best)",
+                o.tasks
+            ),
+            "ms",
+            &[("Lodestar", &sorted)],
+        ),
     );
+    report.finish();
     drop(server);
 }

@@ -24,9 +24,10 @@ use std::process::Command;
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 
-use dnsperf::{median, percentile, Load, Run};
+use dnsperf::{Load, Run};
 use servers::{Knot, Lodestar};
 use support::dns;
+use support::report::{median, percentile, Plot, Report};
 
 struct Options {
     quick: bool,
@@ -422,8 +423,9 @@ fn main() {
     let fresh = freshness::measure(&binary, o.tasks, o.apps, o.writes);
 
     // Tables.
+    let mut report = Report::new("dns");
     let ratio = |a: f64, b: f64| a / b;
-    println!(
+    report.say(format!(
         "\n{} tasks ({} zone records), {} cores, dnsperf -e -c {} -T {} -q {}, {} x {} s runs each, median:\n",
         o.tasks,
         axfr.record_count(),
@@ -433,34 +435,34 @@ fn main() {
         o.load.outstanding,
         o.runs,
         o.load.seconds
-    );
-    println!("| measure | Lodestar | Knot | ratio (Lodestar / Knot) | target |");
-    println!("| --- | --- | --- | --- | --- |");
-    println!(
+    ));
+    report.say("| measure | Lodestar | Knot | ratio (Lodestar / Knot) | target |");
+    report.say("| --- | --- | --- | --- | --- |");
+    report.say(format!(
         "| throughput, qps | {:.0} | {:.0} | {:.2} | >= 1.00 |",
         l.qps(),
         k.qps(),
         ratio(l.qps(), k.qps())
-    );
-    println!(
+    ));
+    report.say(format!(
         "| lost queries (all runs) | {} of {} | {} of {} | - | 0 |",
         l.lost(),
         l.sent(),
         k.lost(),
         k.sent()
-    );
-    println!(
+    ));
+    report.say(format!(
         "| server CPU per million queries | {:.2} s | {:.2} s | {:.2} | - |",
         l.cpu_per_million(),
         k.cpu_per_million(),
         ratio(l.cpu_per_million(), k.cpu_per_million())
-    );
-    println!(
+    ));
+    report.say(format!(
         "| mean latency at saturation (dnsperf) | {:.3} ms | {:.3} ms | {:.2} | - |",
         l.avg_latency(),
         k.avg_latency(),
         ratio(l.avg_latency(), k.avg_latency())
-    );
+    ));
     for (i, rate) in rates.iter().enumerate() {
         let (ll, kl) = (l.latencies(i), k.latencies(i));
         for (label, p, target) in [
@@ -469,26 +471,26 @@ fn main() {
             ("max", 1.0, "-"),
         ] {
             let (a, b) = (percentile(&ll, p), percentile(&kl, p));
-            println!(
+            report.say(format!(
                 "| latency {label} at {rate} qps ({} + {} queries) | {a:.3} ms | {b:.3} ms | {:.2} | {target} |",
                 ll.len(),
                 kl.len(),
                 ratio(a, b)
-            );
+            ));
         }
-        println!(
+        report.say(format!(
             "| lost queries at {rate} qps | {} | {} | - | 0 |",
             l.latency_lost(i),
             k.latency_lost(i)
-        );
+        ));
     }
     let size = |s: &Side| s.runs.last().map_or(0.0, |r| r.response_bytes);
-    println!(
+    report.say(format!(
         "| mean response size | {:.0} B | {:.0} B | {:.2} | - |",
         size(&l),
         size(&k),
         ratio(size(&l), size(&k))
-    );
+    ));
 
     let mut f = fresh.latencies_ms.clone();
     f.sort_by(f64::total_cmp);
@@ -499,33 +501,63 @@ fn main() {
         percentile(&f, 0.99),
         percentile(&f, 1.0),
     );
-    println!(
+    report.say(format!(
         "\n{} writes of a new task on {} tasks in etcd; each polled with UDP A queries ({} in all):\n",
         f.len(),
         fresh.base_tasks,
         fresh.polls
-    );
-    println!("| measure | Lodestar | Mesos-DNS (documented; cannot run here) | ratio (Mesos-DNS / Lodestar) | target |");
-    println!("| --- | --- | --- | --- | --- |");
-    println!(
+    ));
+    report.say("| measure | Lodestar | Mesos-DNS (documented; cannot run here) | ratio (Mesos-DNS / Lodestar) | target |");
+    report.say("| --- | --- | --- | --- | --- |");
+    report.say(format!(
         "| etcd write -> first DNS answer, p50 | {p50:.1} ms | mean staleness, 60 s poll: 30,000 ms | {:.0} | - |",
         30_000.0 / p50
-    );
-    println!(
+    ));
+    report.say(format!(
         "| etcd write -> first DNS answer, p99 | {p99:.1} ms | worst case: 60,000 ms | {:.0} | < 100 ms |",
         60_000.0 / p99
-    );
-    println!("| etcd write -> first DNS answer, max | {max:.1} ms | - | - | - |");
-    println!(
+    ));
+    report.say(format!(
+        "| etcd write -> first DNS answer, max | {max:.1} ms | - | - | - |"
+    ));
+    report.say(format!(
         "| of which etcd put acknowledged, p50 / p99 | {:.1} / {:.1} ms | - | - | - |",
         percentile(&puts, 0.5),
         percentile(&puts, 0.99)
-    );
-    println!(
+    ));
+    report.say(format!(
         "| writes not answered within 10 s | {} | - | - | 0 |",
         fresh.timeouts
-    );
+    ));
     if o.quick {
-        println!("\n(--quick: a smoke run; use the full run for numbers)");
+        report.say("\n(--quick: a smoke run; use the full run for numbers)");
     }
+    let per_run = |s: &Side| s.runs.iter().map(|r| r.qps).collect::<Vec<_>>();
+    report.plot(
+        "throughput",
+        Plot::rounds(
+            &format!("DNS throughput per run, {} tasks", o.tasks),
+            "queries per second",
+            &[("Lodestar", &per_run(&l)), ("Knot", &per_run(&k))],
+        ),
+    );
+    for (i, rate) in rates.iter().enumerate() {
+        report.plot(
+            &format!("latency-{rate}qps"),
+            Plot::cdf(
+                &format!("DNS latency at {rate} qps"),
+                "ms",
+                &[("Lodestar", &l.latencies(i)), ("Knot", &k.latencies(i))],
+            ),
+        );
+    }
+    report.plot(
+        "freshness",
+        Plot::cdf(
+            "etcd write to first DNS answer (Mesos-DNS: up to 60,000 ms)",
+            "ms",
+            &[("Lodestar", &f)],
+        ),
+    );
+    report.finish();
 }

@@ -16,13 +16,10 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::bench::arg;
+use support::report::{percentile as pct, sorted, Plot, Report};
 use support::{agent, http, l4lb};
 
 use l4lb::{backend_status, connect, in_ns, vip_status, within, Lab, VIP4};
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn main() {
     let kills = arg("--kills", 50) as usize;
@@ -106,30 +103,60 @@ fn main() {
     drop(active_agent);
     let _ = lab.detach();
 
-    for v in [&mut passive_ms, &mut passive_failed, &mut active_ms] {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    }
-    println!("health: {kills} kills each, 3 backends behind one VIP\n");
-    println!("| measure | p50 | p99 | max | target | dcos-l4lb (documented) |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    println!(
-        "| passive: process dies (refused), kill -> last connect to it (ms) | {:.2} | {:.2} | {:.2} | < 1000 | seconds, up to 30 s |",
-        pct(&passive_ms, 0.5),
-        pct(&passive_ms, 0.99),
-        pct(&passive_ms, 1.0)
+    let (passive_ms, passive_failed, active_ms) = (
+        sorted(&passive_ms),
+        sorted(&passive_failed),
+        sorted(&active_ms),
     );
-    println!(
-        "| passive: failed connects per kill | {:.0} | {:.0} | {:.0} | | |",
-        pct(&passive_failed, 0.5),
-        pct(&passive_failed, 0.99),
-        pct(&passive_failed, 1.0)
+    let p = |v: &[f64], digits: usize| [0.5, 0.99, 1.0].map(|q| format!("{:.digits$}", pct(v, q)));
+    let row = |measure: String, v: &[f64], digits: usize, target: &str, peer: &str| {
+        let mut r = vec![measure];
+        r.extend(p(v, digits));
+        r.extend([target.to_string(), peer.to_string()]);
+        r
+    };
+    let mut report = Report::new("health");
+    report.say(format!(
+        "health: {kills} kills each, 3 backends behind one VIP"
+    ));
+    report.table(
+        &["measure", "p50", "p99", "max", "target", "dcos-l4lb (documented)"],
+        &[
+            row(
+                "passive: process dies (refused), kill -> last connect to it (ms)".into(),
+                &passive_ms,
+                2,
+                "< 1000",
+                "seconds, up to 30 s",
+            ),
+            row(
+                "passive: failed connects per kill".into(),
+                &passive_failed,
+                0,
+                "",
+                "",
+            ),
+            row(
+                format!("active ({interval} ms interval, fall 2): host goes silent -> out of the maps (ms)"),
+                &active_ms,
+                0,
+                "< 1000",
+                "seconds, up to 30 s",
+            ),
+        ],
     );
-    println!(
-        "| active ({interval} ms interval, fall 2): host goes silent -> out of the maps (ms) | {:.0} | {:.0} | {:.0} | < 1000 | seconds, up to 30 s |",
-        pct(&active_ms, 0.5),
-        pct(&active_ms, 0.99),
-        pct(&active_ms, 1.0)
+    report.plot(
+        "reaction",
+        Plot::cdf(
+            "Dead backend: time until no new connection goes to it",
+            "ms",
+            &[
+                ("passive (process killed, connects refused)", &passive_ms),
+                ("active checks (host silent)", &active_ms),
+            ],
+        ),
     );
+    report.finish();
 }
 
 /// The agent inside the client namespace (its checks must reach the backends), on a catalog

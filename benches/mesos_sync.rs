@@ -13,6 +13,7 @@ use lodestar_control::mesos::sync::Syncer;
 use lodestar_control::mesos::vipalloc::VipRanges;
 use lodestar_control::{EtcdConfig, EtcdStore};
 use serde_json::json;
+use support::report::{Plot, Report};
 
 fn tasks(n: usize, generation: usize, changed: usize) -> Vec<serde_json::Value> {
     (0..n)
@@ -79,29 +80,44 @@ fn main() {
         let delta_time = started.elapsed();
 
         let records = full.puts + full.unchanged;
-        println!("mesos_sync: {n} tasks, {} records, 500 named VIPs", records);
-        println!();
-        println!("| measure | Lodestar | rewrite-everything sync | ratio (rewrite / Lodestar) |");
-        println!("| --- | --- | --- | --- |");
-        println!(
+        let mut report = Report::new("mesos_sync");
+        report.say(format!("mesos_sync: {n} tasks, {} records, 500 named VIPs", records));
+        report.say("");
+        report.say("| measure | Lodestar | rewrite-everything sync | ratio (rewrite / Lodestar) |");
+        report.say("| --- | --- | --- | --- |");
+        report.say(format!(
             "| full sync into an empty etcd | {:.0} ms ({} keys, {} txns) | same keys | 1.00 |",
             full_time.as_secs_f64() * 1e3,
             full.puts,
             full.txns
-        );
-        println!(
+        ));
+        report.say(format!(
             "| no-change poll (median of 5) | {:.0} ms, 0 etcd writes | {} writes | {} |",
             idle[2].as_secs_f64() * 1e3,
             records,
             if records > 0 { "∞ (0 writes)" } else { "-" }
-        );
-        println!(
+        ));
+        report.say(format!(
             "| 1% change ({changed} tasks move) | {:.0} ms, {} etcd writes in {} txns | {} writes | {:.0} |",
             delta_time.as_secs_f64() * 1e3,
             delta.puts + delta.deletes,
             delta.txns,
             records,
             records as f64 / (delta.puts + delta.deletes).max(1) as f64
+        ));
+        report.plot(
+            "writes",
+            Plot::bars(
+                &format!("etcd writes per poll, {n} tasks"),
+                "etcd writes",
+                &[
+                    ("full sync", full.puts as f64),
+                    ("no change: Lodestar", 0.0),
+                    ("1% change: Lodestar", (delta.puts + delta.deletes) as f64),
+                    ("any poll: rewrite-everything", records as f64),
+                ],
+            ),
         );
+        report.finish();
     });
 }

@@ -8,11 +8,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::report::{percentile, sorted, Plot, Report};
 use support::sites::{time_until, TwoSites};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn main() {
     let rounds = support::bench::arg("--rounds", 5) as usize;
@@ -39,21 +36,46 @@ fn main() {
         // Settle before the next round.
         time_until(Duration::from_secs(30), || !sites.stale(&sites.b, &agent_b));
     }
-    detect.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    converge.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    println!("partition: {rounds} rounds, 3 etcd members split 2/1, one agent per site");
-    println!();
-    println!("| measure | Lodestar | peer | ratio (peer / Lodestar) |");
-    println!("| --- | --- | --- | --- |");
-    println!(
-        "| heal -> minority site answers the new name, p50 / max | {:.2} s / {:.2} s | Mesos-DNS: next 60 s poll, 30 s mean | {:.0} |",
-        percentile(&converge, 0.5),
-        converge[converge.len() - 1],
-        30.0 / percentile(&converge, 0.5)
+    let (detect, converge) = (sorted(&detect), sorted(&converge));
+    let mut report = Report::new("partition");
+    report.say(format!(
+        "partition: {rounds} rounds, 3 etcd members split 2/1, one agent per site"
+    ));
+    report.table(
+        &["measure", "Lodestar", "peer", "ratio (peer / Lodestar)"],
+        &[
+            vec![
+                "heal -> minority site answers the new name, p50 / max".into(),
+                format!(
+                    "{:.2} s / {:.2} s",
+                    percentile(&converge, 0.5),
+                    percentile(&converge, 1.0)
+                ),
+                "Mesos-DNS: next 60 s poll, 30 s mean".into(),
+                format!("{:.0}", 30.0 / percentile(&converge, 0.5)),
+            ],
+            vec![
+                "cut -> minority site reports stale, p50 / max".into(),
+                format!(
+                    "{:.2} s / {:.2} s",
+                    percentile(&detect, 0.5),
+                    percentile(&detect, 1.0)
+                ),
+                "Mesos-DNS: never reports it".into(),
+                "-".into(),
+            ],
+        ],
     );
-    println!(
-        "| cut -> minority site reports stale, p50 / max | {:.2} s / {:.2} s | Mesos-DNS: never reports it | - |",
-        percentile(&detect, 0.5),
-        detect[detect.len() - 1]
+    report.plot(
+        "rounds",
+        Plot::rounds(
+            "WAN partition, per round (Mesos-DNS: 30 s mean to converge)",
+            "seconds",
+            &[
+                ("heal -> minority answers the new name", &converge),
+                ("cut -> minority reports stale", &detect),
+            ],
+        ),
     );
+    report.finish();
 }

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::bench::arg;
+use support::report::{percentile, sorted, Plot, Report};
 use support::{agent, etcd, l4lb, netns};
 
 use lodestar_control::file::CatalogDocument;
@@ -327,57 +328,99 @@ fn main() {
         }
         fresh_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
-    fresh_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let fresh_ms = sorted(&fresh_ms);
     join_cgroup(plain);
     drop(agent);
     let _ = lab.detach();
     join_cgroup(&lab.cgroup.path);
 
+    let per_round = |runs: &[Run]| runs.iter().map(Run::rate).collect::<Vec<_>>();
+    let rates = [per_round(&d_runs), per_round(&v_runs), per_round(&n_runs)];
     let d = median_by(&mut d_runs, Run::rate);
     let v = median_by(&mut v_runs, Run::rate);
     let n = median_by(&mut n_runs, Run::rate);
-    println!(
+    let mut report = Report::new("vip");
+    report.say(format!(
         "vip: {threads} client threads, HTTP/1.0 GET on a new TCP connection each, 2 nginx backends, \
          {rounds} rounds of {seconds} s per mode (median round shown)\n"
-    );
-    println!("| measure | direct to backends | Lodestar VIP | nftables DNAT | VIP / direct | VIP vs DNAT |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    println!(
+    ));
+    report.say("| measure | direct to backends | Lodestar VIP | nftables DNAT | VIP / direct | VIP vs DNAT |");
+    report.say("| --- | --- | --- | --- | --- | --- |");
+    report.say(format!(
         "| connections/s | {:.0} | {:.0} | {:.0} | {:.3} | {:.2}x |",
         d.rate(),
         v.rate(),
         n.rate(),
         v.rate() / d.rate(),
         v.rate() / n.rate()
-    );
+    ));
     for (label, p) in [("p50 latency", 0.5), ("p99 latency", 0.99)] {
-        println!(
+        report.say(format!(
             "| {label} (ms) | {:.3} | {:.3} | {:.3} | {:.3} | {:.2}x |",
             d.pct(p),
             v.pct(p),
             n.pct(p),
             v.pct(p) / d.pct(p),
             n.pct(p) / v.pct(p)
-        );
+        ));
     }
-    println!(
+    report.say(format!(
         "| machine CPU per connection (us) | {:.1} | {:.1} | {:.1} | {:.3} | {:.2}x |",
         d.cpu_us_per_conn(),
         v.cpu_us_per_conn(),
         n.cpu_us_per_conn(),
         v.cpu_us_per_conn() / d.cpu_us_per_conn(),
         n.cpu_us_per_conn() / v.cpu_us_per_conn()
-    );
-    println!(
+    ));
+    report.say(format!(
         "| failed connections | {} | {} | {} | | |",
         d.errors, v.errors, n.errors
-    );
-    let pct = |p: f64| fresh_ms[((fresh_ms.len() - 1) as f64 * p) as usize];
-    println!(
+    ));
+    let pct = |p: f64| percentile(&fresh_ms, p);
+    report.say(format!(
         "\netcd write -> VIP steered (connect() reaches the backend), {writes} writes: \
          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {timeouts} over 5 s (target p99 < 100 ms)",
         pct(0.5),
         pct(0.99),
         pct(1.0)
+    ));
+    let latencies = |r: &Run| {
+        r.lat_us
+            .iter()
+            .map(|u| *u as f64 / 1000.0)
+            .collect::<Vec<_>>()
+    };
+    report.plot(
+        "connections",
+        Plot::rounds(
+            &format!("New TCP connections per second, {threads} client threads"),
+            "connections per second",
+            &[
+                ("direct to backends", &rates[0]),
+                ("Lodestar VIP", &rates[1]),
+                ("nftables DNAT", &rates[2]),
+            ],
+        ),
     );
+    report.plot(
+        "latency",
+        Plot::cdf(
+            "Connect + HTTP GET latency (median round)",
+            "ms",
+            &[
+                ("direct to backends", &latencies(d)),
+                ("Lodestar VIP", &latencies(v)),
+                ("nftables DNAT", &latencies(n)),
+            ],
+        ),
+    );
+    report.plot(
+        "write-to-steered",
+        Plot::cdf(
+            "etcd write to a VIP steered",
+            "ms",
+            &[("Lodestar", &fresh_ms)],
+        ),
+    );
+    report.finish();
 }
