@@ -172,15 +172,11 @@ fn main() {
     let mut raw_ms = Vec::new();
     for _ in 0..o.runs {
         let started = Instant::now();
-        let out = Command::new("etcdctl")
-            .args(["--endpoints", &endpoint, "get", "--prefix", "/lodestar/v1/"])
-            .env("ETCDCTL_API", "3")
-            .output()
-            .expect("etcdctl (Debian package etcd-client)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        support::run_ok(
+            Command::new("etcdctl")
+                .args(["--endpoints", &endpoint, "get", "--prefix", "/lodestar/v1/"])
+                .env("ETCDCTL_API", "3"),
+            "etcdctl (Debian package etcd-client)",
         );
         raw_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }

@@ -491,36 +491,14 @@ async fn http_get(addr: &str, path: &str) -> String {
     body
 }
 
-/// An HTTPS master: a self-signed certificate for 127.0.0.1 made by `openssl`, a TLS acceptor,
-/// and a minimal HTTP/1.1 reply with the state document.
+/// An HTTPS master: a certificate for 127.0.0.1 from the test CA (`support::etcd::Pki`), a TLS
+/// acceptor, and a minimal HTTP/1.1 reply with the state document.
 async fn https_master(
     dir: &std::path::Path,
     body: String,
 ) -> (String, std::path::PathBuf, tokio::task::JoinHandle<()>) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (Debian package openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let pki = support::etcd::Pki::create(dir);
+    let (cert, key) = pki.server();
     let identity = tokio_native_tls::native_tls::Identity::from_pkcs8(
         &std::fs::read(&cert).unwrap(),
         &std::fs::read(&key).unwrap(),
@@ -556,7 +534,7 @@ async fn https_master(
             let _ = tls.shutdown().await;
         }
     });
-    (url, cert, server)
+    (url, pki.ca(), server)
 }
 
 #[tokio::test]

@@ -167,22 +167,16 @@ impl EtcdServer {
     pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
         let pki = self.pki();
         let (cert, key) = pki.client("root");
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
-            .arg(format!("--cacert={}", pki.ca().display()))
-            .arg(format!("--cert={}", cert.display()))
-            .arg(format!("--key={}", key.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("etcdctl (Debian package etcd-client)");
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        super::run_ok(
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", self.endpoint()))
+                .arg(format!("--cacert={}", pki.ca().display()))
+                .arg(format!("--cert={}", cert.display()))
+                .arg(format!("--key={}", key.display()))
+                .args(args),
+            "etcdctl (Debian package etcd-client)",
+        )
     }
 
     /// The roles and users of docs/security.md ("Roles"), the same etcdctl commands, then
@@ -325,7 +319,8 @@ pub struct Pki {
 }
 
 impl Pki {
-    fn create(dir: &Path) -> Pki {
+    /// Makes the CA and the server certificate in `dir`.
+    pub fn create(dir: &Path) -> Pki {
         std::fs::create_dir_all(dir).expect("pki dir");
         let pki = Pki {
             dir: dir.to_path_buf(),
@@ -404,6 +399,11 @@ impl Pki {
         path
     }
 
+    /// The server certificate for 127.0.0.1 and its key, signed by `ca()`.
+    pub fn server(&self) -> (PathBuf, PathBuf) {
+        (self.server_cert(), self.server_key())
+    }
+
     fn server_cert(&self) -> PathBuf {
         self.path("server.pem")
     }
@@ -429,14 +429,8 @@ impl Pki {
 }
 
 fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl (Debian package openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    super::run_ok(
+        Command::new("openssl").args(args),
+        "openssl (Debian package openssl)",
     );
 }

@@ -278,15 +278,9 @@ impl Drop for Lab {
 /// Runs `lodestar ARGS` to success; its standard output.
 pub fn lodestar<S: AsRef<str>>(args: &[S]) -> String {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(&args)
-        .output()
-        .expect("run lodestar");
-    assert!(
-        out.status.success(),
-        "lodestar {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
+    let out = super::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lodestar")).args(&args),
+        "the lodestar binary",
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

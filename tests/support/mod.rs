@@ -18,6 +18,22 @@ use std::time::Duration;
 
 pub use etcd::EtcdServer;
 
+/// Runs `cmd` to completion with nothing on its standard input, and returns its output.
+/// Panics when it cannot start (`missing` names the program and its Debian package) or when it
+/// fails (with its command line and standard error).
+pub fn run_ok(cmd: &mut std::process::Command, missing: &str) -> std::process::Output {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{missing}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
+}
+
 /// Asks the kernel to kill the process `cmd` starts if the test process dies first, so that
 /// nothing a test starts outlives it.
 pub fn die_with_test(cmd: &mut std::process::Command) {
