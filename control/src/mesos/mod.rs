@@ -4,6 +4,7 @@
 pub mod election;
 pub mod fetch;
 pub mod guard;
+pub mod operator;
 pub mod recordio;
 pub mod state;
 pub mod sync;

@@ -1,10 +1,11 @@
 //! The parts of a Mesos master's `GET /master/state` document that Lodestar reads. Lenient
 //! where Mesos is (unknown fields ignored, absent lists empty), strict where a wrong shape
-//! would mean a wrong catalog.
+//! would mean a wrong catalog. A task and its statuses read the v1 operator API's shapes too
+//! (`{"value": …}` ids, `{"labels": […]}`, resource lists), so one model serves both.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct State {
     /// The leading master's PID, `master@198.18.0.1:5050`.
     #[serde(default)]
@@ -52,18 +53,21 @@ pub struct Slave {
 
 #[derive(Debug, Deserialize)]
 pub struct Task {
+    #[serde(alias = "task_id", deserialize_with = "id")]
     pub id: String,
     pub name: String,
+    #[serde(deserialize_with = "id")]
     pub framework_id: String,
+    #[serde(alias = "agent_id", deserialize_with = "id")]
     pub slave_id: String,
     pub state: String,
     #[serde(default)]
     pub statuses: Vec<Status>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "resources")]
     pub resources: Resources,
     #[serde(default)]
     pub discovery: Option<Discovery>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "labels")]
     pub labels: Vec<Label>,
 }
 
@@ -79,7 +83,7 @@ pub struct Status {
     pub state: String,
     #[serde(default)]
     pub timestamp: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "labels")]
     pub labels: Vec<Label>,
     #[serde(default)]
     pub container_status: Option<ContainerStatus>,
@@ -147,6 +151,74 @@ pub struct DiscoveryPort {
 pub struct Labels {
     #[serde(default)]
     pub labels: Vec<Label>,
+}
+
+/// An id as `/master/state` writes it (`"abc"`) or as the operator API does
+/// (`{"value": "abc"}`).
+fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Plain(String),
+        Wrapped { value: String },
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::Plain(s) | Id::Wrapped { value: s } => s,
+    })
+}
+
+/// Labels as a list (`/master/state`) or wrapped in `{"labels": […]}` (the operator API).
+fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Label>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<Label>),
+        Wrapped(Labels),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(l) | Either::Wrapped(Labels { labels: l }) => l,
+    })
+}
+
+/// Resources as `/master/state`'s object (`{"ports": "[31000-31001]"}`) or the operator API's
+/// list of `Resource`s, whose `ports` ranges are written the same way here.
+fn resources<'de, D: Deserializer<'de>>(d: D) -> Result<Resources, D::Error> {
+    #[derive(Deserialize)]
+    struct Range {
+        begin: u64,
+        end: u64,
+    }
+    #[derive(Deserialize)]
+    struct Ranges {
+        #[serde(default)]
+        range: Vec<Range>,
+    }
+    #[derive(Deserialize)]
+    struct Resource {
+        name: String,
+        #[serde(default)]
+        ranges: Option<Ranges>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Object(Resources),
+        List(Vec<Resource>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Object(r) => r,
+        Either::List(list) => {
+            let ranges: Vec<String> = list
+                .iter()
+                .filter(|r| r.name == "ports")
+                .filter_map(|r| r.ranges.as_ref())
+                .flat_map(|r| r.range.iter().map(|r| format!("{}-{}", r.begin, r.end)))
+                .collect();
+            Resources {
+                ports: (!ranges.is_empty()).then(|| format!("[{}]", ranges.join(", "))),
+            }
+        }
+    })
 }
 
 /// `name@host:port` -> (host, port).
