@@ -201,9 +201,17 @@ pub struct MesosSyncArgs {
     master: String,
     #[command(flatten)]
     etcd: EtcdArgs,
-    /// Time between polls.
+    /// How to follow the masters: `events` subscribes to the leader's operator API event
+    /// stream (falling back to polling when a master has none), `poll` reads /master/state
+    /// every --interval.
+    #[arg(long, value_enum, default_value = "events")]
+    source: crate::mesos_sync::Source,
+    /// Time between polls (with --source poll, or when falling back to it).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     interval: std::time::Duration,
+    /// How long to gather stream events into one etcd write.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    batch: std::time::Duration,
     /// Sync once (without the election) and exit.
     #[arg(long)]
     once: bool,
@@ -556,7 +564,9 @@ pub async fn run(args: Args) -> Result<()> {
                     .map(String::from)
                     .collect(),
                 etcd: a.etcd.config()?,
+                source: a.source,
                 interval: a.interval,
+                batch: a.batch,
                 once: a.once,
                 ranges: lodestar_control::mesos::vipalloc::VipRanges {
                     v4: a.vip_range_v4,

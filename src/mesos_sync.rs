@@ -1,21 +1,36 @@
-//! `lodestar mesos-sync`: polls the Mesos masters and keeps the etcd catalog in step. With
-//! several instances, only the elected one writes; `--once` does one unfenced sync and exits.
+//! `lodestar mesos-sync`: follows the Mesos masters, on the leader's operator API event stream
+//! or by polling `/master/state`, and keeps the etcd catalog in step. With several instances,
+//! only the elected one writes; `--once` does one unfenced sync and exits.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use lodestar_control::mesos::election::campaign;
 use lodestar_control::mesos::fetch::MasterClient;
-use lodestar_control::mesos::sync::{SyncError, Syncer};
+use lodestar_control::mesos::operator::{Applied, Cluster};
+use lodestar_control::mesos::subscribe::{StreamError, SubscribeError, Subscription};
+use lodestar_control::mesos::sync::{PollReport, SyncError, Syncer};
 use lodestar_control::mesos::vipalloc::VipRanges;
 use lodestar_control::{EtcdConfig, EtcdStore};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info, warn};
 
+/// How mesos-sync learns of changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The leader's `SUBSCRIBE` event stream; polling where a master has no operator API.
+    Events,
+    /// `GET /master/state` every interval.
+    Poll,
+}
+
 pub struct SyncArgs {
     pub masters: Vec<String>,
     pub etcd: EtcdConfig,
+    pub source: Source,
     pub interval: Duration,
+    /// How long stream events are gathered into one write.
+    pub batch: Duration,
     pub once: bool,
     pub ranges: VipRanges,
     pub site_attribute: String,
@@ -90,42 +105,201 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         };
         syncer.invalidate();
         let mut lost = leadership.lost();
-        loop {
-            match syncer.poll(Some(leadership.lease_id())).await {
-                Ok(r) if r.puts + r.deletes > 0 => info!(
-                    written = r.puts,
-                    deleted = r.deletes,
-                    unchanged = r.unchanged,
-                    txns = r.txns,
-                    "catalog updated from Mesos"
-                ),
-                Ok(r) => debug!(unchanged = r.unchanged, "no change in Mesos"),
-                Err(SyncError::NotLeader) => {
-                    warn!("another instance leads now; standing by");
-                    break;
-                }
-                Err(e) => warn!("sync failed, the catalog is left as it was: {e}"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(args.interval) => {}
-                _ = lost.changed() => break,
-                _ = sigterm.recv() => {
-                    info!("resigning and shutting down");
-                    leadership.resign().await;
-                    return Ok(());
-                }
-                _ = tokio::signal::ctrl_c() => {
-                    info!("resigning and shutting down");
-                    leadership.resign().await;
-                    return Ok(());
+        let fence = Some(leadership.lease_id());
+        let mut source = args.source;
+        let ended = loop {
+            let step = match source {
+                Source::Events => follow(&mut syncer, fence, args.batch, &mut lost).await,
+                Source::Poll => poll(&mut syncer, fence, args.interval, &mut lost).await,
+            };
+            match step {
+                Step::Ended(why) => break why,
+                Step::FallBackToPolling => {
+                    source = Source::Poll;
                 }
             }
-            if leadership.is_lost() {
-                break;
+        };
+        match ended {
+            Ended::NotLeader => warn!("another instance leads now; standing by"),
+            Ended::Lost => {}
+            Ended::Stop => {
+                info!("resigning and shutting down");
+                leadership.resign().await;
+                return Ok(());
             }
         }
     }
 }
+
+/// Why following the masters stopped.
+enum Ended {
+    /// The election was lost (the lease expired or was revoked).
+    Lost,
+    /// A write found another instance's lease.
+    NotLeader,
+    /// SIGTERM or Ctrl-C.
+    Stop,
+}
+
+enum Step {
+    Ended(Ended),
+    /// No master has the operator API: poll instead, for as long as this leadership lasts.
+    FallBackToPolling,
+}
+
+/// Waits for a stop signal (SIGTERM or Ctrl-C).
+async fn stop_signal() {
+    let mut sigterm = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Logs what a write did.
+fn report(result: Result<PollReport, SyncError>, what: &str) -> Result<(), Ended> {
+    match result {
+        Ok(r) if r.puts + r.deletes > 0 => info!(
+            written = r.puts,
+            deleted = r.deletes,
+            unchanged = r.unchanged,
+            txns = r.txns,
+            "catalog updated from Mesos ({what})"
+        ),
+        Ok(r) => debug!(unchanged = r.unchanged, "no change in Mesos ({what})"),
+        Err(SyncError::NotLeader) => return Err(Ended::NotLeader),
+        Err(e) => warn!("sync failed, the catalog is left as it was: {e}"),
+    }
+    Ok(())
+}
+
+/// Polls `/master/state` every `interval` while this instance leads.
+async fn poll(
+    syncer: &mut Syncer,
+    fence: Option<i64>,
+    interval: Duration,
+    lost: &mut tokio::sync::watch::Receiver<bool>,
+) -> Step {
+    loop {
+        if let Err(why) = report(syncer.poll(fence).await, "poll") {
+            return Step::Ended(why);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = lost.changed() => return Step::Ended(Ended::Lost),
+            _ = stop_signal() => return Step::Ended(Ended::Stop),
+        }
+    }
+}
+
+/// Follows the leader's event stream while this instance leads: the `SUBSCRIBED` state is
+/// written as a poll would be, then events are applied to the cluster model and the change is
+/// written once per `batch`. A lost stream (closed, cut, garbled, or silent for three
+/// heartbeats) is subscribed again, and the fresh state reconciles whatever was missed.
+async fn follow(
+    syncer: &mut Syncer,
+    fence: Option<i64>,
+    batch: Duration,
+    lost: &mut tokio::sync::watch::Receiver<bool>,
+) -> Step {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let subscription = tokio::select! {
+            s = syncer.masters().subscribe() => s,
+            _ = lost.changed() => return Step::Ended(Ended::Lost),
+            _ = stop_signal() => return Step::Ended(Ended::Stop),
+        };
+        let mut subscription = match subscription {
+            Ok(s) => s,
+            Err(e @ SubscribeError::NoOperatorApi { .. }) => {
+                warn!("{e}; polling /master/state instead");
+                metrics::counter!(STREAM_FALLBACKS_TOTAL).increment(1);
+                return Step::FallBackToPolling;
+            }
+            Err(e) => {
+                warn!("cannot subscribe to the masters, retrying in {backoff:?}: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = lost.changed() => return Step::Ended(Ended::Lost),
+                    _ = stop_signal() => return Step::Ended(Ended::Stop),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let outcome = tokio::select! {
+            o = stream(syncer, &mut subscription, fence, batch) => o,
+            _ = lost.changed() => return Step::Ended(Ended::Lost),
+            _ = stop_signal() => return Step::Ended(Ended::Stop),
+        };
+        match outcome {
+            Err(why) => return Step::Ended(why),
+            Ok(e) => {
+                metrics::counter!(STREAM_ENDS_TOTAL, "kind" => e.kind()).increment(1);
+                warn!("lost the event stream, subscribing again: {e}");
+                backoff = Duration::from_millis(100);
+            }
+        }
+    }
+}
+
+/// Reads one subscription until it ends (the error says how), writing as it goes.
+async fn stream(
+    syncer: &mut Syncer,
+    subscription: &mut Subscription,
+    fence: Option<i64>,
+    batch: Duration,
+) -> Result<StreamError, Ended> {
+    let mut cluster = match subscription.subscribed().await {
+        Ok(state) => Cluster::from_state(state),
+        Err(e) => return Ok(e),
+    };
+    info!(
+        master = subscription.url(),
+        heartbeat = ?subscription.heartbeat(),
+        tasks = cluster.task_count(),
+        "subscribed to the master's event stream"
+    );
+    cluster.set_leader(subscription.leader_pid());
+    report(
+        syncer.sync_state(cluster.state(), fence).await,
+        "subscribed",
+    )?;
+    loop {
+        let event = match subscription.next().await {
+            Ok(e) => e,
+            Err(e) => return Ok(e),
+        };
+        metrics::counter!(STREAM_EVENTS_TOTAL, "type" => event.kind().to_string()).increment(1);
+        if cluster.apply(event) == Applied::Unchanged {
+            continue;
+        }
+        // Gather what arrives within the batch window into the same write.
+        let until = tokio::time::Instant::now() + batch;
+        loop {
+            match tokio::time::timeout_at(until, subscription.next()).await {
+                Err(_) => break,
+                Ok(Ok(event)) => {
+                    metrics::counter!(STREAM_EVENTS_TOTAL, "type" => event.kind().to_string())
+                        .increment(1);
+                    cluster.apply(event);
+                }
+                Ok(Err(e)) => {
+                    report(syncer.sync_state(cluster.state(), fence).await, "events")?;
+                    return Ok(e);
+                }
+            }
+        }
+        report(syncer.sync_state(cluster.state(), fence).await, "events")?;
+    }
+}
+
+const STREAM_EVENTS_TOTAL: &str = "lodestar_mesos_sync_stream_events_total";
+const STREAM_ENDS_TOTAL: &str = "lodestar_mesos_sync_stream_ends_total";
+const STREAM_FALLBACKS_TOTAL: &str = "lodestar_mesos_sync_stream_fallbacks_total";
 
 /// Reads `--master-password-file` and checks the pair.
 pub fn auth(

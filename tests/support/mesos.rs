@@ -192,20 +192,16 @@ pub struct SyncProcess {
 }
 
 impl SyncProcess {
-    /// Polls `masters` every 200 ms as instance `id` with a 2 s lease; `etcd` are the
-    /// `--etcd ...` flags (with any credentials), `extra` more flags.
+    /// Follows `masters` (polling every 200 ms unless `extra` sets `--interval`) as instance
+    /// `id` with a 2 s lease; `etcd` are the `--etcd ...` flags (with any credentials), `extra`
+    /// more flags.
     pub fn start(masters: &str, etcd: &[String], id: &str, extra: &[&str]) -> SyncProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
-        cmd.args(["mesos-sync", "--master", masters])
-            .args(etcd)
-            .args([
-                "--interval",
-                "200ms",
-                "--lease-ttl",
-                "2",
-                "--instance-id",
-                id,
-            ])
+        cmd.args(["mesos-sync", "--master", masters]).args(etcd);
+        if !extra.contains(&"--interval") {
+            cmd.args(["--interval", "200ms"]);
+        }
+        cmd.args(["--lease-ttl", "2", "--instance-id", id])
             .args(["--timeout", "2s"])
             .args(extra)
             .env_remove("LODESTAR_ETCD")

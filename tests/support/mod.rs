@@ -9,6 +9,7 @@ pub mod http;
 pub mod l4lb;
 pub mod mesos;
 pub mod netns;
+pub mod operator;
 pub mod report;
 pub mod sites;
 pub mod xdp;

@@ -47,12 +47,16 @@ impl FetchError {
 
 #[derive(Clone)]
 pub struct MasterClient {
-    http: reqwest::Client,
-    masters: Vec<String>,
+    pub(crate) http: reqwest::Client,
+    /// For the event stream: the same, but without a deadline for the whole response (a
+    /// subscription lasts as long as the master leads); silence is caught by the heartbeats.
+    pub(crate) stream: reqwest::Client,
+    pub(crate) masters: Vec<String>,
     /// Basic auth: user and password.
-    auth: Option<(String, String)>,
-    max_body: usize,
-    scheme: &'static str,
+    pub(crate) auth: Option<(String, String)>,
+    pub(crate) max_body: usize,
+    pub(crate) scheme: &'static str,
+    pub(crate) timeout: Duration,
 }
 
 /// Names the user, never the password: a client printed in a log or a panic message must not
@@ -77,18 +81,23 @@ impl MasterClient {
         ca_cert: Option<&[u8]>,
         max_body: usize,
     ) -> Result<Self, MasterClientError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = ca_cert {
-            let cert = reqwest::Certificate::from_pem(pem)
-                .map_err(|source| MasterClientError::CaCertificate { source })?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder
-            .build()
-            .map_err(|source| MasterClientError::Build { source })?;
+        let client = |whole_response: Option<Duration>| {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none());
+            if let Some(t) = whole_response {
+                builder = builder.timeout(t);
+            }
+            if let Some(pem) = ca_cert {
+                let cert = reqwest::Certificate::from_pem(pem)
+                    .map_err(|source| MasterClientError::CaCertificate { source })?;
+                builder = builder.add_root_certificate(cert);
+            }
+            builder
+                .build()
+                .map_err(|source| MasterClientError::Build { source })
+        };
+        let (http, stream) = (client(Some(timeout))?, client(None)?);
         let masters: Vec<String> = masters
             .iter()
             .map(|m| {
@@ -110,10 +119,12 @@ impl MasterClient {
         };
         Ok(MasterClient {
             http,
+            stream,
             masters,
             auth,
             max_body,
             scheme,
+            timeout,
         })
     }
 
@@ -225,7 +236,7 @@ impl MasterClient {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -44,6 +44,23 @@ pub enum Event {
     Unknown(String),
 }
 
+impl Event {
+    /// The event's type as the stream names it.
+    pub fn kind(&self) -> &str {
+        match self {
+            Event::Subscribed { .. } => "SUBSCRIBED",
+            Event::TaskAdded(_) => "TASK_ADDED",
+            Event::TaskUpdated { .. } => "TASK_UPDATED",
+            Event::AgentAdded(_) => "AGENT_ADDED",
+            Event::AgentRemoved { .. } => "AGENT_REMOVED",
+            Event::FrameworkAdded(_) => "FRAMEWORK_ADDED",
+            Event::FrameworkRemoved { .. } => "FRAMEWORK_REMOVED",
+            Event::Heartbeat => "HEARTBEAT",
+            Event::Unknown(kind) => kind,
+        }
+    }
+}
+
 /// What is wrong with one event record.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {

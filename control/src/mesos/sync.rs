@@ -14,6 +14,7 @@ use crate::mesos::election;
 use crate::mesos::fetch::{FetchError, MasterClient};
 pub use crate::mesos::guard::DeleteGuard;
 use crate::mesos::guard::{GuardState, Verdict, GUARD_KEY};
+use crate::mesos::state::State;
 use crate::mesos::translate::translate;
 use crate::mesos::vipalloc::{self, VipRanges};
 use crate::model::VipAddress;
@@ -99,6 +100,11 @@ impl Syncer {
         }
     }
 
+    /// The masters this syncer reads.
+    pub fn masters(&self) -> &MasterClient {
+        &self.masters
+    }
+
     /// Replaces the mass-delete guard.
     pub fn with_delete_guard(mut self, guard: DeleteGuard) -> Self {
         self.guard = guard;
@@ -115,7 +121,25 @@ impl Syncer {
     pub async fn poll(&mut self, fence: Option<i64>) -> Result<PollReport, SyncError> {
         self.stats.polls.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(POLLS_TOTAL).increment(1);
-        let result = self.poll_inner(fence).await;
+        let result = match self.masters.fetch().await {
+            Ok(state) => self.write_state(&state, fence).await,
+            Err(e) => Err(e.into()),
+        };
+        self.account(result)
+    }
+
+    /// Writes the catalog `state` describes (the event stream's view of the cluster) with the
+    /// same difference, mass-delete guard and fencing as a poll.
+    pub async fn sync_state(
+        &mut self,
+        state: &State,
+        fence: Option<i64>,
+    ) -> Result<PollReport, SyncError> {
+        let result = self.write_state(state, fence).await;
+        self.account(result)
+    }
+
+    fn account(&mut self, result: Result<PollReport, SyncError>) -> Result<PollReport, SyncError> {
         if let Err(e) = &result {
             // Whatever failed, what we believe etcd holds may be wrong now: read it again.
             self.invalidate();
@@ -134,10 +158,13 @@ impl Syncer {
         result
     }
 
-    async fn poll_inner(&mut self, fence: Option<i64>) -> Result<PollReport, SyncError> {
-        let state = self.masters.fetch().await?;
+    async fn write_state(
+        &mut self,
+        state: &State,
+        fence: Option<i64>,
+    ) -> Result<PollReport, SyncError> {
         let t = translate(
-            &state,
+            state,
             &self.masters.master_addresses(),
             &self.site_attribute,
         );

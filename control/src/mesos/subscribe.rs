@@ -1,0 +1,278 @@
+//! Subscribing to the leading master's event stream: `POST /api/v1` with
+//! `{"type": "SUBSCRIBE"}`, answered by a chunked RecordIO stream of JSON events that lasts as
+//! long as that master leads. A master that does not lead answers 307 to the leader (with a
+//! protocol-relative `Location`); one that knows no leader answers 503.
+
+use std::time::Duration;
+
+use crate::mesos::fetch::{error_chain, MasterClient};
+use crate::mesos::operator::{parse_event, Event, EventError};
+use crate::mesos::recordio::{Decoder, RecordIoError};
+use crate::mesos::state::State;
+
+/// Why no subscription could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("no master accepted the subscription: {}", .0.join("; "))]
+    NoMaster(Vec<String>),
+    /// The master answers `/api/v1` with "not found" or "not implemented": a Mesos older
+    /// than 1.1, or a proxy that passes only `/master/state`.
+    #[error("master {url} has no operator API (HTTP {status})")]
+    NoOperatorApi { url: String, status: u16 },
+}
+
+/// Why a subscription ended. Every one of them means: subscribe again.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{url}: the master closed the stream")]
+    Closed { url: String },
+    #[error("{url}: {reason}")]
+    Read { url: String, reason: String },
+    #[error("{url}: {source}")]
+    Framing {
+        url: String,
+        #[source]
+        source: RecordIoError,
+    },
+    #[error("{url}: {source}")]
+    Event {
+        url: String,
+        #[source]
+        source: EventError,
+    },
+    #[error("{url}: nothing received for {silent:?}, heartbeats are due every {interval:?}")]
+    Silent {
+        url: String,
+        silent: Duration,
+        interval: Duration,
+    },
+    #[error("{url}: the first event is {kind}, not SUBSCRIBED")]
+    NotSubscribed { url: String, kind: String },
+}
+
+impl StreamError {
+    /// A short label for the metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StreamError::Closed { .. } => "closed",
+            StreamError::Read { .. } => "read",
+            StreamError::Framing { .. } => "framing",
+            StreamError::Event { .. } => "bad_event",
+            StreamError::Silent { .. } => "silent",
+            StreamError::NotSubscribed { .. } => "not_subscribed",
+        }
+    }
+}
+
+/// The master's default heartbeat interval (`DEFAULT_HEARTBEAT_INTERVAL`), for a master that
+/// does not announce one.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// How many heartbeats may be missed before the stream counts as lost (dcos-net waits 3).
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// A live subscription.
+pub struct Subscription {
+    url: String,
+    response: reqwest::Response,
+    decoder: Decoder,
+    /// How long the stream may be silent; set from `SUBSCRIBED`.
+    patience: Duration,
+    interval: Duration,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("url", &self.url)
+            .field("patience", &self.patience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MasterClient {
+    /// Subscribes at the leading master: each configured master in order, following its
+    /// redirect to the leader.
+    pub async fn subscribe(&self) -> Result<Subscription, SubscribeError> {
+        let mut errors = Vec::new();
+        let mut no_api = None;
+        for base in &self.masters {
+            let mut url = format!("{base}/api/v1");
+            // A master that does not lead names the leader; the leader streams.
+            for _hop in 0..3 {
+                match self.subscribe_at(&url).await {
+                    Ok(Answer::Stream(response)) => {
+                        return Ok(Subscription {
+                            url,
+                            response,
+                            // SUBSCRIBED carries the whole state: as large as a state may be.
+                            decoder: Decoder::new(self.max_body),
+                            patience: DEFAULT_HEARTBEAT * MISSED_HEARTBEATS,
+                            interval: DEFAULT_HEARTBEAT,
+                        });
+                    }
+                    Ok(Answer::Redirect(to)) => url = self.resolve(&url, &to),
+                    Ok(Answer::NoApi(status)) => {
+                        no_api.get_or_insert(SubscribeError::NoOperatorApi {
+                            url: url.clone(),
+                            status,
+                        });
+                        break;
+                    }
+                    Err(reason) => {
+                        errors.push(format!("{url}: {reason}"));
+                        break;
+                    }
+                }
+            }
+        }
+        // Only when no master streams: a mixed cluster mid-upgrade subscribes where it can.
+        match no_api {
+            Some(e) if errors.len() < self.masters.len() => Err(e),
+            _ => Err(SubscribeError::NoMaster(errors)),
+        }
+    }
+
+    async fn subscribe_at(&self, url: &str) -> Result<Answer, String> {
+        let mut req = self
+            .stream
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(r#"{"type":"SUBSCRIBE"}"#);
+        if let Some((user, pass)) = &self.auth {
+            req = req.basic_auth(user, Some(pass));
+        }
+        let response = tokio::time::timeout(self.timeout, req.send())
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Answer::Stream(response));
+        }
+        if status.is_redirection() {
+            let to = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| format!("HTTP {status} without a Location"))?;
+            return Ok(Answer::Redirect(to.to_string()));
+        }
+        if matches!(status.as_u16(), 404 | 405 | 501) {
+            return Ok(Answer::NoApi(status.as_u16()));
+        }
+        let body = tokio::time::timeout(self.timeout, response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let body: String = body.trim().chars().take(200).collect();
+        Err(format!("HTTP {status} {body}").trim_end().to_string())
+    }
+
+    /// A `Location` against the URL that answered: the master writes a protocol-relative one
+    /// (`//leader:5050/api/v1`), which keeps the scheme in use.
+    fn resolve(&self, from: &str, location: &str) -> String {
+        if location.contains("://") {
+            location.to_string()
+        } else if let Some(rest) = location.strip_prefix("//") {
+            format!("{}://{rest}", self.scheme)
+        } else {
+            let origin = from
+                .split_once("://")
+                .map(|(scheme, rest)| {
+                    let host = rest.split('/').next().unwrap_or(rest);
+                    format!("{scheme}://{host}")
+                })
+                .unwrap_or_default();
+            format!("{origin}/{}", location.trim_start_matches('/'))
+        }
+    }
+}
+
+enum Answer {
+    Stream(reqwest::Response),
+    Redirect(String),
+    NoApi(u16),
+}
+
+impl Subscription {
+    /// The URL streaming (the leader's).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The leader as a pid (`master@host:port`), as `/master/state` names it.
+    pub fn leader_pid(&self) -> Option<String> {
+        let rest = self.url.split_once("://")?.1;
+        let hostport = rest.split('/').next()?;
+        Some(format!("master@{hostport}"))
+    }
+
+    /// The first event, which must be `SUBSCRIBED`: the whole state. Its heartbeat interval
+    /// sets how long the stream may be silent from then on.
+    pub async fn subscribed(&mut self) -> Result<State, StreamError> {
+        match self.next().await? {
+            Event::Subscribed { state, heartbeat } => {
+                self.interval = heartbeat.unwrap_or(DEFAULT_HEARTBEAT);
+                self.patience = self.interval * MISSED_HEARTBEATS;
+                Ok(state)
+            }
+            other => Err(StreamError::NotSubscribed {
+                url: self.url.clone(),
+                kind: other.kind().to_string(),
+            }),
+        }
+    }
+
+    /// The heartbeat interval the master announced.
+    pub fn heartbeat(&self) -> Duration {
+        self.interval
+    }
+
+    /// The next event. Silence longer than the heartbeats allow, a cut or garbled stream, or
+    /// an event that is not the operator API's end the subscription.
+    pub async fn next(&mut self) -> Result<Event, StreamError> {
+        loop {
+            let record = self
+                .decoder
+                .next_record()
+                .map_err(|source| StreamError::Framing {
+                    url: self.url.clone(),
+                    source,
+                })?;
+            if let Some(record) = record {
+                return parse_event(&record).map_err(|source| StreamError::Event {
+                    url: self.url.clone(),
+                    source,
+                });
+            }
+            let chunk = tokio::time::timeout(self.patience, self.response.chunk())
+                .await
+                .map_err(|_| StreamError::Silent {
+                    url: self.url.clone(),
+                    silent: self.patience,
+                    interval: self.interval,
+                })?
+                .map_err(|e| StreamError::Read {
+                    url: self.url.clone(),
+                    reason: error_chain(&e),
+                })?;
+            match chunk {
+                Some(bytes) => self.decoder.push(&bytes),
+                None => {
+                    self.decoder
+                        .finish()
+                        .map_err(|source| StreamError::Framing {
+                            url: self.url.clone(),
+                            source,
+                        })?;
+                    return Err(StreamError::Closed {
+                        url: self.url.clone(),
+                    });
+                }
+            }
+        }
+    }
+}

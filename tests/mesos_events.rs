@@ -1,0 +1,282 @@
+//! `lodestar mesos-sync` on the operator API's event stream, against the fake master of
+//! `support/operator.rs` (written from the Mesos docs; no Mesos runs here) and a real etcd:
+//! events in the orders the docs allow, a stream cut mid-record, a garbage record, a leader
+//! change, a master that stops sending heartbeats, and a master without the operator API.
+
+mod support;
+
+use std::time::Duration;
+
+use lodestar_control::model::{Health, TaskState};
+use lodestar_control::{EtcdConfig, EtcdStore, Snapshot};
+use support::mesos::{state, task, FakeMaster, SyncProcess};
+use support::operator::{OperatorMaster, Role};
+use support::{eventually, EtcdServer};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+const FW: &str = "fw-marathon";
+
+async fn catalog(etcd: &EtcdServer) -> Snapshot {
+    let s = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
+        .await
+        .unwrap();
+    let loaded = s.load(None).await.unwrap();
+    loaded.state.snapshot(loaded.revision, s.source())
+}
+
+/// The catalog's tasks as "name state health", sorted.
+async fn tasks(etcd: &EtcdServer) -> Vec<String> {
+    let mut v: Vec<String> = catalog(etcd)
+        .await
+        .tasks
+        .values()
+        .map(|t| format!("{} {:?} {:?}", t.name, t.state, t.health))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until the catalog's tasks are `want`.
+async fn until_tasks(etcd: &EtcdServer, want: &[&str], what: &str) {
+    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    eventually(PATIENCE, what, || async {
+        let have = tasks(etcd).await;
+        (have == want).then_some(())
+    })
+    .await;
+}
+
+/// mesos-sync on the event stream, with a poll interval so long that only events can explain
+/// a change in time.
+fn follow(masters: &str, etcd: &EtcdServer) -> SyncProcess {
+    SyncProcess::start(
+        masters,
+        &["--etcd".into(), etcd.endpoint()],
+        "events",
+        &["--interval", "1h", "--source", "events"],
+    )
+}
+
+async fn cluster(heartbeat: Duration) -> OperatorMaster {
+    let m = OperatorMaster::start(heartbeat).await;
+    m.add_agent("S1", "198.18.1.21", "azure");
+    m.add_framework(FW, "marathon");
+    m
+}
+
+#[tokio::test]
+async fn events_reach_etcd_without_a_poll_in_every_order_the_docs_allow() {
+    let etcd = EtcdServer::start();
+    let master = cluster(Duration::from_millis(200)).await;
+    master.launch(FW, "web.1", "web", "S1", "198.18.1.101");
+    let sync = follow(&master.url(), &etcd);
+    // The SUBSCRIBED state is the first catalog.
+    until_tasks(&etcd, &["web Running Unknown"], "the subscribed state").await;
+
+    // A launch: TASK_ADDED (staging), then STARTING and RUNNING updates.
+    master.launch(FW, "web.2", "web2", "S1", "198.18.1.102");
+    until_tasks(
+        &etcd,
+        &["web Running Unknown", "web2 Running Unknown"],
+        "a launched task",
+    )
+    .await;
+
+    // TASK_ADDED may come before its agent and its framework (an agent reregistering with a
+    // failed-over master): the task waits, then is served under its framework's name.
+    master.add_task(support::operator::ModelTask {
+        framework: "fw-chronos".into(),
+        id: "1".into(),
+        name: "nightly".into(),
+        agent: "S2".into(),
+        state: "TASK_STAGING".into(),
+        ip: "198.18.2.50".into(),
+        healthy: None,
+    });
+    master.update_task("fw-chronos", "1", "TASK_RUNNING", None);
+    master.add_agent("S2", "198.18.2.21", "vsphere");
+    master.add_framework("fw-chronos", "chronos");
+    until_tasks(
+        &etcd,
+        &[
+            "nightly Running Unknown",
+            "web Running Unknown",
+            "web2 Running Unknown",
+        ],
+        "a task added before its agent and framework",
+    )
+    .await;
+    eventually(PATIENCE, "the chronos framework by name", || async {
+        let snap = catalog(&etcd).await;
+        snap.frameworks
+            .values()
+            .any(|f| f.name == "chronos")
+            .then_some(())
+    })
+    .await;
+
+    // A health check flips without a state change; then a kill, a killed task, and a
+    // framework torn down with its tasks.
+    master.update_task(FW, "web.1", "TASK_RUNNING", Some(false));
+    master.update_task(FW, "web.2", "TASK_KILLING", None);
+    until_tasks(
+        &etcd,
+        &[
+            "nightly Running Unknown",
+            "web Running Unhealthy",
+            "web2 Draining Unknown",
+        ],
+        "health and killing updates",
+    )
+    .await;
+    master.update_task(FW, "web.2", "TASK_KILLED", None);
+    master.remove_framework("fw-chronos");
+    until_tasks(
+        &etcd,
+        &["web Running Unhealthy"],
+        "a killed task and a removed framework",
+    )
+    .await;
+    assert_eq!(
+        master
+            .state_reads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing polled /master/state"
+    );
+    assert_eq!(master.subscriptions(), 1, "{}", sync.log());
+    let snap = catalog(&etcd).await;
+    let web = snap.tasks.values().find(|t| t.name == "web").unwrap();
+    assert_eq!(
+        (web.state, web.health),
+        (TaskState::Running, Health::Unhealthy)
+    );
+}
+
+#[tokio::test]
+async fn a_cut_or_garbled_stream_is_subscribed_again_and_reconciled() {
+    let etcd = EtcdServer::start();
+    let master = cluster(Duration::from_millis(200)).await;
+    master.launch(FW, "web.1", "web", "S1", "198.18.1.101");
+    let sync = follow(&master.url(), &etcd);
+    until_tasks(&etcd, &["web Running Unknown"], "the subscribed state").await;
+
+    // What happens while the stream is down is only in the next SUBSCRIBED state.
+    master.change_quietly(|tasks| {
+        let mut t = tasks[0].clone();
+        t.id = "db.1".into();
+        t.name = "db".into();
+        tasks.push(t);
+    });
+    master.send_raw(b"120\n{\"type\":\"TASK_");
+    master.close_streams();
+    until_tasks(
+        &etcd,
+        &["db Running Unknown", "web Running Unknown"],
+        "reconciled after a cut record",
+    )
+    .await;
+    assert!(master.subscriptions() >= 2);
+    assert!(
+        sync.log().contains("lost the event stream"),
+        "{}",
+        sync.log()
+    );
+
+    master.change_quietly(|tasks| tasks.retain(|t| t.name != "db"));
+    master.send_raw(b"garbage that is not RecordIO\n");
+    until_tasks(
+        &etcd,
+        &["web Running Unknown"],
+        "reconciled after a garbage record",
+    )
+    .await;
+    assert!(master.subscriptions() >= 3);
+    assert!(
+        sync.log().contains("not a decimal number"),
+        "{}",
+        sync.log()
+    );
+}
+
+#[tokio::test]
+async fn a_leader_change_is_followed_through_the_redirect() {
+    let etcd = EtcdServer::start();
+    let one = cluster(Duration::from_millis(200)).await;
+    let two = cluster(Duration::from_millis(200)).await;
+    one.launch(FW, "web.1", "web", "S1", "198.18.1.101");
+    two.set_role(Role::Follower(one.addr.to_string()));
+    // The follower is asked first; its 307 names the leader, protocol-relative.
+    let sync = follow(&format!("{},{}", two.url(), one.url()), &etcd);
+    until_tasks(&etcd, &["web Running Unknown"], "the leader's state").await;
+    assert_eq!(two.subscriptions(), 0);
+
+    // Failover: the other master leads with what it recovered; the old one redirects.
+    two.launch(FW, "web.1", "web", "S1", "198.18.1.101");
+    two.launch(FW, "api.1", "api", "S1", "198.18.1.120");
+    one.set_role(Role::Follower(two.addr.to_string()));
+    two.set_role(Role::Leader);
+    until_tasks(
+        &etcd,
+        &["api Running Unknown", "web Running Unknown"],
+        "the new leader's state",
+    )
+    .await;
+    assert_eq!(two.subscriptions(), 1, "{}", sync.log());
+    let leader = catalog(&etcd)
+        .await
+        .leader
+        .expect("a leader in the catalog");
+    assert_eq!(leader.port, two.addr.port(), "{leader:?}");
+}
+
+#[tokio::test]
+async fn a_master_that_stops_sending_heartbeats_is_left_and_subscribed_again() {
+    let etcd = EtcdServer::start();
+    let master = cluster(Duration::from_millis(100)).await;
+    master.launch(FW, "web.1", "web", "S1", "198.18.1.101");
+    master.set_silent(true);
+    let sync = follow(&master.url(), &etcd);
+    until_tasks(&etcd, &["web Running Unknown"], "the subscribed state").await;
+    eventually(PATIENCE, "two resubscriptions", || async {
+        (master.subscriptions() >= 3).then_some(())
+    })
+    .await;
+    assert!(
+        sync.log().contains("nothing received for 300ms"),
+        "{}",
+        sync.log()
+    );
+    // With heartbeats back, the subscription holds.
+    master.set_silent(false);
+    master.launch(FW, "web.2", "web2", "S1", "198.18.1.102");
+    until_tasks(
+        &etcd,
+        &["web Running Unknown", "web2 Running Unknown"],
+        "events after the heartbeats resume",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_master_without_the_operator_api_is_polled_and_says_so() {
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    master.set_state(state(
+        &master.pid(),
+        &master.pid(),
+        vec![task("web.1", "web", "S-azure-S1", "TASK_RUNNING", &[])],
+    ));
+    let sync = SyncProcess::start(
+        &master.url(),
+        &["--etcd".into(), etcd.endpoint()],
+        "poller",
+        &["--source", "events"],
+    );
+    until_tasks(&etcd, &["web Running Healthy"], "the polled state").await;
+    let log = sync.log();
+    assert!(
+        log.contains("has no operator API (HTTP 404)") && log.contains("polling /master/state"),
+        "{log}"
+    );
+}
