@@ -697,8 +697,10 @@ mod refusal {
     const PLAINTEXT_PEER: &str = "TLS connection to a plaintext endpoint: etcd does not speak \
                                   TLS here; use http:// or enable TLS on etcd";
 
-    /// Limit for each step of a diagnosing handshake.
-    const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Limit for each step of a diagnosing handshake. It runs only after a refusal, so it can
+    /// afford to wait: on a loaded machine a second was seen to be too short, and the refusal
+    /// came out as a vague "cannot reach etcd" instead of its reason.
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
     use super::EtcdConfig;
     use crate::error::{describe, StoreError};

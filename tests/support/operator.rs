@@ -58,6 +58,8 @@ pub enum Role {
 
 struct Inner {
     model: Model,
+    /// Bytes of events and states this master has serialised (its load).
+    bytes_out: u64,
     role: Role,
     subscribers: Vec<mpsc::UnboundedSender<Bytes>>,
     /// No heartbeats (the connection stays open).
@@ -239,7 +241,9 @@ async fn api(
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let subscribed = json!({"type": "SUBSCRIBED", "subscribed": {
         "get_state": inner.model.get_state(), "heartbeat_interval_seconds": heartbeat}});
-    let _ = tx.send(record(&subscribed));
+    let first = record(&subscribed);
+    inner.bytes_out += first.len() as u64;
+    let _ = tx.send(first);
     let _ = tx.send(record(&json!({"type": "HEARTBEAT"})));
     inner.subscribers.push(tx);
     let stream = futures_util::stream::poll_fn(move |cx| {
@@ -260,8 +264,13 @@ async fn master_state(State((inner, _, reads, _)): State<Shared>, headers: Heade
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1:5050")
         .to_string();
-    let inner = inner.lock().unwrap();
-    axum::Json(inner.model.master_state(&format!("master@{host}"))).into_response()
+    let mut inner = inner.lock().unwrap();
+    let body = inner
+        .model
+        .master_state(&format!("master@{host}"))
+        .to_string();
+    inner.bytes_out += body.len() as u64;
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 impl OperatorMaster {
@@ -271,6 +280,7 @@ impl OperatorMaster {
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(Mutex::new(Inner {
             model: Model::default(),
+            bytes_out: 0,
             role: Role::Leader,
             subscribers: Vec::new(),
             silent: false,
@@ -323,7 +333,11 @@ impl OperatorMaster {
     }
 
     fn emit(inner: &mut Inner, event: Value) {
+        if inner.subscribers.is_empty() {
+            return;
+        }
         let r = record(&event);
+        inner.bytes_out += (r.len() * inner.subscribers.len()) as u64;
         inner.subscribers.retain(|s| s.send(r.clone()).is_ok());
     }
 
@@ -441,6 +455,16 @@ impl OperatorMaster {
     /// Stops (or resumes) heartbeats, leaving connections open.
     pub fn set_silent(&self, silent: bool) {
         self.inner.lock().unwrap().silent = silent;
+    }
+
+    /// Bytes of events and state documents served so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.inner.lock().unwrap().bytes_out
+    }
+
+    /// `GET /master/state` calls answered so far.
+    pub fn state_reads(&self) -> u64 {
+        self.state_reads.load(Ordering::Relaxed)
     }
 
     pub fn subscriptions(&self) -> u64 {
