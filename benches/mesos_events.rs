@@ -44,15 +44,20 @@ fn answers(dns_addr: SocketAddr, name: &str) -> bool {
         .is_some_and(|m| !m.answers.is_empty())
 }
 
-/// Launches `n` tasks one after another; for each, the time until the agent answers it.
+/// Launches `n` tasks one after another, each after a random pause of up to `jitter` (so
+/// that a launch lands anywhere in a poll interval, not just after the poll that answered the
+/// last one); for each, the time until the agent answers it.
 fn launch_latencies(
     master: &OperatorMaster,
     dns_addr: SocketAddr,
     tag: &str,
     n: usize,
+    jitter: Duration,
 ) -> (Vec<f64>, usize) {
     let (mut ms, mut missed) = (Vec::new(), 0);
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
     for i in 0..n {
+        std::thread::sleep(jitter.mul_f64(rng.f64()));
         let name = format!("{tag}{i}");
         let ip = format!("198.18.{}.{}", 100 + i / 250, i % 250 + 1);
         let started = Instant::now();
@@ -167,19 +172,44 @@ fn main() {
     master.add_agent("S1", "198.18.1.21", "azure");
     master.add_framework(FW, "marathon");
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_lodestar"));
-    let agent = agent::Agent::start_binary(binary, &["--etcd", &etcd.endpoint()], "warn");
+    let agent = agent::Agent::start_binary(
+        binary,
+        &["--etcd", &etcd.endpoint()],
+        "warn,lodestar::agent=info",
+    );
+    // Each mesos-sync is measured once it follows the master (elected, subscribed or polled).
+    let settle = |ready: &dyn Fn() -> bool, process: &SyncProcess| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready() {
+            assert!(
+                Instant::now() < deadline,
+                "mesos-sync never followed:\n{}",
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
     let events = {
-        let _sync = sync(&master, &etcd, "events", &["--source", "events"]);
-        launch_latencies(&master, agent.dns, "ev", changes)
+        let process = sync(&master, &etcd, "events", &["--source", "events"]);
+        settle(&|| master.subscriptions() >= 1, &process);
+        launch_latencies(&master, agent.dns, "ev", changes, Duration::from_millis(20))
     };
     let polled = {
-        let _sync = sync(
+        let process = sync(
             &master,
             &etcd,
             "poll",
             &["--source", "poll", "--interval", "5s"],
         );
-        launch_latencies(&master, agent.dns, "po", poll_changes)
+        settle(&|| master.state_reads() >= 1, &process);
+        launch_latencies(
+            &master,
+            agent.dns,
+            "po",
+            poll_changes,
+            Duration::from_secs(5),
+        )
     };
     drop(agent);
     let row = |what: &str, (v, missed): &(Vec<f64>, usize)| {
