@@ -36,10 +36,11 @@ fn sync(master: &OperatorMaster, etcd: &EtcdServer, id: &str, flags: &[&str]) ->
     )
 }
 
-/// Whether the agent answers `name` with an address.
+/// Whether the agent answers `name` with an address. A reply later than 20 ms counts as none
+/// and the name is asked again (a longer wait would put the client's patience in the tail).
 fn answers(dns_addr: SocketAddr, name: &str) -> bool {
     let packet = dns::build(name, RecordType::A, None);
-    dns::udp_raw_within(dns_addr, &packet, Duration::from_millis(200))
+    dns::udp_raw_within(dns_addr, &packet, Duration::from_millis(20))
         .and_then(|r| hickory_proto::op::Message::from_vec(&r).ok())
         .is_some_and(|m| !m.answers.is_empty())
 }
