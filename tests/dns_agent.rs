@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
-use lodestar_control::keys::{Kind, Record};
+use lodestar_control::keys::{Record, RecordKey};
 use lodestar_control::model::{
     Agent as MesosAgent, DiscoveryInfo, Framework, Health, IpSource, Labels, Port, Protocol, Task,
-    TaskState, VipAddress,
+    TaskKey, TaskState, VipAddress,
 };
 use lodestar_control::{EtcdConfig, EtcdStore};
 use support::agent::Agent;
@@ -348,7 +348,9 @@ async fn awkward_catalog_entries_through_etcd() {
         &["198.18.7.20"],
     )
     .await;
-    s.delete(Kind::Task, "mixed.1").await.unwrap();
+    s.delete(&RecordKey::Task(TaskKey::new("marathon", "mixed.1")))
+        .await
+        .unwrap();
     eventually(PATIENCE, "the removed task to go", || {
         let gone = rcode(&udp(dns, "my-app-v2.marathon.mesos.", RecordType::A, None))
             == ResponseCode::NXDomain;

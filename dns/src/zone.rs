@@ -11,6 +11,7 @@ use std::sync::Arc;
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+use lodestar_control::model::TaskKey;
 use lodestar_control::Snapshot;
 use rustc_hash::FxHasher;
 
@@ -87,7 +88,7 @@ pub struct Zone {
     pub apexes: Vec<Apex>,
     names: NameMap,
     /// What each task contributed (for the HTTP API's enumeration).
-    pub tasks: imbl::OrdMap<String, Arc<TaskEntry>>,
+    pub tasks: imbl::OrdMap<TaskKey, Arc<TaskEntry>>,
     /// The snapshot the zone was built from.
     pub snapshot: Arc<Snapshot>,
 }
@@ -452,15 +453,15 @@ pub struct ZoneBuilder {
     ns_addresses: Vec<IpAddr>,
     last: Option<Arc<Snapshot>>,
     /// What each task contributed, deduplicated.
-    task_rrs: HashMap<String, Records>,
-    agent_tasks: HashMap<String, BTreeSet<String>>,
+    task_rrs: HashMap<TaskKey, Records>,
+    agent_tasks: HashMap<String, BTreeSet<TaskKey>>,
     cluster_rrs: Records,
     /// Owner -> records with the number of contributors of each.
     counts: HashMap<String, HashMap<Rr, u32, Fx>, Fx>,
     /// SRV target -> the SRV owners that point at it (their additional sections follow it).
     srv_owners: HashMap<String, HashMap<String, u32, Fx>, Fx>,
     names: NameMap,
-    tasks: imbl::OrdMap<String, Arc<TaskEntry>>,
+    tasks: imbl::OrdMap<TaskKey, Arc<TaskEntry>>,
     /// This node's site, for site-aware answers (`ZoneConfig::locality`).
     site: Option<String>,
     /// Where addresses and SRV targets are, learnt from tasks and agents.
@@ -607,11 +608,11 @@ impl ZoneBuilder {
     }
 
     /// Tasks to recompute: all at first; then the ones that changed, and those on changed agents.
-    fn changed_tasks(&self, snapshot: &Snapshot) -> Vec<String> {
+    fn changed_tasks(&self, snapshot: &Snapshot) -> Vec<TaskKey> {
         let Some(last) = &self.last else {
             return snapshot.tasks.keys().cloned().collect();
         };
-        let mut ids: BTreeSet<String> = BTreeSet::new();
+        let mut ids: BTreeSet<TaskKey> = BTreeSet::new();
         for d in last.tasks.diff(&snapshot.tasks) {
             ids.insert(diff_key(d).clone());
         }
@@ -623,7 +624,7 @@ impl ZoneBuilder {
         ids.into_iter().collect()
     }
 
-    fn retract_task(&mut self, id: &str, dirty: &mut HashSet<String>) {
+    fn retract_task(&mut self, id: &TaskKey, dirty: &mut HashSet<String>) {
         if let Some(old) = self.task_rrs.remove(id) {
             for (owner, rr) in &old {
                 self.remove(owner, rr, dirty);
@@ -891,7 +892,7 @@ impl ZoneBuilder {
     }
 }
 
-fn diff_key<'a, V>(d: imbl::ordmap::DiffItem<'a, 'a, String, V>) -> &'a String {
+fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
     match d {
         imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k,
         imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
@@ -912,7 +913,7 @@ mod tests {
     use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery, ResponseCode};
     use hickory_proto::rr::{Name, RData, RecordType};
     use lodestar_control::keys::Record;
-    use lodestar_control::model::{Health, IpSource, Labels, Port, Task, TaskIp, TaskState};
+    use lodestar_control::model::{IpSource, Task, TaskState};
     use lodestar_control::{demo, CatalogState, Source};
 
     /// Asks `zone` one question over TCP-sized limits; the decoded response.
@@ -988,31 +989,15 @@ mod tests {
     }
 
     fn task(i: usize, agent: &str) -> Task {
-        Task {
-            id: format!("t{i}"),
-            name: format!("app{}", i % 3),
-            framework: "marathon".into(),
-            agent: agent.into(),
-            state: if i % 5 == 0 {
-                TaskState::Draining
-            } else {
-                TaskState::Running
-            },
-            ips: vec![TaskIp {
-                ip: format!("198.18.0.{i}").parse().unwrap(),
-                source: IpSource::Netinfo,
-            }],
-            ports: vec![Port {
-                number: 31000 + i as u16,
-                name: None,
-                protocol: None,
-                labels: Labels::default(),
-            }],
-            discovery: None,
-            labels: Labels::default(),
-            health: Health::Unknown,
-            site: None,
-        }
+        let state = if i % 5 == 0 {
+            TaskState::Draining
+        } else {
+            TaskState::Running
+        };
+        Task::new(format!("t{i}"), format!("app{}", i % 3), "marathon", agent)
+            .with_state(state)
+            .with_ip(format!("198.18.0.{i}").parse().unwrap(), IpSource::Netinfo)
+            .with_resource_port(31000 + i as u16)
     }
 
     /// Every name's answers, for comparing zones.
@@ -1045,7 +1030,10 @@ mod tests {
             let i = rng.usize(0..30);
             match rng.u8(0..10) {
                 0..=5 => drop(state.upsert(Record::Task(task(i, &agent_ids[i % 2])))),
-                6..=7 => state.remove(lodestar_control::keys::Kind::Task, &format!("t{i}")),
+                6..=7 => state.remove(&lodestar_control::keys::RecordKey::Task(TaskKey::new(
+                    "marathon",
+                    format!("t{i}"),
+                ))),
                 8 => drop(state.upsert(Record::Task(task(i, "unknown-agent")))),
                 _ => {
                     // An agent changes address: its tasks' .slave names follow.
@@ -1067,9 +1055,7 @@ mod edge_tests {
     use super::*;
     use hickory_proto::rr::RecordType;
     use lodestar_control::keys::Record;
-    use lodestar_control::model::{
-        Agent, Framework, IpSource, Labels, Port, Task, TaskIp, TaskState,
-    };
+    use lodestar_control::model::{Agent, Framework, IpSource, Task};
     use lodestar_control::{CatalogState, Source};
 
     fn agent() -> Agent {
@@ -1082,29 +1068,10 @@ mod edge_tests {
     }
 
     fn task(id: &str, name: &str, fw: &str, ip: &str, ports: usize) -> Task {
-        Task {
-            id: id.into(),
-            name: name.into(),
-            framework: fw.into(),
-            agent: "a-S1".into(),
-            state: TaskState::Running,
-            ips: vec![TaskIp {
-                ip: ip.parse().unwrap(),
-                source: IpSource::Netinfo,
-            }],
-            ports: (0..ports)
-                .map(|i| Port {
-                    number: i as u16 + 1,
-                    name: None,
-                    protocol: None,
-                    labels: Labels::default(),
-                })
-                .collect(),
-            discovery: None,
-            labels: Labels::default(),
-            health: Default::default(),
-            site: None,
-        }
+        (0..ports).fold(
+            Task::new(id, name, fw, "a-S1").with_ip(ip.parse().unwrap(), IpSource::Netinfo),
+            |t, i| t.with_resource_port(i as u16 + 1),
+        )
     }
 
     #[test]
@@ -1166,9 +1133,7 @@ mod locality_tests {
     use super::*;
     use hickory_proto::rr::{RData, RecordType};
     use lodestar_control::keys::Record;
-    use lodestar_control::model::{
-        Agent, DiscoveryInfo, IpSource, Labels, Port, Protocol, Task, TaskIp, TaskState,
-    };
+    use lodestar_control::model::{Agent, IpSource, Port, Task};
     use lodestar_control::{CatalogState, Source};
 
     fn state() -> CatalogState {
@@ -1185,37 +1150,17 @@ mod locality_tests {
             }));
         }
         for (i, agent) in ["a-S1", "v-S2", "a-S1", "v-S2"].iter().enumerate() {
-            st.upsert(Record::Task(Task {
-                id: format!("web.{i}"),
-                name: "web".into(),
-                framework: "marathon".into(),
-                agent: agent.to_string(),
-                state: TaskState::Running,
-                ips: vec![TaskIp {
-                    ip: format!(
-                        "198.18.{}.{}",
-                        if agent.starts_with('a') { 1 } else { 2 },
-                        10 + i
-                    )
-                    .parse()
-                    .unwrap(),
-                    source: IpSource::Netinfo,
-                }],
-                ports: vec![],
-                discovery: Some(DiscoveryInfo {
-                    name: Some("web".into()),
-                    ports: vec![Port {
-                        number: 80,
-                        name: Some("http".into()),
-                        protocol: Some(Protocol::Tcp),
-                        labels: Labels::default(),
-                    }],
-                    labels: Labels::default(),
-                }),
-                labels: Labels::default(),
-                health: Default::default(),
-                site: None,
-            }));
+            let ip = format!(
+                "198.18.{}.{}",
+                if agent.starts_with('a') { 1 } else { 2 },
+                10 + i
+            );
+            st.upsert(Record::Task(
+                Task::new(format!("web.{i}"), "web", "marathon", *agent)
+                    .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
+                    .with_discovery_name("web")
+                    .with_discovery_port(Port::tcp(80).named("http")),
+            ));
         }
         st
     }
