@@ -832,3 +832,115 @@ async fn a_real_shrink_is_released_once_the_master_has_reported_it_for_the_whole
         .log()
         .contains("applying a mass delete the master has reported for the whole delay"));
 }
+
+/// The supported upgrade order (docs/etcd-schema.md): agents first, serving a catalog that an
+/// older `mesos-sync` wrote under legacy keys (`tasks/<task-id>`, values without
+/// `framework_id`); then the new `mesos-sync`, which moves every task to
+/// `tasks/<framework-id>/<task-id>` over several transactions. DNS is asked for every name
+/// all along: none is ever missing.
+#[tokio::test]
+async fn legacy_task_keys_are_migrated_with_no_gap_in_dns() {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    use lodestar_control::keys::{Record, RecordKey};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use support::agent::Agent;
+    use support::dns::{answers, udp};
+
+    const TASKS: usize = 70; // more than one write transaction's worth of puts
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let ip = format!("198.18.1.{}", 100 + i);
+            task(
+                &format!("app{i}.1"),
+                &format!("app{i}"),
+                "S-azure-S1",
+                "TASK_RUNNING",
+                &[&ip],
+            )
+        })
+        .collect();
+    master.set_state(state(&master.pid(), &master.pid(), tasks));
+    // What an older mesos-sync wrote: the same records, tasks at their legacy keys.
+    ok(&sync_once(&master.url(), &etcd, &[]).await);
+    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
+        .await
+        .unwrap();
+    let (snap, _) = catalog(&etcd).await;
+    let legacy: Vec<Record> = snap
+        .tasks
+        .values()
+        .map(|t| Record::Task((**t).clone().with_framework_id("")))
+        .collect();
+    store.put(&legacy).await.unwrap();
+    for key in snap.tasks.keys() {
+        assert!(store.delete(&RecordKey::Task(key.clone())).await.unwrap());
+    }
+    let before = task_keys(&etcd).await;
+    assert_eq!(before.len(), TASKS);
+    assert!(
+        before.iter().all(|k| k.matches('/').count() == 4),
+        "{before:?}"
+    );
+
+    let agent = Agent::start(&["--etcd", &etcd.endpoint()]);
+    let dns = agent.dns;
+    let name = |i: usize| format!("app{i}.marathon.mesos.");
+    eventually(PATIENCE, "every legacy task in DNS", || async move {
+        (0..TASKS)
+            .all(|i| !udp(dns, &name(i), RecordType::A, None).answers.is_empty())
+            .then_some(())
+    })
+    .await;
+
+    // Ask for every name, round and round, while the migration runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let asker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut asked = 0usize;
+            let mut missing = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..TASKS {
+                    let r = udp(dns, &name(i), RecordType::A, None);
+                    asked += 1;
+                    let want = vec![format!("198.18.1.{}", 100 + i)];
+                    if r.metadata.response_code != ResponseCode::NoError || answers(&r) != want {
+                        missing.push((name(i), r.metadata.response_code, answers(&r)));
+                    }
+                }
+            }
+            (asked, missing)
+        })
+    };
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(
+        out.contains(&format!("{TASKS} written, {TASKS} deleted")),
+        "{out}"
+    );
+    // Let the agent see the last transaction and answer from it for a while.
+    let migrated = task_keys(&etcd).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (asked, missing) = tokio::task::spawn_blocking(move || asker.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        missing.is_empty(),
+        "names missing or wrong during the migration: {missing:?}"
+    );
+    assert!(asked >= 2 * TASKS, "asked only {asked} times");
+    assert_eq!(migrated.len(), TASKS);
+    assert!(
+        migrated
+            .iter()
+            .all(|k| k.starts_with("/lodestar/v1/tasks/fw-marathon/")),
+        "{migrated:?}"
+    );
+    // The next poll has nothing to move.
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(out.contains("0 written, 0 deleted"), "{out}");
+}
