@@ -16,7 +16,7 @@ use lodestar_control::Snapshot;
 use rustc_hash::FxHasher;
 
 use crate::catalog::{AnswerSource, Answered, Request};
-use crate::config::{ConfigProblems, ZoneConfig};
+use crate::config::{ConfigProblems, HealthPolicy, ZoneConfig};
 use crate::names::fqdn;
 use crate::records::{cluster_records, task_records, Records, Rr, THISDCOS};
 use crate::wire::{self, Body};
@@ -89,6 +89,8 @@ pub struct Zone {
     names: NameMap,
     /// What each task contributed (for the HTTP API's enumeration).
     pub tasks: imbl::OrdMap<TaskKey, Arc<TaskEntry>>,
+    /// Records of unhealthy tasks left out of answers (`dns.zone.health = "exclude"`).
+    pub held_back: usize,
     /// The snapshot the zone was built from.
     pub snapshot: Arc<Snapshot>,
 }
@@ -453,11 +455,18 @@ pub struct ZoneBuilder {
     ns_addresses: Vec<IpAddr>,
     last: Option<Arc<Snapshot>>,
     /// What each task contributed, deduplicated.
-    task_rrs: HashMap<TaskKey, Records>,
+    /// What each task contributed, deduplicated, and whether it is held back as unhealthy.
+    task_rrs: HashMap<TaskKey, (Records, bool)>,
     agent_tasks: HashMap<String, BTreeSet<TaskKey>>,
     cluster_rrs: Records,
     /// Owner -> records with the number of contributors of each.
     counts: HashMap<String, HashMap<Rr, u32, Fx>, Fx>,
+    /// The same for the records of tasks held back as unhealthy (`dns.zone.health =
+    /// "exclude"`): a name serves them only when it has no others (fail open).
+    held: HashMap<String, HashMap<Rr, u32, Fx>, Fx>,
+    /// Owner -> how many of its held records it does not serve, and their sum.
+    held_back: HashMap<String, usize, Fx>,
+    held_back_total: usize,
     /// SRV target -> the SRV owners that point at it (their additional sections follow it).
     srv_owners: HashMap<String, HashMap<String, u32, Fx>, Fx>,
     names: NameMap,
@@ -508,6 +517,9 @@ impl ZoneBuilder {
             agent_tasks: HashMap::new(),
             cluster_rrs: Records::new(),
             counts: HashMap::default(),
+            held: HashMap::default(),
+            held_back: HashMap::default(),
+            held_back_total: 0,
             srv_owners: HashMap::default(),
             names: NameMap::default(),
             tasks: imbl::OrdMap::new(),
@@ -552,6 +564,8 @@ impl ZoneBuilder {
                         .get(&task.agent)
                         .and_then(|a| a.site.clone())
                 });
+                let held = self.config.health == HealthPolicy::Exclude
+                    && task.health == lodestar_control::model::Health::Unhealthy;
                 for (owner, rr) in &rrs {
                     if let (true, Some(site)) = (self.config.locality, &site) {
                         match rr {
@@ -566,7 +580,7 @@ impl ZoneBuilder {
                             self.target_site.insert(owner.clone(), site.clone());
                         }
                     }
-                    self.add(owner, rr, &mut dirty);
+                    self.add(owner, rr, held, &mut dirty);
                 }
                 if rrs.is_empty() {
                     self.tasks.remove(&id);
@@ -580,16 +594,16 @@ impl ZoneBuilder {
                         }),
                     );
                 }
-                self.task_rrs.insert(id, rrs);
+                self.task_rrs.insert(id, (rrs, held));
             }
         }
         let cluster = dedup(cluster_records(&self.config, snapshot, &self.ns_addresses));
         if cluster != self.cluster_rrs {
             for (owner, rr) in std::mem::take(&mut self.cluster_rrs) {
-                self.remove(&owner, &rr, &mut dirty);
+                self.remove(&owner, &rr, false, &mut dirty);
             }
             for (owner, rr) in &cluster {
-                self.add(owner, rr, &mut dirty);
+                self.add(owner, rr, false, &mut dirty);
             }
             self.cluster_rrs = cluster;
         }
@@ -625,9 +639,9 @@ impl ZoneBuilder {
     }
 
     fn retract_task(&mut self, id: &TaskKey, dirty: &mut HashSet<String>) {
-        if let Some(old) = self.task_rrs.remove(id) {
+        if let Some((old, held)) = self.task_rrs.remove(id) {
             for (owner, rr) in &old {
-                self.remove(owner, rr, dirty);
+                self.remove(owner, rr, held, dirty);
             }
         }
         if let Some(old) = self.last.as_ref().and_then(|s| s.tasks.get(id)) {
@@ -641,9 +655,13 @@ impl ZoneBuilder {
         self.tasks.remove(id);
     }
 
-    fn add(&mut self, owner: &str, rr: &Rr, dirty: &mut HashSet<String>) {
-        *self
-            .counts
+    fn add(&mut self, owner: &str, rr: &Rr, held: bool, dirty: &mut HashSet<String>) {
+        let counts = if held {
+            &mut self.held
+        } else {
+            &mut self.counts
+        };
+        *counts
             .entry(owner.to_string())
             .or_default()
             .entry(rr.clone())
@@ -659,8 +677,13 @@ impl ZoneBuilder {
         dirty.insert(owner.to_string());
     }
 
-    fn remove(&mut self, owner: &str, rr: &Rr, dirty: &mut HashSet<String>) {
-        if let Some(map) = self.counts.get_mut(owner) {
+    fn remove(&mut self, owner: &str, rr: &Rr, held: bool, dirty: &mut HashSet<String>) {
+        let counts = if held {
+            &mut self.held
+        } else {
+            &mut self.counts
+        };
+        if let Some(map) = counts.get_mut(owner) {
             if let Some(n) = map.get_mut(rr) {
                 *n -= 1;
                 if *n == 0 {
@@ -668,7 +691,7 @@ impl ZoneBuilder {
                 }
             }
             if map.is_empty() {
-                self.counts.remove(owner);
+                counts.remove(owner);
             }
         }
         if let Rr::Srv { target, .. } = rr {
@@ -695,12 +718,29 @@ impl ZoneBuilder {
         }
     }
 
+    /// The records a name serves: those of healthy tasks (and of tasks of unknown health), or,
+    /// when it has none, those held back (every task unhealthy: fail open, as the VIP plan).
+    fn served(&self, owner: &str) -> Option<&HashMap<Rr, u32, Fx>> {
+        self.counts.get(owner).or_else(|| self.held.get(owner))
+    }
+
     /// Re-encodes one owner name from its current records.
     fn rebuild(&mut self, owner: &str) {
+        // Held records a name serves anyway (another, healthy task has them too) are not
+        // held back.
+        let withheld = match (self.counts.get(owner), self.held.get(owner)) {
+            (Some(served), Some(held)) => held.keys().filter(|rr| !served.contains_key(rr)).count(),
+            _ => 0,
+        };
+        let before = match withheld {
+            0 => self.held_back.remove(owner),
+            n => self.held_back.insert(owner.to_string(), n),
+        };
+        self.held_back_total = self.held_back_total + withheld - before.unwrap_or(0);
         let Some(wire) = wire::name_to_wire(owner) else {
             return;
         };
-        let Some(list) = self.counts.get(owner) else {
+        let Some(list) = self.served(owner) else {
             self.names.remove(&wire[..]);
             return;
         };
@@ -843,7 +883,7 @@ impl ZoneBuilder {
     }
 
     fn first_addresses(&self, name: &str) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
-        let Some(list) = self.counts.get(name) else {
+        let Some(list) = self.served(name) else {
             return (Vec::new(), Vec::new());
         };
         let a = list.keys().filter_map(|rr| match rr {
@@ -887,6 +927,7 @@ impl ZoneBuilder {
             apexes,
             names: self.names.clone(),
             tasks: self.tasks.clone(),
+            held_back: self.held_back_total,
             snapshot: snapshot.clone(),
         }
     }
@@ -1001,7 +1042,7 @@ mod tests {
     }
 
     /// Every name's answers, for comparing zones.
-    fn dump(zone: &Zone) -> Vec<String> {
+    pub(super) fn dump(zone: &Zone) -> Vec<String> {
         let mut out: Vec<String> = zone
             .entries()
             .map(|e| {
@@ -1220,5 +1261,113 @@ mod locality_tests {
             .answers
             .iter()
             .all(|a| matches!(&a.data, RData::SRV(s) if s.priority == 0)));
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+    use hickory_proto::rr::RecordType;
+    use lodestar_control::keys::Record;
+    use lodestar_control::model::{Agent, Health, IpSource, Task};
+    use lodestar_control::{CatalogState, Source};
+
+    fn task(id: &str, name: &str, ip: &str, port: u16, health: Health) -> Record {
+        Record::Task(
+            Task::new(id, name, "marathon", "a-S1")
+                .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
+                .with_resource_port(port)
+                .with_health(health),
+        )
+    }
+
+    fn addresses(zone: &Zone, name: &str) -> Vec<String> {
+        let r = super::tests::ask(zone, name, RecordType::A);
+        let mut v: Vec<String> = r.answers.iter().map(|a| a.data.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn unhealthy_tasks_are_left_out_unless_a_name_has_no_other() {
+        let exclude = ZoneConfig {
+            health: HealthPolicy::Exclude,
+            ..ZoneConfig::default()
+        };
+        let mut st = CatalogState::new();
+        st.upsert(Record::Agent(Agent {
+            id: "a-S1".into(),
+            hostname: "h".into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }));
+        st.upsert(task("web.1", "web", "198.18.0.11", 31001, Health::Healthy));
+        st.upsert(task(
+            "web.2",
+            "web",
+            "198.18.0.12",
+            31002,
+            Health::Unhealthy,
+        ));
+        st.upsert(task("web.3", "web", "198.18.0.13", 31003, Health::Unknown));
+        st.upsert(task("db.1", "db", "198.18.0.21", 31004, Health::Unhealthy));
+        st.upsert(task("db.2", "db", "198.18.0.22", 31005, Health::Unhealthy));
+        let mut incremental = ZoneBuilder::new(exclude.clone(), vec![]).unwrap();
+        let zone = incremental.update(&Arc::new(st.snapshot(1, Source::Demo)));
+        // Unknown health is served: only a verdict of unhealthy holds a task back.
+        assert_eq!(
+            addresses(&zone, "web.marathon.mesos."),
+            ["198.18.0.11", "198.18.0.13"]
+        );
+        let srv = super::tests::ask(&zone, "_web._tcp.marathon.mesos.", RecordType::SRV);
+        assert_eq!(srv.answers.len(), 2);
+        assert_eq!(
+            addresses(&zone, "web.marathon.autoip.dcos.thisdcos.directory."),
+            ["198.18.0.11", "198.18.0.13"]
+        );
+        // Every task of `db` is unhealthy: all are served (fail open).
+        assert_eq!(
+            addresses(&zone, "db.marathon.mesos."),
+            ["198.18.0.21", "198.18.0.22"]
+        );
+        assert!(zone.held_back > 0);
+        let held_then = zone.held_back;
+
+        // The healthy ones go bad: `web` fails open too; one recovers: it alone is served.
+        st.upsert(task(
+            "web.1",
+            "web",
+            "198.18.0.11",
+            31001,
+            Health::Unhealthy,
+        ));
+        st.upsert(task(
+            "web.3",
+            "web",
+            "198.18.0.13",
+            31003,
+            Health::Unhealthy,
+        ));
+        let zone = incremental.update(&Arc::new(st.snapshot(2, Source::Demo)));
+        assert_eq!(addresses(&zone, "web.marathon.mesos.").len(), 3);
+        assert_eq!(zone.held_back, 0);
+        st.upsert(task("db.2", "db", "198.18.0.22", 31005, Health::Healthy));
+        let snap = Arc::new(st.snapshot(3, Source::Demo));
+        let zone = incremental.update(&snap);
+        assert_eq!(addresses(&zone, "db.marathon.mesos."), ["198.18.0.22"]);
+        // db.1 held back where web.2 was: as many records.
+        assert_eq!(zone.held_back, held_then);
+        // Built incrementally or afresh, the same zone.
+        let fresh = ZoneBuilder::new(exclude, vec![]).unwrap().update(&snap);
+        assert_eq!(super::tests::dump(&zone), super::tests::dump(&fresh));
+        assert_eq!(zone.held_back, fresh.held_back);
+
+        // Off by default: Mesos-DNS publishes unhealthy tasks.
+        let zone = ZoneBuilder::new(ZoneConfig::default(), vec![])
+            .unwrap()
+            .update(&snap);
+        assert_eq!(addresses(&zone, "web.marathon.mesos.").len(), 3);
+        assert_eq!(addresses(&zone, "db.marathon.mesos.").len(), 2);
+        assert_eq!(zone.held_back, 0);
     }
 }
