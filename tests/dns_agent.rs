@@ -882,3 +882,90 @@ const VIP_METRIC_PREFIXES: [&str; 4] = [
     "lodestar_health_",
     "lodestar_backend_",
 ];
+
+/// `dns.reverse_zones`: PTR names inside them are answered here, authoritatively (the one
+/// task's canonical name, the agent's name, NXDOMAIN); PTR names outside are forwarded.
+#[test]
+fn reverse_zones_are_answered_here_and_other_ptr_names_forwarded() {
+    let upstream = Upstream::start(Ipv4Addr::new(198, 18, 99, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    let doc = lodestar_control::file::CatalogDocument {
+        schema: lodestar_control::model::SCHEMA_VERSION,
+        agents: vec![MesosAgent {
+            id: "20150925-143318-1660156426-5050-2036-S3".into(),
+            hostname: "agent-1.example".into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }],
+        tasks: vec![Task::new(
+            "hdfs.1",
+            "hdfs",
+            "marathon",
+            "20150925-143318-1660156426-5050-2036-S3",
+        )
+        .with_ip("198.18.7.11".parse().unwrap(), IpSource::Netinfo)],
+        ..Default::default()
+    };
+    std::fs::write(&catalog, serde_json::to_string(&doc).unwrap()).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dns]\nreverse_zones = [\"198.18.0.0/16\"]\nupstreams = [\"{}\"]\n",
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+    ]);
+    let r = udp(
+        agent.dns,
+        "11.7.18.198.in-addr.arpa.",
+        RecordType::PTR,
+        None,
+    );
+    assert_eq!(rcode(&r), ResponseCode::NoError);
+    assert!(r.metadata.authoritative);
+    let name = answers(&r);
+    assert!(
+        name.len() == 1 && name[0].starts_with("hdfs-") && name[0].ends_with(".marathon.mesos."),
+        "{name:?}"
+    );
+    assert_eq!(
+        answers(&udp(agent.dns, &name[0], RecordType::A, None)),
+        ["198.18.7.11"]
+    );
+    assert_eq!(
+        answers(&udp(
+            agent.dns,
+            "1.0.18.198.in-addr.arpa.",
+            RecordType::PTR,
+            None
+        )),
+        ["agent-1.example."]
+    );
+    let r = udp(
+        agent.dns,
+        "99.7.18.198.in-addr.arpa.",
+        RecordType::PTR,
+        None,
+    );
+    assert_eq!(rcode(&r), ResponseCode::NXDomain);
+    assert!(r.metadata.authoritative);
+    assert_eq!(
+        upstream.queries.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // Outside the reverse zones: forwarded, as before.
+    let r = udp(agent.dns, "1.0.19.198.in-addr.arpa.", RecordType::PTR, None);
+    assert!(!r.metadata.authoritative);
+    assert_eq!(
+        upstream.queries.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

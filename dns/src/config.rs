@@ -41,6 +41,9 @@ pub struct ZoneConfig {
     pub locality: bool,
     /// What answers do with tasks Mesos reports unhealthy.
     pub health: HealthPolicy,
+    /// The networks whose reverse (PTR) zones are served: the agent's `dns.reverse_zones`.
+    #[serde(skip)]
+    pub reverse_zones: Vec<ipnet::IpNet>,
 }
 
 /// `dns.zone.health`: whether unhealthy tasks are in A, AAAA and SRV answers.
@@ -73,6 +76,7 @@ impl Default for ZoneConfig {
             thisdcos_ttl: 5,
             locality: false,
             health: HealthPolicy::Serve,
+            reverse_zones: Vec::new(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use lodestar_control::model::TaskKey;
@@ -19,6 +19,7 @@ use crate::catalog::{AnswerSource, Answered, Request};
 use crate::config::{ConfigProblems, HealthPolicy, ZoneConfig};
 use crate::names::fqdn;
 use crate::records::{cluster_records, task_records, Records, Rr, THISDCOS};
+use crate::reverse;
 use crate::wire::{self, Body};
 
 type Fx = BuildHasherDefault<FxHasher>;
@@ -80,6 +81,8 @@ pub struct Apex {
     soa_ptr: Vec<u8>,
     ns_ptr: Vec<u8>,
     ns_name: String,
+    /// A reverse zone (`dns.reverse_zones`): its names are in `Zone::ptrs`.
+    reverse: bool,
 }
 
 /// The published, immutable zone data.
@@ -91,6 +94,8 @@ pub struct Zone {
     pub tasks: imbl::OrdMap<TaskKey, Arc<TaskEntry>>,
     /// Records of unhealthy tasks left out of answers (`dns.zone.health = "exclude"`).
     pub held_back: usize,
+    /// Reverse names (lowercase wire) -> their PTR record, its owner a pointer to the question.
+    ptrs: Arc<HashMap<Box<[u8]>, Vec<u8>, Fx>>,
     /// The snapshot the zone was built from.
     pub snapshot: Arc<Snapshot>,
 }
@@ -168,7 +173,8 @@ impl Zone {
         let at_apex = lower == &apex.wire[..];
         // The apex is a suffix of the question name: records it owns point there.
         let apex_at = wire::HEADER + lower.len() - apex.wire.len();
-        let exists = entry.is_some() || at_apex;
+        let ptr = apex.reverse.then(|| self.ptrs.get(lower)).flatten();
+        let exists = entry.is_some() || at_apex || ptr.is_some();
         let q = &request.query;
         let (mut answers, mut authorities, mut additionals) = (0u16, 0u16, 0u16);
         let mut additional_at = None;
@@ -198,9 +204,17 @@ impl Zone {
                 push_at_apex(bytes, &apex.ns_ptr, apex_at);
                 authorities = 1;
             }
+            wire::TYPE_PTR if ptr.is_some() => {
+                bytes.extend_from_slice(ptr.expect("matched"));
+                answers = 1;
+            }
             wire::TYPE_ANY => {
                 if let Some(e) = entry {
                     answers += encode_answers(bytes, e);
+                }
+                if let Some(p) = ptr {
+                    bytes.extend_from_slice(p);
+                    answers += 1;
                 }
                 if at_apex {
                     bytes.extend_from_slice(&apex.soa_ptr);
@@ -433,6 +447,7 @@ fn make_apex(
         soa_ptr: Vec::new(),
         ns_ptr: Vec::new(),
         ns_name: mname.to_string(),
+        reverse: false,
     };
     encode(
         &mut apex.soa_ptr,
@@ -467,6 +482,8 @@ pub struct ZoneBuilder {
     /// Owner -> how many of its held records it does not serve, and their sum.
     held_back: HashMap<String, usize, Fx>,
     held_back_total: usize,
+    /// Reverse names -> PTR records, remade from each snapshot when reverse zones are set.
+    ptrs: Arc<HashMap<Box<[u8]>, Vec<u8>, Fx>>,
     /// SRV target -> the SRV owners that point at it (their additional sections follow it).
     srv_owners: HashMap<String, HashMap<String, u32, Fx>, Fx>,
     names: NameMap,
@@ -520,6 +537,7 @@ impl ZoneBuilder {
             held: HashMap::default(),
             held_back: HashMap::default(),
             held_back_total: 0,
+            ptrs: Arc::default(),
             srv_owners: HashMap::default(),
             names: NameMap::default(),
             tasks: imbl::OrdMap::new(),
@@ -616,6 +634,9 @@ impl ZoneBuilder {
         dirty.extend(targets_of);
         for owner in dirty {
             self.rebuild(&owner);
+        }
+        if !self.config.reverse_zones.is_empty() {
+            self.ptrs = Arc::new(self.ptr_records(snapshot));
         }
         self.last = Some(snapshot.clone());
         self.zone(snapshot)
@@ -900,6 +921,22 @@ impl ZoneBuilder {
         )
     }
 
+    /// Every reverse name's PTR record (a whole pass over the catalog: reverse zones are off
+    /// by default, and a name's owner depends on every task that has its address).
+    fn ptr_records(&self, snapshot: &Snapshot) -> HashMap<Box<[u8]>, Vec<u8>, Fx> {
+        let ttl = self.config.ttl;
+        reverse::ptr_names(&self.config, snapshot)
+            .into_iter()
+            .filter_map(|(ip, target)| {
+                let owner = wire::name_to_wire(&reverse::reverse_name(ip))?;
+                let target = Name::from_ascii(&target).ok()?;
+                let mut rr = Vec::new();
+                encode(&mut rr, &POINTER_TO_QUESTION, RData::PTR(PTR(target)), ttl);
+                Some((owner.into_boxed_slice(), rr))
+            })
+            .collect()
+    }
+
     fn zone(&self, snapshot: &Arc<Snapshot>) -> Zone {
         let serial = snapshot.revision as u32;
         let c = &self.config;
@@ -922,12 +959,33 @@ impl ZoneBuilder {
                 serial,
             ));
         }
+        let mut reverse_zones: Vec<String> =
+            c.reverse_zones.iter().flat_map(reverse::zones_of).collect();
+        reverse_zones.sort();
+        reverse_zones.dedup();
+        for zone in reverse_zones {
+            apexes.extend(
+                make_apex(
+                    c,
+                    &zone,
+                    &fqdn(&c.ns_name),
+                    &fqdn(&c.soa_rname),
+                    c.ttl,
+                    serial,
+                )
+                .map(|mut a| {
+                    a.reverse = true;
+                    a
+                }),
+            );
+        }
         Zone {
             serial,
             apexes,
             names: self.names.clone(),
             tasks: self.tasks.clone(),
             held_back: self.held_back_total,
+            ptrs: self.ptrs.clone(),
             snapshot: snapshot.clone(),
         }
     }
@@ -1369,5 +1427,116 @@ mod health_tests {
         assert_eq!(addresses(&zone, "web.marathon.mesos.").len(), 3);
         assert_eq!(addresses(&zone, "db.marathon.mesos.").len(), 2);
         assert_eq!(zone.held_back, 0);
+    }
+}
+
+#[cfg(test)]
+mod reverse_tests {
+    use super::*;
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    use lodestar_control::keys::Record;
+    use lodestar_control::model::{Agent, IpSource, Task};
+    use lodestar_control::{CatalogState, Source};
+
+    fn ptr(zone: &Zone, ip: &str) -> (ResponseCode, Vec<String>, bool) {
+        let name = reverse::reverse_name(ip.parse().unwrap());
+        let r = super::tests::ask(zone, &name, RecordType::PTR);
+        let answers = r.answers.iter().map(|a| a.data.to_string()).collect();
+        (r.metadata.response_code, answers, r.metadata.authoritative)
+    }
+
+    #[test]
+    fn ptr_gives_the_one_task_or_the_agent_and_nxdomain_otherwise() {
+        let cfg = ZoneConfig {
+            reverse_zones: vec![
+                "198.18.0.0/15".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+            ..ZoneConfig::default()
+        };
+        let mut st = CatalogState::new();
+        st.upsert(Record::Agent(Agent {
+            id: "20150925-143318-1660156426-5050-2036-S3".into(),
+            hostname: "agent-1.example".into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }));
+        let on_agent = |id: &str, name: &str| {
+            Task::new(
+                id,
+                name,
+                "marathon",
+                "20150925-143318-1660156426-5050-2036-S3",
+            )
+        };
+        let ip = |s: &str| s.parse().unwrap();
+        // One task, two families: its canonical name (Mesos-DNS's `<task>-<hash>-<agent>`).
+        st.upsert(Record::Task(
+            on_agent("hdfs.1", "hdfs")
+                .with_ip(ip("198.18.0.11"), IpSource::Netinfo)
+                .with_ip(ip("2001:db8::11"), IpSource::Netinfo),
+        ));
+        // Two tasks with one container address: no single owner.
+        st.upsert(Record::Task(
+            on_agent("a.1", "a").with_ip(ip("198.18.0.12"), IpSource::Netinfo),
+        ));
+        st.upsert(Record::Task(
+            on_agent("b.1", "b").with_ip(ip("198.18.0.12"), IpSource::Netinfo),
+        ));
+        // Host networking: tasks on the agent's address, which gives the agent's name.
+        for id in ["h.1", "h.2"] {
+            st.upsert(Record::Task(
+                on_agent(id, "h").with_ip(ip("198.18.0.1"), IpSource::Host),
+            ));
+        }
+        let zone = ZoneBuilder::new(cfg, vec![])
+            .unwrap()
+            .update(&Arc::new(st.snapshot(1, Source::Demo)));
+        let (rcode, answers, aa) = ptr(&zone, "198.18.0.11");
+        assert_eq!((rcode, aa), (ResponseCode::NoError, true));
+        let canonical = &answers[0];
+        assert!(
+            canonical.starts_with("hdfs-") && canonical.ends_with("-s3.marathon.mesos."),
+            "{answers:?}"
+        );
+        assert_eq!(answers.len(), 1);
+        // The canonical name resolves back to the address.
+        let back = super::tests::ask(&zone, canonical, RecordType::A);
+        assert_eq!(back.answers[0].data.to_string(), "198.18.0.11");
+        assert_eq!(ptr(&zone, "2001:db8::11").1, answers);
+        assert_eq!(ptr(&zone, "198.18.0.1").1, ["agent-1.example."]);
+        for nobody in ["198.18.0.12", "198.18.0.99", "198.19.255.1", "2001:db8::99"] {
+            let (rcode, answers, aa) = ptr(&zone, nobody);
+            assert_eq!(
+                (rcode, answers.len(), aa),
+                (ResponseCode::NXDomain, 0, true),
+                "{nobody}"
+            );
+        }
+        // A name with a PTR has no A: NODATA, not NXDOMAIN.
+        let name = reverse::reverse_name(ip("198.18.0.11"));
+        let r = super::tests::ask(&zone, &name, RecordType::A);
+        assert_eq!(
+            (r.metadata.response_code, r.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        // Outside the reverse zones the zone claims nothing: those queries are forwarded.
+        let origins: Vec<String> = zone.apexes.iter().map(|a| a.name.clone()).collect();
+        assert_eq!(
+            origins,
+            [
+                "mesos.",
+                "thisdcos.directory.",
+                "18.198.in-addr.arpa.",
+                "19.198.in-addr.arpa.",
+                "8.b.d.0.1.0.0.2.ip6.arpa."
+            ]
+        );
+        // Without reverse zones there is no reverse origin at all.
+        let plain = ZoneBuilder::new(ZoneConfig::default(), vec![])
+            .unwrap()
+            .update(&Arc::new(st.snapshot(1, Source::Demo)));
+        assert_eq!(plain.apexes.len(), 2);
     }
 }
