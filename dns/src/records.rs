@@ -468,4 +468,44 @@ mod tests {
                 .to_string()
         ));
     }
+
+    /// dcos-net's `dcos_dns_mesos_tests` table: bridge mode gives the agent for `autoip` and the
+    /// container for `containerip`; a virtual network gives the container for both.
+    #[test]
+    fn autoip_is_the_agent_in_bridge_mode_as_in_dcos_net() {
+        use lodestar_control::model::NetworkScope;
+        let cfg = ZoneConfig::default();
+        let on = |name: &str, ip: &str| {
+            Task::new(format!("{name}.1"), name, "marathon", agent().id)
+                .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
+                .with_ip("198.18.0.1".parse().unwrap(), IpSource::Host)
+        };
+        let bridge = on("docker-on-bridge", "198.19.18.2").with_discovery_port(
+            Port::tcp(20560)
+                .with_scope(NetworkScope::Host)
+                .with_host_port(20560)
+                .with_container_port(8080),
+        );
+        let overlay = on("docker-on-dcos", "198.19.2.130")
+            .with_discovery_port(Port::tcp(8080).with_scope(NetworkScope::Container));
+        for (task, auto, container) in [
+            (bridge, "198.18.0.1", "198.19.18.2"),
+            (overlay, "198.19.2.130", "198.19.2.130"),
+        ] {
+            let n = names(&task_records(&cfg, Some(&agent()), &task));
+            let base = format!("{}.marathon", task.name);
+            for (kind, ip) in [
+                ("autoip", auto),
+                ("containerip", container),
+                ("agentip", "198.18.0.1"),
+            ] {
+                let want = format!("{base}.{kind}.dcos.thisdcos.directory. A({ip})");
+                assert!(n.contains(&want), "{want} in {n:#?}");
+                let others = n
+                    .iter()
+                    .filter(|x| x.starts_with(&format!("{base}.{kind}.")));
+                assert_eq!(others.count(), 1, "{kind}: {n:#?}");
+            }
+        }
+    }
 }
