@@ -135,6 +135,67 @@ fn services_put_ls_rm_and_vips_ls_through_etcd() {
         1,
         "no task with id web.1",
     );
+
+    // Task ids are unique within a framework only: one id in two frameworks is two tasks,
+    // and `rm` takes the framework.
+    for (fw, ip) in [("fw-a", "198.18.0.21"), ("fw-b", "198.18.0.22")] {
+        ok(&[
+            "services",
+            "put",
+            "--etcd",
+            &e,
+            "--id",
+            "1",
+            "--name",
+            "job",
+            "--framework",
+            "chronos",
+            "--framework-id",
+            fw,
+            "--agent",
+            "a1",
+            "--ip",
+            ip,
+        ]);
+    }
+    let both: serde_json::Value =
+        serde_json::from_str(&ok(&["services", "ls", "--etcd", &e, "--json"])).unwrap();
+    let jobs: Vec<&str> = both
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["id"] == "1")
+        .map(|t| t["framework_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs, ["fw-a", "fw-b"]);
+    fails(
+        &["services", "rm", "--etcd", &e, "1"],
+        1,
+        "no task with id 1 of framework \"marathon\"",
+    );
+    ok(&[
+        "services",
+        "rm",
+        "--etcd",
+        &e,
+        "--framework-id",
+        "fw-a",
+        "1",
+    ]);
+    let left: serde_json::Value =
+        serde_json::from_str(&ok(&["services", "ls", "--etcd", &e, "--json"])).unwrap();
+    let jobs: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["id"] == "1")
+        .map(|t| {
+            t["ip"]
+                .as_str()
+                .unwrap_or_else(|| t["ips"][0]["ip"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(jobs, ["198.18.0.22"]);
 }
 
 #[test]
