@@ -189,11 +189,7 @@ fn services_put_ls_rm_and_vips_ls_through_etcd() {
         .unwrap()
         .iter()
         .filter(|t| t["id"] == "1")
-        .map(|t| {
-            t["ip"]
-                .as_str()
-                .unwrap_or_else(|| t["ips"][0]["ip"].as_str().unwrap())
-        })
+        .map(|t| t["ips"][0]["ip"].as_str().unwrap())
         .collect();
     assert_eq!(jobs, ["198.18.0.22"]);
 }
