@@ -969,3 +969,45 @@ fn reverse_zones_are_answered_here_and_other_ptr_names_forwarded() {
         1
     );
 }
+
+/// `dns.zone.health = "exclude"` on the real agent: the unhealthy task is out of the answer,
+/// and `/metrics` says how many records are held back.
+#[test]
+fn unhealthy_tasks_are_held_back_when_asked_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    let task = |id: &str, ip: &str, health| {
+        Task::new(id, "web", "marathon", "a1")
+            .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
+            .with_health(health)
+    };
+    let doc = lodestar_control::file::CatalogDocument {
+        schema: lodestar_control::model::SCHEMA_VERSION,
+        agents: vec![MesosAgent {
+            id: "a1".into(),
+            hostname: "agent-1".into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }],
+        tasks: vec![
+            task("web.1", "198.18.7.21", Health::Healthy),
+            task("web.2", "198.18.7.22", Health::Unhealthy),
+        ],
+        ..Default::default()
+    };
+    std::fs::write(&catalog, serde_json::to_string(&doc).unwrap()).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[dns.zone]\nhealth = \"exclude\"\n").unwrap();
+    let agent = Agent::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        answers(&udp(agent.dns, "web.marathon.mesos.", RecordType::A, None)),
+        ["198.18.7.21"]
+    );
+    let m = http_get(agent.http, "/metrics");
+    assert!(metric(&m, "lodestar_dns_unhealthy_held_back") >= 1, "{m}");
+}
