@@ -158,16 +158,21 @@ fn services_put_ls_rm_and_vips_ls_through_etcd() {
             ip,
         ]);
     }
-    let both: serde_json::Value =
-        serde_json::from_str(&ok(&["services", "ls", "--etcd", &e, "--json"])).unwrap();
-    let jobs: Vec<&str> = both
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["id"] == "1")
-        .map(|t| t["framework_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(jobs, ["fw-a", "fw-b"]);
+    // (framework id, address) of every listed task with id 1.
+    let jobs = || -> Vec<(String, String)> {
+        let ls: serde_json::Value =
+            serde_json::from_str(&ok(&["services", "ls", "--etcd", &e, "--json"])).unwrap();
+        let tasks = ls.as_array().unwrap().iter().filter(|t| t["id"] == "1");
+        let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+        tasks
+            .map(|t| (text(&t["framework_id"]), text(&t["ips"][0]["ip"])))
+            .collect()
+    };
+    let pair = |fw: &str, ip: &str| (fw.to_string(), ip.to_string());
+    assert_eq!(
+        jobs(),
+        [pair("fw-a", "198.18.0.21"), pair("fw-b", "198.18.0.22")]
+    );
     fails(
         &["services", "rm", "--etcd", &e, "1"],
         1,
@@ -182,16 +187,7 @@ fn services_put_ls_rm_and_vips_ls_through_etcd() {
         "fw-a",
         "1",
     ]);
-    let left: serde_json::Value =
-        serde_json::from_str(&ok(&["services", "ls", "--etcd", &e, "--json"])).unwrap();
-    let jobs: Vec<&str> = left
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["id"] == "1")
-        .map(|t| t["ips"][0]["ip"].as_str().unwrap())
-        .collect();
-    assert_eq!(jobs, ["198.18.0.22"]);
+    assert_eq!(jobs(), [pair("fw-b", "198.18.0.22")]);
 }
 
 #[test]

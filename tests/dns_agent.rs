@@ -888,41 +888,14 @@ const VIP_METRIC_PREFIXES: [&str; 4] = [
 #[test]
 fn reverse_zones_are_answered_here_and_other_ptr_names_forwarded() {
     let upstream = Upstream::start(Ipv4Addr::new(198, 18, 99, 3));
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog.json");
-    let doc = lodestar_control::file::CatalogDocument {
-        schema: lodestar_control::model::SCHEMA_VERSION,
-        agents: vec![MesosAgent {
-            id: "20150925-143318-1660156426-5050-2036-S3".into(),
-            hostname: "agent-1.example".into(),
-            addresses: vec!["198.18.0.1".parse().unwrap()],
-            site: None,
-        }],
-        tasks: vec![Task::new(
-            "hdfs.1",
-            "hdfs",
-            "marathon",
-            "20150925-143318-1660156426-5050-2036-S3",
-        )
-        .with_ip("198.18.7.11".parse().unwrap(), IpSource::Netinfo)],
-        ..Default::default()
-    };
-    std::fs::write(&catalog, serde_json::to_string(&doc).unwrap()).unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[dns]\nreverse_zones = [\"198.18.0.0/16\"]\nupstreams = [\"{}\"]\n",
-            upstream.addr
-        ),
-    )
-    .unwrap();
-    let agent = Agent::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--catalog",
-        catalog.to_str().unwrap(),
-    ]);
+    let agent_id = "20150925-143318-1660156426-5050-2036-S3";
+    let hdfs = Task::new("hdfs.1", "hdfs", "marathon", agent_id)
+        .with_ip("198.18.7.11".parse().unwrap(), IpSource::Netinfo);
+    let config = format!(
+        "[dns]\nreverse_zones = [\"198.18.0.0/16\"]\nupstreams = [\"{}\"]\n",
+        upstream.addr
+    );
+    let (agent, _dir) = agent_on(agent_id, "agent-1.example", vec![hdfs], &config);
     let r = udp(
         agent.dns,
         "11.7.18.198.in-addr.arpa.",
@@ -974,40 +947,54 @@ fn reverse_zones_are_answered_here_and_other_ptr_names_forwarded() {
 /// and `/metrics` says how many records are held back.
 #[test]
 fn unhealthy_tasks_are_held_back_when_asked_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog.json");
     let task = |id: &str, ip: &str, health| {
         Task::new(id, "web", "marathon", "a1")
             .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
             .with_health(health)
     };
-    let doc = lodestar_control::file::CatalogDocument {
-        schema: lodestar_control::model::SCHEMA_VERSION,
-        agents: vec![MesosAgent {
-            id: "a1".into(),
-            hostname: "agent-1".into(),
-            addresses: vec!["198.18.0.1".parse().unwrap()],
-            site: None,
-        }],
-        tasks: vec![
-            task("web.1", "198.18.7.21", Health::Healthy),
-            task("web.2", "198.18.7.22", Health::Unhealthy),
-        ],
-        ..Default::default()
-    };
-    std::fs::write(&catalog, serde_json::to_string(&doc).unwrap()).unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(&config, "[dns.zone]\nhealth = \"exclude\"\n").unwrap();
-    let agent = Agent::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--catalog",
-        catalog.to_str().unwrap(),
-    ]);
+    let tasks = vec![
+        task("web.1", "198.18.7.21", Health::Healthy),
+        task("web.2", "198.18.7.22", Health::Unhealthy),
+    ];
+    let config = "[dns.zone]\nhealth = \"exclude\"\n";
+    let (agent, _dir) = agent_on("a1", "agent-1", tasks, config);
     assert_eq!(
         answers(&udp(agent.dns, "web.marathon.mesos.", RecordType::A, None)),
         ["198.18.7.21"]
     );
     let m = http_get(agent.http, "/metrics");
     assert!(metric(&m, "lodestar_dns_unhealthy_held_back") >= 1, "{m}");
+}
+
+/// The agent on a catalog file of one agent (`id`, `hostname`, at 198.18.0.1) and `tasks`,
+/// with the configuration file `config`; the directory holding both.
+fn agent_on(
+    id: &str,
+    hostname: &str,
+    tasks: Vec<Task>,
+    config: &str,
+) -> (Agent, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = lodestar_control::file::CatalogDocument {
+        schema: lodestar_control::model::SCHEMA_VERSION,
+        agents: vec![MesosAgent {
+            id: id.into(),
+            hostname: hostname.into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }],
+        tasks,
+        ..Default::default()
+    };
+    let catalog = dir.path().join("catalog.json");
+    std::fs::write(&catalog, serde_json::to_string(&doc).unwrap()).unwrap();
+    let config_file = dir.path().join("agent.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let agent = Agent::start(&[
+        "--config",
+        config_file.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+    ]);
+    (agent, dir)
 }

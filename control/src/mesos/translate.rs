@@ -312,13 +312,12 @@ fn discovery_port(
     Some(port)
 }
 
-/// The task's labels, with its `VIP_PORT<n>` labels checked against its resource ports: a bad
-/// one is dropped and counted, a named VIP noted for address allocation.
+/// The task's labels, with its `VIP_PORT<n>` labels checked against its resource ports.
 fn task_labels(task: &state::Task, ports: &[Port], out: &mut Translation) -> Labels {
-    let mut kept = Labels::default();
-    for l in &task.labels {
-        if let Some(found) = task_vip_label(&l.key, &l.value) {
-            let checked = found.and_then(|(index, _, label)| {
+    let labels = task.labels.iter();
+    checked_labels(labels, out, |l| {
+        task_vip_label(&l.key, &l.value).map(|found| {
+            found.and_then(|(index, _, label)| {
                 if index >= ports.len() {
                     return Err(VipLabelError {
                         value: l.value.clone(),
@@ -326,37 +325,35 @@ fn task_labels(task: &state::Task, ports: &[Port], out: &mut Translation) -> Lab
                     });
                 }
                 parse_vip_label(label)
-            });
-            match checked {
-                Ok((VipName::Named(name), _)) => drop(out.named_vips.insert(name)),
-                Ok(_) => {}
-                Err(e) => {
-                    out.rejected_vip_labels.push(e);
-                    continue;
-                }
-            }
-        }
-        kept.insert(l.key.clone(), l.value.clone());
-    }
-    kept
+            })
+        })
+    })
 }
 
-/// Port labels, with VIP labels checked: a bad one is dropped and counted; a named VIP is
-/// noted for address allocation.
+/// Port labels, with VIP labels checked.
 fn labels_of(labels: Option<&state::Labels>, out: &mut Translation) -> Labels {
+    let labels = labels.iter().flat_map(|l| &l.labels);
+    checked_labels(labels, out, |l| {
+        is_vip_label(&l.key).then(|| parse_vip_label(&l.value))
+    })
+}
+
+/// Labels, with those `vip` says are VIP labels checked: a bad one is dropped and counted with
+/// its reason; a named VIP is noted for address allocation.
+fn checked_labels<'a>(
+    labels: impl Iterator<Item = &'a state::Label>,
+    out: &mut Translation,
+    vip: impl Fn(&state::Label) -> Option<Result<(VipName, u16), VipLabelError>>,
+) -> Labels {
     let mut kept = Labels::default();
-    for l in labels.iter().flat_map(|l| &l.labels) {
-        if is_vip_label(&l.key) {
-            match parse_vip_label(&l.value) {
-                Ok((VipName::Named(name), _)) => {
-                    out.named_vips.insert(name);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    out.rejected_vip_labels.push(e);
-                    continue;
-                }
+    for l in labels {
+        match vip(l) {
+            Some(Ok((VipName::Named(name), _))) => drop(out.named_vips.insert(name)),
+            Some(Err(e)) => {
+                out.rejected_vip_labels.push(e);
+                continue;
             }
+            Some(Ok(_)) | None => {}
         }
         kept.insert(l.key.clone(), l.value.clone());
     }
