@@ -819,10 +819,16 @@ mod tests {
         );
         let spec = parse_vip_spec("53/udp=198.19.0.53:53").unwrap();
         assert_eq!((spec.port, spec.protocol), (53, Some(Protocol::Udp)));
+        // dcos-net's form without the leading slash names the same VIP.
+        assert_eq!(parse_vip_spec("8080=web:80").unwrap().vip, "web:80");
+        assert_eq!(
+            parse_vip_label("web:80").unwrap(),
+            parse_vip_label("/web:80").unwrap()
+        );
         for bad in [
             "8080",
             "x=/web:80",
-            "8080=web:80",
+            "8080=we b:80",
             "8080=/web",
             "53/sctp=/dns:53",
         ] {
