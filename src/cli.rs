@@ -9,8 +9,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use lodestar_control::file::read_file;
-use lodestar_control::keys::{Kind, Record};
-use lodestar_control::model::{parse_vip_label, Health, IpSource, Port, Protocol, Task, TaskState};
+use lodestar_control::keys::{Record, RecordKey};
+use lodestar_control::model::{
+    parse_vip_label, Health, IpSource, Port, Protocol, Task, TaskKey, TaskState,
+};
 use lodestar_control::{
     demo, EtcdAuth, EtcdConfig, EtcdSettingNames, EtcdStore, EtcdTls, Snapshot, SnapshotView,
     Source,
@@ -344,10 +346,14 @@ pub struct SourceArgs {
 pub enum ServicesCommand {
     /// Register (or replace) a task.
     Put(Box<PutArgs>),
-    /// Remove tasks by id.
+    /// Remove tasks by framework and id.
     Rm {
         #[command(flatten)]
         etcd: EtcdArgs,
+        /// The id of the framework that runs them (task ids are unique within a framework
+        /// only). `--framework-id ''` removes tasks at legacy keys (`tasks/<task-id>`).
+        #[arg(long, default_value = "marathon")]
+        framework_id: String,
         /// Task ids.
         #[arg(required = true)]
         ids: Vec<String>,
@@ -366,7 +372,7 @@ pub enum ServicesCommand {
 pub struct PutArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
-    /// Task id (unique).
+    /// Task id (unique within its framework).
     #[arg(long)]
     id: String,
     /// Task name (its DNS label unless --discovery-name is given).
@@ -375,6 +381,9 @@ pub struct PutArgs {
     /// Framework name, e.g. marathon.
     #[arg(long, default_value = "marathon")]
     framework: String,
+    /// The framework's id, with --id the task's identity; defaults to --framework.
+    #[arg(long)]
+    framework_id: Option<String>,
     /// Id of the agent the task runs on.
     #[arg(long)]
     agent: String,
@@ -698,18 +707,26 @@ async fn services(command: ServicesCommand) -> Result<()> {
             println!("registered task {id} (revision {revision})");
             Ok(())
         }
-        ServicesCommand::Rm { etcd, ids } => {
+        ServicesCommand::Rm {
+            etcd,
+            framework_id,
+            ids,
+        } => {
             let store = connect(&etcd).await?;
             let mut missing = Vec::new();
             for id in &ids {
-                if store.delete(Kind::Task, id).await? {
+                let key = RecordKey::Task(TaskKey::new(framework_id.clone(), id.clone()));
+                if store.delete(&key).await? {
                     println!("removed task {id}");
                 } else {
                     missing.push(id.as_str());
                 }
             }
             if !missing.is_empty() {
-                bail!("no task with id {} in etcd", missing.join(", "));
+                bail!(
+                    "no task with id {} of framework {framework_id:?} in etcd",
+                    missing.join(", ")
+                );
             }
             Ok(())
         }
@@ -761,7 +778,9 @@ fn task_from_args(put: PutArgs) -> Result<Task> {
         HealthArg::Healthy => Health::Healthy,
         HealthArg::Unhealthy => Health::Unhealthy,
     };
+    let framework_id = put.framework_id.unwrap_or_else(|| put.framework.clone());
     let mut task = Task::new(put.id, put.name.clone(), put.framework, put.agent)
+        .with_framework_id(framework_id)
         .with_state(state)
         .with_health(health)
         .with_discovery_name(put.discovery_name.unwrap_or(put.name));
@@ -810,10 +829,16 @@ mod tests {
         );
         let spec = parse_vip_spec("53/udp=198.19.0.53:53").unwrap();
         assert_eq!((spec.port, spec.protocol), (53, Some(Protocol::Udp)));
+        // dcos-net's form without the leading slash names the same VIP.
+        assert_eq!(parse_vip_spec("8080=web:80").unwrap().vip, "web:80");
+        assert_eq!(
+            parse_vip_label("web:80").unwrap(),
+            parse_vip_label("/web:80").unwrap()
+        );
         for bad in [
             "8080",
             "x=/web:80",
-            "8080=web:80",
+            "8080=we b:80",
             "8080=/web",
             "53/sctp=/dns:53",
         ] {

@@ -125,6 +125,8 @@ pub struct DnsConfig {
     pub max_stale_secs: u64,
     /// The `mesos` and `thisdcos.directory` zones.
     pub zone: ZoneConfig,
+    /// Networks whose `in-addr.arpa` / `ip6.arpa` names are answered here (PTR), not forwarded.
+    pub reverse_zones: Vec<IpNet>,
 }
 
 impl Default for DnsConfig {
@@ -140,6 +142,7 @@ impl Default for DnsConfig {
             cache_entries: 10_000,
             max_stale_secs: 86_400,
             zone: ZoneConfig::default(),
+            reverse_zones: Vec::new(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(15);
 pub const CATALOG_CONNECTED: &str = "lodestar_catalog_connected";
 pub const CATALOG_CONTACT_AGE_SECONDS: &str = "lodestar_catalog_last_contact_age_seconds";
 pub const CATALOG_STALE: &str = "lodestar_catalog_stale";
+pub const DNS_UNHEALTHY_HELD_BACK: &str = "lodestar_dns_unhealthy_held_back";
 
 /// What the ops endpoints read.
 #[derive(Clone)]
@@ -189,6 +190,10 @@ impl Ops {
             CATALOG_STALE,
             "1 while the served catalog may be out of date."
         );
+        metrics::describe_gauge!(
+            DNS_UNHEALTHY_HELD_BACK,
+            "Records of unhealthy tasks left out of DNS answers (dns.zone.health = \"exclude\")."
+        );
     }
 
     /// Catalog freshness, computed at scrape time.
@@ -199,6 +204,7 @@ impl Ops {
             metrics::gauge!(CATALOG_CONTACT_AGE_SECONDS).set(age);
         }
         metrics::gauge!(CATALOG_STALE).set(f64::from(u8::from(stale)));
+        metrics::gauge!(DNS_UNHEALTHY_HELD_BACK).set(self.zone.load().held_back as f64);
     }
 
     /// Logs once when the catalog goes stale and once when it is fresh again. The first look

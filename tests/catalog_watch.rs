@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lodestar_control::keys::{self, Kind, Record};
-use lodestar_control::model::{Health, IpSource, Port, Task, TaskState};
+use lodestar_control::keys::{self, Kind, Record, RecordKey};
+use lodestar_control::model::{Health, IpSource, Port, Task, TaskKey, TaskState};
 use lodestar_control::{CatalogWatch, EtcdConfig, EtcdStore, Snapshot, WatchConfig};
 use support::{eventually, EtcdServer};
 
@@ -120,13 +120,16 @@ async fn incremental_updates_follow_puts_and_deletes() {
     t.state = TaskState::Draining;
     let rev = s.put(&[Record::Task(t.clone())]).await.unwrap();
     let snap = snapshot_where(&watch, "task 1 updated", |s| s.revision >= rev).await;
-    assert_eq!(snap.tasks[&t.id].state, TaskState::Draining);
+    assert_eq!(snap.tasks[&t.key()].state, TaskState::Draining);
     let vips: Vec<String> = snap.vips().iter().map(|v| v.key.to_string()).collect();
     assert_eq!(vips, ["/api:81/tcp", "/web:80/tcp"]);
 
     // A delete.
-    assert!(s.delete(Kind::Task, &t.id).await.unwrap());
-    let snap = snapshot_where(&watch, "task 1 deleted", |s| !s.tasks.contains_key(&t.id)).await;
+    assert!(s.delete(&RecordKey::Task(t.key())).await.unwrap());
+    let snap = snapshot_where(&watch, "task 1 deleted", |s| {
+        !s.tasks.contains_key(&t.key())
+    })
+    .await;
     assert_eq!(snap.tasks.len(), 1);
     assert_eq!(snap.vip_count(), 1);
     assert_eq!(watch.stats().full_loads.load(Ordering::Relaxed), 1);
@@ -182,7 +185,10 @@ async fn etcd_restart_mid_watch_resumes_with_the_writes_made_during_the_outage()
         .put(&[Record::Task(task(3, Some("/web:80")))])
         .await
         .unwrap();
-    assert!(writer.delete(Kind::Task, &task(1, None).id).await.unwrap());
+    assert!(writer
+        .delete(&RecordKey::Task(task(1, None).key()))
+        .await
+        .unwrap());
     let mut t2 = task(2, Some("/web:80"));
     t2.health = Health::Unhealthy;
     let last = writer.put(&[Record::Task(t2.clone())]).await.unwrap();
@@ -203,9 +209,9 @@ async fn etcd_restart_mid_watch_resumes_with_the_writes_made_during_the_outage()
         s.revision >= last
     })
     .await;
-    let ids: Vec<&String> = after.tasks.keys().collect();
-    assert_eq!(ids, [&task(2, None).id, &task(3, None).id]);
-    assert_eq!(after.tasks[&t2.id].health, Health::Unhealthy);
+    let ids: Vec<TaskKey> = after.tasks.keys().cloned().collect();
+    assert_eq!(ids, [task(2, None).key(), task(3, None).key()]);
+    assert_eq!(after.tasks[&t2.key()].health, Health::Unhealthy);
     let stats = watch.stats();
     assert!(stats.reconnects.load(Ordering::Relaxed) >= 1);
     // It resumed from its revision: no second full read was needed.
@@ -229,7 +235,10 @@ async fn compaction_past_the_watcher_forces_one_consistent_resync() {
 
     let hidden = etcd.restart_hidden();
     let writer = store(&hidden).await;
-    assert!(writer.delete(Kind::Task, &task(1, None).id).await.unwrap());
+    assert!(writer
+        .delete(&RecordKey::Task(task(1, None).key()))
+        .await
+        .unwrap());
     for i in 10..20 {
         writer.put(&[Record::Task(task(i, None))]).await.unwrap();
     }
@@ -250,7 +259,7 @@ async fn compaction_past_the_watcher_forces_one_consistent_resync() {
     .await;
     assert_eq!(snap.revision, last);
     assert!(
-        !snap.tasks.contains_key(&task(1, None).id),
+        !snap.tasks.contains_key(&task(1, None).key()),
         "a delete during the outage was lost"
     );
     assert_eq!(snap.tasks.len(), 2 + 11);

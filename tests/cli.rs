@@ -135,6 +135,59 @@ fn services_put_ls_rm_and_vips_ls_through_etcd() {
         1,
         "no task with id web.1",
     );
+
+    // Task ids are unique within a framework only: one id in two frameworks is two tasks,
+    // and `rm` takes the framework.
+    for (fw, ip) in [("fw-a", "198.18.0.21"), ("fw-b", "198.18.0.22")] {
+        ok(&[
+            "services",
+            "put",
+            "--etcd",
+            &e,
+            "--id",
+            "1",
+            "--name",
+            "job",
+            "--framework",
+            "chronos",
+            "--framework-id",
+            fw,
+            "--agent",
+            "a1",
+            "--ip",
+            ip,
+        ]);
+    }
+    // (framework id, address) of every listed task with id 1.
+    let jobs = || -> Vec<(String, String)> {
+        let ls: serde_json::Value =
+            serde_json::from_str(&ok(&["services", "ls", "--etcd", &e, "--json"])).unwrap();
+        let tasks = ls.as_array().unwrap().iter().filter(|t| t["id"] == "1");
+        let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+        tasks
+            .map(|t| (text(&t["framework_id"]), text(&t["ips"][0]["ip"])))
+            .collect()
+    };
+    let pair = |fw: &str, ip: &str| (fw.to_string(), ip.to_string());
+    assert_eq!(
+        jobs(),
+        [pair("fw-a", "198.18.0.21"), pair("fw-b", "198.18.0.22")]
+    );
+    fails(
+        &["services", "rm", "--etcd", &e, "1"],
+        1,
+        "no task with id 1 of framework \"marathon\"",
+    );
+    ok(&[
+        "services",
+        "rm",
+        "--etcd",
+        &e,
+        "--framework-id",
+        "fw-a",
+        "1",
+    ]);
+    assert_eq!(jobs(), [pair("fw-b", "198.18.0.22")]);
 }
 
 #[test]

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
-use lodestar_control::keys::{Kind, Record};
+use lodestar_control::keys::{Record, RecordKey};
 use lodestar_control::model::{
     Agent as MesosAgent, DiscoveryInfo, Framework, Health, IpSource, Labels, Port, Protocol, Task,
-    TaskState, VipAddress,
+    TaskKey, TaskState, VipAddress,
 };
 use lodestar_control::{EtcdConfig, EtcdStore};
 use support::agent::Agent;
@@ -348,7 +348,9 @@ async fn awkward_catalog_entries_through_etcd() {
         &["198.18.7.20"],
     )
     .await;
-    s.delete(Kind::Task, "mixed.1").await.unwrap();
+    s.delete(&RecordKey::Task(TaskKey::new("marathon", "mixed.1")))
+        .await
+        .unwrap();
     eventually(PATIENCE, "the removed task to go", || {
         let gone = rcode(&udp(dns, "my-app-v2.marathon.mesos.", RecordType::A, None))
             == ResponseCode::NXDomain;
@@ -880,3 +882,119 @@ const VIP_METRIC_PREFIXES: [&str; 4] = [
     "lodestar_health_",
     "lodestar_backend_",
 ];
+
+/// `dns.reverse_zones`: PTR names inside them are answered here, authoritatively (the one
+/// task's canonical name, the agent's name, NXDOMAIN); PTR names outside are forwarded.
+#[test]
+fn reverse_zones_are_answered_here_and_other_ptr_names_forwarded() {
+    let upstream = Upstream::start(Ipv4Addr::new(198, 18, 99, 3));
+    let agent_id = "20150925-143318-1660156426-5050-2036-S3";
+    let hdfs = Task::new("hdfs.1", "hdfs", "marathon", agent_id)
+        .with_ip("198.18.7.11".parse().unwrap(), IpSource::Netinfo);
+    let config = format!(
+        "[dns]\nreverse_zones = [\"198.18.0.0/16\"]\nupstreams = [\"{}\"]\n",
+        upstream.addr
+    );
+    let (agent, _dir) = agent_on(agent_id, "agent-1.example", vec![hdfs], &config);
+    let r = udp(
+        agent.dns,
+        "11.7.18.198.in-addr.arpa.",
+        RecordType::PTR,
+        None,
+    );
+    assert_eq!(rcode(&r), ResponseCode::NoError);
+    assert!(r.metadata.authoritative);
+    let name = answers(&r);
+    assert!(
+        name.len() == 1 && name[0].starts_with("hdfs-") && name[0].ends_with(".marathon.mesos."),
+        "{name:?}"
+    );
+    assert_eq!(
+        answers(&udp(agent.dns, &name[0], RecordType::A, None)),
+        ["198.18.7.11"]
+    );
+    assert_eq!(
+        answers(&udp(
+            agent.dns,
+            "1.0.18.198.in-addr.arpa.",
+            RecordType::PTR,
+            None
+        )),
+        ["agent-1.example."]
+    );
+    let r = udp(
+        agent.dns,
+        "99.7.18.198.in-addr.arpa.",
+        RecordType::PTR,
+        None,
+    );
+    assert_eq!(rcode(&r), ResponseCode::NXDomain);
+    assert!(r.metadata.authoritative);
+    assert_eq!(
+        upstream.queries.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // Outside the reverse zones: forwarded, as before.
+    let r = udp(agent.dns, "1.0.19.198.in-addr.arpa.", RecordType::PTR, None);
+    assert!(!r.metadata.authoritative);
+    assert_eq!(
+        upstream.queries.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+/// `dns.zone.health = "exclude"` on the real agent: the unhealthy task is out of the answer,
+/// and `/metrics` says how many records are held back.
+#[test]
+fn unhealthy_tasks_are_held_back_when_asked_and_counted() {
+    let task = |id: &str, ip: &str, health| {
+        Task::new(id, "web", "marathon", "a1")
+            .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
+            .with_health(health)
+    };
+    let tasks = vec![
+        task("web.1", "198.18.7.21", Health::Healthy),
+        task("web.2", "198.18.7.22", Health::Unhealthy),
+    ];
+    let config = "[dns.zone]\nhealth = \"exclude\"\n";
+    let (agent, _dir) = agent_on("a1", "agent-1", tasks, config);
+    assert_eq!(
+        answers(&udp(agent.dns, "web.marathon.mesos.", RecordType::A, None)),
+        ["198.18.7.21"]
+    );
+    let m = http_get(agent.http, "/metrics");
+    assert!(metric(&m, "lodestar_dns_unhealthy_held_back") >= 1, "{m}");
+}
+
+/// The agent on a catalog file of one agent (`id`, `hostname`, at 198.18.0.1) and `tasks`,
+/// with the configuration file `config`; the directory holding both.
+fn agent_on(
+    id: &str,
+    hostname: &str,
+    tasks: Vec<Task>,
+    config: &str,
+) -> (Agent, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = lodestar_control::file::CatalogDocument {
+        schema: lodestar_control::model::SCHEMA_VERSION,
+        agents: vec![MesosAgent {
+            id: id.into(),
+            hostname: hostname.into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }],
+        tasks,
+        ..Default::default()
+    };
+    let catalog = dir.path().join("catalog.json");
+    std::fs::write(&catalog, serde_json::to_string(&doc).unwrap()).unwrap();
+    let config_file = dir.path().join("agent.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let agent = Agent::start(&[
+        "--config",
+        config_file.to_str().unwrap(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+    ]);
+    (agent, dir)
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
 use lodestar_control::mesos::election::LEADER_KEY;
+use lodestar_control::model::TaskKey;
 use lodestar_control::{EtcdAuth, EtcdConfig, EtcdStore, EtcdTls};
 use support::agent::Agent;
 use support::dns::{answers, udp};
@@ -186,7 +187,9 @@ async fn mesos_sync_writes_the_catalog_its_election_and_vip_addresses_with_its_r
     let snapshot = eventually(PATIENCE, "the task and its VIP address", || async {
         let loaded = store.load(None).await.ok()?;
         let s = loaded.state.snapshot(loaded.revision, store.source());
-        (s.tasks.contains_key("api.1") && s.vip_addresses.contains_key("/api")).then_some(s)
+        (s.tasks.contains_key(&TaskKey::new("fw-marathon", "api.1"))
+            && s.vip_addresses.contains_key("/api"))
+        .then_some(s)
     })
     .await;
     assert!(snapshot.vip_addresses["/api"]

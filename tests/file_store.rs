@@ -49,7 +49,14 @@ async fn reloads_on_change_and_keeps_the_last_good_catalog_on_a_broken_edit() {
         (s.revision == 2).then_some(s)
     })
     .await;
-    assert_eq!(second.tasks.keys().collect::<Vec<_>>(), ["t1"]);
+    assert_eq!(
+        second
+            .tasks
+            .keys()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>(),
+        ["t1"]
+    );
 
     // Broken edits: a syntax error, an unknown field, a bad VIP label, an in-place truncation.
     let broken = [
@@ -71,7 +78,10 @@ async fn reloads_on_change_and_keeps_the_last_good_catalog_on_a_broken_edit() {
         .await;
         let now = store.current();
         assert_eq!(now.revision, 2, "broken edit {n} was published");
-        assert_eq!(now.tasks.keys().collect::<Vec<_>>(), ["t1"]);
+        assert_eq!(
+            now.tasks.keys().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            ["t1"]
+        );
     }
 
     // Fixed: the next good version is published.
@@ -81,7 +91,14 @@ async fn reloads_on_change_and_keeps_the_last_good_catalog_on_a_broken_edit() {
         (s.revision == 3).then_some(s)
     })
     .await;
-    assert_eq!(third.tasks.keys().collect::<Vec<_>>(), ["t3"]);
+    assert_eq!(
+        third
+            .tasks
+            .keys()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>(),
+        ["t3"]
+    );
 }
 
 #[tokio::test]
@@ -129,5 +146,8 @@ async fn a_same_size_rewrite_with_the_old_mtime_is_still_seen() {
         (s.revision == 2).then_some(s)
     })
     .await;
-    assert_eq!(snap.tasks.keys().collect::<Vec<_>>(), ["t2"]);
+    assert_eq!(
+        snap.tasks.keys().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        ["t2"]
+    );
 }

@@ -516,3 +516,83 @@ fn an_agent_without_the_socket_path_detaches_the_one_left_pinned() {
         agent.logs()
     );
 }
+
+/// A VIP whose backend is a bridge-mode task (Docker `BRIDGE`, `network-scope: host`): its
+/// container address is unreachable from other hosts, and it listens only on its agent's
+/// address and host port. The backend is that, as dcos-l4lb makes it, not the container
+/// address and the port the container listens on.
+#[test]
+fn a_bridge_mode_backend_is_reached_at_its_agent_and_host_port() {
+    use lodestar_control::file::CatalogDocument;
+    use lodestar_control::model::{
+        Agent as MesosAgent, IpSource, NetworkScope, Port, Task, SCHEMA_VERSION,
+    };
+
+    let lab = Lab::new("bridge", 0);
+    // The agent's host: 198.18.1.2 behind the client's namespace. The task's servers listen
+    // only on the agent's address and the host port.
+    let (host, _, _) = support::l4lb::backend_behind(&lab.client, "bridge", 1);
+    let agent_addr: SocketAddr = "198.18.1.2:20560".parse().unwrap();
+    support::l4lb::listen_echo(&host.ns.name, agent_addr, "bridged");
+    // The container's own address, on a bridge no other host routes to.
+    let container: SocketAddr = "198.18.200.2:8080".parse().unwrap();
+    lab.client
+        .exec_ok(&["ip", "route", "add", "unreachable", "198.18.200.0/24"]);
+
+    let task = Task::new("web.1", "web", "marathon", "a1")
+        .with_framework_id("fw-0001")
+        .with_ip(container.ip(), IpSource::Netinfo)
+        .with_resource(
+            Port::new(20560)
+                .with_host_port(20560)
+                .with_container_port(8080),
+        )
+        .with_discovery_name("web")
+        .with_discovery_port(
+            Port::tcp(20560)
+                .named("http")
+                .with_scope(NetworkScope::Host)
+                .with_host_port(20560)
+                .with_container_port(8080)
+                .with_label("VIP_0", "198.19.0.7:80"),
+        );
+    let doc = CatalogDocument {
+        schema: SCHEMA_VERSION,
+        agents: vec![MesosAgent {
+            id: "a1".into(),
+            hostname: "agent-1".into(),
+            addresses: vec![agent_addr.ip()],
+            site: None,
+        }],
+        tasks: vec![task],
+        ..CatalogDocument::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    std::fs::write(&catalog, serde_json::to_string(&doc).unwrap()).unwrap();
+    let extra = lab.agent_args();
+    let mut args = vec!["--catalog", catalog.to_str().unwrap()];
+    args.extend(extra.iter().map(String::as_str));
+    let agent = Agent::start(&args);
+
+    let vip: SocketAddr = "198.19.0.7:80".parse().unwrap();
+    let client = lab.client.name.clone();
+    in_ns(&client, || {
+        // The container address is not reachable: only the agent's host port is.
+        assert!(
+            std::net::TcpStream::connect_timeout(&container, Duration::from_secs(1)).is_err(),
+            "{container} must be unreachable"
+        );
+        within(Duration::from_secs(10), "the VIP programmed", || {
+            connect(vip).is_ok()
+        });
+        for _ in 0..20 {
+            let mut c = connect(vip).unwrap_or_else(|e| panic!("connect {vip}: {e}"));
+            assert_eq!(c.backend, "bridged");
+            assert_eq!(c.peer, vip);
+            ping(&mut c).expect("an echo through the VIP");
+        }
+    });
+    let v = support::l4lb::vip_status(&vips(&agent), "198.19.0.7:80");
+    support::l4lb::backend_status(&v, "198.18.1.2:20560");
+}

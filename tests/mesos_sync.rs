@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use lodestar_control::mesos::vipalloc::{self, VipRanges};
-use lodestar_control::model::{Health, IpSource, TaskState};
+use lodestar_control::model::{Health, IpSource, TaskKey, TaskState};
 use lodestar_control::{EtcdConfig, EtcdStore, Snapshot};
 use serde_json::json;
 use support::mesos::{state, task, vip_task, FakeMaster, Reply, SyncProcess};
@@ -19,6 +19,41 @@ use support::{eventually, EtcdServer};
 const PATIENCE: Duration = Duration::from_secs(20);
 const V4: &str = "198.19.0.0/24";
 const V6: &str = "2001:db8:19::/64";
+
+/// The fake master's one framework.
+fn marathon(id: &str) -> TaskKey {
+    TaskKey::new("fw-marathon", id)
+}
+
+/// The ids of the catalog's tasks, all of which must be the fake master's framework's.
+fn task_ids(snap: &Snapshot) -> Vec<&str> {
+    snap.tasks
+        .keys()
+        .map(|k| {
+            assert_eq!(k.framework_id, "fw-marathon", "{k}");
+            k.id.as_str()
+        })
+        .collect()
+}
+
+/// The task keys in etcd, in order.
+async fn task_keys(etcd: &EtcdServer) -> Vec<String> {
+    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
+        .await
+        .unwrap();
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let resp = store
+        .client()
+        .get("/lodestar/v1/tasks/", Some(options))
+        .await
+        .unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect()
+}
 
 async fn catalog(etcd: &EtcdServer) -> (Snapshot, i64) {
     let s = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
@@ -135,9 +170,11 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
     assert!(out.contains("synced"), "{out}");
 
     let (snap, revision) = catalog(&etcd).await;
-    let ids: Vec<&String> = snap.tasks.keys().collect();
-    assert_eq!(ids, ["api.1", "killing.1", "odd.1", "web.1", "web.2"]);
-    let web1 = &snap.tasks["web.1"];
+    assert_eq!(
+        task_ids(&snap),
+        ["api.1", "killing.1", "odd.1", "web.1", "web.2"]
+    );
+    let web1 = &snap.tasks[&marathon("web.1")];
     assert_eq!(web1.state, TaskState::Running);
     assert_eq!(web1.health, Health::Healthy);
     assert_eq!(web1.framework, "marathon");
@@ -158,8 +195,8 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
         web1.ports.iter().map(|p| p.number).collect::<Vec<_>>(),
         [31000, 31001]
     );
-    assert_eq!(snap.tasks["odd.1"].name, "My_App.v2 (beta)");
-    let killing = &snap.tasks["killing.1"];
+    assert_eq!(snap.tasks[&marathon("odd.1")].name, "My_App.v2 (beta)");
+    let killing = &snap.tasks[&marathon("killing.1")];
     assert_eq!(killing.state, TaskState::Draining);
     assert!(killing
         .ips
@@ -246,10 +283,7 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
     .await);
     assert!(out.contains("1 written, 2 deleted"), "{out}"); // odd.1 changed; web.2 and killing.1 ended
     let (snap, _) = catalog(&etcd).await;
-    assert_eq!(
-        snap.tasks.keys().collect::<Vec<_>>(),
-        ["api.1", "odd.1", "web.1"]
-    );
+    assert_eq!(task_ids(&snap), ["api.1", "odd.1", "web.1"]);
 }
 
 #[tokio::test]
@@ -272,7 +306,7 @@ async fn the_leader_named_in_the_state_is_asked_and_dead_masters_are_skipped() {
     let masters = format!("{dead},{}", follower.url());
     ok(&sync_once(&masters, &etcd, &[]).await);
     let (snap, _) = catalog(&etcd).await;
-    assert_eq!(snap.tasks.keys().collect::<Vec<_>>(), ["fresh.1"]);
+    assert_eq!(task_ids(&snap), ["fresh.1"]);
     assert_eq!(leader.hits.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(snap.leader.as_ref().unwrap().port, leader.addr.port());
     // The configured masters are listed (the dead one and the follower) and the leader.
@@ -555,16 +589,13 @@ async fn tls_to_the_master_with_a_configured_ca() {
     assert!(!o.status.success(), "an untrusted certificate must fail");
     assert!(catalog(&etcd).await.0.tasks.is_empty());
     ok(&sync_once(&url, &etcd, &["--master-ca", cert.to_str().unwrap()]).await);
-    assert_eq!(
-        catalog(&etcd).await.0.tasks.keys().collect::<Vec<_>>(),
-        ["tls.1"]
-    );
+    assert_eq!(task_ids(&catalog(&etcd).await.0), ["tls.1"]);
     server.abort();
 }
 
 #[tokio::test]
 async fn changes_made_behind_its_back_are_corrected_on_the_next_poll() {
-    use lodestar_control::keys::{Kind, Record};
+    use lodestar_control::keys::{Record, RecordKey};
     use lodestar_control::mesos::fetch::MasterClient;
     use lodestar_control::mesos::sync::Syncer;
     let etcd = EtcdServer::start();
@@ -582,27 +613,16 @@ async fn changes_made_behind_its_back_are_corrected_on_the_next_poll() {
     let mut syncer = Syncer::new(store.clone(), client, "site".into(), VipRanges::default());
     syncer.poll(None).await.unwrap();
     // An operator deletes a task the master still reports and adds one it does not.
-    assert!(store.delete(Kind::Task, "web.1").await.unwrap());
-    let ghost = lodestar_control::model::Task {
-        id: "ghost.1".into(),
-        name: "ghost".into(),
-        framework: "marathon".into(),
-        agent: "S-azure-S1".into(),
-        state: TaskState::Running,
-        ips: vec![],
-        ports: vec![],
-        discovery: None,
-        labels: Default::default(),
-        health: Health::Unknown,
-        site: None,
-    };
+    assert!(store
+        .delete(&RecordKey::Task(marathon("web.1")))
+        .await
+        .unwrap());
+    let ghost = lodestar_control::model::Task::new("ghost.1", "ghost", "marathon", "S-azure-S1")
+        .with_framework_id("fw-marathon");
     store.put(&[Record::Task(ghost)]).await.unwrap();
     let r = syncer.poll(None).await.unwrap();
     assert_eq!((r.puts, r.deletes), (1, 1), "{r:?}");
-    assert_eq!(
-        catalog(&etcd).await.0.tasks.keys().collect::<Vec<_>>(),
-        ["web.1"]
-    );
+    assert_eq!(task_ids(&catalog(&etcd).await.0), ["web.1"]);
 }
 
 #[tokio::test]
@@ -628,8 +648,10 @@ async fn a_master_that_suddenly_reports_nothing_does_not_wipe_the_catalog() {
     assert!(catalog(&etcd).await.0.tasks.is_empty());
 }
 
+/// Task ids are unique within a framework only: two frameworks' task `0` are two tasks, each
+/// under its framework's key, as Mesos-DNS serves both.
 #[tokio::test]
-async fn the_same_task_id_in_two_frameworks_keeps_one_and_says_so() {
+async fn the_same_task_id_in_two_frameworks_is_two_tasks() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
     let mut s = state(
@@ -640,17 +662,33 @@ async fn the_same_task_id_in_two_frameworks_keeps_one_and_says_so() {
     let mut other = s["frameworks"][0].clone();
     other["id"] = json!("fw-chronos");
     other["name"] = json!("chronos");
-    other["tasks"] = json!([task("0", "job", "S-azure-S1", "TASK_RUNNING", &[])]);
+    let mut job = task("0", "job", "S-azure-S1", "TASK_RUNNING", &[]);
+    job["framework_id"] = json!("fw-chronos");
+    other["tasks"] = json!([job]);
     s["frameworks"].as_array_mut().unwrap().push(other);
     master.set_state(s);
     let o = sync_once(&master.url(), &etcd, &[]).await;
     ok(&o);
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("two frameworks report a task with this id")
-    );
     let (snap, _) = catalog(&etcd).await;
-    assert_eq!(snap.tasks.len(), 1);
-    assert_eq!(snap.frameworks.len(), 2);
+    let keys: Vec<(&str, &str, &str)> = snap
+        .tasks
+        .iter()
+        .map(|(k, t)| (k.framework_id.as_str(), k.id.as_str(), t.name.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("fw-chronos", "0", "job"),
+            ("fw-marathon", "0", "spark-exec")
+        ]
+    );
+    assert_eq!(
+        task_keys(&etcd).await,
+        [
+            "/lodestar/v1/tasks/fw-chronos/0",
+            "/lodestar/v1/tasks/fw-marathon/0"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -676,7 +714,7 @@ async fn one_exhausted_family_does_not_block_the_other_and_lost_records_keep_the
     );
     // The record is lost (a restore, another tool): the name gets the same addresses back.
     store
-        .delete(lodestar_control::keys::Kind::VipAddress, "/a")
+        .delete(&lodestar_control::keys::RecordKey::VipAddress("/a".into()))
         .await
         .unwrap();
     let again = vipalloc::ensure(&store, &ranges, "/a").await.unwrap();
@@ -771,4 +809,116 @@ async fn a_real_shrink_is_released_once_the_master_has_reported_it_for_the_whole
     assert!(sync
         .log()
         .contains("applying a mass delete the master has reported for the whole delay"));
+}
+
+/// The supported upgrade order (docs/etcd-schema.md): agents first, serving a catalog that an
+/// older `mesos-sync` wrote under legacy keys (`tasks/<task-id>`, values without
+/// `framework_id`); then the new `mesos-sync`, which moves every task to
+/// `tasks/<framework-id>/<task-id>` over several transactions. DNS is asked for every name
+/// all along: none is ever missing.
+#[tokio::test]
+async fn legacy_task_keys_are_migrated_with_no_gap_in_dns() {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    use lodestar_control::keys::{Record, RecordKey};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use support::agent::Agent;
+    use support::dns::{answers, udp};
+
+    const TASKS: usize = 70; // more than one write transaction's worth of puts
+    let etcd = EtcdServer::start();
+    let master = FakeMaster::start().await;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let ip = format!("198.18.1.{}", 100 + i);
+            task(
+                &format!("app{i}.1"),
+                &format!("app{i}"),
+                "S-azure-S1",
+                "TASK_RUNNING",
+                &[&ip],
+            )
+        })
+        .collect();
+    master.set_state(state(&master.pid(), &master.pid(), tasks));
+    // What an older mesos-sync wrote: the same records, tasks at their legacy keys.
+    ok(&sync_once(&master.url(), &etcd, &[]).await);
+    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
+        .await
+        .unwrap();
+    let (snap, _) = catalog(&etcd).await;
+    let legacy: Vec<Record> = snap
+        .tasks
+        .values()
+        .map(|t| Record::Task((**t).clone().with_framework_id("")))
+        .collect();
+    store.put(&legacy).await.unwrap();
+    for key in snap.tasks.keys() {
+        assert!(store.delete(&RecordKey::Task(key.clone())).await.unwrap());
+    }
+    let before = task_keys(&etcd).await;
+    assert_eq!(before.len(), TASKS);
+    assert!(
+        before.iter().all(|k| k.matches('/').count() == 4),
+        "{before:?}"
+    );
+
+    let agent = Agent::start(&["--etcd", &etcd.endpoint()]);
+    let dns = agent.dns;
+    let name = |i: usize| format!("app{i}.marathon.mesos.");
+    eventually(PATIENCE, "every legacy task in DNS", || async move {
+        (0..TASKS)
+            .all(|i| !udp(dns, &name(i), RecordType::A, None).answers.is_empty())
+            .then_some(())
+    })
+    .await;
+
+    // Ask for every name, round and round, while the migration runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let asker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut asked = 0usize;
+            let mut missing = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..TASKS {
+                    let r = udp(dns, &name(i), RecordType::A, None);
+                    asked += 1;
+                    let want = vec![format!("198.18.1.{}", 100 + i)];
+                    if r.metadata.response_code != ResponseCode::NoError || answers(&r) != want {
+                        missing.push((name(i), r.metadata.response_code, answers(&r)));
+                    }
+                }
+            }
+            (asked, missing)
+        })
+    };
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(
+        out.contains(&format!("{TASKS} written, {TASKS} deleted")),
+        "{out}"
+    );
+    // Let the agent see the last transaction and answer from it for a while.
+    let migrated = task_keys(&etcd).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (asked, missing) = tokio::task::spawn_blocking(move || asker.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        missing.is_empty(),
+        "names missing or wrong during the migration: {missing:?}"
+    );
+    assert!(asked >= 2 * TASKS, "asked only {asked} times");
+    assert_eq!(migrated.len(), TASKS);
+    assert!(
+        migrated
+            .iter()
+            .all(|k| k.starts_with("/lodestar/v1/tasks/fw-marathon/")),
+        "{migrated:?}"
+    );
+    // The next poll has nothing to move.
+    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    assert!(out.contains("0 written, 0 deleted"), "{out}");
 }

@@ -12,7 +12,7 @@ use etcd_client::{
 use tracing::warn;
 
 use crate::error::{ConfigProblem, StoreError};
-use crate::keys::{self, Kind, Record, Rejection, PREFIX};
+use crate::keys::{self, Record, RecordKey, Rejection, PREFIX};
 use crate::metrics::count_rejection;
 use crate::snapshot::{CatalogState, Source};
 
@@ -518,8 +518,8 @@ impl EtcdStore {
     }
 
     /// Deletes one record. Returns whether it existed.
-    pub async fn delete(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
-        let key = keys::key(kind, id);
+    pub async fn delete(&self, record: &RecordKey) -> Result<bool, StoreError> {
+        let key = record.to_key();
         let mut c = self.client.clone();
         let resp = self
             .bounded("delete", self.config.request_timeout, async move {

@@ -108,11 +108,12 @@ impl CatalogDocument {
                 }
             }
         }
-        dups(
-            "task",
-            self.tasks.iter().map(|t| t.id.as_str()),
-            &mut problems,
-        );
+        let mut seen = BTreeSet::new();
+        for task in &self.tasks {
+            if !seen.insert(task.key()) {
+                problems.push(format!("task {} appears twice", task.key()));
+            }
+        }
         dups(
             "agent",
             self.agents.iter().map(|a| a.id.as_str()),

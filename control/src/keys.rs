@@ -5,7 +5,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTRO
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Agent, Framework, Leader, Master, Task, VipAddress, SCHEMA_VERSION};
+use crate::model::{Agent, Framework, Leader, Master, Task, TaskKey, VipAddress, SCHEMA_VERSION};
 
 /// Every key Lodestar reads or writes starts with this.
 pub const PREFIX: &str = "/lodestar/v1/";
@@ -59,7 +59,8 @@ impl Kind {
     }
 }
 
-/// The key of a record of `kind` with identity `id` (ignored for the leader).
+/// The key of a record of `kind` with identity `id` (ignored for the leader). For a task this
+/// is the legacy one-segment key, `tasks/<task-id>`; `task_key` gives a task's key.
 pub fn key(kind: Kind, id: &str) -> String {
     match kind {
         Kind::Leader => format!("{PREFIX}leader"),
@@ -68,6 +69,86 @@ pub fn key(kind: Kind, id: &str) -> String {
             kind.folder(),
             utf8_percent_encode(id, SEGMENT)
         ),
+    }
+}
+
+/// A task's key: `tasks/<framework-id>/<task-id>`, or `tasks/<task-id>` for a legacy task
+/// (one without a framework id).
+pub fn task_key(task: &TaskKey) -> String {
+    if task.is_legacy() {
+        return key(Kind::Task, &task.id);
+    }
+    format!(
+        "{PREFIX}{}{}/{}",
+        Kind::Task.folder(),
+        utf8_percent_encode(&task.framework_id, SEGMENT),
+        utf8_percent_encode(&task.id, SEGMENT)
+    )
+}
+
+/// Which record a key names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RecordKey {
+    Task(TaskKey),
+    Agent(String),
+    Framework(String),
+    Master(String),
+    Leader,
+    VipAddress(String),
+}
+
+impl RecordKey {
+    pub fn kind(&self) -> Kind {
+        match self {
+            RecordKey::Task(_) => Kind::Task,
+            RecordKey::Agent(_) => Kind::Agent,
+            RecordKey::Framework(_) => Kind::Framework,
+            RecordKey::Master(_) => Kind::Master,
+            RecordKey::Leader => Kind::Leader,
+            RecordKey::VipAddress(_) => Kind::VipAddress,
+        }
+    }
+
+    /// The etcd key.
+    pub fn to_key(&self) -> String {
+        match self {
+            RecordKey::Task(t) => task_key(t),
+            RecordKey::Agent(id)
+            | RecordKey::Framework(id)
+            | RecordKey::Master(id)
+            | RecordKey::VipAddress(id) => key(self.kind(), id),
+            RecordKey::Leader => key(Kind::Leader, ""),
+        }
+    }
+
+    fn of(kind: Kind, id: String) -> RecordKey {
+        match kind {
+            Kind::Task => RecordKey::Task(TaskKey::new("", id)),
+            Kind::Agent => RecordKey::Agent(id),
+            Kind::Framework => RecordKey::Framework(id),
+            Kind::Master => RecordKey::Master(id),
+            Kind::Leader => RecordKey::Leader,
+            Kind::VipAddress => RecordKey::VipAddress(id),
+        }
+    }
+}
+
+/// How a rejection names the identity a value gives.
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordKey::Task(t) if t.is_legacy() => {
+                write!(f, "task id {:?} without a framework id", t.id)
+            }
+            RecordKey::Task(t) => {
+                write!(f, "task id {:?} of framework {:?}", t.id, t.framework_id)
+            }
+            RecordKey::Agent(id)
+            | RecordKey::Framework(id)
+            | RecordKey::Master(id)
+            | RecordKey::VipAddress(id) => write!(f, "id {id:?}"),
+            RecordKey::Leader => f.write_str("the leader"),
+        }
     }
 }
 
@@ -107,19 +188,19 @@ impl Record {
     }
 
     /// The identity the key is derived from.
-    pub fn id(&self) -> &str {
+    pub fn record_key(&self) -> RecordKey {
         match self {
-            Record::Task(t) => &t.id,
-            Record::Agent(a) => &a.id,
-            Record::Framework(f) => &f.id,
-            Record::Master(m) => &m.id,
-            Record::Leader(_) => "",
-            Record::VipAddress(v) => &v.name,
+            Record::Task(t) => RecordKey::Task(t.key()),
+            Record::Agent(a) => RecordKey::Agent(a.id.clone()),
+            Record::Framework(f) => RecordKey::Framework(f.id.clone()),
+            Record::Master(m) => RecordKey::Master(m.id.clone()),
+            Record::Leader(_) => RecordKey::Leader,
+            Record::VipAddress(v) => RecordKey::VipAddress(v.name.clone()),
         }
     }
 
     pub fn key(&self) -> String {
-        key(self.kind(), self.id())
+        self.record_key().to_key()
     }
 
     /// The JSON value stored in etcd: the record with its schema version.
@@ -172,7 +253,7 @@ pub enum Rejection {
         kind: &'static str,
         found: u64,
     },
-    #[error("{kind} value at {key:?} names id {id:?}, which does not match its key")]
+    #[error("{kind} value at {key:?} names {id}, which does not match its key")]
     IdMismatch {
         key: String,
         kind: &'static str,
@@ -203,37 +284,49 @@ impl Rejection {
     }
 }
 
-/// Which record a key names: its kind and decoded id.
-pub fn parse_key(key: &str) -> Result<(Kind, String), Rejection> {
+/// Which record a key names.
+pub fn parse_key(key: &str) -> Result<RecordKey, Rejection> {
     let unknown = || Rejection::UnknownKey {
         key: key.to_string(),
     };
     let rest = key.strip_prefix(PREFIX).ok_or_else(unknown)?;
     if rest == "leader" {
-        return Ok((Kind::Leader, String::new()));
+        return Ok(RecordKey::Leader);
     }
+    let decode = |seg: &str| -> Result<String, Rejection> {
+        if seg.is_empty() {
+            return Err(unknown());
+        }
+        Ok(percent_decode_str(seg)
+            .decode_utf8()
+            .map_err(|_| unknown())?
+            .into_owned())
+    };
     for kind in Kind::ALL {
         if kind == Kind::Leader {
             continue;
         }
-        if let Some(seg) = rest.strip_prefix(kind.folder()) {
-            if seg.is_empty() || seg.contains('/') {
-                return Err(unknown());
+        let Some(seg) = rest.strip_prefix(kind.folder()) else {
+            continue;
+        };
+        let parsed = match (kind, seg.split_once('/')) {
+            // `tasks/<framework-id>/<task-id>`; `tasks/<task-id>` is a legacy task key.
+            (Kind::Task, Some((framework, id))) if !id.contains('/') => {
+                RecordKey::Task(TaskKey::new(decode(framework)?, decode(id)?))
             }
-            let id = percent_decode_str(seg)
-                .decode_utf8()
-                .map_err(|_| unknown())?
-                .into_owned();
-            // One record, one key: `web%2E1` would alias `web.1`, and a delete of one
-            // spelling would remove the record the other still holds.
-            if self::key(kind, &id) != key {
-                return Err(Rejection::NonCanonicalKey {
-                    key: key.to_string(),
-                    canonical: self::key(kind, &id),
-                });
-            }
-            return Ok((kind, id));
+            (_, Some(_)) => return Err(unknown()),
+            (_, None) => RecordKey::of(kind, decode(seg)?),
+        };
+        // One record, one key: `web%2E1` would alias `web.1`, and a delete of one
+        // spelling would remove the record the other still holds.
+        let canonical = parsed.to_key();
+        if canonical != key {
+            return Err(Rejection::NonCanonicalKey {
+                key: key.to_string(),
+                canonical,
+            });
         }
+        return Ok(parsed);
     }
     Err(unknown())
 }
@@ -243,7 +336,8 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<Record, Rejection> {
     let key = std::str::from_utf8(key).map_err(|_| Rejection::UnknownKey {
         key: String::from_utf8_lossy(key).into_owned(),
     })?;
-    let (kind, id) = parse_key(key)?;
+    let id = parse_key(key)?;
+    let kind = id.kind();
     let record = match kind {
         Kind::Task => Record::Task(decode_value(key, kind, value)?),
         Kind::Agent => Record::Agent(decode_value(key, kind, value)?),
@@ -252,11 +346,12 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<Record, Rejection> {
         Kind::Leader => Record::Leader(decode_value(key, kind, value)?),
         Kind::VipAddress => Record::VipAddress(decode_value(key, kind, value)?),
     };
-    if kind != Kind::Leader && record.id() != id {
+    let named = record.record_key();
+    if named != id {
         return Err(Rejection::IdMismatch {
             key: key.to_string(),
             kind: kind.as_str(),
-            id: record.id().to_string(),
+            id: named.to_string(),
         });
     }
     Ok(record)
@@ -296,33 +391,65 @@ mod tests {
     use crate::model::*;
 
     fn task(id: &str) -> Task {
-        Task::new(id, "web", "marathon", "a1")
+        Task::new(id, "web", "marathon", "a1").with_framework_id("fw-0001")
     }
 
     #[test]
     fn keys_round_trip_awkward_ids() {
         for id in ["web.1", "a/b", "100%", "with space", "ünï"] {
-            let k = key(Kind::Task, id);
-            assert!(!k[PREFIX.len() + "tasks/".len()..].contains('/'), "{k}");
-            assert_eq!(parse_key(&k).unwrap(), (Kind::Task, id.to_string()));
+            for framework in ["fw-0001", "odd/framework id", ""] {
+                let task = TaskKey::new(framework, id);
+                let k = task_key(&task);
+                let segments = k[PREFIX.len() + "tasks/".len()..].split('/').count();
+                assert_eq!(segments, if framework.is_empty() { 1 } else { 2 }, "{k}");
+                assert_eq!(parse_key(&k).unwrap(), RecordKey::Task(task));
+            }
         }
+        assert_eq!(
+            task_key(&TaskKey::new("fw-0001", "web.1")),
+            "/lodestar/v1/tasks/fw-0001/web.1"
+        );
+        assert_eq!(key(Kind::Task, "web.1"), "/lodestar/v1/tasks/web.1");
         assert_eq!(key(Kind::Leader, "x"), "/lodestar/v1/leader");
         assert_eq!(
             key(Kind::VipAddress, "/group/app"),
             "/lodestar/v1/vips/%2Fgroup%2Fapp"
         );
+        assert_eq!(
+            parse_key("/lodestar/v1/vips/%2Fgroup%2Fapp").unwrap(),
+            RecordKey::VipAddress("/group/app".into())
+        );
     }
 
     #[test]
     fn values_round_trip() {
-        let r = Record::Task(task("web.1"));
-        let decoded = decode(r.key().as_bytes(), &r.to_value()).unwrap();
-        assert_eq!(decoded, r);
+        for r in [
+            Record::Task(task("web.1")),
+            Record::Task(task("web.1").with_framework_id("")),
+        ] {
+            let decoded = decode(r.key().as_bytes(), &r.to_value()).unwrap();
+            assert_eq!(decoded, r);
+        }
+    }
+
+    /// A value written before tasks were keyed by framework (no `framework_id`, no port
+    /// mappings) still decodes at its legacy key.
+    #[test]
+    fn legacy_task_values_decode() {
+        let legacy = br#"{"schema":1,"data":{"id":"web.1","name":"web","framework":"marathon","agent":"a1","state":"running","ports":[{"number":31000}],"health":"unknown"}}"#;
+        let Record::Task(t) = decode(b"/lodestar/v1/tasks/web.1", legacy).unwrap() else {
+            panic!("a task")
+        };
+        assert_eq!(t.key(), TaskKey::new("", "web.1"));
+        // At a framework's key the value must name that framework.
+        let err = decode(b"/lodestar/v1/tasks/fw-0001/web.1", legacy).unwrap_err();
+        assert_eq!(err.reason(), "id_mismatch");
+        assert!(err.to_string().contains("without a framework id"), "{err}");
     }
 
     #[test]
     fn bad_values_are_rejected_with_a_reason() {
-        let k = key(Kind::Task, "web.1");
+        let k = task_key(&TaskKey::new("fw-0001", "web.1"));
         let cases: &[(&[u8], &str)] = &[
             (b"not json", "malformed"),
             (b"\xff\xfe", "malformed"),
@@ -337,14 +464,17 @@ mod tests {
             let err = decode(k.as_bytes(), value).unwrap_err();
             assert_eq!(err.reason(), *reason, "{err}");
         }
-        let mut t = task("other");
-        t.id = "other".into();
-        let err = decode(k.as_bytes(), &Record::Task(t).to_value()).unwrap_err();
+        let err = decode(k.as_bytes(), &Record::Task(task("other")).to_value()).unwrap_err();
         assert_eq!(err.reason(), "id_mismatch");
+        let other_framework = task("web.1").with_framework_id("fw-0002");
+        let err = decode(k.as_bytes(), &Record::Task(other_framework).to_value()).unwrap_err();
+        assert_eq!(err.reason(), "id_mismatch");
+        assert!(err.to_string().contains("fw-0002"), "{err}");
         for alias in [
             "/lodestar/v1/tasks/web%2e1",
             "/lodestar/v1/tasks/web%2E1",
             "/lodestar/v1/tasks/a%2fb",
+            "/lodestar/v1/tasks/fw%2D1/web.1",
         ] {
             let err = parse_key(alias).unwrap_err();
             assert_eq!(err.reason(), "non_canonical_key", "{alias}");
@@ -353,7 +483,10 @@ mod tests {
         for bad_key in [
             "/lodestar/v1/nope/x",
             "/lodestar/v1/tasks/",
-            "/lodestar/v1/tasks/a/b",
+            "/lodestar/v1/tasks/a/b/c",
+            "/lodestar/v1/tasks/a/",
+            "/lodestar/v1/tasks//b",
+            "/lodestar/v1/agents/a/b",
             "/other",
         ] {
             let err = decode(bad_key.as_bytes(), b"{}").unwrap_err();

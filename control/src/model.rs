@@ -206,17 +206,54 @@ pub struct TaskIp {
     pub source: IpSource,
 }
 
+/// What a DiscoveryInfo port's number means: Marathon's `network-scope` port label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkScope {
+    /// A port of the agent (bridge mode): the number is the host port.
+    Host,
+    /// A port of the container's own network (a virtual network): the number is the
+    /// container's port.
+    Container,
+}
+
+impl NetworkScope {
+    /// The port label that carries it.
+    pub const LABEL: &'static str = "network-scope";
+
+    pub fn from_label(value: &str) -> Option<NetworkScope> {
+        match value {
+            "host" => Some(NetworkScope::Host),
+            "container" => Some(NetworkScope::Container),
+            _ => None,
+        }
+    }
+}
+
 /// A port: from the task's `ports` resource or from its DiscoveryInfo.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Port {
+    /// The number Mesos gives: an agent port for a resource port; for a DiscoveryInfo port
+    /// whatever the framework wrote (see `scope`). DNS publishes it as Mesos-DNS does.
     pub number: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `None` for resource ports, which Mesos-DNS publishes under both `_tcp` and `_udp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
-    /// Port labels; `VIP_<n>` labels put the task behind a VIP.
+    /// The agent port that reaches this one, when it is reached through the agent: a port
+    /// mapping's host port (Docker or UCR bridge mode), or the number of a `network-scope:
+    /// host` port. A VIP then sends to the agent's address and this port, as dcos-net does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// The port inside the container, from a port mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<u16>,
+    /// The `network-scope` port label, when the framework gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<NetworkScope>,
+    /// Port labels; a key starting with `VIP` or `vip` puts the task behind a VIP.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
 }
@@ -233,11 +270,47 @@ pub struct DiscoveryInfo {
     pub labels: Labels,
 }
 
+/// A task's identity: Mesos makes task ids unique within a framework only, so two Spark or
+/// two Marathon frameworks may each run a task `1`. An empty `framework_id` is a task written
+/// before the catalog keyed tasks by framework (a legacy key, `docs/etcd-schema.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskKey {
+    pub framework_id: String,
+    pub id: String,
+}
+
+impl TaskKey {
+    pub fn new(framework_id: impl Into<String>, id: impl Into<String>) -> TaskKey {
+        TaskKey {
+            framework_id: framework_id.into(),
+            id: id.into(),
+        }
+    }
+
+    /// A key from before tasks were keyed by framework.
+    pub fn is_legacy(&self) -> bool {
+        self.framework_id.is_empty()
+    }
+}
+
+impl fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_legacy() {
+            write!(f, "{}", self.id)
+        } else {
+            write!(f, "{} (framework {})", self.id, self.framework_id)
+        }
+    }
+}
+
 /// A task: one key in etcd, so that a change to it is one small watch event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
     pub id: String,
+    /// The id of the framework that runs it: with `id`, the task's identity (`TaskKey`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub framework_id: String,
     pub name: String,
     /// The framework's name (what DNS names use), e.g. `marathon`.
     pub framework: String,
@@ -248,7 +321,7 @@ pub struct Task {
     /// Addresses in source order; DNS applies its configured source preference.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<TaskIp>,
-    /// The task's `ports` resource.
+    /// The task's `ports` resource: agent ports (a bridge-mode one with its container port).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -350,7 +423,7 @@ impl fmt::Display for VipKey {
     }
 }
 
-/// Why a `VIP_<n>` label value was refused.
+/// Why a VIP label was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid VIP label {value:?}: {reason}")]
 pub struct VipLabelError {
@@ -358,8 +431,10 @@ pub struct VipLabelError {
     pub reason: &'static str,
 }
 
-/// Parses a `VIP_<n>` label value the way dcos-l4lb does: split at the last `:`;
-/// the left side is a name starting with `/` or an IP address (IPv6 may be bracketed).
+/// Parses a VIP label value the way dcos-l4lb does: split at the last `:`; the left side is
+/// an IP address (IPv6 may be bracketed) or else a name. A name is normalised to start with
+/// `/` (`service:8080` and `/service:8080` are one VIP, as Marathon's `/service` and dcos-net's
+/// label rules make them one DNS name); names with spaces or control characters are refused.
 pub fn parse_vip_label(value: &str) -> Result<(VipName, u16), VipLabelError> {
     let err = |reason| VipLabelError {
         value: value.to_string(),
@@ -372,40 +447,86 @@ pub fn parse_vip_label(value: &str) -> Result<(VipName, u16), VipLabelError> {
     if port == 0 {
         return Err(err("port is not a number in 1..=65535"));
     }
-    let host = host
+    let unbracketed = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    if let Ok(ip) = host.parse::<IpAddr>() {
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
         return Ok((VipName::Ip(ip), port));
     }
-    if host.len() > 1 && host.starts_with('/') && !host.chars().any(char::is_whitespace) {
-        return Ok((VipName::Named(host.to_string()), port));
+    let name = host.strip_prefix('/').unwrap_or(host);
+    if name.is_empty() {
+        return Err(err("no name before the :port"));
     }
-    Err(err("name is neither /group/app nor an IP address"))
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err("the name has spaces or control characters"));
+    }
+    Ok((VipName::Named(format!("/{name}")), port))
 }
 
-/// Is this a label key that names a VIP (`VIP_0`, `VIP_1`, ...)?
+/// Is this a port label key that names a VIP? dcos-net takes any key that starts with `VIP`
+/// or `vip` (`VIP_0`, `vip_1`, and the DC/OS SDK's `VIP_<uuid>`).
 pub fn is_vip_label(key: &str) -> bool {
-    key.strip_prefix("VIP_")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    key.starts_with("VIP") || key.starts_with("vip")
+}
+
+/// A task label `VIP_PORT<n>` (any case) = `tcp://name:port` or `udp://name:port`: Minuteman's
+/// older form, which puts the n-th port of the task's `ports` resource behind a VIP. `None`
+/// for any other label; else the port's index, the protocol and the VIP label after the scheme.
+pub fn task_vip_label<'a>(
+    key: &str,
+    value: &'a str,
+) -> Option<Result<(usize, Protocol, &'a str), VipLabelError>> {
+    let index = key
+        .get(..8)
+        .filter(|k| k.eq_ignore_ascii_case("vip_port"))
+        .map(|_| &key[8..])
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?;
+    let refused = |reason| {
+        Some(Err(VipLabelError {
+            value: value.to_string(),
+            reason,
+        }))
+    };
+    let Ok(index) = index.parse::<usize>() else {
+        return refused("the VIP_PORT index is too large");
+    };
+    let (protocol, label) = if let Some(rest) = value.strip_prefix("tcp://") {
+        (Protocol::Tcp, rest)
+    } else if let Some(rest) = value.strip_prefix("udp://") {
+        (Protocol::Udp, rest)
+    } else {
+        return refused("a VIP_PORT label is tcp://name:port or udp://name:port");
+    };
+    Some(Ok((index, protocol, label)))
+}
+
+/// Where a VIP reaches one task port: at the agent's address (a host port: bridge mode, a
+/// `network-scope: host` port, a resource port) or at the task's own address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct BackendPort {
+    pub port: u16,
+    pub on_agent: bool,
 }
 
 /// Building tasks and ports: the one way the CLI, the tests and the benchmarks make them, so
 /// that a field added to the model is defaulted in one place.
 impl Task {
     /// A running task of `framework` on `agent`, with unknown health and no addresses, ports,
-    /// DiscoveryInfo or labels; the `with_*` methods add them.
+    /// DiscoveryInfo or labels; the `with_*` methods add them. Its framework id is the
+    /// framework's name until `with_framework_id` says otherwise.
     pub fn new(
         id: impl Into<String>,
         name: impl Into<String>,
         framework: impl Into<String>,
         agent: impl Into<String>,
     ) -> Task {
+        let framework = framework.into();
         Task {
             id: id.into(),
+            framework_id: framework.clone(),
             name: name.into(),
-            framework: framework.into(),
+            framework,
             agent: agent.into(),
             state: TaskState::Running,
             ips: Vec::new(),
@@ -417,14 +538,26 @@ impl Task {
         }
     }
 
+    /// The framework's id (empty: a task from before tasks were keyed by framework).
+    pub fn with_framework_id(mut self, id: impl Into<String>) -> Task {
+        self.framework_id = id.into();
+        self
+    }
+
     pub fn with_ip(mut self, ip: IpAddr, source: IpSource) -> Task {
         self.ips.push(TaskIp { ip, source });
         self
     }
 
     /// A port of the task's `ports` resource.
-    pub fn with_resource_port(mut self, number: u16) -> Task {
-        self.ports.push(Port::new(number));
+    pub fn with_resource_port(self, number: u16) -> Task {
+        self.with_resource(Port::new(number))
+    }
+
+    /// A port of the task's `ports` resource, with more said about it (a bridge-mode
+    /// mapping's container port).
+    pub fn with_resource(mut self, port: Port) -> Task {
+        self.ports.push(port);
         self
     }
 
@@ -471,6 +604,9 @@ impl Port {
             number,
             name: None,
             protocol: None,
+            host_port: None,
+            container_port: None,
+            scope: None,
             labels: Labels::default(),
         }
     }
@@ -497,12 +633,66 @@ impl Port {
         self.labels.insert(key.into(), value.into());
         self
     }
+
+    /// Reached through the agent's port `host_port` (bridge mode).
+    pub fn with_host_port(mut self, host_port: u16) -> Port {
+        self.host_port = Some(host_port);
+        self
+    }
+
+    /// Listening on `container_port` inside the container (a port mapping's).
+    pub fn with_container_port(mut self, container_port: u16) -> Port {
+        self.container_port = Some(container_port);
+        self
+    }
+
+    /// The `network-scope` label's meaning, also set as the label.
+    pub fn with_scope(mut self, scope: NetworkScope) -> Port {
+        self.scope = Some(scope);
+        let value = match scope {
+            NetworkScope::Host => "host",
+            NetworkScope::Container => "container",
+        };
+        self.with_label(NetworkScope::LABEL, value)
+    }
+
+    /// Where a VIP reaches this DiscoveryInfo port, as dcos-l4lb does: a port with a host port
+    /// at the agent's address and the host port, any other at the task's address and the port
+    /// it listens on.
+    pub fn backend(&self) -> BackendPort {
+        match self.host_port {
+            Some(port) => BackendPort {
+                port,
+                on_agent: true,
+            },
+            None => BackendPort {
+                port: self.container_port.unwrap_or(self.number),
+                on_agent: false,
+            },
+        }
+    }
 }
 
 impl Task {
-    /// The VIPs this task is a backend of, with the task port behind each,
-    /// and the labels that could not be parsed.
-    pub fn vips(&self) -> (Vec<(VipKey, u16)>, Vec<VipLabelError>) {
+    /// The task's identity.
+    pub fn key(&self) -> TaskKey {
+        TaskKey::new(self.framework_id.clone(), self.id.clone())
+    }
+
+    /// Is any of its ports reached through the agent (a port mapping: bridge mode)? Then
+    /// dcos-net's `autoip` name gives the agent's address.
+    pub fn has_host_ports(&self) -> bool {
+        let discovery = self.discovery.iter().flat_map(|d| d.ports.iter());
+        self.ports
+            .iter()
+            .chain(discovery)
+            .any(|p| p.host_port.is_some())
+    }
+
+    /// The VIPs this task is a backend of, with where each reaches the task, and the labels
+    /// that could not be used: port labels of its DiscoveryInfo ports, and `VIP_PORT<n>` task
+    /// labels on its resource ports (always agent ports).
+    pub fn vips(&self) -> (Vec<(VipKey, BackendPort)>, Vec<VipLabelError>) {
         let mut vips = Vec::new();
         let mut errors = Vec::new();
         let ports = self.discovery.iter().flat_map(|d| d.ports.iter());
@@ -518,10 +708,38 @@ impl Task {
                             port: vip_port,
                             protocol: port.protocol.unwrap_or_default(),
                         },
-                        port.number,
+                        port.backend(),
                     )),
                     Err(e) => errors.push(e),
                 }
+            }
+        }
+        for (key, value) in self.labels.iter() {
+            let Some(found) = task_vip_label(key, value) else {
+                continue;
+            };
+            let resolved = found.and_then(|(index, protocol, label)| {
+                let port = self.ports.get(index).ok_or_else(|| VipLabelError {
+                    value: value.to_string(),
+                    reason: "the VIP_PORT index names no port of the task's ports resource",
+                })?;
+                let (name, vip_port) = parse_vip_label(label)?;
+                let backend = BackendPort {
+                    port: port.number,
+                    on_agent: true,
+                };
+                Ok((
+                    VipKey {
+                        name,
+                        port: vip_port,
+                        protocol,
+                    },
+                    backend,
+                ))
+            });
+            match resolved {
+                Ok(vip) => vips.push(vip),
+                Err(e) => errors.push(e),
             }
         }
         (vips, errors)
@@ -534,9 +752,23 @@ mod tests {
 
     #[test]
     fn vip_labels_parse_like_dcos_l4lb() {
+        let named = |n: &str| VipName::Named(n.into());
         assert_eq!(
             parse_vip_label("/group/app:80").unwrap(),
-            (VipName::Named("/group/app".into()), 80)
+            (named("/group/app"), 80)
+        );
+        // dcos-net takes any left side that is not an address as a name: with or without the
+        // leading slash, one VIP.
+        for value in ["service:8080", "/service:8080"] {
+            assert_eq!(
+                parse_vip_label(value).unwrap(),
+                (named("/service"), 8080),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            parse_vip_label("overlay-vip:80").unwrap(),
+            (named("/overlay-vip"), 80)
         );
         assert_eq!(
             parse_vip_label("198.19.0.10:5000").unwrap(),
@@ -551,25 +783,109 @@ mod tests {
             parse_vip_label("2001:db8::10:53").unwrap(),
             (VipName::Ip("2001:db8::10".parse().unwrap()), 53)
         );
-        for bad in [
-            "app:80",
-            "/app",
-            "/app:0",
-            "/app:99999",
-            ":80",
-            "/a b:80",
-            "/:80",
+        for (bad, reason) in [
+            ("/app", "no :port"),
+            ("/app:0", "port is not a number in 1..=65535"),
+            ("/app:99999", "port is not a number in 1..=65535"),
+            (":80", "no name before the :port"),
+            ("/:80", "no name before the :port"),
+            ("/a b:80", "the name has spaces or control characters"),
+            ("a\u{7}:80", "the name has spaces or control characters"),
         ] {
-            assert!(parse_vip_label(bad).is_err(), "{bad} should be rejected");
+            assert_eq!(parse_vip_label(bad).unwrap_err().reason, reason, "{bad}");
         }
     }
 
     #[test]
-    fn only_numbered_vip_labels_count() {
-        assert!(is_vip_label("VIP_0"));
-        assert!(is_vip_label("VIP_12"));
-        assert!(!is_vip_label("VIP_"));
-        assert!(!is_vip_label("VIP_x"));
-        assert!(!is_vip_label("vip_0"));
+    fn vip_label_keys_are_dcos_nets() {
+        for key in [
+            "VIP_0",
+            "VIP_12",
+            "vip_0",
+            "VIP_d8c37956-f5e8-4c3c-870d-306b40dd1492",
+            "VIPx",
+        ] {
+            assert!(is_vip_label(key), "{key}");
+        }
+        for key in ["Vip_0", "network-scope", "xVIP_0", ""] {
+            assert!(!is_vip_label(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn task_label_vips_name_resource_ports() {
+        assert_eq!(
+            task_vip_label("vip_PORT0", "tcp://def:80"),
+            Some(Ok((0, Protocol::Tcp, "def:80")))
+        );
+        assert_eq!(
+            task_vip_label("VIP_PORT12", "udp://198.19.0.1:53"),
+            Some(Ok((12, Protocol::Udp, "198.19.0.1:53")))
+        );
+        for other in ["VIP_PORT", "VIP_PORTx", "vip_port-1", "VIP_0", "team"] {
+            assert_eq!(task_vip_label(other, "tcp://a:1"), None, "{other}");
+        }
+        let refused = task_vip_label("VIP_PORT0", "TCP://def:80")
+            .unwrap()
+            .unwrap_err();
+        assert!(refused.reason.contains("tcp://"), "{refused}");
+
+        let task = Task::new("app.1", "app", "marathon", "a1")
+            .with_resource_port(9999)
+            .with_resource_port(10000)
+            .with_label("vip_port1", "tcp://jkl:80")
+            .with_label("VIP_PORT7", "tcp://far:80")
+            .with_label("VIP_PORT0", "tcp://:80");
+        let (vips, errors) = task.vips();
+        assert_eq!(
+            vips,
+            [(
+                VipKey {
+                    name: VipName::Named("/jkl".into()),
+                    port: 80,
+                    protocol: Protocol::Tcp
+                },
+                BackendPort {
+                    port: 10000,
+                    on_agent: true
+                }
+            )]
+        );
+        let reasons: Vec<&str> = errors.iter().map(|e| e.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                "the VIP_PORT index names no port of the task's ports resource",
+                "no name before the :port"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_port_with_a_host_port_is_reached_at_the_agent() {
+        let bridge = Port::tcp(20560)
+            .with_scope(NetworkScope::Host)
+            .with_host_port(20560)
+            .with_container_port(8080);
+        assert_eq!(
+            bridge.backend(),
+            BackendPort {
+                port: 20560,
+                on_agent: true
+            }
+        );
+        let overlay = Port::tcp(8080).with_scope(NetworkScope::Container);
+        assert_eq!(
+            overlay.backend(),
+            BackendPort {
+                port: 8080,
+                on_agent: false
+            }
+        );
+        let task = Task::new("t", "t", "marathon", "a1").with_discovery_port(bridge);
+        assert!(task.has_host_ports());
+        assert!(!Task::new("t", "t", "marathon", "a1")
+            .with_discovery_port(overlay)
+            .has_host_ports());
     }
 }

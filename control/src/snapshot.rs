@@ -9,10 +9,10 @@ use std::time::SystemTime;
 use imbl::{OrdMap, OrdSet};
 use serde::Serialize;
 
-use crate::keys::{self, Kind, Record, Rejection};
+use crate::keys::{self, Record, RecordKey, Rejection};
 use crate::model::{
-    Agent, Framework, Health, Leader, Master, Task, TaskState, VipAddress, VipKey, VipLabelError,
-    VipName,
+    Agent, BackendPort, Framework, Health, IpSource, Leader, Master, Task, TaskKey, TaskState,
+    VipAddress, VipKey, VipLabelError, VipName,
 };
 
 /// Where a snapshot came from.
@@ -40,13 +40,21 @@ impl fmt::Display for Source {
     }
 }
 
-/// Which task port stands behind a VIP.
-type BackendRef = (String, u16);
+/// Which task port stands behind a VIP, and where it is reached.
+type BackendRef = (TaskKey, BackendPort);
 
 /// The catalog as the stores maintain it. Cloning is cheap (structural sharing).
 #[derive(Clone, Debug, Default)]
 pub struct CatalogState {
-    tasks: OrdMap<String, Arc<Task>>,
+    /// The tasks served: every task keyed by framework, and the legacy ones no such task
+    /// shadows.
+    tasks: OrdMap<TaskKey, Arc<Task>>,
+    /// Tasks at legacy keys (`tasks/<task-id>`), by id, shadowed or not.
+    legacy: OrdMap<String, Arc<Task>>,
+    /// (framework name, task id) -> how many tasks keyed by framework have it. While `mesos-sync`
+    /// migrates a catalog, a task is under both keys for a moment; the legacy one is hidden
+    /// then, so it is neither served twice nor missing (`docs/etcd-schema.md`).
+    keyed_ids: OrdMap<(String, String), usize>,
     agents: OrdMap<String, Arc<Agent>>,
     frameworks: OrdMap<String, Arc<Framework>>,
     masters: OrdMap<String, Arc<Master>>,
@@ -65,15 +73,22 @@ impl CatalogState {
     pub fn upsert(&mut self, record: Record) -> Vec<VipLabelError> {
         match record {
             Record::Task(task) => {
-                self.unindex_task(&task.id);
-                let (vips, errors) = task.vips();
-                for (vip, port) in vips {
-                    self.vip_index
-                        .entry(vip)
-                        .or_default()
-                        .insert((task.id.clone(), port));
+                let errors = task.vips().1;
+                let key = task.key();
+                let task = Arc::new(task);
+                if key.is_legacy() {
+                    self.legacy.insert(key.id.clone(), task);
+                } else {
+                    if let Some(old) = self.tasks.get(&key).cloned() {
+                        self.unshadow(&old);
+                    }
+                    *self
+                        .keyed_ids
+                        .entry((task.framework.clone(), key.id.clone()))
+                        .or_default() += 1;
+                    self.publish(key.clone(), task);
                 }
-                self.tasks.insert(task.id.clone(), Arc::new(task));
+                self.refresh_legacy(&key.id);
                 return errors;
             }
             Record::Agent(a) => {
@@ -94,26 +109,73 @@ impl CatalogState {
     }
 
     /// Removes a record; removing one that is not there is not an error.
-    pub fn remove(&mut self, kind: Kind, id: &str) {
-        match kind {
-            Kind::Task => {
-                self.unindex_task(id);
-                self.tasks.remove(id);
+    pub fn remove(&mut self, key: &RecordKey) {
+        match key {
+            RecordKey::Task(task) => {
+                if task.is_legacy() {
+                    self.legacy.remove(&task.id);
+                } else if let Some(old) = self.tasks.get(task).cloned() {
+                    self.unshadow(&old);
+                }
+                self.unpublish(task);
+                self.refresh_legacy(&task.id);
             }
-            Kind::Agent => drop(self.agents.remove(id)),
-            Kind::Framework => drop(self.frameworks.remove(id)),
-            Kind::Master => drop(self.masters.remove(id)),
-            Kind::Leader => self.leader = None,
-            Kind::VipAddress => drop(self.vip_addresses.remove(id)),
+            RecordKey::Agent(id) => drop(self.agents.remove(id)),
+            RecordKey::Framework(id) => drop(self.frameworks.remove(id)),
+            RecordKey::Master(id) => drop(self.masters.remove(id)),
+            RecordKey::Leader => self.leader = None,
+            RecordKey::VipAddress(id) => drop(self.vip_addresses.remove(id)),
         }
     }
 
-    fn unindex_task(&mut self, id: &str) {
-        let Some(old) = self.tasks.get(id).cloned() else {
+    /// A task keyed by framework no longer shadows the legacy task with its id and framework.
+    fn unshadow(&mut self, keyed: &Task) {
+        let id = (keyed.framework.clone(), keyed.id.clone());
+        if let Some(n) = self.keyed_ids.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.keyed_ids.remove(&id);
+            }
+        }
+    }
+
+    /// Serves the legacy task with this id unless a task keyed by framework shadows it.
+    fn refresh_legacy(&mut self, id: &str) {
+        let key = TaskKey::new("", id);
+        match self.legacy.get(id).cloned() {
+            Some(task)
+                if !self
+                    .keyed_ids
+                    .contains_key(&(task.framework.clone(), key.id.clone())) =>
+            {
+                self.publish(key, task)
+            }
+            _ => self.unpublish(&key),
+        }
+    }
+
+    fn publish(&mut self, key: TaskKey, task: Arc<Task>) {
+        self.unindex_task(&key);
+        for (vip, port) in task.vips().0 {
+            self.vip_index
+                .entry(vip)
+                .or_default()
+                .insert((key.clone(), port));
+        }
+        self.tasks.insert(key, task);
+    }
+
+    fn unpublish(&mut self, key: &TaskKey) {
+        self.unindex_task(key);
+        self.tasks.remove(key);
+    }
+
+    fn unindex_task(&mut self, key: &TaskKey) {
+        let Some(old) = self.tasks.get(key).cloned() else {
             return;
         };
         for (vip, port) in old.vips().0 {
-            let backend = (id.to_string(), port);
+            let backend = (key.clone(), port);
             let now_empty = match self.vip_index.get_mut(&vip) {
                 Some(set) => {
                     set.remove(&backend);
@@ -139,21 +201,24 @@ impl CatalogState {
         let key = std::str::from_utf8(key).map_err(|_| Rejection::UnknownKey {
             key: String::from_utf8_lossy(key).into_owned(),
         })?;
-        let (kind, id) = keys::parse_key(key)?;
-        self.remove(kind, &id);
+        self.remove(&keys::parse_key(key)?);
         Ok(())
     }
 
     /// The record currently held under `key`, if any (used to keep a last good value).
     pub fn record_at(&self, key: &str) -> Option<Record> {
-        let (kind, id) = keys::parse_key(key).ok()?;
-        Some(match kind {
-            Kind::Task => Record::Task((**self.tasks.get(&id)?).clone()),
-            Kind::Agent => Record::Agent((**self.agents.get(&id)?).clone()),
-            Kind::Framework => Record::Framework((**self.frameworks.get(&id)?).clone()),
-            Kind::Master => Record::Master((**self.masters.get(&id)?).clone()),
-            Kind::Leader => Record::Leader((**self.leader.as_ref()?).clone()),
-            Kind::VipAddress => Record::VipAddress((**self.vip_addresses.get(&id)?).clone()),
+        Some(match keys::parse_key(key).ok()? {
+            RecordKey::Task(t) if t.is_legacy() => {
+                Record::Task((**self.legacy.get(&t.id)?).clone())
+            }
+            RecordKey::Task(t) => Record::Task((**self.tasks.get(&t)?).clone()),
+            RecordKey::Agent(id) => Record::Agent((**self.agents.get(&id)?).clone()),
+            RecordKey::Framework(id) => Record::Framework((**self.frameworks.get(&id)?).clone()),
+            RecordKey::Master(id) => Record::Master((**self.masters.get(&id)?).clone()),
+            RecordKey::Leader => Record::Leader((**self.leader.as_ref()?).clone()),
+            RecordKey::VipAddress(id) => {
+                Record::VipAddress((**self.vip_addresses.get(&id)?).clone())
+            }
         })
     }
 
@@ -181,7 +246,8 @@ pub struct Snapshot {
     pub revision: i64,
     pub source: Source,
     pub published_at: SystemTime,
-    pub tasks: OrdMap<String, Arc<Task>>,
+    /// The tasks served, by framework and id (a legacy task: by id alone).
+    pub tasks: OrdMap<TaskKey, Arc<Task>>,
     pub agents: OrdMap<String, Arc<Agent>>,
     pub frameworks: OrdMap<String, Arc<Framework>>,
     pub masters: OrdMap<String, Arc<Master>>,
@@ -200,10 +266,14 @@ pub struct Vip {
     pub backends: Vec<Backend>,
 }
 
-/// One task port behind a VIP.
+/// One task port behind a VIP, with the addresses and port it is reached at: the agent's and
+/// the host port for a port reached through the agent (bridge mode), else the task's own and
+/// the port it listens on, as dcos-l4lb picks them.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Backend {
     pub task: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub framework_id: String,
     pub agent: String,
     pub ips: Vec<IpAddr>,
     pub port: u16,
@@ -273,17 +343,32 @@ impl Snapshot {
         };
         let backends = backends
             .iter()
-            .filter_map(|(task_id, port)| {
-                let task = self.tasks.get(task_id)?;
+            .filter_map(|(key, reach)| {
+                let task = self.tasks.get(key)?;
+                let agent = self.agents.get(&task.agent);
                 let site = task
                     .site
                     .clone()
-                    .or_else(|| self.agents.get(&task.agent).and_then(|a| a.site.clone()));
+                    .or_else(|| agent.and_then(|a| a.site.clone()));
+                let ips = if reach.on_agent {
+                    match agent.filter(|a| !a.addresses.is_empty()) {
+                        Some(a) => a.addresses.clone(),
+                        None => task
+                            .ips
+                            .iter()
+                            .filter(|i| i.source == IpSource::Host)
+                            .map(|i| i.ip)
+                            .collect(),
+                    }
+                } else {
+                    task.ips.iter().map(|i| i.ip).collect()
+                };
                 Some(Backend {
                     task: task.id.clone(),
+                    framework_id: task.framework_id.clone(),
                     agent: task.agent.clone(),
-                    ips: task.ips.iter().map(|i| i.ip).collect(),
-                    port: *port,
+                    ips,
+                    port: reach.port,
                     state: task.state,
                     health: task.health,
                     site,
@@ -333,7 +418,7 @@ impl<'a> From<&'a Snapshot> for SnapshotView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{IpSource, Port};
+    use crate::model::{IpSource, NetworkScope, Port};
 
     fn task(id: &str, vip: Option<&str>) -> Task {
         let http = Port::tcp(8080).named("http");
@@ -343,6 +428,10 @@ mod tests {
                 Some(v) => http.with_label("VIP_0", v),
                 None => http,
             })
+    }
+
+    fn key(framework_id: &str, id: &str) -> RecordKey {
+        RecordKey::Task(TaskKey::new(framework_id, id))
     }
 
     #[test]
@@ -358,13 +447,124 @@ mod tests {
 
         // Moving a task to another VIP takes it out of the first one.
         st.upsert(Record::Task(task("b", Some("/api:81"))));
-        st.remove(Kind::Task, "a");
+        st.remove(&key("marathon", "a"));
         let snap2 = st.snapshot(2, Source::Demo);
         let vips: Vec<String> = snap2.vips().iter().map(|v| v.key.to_string()).collect();
         assert_eq!(vips, ["/api:81/tcp"]);
         // The earlier snapshot is untouched.
         assert_eq!(snap.vips().len(), 1);
         assert_eq!(snap.tasks.len(), 2);
+    }
+
+    #[test]
+    fn the_same_task_id_in_two_frameworks_is_two_tasks() {
+        let mut st = CatalogState::new();
+        for fw in ["fw-0000", "fw-0001"] {
+            st.upsert(Record::Task(
+                task("1", Some("/web:80")).with_framework_id(fw),
+            ));
+        }
+        let snap = st.snapshot(1, Source::Demo);
+        assert_eq!(snap.tasks.len(), 2);
+        let backends = &snap.vip(&snap.vips()[0].key).unwrap().backends;
+        let frameworks: Vec<&str> = backends.iter().map(|b| b.framework_id.as_str()).collect();
+        assert_eq!(frameworks, ["fw-0000", "fw-0001"]);
+        st.remove(&key("fw-0000", "1"));
+        assert_eq!(st.snapshot(2, Source::Demo).tasks.len(), 1);
+    }
+
+    /// While `mesos-sync` migrates a catalog a task is under its legacy key and its
+    /// framework's key at once: it is served once, and never missing.
+    #[test]
+    fn a_legacy_task_is_shadowed_by_its_keyed_copy() {
+        let mut st = CatalogState::new();
+        let legacy = task("web.1", Some("/web:80")).with_framework_id("");
+        st.upsert(Record::Task(legacy.clone()));
+        let served = |st: &CatalogState| {
+            let s = st.snapshot(0, Source::Demo);
+            let keys: Vec<TaskKey> = s.tasks.keys().cloned().collect();
+            let backends = s.vips().iter().map(|v| v.backends.len()).sum::<usize>();
+            (keys, backends)
+        };
+        assert_eq!(served(&st), (vec![TaskKey::new("", "web.1")], 1));
+        let keyed = task("web.1", Some("/web:80")).with_framework_id("fw-0001");
+        st.upsert(Record::Task(keyed.clone()));
+        assert_eq!(served(&st), (vec![TaskKey::new("fw-0001", "web.1")], 1));
+        // The legacy value is still held (a bad write to its key keeps it).
+        let legacy_key = keys::key(crate::keys::Kind::Task, "web.1");
+        assert_eq!(
+            st.record_at(&legacy_key),
+            Some(Record::Task(legacy.clone()))
+        );
+        // Removing the keyed copy first (a migration undone) serves the legacy one again.
+        st.remove(&key("fw-0001", "web.1"));
+        assert_eq!(served(&st), (vec![TaskKey::new("", "web.1")], 1));
+        st.upsert(Record::Task(keyed));
+        st.remove(&key("", "web.1"));
+        assert_eq!(served(&st), (vec![TaskKey::new("fw-0001", "web.1")], 1));
+        // A legacy task of another framework name is not the same task.
+        let other = task("web.1", None).with_framework_id("");
+        let mut other = other;
+        other.framework = "chronos".into();
+        st.upsert(Record::Task(other));
+        assert_eq!(served(&st).0.len(), 2);
+    }
+
+    #[test]
+    fn a_bridge_port_is_reached_at_the_agent_and_an_overlay_port_at_the_task() {
+        let mut st = CatalogState::new();
+        st.upsert(Record::Agent(Agent {
+            id: "a1".into(),
+            hostname: "agent-1".into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }));
+        let bridge = Task::new("bridge.1", "bridge", "marathon", "a1")
+            .with_ip("198.18.100.2".parse().unwrap(), IpSource::Netinfo)
+            .with_ip("198.18.0.1".parse().unwrap(), IpSource::Host)
+            .with_discovery_port(
+                Port::tcp(20560)
+                    .with_scope(NetworkScope::Host)
+                    .with_host_port(20560)
+                    .with_container_port(8080)
+                    .with_label("VIP_0", "/bridge:80"),
+            );
+        let overlay = Task::new("overlay.1", "overlay", "marathon", "a1")
+            .with_ip("198.18.200.5".parse().unwrap(), IpSource::Netinfo)
+            .with_discovery_port(
+                Port::tcp(8080)
+                    .with_scope(NetworkScope::Container)
+                    .with_label("VIP_0", "overlay:80"),
+            );
+        st.upsert(Record::Task(bridge));
+        st.upsert(Record::Task(overlay));
+        let snap = st.snapshot(1, Source::Demo);
+        let reached: Vec<(String, Vec<IpAddr>, u16)> = snap
+            .vips()
+            .into_iter()
+            .map(|v| {
+                (
+                    v.key.to_string(),
+                    v.backends[0].ips.clone(),
+                    v.backends[0].port,
+                )
+            })
+            .collect();
+        assert_eq!(
+            reached,
+            [
+                (
+                    "/bridge:80/tcp".into(),
+                    vec!["198.18.0.1".parse().unwrap()],
+                    20560
+                ),
+                (
+                    "/overlay:80/tcp".into(),
+                    vec!["198.18.200.5".parse().unwrap()],
+                    8080
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -39,6 +39,23 @@ pub struct ZoneConfig {
     /// this node's site's addresses first, and SRV gives its targets priority 0 and the other
     /// site's priority 1. Needs the agent's `site`.
     pub locality: bool,
+    /// What answers do with tasks Mesos reports unhealthy.
+    pub health: HealthPolicy,
+    /// The networks whose reverse (PTR) zones are served: the agent's `dns.reverse_zones`.
+    #[serde(skip)]
+    pub reverse_zones: Vec<ipnet::IpNet>,
+}
+
+/// `dns.zone.health`: whether unhealthy tasks are in A, AAAA and SRV answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthPolicy {
+    /// Every task is served, healthy or not, as Mesos-DNS does.
+    #[default]
+    Serve,
+    /// Unhealthy tasks are left out of a name's answers, unless all its tasks are unhealthy
+    /// (then all are served: fail open, as the VIP plan does).
+    Exclude,
 }
 
 impl Default for ZoneConfig {
@@ -58,6 +75,8 @@ impl Default for ZoneConfig {
             thisdcos: true,
             thisdcos_ttl: 5,
             locality: false,
+            health: HealthPolicy::Serve,
+            reverse_zones: Vec::new(),
         }
     }
 }

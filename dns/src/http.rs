@@ -258,7 +258,7 @@ fn enumerate_now(state: HttpState) -> Response {
         });
         frameworks[i].tasks.push(EnumTask {
             name: &task.name,
-            id,
+            id: &id.id,
             records,
         });
     }

@@ -51,27 +51,16 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
     }
     let spec = config.labels;
     let domain = config.fqdn_domain();
-    let fw = spec.domain_frag(&task.framework);
-    if fw.is_empty() {
+    let Some(TaskNames {
+        label,
+        fw,
+        canonical,
+        name,
+    }) = task_names(config, agent, task)
+    else {
         return out;
-    }
-    // Mesos-DNS's `HasDiscoveryInfo`: a DiscoveryInfo counts only when it has a name.
-    let discovery = task
-        .discovery
-        .as_ref()
-        .filter(|d| d.name.as_deref().is_some_and(|n| !n.is_empty()));
-    let name = discovery
-        .and_then(|d| d.name.as_deref())
-        .unwrap_or(&task.name);
-    let label = spec.label(name);
-    if label.is_empty() {
-        return out;
-    }
-    let canonical = format!(
-        "{label}-{}-{}.{fw}",
-        task_hash(&task.id),
-        agent_id_tail(&agent.id)
-    );
+    };
+    let discovery = named_discovery(task);
     let short = format!("{label}.{fw}");
     let task_ips = select_ips(config, agent, task);
     for ip in &task_ips {
@@ -131,6 +120,52 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
     out
 }
 
+/// A task's DNS label, its framework's domain fragment, its canonical name (`<label>-<h>-<s>.<fw>`,
+/// without the domain) and the name the label comes from.
+struct TaskNames<'a> {
+    label: String,
+    fw: String,
+    canonical: String,
+    name: &'a str,
+}
+
+/// Mesos-DNS's `HasDiscoveryInfo`: a DiscoveryInfo counts only when it has a name.
+fn named_discovery(task: &Task) -> Option<&lodestar_control::model::DiscoveryInfo> {
+    task.discovery
+        .as_ref()
+        .filter(|d| d.name.as_deref().is_some_and(|n| !n.is_empty()))
+}
+
+fn task_names<'a>(config: &ZoneConfig, agent: &Agent, task: &'a Task) -> Option<TaskNames<'a>> {
+    let spec = config.labels;
+    let fw = spec.domain_frag(&task.framework);
+    let name = named_discovery(task)
+        .and_then(|d| d.name.as_deref())
+        .unwrap_or(&task.name);
+    let label = spec.label(name);
+    if fw.is_empty() || label.is_empty() {
+        return None;
+    }
+    let canonical = format!(
+        "{label}-{}-{}.{fw}",
+        task_hash(&task.id),
+        agent_id_tail(&agent.id)
+    );
+    Some(TaskNames {
+        label,
+        fw,
+        canonical,
+        name,
+    })
+}
+
+/// The name a reverse (PTR) answer gives for a task's address: its canonical name in the
+/// `mesos` zone, whose A/AAAA records are the addresses `select_ips` gives.
+pub fn canonical_name(config: &ZoneConfig, agent: &Agent, task: &Task) -> Option<String> {
+    let names = task_names(config, agent, task)?;
+    Some(format!("{}.{}", names.canonical, config.fqdn_domain()))
+}
+
 /// `<task>.<fw>.{agentip,containerip,autoip}.dcos.thisdcos.directory`, as dcos-net names them:
 /// task and framework are one label each.
 fn dcos_task_records(spec: LabelSpec, agent: &Agent, task: &Task, name: &str, out: &mut Records) {
@@ -151,8 +186,9 @@ fn dcos_task_records(spec: LabelSpec, agent: &Agent, task: &Task, name: &str, ou
     for ip in &container {
         out.push((format!("{base}.containerip.dcos.{THISDCOS}"), Rr::ip(*ip)));
     }
-    // autoip: the container's addresses when it has its own, else the agent's.
-    let auto = if container.is_empty() {
+    // autoip, as dcos-net: the agent's addresses when a port is reached through the agent (a
+    // port mapping: bridge mode), else the task's own, else the agent's.
+    let auto = if task.has_host_ports() || container.is_empty() {
         &agent.addresses
     } else {
         &container
@@ -302,7 +338,11 @@ fn l4lb_records(spec: LabelSpec, snapshot: &Snapshot, out: &mut Records) {
         let mut frameworks: Vec<String> = vip
             .backends
             .iter()
-            .filter_map(|b| snapshot.tasks.get(&b.task))
+            .filter_map(|b| {
+                let key =
+                    lodestar_control::model::TaskKey::new(b.framework_id.clone(), b.task.clone());
+                snapshot.tasks.get(&key)
+            })
             .map(|t| spec.domain_frag(&t.framework))
             .filter(|f| !f.is_empty())
             .collect();
@@ -319,7 +359,7 @@ fn l4lb_records(spec: LabelSpec, snapshot: &Snapshot, out: &mut Records) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lodestar_control::model::{DiscoveryInfo, Labels, Port, TaskIp};
+    use lodestar_control::model::Port;
 
     fn agent() -> Agent {
         Agent {
@@ -331,37 +371,11 @@ mod tests {
     }
 
     fn task() -> Task {
-        Task {
-            id: "test".into(),
-            name: "Liquor_Store".into(),
-            framework: "Marathon".into(),
-            agent: agent().id,
-            state: TaskState::Running,
-            ips: vec![
-                TaskIp {
-                    ip: "198.18.0.10".parse().unwrap(),
-                    source: IpSource::Netinfo,
-                },
-                TaskIp {
-                    ip: "2001:db8::10".parse().unwrap(),
-                    source: IpSource::Netinfo,
-                },
-                TaskIp {
-                    ip: "198.18.0.11".parse().unwrap(),
-                    source: IpSource::Mesos,
-                },
-            ],
-            ports: vec![Port {
-                number: 31000,
-                name: None,
-                protocol: None,
-                labels: Labels::default(),
-            }],
-            discovery: None,
-            labels: Labels::default(),
-            health: Default::default(),
-            site: None,
-        }
+        Task::new("test", "Liquor_Store", "Marathon", agent().id)
+            .with_ip("198.18.0.10".parse().unwrap(), IpSource::Netinfo)
+            .with_ip("2001:db8::10".parse().unwrap(), IpSource::Netinfo)
+            .with_ip("198.18.0.11".parse().unwrap(), IpSource::Mesos)
+            .with_resource_port(31000)
     }
 
     fn names(r: &Records) -> Vec<String> {
@@ -396,25 +410,10 @@ mod tests {
 
     #[test]
     fn discovery_ports_and_sources() {
-        let mut t = task();
-        t.discovery = Some(DiscoveryInfo {
-            name: Some("shop".into()),
-            ports: vec![
-                Port {
-                    number: 80,
-                    name: Some("HTTP".into()),
-                    protocol: Some(Protocol::Tcp),
-                    labels: Labels::default(),
-                },
-                Port {
-                    number: 53,
-                    name: None,
-                    protocol: None,
-                    labels: Labels::default(),
-                },
-            ],
-            labels: Labels::default(),
-        });
+        let t = task()
+            .with_discovery_name("shop")
+            .with_discovery_port(Port::tcp(80).named("HTTP"))
+            .with_discovery_port(Port::new(53));
         let cfg = ZoneConfig {
             ip_sources: vec![IpSource::Mesos, IpSource::Host],
             thisdcos: false,
@@ -468,5 +467,45 @@ mod tests {
             &"liquor-store.marathon.containerip.dcos.thisdcos.directory. A(198.18.0.11)"
                 .to_string()
         ));
+    }
+
+    /// dcos-net's `dcos_dns_mesos_tests` table: bridge mode gives the agent for `autoip` and the
+    /// container for `containerip`; a virtual network gives the container for both.
+    #[test]
+    fn autoip_is_the_agent_in_bridge_mode_as_in_dcos_net() {
+        use lodestar_control::model::NetworkScope;
+        let cfg = ZoneConfig::default();
+        let on = |name: &str, ip: &str| {
+            Task::new(format!("{name}.1"), name, "marathon", agent().id)
+                .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
+                .with_ip("198.18.0.1".parse().unwrap(), IpSource::Host)
+        };
+        let bridge = on("docker-on-bridge", "198.19.18.2").with_discovery_port(
+            Port::tcp(20560)
+                .with_scope(NetworkScope::Host)
+                .with_host_port(20560)
+                .with_container_port(8080),
+        );
+        let overlay = on("docker-on-dcos", "198.19.2.130")
+            .with_discovery_port(Port::tcp(8080).with_scope(NetworkScope::Container));
+        for (task, auto, container) in [
+            (bridge, "198.18.0.1", "198.19.18.2"),
+            (overlay, "198.19.2.130", "198.19.2.130"),
+        ] {
+            let n = names(&task_records(&cfg, Some(&agent()), &task));
+            let base = format!("{}.marathon", task.name);
+            for (kind, ip) in [
+                ("autoip", auto),
+                ("containerip", container),
+                ("agentip", "198.18.0.1"),
+            ] {
+                let want = format!("{base}.{kind}.dcos.thisdcos.directory. A({ip})");
+                assert!(n.contains(&want), "{want} in {n:#?}");
+                let others = n
+                    .iter()
+                    .filter(|x| x.starts_with(&format!("{base}.{kind}.")));
+                assert_eq!(others.count(), 1, "{kind}: {n:#?}");
+            }
+        }
     }
 }

@@ -8,16 +8,18 @@ use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+use lodestar_control::model::TaskKey;
 use lodestar_control::Snapshot;
 use rustc_hash::FxHasher;
 
 use crate::catalog::{AnswerSource, Answered, Request};
-use crate::config::{ConfigProblems, ZoneConfig};
+use crate::config::{ConfigProblems, HealthPolicy, ZoneConfig};
 use crate::names::fqdn;
 use crate::records::{cluster_records, task_records, Records, Rr, THISDCOS};
+use crate::reverse;
 use crate::wire::{self, Body};
 
 type Fx = BuildHasherDefault<FxHasher>;
@@ -79,6 +81,8 @@ pub struct Apex {
     soa_ptr: Vec<u8>,
     ns_ptr: Vec<u8>,
     ns_name: String,
+    /// A reverse zone (`dns.reverse_zones`): its names are in `Zone::ptrs`.
+    reverse: bool,
 }
 
 /// The published, immutable zone data.
@@ -87,7 +91,11 @@ pub struct Zone {
     pub apexes: Vec<Apex>,
     names: NameMap,
     /// What each task contributed (for the HTTP API's enumeration).
-    pub tasks: imbl::OrdMap<String, Arc<TaskEntry>>,
+    pub tasks: imbl::OrdMap<TaskKey, Arc<TaskEntry>>,
+    /// Records of unhealthy tasks left out of answers (`dns.zone.health = "exclude"`).
+    pub held_back: usize,
+    /// Reverse names (lowercase wire) -> their PTR record, its owner a pointer to the question.
+    ptrs: Arc<HashMap<Box<[u8]>, Vec<u8>, Fx>>,
     /// The snapshot the zone was built from.
     pub snapshot: Arc<Snapshot>,
 }
@@ -165,7 +173,8 @@ impl Zone {
         let at_apex = lower == &apex.wire[..];
         // The apex is a suffix of the question name: records it owns point there.
         let apex_at = wire::HEADER + lower.len() - apex.wire.len();
-        let exists = entry.is_some() || at_apex;
+        let ptr = apex.reverse.then(|| self.ptrs.get(lower)).flatten();
+        let exists = entry.is_some() || at_apex || ptr.is_some();
         let q = &request.query;
         let (mut answers, mut authorities, mut additionals) = (0u16, 0u16, 0u16);
         let mut additional_at = None;
@@ -195,9 +204,17 @@ impl Zone {
                 push_at_apex(bytes, &apex.ns_ptr, apex_at);
                 authorities = 1;
             }
+            wire::TYPE_PTR if ptr.is_some() => {
+                bytes.extend_from_slice(ptr.expect("matched"));
+                answers = 1;
+            }
             wire::TYPE_ANY => {
                 if let Some(e) = entry {
                     answers += encode_answers(bytes, e);
+                }
+                if let Some(p) = ptr {
+                    bytes.extend_from_slice(p);
+                    answers += 1;
                 }
                 if at_apex {
                     bytes.extend_from_slice(&apex.soa_ptr);
@@ -430,6 +447,7 @@ fn make_apex(
         soa_ptr: Vec::new(),
         ns_ptr: Vec::new(),
         ns_name: mname.to_string(),
+        reverse: false,
     };
     encode(
         &mut apex.soa_ptr,
@@ -452,15 +470,24 @@ pub struct ZoneBuilder {
     ns_addresses: Vec<IpAddr>,
     last: Option<Arc<Snapshot>>,
     /// What each task contributed, deduplicated.
-    task_rrs: HashMap<String, Records>,
-    agent_tasks: HashMap<String, BTreeSet<String>>,
+    /// What each task contributed, deduplicated, and whether it is held back as unhealthy.
+    task_rrs: HashMap<TaskKey, (Records, bool)>,
+    agent_tasks: HashMap<String, BTreeSet<TaskKey>>,
     cluster_rrs: Records,
     /// Owner -> records with the number of contributors of each.
     counts: HashMap<String, HashMap<Rr, u32, Fx>, Fx>,
+    /// The same for the records of tasks held back as unhealthy (`dns.zone.health =
+    /// "exclude"`): a name serves them only when it has no others (fail open).
+    held: HashMap<String, HashMap<Rr, u32, Fx>, Fx>,
+    /// Owner -> how many of its held records it does not serve, and their sum.
+    held_back: HashMap<String, usize, Fx>,
+    held_back_total: usize,
+    /// Reverse names -> PTR records, remade from each snapshot when reverse zones are set.
+    ptrs: Arc<HashMap<Box<[u8]>, Vec<u8>, Fx>>,
     /// SRV target -> the SRV owners that point at it (their additional sections follow it).
     srv_owners: HashMap<String, HashMap<String, u32, Fx>, Fx>,
     names: NameMap,
-    tasks: imbl::OrdMap<String, Arc<TaskEntry>>,
+    tasks: imbl::OrdMap<TaskKey, Arc<TaskEntry>>,
     /// This node's site, for site-aware answers (`ZoneConfig::locality`).
     site: Option<String>,
     /// Where addresses and SRV targets are, learnt from tasks and agents.
@@ -507,6 +534,10 @@ impl ZoneBuilder {
             agent_tasks: HashMap::new(),
             cluster_rrs: Records::new(),
             counts: HashMap::default(),
+            held: HashMap::default(),
+            held_back: HashMap::default(),
+            held_back_total: 0,
+            ptrs: Arc::default(),
             srv_owners: HashMap::default(),
             names: NameMap::default(),
             tasks: imbl::OrdMap::new(),
@@ -551,6 +582,8 @@ impl ZoneBuilder {
                         .get(&task.agent)
                         .and_then(|a| a.site.clone())
                 });
+                let held = self.config.health == HealthPolicy::Exclude
+                    && task.health == lodestar_control::model::Health::Unhealthy;
                 for (owner, rr) in &rrs {
                     if let (true, Some(site)) = (self.config.locality, &site) {
                         match rr {
@@ -565,7 +598,7 @@ impl ZoneBuilder {
                             self.target_site.insert(owner.clone(), site.clone());
                         }
                     }
-                    self.add(owner, rr, &mut dirty);
+                    self.add(owner, rr, held, &mut dirty);
                 }
                 if rrs.is_empty() {
                     self.tasks.remove(&id);
@@ -579,16 +612,16 @@ impl ZoneBuilder {
                         }),
                     );
                 }
-                self.task_rrs.insert(id, rrs);
+                self.task_rrs.insert(id, (rrs, held));
             }
         }
         let cluster = dedup(cluster_records(&self.config, snapshot, &self.ns_addresses));
         if cluster != self.cluster_rrs {
             for (owner, rr) in std::mem::take(&mut self.cluster_rrs) {
-                self.remove(&owner, &rr, &mut dirty);
+                self.remove(&owner, &rr, false, &mut dirty);
             }
             for (owner, rr) in &cluster {
-                self.add(owner, rr, &mut dirty);
+                self.add(owner, rr, false, &mut dirty);
             }
             self.cluster_rrs = cluster;
         }
@@ -602,16 +635,19 @@ impl ZoneBuilder {
         for owner in dirty {
             self.rebuild(&owner);
         }
+        if !self.config.reverse_zones.is_empty() {
+            self.ptrs = Arc::new(self.ptr_records(snapshot));
+        }
         self.last = Some(snapshot.clone());
         self.zone(snapshot)
     }
 
     /// Tasks to recompute: all at first; then the ones that changed, and those on changed agents.
-    fn changed_tasks(&self, snapshot: &Snapshot) -> Vec<String> {
+    fn changed_tasks(&self, snapshot: &Snapshot) -> Vec<TaskKey> {
         let Some(last) = &self.last else {
             return snapshot.tasks.keys().cloned().collect();
         };
-        let mut ids: BTreeSet<String> = BTreeSet::new();
+        let mut ids: BTreeSet<TaskKey> = BTreeSet::new();
         for d in last.tasks.diff(&snapshot.tasks) {
             ids.insert(diff_key(d).clone());
         }
@@ -623,10 +659,10 @@ impl ZoneBuilder {
         ids.into_iter().collect()
     }
 
-    fn retract_task(&mut self, id: &str, dirty: &mut HashSet<String>) {
-        if let Some(old) = self.task_rrs.remove(id) {
+    fn retract_task(&mut self, id: &TaskKey, dirty: &mut HashSet<String>) {
+        if let Some((old, held)) = self.task_rrs.remove(id) {
             for (owner, rr) in &old {
-                self.remove(owner, rr, dirty);
+                self.remove(owner, rr, held, dirty);
             }
         }
         if let Some(old) = self.last.as_ref().and_then(|s| s.tasks.get(id)) {
@@ -640,9 +676,13 @@ impl ZoneBuilder {
         self.tasks.remove(id);
     }
 
-    fn add(&mut self, owner: &str, rr: &Rr, dirty: &mut HashSet<String>) {
-        *self
-            .counts
+    fn add(&mut self, owner: &str, rr: &Rr, held: bool, dirty: &mut HashSet<String>) {
+        let counts = if held {
+            &mut self.held
+        } else {
+            &mut self.counts
+        };
+        *counts
             .entry(owner.to_string())
             .or_default()
             .entry(rr.clone())
@@ -658,8 +698,13 @@ impl ZoneBuilder {
         dirty.insert(owner.to_string());
     }
 
-    fn remove(&mut self, owner: &str, rr: &Rr, dirty: &mut HashSet<String>) {
-        if let Some(map) = self.counts.get_mut(owner) {
+    fn remove(&mut self, owner: &str, rr: &Rr, held: bool, dirty: &mut HashSet<String>) {
+        let counts = if held {
+            &mut self.held
+        } else {
+            &mut self.counts
+        };
+        if let Some(map) = counts.get_mut(owner) {
             if let Some(n) = map.get_mut(rr) {
                 *n -= 1;
                 if *n == 0 {
@@ -667,7 +712,7 @@ impl ZoneBuilder {
                 }
             }
             if map.is_empty() {
-                self.counts.remove(owner);
+                counts.remove(owner);
             }
         }
         if let Rr::Srv { target, .. } = rr {
@@ -694,12 +739,29 @@ impl ZoneBuilder {
         }
     }
 
+    /// The records a name serves: those of healthy tasks (and of tasks of unknown health), or,
+    /// when it has none, those held back (every task unhealthy: fail open, as the VIP plan).
+    fn served(&self, owner: &str) -> Option<&HashMap<Rr, u32, Fx>> {
+        self.counts.get(owner).or_else(|| self.held.get(owner))
+    }
+
     /// Re-encodes one owner name from its current records.
     fn rebuild(&mut self, owner: &str) {
+        // Held records a name serves anyway (another, healthy task has them too) are not
+        // held back.
+        let withheld = match (self.counts.get(owner), self.held.get(owner)) {
+            (Some(served), Some(held)) => held.keys().filter(|rr| !served.contains_key(rr)).count(),
+            _ => 0,
+        };
+        let before = match withheld {
+            0 => self.held_back.remove(owner),
+            n => self.held_back.insert(owner.to_string(), n),
+        };
+        self.held_back_total = self.held_back_total + withheld - before.unwrap_or(0);
         let Some(wire) = wire::name_to_wire(owner) else {
             return;
         };
-        let Some(list) = self.counts.get(owner) else {
+        let Some(list) = self.served(owner) else {
             self.names.remove(&wire[..]);
             return;
         };
@@ -842,7 +904,7 @@ impl ZoneBuilder {
     }
 
     fn first_addresses(&self, name: &str) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
-        let Some(list) = self.counts.get(name) else {
+        let Some(list) = self.served(name) else {
             return (Vec::new(), Vec::new());
         };
         let a = list.keys().filter_map(|rr| match rr {
@@ -857,6 +919,22 @@ impl ZoneBuilder {
             a.min().into_iter().collect(),
             aaaa.min().into_iter().collect(),
         )
+    }
+
+    /// Every reverse name's PTR record (a whole pass over the catalog: reverse zones are off
+    /// by default, and a name's owner depends on every task that has its address).
+    fn ptr_records(&self, snapshot: &Snapshot) -> HashMap<Box<[u8]>, Vec<u8>, Fx> {
+        let ttl = self.config.ttl;
+        reverse::ptr_names(&self.config, snapshot)
+            .into_iter()
+            .filter_map(|(ip, target)| {
+                let owner = wire::name_to_wire(&reverse::reverse_name(ip))?;
+                let target = Name::from_ascii(&target).ok()?;
+                let mut rr = Vec::new();
+                encode(&mut rr, &POINTER_TO_QUESTION, RData::PTR(PTR(target)), ttl);
+                Some((owner.into_boxed_slice(), rr))
+            })
+            .collect()
     }
 
     fn zone(&self, snapshot: &Arc<Snapshot>) -> Zone {
@@ -881,17 +959,39 @@ impl ZoneBuilder {
                 serial,
             ));
         }
+        let mut reverse_zones: Vec<String> =
+            c.reverse_zones.iter().flat_map(reverse::zones_of).collect();
+        reverse_zones.sort();
+        reverse_zones.dedup();
+        for zone in reverse_zones {
+            apexes.extend(
+                make_apex(
+                    c,
+                    &zone,
+                    &fqdn(&c.ns_name),
+                    &fqdn(&c.soa_rname),
+                    c.ttl,
+                    serial,
+                )
+                .map(|mut a| {
+                    a.reverse = true;
+                    a
+                }),
+            );
+        }
         Zone {
             serial,
             apexes,
             names: self.names.clone(),
             tasks: self.tasks.clone(),
+            held_back: self.held_back_total,
+            ptrs: self.ptrs.clone(),
             snapshot: snapshot.clone(),
         }
     }
 }
 
-fn diff_key<'a, V>(d: imbl::ordmap::DiffItem<'a, 'a, String, V>) -> &'a String {
+fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
     match d {
         imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k,
         imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
@@ -912,7 +1012,7 @@ mod tests {
     use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery, ResponseCode};
     use hickory_proto::rr::{Name, RData, RecordType};
     use lodestar_control::keys::Record;
-    use lodestar_control::model::{Health, IpSource, Labels, Port, Task, TaskIp, TaskState};
+    use lodestar_control::model::{IpSource, Task, TaskState};
     use lodestar_control::{demo, CatalogState, Source};
 
     /// Asks `zone` one question over TCP-sized limits; the decoded response.
@@ -988,35 +1088,19 @@ mod tests {
     }
 
     fn task(i: usize, agent: &str) -> Task {
-        Task {
-            id: format!("t{i}"),
-            name: format!("app{}", i % 3),
-            framework: "marathon".into(),
-            agent: agent.into(),
-            state: if i % 5 == 0 {
-                TaskState::Draining
-            } else {
-                TaskState::Running
-            },
-            ips: vec![TaskIp {
-                ip: format!("198.18.0.{i}").parse().unwrap(),
-                source: IpSource::Netinfo,
-            }],
-            ports: vec![Port {
-                number: 31000 + i as u16,
-                name: None,
-                protocol: None,
-                labels: Labels::default(),
-            }],
-            discovery: None,
-            labels: Labels::default(),
-            health: Health::Unknown,
-            site: None,
-        }
+        let state = if i % 5 == 0 {
+            TaskState::Draining
+        } else {
+            TaskState::Running
+        };
+        Task::new(format!("t{i}"), format!("app{}", i % 3), "marathon", agent)
+            .with_state(state)
+            .with_ip(format!("198.18.0.{i}").parse().unwrap(), IpSource::Netinfo)
+            .with_resource_port(31000 + i as u16)
     }
 
     /// Every name's answers, for comparing zones.
-    fn dump(zone: &Zone) -> Vec<String> {
+    pub(super) fn dump(zone: &Zone) -> Vec<String> {
         let mut out: Vec<String> = zone
             .entries()
             .map(|e| {
@@ -1045,7 +1129,10 @@ mod tests {
             let i = rng.usize(0..30);
             match rng.u8(0..10) {
                 0..=5 => drop(state.upsert(Record::Task(task(i, &agent_ids[i % 2])))),
-                6..=7 => state.remove(lodestar_control::keys::Kind::Task, &format!("t{i}")),
+                6..=7 => state.remove(&lodestar_control::keys::RecordKey::Task(TaskKey::new(
+                    "marathon",
+                    format!("t{i}"),
+                ))),
                 8 => drop(state.upsert(Record::Task(task(i, "unknown-agent")))),
                 _ => {
                     // An agent changes address: its tasks' .slave names follow.
@@ -1067,9 +1154,7 @@ mod edge_tests {
     use super::*;
     use hickory_proto::rr::RecordType;
     use lodestar_control::keys::Record;
-    use lodestar_control::model::{
-        Agent, Framework, IpSource, Labels, Port, Task, TaskIp, TaskState,
-    };
+    use lodestar_control::model::{Agent, Framework, IpSource, Task};
     use lodestar_control::{CatalogState, Source};
 
     fn agent() -> Agent {
@@ -1082,29 +1167,10 @@ mod edge_tests {
     }
 
     fn task(id: &str, name: &str, fw: &str, ip: &str, ports: usize) -> Task {
-        Task {
-            id: id.into(),
-            name: name.into(),
-            framework: fw.into(),
-            agent: "a-S1".into(),
-            state: TaskState::Running,
-            ips: vec![TaskIp {
-                ip: ip.parse().unwrap(),
-                source: IpSource::Netinfo,
-            }],
-            ports: (0..ports)
-                .map(|i| Port {
-                    number: i as u16 + 1,
-                    name: None,
-                    protocol: None,
-                    labels: Labels::default(),
-                })
-                .collect(),
-            discovery: None,
-            labels: Labels::default(),
-            health: Default::default(),
-            site: None,
-        }
+        (0..ports).fold(
+            Task::new(id, name, fw, "a-S1").with_ip(ip.parse().unwrap(), IpSource::Netinfo),
+            |t, i| t.with_resource_port(i as u16 + 1),
+        )
     }
 
     #[test]
@@ -1166,9 +1232,7 @@ mod locality_tests {
     use super::*;
     use hickory_proto::rr::{RData, RecordType};
     use lodestar_control::keys::Record;
-    use lodestar_control::model::{
-        Agent, DiscoveryInfo, IpSource, Labels, Port, Protocol, Task, TaskIp, TaskState,
-    };
+    use lodestar_control::model::{Agent, IpSource, Port, Task};
     use lodestar_control::{CatalogState, Source};
 
     fn state() -> CatalogState {
@@ -1185,37 +1249,17 @@ mod locality_tests {
             }));
         }
         for (i, agent) in ["a-S1", "v-S2", "a-S1", "v-S2"].iter().enumerate() {
-            st.upsert(Record::Task(Task {
-                id: format!("web.{i}"),
-                name: "web".into(),
-                framework: "marathon".into(),
-                agent: agent.to_string(),
-                state: TaskState::Running,
-                ips: vec![TaskIp {
-                    ip: format!(
-                        "198.18.{}.{}",
-                        if agent.starts_with('a') { 1 } else { 2 },
-                        10 + i
-                    )
-                    .parse()
-                    .unwrap(),
-                    source: IpSource::Netinfo,
-                }],
-                ports: vec![],
-                discovery: Some(DiscoveryInfo {
-                    name: Some("web".into()),
-                    ports: vec![Port {
-                        number: 80,
-                        name: Some("http".into()),
-                        protocol: Some(Protocol::Tcp),
-                        labels: Labels::default(),
-                    }],
-                    labels: Labels::default(),
-                }),
-                labels: Labels::default(),
-                health: Default::default(),
-                site: None,
-            }));
+            let ip = format!(
+                "198.18.{}.{}",
+                if agent.starts_with('a') { 1 } else { 2 },
+                10 + i
+            );
+            st.upsert(Record::Task(
+                Task::new(format!("web.{i}"), "web", "marathon", *agent)
+                    .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
+                    .with_discovery_name("web")
+                    .with_discovery_port(Port::tcp(80).named("http")),
+            ));
         }
         st
     }
@@ -1275,5 +1319,224 @@ mod locality_tests {
             .answers
             .iter()
             .all(|a| matches!(&a.data, RData::SRV(s) if s.priority == 0)));
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+    use hickory_proto::rr::RecordType;
+    use lodestar_control::keys::Record;
+    use lodestar_control::model::{Agent, Health, IpSource, Task};
+    use lodestar_control::{CatalogState, Source};
+
+    fn task(id: &str, name: &str, ip: &str, port: u16, health: Health) -> Record {
+        Record::Task(
+            Task::new(id, name, "marathon", "a-S1")
+                .with_ip(ip.parse().unwrap(), IpSource::Netinfo)
+                .with_resource_port(port)
+                .with_health(health),
+        )
+    }
+
+    fn addresses(zone: &Zone, name: &str) -> Vec<String> {
+        let r = super::tests::ask(zone, name, RecordType::A);
+        let mut v: Vec<String> = r.answers.iter().map(|a| a.data.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn unhealthy_tasks_are_left_out_unless_a_name_has_no_other() {
+        let exclude = ZoneConfig {
+            health: HealthPolicy::Exclude,
+            ..ZoneConfig::default()
+        };
+        let mut st = CatalogState::new();
+        st.upsert(Record::Agent(Agent {
+            id: "a-S1".into(),
+            hostname: "h".into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }));
+        st.upsert(task("web.1", "web", "198.18.0.11", 31001, Health::Healthy));
+        st.upsert(task(
+            "web.2",
+            "web",
+            "198.18.0.12",
+            31002,
+            Health::Unhealthy,
+        ));
+        st.upsert(task("web.3", "web", "198.18.0.13", 31003, Health::Unknown));
+        st.upsert(task("db.1", "db", "198.18.0.21", 31004, Health::Unhealthy));
+        st.upsert(task("db.2", "db", "198.18.0.22", 31005, Health::Unhealthy));
+        let mut incremental = ZoneBuilder::new(exclude.clone(), vec![]).unwrap();
+        let zone = incremental.update(&Arc::new(st.snapshot(1, Source::Demo)));
+        // Unknown health is served: only a verdict of unhealthy holds a task back.
+        assert_eq!(
+            addresses(&zone, "web.marathon.mesos."),
+            ["198.18.0.11", "198.18.0.13"]
+        );
+        let srv = super::tests::ask(&zone, "_web._tcp.marathon.mesos.", RecordType::SRV);
+        assert_eq!(srv.answers.len(), 2);
+        assert_eq!(
+            addresses(&zone, "web.marathon.autoip.dcos.thisdcos.directory."),
+            ["198.18.0.11", "198.18.0.13"]
+        );
+        // Every task of `db` is unhealthy: all are served (fail open).
+        assert_eq!(
+            addresses(&zone, "db.marathon.mesos."),
+            ["198.18.0.21", "198.18.0.22"]
+        );
+        assert!(zone.held_back > 0);
+        let held_then = zone.held_back;
+
+        // The healthy ones go bad: `web` fails open too; one recovers: it alone is served.
+        st.upsert(task(
+            "web.1",
+            "web",
+            "198.18.0.11",
+            31001,
+            Health::Unhealthy,
+        ));
+        st.upsert(task(
+            "web.3",
+            "web",
+            "198.18.0.13",
+            31003,
+            Health::Unhealthy,
+        ));
+        let zone = incremental.update(&Arc::new(st.snapshot(2, Source::Demo)));
+        assert_eq!(addresses(&zone, "web.marathon.mesos.").len(), 3);
+        assert_eq!(zone.held_back, 0);
+        st.upsert(task("db.2", "db", "198.18.0.22", 31005, Health::Healthy));
+        let snap = Arc::new(st.snapshot(3, Source::Demo));
+        let zone = incremental.update(&snap);
+        assert_eq!(addresses(&zone, "db.marathon.mesos."), ["198.18.0.22"]);
+        // db.1 held back where web.2 was: as many records.
+        assert_eq!(zone.held_back, held_then);
+        // Built incrementally or afresh, the same zone.
+        let fresh = ZoneBuilder::new(exclude, vec![]).unwrap().update(&snap);
+        assert_eq!(super::tests::dump(&zone), super::tests::dump(&fresh));
+        assert_eq!(zone.held_back, fresh.held_back);
+
+        // Off by default: Mesos-DNS publishes unhealthy tasks.
+        let zone = ZoneBuilder::new(ZoneConfig::default(), vec![])
+            .unwrap()
+            .update(&snap);
+        assert_eq!(addresses(&zone, "web.marathon.mesos.").len(), 3);
+        assert_eq!(addresses(&zone, "db.marathon.mesos.").len(), 2);
+        assert_eq!(zone.held_back, 0);
+    }
+}
+
+#[cfg(test)]
+mod reverse_tests {
+    use super::*;
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    use lodestar_control::keys::Record;
+    use lodestar_control::model::{Agent, IpSource, Task};
+    use lodestar_control::{CatalogState, Source};
+
+    fn ptr(zone: &Zone, ip: &str) -> (ResponseCode, Vec<String>, bool) {
+        let name = reverse::reverse_name(ip.parse().unwrap());
+        let r = super::tests::ask(zone, &name, RecordType::PTR);
+        let answers = r.answers.iter().map(|a| a.data.to_string()).collect();
+        (r.metadata.response_code, answers, r.metadata.authoritative)
+    }
+
+    #[test]
+    fn ptr_gives_the_one_task_or_the_agent_and_nxdomain_otherwise() {
+        let cfg = ZoneConfig {
+            reverse_zones: vec![
+                "198.18.0.0/15".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+            ..ZoneConfig::default()
+        };
+        let mut st = CatalogState::new();
+        st.upsert(Record::Agent(Agent {
+            id: "20150925-143318-1660156426-5050-2036-S3".into(),
+            hostname: "agent-1.example".into(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            site: None,
+        }));
+        let on_agent = |id: &str, name: &str| {
+            Task::new(
+                id,
+                name,
+                "marathon",
+                "20150925-143318-1660156426-5050-2036-S3",
+            )
+        };
+        let ip = |s: &str| s.parse().unwrap();
+        // One task, two families: its canonical name (Mesos-DNS's `<task>-<hash>-<agent>`).
+        st.upsert(Record::Task(
+            on_agent("hdfs.1", "hdfs")
+                .with_ip(ip("198.18.0.11"), IpSource::Netinfo)
+                .with_ip(ip("2001:db8::11"), IpSource::Netinfo),
+        ));
+        // Two tasks with one container address: no single owner.
+        st.upsert(Record::Task(
+            on_agent("a.1", "a").with_ip(ip("198.18.0.12"), IpSource::Netinfo),
+        ));
+        st.upsert(Record::Task(
+            on_agent("b.1", "b").with_ip(ip("198.18.0.12"), IpSource::Netinfo),
+        ));
+        // Host networking: tasks on the agent's address, which gives the agent's name.
+        for id in ["h.1", "h.2"] {
+            st.upsert(Record::Task(
+                on_agent(id, "h").with_ip(ip("198.18.0.1"), IpSource::Host),
+            ));
+        }
+        let zone = ZoneBuilder::new(cfg, vec![])
+            .unwrap()
+            .update(&Arc::new(st.snapshot(1, Source::Demo)));
+        let (rcode, answers, aa) = ptr(&zone, "198.18.0.11");
+        assert_eq!((rcode, aa), (ResponseCode::NoError, true));
+        let canonical = &answers[0];
+        assert!(
+            canonical.starts_with("hdfs-") && canonical.ends_with("-s3.marathon.mesos."),
+            "{answers:?}"
+        );
+        assert_eq!(answers.len(), 1);
+        // The canonical name resolves back to the address.
+        let back = super::tests::ask(&zone, canonical, RecordType::A);
+        assert_eq!(back.answers[0].data.to_string(), "198.18.0.11");
+        assert_eq!(ptr(&zone, "2001:db8::11").1, answers);
+        assert_eq!(ptr(&zone, "198.18.0.1").1, ["agent-1.example."]);
+        for nobody in ["198.18.0.12", "198.18.0.99", "198.19.255.1", "2001:db8::99"] {
+            let (rcode, answers, aa) = ptr(&zone, nobody);
+            assert_eq!(
+                (rcode, answers.len(), aa),
+                (ResponseCode::NXDomain, 0, true),
+                "{nobody}"
+            );
+        }
+        // A name with a PTR has no A: NODATA, not NXDOMAIN.
+        let name = reverse::reverse_name(ip("198.18.0.11"));
+        let r = super::tests::ask(&zone, &name, RecordType::A);
+        assert_eq!(
+            (r.metadata.response_code, r.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        // Outside the reverse zones the zone claims nothing: those queries are forwarded.
+        let origins: Vec<String> = zone.apexes.iter().map(|a| a.name.clone()).collect();
+        assert_eq!(
+            origins,
+            [
+                "mesos.",
+                "thisdcos.directory.",
+                "18.198.in-addr.arpa.",
+                "19.198.in-addr.arpa.",
+                "8.b.d.0.1.0.0.2.ip6.arpa."
+            ]
+        );
+        // Without reverse zones there is no reverse origin at all.
+        let plain = ZoneBuilder::new(ZoneConfig::default(), vec![])
+            .unwrap()
+            .update(&Arc::new(st.snapshot(1, Source::Demo)));
+        assert_eq!(plain.apexes.len(), 2);
     }
 }

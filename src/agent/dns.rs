@@ -41,8 +41,10 @@ impl ZoneRecipe {
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified())
             .collect();
+        let mut zone = config.dns.zone.clone();
+        zone.reverse_zones = config.dns.reverse_zones.clone();
         ZoneRecipe {
-            config: config.dns.zone.clone(),
+            config: zone,
             ns_addresses: if listen.is_empty() {
                 interface_addresses()
             } else {

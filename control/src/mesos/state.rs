@@ -69,6 +69,44 @@ pub struct Task {
     pub discovery: Option<Discovery>,
     #[serde(default, deserialize_with = "labels")]
     pub labels: Vec<Label>,
+    #[serde(default)]
+    pub container: Option<Container>,
+    /// A Mesos-native health check; only whether there is one is read.
+    #[serde(default)]
+    pub health_check: Option<serde::de::IgnoredAny>,
+}
+
+/// `ContainerInfo` (JSON::Protobuf of the v0 task).
+#[derive(Debug, Default, Deserialize)]
+pub struct Container {
+    /// `DOCKER` or `MESOS` (the default when absent).
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub docker: Option<Docker>,
+    #[serde(default)]
+    pub network_infos: Vec<NetworkInfo>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Docker {
+    /// `HOST`, `BRIDGE`, `USER` or `NONE`.
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// A Docker or CNI port mapping: agent port -> container port. Mesos requires both ports; a
+/// mapping without one reads as port 0 and is skipped, rather than failing the whole state.
+#[derive(Debug, Deserialize)]
+pub struct PortMapping {
+    #[serde(default)]
+    pub host_port: u32,
+    #[serde(default)]
+    pub container_port: u32,
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +143,9 @@ pub struct NetworkInfo {
     /// Mesos 0.25's single address.
     #[serde(default)]
     pub ip_address: Option<String>,
+    /// The Mesos containerizer's port mappings (UCR bridge mode; in a status, a pod's).
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 #[derive(Debug, Deserialize)]

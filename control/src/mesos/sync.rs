@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::error::describe;
 use crate::keys::{self, Kind, Record, PREFIX};
@@ -169,15 +169,19 @@ impl Syncer {
             &self.site_attribute,
         );
         for bad in &t.rejected_vip_labels {
-            warn!(value = %bad, "rejecting VIP label: neither /name:port nor ip:port");
+            warn!("rejecting VIP label: {bad}");
         }
         self.stats
             .rejected_vip_labels
             .fetch_add(t.rejected_vip_labels.len() as u64, Ordering::Relaxed);
         metrics::counter!(REJECTED_VIP_LABELS_TOTAL).increment(t.rejected_vip_labels.len() as u64);
 
-        for id in &t.duplicate_task_ids {
-            warn!(task = %id, "two frameworks report a task with this id; keeping the first");
+        for key in &t.duplicate_task_ids {
+            warn!(
+                task = %key.id,
+                framework = %key.framework_id,
+                "the framework reports this task twice; keeping the first"
+            );
         }
         self.stats
             .duplicate_task_ids
@@ -228,10 +232,21 @@ impl Syncer {
                 None => changes.push((key.clone(), Some(value.clone()), 0)),
             }
         }
+        // Deletes come after every put, so a task moving to another key (the legacy
+        // `tasks/<id>` to `tasks/<framework>/<id>`) is under the new key before it leaves the
+        // old one, in the same transaction or an earlier one.
+        let mut legacy = 0;
         for (key, (_, rev)) in current {
             if owned(key) && !desired.contains_key(key) {
+                legacy += usize::from(is_legacy_task(key));
                 changes.push((key.clone(), None, *rev));
             }
+        }
+        if legacy > 0 {
+            info!(
+                tasks = legacy,
+                "moving tasks from legacy keys (tasks/<task-id>) to tasks/<framework-id>/<task-id>"
+            );
         }
         let (changes, guard_state) = self.hold_mass_deletes(changes).await?;
         let mut report = PollReport {
@@ -502,14 +517,18 @@ impl Syncer {
     }
 }
 
+/// A task key from before tasks were keyed by framework.
+fn is_legacy_task(key: &str) -> bool {
+    matches!(keys::parse_key(key), Ok(keys::RecordKey::Task(t)) if t.is_legacy())
+}
+
 /// The kinds `mesos-sync` owns (and so deletes when the master no longer reports them). VIP
 /// addresses are never deleted: an address stays with its name.
 fn owned(key: &str) -> bool {
-    matches!(
-        keys::parse_key(key),
-        Ok((
-            Kind::Task | Kind::Agent | Kind::Framework | Kind::Master | Kind::Leader,
-            _
-        ))
-    )
+    keys::parse_key(key).is_ok_and(|k| {
+        matches!(
+            k.kind(),
+            Kind::Task | Kind::Agent | Kind::Framework | Kind::Master | Kind::Leader
+        )
+    })
 }
