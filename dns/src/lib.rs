@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod names;
 pub mod records;
+pub mod rrl;
 pub mod server;
 pub mod stats;
 pub mod wire;
