@@ -239,7 +239,13 @@ mod tests {
         let limited = AtomicU64::new(0);
         let mut counts = [0; 3];
         for _ in 0..n {
-            let v = rrl.check(peer.parse().unwrap(), ResponseClass::Positive, name, at, &limited);
+            let v = rrl.check(
+                peer.parse().unwrap(),
+                ResponseClass::Positive,
+                name,
+                at,
+                &limited,
+            );
             counts[v as usize] += 1;
         }
         counts

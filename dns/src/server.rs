@@ -488,7 +488,11 @@ impl Sources {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut counts = self.sources.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self
+            .sources
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = counts.get_mut(&self.source) {
             *count -= 1;
             if *count == 0 {

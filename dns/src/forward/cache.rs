@@ -122,7 +122,8 @@ impl Entries {
         let key = Arc::new(key);
         let seq = self.next;
         self.next += 1;
-        self.by_expiry.insert((entry.expires(), seq), Arc::clone(&key));
+        self.by_expiry
+            .insert((entry.expires(), seq), Arc::clone(&key));
         self.by_key.insert(key, (entry, seq));
     }
 

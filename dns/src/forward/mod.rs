@@ -695,8 +695,14 @@ async fn attempt(
     let started = Instant::now();
     let peek = settled.clone();
     let is_settled = move || peek.has_changed().is_err();
-    let exchange =
-        upstream::exchange(stats.addr, &query, inner.timeout, deadline, stats, is_settled);
+    let exchange = upstream::exchange(
+        stats.addr,
+        &query,
+        inner.timeout,
+        deadline,
+        stats,
+        is_settled,
+    );
     tokio::pin!(exchange);
     let result = tokio::select! {
         biased;

@@ -122,10 +122,19 @@ mod tests {
         assert!(is_own_address(addr("127.0.0.1:53"), &exact, &local));
         assert!(!is_own_address(addr("127.0.0.1:5353"), &exact, &local));
         assert!(!is_own_address(addr("127.0.0.2:53"), &exact, &local));
-        assert!(is_own_address(addr("[::ffff:127.0.0.1]:53"), &exact, &local));
+        assert!(is_own_address(
+            addr("[::ffff:127.0.0.1]:53"),
+            &exact,
+            &local
+        ));
 
         let wildcard = [addr("0.0.0.0:53")];
-        for ours in ["127.0.0.1:53", "127.0.0.53:53", "198.18.0.5:53", "0.0.0.0:53"] {
+        for ours in [
+            "127.0.0.1:53",
+            "127.0.0.53:53",
+            "198.18.0.5:53",
+            "0.0.0.0:53",
+        ] {
             assert!(is_own_address(addr(ours), &wildcard, &local), "{ours}");
         }
         for theirs in ["198.18.0.6:53", "198.18.0.5:54", "[::1]:53"] {
@@ -133,7 +142,11 @@ mod tests {
         }
         let wildcard6 = [addr("[::]:53")];
         assert!(is_own_address(addr("[::1]:53"), &wildcard6, &local));
-        assert!(!is_own_address(addr("[2001:db8::1]:53"), &wildcard6, &local));
+        assert!(!is_own_address(
+            addr("[2001:db8::1]:53"),
+            &wildcard6,
+            &local
+        ));
     }
 
     #[test]
