@@ -380,6 +380,16 @@ mod tests {
             L4lbConfig::default(),
             "the example shows the defaults"
         );
+        assert_eq!(
+            c.dns.rrl,
+            RrlConfig::default(),
+            "the example shows the defaults"
+        );
+        assert_eq!(
+            c.http,
+            HttpConfig::default(),
+            "the example shows the defaults"
+        );
         for (text, site) in [
             (include_str!("../docs/install/agent.azure.toml"), "azure"),
             (
@@ -410,5 +420,30 @@ mod tests {
         );
         c.site = Some("azure".into());
         assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn abuse_limits_that_would_refuse_everything_or_overflow_are_problems() {
+        let mut c = AgentConfig::default();
+        c.dns.tcp_max_connections = 0;
+        c.dns.tcp_max_per_source = 0;
+        c.http.max_connections = 0;
+        c.http.header_timeout_ms = 0;
+        c.dns.rrl.responses_per_second = u32::MAX;
+        c.dns.rrl.slip = 1000;
+        c.dns.rrl.table_size = 0;
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "dns.tcp_max_connections",
+                "dns.tcp_max_per_source",
+                "http.max_connections",
+                "http.header_timeout_ms",
+                "dns.rrl.responses_per_second",
+                "dns.rrl.slip",
+                "dns.rrl.table_size",
+            ]
+        );
     }
 }
