@@ -133,7 +133,8 @@ pub struct RrlConfig {
     pub slip: u32,
     /// Buckets in the table (rounded up to a power of two; 8 bytes each).
     pub table_size: usize,
-    /// Client networks never limited (Knot's `whitelist`).
+    /// Client networks never limited (Knot's `whitelist`). Default: loopback, where a node's
+    /// own tasks ask from (sharing one /24), and which no one off the host can spoof.
     pub exempt: Vec<IpNet>,
 }
 
@@ -143,7 +144,10 @@ impl Default for RrlConfig {
             responses_per_second: 0,
             slip: 2,
             table_size: 1 << 18,
-            exempt: Vec::new(),
+            exempt: vec![
+                "127.0.0.0/8".parse().expect("valid"),
+                "::1/128".parse().expect("valid"),
+            ],
         }
     }
 }
