@@ -113,6 +113,9 @@ pub struct AgentArgs {
     /// Upstream resolver for other names; repeat for several (overrides dns.upstreams).
     #[arg(long = "upstream", value_name = "ADDR:PORT")]
     upstreams: Vec<std::net::SocketAddr>,
+    /// Do not probe the upstreams for forwarding loops at start (sets dns.loop_probe = false).
+    #[arg(long)]
+    no_loop_probe: bool,
     /// This node's name.
     #[arg(long)]
     node: Option<String>,
@@ -165,6 +168,9 @@ impl AgentArgs {
         }
         if !self.upstreams.is_empty() {
             c.dns.upstreams = Some(self.upstreams.clone());
+        }
+        if self.no_loop_probe {
+            c.dns.loop_probe = false;
         }
         if self.node.is_some() {
             c.node = self.node.clone();

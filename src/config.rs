@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use lodestar_control::{ConfigProblem, EtcdAuth, EtcdConfig, EtcdSettingNames, EtcdTls};
-use lodestar_dns::config::ZoneConfig;
+use lodestar_dns::config::{RrlConfig, ZoneConfig};
+use lodestar_dns::http::HttpLimits;
+use lodestar_dns::server::TcpLimits;
 use serde::{Deserialize, Serialize};
 
 /// A configuration that cannot be used: every problem, reported at once (exit code 78,
@@ -123,6 +125,15 @@ pub struct DnsConfig {
     pub cache_entries: usize,
     /// How long past expiry a cached answer may be served while every upstream is down, seconds.
     pub max_stale_secs: u64,
+    /// DNS-over-TCP connections at once, per listen address.
+    pub tcp_max_connections: usize,
+    /// DNS-over-TCP connections at once from one IPv4 address or IPv6 /64.
+    pub tcp_max_per_source: usize,
+    /// At start, ask each upstream for a random name and watch for it coming back to us
+    /// (CoreDNS's `loop`): an upstream that forwards to us is then never asked.
+    pub loop_probe: bool,
+    /// Response-rate limiting of UDP answers from our zones (off by default).
+    pub rrl: RrlConfig,
     /// The `mesos` and `thisdcos.directory` zones.
     pub zone: ZoneConfig,
     /// Networks whose `in-addr.arpa` / `ip6.arpa` names are answered here (PTR), not forwarded.
@@ -141,6 +152,10 @@ impl Default for DnsConfig {
             max_in_flight: 1024,
             cache_entries: 10_000,
             max_stale_secs: 86_400,
+            tcp_max_connections: TcpLimits::default().max_connections,
+            tcp_max_per_source: TcpLimits::default().max_per_source,
+            loop_probe: true,
+            rrl: RrlConfig::default(),
             zone: ZoneConfig::default(),
             reverse_zones: Vec::new(),
         }
@@ -159,12 +174,20 @@ pub struct ForwardZone {
 pub struct HttpConfig {
     /// The HTTP API (Mesos-DNS's /v1, /metrics); Mesos-DNS used port 8123.
     pub listen: SocketAddr,
+    /// Connections at once; past it a new one is closed at once.
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive (and a keep-alive connection may
+    /// idle), in milliseconds.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
+        let limits = HttpLimits::default();
         HttpConfig {
             listen: "127.0.0.1:8123".parse().expect("valid"),
+            max_connections: limits.max_connections,
+            header_timeout_ms: limits.header_timeout.as_millis() as u64,
         }
     }
 }
@@ -273,6 +296,18 @@ impl AgentConfig {
         if self.dns.forward_timeout_ms == 0 {
             problem("dns.forward_timeout_ms", "must be at least 1");
         }
+        if self.dns.tcp_max_connections == 0 {
+            problem("dns.tcp_max_connections", "must be at least 1");
+        }
+        if self.dns.tcp_max_per_source == 0 {
+            problem("dns.tcp_max_per_source", "must be at least 1");
+        }
+        if self.http.max_connections == 0 {
+            problem("http.max_connections", "must be at least 1");
+        }
+        if self.http.header_timeout_ms == 0 {
+            problem("http.header_timeout_ms", "must be at least 1");
+        }
         for z in &self.dns.forward_zones {
             if z.upstreams.is_empty() {
                 problem(
@@ -313,6 +348,7 @@ impl AgentConfig {
         out.extend(self.l4lb.active.problems());
         out.extend(self.l4lb.xdp.problems());
         out.extend(self.dns.zone.problems());
+        out.extend(self.dns.rrl.problems());
         out
     }
 
@@ -347,6 +383,16 @@ mod tests {
             L4lbConfig::default(),
             "the example shows the defaults"
         );
+        assert_eq!(
+            c.dns.rrl,
+            RrlConfig::default(),
+            "the example shows the defaults"
+        );
+        assert_eq!(
+            c.http,
+            HttpConfig::default(),
+            "the example shows the defaults"
+        );
         for (text, site) in [
             (include_str!("../docs/install/agent.azure.toml"), "azure"),
             (
@@ -377,5 +423,30 @@ mod tests {
         );
         c.site = Some("azure".into());
         assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn abuse_limits_that_would_refuse_everything_or_overflow_are_problems() {
+        let mut c = AgentConfig::default();
+        c.dns.tcp_max_connections = 0;
+        c.dns.tcp_max_per_source = 0;
+        c.http.max_connections = 0;
+        c.http.header_timeout_ms = 0;
+        c.dns.rrl.responses_per_second = u32::MAX;
+        c.dns.rrl.slip = 1000;
+        c.dns.rrl.table_size = 0;
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "dns.tcp_max_connections",
+                "dns.tcp_max_per_source",
+                "http.max_connections",
+                "http.header_timeout_ms",
+                "dns.rrl.responses_per_second",
+                "dns.rrl.slip",
+                "dns.rrl.table_size",
+            ]
+        );
     }
 }

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use lodestar_control::WatchStats;
+use lodestar_dns::http::blocking;
 use lodestar_dns::stats::DnsStats;
 use lodestar_dns::zone::Zone;
 use serde::{Deserialize, Serialize};
@@ -261,10 +263,11 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> (StatusCode, String) {
     (StatusCode::OK, text.into())
 }
 
-async fn status(State(ops): State<Arc<Ops>>) -> Json<Status> {
-    Json(ops.status())
+// Both take the load balancer's lock and read its per-CPU maps: off the async workers.
+async fn status(State(ops): State<Arc<Ops>>) -> Response {
+    blocking(move || Json(ops.status()).into_response()).await
 }
 
-async fn vips(State(ops): State<Arc<Ops>>) -> Json<Vec<lodestar_l4lb::VipStatus>> {
-    Json(ops.vips())
+async fn vips(State(ops): State<Arc<Ops>>) -> Response {
+    blocking(move || Json(ops.vips()).into_response()).await
 }

@@ -30,15 +30,21 @@ struct WaitingAgent {
 impl WaitingAgent {
     fn start(etcd: &str, cache: &Path) -> WaitingAgent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
-        cmd.args(["agent", "--no-l4lb", "--dns-listen", "127.0.0.1:0"])
-            .args(["--http-listen", "127.0.0.1:0", "--etcd", etcd])
-            .arg("--cache-file")
-            .arg(cache)
-            .env_remove("LODESTAR_ETCD")
-            .env("LODESTAR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "agent",
+            "--no-l4lb",
+            "--no-loop-probe",
+            "--dns-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-listen", "127.0.0.1:0", "--etcd", etcd])
+        .arg("--cache-file")
+        .arg(cache)
+        .env_remove("LODESTAR_ETCD")
+        .env("LODESTAR_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         support::die_with_test(&mut cmd);
         let mut child = cmd.spawn().expect("spawn lodestar agent");
         let stderr = child.stderr.take().expect("stderr");

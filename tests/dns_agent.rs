@@ -998,3 +998,104 @@ fn agent_on(
     ]);
     (agent, dir)
 }
+
+/// A port free for both UDP and TCP on `ip` (the agent is then told to listen on it).
+fn free_port(ip: Ipv4Addr) -> u16 {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for UDP and TCP on {ip}");
+}
+
+#[test]
+fn an_agent_listening_on_the_wildcard_with_itself_as_upstream_refuses_instead_of_looping() {
+    // `nameserver 127.0.0.1` in resolv.conf, and the agent on 0.0.0.0: the loop.
+    let port = free_port(Ipv4Addr::UNSPECIFIED);
+    let listen = format!("0.0.0.0:{port}");
+    let upstream = format!("127.0.0.1:{port}");
+    let agent = Agent::start(&["--dns-listen", &listen, "--upstream", &upstream]);
+    let server: SocketAddr = upstream.parse().unwrap();
+    let r = udp(server, "www.example.org.", RecordType::A, None);
+    assert_eq!(rcode(&r), ResponseCode::Refused);
+    let metrics = http_get(agent.http, "/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("lodestar_dns_upstream_loop{{upstream=\"{upstream}\"}}")
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "lodestar_dns_forward_total{outcome=\"refused_loop\"}"
+        ),
+        1
+    );
+    assert!(agent.logs().contains("forwarding loop"), "{}", agent.logs());
+    // Our own names are still answered.
+    assert_eq!(
+        rcode(&udp(server, "leader.mesos.", RecordType::A, None)),
+        ResponseCode::NoError
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_forwards_back_to_the_agent_is_found_by_the_probe() {
+    // The upstream is another forwarder (a relay on 127.0.0.1) that sends everything to the
+    // agent on 127.0.0.77: a loop no address comparison can see.
+    let port = free_port(Ipv4Addr::new(127, 0, 0, 77));
+    let agent_addr: SocketAddr = format!("127.0.0.77:{port}").parse().unwrap();
+    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    relay
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let relayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay_thread = {
+        let (relayed, stop) = (relayed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, peer)) = relay.recv_from(&mut buf) else {
+                    continue;
+                };
+                relayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(answer) = udp_raw_within(agent_addr, &buf[..n], Duration::from_secs(1))
+                {
+                    let _ = relay.send_to(&answer, peer);
+                }
+            }
+        })
+    };
+    let agent = Agent::start(&[
+        "--dns-listen",
+        &agent_addr.to_string(),
+        "--upstream",
+        &relay_addr.to_string(),
+    ]);
+    let gauge = format!("lodestar_dns_upstream_loop{{upstream=\"{relay_addr}\"}}");
+    eventually(PATIENCE, "the probe finds the loop", || async {
+        (metric(&http_get(agent.http, "/metrics"), &gauge) == 1).then_some(())
+    })
+    .await;
+    assert!(
+        agent
+            .logs()
+            .contains("our probe query sent to this upstream came back"),
+        "{}",
+        agent.logs()
+    );
+    let before = relayed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(before, 1, "the probe went round once");
+    let r = udp(agent_addr, "www.example.org.", RecordType::A, None);
+    assert_eq!(rcode(&r), ResponseCode::Refused);
+    assert_eq!(relayed.load(std::sync::atomic::Ordering::Relaxed), before);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    relay_thread.join().unwrap();
+}

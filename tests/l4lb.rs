@@ -348,6 +348,7 @@ fn without_privilege_the_agent_says_what_is_missing() {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lodestar"));
         cmd.args([
             "agent",
+            "--no-loop-probe",
             "--dns-listen",
             "127.0.0.1:0",
             "--http-listen",

@@ -146,7 +146,15 @@ pub trait AnswerSource: Send + Sync {
     /// Answers from memory into `out`, or returns `Answered::Later`.
     fn answer(&self, request: &Request<'_>, out: &mut Vec<u8>) -> Answered;
 
-    /// The response to a request that `answer` deferred.
+    /// A claim on this source's capacity for a request `answer` deferred, taken by the
+    /// transport before it queues the request and held until the answer is sent, so that
+    /// work waiting on the network stays bounded. A source at its cap writes the answer for
+    /// that case into `out` instead and says how it answered.
+    fn admit(&self, _request: &Request<'_>, _out: &mut Vec<u8>) -> Result<Admission, Answered> {
+        Ok(Admission::default())
+    }
+
+    /// The response to a request that `answer` deferred (and `admit` let through).
     fn answer_later<'a>(&'a self, request: &'a Request<'a>) -> Pending<'a> {
         let mut out = Vec::new();
         request.respond_rcode(&mut out, wire::RCODE_SERVFAIL);
@@ -167,6 +175,10 @@ impl<S: AnswerSource> AnswerSource for ArcSwap<S> {
 
     fn answer(&self, request: &Request<'_>, out: &mut Vec<u8>) -> Answered {
         self.load().answer(request, out)
+    }
+
+    fn admit(&self, request: &Request<'_>, out: &mut Vec<u8>) -> Result<Admission, Answered> {
+        self.load().admit(request, out)
     }
 
     fn answer_later<'a>(&'a self, request: &'a Request<'a>) -> Pending<'a> {
@@ -249,22 +261,47 @@ impl Catalog {
     }
 }
 
-/// A request a source will answer later, with the source: what a transport runs on tokio.
+/// A source's claim on its own capacity for one deferred request (`AnswerSource::admit`);
+/// the capacity is given back when it is dropped. The default claims nothing.
+#[derive(Debug, Default)]
+pub struct Admission {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl From<tokio::sync::OwnedSemaphorePermit> for Admission {
+    fn from(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Admission {
+            _permit: Some(permit),
+        }
+    }
+}
+
+/// A request a source will answer later, with the source and its admission: what a
+/// transport runs on tokio.
 pub struct Deferred {
     source: Arc<dyn AnswerSource>,
     request: Box<Request<'static>>,
+    admission: Admission,
 }
 
 impl Deferred {
-    pub fn new(source: Arc<dyn AnswerSource>, request: Request<'static>) -> Self {
+    pub fn new(
+        source: Arc<dyn AnswerSource>,
+        request: Request<'static>,
+        admission: Admission,
+    ) -> Self {
         Deferred {
             source,
             request: Box::new(request),
+            admission,
         }
     }
 
+    /// The response; the admission is held until it is written.
     pub async fn resolve(self) -> Vec<u8> {
-        self.source.answer_later(&self.request).await
+        let response = self.source.answer_later(&self.request).await;
+        drop(self.admission);
+        response
     }
 }
 

@@ -1,7 +1,10 @@
 //! The DNS settings: the `mesos` zone's Mesos-DNS options (domain, TTL, SOA, label rules, IP
 //! sources) and the `thisdcos.directory` zones'. Defaults are Mesos-DNS's and dcos-net's.
+//! Also response-rate limiting (`RrlConfig`, off by default as in Knot's module).
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use lodestar_control::model::IpSource;
 use lodestar_control::ConfigProblem;
@@ -134,6 +137,59 @@ impl ZoneConfig {
     /// The domain in lowercase with a trailing dot.
     pub fn fqdn_domain(&self) -> String {
         fqdn(&self.domain)
+    }
+}
+
+/// Response-rate limiting of UDP answers from our zones (`crate::rrl`), Knot's `mod-rrl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RrlConfig {
+    /// Responses per second per source network (/24, /56), response class and name; 0 (the
+    /// default) turns rate limiting off. Knot's `rate-limit`.
+    pub responses_per_second: u32,
+    /// Every `slip`-th limited response is sent truncated (TC=1) instead of dropped: 0 drops
+    /// all, 1 truncates all. Default 2: outgoing packets and bytes both stay below incoming.
+    pub slip: u32,
+    /// Buckets in the table (rounded up to a power of two; 8 bytes each).
+    pub table_size: usize,
+    /// Client networks never limited (Knot's `whitelist`). Default: loopback, where a node's
+    /// own tasks ask from (sharing one /24), and which no one off the host can spoof.
+    pub exempt: Vec<IpNet>,
+}
+
+impl Default for RrlConfig {
+    fn default() -> Self {
+        RrlConfig {
+            responses_per_second: 0,
+            slip: 2,
+            table_size: 1 << 18,
+            exempt: vec![
+                "127.0.0.0/8".parse().expect("valid"),
+                "::1/128".parse().expect("valid"),
+            ],
+        }
+    }
+}
+
+impl RrlConfig {
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        if self.responses_per_second > crate::rrl::MAX_RATE {
+            out.push(ConfigProblem::new(
+                "dns.rrl.responses_per_second",
+                format!("at most {}", crate::rrl::MAX_RATE),
+            ));
+        }
+        if self.slip > 100 {
+            out.push(ConfigProblem::new("dns.rrl.slip", "at most 100"));
+        }
+        if !(1..=1 << 26).contains(&self.table_size) {
+            out.push(ConfigProblem::new(
+                "dns.rrl.table_size",
+                format!("from 1 to {}", 1 << 26),
+            ));
+        }
+        out
     }
 }
 

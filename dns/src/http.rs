@@ -12,9 +12,17 @@
 //! - `/v1/axfr`'s `RefreshSeconds` (Mesos-DNS's state poll interval; we do not poll) is the
 //!   SOA refresh. Values are in a canonical order where Mesos-DNS's were in map order.
 //! - Responses are indented as go-restful indents them. Errors are `{"error": "..."}`.
+//!
+//! How it is served (`serve`, for every HTTP listener the agent has): HTTP/1.1 only, a cap on
+//! connections (past it a new one is closed at once), a deadline for each request's headers
+//! (which also ends idle keep-alive connections), and handlers that do blocking or long work
+//! (`/metrics`, `/v1/enumerate`, `/v1/axfr`) off the async workers, which also serve DNS over
+//! TCP and forwarding.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::rejection::PathRejection;
@@ -24,6 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
 
 use crate::config::ZoneConfig;
 use crate::names::fqdn;
@@ -49,7 +59,7 @@ pub struct HttpState {
     pub zone_config: ZoneConfig,
     /// Served as is by `/v1/config` (the caller maps our settings to Mesos-DNS's key names).
     pub config_json: Arc<serde_json::Value>,
-    /// Renders the Prometheus text for `/metrics`.
+    /// Renders the Prometheus text for `/metrics`; may block (it runs on a blocking thread).
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     // Extra routes the agent adds (health, readiness) are merged by the caller.
 }
@@ -212,7 +222,9 @@ async fn axfr(State(state): State<HttpState>) -> Response {
     blocking(move || axfr_now(state)).await
 }
 
-async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+/// `f`'s response, computed on tokio's blocking threads: for handlers that take locks or
+/// make system calls (reading BPF maps) or run long, so they never stall the async workers.
+pub async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(_) => json(
@@ -325,8 +337,102 @@ fn axfr_now(state: HttpState) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let text = (state.metrics)();
-    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response()
+    blocking(move || {
+        let text = (state.metrics)();
+        ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response()
+    })
+    .await
+}
+
+/// Limits of an HTTP listener.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// Connections at once; past it a new connection is closed at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; an idle keep-alive connection is closed
+    /// after it too (slowloris holds no slot for longer).
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` completes, then lets each
+/// open connection finish the request it is serving and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let label = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Dropped at shutdown, which every connection sees as its signal to finish.
+    let (draining, drain) = tokio::sync::watch::channel(());
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait a little rather than spin.
+                warn!(listener = %label, "HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics::counter!(crate::metrics::HTTP_REFUSED_TOTAL, "listener" => label.clone())
+                .increment(1);
+            debug!(listener = %label, %peer, "too many HTTP connections; closing");
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let mut drain = drain.clone();
+        let (label, header_timeout) = (label.clone(), limits.header_timeout);
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = drain.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            match result {
+                Err(e) if e.is_timeout() => {
+                    metrics::counter!(crate::metrics::HTTP_HEADER_TIMEOUTS_TOTAL, "listener" => label)
+                        .increment(1);
+                    debug!(%peer, "HTTP headers too slow; closed");
+                }
+                Err(e) => debug!(%peer, "HTTP connection ended: {e}"),
+                Ok(()) => {}
+            }
+        });
+    }
+    drop(draining);
+    while connections.join_next().await.is_some() {}
 }
 
 async fn not_found() -> Response {

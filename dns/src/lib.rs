@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod names;
 pub mod records;
 pub mod reverse;
+pub mod rrl;
 pub mod server;
 pub mod stats;
 pub mod wire;

@@ -26,6 +26,12 @@ pub const UPSTREAM_QUERIES_TOTAL: &str = "lodestar_dns_upstream_queries_total";
 pub const UPSTREAM_FAILURES_TOTAL: &str = "lodestar_dns_upstream_failures_total";
 pub const UPSTREAM_DEMOTED: &str = "lodestar_dns_upstream_demoted";
 pub const UPSTREAM_RTT_SECONDS: &str = "lodestar_dns_upstream_rtt_seconds";
+pub const UPSTREAM_LOOP: &str = "lodestar_dns_upstream_loop";
+pub const ABANDONED_ATTEMPTS_TOTAL: &str = "lodestar_dns_upstream_attempts_abandoned_total";
+pub const RRL_TOTAL: &str = "lodestar_dns_rrl_total";
+pub const TCP_REFUSED_TOTAL: &str = "lodestar_dns_tcp_refused_total";
+pub const HTTP_REFUSED_TOTAL: &str = "lodestar_http_connections_refused_total";
+pub const HTTP_HEADER_TIMEOUTS_TOTAL: &str = "lodestar_http_header_timeouts_total";
 
 /// The bounds of `DURATION_SECONDS`, `stats::BUCKETS_NS` in seconds: the Prometheus exporter
 /// must be given them (`set_buckets_for_metric`), or it renders the histogram as a summary.
@@ -85,6 +91,30 @@ pub fn describe() {
         Unit::Seconds,
         "Smoothed round-trip time per upstream."
     );
+    describe_gauge!(
+        UPSTREAM_LOOP,
+        "1 when an upstream is us or sends our queries back to us: it is not asked."
+    );
+    describe_counter!(
+        ABANDONED_ATTEMPTS_TOTAL,
+        "Upstream attempts that lost their race and were ended at once (too many lingering)."
+    );
+    describe_counter!(
+        RRL_TOTAL,
+        "UDP responses over the rate limit, by action (dropped, or slipped: sent truncated)."
+    );
+    describe_counter!(
+        TCP_REFUSED_TOTAL,
+        "DNS TCP connections closed at once, by reason (full, per_source)."
+    );
+    describe_counter!(
+        HTTP_REFUSED_TOTAL,
+        "HTTP connections closed at once because every connection slot was taken."
+    );
+    describe_counter!(
+        HTTP_HEADER_TIMEOUTS_TOTAL,
+        "HTTP connections closed because a request's headers did not arrive in time."
+    );
 }
 
 /// Hands the current counters to the installed recorder: before every scrape, and every
@@ -105,6 +135,10 @@ fn publish_servers(dns: &DnsStats) {
     counter!(TRUNCATED_TOTAL).absolute(dns.truncated());
     counter!(REFUSED_RECURSION_TOTAL).absolute(dns.refused_recursion());
     counter!(FORWARDED_TOTAL).absolute(dns.forwarded());
+    counter!(RRL_TOTAL, "action" => "dropped").absolute(dns.rrl_dropped());
+    counter!(RRL_TOTAL, "action" => "slipped").absolute(dns.rrl_slipped());
+    counter!(TCP_REFUSED_TOTAL, "reason" => "full").absolute(dns.tcp_refused_full());
+    counter!(TCP_REFUSED_TOTAL, "reason" => "per_source").absolute(dns.tcp_refused_per_source());
     publish_durations(dns);
 }
 
@@ -151,6 +185,7 @@ fn publish_forwarder(s: &ForwardStats) {
         ("stale_served", &s.stale_served),
         ("refused_in_flight", &s.refused_in_flight),
         ("refused_no_upstream", &s.refused_no_upstream),
+        ("refused_loop", &s.refused_loop),
         ("servfail", &s.servfail),
         ("malformed", &s.malformed),
         ("truncated", &s.truncated),
@@ -159,6 +194,7 @@ fn publish_forwarder(s: &ForwardStats) {
     }
     counter!(CACHE_TOTAL, "result" => "hit").absolute(load(&s.cache_hits));
     counter!(CACHE_TOTAL, "result" => "miss").absolute(load(&s.cache_misses));
+    counter!(ABANDONED_ATTEMPTS_TOTAL).absolute(load(&s.abandoned_attempts));
     for u in &s.upstreams {
         let upstream = u.addr.to_string();
         counter!(UPSTREAM_QUERIES_TOTAL, "upstream" => upstream.clone()).absolute(load(&u.queries));
@@ -172,6 +208,8 @@ fn publish_forwarder(s: &ForwardStats) {
         }
         let demoted = u.demoted.load(std::sync::atomic::Ordering::Relaxed);
         gauge!(UPSTREAM_DEMOTED, "upstream" => upstream.clone()).set(f64::from(u8::from(demoted)));
+        let looped = u.looped.load(std::sync::atomic::Ordering::Relaxed);
+        gauge!(UPSTREAM_LOOP, "upstream" => upstream.clone()).set(f64::from(u8::from(looped)));
         gauge!(UPSTREAM_RTT_SECONDS, "upstream" => upstream).set(load(&u.rtt_ewma_us) as f64 / 1e6);
     }
 }
@@ -231,6 +269,11 @@ mod tests {
             }
             w1.observe_ns(700);
             forwarder.stats().cache_hits.fetch_add(9, Ordering::Relaxed);
+            w1.rrl_slipped.fetch_add(2, Ordering::Relaxed);
+            w0.tcp_refused_per_source.fetch_add(5, Ordering::Relaxed);
+            forwarder.stats().upstreams[0]
+                .looped
+                .store(true, Ordering::Relaxed);
             forwarder.stats().upstreams[1]
                 .timeouts
                 .fetch_add(2, Ordering::Relaxed);
@@ -250,6 +293,11 @@ mod tests {
             ("lodestar_dns_responses_total{rcode=\"OTHER\"}", 1.0),
             ("lodestar_dns_responses_total{rcode=\"NOERROR\"}", 0.0),
             ("lodestar_dns_cache_total{result=\"hit\"}", 9.0),
+            ("lodestar_dns_rrl_total{action=\"slipped\"}", 2.0),
+            ("lodestar_dns_rrl_total{action=\"dropped\"}", 0.0),
+            ("lodestar_dns_tcp_refused_total{reason=\"per_source\"}", 5.0),
+            ("lodestar_dns_upstream_loop{upstream=\"127.0.0.1:53\"}", 1.0),
+            ("lodestar_dns_upstream_loop{upstream=\"[::1]:53\"}", 0.0),
             (
                 "lodestar_dns_upstream_failures_total{upstream=\"[::1]:53\",kind=\"timeout\"}",
                 2.0,
@@ -297,6 +345,10 @@ mod tests {
             (UPSTREAM_FAILURES_TOTAL, "counter"),
             (UPSTREAM_DEMOTED, "gauge"),
             (UPSTREAM_RTT_SECONDS, "gauge"),
+            (UPSTREAM_LOOP, "gauge"),
+            (ABANDONED_ATTEMPTS_TOTAL, "counter"),
+            (RRL_TOTAL, "counter"),
+            (TCP_REFUSED_TOTAL, "counter"),
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} {kind}\n")),

@@ -1,12 +1,18 @@
 //! The DNS servers. UDP runs on dedicated threads, one socket each (SO_REUSEPORT), reading
 //! and writing in batches (recvmmsg/sendmmsg); TCP runs on tokio. Both share `Shared::handle`,
 //! which decodes a query once and hands it to the catalog's answer sources.
+//!
+//! Bounds: a query a source answers later is queued on tokio only once the source admits it
+//! (the forwarder's in-flight cap), so a flood of cache misses is answered at once, never
+//! piled up as tasks; UDP answers from the zones may be rate-limited (`crate::rrl`); TCP has a
+//! connection cap, a cap per source address, and an idle timeout.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +25,7 @@ use tracing::{debug, warn};
 use crate::acl::RecursionAcl;
 use crate::catalog::{Answered, Catalog, Deferred, Request};
 use crate::forward::Forwarder;
+use crate::rrl::{self, ResponseClass, Rrl, Verdict};
 use crate::stats::{DnsStats, WorkerStats};
 use crate::wire::{self, Reject};
 use crate::zone::Zone;
@@ -38,6 +45,8 @@ pub struct Shared {
     pub catalog: Catalog,
     pub acl: RecursionAcl,
     pub stats: Arc<DnsStats>,
+    /// Rate limiting of UDP answers from non-recursive sources; `None`: off.
+    pub rrl: Option<Rrl>,
 }
 
 impl Shared {
@@ -57,7 +66,14 @@ impl Shared {
             catalog: catalog.with(zone),
             acl,
             stats,
+            rrl: None,
         }
+    }
+
+    /// Rate-limits UDP answers from the zones (and refusals) as `rrl` says.
+    pub fn with_rrl(mut self, rrl: Option<Rrl>) -> Shared {
+        self.rrl = rrl;
+        self
     }
 
     /// Answers from `zone` alone: no forwarder, recursion for this host only (tests, fuzzing).
@@ -90,7 +106,14 @@ impl Shared {
             }
             Err(reject) => {
                 wire::write_rejection(out, packet, &reject, may_recurse);
+                let verdict = self.rate_limit(tcp, peer, None, ws, out);
+                if verdict == Verdict::Drop {
+                    return Outcome::Drop;
+                }
                 ws.count_rcode(reject.rcode().unwrap_or(wire::RCODE_FORMERR));
+                if verdict == Verdict::Slip {
+                    rrl::truncate_in_place(out);
+                }
                 return Outcome::Reply;
             }
         };
@@ -114,24 +137,93 @@ impl Shared {
                 let mut refused = request;
                 refused.recursion_available = false;
                 refused.respond_rcode(out, wire::RCODE_REFUSED);
-                self.count_reply(ws, out);
-                return Outcome::Reply;
+                return self.reply(tcp, peer, Some(&refused), ws, out);
             }
         };
         request.set_origin(source.origin_at);
+        let recursive = source.recursive;
         let source = source.source;
         match source.answer(&request, out) {
             Answered::Now { prepared, .. } => {
                 if prepared {
                     ws.prepared.fetch_add(1, Ordering::Relaxed);
                 }
+                if recursive {
+                    // Answers for our own clients (the recursion ACL) are not rate-limited.
+                    self.count_reply(ws, out);
+                    return Outcome::Reply;
+                }
+                self.reply(tcp, peer, Some(&request), ws, out)
+            }
+            Answered::Later => match source.admit(&request, out) {
+                Ok(admission) => Outcome::Forward(Deferred::new(
+                    Arc::clone(source),
+                    request.into_owned(),
+                    admission,
+                )),
+                Err(_) => {
+                    self.count_reply(ws, out);
+                    Outcome::Reply
+                }
+            },
+        }
+    }
+
+    /// Counts the response in `out` and sends it, unless rate limiting drops it (UDP only)
+    /// or sends it truncated.
+    fn reply(
+        &self,
+        tcp: bool,
+        peer: IpAddr,
+        request: Option<&Request<'_>>,
+        ws: &WorkerStats,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        match self.rate_limit(tcp, peer, request, ws, out) {
+            Verdict::Drop => Outcome::Drop,
+            Verdict::Send => {
                 self.count_reply(ws, out);
                 Outcome::Reply
             }
-            Answered::Later => {
-                Outcome::Forward(Deferred::new(Arc::clone(source), request.into_owned()))
+            Verdict::Slip => {
+                self.count_reply(ws, out);
+                rrl::truncate_in_place(out);
+                Outcome::Reply
             }
         }
+    }
+
+    /// The rate limit's verdict on the UDP response in `out` (always `Send` over TCP or with
+    /// rate limiting off), counted. Without a request (a rejected packet) the bucket is the root's.
+    fn rate_limit(
+        &self,
+        tcp: bool,
+        peer: IpAddr,
+        request: Option<&Request<'_>>,
+        ws: &WorkerStats,
+        out: &[u8],
+    ) -> Verdict {
+        let Some(rrl) = self.rrl.as_ref().filter(|_| !tcp) else {
+            return Verdict::Send;
+        };
+        let qtype = request.map_or(0, |r| r.query.qtype);
+        let class = ResponseClass::of(out, qtype);
+        let name = match request {
+            Some(r) if class.by_zone() => r.origin().unwrap_or(ROOT),
+            Some(r) => r.lower_qname(),
+            None => ROOT,
+        };
+        let verdict = rrl.check(peer, class, name, Instant::now(), &ws.rrl_limited);
+        match verdict {
+            Verdict::Send => {}
+            Verdict::Slip => {
+                ws.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Drop => {
+                ws.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        verdict
     }
 
     /// Counts a response about to be sent, by rcode and truncation.
@@ -151,6 +243,9 @@ impl Shared {
         ws.observe_ns(started.elapsed().as_nanos() as u64);
     }
 }
+
+/// The root's name in wire form: the rate-limit bucket of answers without a zone.
+const ROOT: &[u8] = &[0];
 
 /// Running UDP workers; dropping this stops them.
 pub struct UdpServer {
@@ -341,6 +436,9 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 #[derive(Clone, Debug)]
 pub struct TcpLimits {
     pub max_connections: usize,
+    /// Connections at once from one source: an IPv4 address, or an IPv6 /64 (what one host
+    /// holds), so that no host takes every slot.
+    pub max_per_source: usize,
     /// A connection idle this long is closed (RFC 7766 suggests seconds).
     pub idle: Duration,
 }
@@ -349,12 +447,63 @@ impl Default for TcpLimits {
     fn default() -> Self {
         TcpLimits {
             max_connections: 1024,
+            max_per_source: 64,
             idle: Duration::from_secs(10),
         }
     }
 }
 
-/// Serves DNS over TCP on `listener` until the task is dropped.
+/// Open connections by source (see `TcpLimits::max_per_source`).
+#[derive(Default)]
+struct Sources(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in its source's count, given back on drop.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    source: IpAddr,
+}
+
+impl Sources {
+    /// A place for one more connection from `peer`, unless it already has `max`.
+    fn claim(self: &Arc<Self>, peer: IpAddr, max: usize) -> Option<SourceSlot> {
+        let source = match peer {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            },
+            v4 => v4,
+        };
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(source).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            sources: Arc::clone(self),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .sources
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Serves DNS over TCP on `listener` until the task is dropped. A connection past a cap is
+/// closed at once, and counted.
 pub async fn serve_tcp(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -362,6 +511,8 @@ pub async fn serve_tcp(
     worker: usize,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let sources = Arc::new(Sources::default());
+    let ws = shared.stats.worker(worker);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -372,12 +523,18 @@ pub async fn serve_tcp(
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            ws.tcp_refused_full.fetch_add(1, Ordering::Relaxed);
             debug!(%peer, "too many DNS TCP connections; closing");
+            continue;
+        };
+        let Some(source) = sources.claim(peer.ip(), limits.max_per_source) else {
+            ws.tcp_refused_per_source.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "too many DNS TCP connections from this source; closing");
             continue;
         };
         let (shared, idle) = (shared.clone(), limits.idle);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, source);
             if let Err(e) = tcp_connection(stream, peer, shared, idle, worker).await {
                 debug!(%peer, "DNS TCP connection ended: {e}");
             }

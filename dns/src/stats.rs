@@ -39,6 +39,14 @@ pub struct WorkerStats {
     pub truncated: AtomicU64,
     pub refused_recursion: AtomicU64,
     pub forwarded: AtomicU64,
+    /// UDP responses over the rate limit, dropped or sent truncated (`crate::rrl`) ...
+    pub rrl_dropped: AtomicU64,
+    pub rrl_slipped: AtomicU64,
+    /// ... and both together, which the slip counts in.
+    pub rrl_limited: AtomicU64,
+    /// TCP connections closed at once: every slot taken, or the source's share of them.
+    pub tcp_refused_full: AtomicU64,
+    pub tcp_refused_per_source: AtomicU64,
     /// Responses by how long they took, slots as `BUCKETS_NS` then +Inf ...
     pub buckets: [AtomicU64; DURATION_SLOTS],
     /// ... and their durations summed per slot, so each slot's mean is known.
@@ -127,6 +135,22 @@ impl DnsStats {
 
     pub fn refused_recursion(&self) -> u64 {
         self.sum(|w| &w.refused_recursion)
+    }
+
+    pub fn rrl_dropped(&self) -> u64 {
+        self.sum(|w| &w.rrl_dropped)
+    }
+
+    pub fn rrl_slipped(&self) -> u64 {
+        self.sum(|w| &w.rrl_slipped)
+    }
+
+    pub fn tcp_refused_full(&self) -> u64 {
+        self.sum(|w| &w.tcp_refused_full)
+    }
+
+    pub fn tcp_refused_per_source(&self) -> u64 {
+        self.sum(|w| &w.tcp_refused_per_source)
     }
 
     /// Responses in duration slot `slot`, and their nanoseconds summed. The two are read

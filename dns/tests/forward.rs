@@ -1006,3 +1006,107 @@ async fn at_the_in_flight_cap_a_stale_answer_beats_refused() {
     assert_eq!(forwarder.stats().stale_served.load(Relaxed), 1);
     hung.abort();
 }
+
+/// Sockets this process holds open (each test runs in a process of its own under nextest).
+fn open_sockets() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_loser_is_not_asked_again_over_tcp_once_a_winner_answered() {
+    // The slow upstream truncates over UDP after the fast one has won: the query is settled,
+    // so its attempt must end there rather than open a TCP connection for another timeout.
+    let fast = Upstream::start(answer_mode(1)).await;
+    let slow = Upstream::start_slow(
+        Mode::TruncateUdp { ttl: 60, count: 1 },
+        Duration::from_millis(100),
+    )
+    .await;
+    let forwarder = Forwarder::new(ForwardConfig {
+        timeout: Duration::from_secs(2),
+        demote_after: 1000,
+        ..config(vec![slow.addr, fast.addr])
+    });
+    for i in 0..5u16 {
+        let r = parse(
+            &forwarder
+                .resolve(&a_query(i, &format!("t{i}.example.com.")), 512)
+                .await,
+        );
+        assert_eq!(answers(&r), [(1, 300)]);
+    }
+    eventually("the slow upstream saw every query", || {
+        slow.udp_queries() == 5
+    })
+    .await;
+    eventually("the losers ended", || forwarder.lingering_attempts() == 0).await;
+    assert_eq!(
+        slow.tcp_queries(),
+        0,
+        "a settled query was retried over TCP"
+    );
+}
+
+#[tokio::test]
+async fn losing_attempts_linger_only_up_to_the_cap_and_one_timeout() {
+    // A dead partner loses every race. Its attempts may wait for an answer (that is how it is
+    // found dead), but no more of them than `max_in_flight`, each for one timeout at most;
+    // the others end, and close their sockets, as soon as the winner answers.
+    let healthy = Upstream::start(answer_mode(1)).await;
+    let dead = Upstream::start(Mode::Dead).await;
+    let timeout = Duration::from_millis(1500);
+    let forwarder = Forwarder::new(ForwardConfig {
+        max_in_flight: 2,
+        demote_after: 1000,
+        timeout,
+        ..config(vec![dead.addr, healthy.addr])
+    });
+    let baseline = open_sockets();
+    let started = Instant::now();
+    for i in 0..10u16 {
+        let r = parse(
+            &forwarder
+                .resolve(&a_query(i, &format!("n{i}.example.com.")), 512)
+                .await,
+        );
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError, "query {i}");
+    }
+    eventually("the dead upstream saw every query", || {
+        dead.udp_queries() == 10
+    })
+    .await;
+    // Asked well within one timeout of the first query, so none of the lingering ones is
+    // over yet: two linger, eight were abandoned, and only two sockets are still open.
+    assert!(
+        started.elapsed() < timeout,
+        "the queries took too long to say anything"
+    );
+    eventually("eight losers abandoned", || {
+        forwarder.stats().abandoned_attempts.load(Relaxed) == 8
+    })
+    .await;
+    assert_eq!(forwarder.lingering_attempts(), 2);
+    assert!(
+        open_sockets() <= baseline + 2,
+        "{} sockets open, {baseline} before",
+        open_sockets()
+    );
+    // One timeout after they started, the lingering ones are gone too, and counted as
+    // timeouts against the dead upstream.
+    eventually("the lingering attempts ended", || {
+        forwarder.lingering_attempts() == 0
+    })
+    .await;
+    assert!(
+        started.elapsed() < timeout * 2,
+        "an attempt outlived its own timeout"
+    );
+    eventually("their sockets closed", || open_sockets() <= baseline).await;
+    assert_eq!(forwarder.stats().upstreams[0].timeouts.load(Relaxed), 2);
+}

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use lodestar_control::Snapshot;
 use lodestar_dns::acl::{interface_addresses, RecursionAcl};
 use lodestar_dns::forward::{ForwardConfig, Forwarder};
+use lodestar_dns::rrl::Rrl;
 use lodestar_dns::server::{serve_tcp, Shared, TcpLimits, UdpServer};
 use lodestar_dns::stats::DnsStats;
 use lodestar_dns::zone::{Zone, ZoneBuilder};
@@ -78,6 +79,8 @@ pub(super) struct Dns {
     udp: Vec<UdpServer>,
     /// One TCP listener per listen address, with its counter slot.
     tcp: Vec<(TcpListener, usize)>,
+    tcp_limits: TcpLimits,
+    loop_probe: bool,
     /// The addresses served (UDP and TCP on each), in the configured order.
     pub addresses: Vec<SocketAddr>,
 }
@@ -128,12 +131,10 @@ impl Dns {
             .collect();
         let udp_sockets: usize = plan.iter().map(|(_, u)| u.len()).sum();
         let stats = Arc::new(DnsStats::new(udp_sockets * workers + plan.len()));
-        let shared = Arc::new(Shared::new(
-            zone.clone(),
-            Some(forwarder.clone()),
-            acl,
-            stats.clone(),
-        ));
+        let shared = Arc::new(
+            Shared::new(zone.clone(), Some(forwarder.clone()), acl, stats.clone())
+                .with_rrl(Rrl::new(&config.dns.rrl)),
+        );
 
         let runtime = tokio::runtime::Handle::current();
         let (mut udp, mut tcp, mut addresses) = (Vec::new(), Vec::new(), Vec::new());
@@ -188,6 +189,18 @@ impl Dns {
             slot += 1;
             addresses.push(local);
         }
+        // `nameserver 127.0.0.1` with a wildcard listen address, or an upstream that is one of
+        // ours: asking it would be asking ourselves (logged and counted by the forwarder).
+        let local_ips: Vec<IpAddr> = lodestar_dns::acl::interfaces()
+            .iter()
+            .map(|n| n.addr())
+            .collect();
+        forwarder.refuse_own_addresses(&addresses, &local_ips);
+        let tcp_limits = TcpLimits {
+            max_connections: config.dns.tcp_max_connections,
+            max_per_source: config.dns.tcp_max_per_source,
+            ..TcpLimits::default()
+        };
         Ok(Dns {
             zone,
             recipe,
@@ -198,11 +211,14 @@ impl Dns {
             shared,
             udp,
             tcp,
+            tcp_limits,
+            loop_probe: config.dns.loop_probe,
             addresses,
         })
     }
 
-    /// Spawns the TCP servers and the zone updater; UDP already runs on its threads.
+    /// Spawns the TCP servers, the forwarder's loop probe and the zone updater; UDP already
+    /// runs on its threads.
     pub fn spawn(
         &mut self,
         tasks: &mut tokio::task::JoinSet<()>,
@@ -211,14 +227,16 @@ impl Dns {
         stop: CancellationToken,
     ) {
         for (listener, slot) in self.tcp.drain(..) {
-            let serve = serve_tcp(listener, self.shared.clone(), TcpLimits::default(), slot);
-            let stop = stop.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stop.cancelled() => {}
-                }
-            });
+            let serve = serve_tcp(listener, self.shared.clone(), self.tcp_limits.clone(), slot);
+            tasks.spawn(until_stopped(serve, stop.clone()));
+        }
+        // Once every server is bound, so that a probe that comes back finds us listening.
+        if self.loop_probe {
+            let forwarder = self.forwarder.clone();
+            tasks.spawn(until_stopped(
+                async move { forwarder.probe_for_loops().await },
+                stop.clone(),
+            ));
         }
         let Some(builder) = self.builder.take() else {
             return;
@@ -240,6 +258,14 @@ impl Dns {
         for server in self.udp {
             drop(server);
         }
+    }
+}
+
+/// Runs `work` until it ends or `stop`.
+async fn until_stopped(work: impl std::future::Future<Output = ()>, stop: CancellationToken) {
+    tokio::select! {
+        _ = work => {}
+        _ = stop.cancelled() => {}
     }
 }
 

@@ -63,8 +63,14 @@ impl Collectors {
                 _ = every.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            lodestar_dns::metrics::publish(&self.dns, self.forwarder.stats());
-            self.prometheus.run_upkeep();
+            // The collectors' locks are also taken by a scrape (on a blocking thread): wait
+            // for them there too, never on an async worker.
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                lodestar_dns::metrics::publish(&this.dns, this.forwarder.stats());
+                this.prometheus.run_upkeep();
+            })
+            .await;
         }
     }
 }

@@ -157,13 +157,16 @@ impl App {
         tasks.spawn(collectors.clone().keep(stop.clone()));
         let app = http::routes(&self.config, &self.dns, collectors, &ops);
         let http_addr = self.http.local_addr()?;
-        let serve =
-            axum::serve(self.http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-        tasks.spawn(async move {
-            if let Err(e) = serve.await {
-                warn!("HTTP server stopped: {e}");
-            }
-        });
+        let limits = lodestar_dns::http::HttpLimits {
+            max_connections: self.config.http.max_connections,
+            header_timeout: Duration::from_millis(self.config.http.header_timeout_ms),
+        };
+        tasks.spawn(lodestar_dns::http::serve(
+            self.http,
+            app,
+            limits,
+            stop.clone().cancelled_owned(),
+        ));
 
         let zone = self.dns.zone.load();
         let listen: Vec<String> = self

@@ -88,6 +88,11 @@ impl Agent {
         if !args.contains(&"--http-listen") {
             cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
+        // The loop probe asks the upstreams at start: without upstreams given, those are the
+        // machine's own resolvers (/etc/resolv.conf), which tests must never reach.
+        if !args.contains(&"--upstream") {
+            cmd.arg("--no-loop-probe");
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         if !args.contains(&"--cache-file") {
             cmd.arg("--cache-file")

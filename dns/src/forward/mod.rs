@@ -4,38 +4,48 @@
 //! may recurse.
 //!
 //! Per query: zone transfers are refused; then the cache (a fresh entry is answered at once,
-//! with the client's ID and question and its TTLs aged); a name whose zone has no upstreams is
-//! refused. Everything else waits on the network (`answer_later`): a permit of the in-flight
-//! cap, or REFUSED; then the upstreams of the longest matching zone (or the defaults): the two
-//! best at once, each failure starting the next one (demoted upstreams last), for at most twice
-//! the per-attempt timeout; then, if none answered, a stale entry (TTL 30) or SERVFAIL. Attempts
-//! that lose the race run to their end in the background, so a dead upstream is noticed and
-//! demoted even while its partner answers every query. An upstream's answer is relayed as sent,
-//! except for the ID, the question's case, the TTLs (aged), the OPT record (ours, and only if
-//! the client sent one), and the additional records when the client's limit cannot take them.
+//! with the client's ID and question and its TTLs aged); a name whose zone has no upstreams
+//! (or only upstreams that loop back to us) is refused. Everything else waits on the network:
+//! first a permit of the in-flight cap, taken by the transport before it queues anything
+//! (`admit`), else a stale entry or REFUSED at once; then (`answer_later`) the upstreams of the
+//! longest matching zone (or the defaults): the two best at once, each failure starting the
+//! next one (demoted upstreams last), for at most twice the per-attempt timeout; then, if none
+//! answered, a stale entry (TTL 30) or SERVFAIL. An attempt that loses the race lingers until
+//! its own per-attempt timeout (no TCP retry), so a dead upstream is noticed and demoted even
+//! while its partner answers every query; at most `max_in_flight` linger at once, and past
+//! that a loser ends at once. An upstream's answer is relayed as sent, except for the ID, the
+//! question's case, the TTLs (aged), the OPT record (ours, and only if the client sent one),
+//! and the additional records when the client's limit cannot take them.
+//!
+//! Loops (`probe.rs`): an upstream that is one of our own listen addresses
+//! (`refuse_own_addresses`), or that sends our random probe query back to us
+//! (`probe_for_loops`, at start), is never asked again, and the log and metrics say so.
 
 mod answer;
 mod cache;
+mod probe;
 mod upstream;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::catalog::{AnswerSource, Answered, Pending, Request};
-use crate::wire::{self, Reject, TYPE_AXFR, TYPE_IXFR};
+use crate::catalog::{Admission, AnswerSource, Answered, Pending, Request};
+use crate::wire::{self, Query, Reject, TYPE_AXFR, TYPE_IXFR};
 use cache::{Cache, CacheKey, Entry, Lookup};
+use probe::Probes;
 use upstream::{HealthPolicy, Outcome, Upstreams};
 
 #[doc(hidden)]
 pub use answer::exercise_upstream_answer;
 pub use answer::{AnswerError, Ttls, UpstreamAnswer, UpstreamQuery};
+pub use probe::is_own_address;
 pub use upstream::UpstreamStats;
 
 /// TTL of an answer served stale (RFC 8767 §4 recommends 30 s).
@@ -58,6 +68,7 @@ pub struct ForwardConfig {
     /// Per-attempt timeout (default 2 s, at most 60 s); a query gives up after twice this.
     pub timeout: Duration,
     /// Queries in flight at once; past it, answer REFUSED rather than queue (default 1024).
+    /// Also the number of attempts that lost their race and may linger until their timeout.
     pub max_in_flight: usize,
     /// Cached responses (default 10_000 entries; 0 turns the cache off).
     pub cache_entries: usize,
@@ -118,6 +129,12 @@ pub struct ForwardStats {
     pub refused_in_flight: AtomicU64,
     /// Queries refused because no upstream is configured for their name, and zone transfers.
     pub refused_no_upstream: AtomicU64,
+    /// Queries refused because every upstream for their name loops back to us, and our own
+    /// loop probes coming back.
+    pub refused_loop: AtomicU64,
+    /// Attempts that lost their race and ended at once, because `max_in_flight` losers were
+    /// already lingering.
+    pub abandoned_attempts: AtomicU64,
     /// SERVFAIL sent because every upstream failed and nothing stale was at hand.
     pub servfail: AtomicU64,
     /// Queries `resolve` answered FORMERR, NOTIMP or BADVERS without forwarding them (the
@@ -154,6 +171,9 @@ struct Inner {
     cache: Cache,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    /// Attempts that lost and still wait for their answer (for the upstream's health).
+    lingering: Arc<Semaphore>,
+    probes: Probes,
     stats: ForwardStats,
 }
 
@@ -244,6 +264,8 @@ impl Forwarder {
                 cache: Cache::new(config.cache_entries, config.max_stale.min(MAX_STALE)),
                 in_flight: Arc::new(Semaphore::new(max_in_flight)),
                 max_in_flight,
+                lingering: Arc::new(Semaphore::new(max_in_flight)),
+                probes: Probes::default(),
                 stats: ForwardStats {
                     upstreams: addrs.into_iter().map(UpstreamStats::new).collect(),
                     ..ForwardStats::default()
@@ -261,9 +283,42 @@ impl Forwarder {
         self.inner.cache.len()
     }
 
-    /// Queries waiting on upstreams right now (including attempts that lost and are running out).
+    /// Queries waiting on upstreams right now.
     pub fn in_flight(&self) -> usize {
         self.inner.max_in_flight - self.inner.in_flight.available_permits()
+    }
+
+    /// Attempts that lost their race and still wait for their upstream's answer.
+    pub fn lingering_attempts(&self) -> usize {
+        self.inner.max_in_flight - self.inner.lingering.available_permits()
+    }
+
+    /// Marks every upstream that is one of our own addresses as a loop: `listen` are the
+    /// addresses the servers are bound to, `local` this host's addresses (for a wildcard).
+    /// Returns them; each is logged as an error.
+    pub fn refuse_own_addresses(&self, listen: &[SocketAddr], local: &[IpAddr]) -> Vec<SocketAddr> {
+        let stats = &self.inner.stats;
+        let own: Vec<usize> = (0..stats.upstreams.len())
+            .filter(|&i| is_own_address(stats.upstreams[i].addr, listen, local))
+            .collect();
+        for &index in &own {
+            self.inner.mark_looped(index, LoopEvidence::OwnAddress);
+        }
+        own.iter().map(|&i| stats.upstreams[i].addr).collect()
+    }
+
+    /// CoreDNS's loop check, for every upstream not already known to loop: a query for a
+    /// random name (HINFO), retried each second until the upstream answers it (for up to
+    /// 30 s), and watched for 2 s more. If the name comes back to us, whoever sends it, that
+    /// upstream forwards to us: it is never asked again. Run once the servers are bound.
+    pub async fn probe_for_loops(&self) {
+        let mut probes = JoinSet::new();
+        for index in 0..self.inner.stats.upstreams.len() {
+            if !self.inner.is_looped(index) {
+                probes.spawn(Arc::clone(&self.inner).probe(index));
+            }
+        }
+        while probes.join_next().await.is_some() {}
     }
 
     /// `query` is a client's raw DNS query (one question, QR=0, already checked by the caller).
@@ -298,10 +353,13 @@ impl Forwarder {
         };
         let limit = max_size.clamp(wire::MIN_UDP, wire::MAX_MESSAGE);
         let request = Request::new(client, Ipv4Addr::UNSPECIFIED.into(), limit, true, 0);
-        match self.answer_now(&request, &mut out) {
-            Answered::Now { .. } => out,
-            Answered::Later => self.answer_from_upstreams(&request).await,
+        if let Answered::Later = self.answer_now(&request, &mut out) {
+            if let Ok(admission) = self.admit_now(&request, &mut out) {
+                out = self.answer_from_upstreams(&request).await;
+                drop(admission);
+            }
         }
+        out
     }
 
     /// What needs no upstream: zone transfers, fresh cache entries, names without upstreams.
@@ -311,6 +369,16 @@ impl Forwarder {
             // A transfer is a stream of messages over TCP; one exchange cannot relay it.
             stats.refused_no_upstream.fetch_add(1, Relaxed);
             return refuse(request, out);
+        }
+        if request.query.qtype == probe::TYPE_HINFO {
+            if let Some(index) = self.inner.probes.sent_to(request.lower_qname()) {
+                // Our own probe came back: that upstream forwards to us. Answering it (rather
+                // than forwarding it again) ends the loop.
+                self.inner
+                    .mark_looped(index, LoopEvidence::ProbeCameBack { from: request.peer });
+                stats.refused_loop.fetch_add(1, Relaxed);
+                return refuse(request, out);
+            }
         }
         let key = CacheKey::new(request);
         if let Lookup::Fresh { entry, age } = self.inner.cache.get(&key, Instant::now()) {
@@ -322,32 +390,50 @@ impl Forwarder {
             };
         }
         stats.cache_misses.fetch_add(1, Relaxed);
-        if self.inner.route(request.lower_qname()).is_empty() {
+        let set = self.inner.route(request.lower_qname());
+        if set.is_empty() {
             stats.refused_no_upstream.fetch_add(1, Relaxed);
+            return refuse(request, out);
+        }
+        if set.iter().all(|&i| self.inner.is_looped(i)) {
+            stats.refused_loop.fetch_add(1, Relaxed);
             return refuse(request, out);
         }
         Answered::Later
     }
 
-    /// A cache miss: the upstreams, or else what the cache has left, or SERVFAIL.
+    /// A permit of the in-flight cap for a query that must wait on upstreams; at the cap, the
+    /// answer for that case (stale, else REFUSED) is written into `out` instead.
+    fn admit_now(&self, request: &Request<'_>, out: &mut Vec<u8>) -> Result<Admission, Answered> {
+        let stats = &self.inner.stats;
+        match Arc::clone(&self.inner.in_flight).try_acquire_owned() {
+            Ok(permit) => Ok(Admission::from(permit)),
+            Err(_) => {
+                // At the cap, an expired answer still beats REFUSED (RFC 8767).
+                let key = CacheKey::new(request);
+                if let Lookup::Stale(entry) = self.inner.cache.get(&key, Instant::now()) {
+                    stats.stale_served.fetch_add(1, Relaxed);
+                    let rcode = self.respond(request, &entry.answer, Ttls::Fixed(STALE_TTL), out);
+                    return Err(Answered::Now {
+                        rcode,
+                        prepared: false,
+                    });
+                }
+                stats.refused_in_flight.fetch_add(1, Relaxed);
+                Err(refuse(request, out))
+            }
+        }
+    }
+
+    /// A cache miss that holds an in-flight permit: the upstreams, or else what the cache has
+    /// left, or SERVFAIL.
     async fn answer_from_upstreams(&self, request: &Request<'_>) -> Vec<u8> {
         let stats = &self.inner.stats;
         let mut out = Vec::new();
         let key = CacheKey::new(request);
         let set = self.inner.route(request.lower_qname());
-        let Ok(permit) = Arc::clone(&self.inner.in_flight).try_acquire_owned() else {
-            // At the cap, an expired answer still beats REFUSED (RFC 8767).
-            if let Lookup::Stale(entry) = self.inner.cache.get(&key, Instant::now()) {
-                stats.stale_served.fetch_add(1, Relaxed);
-                self.respond(request, &entry.answer, Ttls::Fixed(STALE_TTL), &mut out);
-                return out;
-            }
-            stats.refused_in_flight.fetch_add(1, Relaxed);
-            refuse(request, &mut out);
-            return out;
-        };
         stats.forwarded.fetch_add(1, Relaxed);
-        if let Some(answer) = self.dispatch(request, set, permit).await {
+        if let Some(answer) = self.dispatch(request, set).await {
             stats.answered.fetch_add(1, Relaxed);
             self.store_and_respond(request, key, answer, &mut out);
             return out;
@@ -420,24 +506,29 @@ impl Forwarder {
 
     /// Asks the upstreams of `set`, two at a time in the order of their health, until one
     /// gives a usable answer or the query's time (twice the per-attempt timeout) is up.
-    async fn dispatch(
-        &self,
-        request: &Request<'_>,
-        set: &[usize],
-        permit: OwnedSemaphorePermit,
-    ) -> Option<UpstreamAnswer> {
-        let plan = self.inner.health.plan(set, Instant::now());
+    async fn dispatch(&self, request: &Request<'_>, set: &[usize]) -> Option<UpstreamAnswer> {
+        let inner = &self.inner;
+        let plan = inner
+            .health
+            .plan(set, Instant::now(), |index| inner.is_looped(index));
         let query = Arc::new(UpstreamQuery::new(&request.query));
-        // The permit counts this client's query, not its attempts: it is released when the
-        // query has its answer, while losing attempts run out on their own (bounded by the
-        // deadline), so a dead partner upstream does not halve the capacity.
-        let _permit = permit;
-        let deadline = tokio::time::Instant::now() + self.inner.timeout * 2;
+        // The in-flight permit counts this client's query, not its attempts: it is released
+        // when the query has its answer, and losing attempts linger on permits of their own,
+        // so a dead partner upstream does not halve the capacity. Dropping `settled` (when
+        // this returns, or is dropped) tells them the query is over.
+        let (settled, watch_settled) = watch::channel(());
+        let deadline = tokio::time::Instant::now() + inner.timeout * 2;
         let mut order = plan.order.into_iter();
         let mut attempts = JoinSet::new();
         let mut launch = |attempts: &mut JoinSet<Option<UpstreamAnswer>>| match order.next() {
             Some(index) => {
-                let attempt = attempt(Arc::clone(&self.inner), index, Arc::clone(&query), deadline);
+                let attempt = attempt(
+                    Arc::clone(inner),
+                    index,
+                    Arc::clone(&query),
+                    deadline,
+                    watch_settled.clone(),
+                );
                 attempts.spawn(attempt);
                 true
             }
@@ -458,9 +549,10 @@ impl Forwarder {
                 Ok(None) | Err(_) => break,
             }
         }
-        // The losers finish on their own (each within the deadline) so that their outcome
-        // still counts towards their upstream's health.
+        // The losers linger (or end) on their own, so that their outcome still counts
+        // towards their upstream's health.
         attempts.detach_all();
+        drop(settled);
         winner
     }
 }
@@ -476,6 +568,10 @@ impl AnswerSource for Forwarder {
 
     fn answer(&self, request: &Request<'_>, out: &mut Vec<u8>) -> Answered {
         self.answer_now(request, out)
+    }
+
+    fn admit(&self, request: &Request<'_>, out: &mut Vec<u8>) -> Result<Admission, Answered> {
+        self.admit_now(request, out)
     }
 
     fn answer_later<'a>(&'a self, request: &'a Request<'a>) -> Pending<'a> {
@@ -509,20 +605,120 @@ impl Inner {
         };
         self.sets.get(set).map_or(&[], Vec::as_slice)
     }
+
+    fn is_looped(&self, index: usize) -> bool {
+        self.stats
+            .upstreams
+            .get(index)
+            .is_some_and(|u| u.looped.load(Relaxed))
+    }
+
+    /// Never asks upstream `index` again; says so once, loudly.
+    fn mark_looped(&self, index: usize, evidence: LoopEvidence) {
+        let Some(stats) = self.stats.upstreams.get(index) else {
+            return;
+        };
+        if stats.looped.swap(true, Relaxed) {
+            return;
+        }
+        match evidence {
+            LoopEvidence::OwnAddress => tracing::error!(
+                upstream = %stats.addr,
+                "forwarding loop: this upstream is one of our own listen addresses; not forwarding to it"
+            ),
+            LoopEvidence::ProbeCameBack { from } => tracing::error!(
+                upstream = %stats.addr,
+                from = %from,
+                "forwarding loop: our probe query sent to this upstream came back to us; not forwarding to it"
+            ),
+        }
+    }
+
+    /// The loop probe of upstream `index` (see `Forwarder::probe_for_loops`).
+    async fn probe(self: Arc<Self>, index: usize) {
+        let Some(stats) = self.stats.upstreams.get(index) else {
+            return;
+        };
+        let name = self.probes.start(index);
+        let question = probe::probe_question(&name);
+        let query = Query {
+            id: 0,
+            rd: true,
+            cd: false,
+            question: question.into(),
+            qtype: probe::TYPE_HINFO,
+            qclass: wire::CLASS_IN,
+            edns: None,
+        };
+        let query = UpstreamQuery::new(&query);
+        let give_up = tokio::time::Instant::now() + probe::PROBE_FOR;
+        while !self.is_looped(index) {
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            match upstream::exchange(stats.addr, &query, self.timeout, deadline, stats, || false)
+                .await
+            {
+                Ok(_) => break,
+                Err(error) if tokio::time::Instant::now() >= give_up => {
+                    tracing::debug!(upstream = %stats.addr, %error, "loop probe unanswered; giving up");
+                    break;
+                }
+                Err(_) => tokio::time::sleep(probe::PROBE_RETRY).await,
+            }
+        }
+        if !self.is_looped(index) {
+            tokio::time::sleep(probe::WATCH_AFTER).await;
+        }
+        self.probes.stop(&name);
+    }
+}
+
+/// How we know an upstream loops back to us.
+#[derive(Debug, Clone, Copy)]
+enum LoopEvidence {
+    OwnAddress,
+    ProbeCameBack { from: IpAddr },
 }
 
 /// One upstream asked once (twice, over TCP, if it truncates): the answer if it is usable,
-/// and its health updated either way.
+/// and its health updated either way. Once the query is `settled` (another attempt won, or
+/// its time is up) it lingers on a permit of its own until one per-attempt timeout from its
+/// start, with no TCP retry; without a permit it ends at once.
 async fn attempt(
     inner: Arc<Inner>,
     index: usize,
     query: Arc<UpstreamQuery>,
     deadline: tokio::time::Instant,
+    mut settled: watch::Receiver<()>,
 ) -> Option<UpstreamAnswer> {
     let stats = inner.stats.upstreams.get(index)?;
     stats.queries.fetch_add(1, Relaxed);
     let started = Instant::now();
-    let result = upstream::exchange(stats.addr, &query, inner.timeout, deadline, stats).await;
+    let peek = settled.clone();
+    let is_settled = move || peek.has_changed().is_err();
+    let exchange = upstream::exchange(
+        stats.addr,
+        &query,
+        inner.timeout,
+        deadline,
+        stats,
+        is_settled,
+    );
+    tokio::pin!(exchange);
+    let result = tokio::select! {
+        biased;
+        result = &mut exchange => result,
+        _ = settled.changed() => {
+            let Ok(_lingering) = Arc::clone(&inner.lingering).try_acquire_owned() else {
+                inner.stats.abandoned_attempts.fetch_add(1, Relaxed);
+                return None;
+            };
+            let until = (tokio::time::Instant::from_std(started) + inner.timeout).min(deadline);
+            match tokio::time::timeout_at(until, &mut exchange).await {
+                Ok(result) => result,
+                Err(_) => Err(upstream::ExchangeError::Timeout),
+            }
+        }
+    };
     let (outcome, answer) = match result {
         Ok(answer) => match answer.rcode {
             ResponseCode::ServFail => {

@@ -34,6 +34,8 @@ pub struct UpstreamStats {
     pub demoted: AtomicBool,
     /// Smoothed round-trip time in microseconds (0 until it first answers).
     pub rtt_ewma_us: AtomicU64,
+    /// It is us, or it sends our queries back to us: never asked again.
+    pub looped: AtomicBool,
 }
 
 impl UpstreamStats {
@@ -49,6 +51,7 @@ impl UpstreamStats {
             consecutive_failures: AtomicU32::new(0),
             demoted: AtomicBool::new(false),
             rtt_ewma_us: AtomicU64::new(0),
+            looped: AtomicBool::new(false),
         }
     }
 }
@@ -126,10 +129,11 @@ impl Upstreams {
     /// demoted upstream whose retry is due riding along second (the best healthy one still
     /// answers if it has not recovered), then the other demoted ones as a last resort. When
     /// every upstream is demoted, the ones due soonest come first and none is a last resort.
-    pub fn plan(&self, set: &[usize], now: Instant) -> Plan {
+    /// Upstreams for which `skip` holds are left out.
+    pub fn plan(&self, set: &[usize], now: Instant, skip: impl Fn(usize) -> bool) -> Plan {
         let mut healthy = Vec::with_capacity(set.len());
         let mut demoted = Vec::new();
-        for &index in set {
+        for &index in set.iter().filter(|&&i| !skip(i)) {
             let Some(health) = self.lock(index) else {
                 continue;
             };
@@ -264,19 +268,21 @@ fn local_addr_for(upstream: SocketAddr) -> SocketAddr {
 }
 
 /// Asks `upstream` over UDP from a fresh ephemeral port with a random ID; a truncated answer
-/// is asked again over TCP. Each leg gets `timeout`, and neither runs past `deadline`.
+/// is asked again over TCP, unless `settled` says the query no longer needs it (another
+/// upstream answered it). Each leg gets `timeout`, and neither runs past `deadline`.
 pub(super) async fn exchange(
     upstream: SocketAddr,
     query: &UpstreamQuery,
     timeout: Duration,
     deadline: tokio::time::Instant,
     stats: &UpstreamStats,
+    settled: impl Fn() -> bool,
 ) -> Result<UpstreamAnswer, ExchangeError> {
     let leg_deadline = || (tokio::time::Instant::now() + timeout).min(deadline);
     let answer = tokio::time::timeout_at(leg_deadline(), exchange_udp(upstream, query))
         .await
         .map_err(|_| ExchangeError::Timeout)??;
-    if !answer.truncated() {
+    if !answer.truncated() || settled() {
         return Ok(answer);
     }
     stats.tcp_retries.fetch_add(1, Relaxed);
