@@ -4,6 +4,7 @@
 //! [`L4lb`] ties them together for the agent: `start` loads (or takes over) the socket load
 //! balancer, `apply` programs a snapshot by difference, `status` and `publish_metrics` report.
 
+pub mod adopt;
 pub mod attach;
 pub mod btf;
 pub mod error;
@@ -71,6 +72,14 @@ pub struct XdpVipStatus {
     pub mode: String,
     /// Maglev table size (0: no backend).
     pub table: usize,
+    /// The size its backend count asks for; more than `table` while `lx_ring` has no room.
+    #[serde(default)]
+    pub table_preferred: usize,
+    /// `lx_ring`, shared by every VIP's table: slots in use and its size.
+    #[serde(default)]
+    pub ring_used: u64,
+    #[serde(default)]
+    pub ring_slots: u64,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -160,7 +169,7 @@ impl L4lb {
         };
         let xdp = if xdp_cfg.enabled() {
             let lb = kernel_xdp::XdpLb::open_in(&pins, xdp_cfg)?;
-            let rec = xdp::XdpReconciler::restore(lb.dump(), xdp_cfg.max_table, xdp_cfg.seed);
+            let rec = xdp::XdpReconciler::restore(lb.dump()?, xdp_cfg.max_table, xdp_cfg.seed);
             Some(XdpPart {
                 lb,
                 rec,
@@ -362,9 +371,13 @@ impl L4lb {
                 locality: format!("{:?}", planned.locality),
                 xdp: xstate.map(|(x, v)| {
                     let st = x.lb.vip_stats(v.id);
+                    let (ring_used, ring_slots) = x.rec.ring_usage();
                     XdpVipStatus {
                         mode: format!("{:?}", v.mode).to_lowercase(),
                         table: v.ring.len(),
+                        table_preferred: v.preferred as usize,
+                        ring_used,
+                        ring_slots,
                         packets: st.packets,
                         bytes: st.bytes,
                         new_flows: st.new_flows,

@@ -207,7 +207,7 @@ impl XdpLab {
                 super::l4lb::listen_echo(&ns, *vip, &name);
             }
             let config = format!(
-                "[l4lb]\nsocket = false\n[l4lb.passive]\nfail_threshold = 0\n[l4lb.xdp]\ndecap_interfaces = [\"{iface}\"]\n"
+                "[l4lb]\nsocket = false\n[l4lb.passive]\nfail_threshold = 0\n[l4lb.xdp]\ndecap_interfaces = [\"{iface}\"]\ngue_sources = [\"198.18.0.1\", \"2001:db8::1\"]\n"
             );
             agents.push(self.agent(&b, &name, &config));
             std::mem::forget(b);
