@@ -6,18 +6,8 @@
 //! the mix is checked to get the same answers from both before anything is timed. Mesos-DNS
 //! cannot run here (no Mesos master); its 60 s poll is quoted as documented.
 
-#[allow(dead_code)]
-#[path = "../tests/support/agent.rs"]
-mod agent;
-#[allow(dead_code)]
-#[path = "../tests/support/dns.rs"]
-mod dns;
-#[allow(dead_code)]
-#[path = "../tests/support/etcd.rs"]
-mod etcd;
-#[allow(dead_code)]
-#[path = "../tests/support/netns.rs"]
-mod netns;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 #[path = "dns/catalog.rs"]
 mod catalog;
@@ -36,6 +26,7 @@ use hickory_proto::rr::RecordType;
 
 use dnsperf::{median, percentile, Load, Run};
 use servers::{Knot, Lodestar};
+use support::dns;
 
 struct Options {
     quick: bool,

@@ -304,17 +304,12 @@ impl AgentConfig {
                 "needs this node's site (site = \"...\" or --site)",
             );
         }
-        let nested = |field: &str, list: Vec<String>| {
-            list.into_iter()
-                .map(|m| ConfigProblem::new(field, m))
-                .collect::<Vec<_>>()
-        };
         if !self.catalog.etcd.is_empty() {
             out.extend(self.catalog.etcd_config().problems(&ETCD_SETTING_NAMES));
         }
         out.extend(self.l4lb.active.problems());
         out.extend(self.l4lb.xdp.problems());
-        out.extend(nested("dns.zone", self.dns.zone.problems()));
+        out.extend(self.dns.zone.problems());
         out
     }
 

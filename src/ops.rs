@@ -1,7 +1,6 @@
 //! The agent's operational surface: `/healthz`, `/readyz`, `/v1/status` (what `lodestar
 //! status` prints), catalog freshness in `/metrics`, and a log line when the catalog goes stale.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -179,17 +178,27 @@ impl Ops {
         }
     }
 
-    /// Catalog freshness as Prometheus text (computed at scrape time).
-    pub fn render(&self, out: &mut String) {
+    /// The help text of the freshness gauges, once at start.
+    pub fn describe_metrics() {
+        metrics::describe_gauge!(CATALOG_CONNECTED, "1 while the etcd watch is established.");
+        metrics::describe_gauge!(
+            CATALOG_CONTACT_AGE_SECONDS,
+            "Seconds since the last message from etcd."
+        );
+        metrics::describe_gauge!(
+            CATALOG_STALE,
+            "1 while the served catalog may be out of date."
+        );
+    }
+
+    /// Catalog freshness, computed at scrape time.
+    pub fn publish_metrics(&self) {
         let (connected, age, stale) = self.freshness();
-        let _ = writeln!(out, "# HELP {CATALOG_CONNECTED} 1 while the etcd watch is established.\n# TYPE {CATALOG_CONNECTED} gauge");
-        let _ = writeln!(out, "{CATALOG_CONNECTED} {}", u8::from(connected));
+        metrics::gauge!(CATALOG_CONNECTED).set(f64::from(u8::from(connected)));
         if let Some(age) = age {
-            let _ = writeln!(out, "# HELP {CATALOG_CONTACT_AGE_SECONDS} Seconds since the last message from etcd.\n# TYPE {CATALOG_CONTACT_AGE_SECONDS} gauge");
-            let _ = writeln!(out, "{CATALOG_CONTACT_AGE_SECONDS} {age}");
+            metrics::gauge!(CATALOG_CONTACT_AGE_SECONDS).set(age);
         }
-        let _ = writeln!(out, "# HELP {CATALOG_STALE} 1 while the served catalog may be out of date.\n# TYPE {CATALOG_STALE} gauge");
-        let _ = writeln!(out, "{CATALOG_STALE} {}", u8::from(stale));
+        metrics::gauge!(CATALOG_STALE).set(f64::from(u8::from(stale)));
     }
 
     /// Logs once when the catalog goes stale and once when it is fresh again. The first look

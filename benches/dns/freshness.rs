@@ -11,8 +11,8 @@ use lodestar_control::model::{IpSource, TaskIp};
 use lodestar_control::{EtcdConfig, EtcdStore};
 
 use crate::catalog;
-use crate::dns;
-use crate::etcd::EtcdServer;
+use crate::support::dns;
+use crate::support::EtcdServer;
 
 /// A write not answered within this long counts as this long, and as a timeout.
 const PATIENCE: Duration = Duration::from_secs(10);

@@ -3,7 +3,6 @@
 //! paths that skip drops); CPU time is read from /proc.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,18 +10,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-use crate::dns;
-
-/// The kernel kills the child if the bench dies without running its drops.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child with us.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
+use crate::support::{die_with_test, dns};
 
 fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
@@ -32,7 +20,7 @@ fn kill(child: &mut Option<Child>) {
 }
 
 /// `lodestar agent` on 127.0.0.1, started by the test harness (`tests/support/agent.rs`).
-pub type Lodestar = crate::agent::Agent;
+pub type Lodestar = crate::support::agent::Agent;
 
 /// Starts `lodestar agent --no-l4lb SOURCE...` on free loopback ports and waits until ready.
 /// Every query is in-zone, so the upstream (a discard port) is never asked.
@@ -76,7 +64,7 @@ impl Knot {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
-        die_with_parent(&mut cmd);
+        die_with_test(&mut cmd);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start knotd: {e}"));

@@ -4,9 +4,10 @@
 use std::net::IpAddr;
 
 use lodestar_control::model::IpSource;
+use lodestar_control::ConfigProblem;
 use serde::{Deserialize, Serialize};
 
-use crate::names::LabelSpec;
+use crate::names::{fqdn, LabelSpec};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -62,8 +63,9 @@ impl Default for ZoneConfig {
 }
 
 impl ZoneConfig {
-    /// Every problem with the settings, at once.
-    pub fn problems(&self) -> Vec<String> {
+    /// Every problem with the settings, at once, each named by its key in the agent's
+    /// configuration file.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
         let domain = self.domain.trim_end_matches('.');
         if domain.is_empty()
@@ -73,29 +75,38 @@ impl ZoneConfig {
                     || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             })
         {
-            out.push(format!(
-                "dns.domain {:?} is not a valid domain name",
-                self.domain
+            out.push(ConfigProblem::new(
+                "dns.zone.domain",
+                format!("{:?} is not a valid domain name", self.domain),
             ));
         }
         if self.ip_sources.is_empty() {
-            out.push("dns.ip_sources must name at least one source".into());
+            out.push(ConfigProblem::new(
+                "dns.zone.ip_sources",
+                "must name at least one source",
+            ));
         }
         let mut seen = Vec::new();
         for s in &self.ip_sources {
             if seen.contains(s) {
-                out.push(format!("dns.ip_sources lists {s:?} twice"));
+                out.push(ConfigProblem::new(
+                    "dns.zone.ip_sources",
+                    format!("lists {s:?} twice"),
+                ));
             }
             seen.push(*s);
         }
-        for (what, name) in [
-            ("dns.ns_name", &self.ns_name),
-            ("dns.soa_rname", &self.soa_rname),
+        for (field, name) in [
+            ("dns.zone.ns_name", &self.ns_name),
+            ("dns.zone.soa_rname", &self.soa_rname),
         ] {
             if hickory_proto::rr::Name::from_ascii(name).is_err()
                 || name.trim_matches('.').is_empty()
             {
-                out.push(format!("{what} {name:?} is not a valid domain name"));
+                out.push(ConfigProblem::new(
+                    field,
+                    format!("{name:?} is not a valid domain name"),
+                ));
             }
         }
         out
@@ -103,9 +114,48 @@ impl ZoneConfig {
 
     /// The domain in lowercase with a trailing dot.
     pub fn fqdn_domain(&self) -> String {
-        format!(
-            "{}.",
-            self.domain.trim_end_matches('.').to_ascii_lowercase()
-        )
+        fqdn(&self.domain)
+    }
+}
+
+/// Zone settings that cannot be served, every problem at once.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the DNS zone settings are not usable: {}", list(.problems))]
+pub struct ConfigProblems {
+    pub problems: Vec<ConfigProblem>,
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    texts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_names_its_setting() {
+        let config = ZoneConfig {
+            domain: "bad domain".into(),
+            ip_sources: vec![IpSource::Host, IpSource::Host],
+            ns_name: ".".into(),
+            ..ZoneConfig::default()
+        };
+        let fields: Vec<String> = config.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            ["dns.zone.domain", "dns.zone.ip_sources", "dns.zone.ns_name"]
+        );
+        assert!(ZoneConfig::default().problems().is_empty());
+        let error = ConfigProblems {
+            problems: config.problems(),
+        };
+        assert!(
+            error
+                .to_string()
+                .contains("dns.zone.domain: \"bad domain\" is not a valid domain name; "),
+            "{error}"
+        );
     }
 }

@@ -26,6 +26,7 @@ use axum::Router;
 use serde::Serialize;
 
 use crate::config::ZoneConfig;
+use crate::names::fqdn;
 use crate::records::Rr;
 use crate::zone::Zone;
 
@@ -371,10 +372,6 @@ fn rr_value(rr: &Rr) -> String {
         Rr::Aaaa(ip) => ip.to_string(),
         Rr::Srv { target, port } => format!("{target}:{port}"),
     }
-}
-
-fn fqdn(name: &str) -> String {
-    format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
 }
 
 fn bad_path(rejection: &PathRejection) -> Response {

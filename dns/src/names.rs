@@ -73,6 +73,11 @@ fn trim_cut(label: &[u8], maxlen: usize, left: &[u8], right: &[u8]) -> Vec<u8> {
     head
 }
 
+/// A name as a lowercase FQDN with one trailing dot, the form the zones and the HTTP API use.
+pub fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
+}
+
 const ZBASE32: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
 
 /// The `<h>` of a canonical task name: the first 5 characters of zbase32(sha1(task id)).

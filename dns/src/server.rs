@@ -1,5 +1,6 @@
 //! The DNS servers. UDP runs on dedicated threads, one socket each (SO_REUSEPORT), reading
-//! and writing in batches (recvmmsg/sendmmsg); TCP runs on tokio. Both share `Shared::handle`.
+//! and writing in batches (recvmmsg/sendmmsg); TCP runs on tokio. Both share `Shared::handle`,
+//! which decodes a query once and hands it to the catalog's answer sources.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -9,53 +10,70 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, Cache};
+use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::acl::RecursionAcl;
+use crate::catalog::{Answered, Catalog, Deferred, Request};
 use crate::forward::Forwarder;
 use crate::stats::{DnsStats, WorkerStats};
-use crate::wire::{self, Body, Reject};
+use crate::wire::{self, Reject};
 use crate::zone::Zone;
 
 /// What a query needs after `handle`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// `out` holds the response.
     Reply,
-    /// Not ours, and the client may recurse: forward, answering within this many bytes.
-    Forward(usize),
+    /// Its source answers later: run this on tokio, and send what it gives.
+    Forward(Deferred),
     /// No response at all.
     Drop,
 }
 
 /// What every server thread and task shares.
 pub struct Shared {
-    pub zone: Arc<ArcSwap<Zone>>,
-    pub forwarder: Option<Arc<Forwarder>>,
+    pub catalog: Catalog,
     pub acl: RecursionAcl,
     pub stats: Arc<DnsStats>,
 }
 
 impl Shared {
-    /// Answers from `zone` alone: no forwarder, recursion for this host only (tests, fuzzing).
-    pub fn authoritative(zone: Zone) -> Shared {
+    /// The published zones, and the forwarder for everything else (for the clients `acl` lets
+    /// recurse).
+    pub fn new(
+        zone: Arc<ArcSwap<Zone>>,
+        forwarder: Option<Arc<Forwarder>>,
+        acl: RecursionAcl,
+        stats: Arc<DnsStats>,
+    ) -> Shared {
+        let mut catalog = Catalog::new();
+        if let Some(forwarder) = forwarder {
+            catalog = catalog.with(forwarder);
+        }
         Shared {
-            zone: Arc::new(ArcSwap::from_pointee(zone)),
-            forwarder: None,
-            acl: RecursionAcl::local_default(),
-            stats: Arc::new(DnsStats::new(1)),
+            catalog: catalog.with(zone),
+            acl,
+            stats,
         }
     }
 
-    /// Answers one query from `zone` into `out`, or says what else to do with it.
-    #[allow(clippy::too_many_arguments)]
+    /// Answers from `zone` alone: no forwarder, recursion for this host only (tests, fuzzing).
+    pub fn authoritative(zone: Zone) -> Shared {
+        Shared::new(
+            Arc::new(ArcSwap::from_pointee(zone)),
+            None,
+            RecursionAcl::local_default(),
+            Arc::new(DnsStats::new(1)),
+        )
+    }
+
+    /// Answers one query into `out`, or says what else to do with it. The packet is decoded
+    /// here, once, and the request goes to the source with the longest matching origin.
     pub fn handle(
         &self,
-        zone: &Zone,
         packet: &[u8],
         peer: IpAddr,
         tcp: bool,
@@ -63,70 +81,74 @@ impl Shared {
         ws: &WorkerStats,
         out: &mut Vec<u8>,
     ) -> Outcome {
-        let q = match wire::parse_query(packet) {
+        let may_recurse = self.acl.allows(peer);
+        let query = match wire::parse_query(packet) {
             Ok(q) => q,
             Err(Reject::Drop) => {
                 ws.dropped.fetch_add(1, Ordering::Relaxed);
                 return Outcome::Drop;
             }
-            Err(Reject::Error {
-                id,
-                rd,
-                opcode,
-                rcode,
-                question_end,
-            }) => {
-                let body = Body {
-                    opcode,
-                    rcode,
-                    ..Body::default()
-                };
-                let question = packet.get(wire::HEADER..question_end).unwrap_or_default();
-                wire::write_response_parts(out, id, rd, false, question, None, false, &body, 512);
-                ws.count_rcode(rcode);
+            Err(reject) => {
+                wire::write_rejection(out, packet, &reject, may_recurse);
+                ws.count_rcode(reject.rcode().unwrap_or(wire::RCODE_FORMERR));
                 return Outcome::Reply;
             }
         };
-        let may_recurse = self.acl.allows(peer);
         let limit = if tcp {
             wire::MAX_MESSAGE
         } else {
-            q.udp_limit()
+            query.udp_limit()
         };
-        if q.edns.is_some_and(|e| e.version > 0) {
-            let body = Body {
-                rcode: wire::RCODE_BADVERS,
-                ..Body::default()
-            };
-            wire::write_response(out, &q, may_recurse, &body, limit);
-            ws.count_rcode(wire::RCODE_BADVERS);
-            return Outcome::Reply;
-        }
-        let mut lower = [0u8; 256];
-        let n = wire::lowercase_name(q.qname(), &mut lower);
-        if let Some(answered) = zone.answer(&q, &lower[..n], turn, may_recurse, limit, out) {
-            ws.count_rcode(answered.rcode);
-            if answered.fast {
-                ws.prepared.fetch_add(1, Ordering::Relaxed);
+        let mut lower = [0u8; wire::MAX_NAME];
+        let mut request = Request::in_buffer(query, &mut lower, peer, limit, may_recurse, turn);
+        let found = self.catalog.find(request.lower_qname());
+        let source = match found {
+            Some(found) if !found.recursive => found,
+            Some(found) if may_recurse => {
+                ws.forwarded.fetch_add(1, Ordering::Relaxed);
+                found
             }
-            if out.len() > 3 && out[2] & 0x02 != 0 {
-                ws.truncated.fetch_add(1, Ordering::Relaxed);
+            // Never an open resolver: names outside our zones are refused to strangers.
+            _ => {
+                ws.refused_recursion.fetch_add(1, Ordering::Relaxed);
+                let mut refused = request;
+                refused.recursion_available = false;
+                refused.respond_rcode(out, wire::RCODE_REFUSED);
+                self.count_reply(ws, out);
+                return Outcome::Reply;
             }
-            return Outcome::Reply;
-        }
-        if may_recurse && self.forwarder.is_some() {
-            ws.forwarded.fetch_add(1, Ordering::Relaxed);
-            return Outcome::Forward(limit);
-        }
-        // Never an open resolver: names outside our zones are refused to strangers.
-        ws.refused_recursion.fetch_add(1, Ordering::Relaxed);
-        let body = Body {
-            rcode: wire::RCODE_REFUSED,
-            ..Body::default()
         };
-        wire::write_response(out, &q, false, &body, limit);
-        ws.count_rcode(wire::RCODE_REFUSED);
-        Outcome::Reply
+        request.set_origin(source.origin_at);
+        let source = source.source;
+        match source.answer(&request, out) {
+            Answered::Now { prepared, .. } => {
+                if prepared {
+                    ws.prepared.fetch_add(1, Ordering::Relaxed);
+                }
+                self.count_reply(ws, out);
+                Outcome::Reply
+            }
+            Answered::Later => {
+                Outcome::Forward(Deferred::new(Arc::clone(source), request.into_owned()))
+            }
+        }
+    }
+
+    /// Counts a response about to be sent, by rcode and truncation.
+    fn count_reply(&self, ws: &WorkerStats, response: &[u8]) {
+        if let Some(rcode) = wire::header_rcode(response) {
+            ws.count_rcode(rcode);
+        }
+        if wire::is_truncated(response) {
+            ws.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a response that a source gave later.
+    fn count_deferred(&self, worker: usize, response: &[u8], started: Instant) {
+        let ws = self.stats.worker(worker);
+        self.count_reply(ws, response);
+        ws.observe_ns(started.elapsed().as_nanos() as u64);
     }
 }
 
@@ -203,7 +225,6 @@ fn udp_loop(
     worker: usize,
 ) {
     let ws = shared.stats.worker(worker);
-    let mut zone_cache = Cache::new(shared.zone.clone());
     let mut bufs = vec![[0u8; PACKET]; BATCH];
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1500)).collect();
     // SAFETY: all-zero is a valid sockaddr_storage, iovec and mmsghdr.
@@ -239,7 +260,6 @@ fn udp_loop(
         if n <= 0 {
             continue;
         }
-        let zone = zone_cache.load().clone();
         let mut to_send = 0;
         for i in 0..n as usize {
             let started = Instant::now();
@@ -251,7 +271,7 @@ fn udp_loop(
             let packet = &bufs[i][..len];
             let t = turn.fetch_add(1, Ordering::Relaxed);
             let out = &mut outs[i];
-            match shared.handle(&zone, packet, peer.ip(), false, t, ws, out) {
+            match shared.handle(packet, peer.ip(), false, t, ws, out) {
                 Outcome::Reply => {
                     send_iovs[to_send].iov_base = out.as_mut_ptr().cast();
                     send_iovs[to_send].iov_len = out.len();
@@ -263,15 +283,13 @@ fn udp_loop(
                     to_send += 1;
                     ws.observe_ns(started.elapsed().as_nanos() as u64);
                 }
-                Outcome::Forward(limit) => {
-                    let (query, socket) = (packet.to_vec(), socket.clone());
-                    let forwarder = shared.forwarder.clone();
+                Outcome::Forward(deferred) => {
+                    let (socket, shared) = (socket.clone(), shared.clone());
                     runtime.spawn(async move {
-                        if let Some(f) = forwarder {
-                            let response = f.resolve(&query, limit).await;
-                            if !response.is_empty() {
-                                let _ = socket.send_to(&response, peer);
-                            }
+                        let response = deferred.resolve().await;
+                        if !response.is_empty() {
+                            shared.count_deferred(worker, &response, started);
+                            let _ = socket.send_to(&response, peer);
                         }
                     });
                 }
@@ -394,13 +412,14 @@ async fn tcp_connection(
             })??;
         let started = Instant::now();
         ws.tcp_queries.fetch_add(1, Ordering::Relaxed);
-        let zone = shared.zone.load_full();
         turn += 1;
-        let response = match shared.handle(&zone, &packet, peer.ip(), true, turn, ws, &mut out) {
+        let response = match shared.handle(&packet, peer.ip(), true, turn, ws, &mut out) {
             Outcome::Reply => &out[..],
-            Outcome::Forward(limit) => {
-                let Some(f) = &shared.forwarder else { continue };
-                out = f.resolve(&packet, limit).await;
+            Outcome::Forward(deferred) => {
+                out = deferred.resolve().await;
+                if !out.is_empty() {
+                    shared.count_reply(ws, &out);
+                }
                 &out[..]
             }
             Outcome::Drop => continue,

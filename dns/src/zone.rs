@@ -1,18 +1,24 @@
-//! The authoritative zones as the answer path reads them: every name's answers encoded once,
-//! when the snapshot changes, so a query is a lookup and a copy. `ZoneBuilder` keeps them up
-//! to date incrementally: a change to one task re-encodes only the names that task touches.
+//! The authoritative zones (`mesos` and `thisdcos.directory`) as the answer path reads them:
+//! every name's answers encoded once, by hickory-proto, when the snapshot changes, so a query is
+//! a lookup and a copy. `ZoneBuilder` keeps them up to date incrementally: a change to one task
+//! re-encodes only the names that task touches. `Zone` is an `AnswerSource` of the catalog.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
+use hickory_proto::rr::{Name, RData, Record};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use lodestar_control::Snapshot;
 use rustc_hash::FxHasher;
 
-use crate::config::ZoneConfig;
+use crate::catalog::{AnswerSource, Answered, Request};
+use crate::config::{ConfigProblems, ZoneConfig};
+use crate::names::fqdn;
 use crate::records::{cluster_records, task_records, Records, Rr, THISDCOS};
-use crate::wire::{self, Body, Query};
+use crate::wire::{self, Body};
 
 type Fx = BuildHasherDefault<FxHasher>;
 /// Owner (lowercase wire name) -> entry, shared structurally between successive zones.
@@ -26,10 +32,6 @@ const MAX_ROTATIONS: usize = 4;
 /// Answer bytes prepared per name at most, leaving room in a 65,535-byte TCP message for the
 /// header, the question (up to 259 bytes) and an OPT record.
 const MAX_ANSWER_BYTES: usize = 64_000;
-
-/// Zone transfer types: refused (the HTTP API's `/v1/axfr` is the way to read the zone).
-const TYPE_AXFR: u16 = 252;
-const TYPE_IXFR: u16 = 251;
 
 /// ANY over UDP is answered within this many bytes (TC beyond), so a spoofed ANY cannot be
 /// amplified past about 10x; clients that really want it all retry over TCP (RFC 8482's spirit).
@@ -79,14 +81,6 @@ pub struct Apex {
     ns_name: String,
 }
 
-/// What the answer path did, for counting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Answered {
-    pub rcode: u8,
-    /// Served from prepared bytes.
-    pub fast: bool,
-}
-
 /// The published, immutable zone data.
 pub struct Zone {
     pub serial: u32,
@@ -118,7 +112,7 @@ impl Zone {
 
     /// The data of one owner name (lowercase FQDN with trailing dot, or any case).
     pub fn lookup(&self, name: &str) -> Option<Arc<NameEntry>> {
-        let wire = name_to_wire(&name.to_ascii_lowercase())?;
+        let wire = wire::name_to_wire(name)?;
         self.names.get(&wire[..]).cloned()
     }
 
@@ -144,85 +138,35 @@ impl Zone {
         None
     }
 
-    /// Answers `q` if its name is in one of our zones: the response goes to `out`. `lower` is
-    /// the lowercased question name; `turn` picks the rotation of multi-record answers.
-    pub fn answer(
-        &self,
-        q: &Query<'_>,
-        lower: &[u8],
-        turn: usize,
-        recursion_available: bool,
-        limit: usize,
-        out: &mut Vec<u8>,
-    ) -> Option<Answered> {
-        let apex = self.apex_for(lower)?;
-        let entry = self.names.get(lower);
-        if q.qclass != wire::CLASS_IN || q.qtype == TYPE_AXFR || q.qtype == TYPE_IXFR {
-            let body = Body {
-                rcode: wire::RCODE_REFUSED,
-                ..Body::default()
-            };
-            wire::write_response(out, q, recursion_available, &body, limit);
-            return Some(Answered {
-                rcode: wire::RCODE_REFUSED,
-                fast: false,
-            });
-        }
-        let slot = match q.qtype {
-            wire::TYPE_A => Some(0),
-            wire::TYPE_AAAA => Some(1),
-            wire::TYPE_SRV => Some(2),
-            _ => None,
-        };
-        if let (Some(slot), Some(entry)) = (slot, entry) {
-            if let Some(p) = &entry.prepared[slot] {
-                let r = &p.rotations[turn % p.rotations.len()];
-                let body = Body {
-                    opcode: 0,
-                    rcode: wire::RCODE_NOERROR,
-                    authoritative: true,
-                    bytes: &r.bytes,
-                    additional_at: r.additional_at,
-                    answers: r.answers,
-                    authorities: 0,
-                    additionals: r.additionals,
-                };
-                wire::write_response(out, q, recursion_available, &body, limit);
-                return Some(Answered {
-                    rcode: wire::RCODE_NOERROR,
-                    fast: true,
-                });
-            }
-        }
-        let rcode = self.answer_slowly(
-            q,
-            lower,
-            apex,
-            entry.map(|e| &**e),
-            recursion_available,
-            limit,
-            out,
-        );
-        Some(Answered { rcode, fast: false })
-    }
-
     /// SOA, NS, ANY, other types, and names without the asked type.
-    #[allow(clippy::too_many_arguments)]
     fn answer_slowly(
         &self,
-        q: &Query<'_>,
-        lower: &[u8],
+        request: &Request<'_>,
         apex: &Apex,
         entry: Option<&NameEntry>,
-        recursion_available: bool,
-        limit: usize,
         out: &mut Vec<u8>,
     ) -> u8 {
+        SLOW_BODY.with_borrow_mut(|bytes| {
+            bytes.clear();
+            self.put_together(request, apex, entry, bytes, out)
+        })
+    }
+
+    /// `answer_slowly` with the body put together in `bytes`.
+    fn put_together(
+        &self,
+        request: &Request<'_>,
+        apex: &Apex,
+        entry: Option<&NameEntry>,
+        bytes: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> u8 {
+        let lower = request.lower_qname();
         let at_apex = lower == &apex.wire[..];
         // The apex is a suffix of the question name: records it owns point there.
         let apex_at = wire::HEADER + lower.len() - apex.wire.len();
         let exists = entry.is_some() || at_apex;
-        let mut bytes = Vec::new();
+        let q = &request.query;
         let (mut answers, mut authorities, mut additionals) = (0u16, 0u16, 0u16);
         let mut additional_at = None;
         let mut rcode = wire::RCODE_NOERROR;
@@ -235,30 +179,33 @@ impl Zone {
                 bytes.extend_from_slice(&apex.ns_ptr);
                 answers = 1;
                 additional_at = Some(bytes.len());
-                if let Some(ns) = self.lookup(&apex.ns_name) {
-                    additionals = encode_addresses(&mut bytes, &ns.name, &ns.a, &ns.aaaa, ns.ttl);
+                if let (Some(ns), Some(owner)) = (
+                    self.lookup(&apex.ns_name),
+                    wire::name_to_wire(&apex.ns_name),
+                ) {
+                    additionals = encode_addresses(bytes, &owner, &ns.a, &ns.aaaa, ns.ttl);
                 }
             }
             // Mesos-DNS answers SOA and NS queries below the apex with the record in authority.
             wire::TYPE_SOA => {
-                push_at_apex(&mut bytes, &apex.soa_ptr, apex_at);
+                push_at_apex(bytes, &apex.soa_ptr, apex_at);
                 authorities = 1;
             }
             wire::TYPE_NS => {
-                push_at_apex(&mut bytes, &apex.ns_ptr, apex_at);
+                push_at_apex(bytes, &apex.ns_ptr, apex_at);
                 authorities = 1;
             }
             wire::TYPE_ANY => {
                 if let Some(e) = entry {
-                    answers += encode_answers(&mut bytes, e, e.weight);
+                    answers += encode_answers(bytes, e);
                 }
                 if at_apex {
                     bytes.extend_from_slice(&apex.soa_ptr);
                     bytes.extend_from_slice(&apex.ns_ptr);
                     answers += 2;
                 } else {
-                    push_at_apex(&mut bytes, &apex.soa_ptr, apex_at);
-                    push_at_apex(&mut bytes, &apex.ns_ptr, apex_at);
+                    push_at_apex(bytes, &apex.soa_ptr, apex_at);
+                    push_at_apex(bytes, &apex.ns_ptr, apex_at);
                     authorities = 2;
                 }
                 if answers == 0 && !exists {
@@ -267,109 +214,158 @@ impl Zone {
             }
             // SRV never says NXDOMAIN (Mesos-DNS); other types do for names we do not have.
             wire::TYPE_SRV => {
-                push_at_apex(&mut bytes, &apex.soa_ptr, apex_at);
+                push_at_apex(bytes, &apex.soa_ptr, apex_at);
                 authorities = 1;
             }
             _ => {
                 if !exists {
                     rcode = wire::RCODE_NXDOMAIN;
                 }
-                push_at_apex(&mut bytes, &apex.soa_ptr, apex_at);
+                push_at_apex(bytes, &apex.soa_ptr, apex_at);
                 authorities = 1;
             }
         }
         let body = Body {
             opcode: 0,
             rcode,
-            authoritative: true,
+            flags: wire::FLAG_AA,
             additional_at: additional_at.unwrap_or(bytes.len()),
-            bytes: &bytes,
+            bytes,
             answers,
             authorities,
             additionals,
         };
-        let limit = if q.qtype == wire::TYPE_ANY && limit < wire::MAX_MESSAGE {
-            limit.min(ANY_UDP_LIMIT)
+        let limit = if q.qtype == wire::TYPE_ANY && request.limit < wire::MAX_MESSAGE {
+            request.limit.min(ANY_UDP_LIMIT)
         } else {
-            limit
+            request.limit
         };
-        wire::write_response(out, q, recursion_available, &body, limit);
+        wire::write_response(out, q, request.recursion_available, &body, limit);
         rcode
     }
 }
 
+impl AnswerSource for Zone {
+    fn origins(&self) -> Vec<Box<[u8]>> {
+        self.apexes.iter().map(|a| a.wire.clone()).collect()
+    }
+
+    /// The authoritative answer path: A, AAAA and SRV from prepared bytes, the rest (and names
+    /// without the asked type) put together from the apex's prepared SOA and NS.
+    fn answer(&self, request: &Request<'_>, out: &mut Vec<u8>) -> Answered {
+        let q = &request.query;
+        let lower = request.lower_qname();
+        let apex = match request.origin() {
+            Some(origin) => self.apexes.iter().find(|a| *a.wire == *origin),
+            None => self.apex_for(lower),
+        };
+        let Some(apex) = apex else {
+            // The catalog only hands us names under our origins.
+            request.respond_rcode(out, wire::RCODE_REFUSED);
+            return Answered::Now {
+                rcode: wire::RCODE_REFUSED,
+                prepared: false,
+            };
+        };
+        if q.qclass != wire::CLASS_IN || q.qtype == wire::TYPE_AXFR || q.qtype == wire::TYPE_IXFR {
+            // Zone transfers: the HTTP API's `/v1/axfr` is the way to read the zone.
+            request.respond_rcode(out, wire::RCODE_REFUSED);
+            return Answered::Now {
+                rcode: wire::RCODE_REFUSED,
+                prepared: false,
+            };
+        }
+        let entry = self.names.get(lower);
+        let slot = match q.qtype {
+            wire::TYPE_A => Some(0),
+            wire::TYPE_AAAA => Some(1),
+            wire::TYPE_SRV => Some(2),
+            _ => None,
+        };
+        if let (Some(slot), Some(entry)) = (slot, entry) {
+            if let Some(p) = &entry.prepared[slot] {
+                let r = &p.rotations[request.turn % p.rotations.len()];
+                let body = Body {
+                    opcode: 0,
+                    rcode: wire::RCODE_NOERROR,
+                    flags: wire::FLAG_AA,
+                    bytes: &r.bytes,
+                    additional_at: r.additional_at,
+                    answers: r.answers,
+                    authorities: 0,
+                    additionals: r.additionals,
+                };
+                request.respond(out, &body);
+                return Answered::Now {
+                    rcode: wire::RCODE_NOERROR,
+                    prepared: true,
+                };
+            }
+        }
+        let rcode = self.answer_slowly(request, apex, entry.map(|e| &**e), out);
+        Answered::Now {
+            rcode,
+            prepared: false,
+        }
+    }
+}
+
+thread_local! {
+    /// The slow path's body while it is put together, kept per thread so that a negative
+    /// answer (NXDOMAIN and NODATA are 30% of the `benches/dns.rs` mix) allocates nothing.
+    static SLOW_BODY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Appends a record encoded with a pointer owner (`rr_ptr`, owner at its first two bytes),
-/// re-pointed at offset `at`.
+/// re-pointed at offset `at`. By hand because it runs per query: negative answers (NXDOMAIN and
+/// NODATA, 30% of the mix `benches/dns.rs` sends) carry the apex's SOA, owned by wherever the
+/// apex sits in the question.
 fn push_at_apex(out: &mut Vec<u8>, rr_ptr: &[u8], at: usize) {
     out.extend_from_slice(&(0xc000 | at as u16).to_be_bytes());
     out.extend_from_slice(&rr_ptr[2..]);
 }
 
-/// A dotted lowercase FQDN in wire form; `None` if a label is empty or too long, or the name is.
-pub fn name_to_wire(name: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(name.len() + 2);
-    for label in name.trim_end_matches('.').split('.') {
-        if label.is_empty() || label.len() > 63 {
-            if name == "." {
-                break;
-            }
-            return None;
-        }
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    (out.len() <= 255).then_some(out)
-}
-
 const POINTER_TO_QUESTION: [u8; 2] = [0xc0, 0x0c];
 
-fn rr_header(out: &mut Vec<u8>, owner: &[u8], rtype: u16, ttl: u32, rdlen: usize) {
-    out.extend_from_slice(owner);
-    out.extend_from_slice(&rtype.to_be_bytes());
-    out.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
-    out.extend_from_slice(&ttl.to_be_bytes());
-    out.extend_from_slice(&(rdlen as u16).to_be_bytes());
-}
-
-fn encode_rr(out: &mut Vec<u8>, owner: &[u8], rr: &Rr, ttl: u32, weight: u16) -> bool {
-    encode_rr_with_priority(out, owner, rr, ttl, 0, weight)
-}
-
-fn encode_rr_with_priority(
-    out: &mut Vec<u8>,
-    owner: &[u8],
-    rr: &Rr,
-    ttl: u32,
-    priority: u16,
-    weight: u16,
-) -> bool {
-    match rr {
-        Rr::A(ip) => {
-            rr_header(out, owner, wire::TYPE_A, ttl, 4);
-            out.extend_from_slice(&ip.octets());
-        }
-        Rr::Aaaa(ip) => {
-            rr_header(out, owner, wire::TYPE_AAAA, ttl, 16);
-            out.extend_from_slice(&ip.octets());
-        }
-        Rr::Srv { target, port } => {
-            // RFC 2782: the target is not compressed.
-            let Some(t) = name_to_wire(target) else {
-                return false;
-            };
-            rr_header(out, owner, wire::TYPE_SRV, ttl, 6 + t.len());
-            out.extend_from_slice(&priority.to_be_bytes());
-            out.extend_from_slice(&weight.to_be_bytes());
-            out.extend_from_slice(&port.to_be_bytes());
-            out.extend_from_slice(&t);
-        }
+/// Appends one record: `owner` as given (a pointer, or a name in wire form), then the type,
+/// class, TTL and data, which hickory-proto encodes (names in the data uncompressed, so the
+/// bytes can follow any question). False if hickory refuses the data.
+///
+/// Owners are not left to hickory's name compression: prepared bytes follow every spelling of
+/// their question, so an owner is a pointer to it (or to an SRV target before it) that we place,
+/// and hickory compresses at most 120 names in a message, past which a name with many records
+/// would carry its full owner in each and fit fewer of them.
+fn encode(out: &mut Vec<u8>, owner: &[u8], rdata: RData, ttl: u32) -> bool {
+    let start = out.len();
+    let record = Record::from_rdata(Name::root(), ttl, rdata);
+    let mut encoder = BinEncoder::with_offset(out, start as u32);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    if record.emit(&mut encoder).is_err() {
+        out.truncate(start);
+        return false;
     }
+    // Hickory wrote the root (one zero byte) as the owner.
+    out.splice(start..start + 1, owner.iter().copied());
     true
 }
 
+/// The record data of `rr`; an SRV target hickory does not take as a name gives none.
+fn rdata(rr: &Rr, priority: u16, weight: u16) -> Option<RData> {
+    Some(match rr {
+        Rr::A(ip) => RData::A(A(*ip)),
+        Rr::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+        // RFC 2782: the target is not compressed (hickory writes SRV data that way anyway).
+        Rr::Srv { target, port } => RData::SRV(SRV::new(
+            priority,
+            weight,
+            *port,
+            Name::from_ascii(&**target).ok()?,
+        )),
+    })
+}
+
 /// A/AAAA/SRV answers of an entry (owner = the question), for ANY.
-fn encode_answers(out: &mut Vec<u8>, e: &NameEntry, weight: u16) -> u16 {
+fn encode_answers(out: &mut Vec<u8>, e: &NameEntry) -> u16 {
     let srv = e.srv.iter().map(|(target, port)| Rr::Srv {
         target: target.clone(),
         port: *port,
@@ -384,77 +380,26 @@ fn encode_answers(out: &mut Vec<u8>, e: &NameEntry, weight: u16) -> u16 {
         if out.len() > MAX_ANSWER_BYTES {
             break;
         }
-        n += u16::from(encode_rr(out, &POINTER_TO_QUESTION, &rr, e.ttl, weight));
+        if let Some(data) = rdata(&rr, 0, e.weight) {
+            n += u16::from(encode(out, &POINTER_TO_QUESTION, data, e.ttl));
+        }
     }
     n
-}
-
-/// A/AAAA records of `name` written in full (additional section).
-fn encode_addresses(
-    out: &mut Vec<u8>,
-    name: &str,
-    a: &[Ipv4Addr],
-    aaaa: &[Ipv6Addr],
-    ttl: u32,
-) -> u16 {
-    let Some(owner) = name_to_wire(name) else {
-        return 0;
-    };
-    encode_addresses_as(out, &owner, a, aaaa, ttl)
 }
 
 /// A/AAAA records with `owner` already encoded (a full name or a compression pointer).
-fn encode_addresses_as(
+fn encode_addresses(
     out: &mut Vec<u8>,
     owner: &[u8],
     a: &[Ipv4Addr],
     aaaa: &[Ipv6Addr],
     ttl: u32,
 ) -> u16 {
-    let mut n = 0;
-    for ip in a {
-        n += u16::from(encode_rr(out, owner, &Rr::A(*ip), ttl, 1));
-    }
-    for ip in aaaa {
-        n += u16::from(encode_rr(out, owner, &Rr::Aaaa(*ip), ttl, 1));
-    }
-    n
-}
-
-fn encode_soa(
-    out: &mut Vec<u8>,
-    owner: &[u8],
-    config: &ZoneConfig,
-    mname: &str,
-    rname: &str,
-    serial: u32,
-    ttl: u32,
-) {
-    let m = name_to_wire(mname).unwrap_or_else(|| vec![0]);
-    let r = name_to_wire(rname).unwrap_or_else(|| vec![0]);
-    rr_header(out, owner, wire::TYPE_SOA, ttl, m.len() + r.len() + 20);
-    out.extend_from_slice(&m);
-    out.extend_from_slice(&r);
-    // Mesos-DNS puts the record TTL in the minimum field (negative answers cache for a TTL).
-    for v in [
-        serial,
-        config.soa_refresh,
-        config.soa_retry,
-        config.soa_expire,
-        ttl,
-    ] {
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-}
-
-fn encode_ns(out: &mut Vec<u8>, owner: &[u8], ns: &str, ttl: u32) {
-    let n = name_to_wire(ns).unwrap_or_else(|| vec![0]);
-    rr_header(out, owner, wire::TYPE_NS, ttl, n.len());
-    out.extend_from_slice(&n);
-}
-
-fn fqdn(name: &str) -> String {
-    format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
+    let a = a.iter().map(|ip| RData::A(A(*ip)));
+    let aaaa = aaaa.iter().map(|ip| RData::AAAA(AAAA(*ip)));
+    a.chain(aaaa)
+        .map(|data| u16::from(encode(out, owner, data, ttl)))
+        .sum()
 }
 
 fn make_apex(
@@ -465,24 +410,39 @@ fn make_apex(
     ttl: u32,
     serial: u32,
 ) -> Option<Apex> {
-    let wire = name_to_wire(name)?;
+    let wire = wire::name_to_wire(name)?;
+    // The config check has made sure these are names; the root is what a bad one would get.
+    let name_of = |n: &str| Name::from_ascii(n).unwrap_or_else(|_| Name::root());
+    // Mesos-DNS puts the record TTL in the minimum field (negative answers cache for a TTL).
+    // Refresh, retry and expire are 32-bit fields that hickory types as i32: same bits.
+    let soa = SOA::new(
+        name_of(mname),
+        name_of(rname),
+        serial,
+        config.soa_refresh as i32,
+        config.soa_retry as i32,
+        config.soa_expire as i32,
+        ttl,
+    );
     let mut apex = Apex {
         name: name.to_string(),
-        wire: wire.clone().into_boxed_slice(),
+        wire: wire.into_boxed_slice(),
         soa_ptr: Vec::new(),
         ns_ptr: Vec::new(),
         ns_name: mname.to_string(),
     };
-    encode_soa(
+    encode(
         &mut apex.soa_ptr,
         &POINTER_TO_QUESTION,
-        config,
-        mname,
-        rname,
-        serial,
+        RData::SOA(soa),
         ttl,
     );
-    encode_ns(&mut apex.ns_ptr, &POINTER_TO_QUESTION, mname, ttl);
+    encode(
+        &mut apex.ns_ptr,
+        &POINTER_TO_QUESTION,
+        RData::NS(NS(name_of(mname))),
+        ttl,
+    );
     Some(apex)
 }
 
@@ -534,10 +494,10 @@ impl ZoneBuilder {
     }
 
     /// `ns_addresses` are published for the server's own name unless the config names some.
-    pub fn new(config: ZoneConfig, ns_addresses: Vec<IpAddr>) -> Result<Self, Vec<String>> {
+    pub fn new(config: ZoneConfig, ns_addresses: Vec<IpAddr>) -> Result<Self, ConfigProblems> {
         let problems = config.problems();
         if !problems.is_empty() {
-            return Err(problems);
+            return Err(ConfigProblems { problems });
         }
         Ok(ZoneBuilder {
             config,
@@ -736,7 +696,7 @@ impl ZoneBuilder {
 
     /// Re-encodes one owner name from its current records.
     fn rebuild(&mut self, owner: &str) {
-        let Some(wire) = name_to_wire(owner) else {
+        let Some(wire) = wire::name_to_wire(owner) else {
             return;
         };
         let Some(list) = self.counts.get(owner) else {
@@ -791,7 +751,7 @@ impl ZoneBuilder {
     /// `owner_len`: the owner's wire length, which fixes where the answers start in every
     /// response to this name (after the 12-byte header and the question), so records can
     /// point back at earlier names.
-    fn prepare<'a>(&self, rrs: &'a [Rr], ttl: u32, owner_len: usize) -> Option<Prepared> {
+    fn prepare(&self, rrs: &[Rr], ttl: u32, owner_len: usize) -> Option<Prepared> {
         if rrs.is_empty() {
             return None;
         }
@@ -803,16 +763,26 @@ impl ZoneBuilder {
             Rr::Aaaa(ip) => self.is_remote_ip(IpAddr::V6(*ip)),
             Rr::Srv { target, .. } => self.is_remote_target(target),
         };
+        // Every record is the same bytes in every rotation (its owner is the question).
+        let encoded: Vec<Option<Vec<u8>>> = rrs
+            .iter()
+            .map(|rr| {
+                let data = rdata(rr, u16::from(remote(rr)), self.config.srv_weight)?;
+                let mut bytes = Vec::new();
+                encode(&mut bytes, &POINTER_TO_QUESTION, data, ttl).then_some(bytes)
+            })
+            .collect();
         let n_local = rrs.iter().take_while(|rr| !remote(rr)).count();
-        let (local, others) = rrs.split_at(n_local);
+        let (local, others) = (0..n_local, n_local..rrs.len());
         let turns = local.len().max(others.len()).min(MAX_ROTATIONS);
-        let rotate = |group: &'a [Rr], turn: usize| {
+        let rotate = |group: std::ops::Range<usize>, turn: usize| {
             let k = if group.is_empty() {
                 0
             } else {
                 turn % group.len()
             };
-            group[k..].iter().chain(&group[..k])
+            let split = group.start + k;
+            (split..group.end).chain(group.start..split)
         };
         let mut rotations = Vec::with_capacity(turns);
         for turn in 0..turns {
@@ -821,29 +791,22 @@ impl ZoneBuilder {
             let mut included = Vec::new();
             // Where each SRV target's name was written, for the additional records' owners.
             let mut target_at: HashMap<&str, usize> = HashMap::new();
-            for rr in rotate(local, turn).chain(rotate(others, turn)) {
+            for i in rotate(local.clone(), turn).chain(rotate(others.clone(), turn)) {
                 // Whole records up to what a TCP message holds; past that the rest is left
                 // out (as Mesos-DNS drops records from the end), never a broken message.
                 if bytes.len() > MAX_ANSWER_BYTES {
                     break;
                 }
-                if let Rr::Srv { target, .. } = rr {
+                let Some(record) = &encoded[i] else { continue };
+                if let Rr::Srv { target, .. } = &rrs[i] {
                     // Pointer to question (2), type, class, TTL, length (10), SRV fields (6).
                     target_at
                         .entry(target)
                         .or_insert(answers_at + bytes.len() + 2 + 10 + 6);
                 }
-                if encode_rr_with_priority(
-                    &mut bytes,
-                    &POINTER_TO_QUESTION,
-                    rr,
-                    ttl,
-                    u16::from(remote(rr)),
-                    self.config.srv_weight,
-                ) {
-                    answers += 1;
-                    included.push(rr);
-                }
+                bytes.extend_from_slice(record);
+                answers += 1;
+                included.push(&rrs[i]);
             }
             let additional_at = bytes.len();
             // SRV: one A and one AAAA per target, as Mesos-DNS does.
@@ -860,13 +823,13 @@ impl ZoneBuilder {
                 let (a, aaaa) = self.first_addresses(target);
                 let owner = match target_at.get(&**target) {
                     Some(at) if *at < 0x3fff => (0xc000 | *at as u16).to_be_bytes().to_vec(),
-                    _ => match name_to_wire(target) {
+                    _ => match wire::name_to_wire(target) {
                         Some(w) => w,
                         None => continue,
                     },
                 };
                 additionals +=
-                    encode_addresses_as(&mut bytes, &owner, &a, &aaaa, self.ttl_for(target));
+                    encode_addresses(&mut bytes, &owner, &a, &aaaa, self.ttl_for(target));
             }
             rotations.push(Rotation {
                 bytes: bytes.into_boxed_slice(),
@@ -882,21 +845,18 @@ impl ZoneBuilder {
         let Some(list) = self.counts.get(name) else {
             return (Vec::new(), Vec::new());
         };
-        let a = list
-            .keys()
-            .filter_map(|rr| match rr {
-                Rr::A(ip) => Some(*ip),
-                _ => None,
-            })
-            .min();
-        let aaaa = list
-            .keys()
-            .filter_map(|rr| match rr {
-                Rr::Aaaa(ip) => Some(*ip),
-                _ => None,
-            })
-            .min();
-        (a.into_iter().collect(), aaaa.into_iter().collect())
+        let a = list.keys().filter_map(|rr| match rr {
+            Rr::A(ip) => Some(*ip),
+            _ => None,
+        });
+        let aaaa = list.keys().filter_map(|rr| match rr {
+            Rr::Aaaa(ip) => Some(*ip),
+            _ => None,
+        });
+        (
+            a.min().into_iter().collect(),
+            aaaa.min().into_iter().collect(),
+        )
     }
 
     fn zone(&self, snapshot: &Arc<Snapshot>) -> Zone {
@@ -960,13 +920,18 @@ mod tests {
         let mut m = Message::new(7, MessageType::Query, OpCode::Query);
         m.add_query(HQuery::query(Name::from_ascii(name).unwrap(), qtype));
         let packet = m.to_vec().unwrap();
-        let q = wire::parse_query(&packet).unwrap();
-        let mut lower = [0u8; 256];
-        let n = wire::lowercase_name(q.qname(), &mut lower);
         let mut out = Vec::new();
-        zone.answer(&q, &lower[..n], 0, false, wire::MAX_MESSAGE, &mut out)
-            .expect("in zone");
+        let request = request(&packet, 0);
+        assert!(zone.apex_for(request.lower_qname()).is_some(), "in zone");
+        let answered = zone.answer(&request, &mut out);
+        assert!(matches!(answered, Answered::Now { .. }), "answered at once");
         Message::from_vec(&out).expect("a valid response")
+    }
+
+    /// A request for `packet` over TCP (no size limit to speak of) from loopback.
+    pub(super) fn request(packet: &[u8], turn: usize) -> Request<'_> {
+        let q = wire::parse_query(packet).unwrap();
+        Request::new(q, [127, 0, 0, 1].into(), wire::MAX_MESSAGE, false, turn)
     }
 
     fn demo_zone() -> Zone {
@@ -1274,12 +1239,8 @@ mod locality_tests {
             qtype,
         ));
         let packet = m.to_vec().unwrap();
-        let q = wire::parse_query(&packet).unwrap();
-        let mut lower = [0u8; 256];
-        let n = wire::lowercase_name(q.qname(), &mut lower);
         let mut out = Vec::new();
-        zone.answer(&q, &lower[..n], turn, false, wire::MAX_MESSAGE, &mut out)
-            .unwrap();
+        zone.answer(&super::tests::request(&packet, turn), &mut out);
         Message::from_vec(&out).unwrap()
     }
 

@@ -54,16 +54,9 @@ impl ZoneRecipe {
 
     /// The one place a `ZoneBuilder` is made.
     fn builder(&self) -> Result<ZoneBuilder, ConfigError> {
-        let problems = |p: Vec<String>| {
-            ConfigError(
-                p.into_iter()
-                    .map(|m| lodestar_control::ConfigProblem::new("dns.zone", m))
-                    .collect(),
-            )
-        };
         Ok(
             ZoneBuilder::new(self.config.clone(), self.ns_addresses.clone())
-                .map_err(problems)?
+                .map_err(|p| ConfigError(p.problems))?
                 .with_site(self.site.clone()),
         )
     }
@@ -133,31 +126,62 @@ impl Dns {
             .collect();
         let udp_sockets: usize = plan.iter().map(|(_, u)| u.len()).sum();
         let stats = Arc::new(DnsStats::new(udp_sockets * workers + plan.len()));
-        let shared = Arc::new(Shared {
-            zone: zone.clone(),
-            forwarder: Some(forwarder.clone()),
+        let shared = Arc::new(Shared::new(
+            zone.clone(),
+            Some(forwarder.clone()),
             acl,
-            stats: stats.clone(),
-        });
+            stats.clone(),
+        ));
 
         let runtime = tokio::runtime::Handle::current();
         let (mut udp, mut tcp, mut addresses) = (Vec::new(), Vec::new(), Vec::new());
         let mut slot = 0;
         for (addr, udp_ips) in &plan {
-            let mut port = addr.port();
-            for ip in udp_ips {
-                let udp_addr = SocketAddr::new(*ip, port);
-                let server =
-                    UdpServer::start(udp_addr, workers, shared.clone(), runtime.clone(), slot)
-                        .with_context(|| format!("cannot serve DNS on udp {udp_addr}"))?;
-                slot += workers;
-                port = server.local.port();
-                udp.push(server);
-            }
-            let local = SocketAddr::new(addr.ip(), port);
-            let listener = TcpListener::bind(local)
-                .await
-                .with_context(|| format!("cannot serve DNS on tcp {local}"))?;
+            // A port of 0 is picked by the first UDP socket, and TCP must then get the same
+            // one; another process may hold it for TCP, so pick again a few times.
+            let attempts = if addr.port() == 0 { 16 } else { 1 };
+            let mut attempt = 0;
+            let (servers, listener, local) = loop {
+                attempt += 1;
+                let mut port = addr.port();
+                let mut servers = Vec::new();
+                let mut taken = None;
+                for ip in udp_ips {
+                    let udp_addr = SocketAddr::new(*ip, port);
+                    let first = slot + servers.len() * workers;
+                    match UdpServer::start(
+                        udp_addr,
+                        workers,
+                        shared.clone(),
+                        runtime.clone(),
+                        first,
+                    ) {
+                        Ok(server) => {
+                            port = server.local.port();
+                            servers.push(server);
+                        }
+                        Err(e) => {
+                            taken = Some((e, format!("udp {udp_addr}")));
+                            break;
+                        }
+                    }
+                }
+                let local = SocketAddr::new(addr.ip(), port);
+                if taken.is_none() {
+                    match TcpListener::bind(local).await {
+                        Ok(listener) => break (servers, listener, local),
+                        Err(e) => taken = Some((e, format!("tcp {local}"))),
+                    }
+                }
+                let (e, what) = taken.expect("set when not bound");
+                if e.kind() != std::io::ErrorKind::AddrInUse || attempt >= attempts {
+                    return Err(anyhow::Error::new(e))
+                        .with_context(|| format!("cannot serve DNS on {what}"));
+                }
+                drop(servers);
+            };
+            slot += servers.len() * workers;
+            udp.extend(servers);
             tcp.push((listener, slot));
             slot += 1;
             addresses.push(local);

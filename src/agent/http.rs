@@ -4,45 +4,78 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use lodestar_dns::forward::Forwarder;
 use lodestar_dns::http::{router, HttpState};
+use lodestar_dns::stats::DnsStats;
+use lodestar_l4lb::health::ActiveStats;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::dns::Dns;
-use super::l4lb::VipPlane;
+use super::l4lb::{SharedL4lb, VipPlane};
 use crate::config::AgentConfig;
 use crate::ops::Ops;
 
-/// Every route the agent serves.
-pub(super) fn routes(
-    config: &AgentConfig,
+/// Every metric the agent exports, read from the parts' own counters when `/metrics` is
+/// scraped and published through the `metrics` facade to the one exporter.
+#[derive(Clone)]
+pub(super) struct Collectors {
     prometheus: PrometheusHandle,
-    dns: &Dns,
-    vips: &VipPlane,
-    ops: &Ops,
-) -> Router {
-    let forward_stats = dns.forwarder.clone();
-    let dns_stats = dns.stats.clone();
-    let ops_metrics = ops.clone();
-    let l4lb = vips.l4lb.clone();
-    let active = vips.active_stats.clone();
-    let metrics = Arc::new(move || {
-        if let Some(l) = &l4lb {
+    dns: Arc<DnsStats>,
+    forwarder: Arc<Forwarder>,
+    l4lb: Option<SharedL4lb>,
+    active: Arc<ActiveStats>,
+    ops: Ops,
+}
+
+impl Collectors {
+    pub fn new(prometheus: PrometheusHandle, dns: &Dns, vips: &VipPlane, ops: &Ops) -> Self {
+        Ops::describe_metrics();
+        Collectors {
+            prometheus,
+            dns: dns.stats.clone(),
+            forwarder: dns.forwarder.clone(),
+            l4lb: vips.l4lb.clone(),
+            active: vips.active_stats.clone(),
+            ops: ops.clone(),
+        }
+    }
+
+    /// The Prometheus text of everything, as of now.
+    fn render(&self) -> String {
+        lodestar_dns::metrics::publish(&self.dns, self.forwarder.stats());
+        if let Some(l) = &self.l4lb {
             l.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .publish_metrics();
-            active.publish();
+            self.active.publish();
         }
-        let mut text = prometheus.render();
-        dns_stats.render(&mut text);
-        lodestar_dns::stats::render_forward(forward_stats.stats(), &mut text);
-        ops_metrics.render(&mut text);
-        text
-    });
+        self.ops.publish_metrics();
+        self.prometheus.render()
+    }
+
+    /// Every `PUBLISH_INTERVAL` until `stop`: the DNS latency histogram reaches the exporter as
+    /// samples, which its upkeep folds into buckets, so memory stays bounded between scrapes.
+    pub async fn keep(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(lodestar_dns::metrics::PUBLISH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            lodestar_dns::metrics::publish(&self.dns, self.forwarder.stats());
+            self.prometheus.run_upkeep();
+        }
+    }
+}
+
+/// Every route the agent serves.
+pub(super) fn routes(config: &AgentConfig, dns: &Dns, collectors: Collectors, ops: &Ops) -> Router {
     router(HttpState {
         zone: dns.zone.clone(),
         zone_config: config.dns.zone.clone(),
         config_json: Arc::new(mesos_dns_config(config, &dns.upstreams)),
-        metrics,
+        metrics: Arc::new(move || collectors.render()),
     })
     .merge(ops.clone().router())
 }

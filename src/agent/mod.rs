@@ -74,8 +74,16 @@ struct App {
 impl App {
     async fn build(mut config: AgentConfig) -> Result<App> {
         let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    lodestar_dns::metrics::DURATION_SECONDS.into(),
+                ),
+                &lodestar_dns::metrics::DURATION_BUCKETS,
+            )
+            .context("the DNS latency buckets")?
             .install_recorder()
             .context("installing the metrics recorder")?;
+        lodestar_dns::metrics::describe();
         let catalog = Catalog::open(&config.catalog)
             .instrument(info_span!("catalog"))
             .await?;
@@ -144,13 +152,10 @@ impl App {
             l4lb_state: self.vips.state.clone(),
         };
         tasks.spawn(ops.clone().watch_freshness(stop.clone()));
-        let app = http::routes(
-            &self.config,
-            self.prometheus.clone(),
-            &self.dns,
-            &self.vips,
-            &ops,
-        );
+        let collectors =
+            http::Collectors::new(self.prometheus.clone(), &self.dns, &self.vips, &ops);
+        tasks.spawn(collectors.clone().keep(stop.clone()));
+        let app = http::routes(&self.config, &self.dns, collectors, &ops);
         let http_addr = self.http.local_addr()?;
         let serve =
             axum::serve(self.http, app).with_graceful_shutdown(stop.clone().cancelled_owned());

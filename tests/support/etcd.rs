@@ -127,13 +127,7 @@ impl EtcdServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill etcd with us.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        super::die_with_test(&mut cmd);
         if let Some(pki) = &self.tls {
             cmd.arg(format!("--cert-file={}", pki.server_cert().display()))
                 .arg(format!("--key-file={}", pki.server_key().display()))

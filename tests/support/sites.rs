@@ -43,13 +43,7 @@ fn member(ns: &Netns, name: &str, ip: &str, client: u16, peer: u16, cluster: &st
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: prctl only asks the kernel to kill etcd with the test.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    super::die_with_test(&mut cmd);
     Member {
         child: cmd.spawn().expect("etcd (Debian package etcd-server)"),
         _dir: dir,

@@ -6,7 +6,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::packet::ClientQuery;
+use super::answer::UpstreamAnswer;
+use crate::catalog::Request;
 
 /// No answer is kept longer than a day, whatever its TTL says.
 pub(super) const MAX_TTL: u32 = 86_400;
@@ -24,57 +25,33 @@ pub(super) struct CacheKey {
 }
 
 impl CacheKey {
-    pub fn new(client: &ClientQuery<'_>) -> Self {
-        let qname = client.qname().to_ascii_lowercase().into_boxed_slice();
-        let flags = u8::from(client.recursion_desired())
-            | u8::from(client.checking_disabled()) << 1
-            | u8::from(client.dnssec_ok()) << 2;
+    pub fn new(request: &Request<'_>) -> Self {
+        let client = &request.query;
+        let flags =
+            u8::from(client.rd) | u8::from(client.cd) << 1 | u8::from(client.dnssec_ok()) << 2;
         CacheKey {
-            qname,
+            qname: request.lower_qname().into(),
             qtype: client.qtype,
             qclass: client.qclass,
             flags,
         }
     }
-
-    /// The lowercased question name, in wire form.
-    pub fn qname(&self) -> &[u8] {
-        &self.qname
-    }
 }
 
-/// A cached answer: the message without OPT, TTL fields already capped at the entry's TTL.
+/// A cached answer: an upstream's, its TTL fields already capped at the entry's TTL.
 #[derive(Debug)]
 pub(super) struct Entry {
-    pub message: Box<[u8]>,
-    pub qend: usize,
-    pub ttl_offsets: Box<[u16]>,
+    pub answer: UpstreamAnswer,
     ttl: u32,
     stored: Instant,
 }
 
 impl Entry {
-    /// Caps every TTL field at `ttl`, so no record outlives the entry that carries it (this is
-    /// also how a negative answer's SOA gets the RFC 2308 TTL).
-    pub fn new(
-        mut message: Vec<u8>,
-        qend: usize,
-        ttl_offsets: Vec<u16>,
-        ttl: u32,
-        now: Instant,
-    ) -> Self {
+    pub fn new(mut answer: UpstreamAnswer, ttl: u32, now: Instant) -> Self {
         let ttl = ttl.min(MAX_TTL);
-        for &offset in &ttl_offsets {
-            let at = usize::from(offset);
-            if let Some(field) = message.get_mut(at..at + 4) {
-                let stored = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
-                field.copy_from_slice(&stored.min(ttl).to_be_bytes());
-            }
-        }
+        answer.cap_ttls(ttl);
         Entry {
-            message: message.into_boxed_slice(),
-            qend,
-            ttl_offsets: ttl_offsets.into_boxed_slice(),
+            answer,
             ttl,
             stored: now,
         }
@@ -207,15 +184,33 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
-    use super::super::packet::{parse_query, test_query};
+    use super::super::answer::tests::test_query;
     use super::*;
+    use crate::wire;
 
     fn key(name: &str) -> CacheKey {
-        CacheKey::new(&parse_query(&test_query(1, name, 1, false)).unwrap())
+        let query = test_query(1, name, 1, false);
+        let query = wire::parse_query(&query).unwrap().into_owned();
+        CacheKey::new(&Request::new(query, [127, 0, 0, 1].into(), 512, true, 0))
+    }
+
+    fn answer(records: Vec<u8>, ttl_offsets: Vec<u16>) -> UpstreamAnswer {
+        UpstreamAnswer {
+            rcode: hickory_proto::op::ResponseCode::NoError,
+            flags: 0,
+            records: records.into(),
+            question_len: 5,
+            answers: 0,
+            authorities: 0,
+            additionals: 0,
+            additional_at: 0,
+            ttl_offsets: ttl_offsets.into(),
+            cache_ttl: None,
+        }
     }
 
     fn entry(ttl: u32, stored: Instant) -> Entry {
-        Entry::new(vec![0; 12], 12, Vec::new(), ttl, stored)
+        Entry::new(answer(Vec::new(), Vec::new()), ttl, stored)
     }
 
     fn is_fresh(lookup: Lookup) -> bool {
@@ -254,10 +249,10 @@ mod tests {
 
     #[test]
     fn ttl_fields_are_capped_at_the_entry_ttl() {
-        let mut message = vec![0; 16];
-        message[12..16].copy_from_slice(&1_000_000u32.to_be_bytes());
-        let entry = Entry::new(message, 12, vec![12], 1_000_000, Instant::now());
-        assert_eq!(entry.message[12..16], MAX_TTL.to_be_bytes());
+        let mut records = vec![0; 16];
+        records[12..16].copy_from_slice(&1_000_000u32.to_be_bytes());
+        let entry = Entry::new(answer(records, vec![12]), 1_000_000, Instant::now());
+        assert_eq!(entry.answer.records[12..16], MAX_TTL.to_be_bytes());
     }
 
     #[test]

@@ -1,32 +1,41 @@
 //! Forwarding of names outside our zones to upstream resolvers, as Spartan did on every node:
 //! two upstreams asked at once, failing ones demoted, answers cached, stale ones served when all fail.
+//! The `Forwarder` is the catalog's answer source for the root, and answers only clients that
+//! may recurse.
 //!
-//! Per query: the cache first (a fresh entry is answered with the client's ID and question and
-//! its TTLs aged); then a permit of the in-flight cap, or REFUSED; then the upstreams of the
-//! longest matching zone (or the defaults): the two best at once, each failure starting the next
-//! one (demoted upstreams last), for at most twice the per-attempt timeout; then, if none
-//! answered, a stale entry (TTL 30) or SERVFAIL. Attempts that lose the race run to their end
-//! in the background, so a dead upstream is noticed and demoted even while its partner answers
-//! every query. An upstream's answer is relayed as sent, except for the ID, the question's case,
-//! the TTLs (aged) and the OPT record (ours, and only if the client sent one).
+//! Per query: zone transfers are refused; then the cache (a fresh entry is answered at once,
+//! with the client's ID and question and its TTLs aged); a name whose zone has no upstreams is
+//! refused. Everything else waits on the network (`answer_later`): a permit of the in-flight
+//! cap, or REFUSED; then the upstreams of the longest matching zone (or the defaults): the two
+//! best at once, each failure starting the next one (demoted upstreams last), for at most twice
+//! the per-attempt timeout; then, if none answered, a stale entry (TTL 30) or SERVFAIL. Attempts
+//! that lose the race run to their end in the background, so a dead upstream is noticed and
+//! demoted even while its partner answers every query. An upstream's answer is relayed as sent,
+//! except for the ID, the question's case, the TTLs (aged), the OPT record (ours, and only if
+//! the client sent one), and the additional records when the client's limit cannot take them.
 
+mod answer;
 mod cache;
-mod packet;
 mod upstream;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::ResponseCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::catalog::{AnswerSource, Answered, Pending, Request};
+use crate::wire::{self, Reject, TYPE_AXFR, TYPE_IXFR};
 use cache::{Cache, CacheKey, Entry, Lookup};
-use packet::{rcode, Answer, ClientQuery, Ttls, UpstreamQuery};
 use upstream::{HealthPolicy, Outcome, Upstreams};
 
+#[doc(hidden)]
+pub use answer::exercise_upstream_answer;
+pub use answer::{AnswerError, Ttls, UpstreamAnswer, UpstreamQuery};
 pub use upstream::UpstreamStats;
 
 /// TTL of an answer served stale (RFC 8767 §4 recommends 30 s).
@@ -111,7 +120,8 @@ pub struct ForwardStats {
     pub refused_no_upstream: AtomicU64,
     /// SERVFAIL sent because every upstream failed and nothing stale was at hand.
     pub servfail: AtomicU64,
-    /// Queries answered FORMERR, NOTIMP or BADVERS without being forwarded.
+    /// Queries `resolve` answered FORMERR, NOTIMP or BADVERS without forwarding them (the
+    /// servers answer those themselves, counted by rcode, before a source sees them).
     pub malformed: AtomicU64,
     /// Responses cut to header and question (TC=1) because they exceeded the client's size.
     pub truncated: AtomicU64,
@@ -154,27 +164,13 @@ const _: () = {
 
 /// "Example.org." -> `\x07example\x03org\x00`; "" and "." are the root.
 fn zone_wire(zone: &str) -> Result<Box<[u8]>, ForwardConfigError> {
-    let invalid = |reason| ForwardConfigError::InvalidZone {
-        zone: zone.to_owned(),
-        reason,
-    };
-    let trimmed = zone.strip_suffix('.').unwrap_or(zone);
-    let mut wire = Vec::with_capacity(trimmed.len() + 2);
-    if !trimmed.is_empty() {
-        for label in trimmed.split('.') {
-            let len = u8::try_from(label.len())
-                .ok()
-                .filter(|&len| (1..=63).contains(&len))
-                .ok_or_else(|| invalid("every label must have 1 to 63 bytes"))?;
-            wire.push(len);
-            wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
-        }
+    match wire::name_to_wire(zone) {
+        Some(wire) => Ok(wire.into_boxed_slice()),
+        None => Err(ForwardConfigError::InvalidZone {
+            zone: zone.to_owned(),
+            reason: "not a domain name (labels of 1 to 63 letters, digits, '-' or '_'; 255 bytes in all)",
+        }),
     }
-    wire.push(0);
-    if wire.len() > 255 {
-        return Err(invalid("longer than 255 bytes"));
-    }
-    Ok(wire.into_boxed_slice())
 }
 
 impl Forwarder {
@@ -273,155 +269,151 @@ impl Forwarder {
     /// `query` is a client's raw DNS query (one question, QR=0, already checked by the caller).
     /// Returns the complete response to send back: the client's ID, the question as asked, at
     /// most `max_size` bytes (for UDP: the client's EDNS payload or 512; for TCP 65535; read
-    /// as at least 512) — if larger, a TC=1 response with the question (and an OPT if the
-    /// client sent one) only.
+    /// as at least 512) — if larger, the additional records are left out, and if still larger,
+    /// a TC=1 response with the question (and an OPT if the client sent one) only.
     ///
     /// Never panics. Input that is not a well-formed one-question query is answered FORMERR
-    /// (with the ID and opcode echoed from whatever bytes there are, and no question), another
-    /// opcode NOTIMP, an EDNS version other than 0 BADVERS. A server should not answer packets
-    /// with QR=1 or shorter than a header at all (answering responses invites loops); it is
-    /// the caller's check, and FORMERR is only what comes back if that check is missing.
-    /// Upstream failures give SERVFAIL (or a stale answer); the in-flight cap, a name with no
-    /// upstream configured, and AXFR/IXFR give REFUSED.
+    /// (with the ID and opcode echoed from whatever bytes there are), another opcode NOTIMP, an
+    /// EDNS version other than 0 BADVERS. A server should not answer packets with QR=1 or
+    /// shorter than a header at all (answering responses invites loops); it is the caller's
+    /// check, and FORMERR is only what comes back if that check is missing. Upstream failures
+    /// give SERVFAIL (or a stale answer); the in-flight cap, a name with no upstream
+    /// configured, and AXFR/IXFR give REFUSED.
+    ///
+    /// The servers do not come here: they decode a query once and hand the `Request` to the
+    /// catalog, which calls `answer` and `answer_later`.
     pub async fn resolve(&self, query: &[u8], max_size: usize) -> Vec<u8> {
-        let stats = &self.inner.stats;
-        let max_size = max_size.clamp(512, usize::from(u16::MAX));
-        let client = match packet::parse_query(query) {
+        let mut out = Vec::new();
+        let client = match wire::parse_query(query) {
             Ok(client) => client,
-            Err(rejection) => {
-                stats.malformed.fetch_add(1, Relaxed);
-                return packet::error_response(query, None, rejection.rcode());
+            Err(reject) => {
+                self.inner.stats.malformed.fetch_add(1, Relaxed);
+                let reject = match reject {
+                    Reject::Drop => Reject::formerr_for(query),
+                    error => error,
+                };
+                wire::write_rejection(&mut out, query, &reject, true);
+                return out;
             }
         };
-        if client.edns.is_some_and(|e| e.version != 0) {
-            stats.malformed.fetch_add(1, Relaxed);
-            return packet::error_response(query, Some(&client), rcode::BADVERS);
+        let limit = max_size.clamp(wire::MIN_UDP, wire::MAX_MESSAGE);
+        let request = Request::new(client, Ipv4Addr::UNSPECIFIED.into(), limit, true, 0);
+        match self.answer_now(&request, &mut out) {
+            Answered::Now { .. } => out,
+            Answered::Later => self.answer_from_upstreams(&request).await,
         }
-        if matches!(client.qtype, packet::TYPE_AXFR | packet::TYPE_IXFR) {
+    }
+
+    /// What needs no upstream: zone transfers, fresh cache entries, names without upstreams.
+    fn answer_now(&self, request: &Request<'_>, out: &mut Vec<u8>) -> Answered {
+        let stats = &self.inner.stats;
+        if matches!(request.query.qtype, TYPE_AXFR | TYPE_IXFR) {
             // A transfer is a stream of messages over TCP; one exchange cannot relay it.
             stats.refused_no_upstream.fetch_add(1, Relaxed);
-            return packet::error_response(query, Some(&client), rcode::REFUSED);
+            return refuse(request, out);
         }
-        let key = CacheKey::new(&client);
+        let key = CacheKey::new(request);
         if let Lookup::Fresh { entry, age } = self.inner.cache.get(&key, Instant::now()) {
             stats.cache_hits.fetch_add(1, Relaxed);
-            let ttls = Ttls::Aged {
-                offsets: &entry.ttl_offsets,
-                age,
+            let rcode = self.respond(request, &entry.answer, Ttls::Aged(age), out);
+            return Answered::Now {
+                rcode,
+                prepared: false,
             };
-            return self.respond(query, &client, &entry.message, entry.qend, ttls, max_size);
         }
         stats.cache_misses.fetch_add(1, Relaxed);
-        let set = self.inner.route(key.qname());
-        if set.is_empty() {
+        if self.inner.route(request.lower_qname()).is_empty() {
             stats.refused_no_upstream.fetch_add(1, Relaxed);
-            return packet::error_response(query, Some(&client), rcode::REFUSED);
+            return refuse(request, out);
         }
+        Answered::Later
+    }
+
+    /// A cache miss: the upstreams, or else what the cache has left, or SERVFAIL.
+    async fn answer_from_upstreams(&self, request: &Request<'_>) -> Vec<u8> {
+        let stats = &self.inner.stats;
+        let mut out = Vec::new();
+        let key = CacheKey::new(request);
+        let set = self.inner.route(request.lower_qname());
         let Ok(permit) = Arc::clone(&self.inner.in_flight).try_acquire_owned() else {
             // At the cap, an expired answer still beats REFUSED (RFC 8767).
             if let Lookup::Stale(entry) = self.inner.cache.get(&key, Instant::now()) {
                 stats.stale_served.fetch_add(1, Relaxed);
-                let ttls = Ttls::Fixed {
-                    offsets: &entry.ttl_offsets,
-                    ttl: STALE_TTL,
-                };
-                return self.respond(query, &client, &entry.message, entry.qend, ttls, max_size);
+                self.respond(request, &entry.answer, Ttls::Fixed(STALE_TTL), &mut out);
+                return out;
             }
             stats.refused_in_flight.fetch_add(1, Relaxed);
-            return packet::error_response(query, Some(&client), rcode::REFUSED);
+            refuse(request, &mut out);
+            return out;
         };
         stats.forwarded.fetch_add(1, Relaxed);
-        if let Some(answer) = self.dispatch(&client, set, permit).await {
+        if let Some(answer) = self.dispatch(request, set, permit).await {
             stats.answered.fetch_add(1, Relaxed);
-            return self.answer(query, &client, key, answer, max_size);
+            self.store_and_respond(request, key, answer, &mut out);
+            return out;
         }
         // Every upstream failed. A concurrent query may have refreshed the entry meanwhile;
         // otherwise an expired one will do (RFC 8767).
         match self.inner.cache.get(&key, Instant::now()) {
             Lookup::Fresh { entry, age } => {
                 stats.cache_hits.fetch_add(1, Relaxed);
-                let ttls = Ttls::Aged {
-                    offsets: &entry.ttl_offsets,
-                    age,
-                };
-                self.respond(query, &client, &entry.message, entry.qend, ttls, max_size)
+                self.respond(request, &entry.answer, Ttls::Aged(age), &mut out);
             }
             Lookup::Stale(entry) => {
                 stats.stale_served.fetch_add(1, Relaxed);
-                let ttls = Ttls::Fixed {
-                    offsets: &entry.ttl_offsets,
-                    ttl: STALE_TTL,
-                };
-                self.respond(query, &client, &entry.message, entry.qend, ttls, max_size)
+                self.respond(request, &entry.answer, Ttls::Fixed(STALE_TTL), &mut out);
             }
             Lookup::Miss => {
                 stats.servfail.fetch_add(1, Relaxed);
-                packet::error_response(query, Some(&client), rcode::SERVFAIL)
+                request.respond_rcode(&mut out, wire::RCODE_SERVFAIL);
             }
         }
+        out
     }
 
     /// Caches an upstream answer when its TTLs allow, and answers the client from it.
-    fn answer(
+    fn store_and_respond(
         &self,
-        query: &[u8],
-        client: &ClientQuery<'_>,
+        request: &Request<'_>,
         key: CacheKey,
-        answer: Answer,
-        max_size: usize,
-    ) -> Vec<u8> {
+        answer: UpstreamAnswer,
+        out: &mut Vec<u8>,
+    ) {
         // Large answers (up to 64 KB over TCP) are relayed but not cached, so the cache's
         // size in bytes stays bounded by its entry count.
         let Some(ttl) = answer
             .cache_ttl
-            .filter(|_| answer.message.len() <= MAX_CACHED_BYTES)
+            .filter(|_| answer.records.len() <= MAX_CACHED_BYTES)
         else {
-            return self.respond(
-                query,
-                client,
-                &answer.message,
-                answer.qend,
-                Ttls::AsIs,
-                max_size,
-            );
+            self.respond(request, &answer, Ttls::AsIs, out);
+            return;
         };
-        let entry = Entry::new(
-            answer.message,
-            answer.qend,
-            answer.ttl_offsets,
-            ttl,
-            Instant::now(),
-        );
-        let ttls = Ttls::Aged {
-            offsets: &entry.ttl_offsets,
-            age: 0,
-        };
-        let response = self.respond(query, client, &entry.message, entry.qend, ttls, max_size);
+        let entry = Entry::new(answer, ttl, Instant::now());
+        self.respond(request, &entry.answer, Ttls::Aged(0), out);
         self.inner.cache.insert(key, entry);
-        response
     }
 
+    /// Writes the response from `answer`; its rcode.
     fn respond(
         &self,
-        query: &[u8],
-        client: &ClientQuery<'_>,
-        message: &[u8],
-        qend: usize,
-        ttls: Ttls<'_>,
-        max_size: usize,
-    ) -> Vec<u8> {
+        request: &Request<'_>,
+        answer: &UpstreamAnswer,
+        ttls: Ttls,
+        out: &mut Vec<u8>,
+    ) -> u8 {
         let stats = &self.inner.stats;
-        match packet::render(message, qend, client, ttls, max_size) {
-            Some((response, truncated)) => {
-                if truncated {
+        match answer.respond(request, ttls, out) {
+            Some(written) => {
+                if written.truncated {
                     stats.truncated.fetch_add(1, Relaxed);
                 }
-                response
+                answer.rcode.low()
             }
             None => {
-                // check_answer matched the question, so a stored answer always fits it.
+                // The cache key holds the question's name, so a stored answer always fits it.
                 stats.servfail.fetch_add(1, Relaxed);
-                packet::error_response(query, Some(client), rcode::SERVFAIL)
+                request.respond_rcode(out, wire::RCODE_SERVFAIL);
+                wire::RCODE_SERVFAIL
             }
         }
     }
@@ -430,12 +422,12 @@ impl Forwarder {
     /// gives a usable answer or the query's time (twice the per-attempt timeout) is up.
     async fn dispatch(
         &self,
-        client: &ClientQuery<'_>,
+        request: &Request<'_>,
         set: &[usize],
         permit: OwnedSemaphorePermit,
-    ) -> Option<Answer> {
+    ) -> Option<UpstreamAnswer> {
         let plan = self.inner.health.plan(set, Instant::now());
-        let query = Arc::new(UpstreamQuery::new(client));
+        let query = Arc::new(UpstreamQuery::new(&request.query));
         // The permit counts this client's query, not its attempts: it is released when the
         // query has its answer, while losing attempts run out on their own (bounded by the
         // deadline), so a dead partner upstream does not halve the capacity.
@@ -443,7 +435,7 @@ impl Forwarder {
         let deadline = tokio::time::Instant::now() + self.inner.timeout * 2;
         let mut order = plan.order.into_iter();
         let mut attempts = JoinSet::new();
-        let mut launch = |attempts: &mut JoinSet<Option<Answer>>| match order.next() {
+        let mut launch = |attempts: &mut JoinSet<Option<UpstreamAnswer>>| match order.next() {
             Some(index) => {
                 let attempt = attempt(Arc::clone(&self.inner), index, Arc::clone(&query), deadline);
                 attempts.spawn(attempt);
@@ -470,6 +462,32 @@ impl Forwarder {
         // still counts towards their upstream's health.
         attempts.detach_all();
         winner
+    }
+}
+
+impl AnswerSource for Forwarder {
+    fn origins(&self) -> Vec<Box<[u8]>> {
+        vec![Box::new([0])]
+    }
+
+    fn is_recursive(&self) -> bool {
+        true
+    }
+
+    fn answer(&self, request: &Request<'_>, out: &mut Vec<u8>) -> Answered {
+        self.answer_now(request, out)
+    }
+
+    fn answer_later<'a>(&'a self, request: &'a Request<'a>) -> Pending<'a> {
+        Box::pin(self.answer_from_upstreams(request))
+    }
+}
+
+fn refuse(request: &Request<'_>, out: &mut Vec<u8>) -> Answered {
+    request.respond_rcode(out, wire::RCODE_REFUSED);
+    Answered::Now {
+        rcode: wire::RCODE_REFUSED,
+        prepared: false,
     }
 }
 
@@ -500,31 +518,31 @@ async fn attempt(
     index: usize,
     query: Arc<UpstreamQuery>,
     deadline: tokio::time::Instant,
-) -> Option<Answer> {
+) -> Option<UpstreamAnswer> {
     let stats = inner.stats.upstreams.get(index)?;
     stats.queries.fetch_add(1, Relaxed);
     let started = Instant::now();
     let result = upstream::exchange(stats.addr, &query, inner.timeout, deadline, stats).await;
     let (outcome, answer) = match result {
         Ok(answer) => match answer.rcode {
-            rcode::SERVFAIL => {
+            ResponseCode::ServFail => {
                 stats.rcode_failures.fetch_add(1, Relaxed);
                 (Outcome::Neutral, None)
             }
             // REFUSED means it will not serve us (an ACL, the wrong server): that is about the
             // upstream, not the name.
-            rcode::REFUSED => {
+            ResponseCode::Refused => {
                 stats.rcode_failures.fetch_add(1, Relaxed);
                 (Outcome::Failed { timed_out: None }, None)
             }
             // It could not take our query (EDNS, an opcode): a failure of that upstream, never
             // an answer to relay.
-            rcode::FORMERR | rcode::NOTIMP => {
+            ResponseCode::FormErr | ResponseCode::NotImp => {
                 stats.rcode_failures.fetch_add(1, Relaxed);
                 (Outcome::Failed { timed_out: None }, None)
             }
             // We sent EDNS version 0 without cookies, so an extended RCODE means a broken upstream.
-            code if code > 0x0F => {
+            code if u16::from(code) > 0x0F => {
                 stats.errors.fetch_add(1, Relaxed);
                 (Outcome::Failed { timed_out: None }, None)
             }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::packet::{check_answer, Answer, AnswerError, UpstreamQuery};
+use super::answer::{AnswerError, UpstreamAnswer, UpstreamQuery};
 
 /// Counters and health of one upstream, for metrics and status pages.
 #[derive(Debug)]
@@ -271,12 +271,12 @@ pub(super) async fn exchange(
     timeout: Duration,
     deadline: tokio::time::Instant,
     stats: &UpstreamStats,
-) -> Result<Answer, ExchangeError> {
+) -> Result<UpstreamAnswer, ExchangeError> {
     let leg_deadline = || (tokio::time::Instant::now() + timeout).min(deadline);
     let answer = tokio::time::timeout_at(leg_deadline(), exchange_udp(upstream, query))
         .await
         .map_err(|_| ExchangeError::Timeout)??;
-    if !answer.truncated {
+    if !answer.truncated() {
         return Ok(answer);
     }
     stats.tcp_retries.fetch_add(1, Relaxed);
@@ -299,7 +299,7 @@ fn query_id() -> u16 {
 async fn exchange_udp(
     upstream: SocketAddr,
     query: &UpstreamQuery,
-) -> Result<Answer, ExchangeError> {
+) -> Result<UpstreamAnswer, ExchangeError> {
     let id = query_id();
     let socket = UdpSocket::bind(local_addr_for(upstream)).await?;
     // Connected, so the kernel drops datagrams from anyone but the upstream.
@@ -308,7 +308,7 @@ async fn exchange_udp(
     let mut buf = vec![0; UDP_BUFFER];
     for _ in 0..MAX_STRAY_DATAGRAMS {
         let len = socket.recv(&mut buf).await?;
-        match check_answer(buf.get(..len).unwrap_or_default(), query, id) {
+        match UpstreamAnswer::parse(buf.get(..len).unwrap_or_default(), query, id) {
             Ok(answer) => return Ok(answer),
             Err(AnswerError::NotOurs) => continue,
             Err(AnswerError::Invalid) => return Err(ExchangeError::Invalid),
@@ -320,7 +320,7 @@ async fn exchange_udp(
 async fn exchange_tcp(
     upstream: SocketAddr,
     query: &UpstreamQuery,
-) -> Result<Answer, ExchangeError> {
+) -> Result<UpstreamAnswer, ExchangeError> {
     let id = query_id();
     let mut stream = TcpStream::connect(upstream).await?;
     stream.set_nodelay(true)?;
@@ -333,5 +333,5 @@ async fn exchange_tcp(
     let len = stream.read_u16().await?;
     let mut buf = vec![0; usize::from(len)];
     stream.read_exact(&mut buf).await?;
-    check_answer(&buf, query, id).map_err(|_| ExchangeError::Invalid)
+    UpstreamAnswer::parse(&buf, query, id).map_err(|_| ExchangeError::Invalid)
 }
