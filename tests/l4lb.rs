@@ -498,7 +498,7 @@ fn an_agent_without_the_socket_path_detaches_the_one_left_pinned() {
     let cfg = dir.path().join("agent.toml");
     std::fs::write(
         &cfg,
-        format!("[l4lb]\nsocket = false\n[l4lb.xdp]\ndecap_interfaces = [\"{client_if}\"]\ngue_sources = [\"198.18.0.1\"]\n"),
+        format!("[l4lb]\nsocket = false\nvip_ranges = [\"198.18.0.0/15\"]\n[l4lb.xdp]\ndecap_interfaces = [\"{client_if}\"]\ngue_sources = [\"198.18.0.1\"]\n"),
     )
     .unwrap();
     let pin = lab.pin.display().to_string();

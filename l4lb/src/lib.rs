@@ -8,6 +8,7 @@ pub mod adopt;
 pub mod attach;
 pub mod btf;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod kernel;
 pub mod kernel_xdp;
@@ -128,6 +129,9 @@ pub struct L4lb {
     writes: u64,
     errors: u64,
     last: Option<Arc<Snapshot>>,
+    /// VIP addresses the guard leaves out, and how many times each reason refused one.
+    refused: std::collections::BTreeMap<plan::ServiceAddr, guard::Refused>,
+    refusals: std::collections::BTreeMap<guard::Refusal, u64>,
     /// Bumped by every apply (the active checker re-reads its targets then).
     generation: u64,
 }
@@ -189,6 +193,8 @@ impl L4lb {
             writes: 0,
             errors: 0,
             last: None,
+            refused: Default::default(),
+            refusals: Default::default(),
             generation: 0,
         })
     }
@@ -235,7 +241,9 @@ impl L4lb {
 
     /// Programs a snapshot by difference.
     pub fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Report {
-        let plan = plan::plan(snapshot, &self.opts);
+        let mut plan = plan::plan(snapshot, &self.opts);
+        let refused = self.opts.guard.screen(&mut plan, snapshot);
+        self.note_refusals(refused);
         let mut report = match &mut self.kernel {
             Some(k) => self.reconciler.apply(&plan, k),
             None => Report::default(),
@@ -264,6 +272,33 @@ impl L4lb {
         self.last = Some(snapshot.clone());
         self.generation += 1;
         report
+    }
+
+    /// Logs and counts the VIP addresses newly refused, and says which are no longer.
+    fn note_refusals(
+        &mut self,
+        refused: std::collections::BTreeMap<plan::ServiceAddr, guard::Refused>,
+    ) {
+        for (addr, r) in &refused {
+            if self.refused.get(addr) != Some(r) {
+                *self.refusals.entry(r.reason).or_default() += 1;
+                tracing::warn!(vip = %r.vip, address = %SocketAddr::new(addr.ip, addr.port),
+                    protocol = %addr.protocol, reason = r.reason.label(),
+                    "VIP address refused: {}", r.reason);
+            }
+        }
+        for (addr, r) in &self.refused {
+            if !refused.contains_key(addr) {
+                tracing::info!(vip = %r.vip, address = %SocketAddr::new(addr.ip, addr.port),
+                    protocol = %addr.protocol, "VIP address no longer refused");
+            }
+        }
+        self.refused = refused;
+    }
+
+    /// The VIP addresses left out of the plan, and why.
+    pub fn refused(&self) -> &std::collections::BTreeMap<plan::ServiceAddr, guard::Refused> {
+        &self.refused
     }
 
     /// Programs the last snapshot again (after a health verdict changed).
@@ -460,5 +495,17 @@ impl L4lb {
             ],
         );
         m::gauges(&[], &[(m::REVISION, self.revision as f64)]);
+        for reason in guard::Refusal::ALL {
+            let labels = [Label::new("reason", reason.label())];
+            let now = self.refused.values().filter(|r| r.reason == reason).count();
+            m::gauges(&labels, &[(m::VIP_REFUSED, now as f64)]);
+            m::counters(
+                &labels,
+                &[(
+                    m::VIP_REFUSALS_TOTAL,
+                    self.refusals.get(&reason).copied().unwrap_or(0),
+                )],
+            );
+        }
     }
 }

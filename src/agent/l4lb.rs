@@ -45,9 +45,13 @@ impl VipPlane {
             passive_fail_threshold: c.passive.fail_threshold,
             passive_hold: Duration::from_millis(c.passive.hold_ms),
         };
+        if c.vip_ranges.is_empty() {
+            warn!("l4lb.vip_ranges is empty: no VIP address is steered");
+        }
         let opts = lodestar_l4lb::PlanOptions {
             site: config.site.clone(),
             locality: c.locality,
+            guard: vip_guard(config),
             ..Default::default()
         };
         let first = first.clone();
@@ -151,6 +155,44 @@ impl VipPlane {
     }
 }
 
+/// What VIP addresses may be: inside `l4lb.vip_ranges`, and none of the addresses the agent
+/// itself reaches (etcd, DNS upstreams) or this node's.
+fn vip_guard(config: &AgentConfig) -> lodestar_l4lb::guard::VipGuard {
+    use lodestar_l4lb::guard::Refusal;
+    let mut protected: Vec<(std::net::IpAddr, Refusal)> = config
+        .catalog
+        .etcd
+        .iter()
+        .filter_map(|e| endpoint_ip(e))
+        .map(|ip| (ip, Refusal::Etcd))
+        .collect();
+    let zones = config.dns.forward_zones.iter().flat_map(|z| &z.upstreams);
+    protected.extend(
+        config
+            .upstreams()
+            .iter()
+            .chain(zones)
+            .map(|u| (u.ip(), Refusal::Upstream)),
+    );
+    lodestar_l4lb::guard::VipGuard {
+        ranges: config.l4lb.vip_ranges.clone(),
+        protected,
+        node_addresses: Some(lodestar_l4lb::sys::node_addresses),
+    }
+}
+
+/// The address of an etcd endpoint given by address (`https://198.18.1.11:2379`); a host name
+/// is not resolved here (a VIP cannot take a name, only the addresses it resolves to).
+fn endpoint_ip(endpoint: &str) -> Option<std::net::IpAddr> {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.parse().ok()
+}
+
 /// Programs every new snapshot into the maps, and the last one again when an active check
 /// changes a verdict; off the async workers. Stops between two programmings.
 async fn feed(
@@ -198,6 +240,25 @@ async fn feed(
                 );
             }
             Err(e) => error!("programming VIPs failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn etcd_endpoints_give_their_addresses() {
+        for (e, want) in [
+            ("http://198.18.1.11:2379", Some("198.18.1.11")),
+            ("https://[2001:db8::11]:2379", Some("2001:db8::11")),
+            ("198.18.1.12:2379", Some("198.18.1.12")),
+            ("https://etcd.example:2379", None),
+        ] {
+            assert_eq!(
+                super::endpoint_ip(e),
+                want.map(|w| w.parse().unwrap()),
+                "{e}"
+            );
         }
     }
 }

@@ -182,6 +182,11 @@ impl Lab {
             "--l4lb-pin-path".into(),
             self.pin.display().to_string(),
             "--l4lb-required".into(),
+            // The only ranges the tests' VIPs may be in (the network rule's).
+            "--l4lb-vip-range".into(),
+            "198.18.0.0/15".into(),
+            "--l4lb-vip-range".into(),
+            "2001:db8::/32".into(),
         ]
     }
 

@@ -108,3 +108,40 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// The addresses of this network namespace's interfaces, except the loopback interface's:
+/// there a DSR backend's node holds the VIPs it serves (and 127.0.0.0/8, ::1 are refused as
+/// VIPs anyway).
+pub fn node_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that is walked read-only and freed once; each
+    // address is read as the type its family says.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            let sa = ifa.ifa_addr;
+            if sa.is_null() || ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0 {
+                continue;
+            }
+            match i32::from((*sa).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(sa as *const libc::sockaddr_in);
+                    out.push(std::net::IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(sa as *const libc::sockaddr_in6);
+                    out.push(std::net::IpAddr::from(sin6.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
