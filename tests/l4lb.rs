@@ -516,3 +516,51 @@ fn an_agent_without_the_socket_path_detaches_the_one_left_pinned() {
         agent.logs()
     );
 }
+
+#[test]
+fn an_agent_with_the_load_balancer_off_or_failing_detaches_what_was_left_steering() {
+    let (lab, etcd) = lab("quit", 1, &[]);
+    let ep = etcd.endpoint();
+    let pin = lab.pin.display().to_string();
+    let detached = "detached the links an earlier agent left steering";
+    for (what, args) in [
+        // Turned off on this node.
+        (
+            "off",
+            vec!["--etcd", &ep, "--no-l4lb", "--l4lb-pin-path", &pin],
+        ),
+        // Failing to start (its cgroup is gone), without l4lb.required: DNS only.
+        (
+            "failing",
+            vec![
+                "--etcd",
+                &ep,
+                "--l4lb-pin-path",
+                &pin,
+                "--l4lb-cgroup",
+                "/nonexistent-lodestar-cgroup",
+            ],
+        ),
+    ] {
+        let mut first = start_agent(&lab, &etcd, &[]);
+        first.terminate();
+        assert_eq!(
+            attached_programs(&lab.cgroup.path).len(),
+            9,
+            "pinned and attached"
+        );
+        let agent = Agent::start(&args);
+        assert!(
+            attached_programs(&lab.cgroup.path).is_empty(),
+            "{what}: the hooks left steering from maps nobody updates are detached"
+        );
+        assert!(agent.logs().contains(detached), "{what}: {}", agent.logs());
+        // The maps stay, for the next agent to adopt.
+        let maps = std::fs::read_dir(&lab.pin)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ls_"))
+            .count();
+        assert!(maps > 0, "{what}: the maps are kept");
+    }
+}

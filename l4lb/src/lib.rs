@@ -36,7 +36,7 @@ pub use error::L4lbError;
 pub use health::ActiveConfig;
 pub use kernel::{cgroup2_root, KernelConfig};
 pub use kernel_xdp::XdpConfig;
-pub use pin::{detach, Detached, DEFAULT_PIN_PATH};
+pub use pin::{detach, detach_links, Detached, DEFAULT_PIN_PATH};
 pub use plan::{Locality, PlanOptions};
 pub use reconcile::Report;
 

@@ -37,6 +37,7 @@ impl VipPlane {
         };
         let c = &config.l4lb;
         if !c.enabled {
+            stop_steering(&c.pin_path, "the VIP load balancer is off (l4lb.enabled)");
             return Ok(off("off".into()));
         }
         let kernel = lodestar_l4lb::KernelConfig {
@@ -83,11 +84,15 @@ impl VipPlane {
                     health_changed: Arc::default(),
                 })
             }
-            Err(e) if c.required => Err(anyhow::anyhow!(
-                "the VIP load balancer is required (l4lb.required) but cannot start: {e}"
-            )),
+            Err(e) if c.required => {
+                stop_steering(&c.pin_path, "the VIP load balancer cannot start");
+                Err(anyhow::anyhow!(
+                    "the VIP load balancer is required (l4lb.required) but cannot start: {e}"
+                ))
+            }
             Err(e) => {
                 warn!("VIP load balancer not running, DNS only: {e}");
+                stop_steering(&c.pin_path, "the VIP load balancer cannot start");
                 Ok(off(format!("unavailable: {e}")))
             }
         }
@@ -152,6 +157,20 @@ impl VipPlane {
             ),
             Err(e) => warn!("cannot detach the demo VIPs: {e}"),
         }
+    }
+}
+
+/// Detaches the programs an earlier agent left pinned in `pin_path`: without this agent to
+/// update their maps they would go on steering to backends that may be long gone. Their maps
+/// stay, for the next agent that runs the load balancer to adopt. Another agent that holds
+/// the directory keeps its links.
+fn stop_steering(pin_path: &std::path::Path, why: &str) {
+    match lodestar_l4lb::detach_links(pin_path) {
+        Ok(0) => {}
+        Ok(links) => warn!(links, pin_path = %pin_path.display(),
+            "{why}: detached the links an earlier agent left steering from maps nobody updates"),
+        Err(e) => warn!(pin_path = %pin_path.display(),
+            "{why}; the links pinned there are left as they are: {e}"),
     }
 }
 
