@@ -553,8 +553,24 @@ fn main() {
         c.miss, c.miss_ratio
     );
     println!(
+        "| Lodestar, conntrack miss while flooded (not cached) | {:.1} | {:.2} |",
+        c.flooded, c.flooded_ratio
+    );
+    println!(
+        "| Lodestar, TCP without SYN of no tracked flow (nothing inserted) | {:.1} | {:.2} |",
+        c.untracked, c.untracked_ratio
+    );
+    println!(
+        "| Lodestar, a connection's SYN + first ACK (into lx_ct) | {:.1} | {:.2} |",
+        c.connection, c.connection_ratio
+    );
+    println!(
         "| Lodestar, packet to no VIP | {:.1} | {:.2} |",
         c.not_vip, c.not_vip_ratio
+    );
+    println!(
+        "\n(New-flow rows: the new-flow wrapper's own {:.1} ns per run subtracted.)",
+        c.wrapper
     );
     flow_table(
         &format!(

@@ -8,8 +8,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::agent::Agent;
-use support::l4lb::{backend_status, connect, in_ns, vip_status, within, Lab, VIP4};
+use support::l4lb::{
+    agent_on_files, backend_status, connect, in_ns, vip_status, within, Lab, VIP4,
+};
 use support::{http_get, metric};
 
 /// A task at `ip:port` whose port carries `vips` (label values), as a catalog TOML fragment.
@@ -46,15 +47,7 @@ fn vip_labels_cannot_take_over_the_agents_addresses_and_its_own_sockets_are_neve
          [l4lb.active]\nenabled = true\ninterval_ms = 200\ntimeout_ms = 200\nrise = 2\nfall = 2\n",
     )
     .unwrap();
-    let extra = lab.agent_args();
-    let mut args = vec![
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    args.extend(extra.iter().map(String::as_str));
-    let agent = Agent::start_in(&lab.client, &args);
+    let agent = agent_on_files(&lab, &catalog, &config);
     let client = lab.client.name.clone();
 
     // Hostile labels, each on a real backend's port: the agent's own HTTP API (loopback), this

@@ -70,7 +70,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_VIP_FILTER SEC(".maps");
 
-/* NAT replies of backends that several VIPs share, by the reply's flow. */
+/* NAT replies by the reply's flow (backend to client): the VIP they leave from. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LX_MAX_CT);

@@ -955,3 +955,119 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     );
     assert_eq!(lab.counter("drop_revnat_lost"), 1);
 }
+
+/// Removes a pin directory when dropped (also when the test fails).
+struct PinGuard(std::path::PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bpftool(args: &[&str]) {
+    let out = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .expect("bpftool (these tests need it)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pinned_shape(path: &std::path::Path) -> (u32, u32, u32) {
+    let info = aya::maps::MapData::from_pin(path)
+        .expect("the pinned map")
+        .info()
+        .expect("its info");
+    (info.key_size(), info.value_size(), info.max_entries())
+}
+
+#[test]
+fn pinned_maps_of_another_shape_are_migrated_with_their_flows_or_recreated() {
+    let pin = PinGuard(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lodestar-fixtures-shape-{}",
+        std::process::id()
+    )));
+    let _ = std::fs::remove_dir_all(&pin.0);
+    std::fs::create_dir_all(&pin.0).unwrap();
+    let ct_path = pin.0.join("lx_ct");
+    let revnat_path = pin.0.join("lx_revnat");
+    // What an agent of another version left: its flow table with room for 1,024 flows (and a
+    // shared LRU list), holding one; a reply table whose entries are 8 bytes, not 20.
+    let (flow_key, ct_value) = (
+        std::mem::size_of::<lodestar_l4lb::layout::Flow>(),
+        std::mem::size_of::<Ct>(),
+    );
+    bpftool(&[
+        "map",
+        "create",
+        ct_path.to_str().unwrap(),
+        "type",
+        "lru_hash",
+        "key",
+        &flow_key.to_string(),
+        "value",
+        &ct_value.to_string(),
+        "entries",
+        "1024",
+        "name",
+        "lx_ct",
+    ]);
+    bpftool(&[
+        "map",
+        "create",
+        revnat_path.to_str().unwrap(),
+        "type",
+        "lru_hash",
+        "key",
+        &flow_key.to_string(),
+        "value",
+        "8",
+        "entries",
+        "1024",
+        "name",
+        "lx_revnat",
+    ]);
+    let flow = pkt("198.18.100.7", "198.19.0.1", Protocol::Tcp, 48000, 80).flow();
+    let tracked = Ct {
+        real_id: 7,
+        gen: 3,
+        ..Ct::default()
+    };
+    {
+        let map = aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(&ct_path).unwrap());
+        let mut ct: aya::maps::HashMap<_, lodestar_l4lb::layout::Flow, Ct> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        ct.insert(flow, tracked, 0).unwrap();
+    }
+
+    let lb = XdpLb::open(&pin.0, &lab_config(), true).expect("load over the old maps");
+    assert_eq!(
+        pinned_shape(&ct_path),
+        (
+            flow_key as u32,
+            ct_value as u32,
+            lodestar_ebpf::header::LX_MAX_CT
+        ),
+        "lx_ct has the object's capacity"
+    );
+    assert_eq!(lb.flow(&flow), Some(tracked), "and the flow it tracked");
+    assert_eq!(
+        pinned_shape(&revnat_path),
+        (
+            flow_key as u32,
+            std::mem::size_of::<lodestar_l4lb::layout::XRev>() as u32,
+            lodestar_ebpf::header::LX_MAX_CT
+        ),
+        "lx_revnat is recreated with the object's layout"
+    );
+    // The programs run on the new maps.
+    let p = pkt("198.18.100.8", "198.19.0.1", Protocol::Tcp, 48001, 80);
+    assert_eq!(
+        lb.test_run("lx_xdp", &p.frame(), 1).unwrap().retval,
+        XDP_PASS
+    );
+}

@@ -196,7 +196,7 @@ fn vip_guard(config: &AgentConfig) -> lodestar_l4lb::guard::VipGuard {
     lodestar_l4lb::guard::VipGuard {
         ranges: config.l4lb.vip_ranges.clone(),
         protected,
-        node_addresses: Some(lodestar_l4lb::sys::node_addresses),
+        node_addresses: Some(lodestar_dns::acl::non_loopback_interface_addresses),
     }
 }
 

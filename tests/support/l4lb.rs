@@ -584,6 +584,20 @@ pub fn start_agent(
     super::agent::Agent::start(&args)
 }
 
+/// The agent inside the client namespace (it must reach the backends itself), on a catalog
+/// file and a config file, with the load balancer on the lab's cgroup.
+pub fn agent_on_files(lab: &Lab, catalog: &Path, config: &Path) -> super::agent::Agent {
+    let extra = lab.agent_args();
+    let mut args = vec![
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    super::agent::Agent::start_in(&lab.client, &args)
+}
+
 /// The agent's `/v1/vips`.
 pub fn vips(agent: &super::agent::Agent) -> serde_json::Value {
     serde_json::from_str(&super::http::http_get(agent.http, "/v1/vips")).expect("/v1/vips is JSON")
