@@ -212,7 +212,9 @@ tracked:;
 		return forward(ctx, cfg);
 	}
 
-	/* NAT: a new flow's replies will need their VIP back (tc egress); then rewrite. */
+	/* NAT: a new flow's replies will need their VIP back (tc egress); then rewrite. A backend
+	 * of one VIP needs only the mark of its first replies (its VIP is in lx_nat_backends,
+	 * later replies are known by lx_ct); one that several VIPs share, each flow's entry. */
 	if (!new_flow)
 		goto rewrite;
 	struct lx_flow back;
@@ -223,6 +225,14 @@ tracked:;
 	back.dport = p.flow.sport;
 	back.proto = p.flow.proto;
 	back.family = p.flow.family;
+	if (!(ct->real.flags & LX_REAL_SHARED)) {
+		__u32 h = flow_hash(&back);
+		__u32 slot = h & (LX_NAT_MARKS - 1);
+		__u32 *mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &slot);
+		if (mark)
+			*mark = h;
+		goto rewrite;
+	}
 	struct lx_rev rev;
 	__builtin_memset(&rev, 0, sizeof(rev));
 	__builtin_memcpy(rev.addr, p.flow.dst, 16);
@@ -256,18 +266,20 @@ int lx_tc_revnat(struct __sk_buff *skb)
 	if (!nb)
 		return TC_ACT_OK;
 	struct lx_rev v;
-	struct lx_rev *rev = bpf_map_lookup_elem(&LX_MAP_REVNAT, &p.flow);
-	if (rev) {
+	if (nb->flags & LX_REV_SHARED) {
+		struct lx_rev *rev = bpf_map_lookup_elem(&LX_MAP_REVNAT, &p.flow);
+		if (!rev) {
+			/* Its entry was evicted (or it is no reply): which of the backend's VIPs
+			 * it answers for is lost, and it must not leave with the backend's
+			 * address. */
+			count(LX_DROP_REVNAT);
+			return TC_ACT_SHOT;
+		}
 		__builtin_memcpy(&v, rev, sizeof(v));
-	} else if (nb->flags & LX_REV_SHARED) {
-		/* Its entry was evicted (or it is no reply): which of the backend's VIPs it
-		 * answers for is lost, and it must not leave with the backend's address. */
-		count(LX_DROP_REVNAT);
-		return TC_ACT_SHOT;
 	} else {
-		/* The backend's one VIP: a reply when its client's flow to that VIP is tracked
-		 * (its entry put back), else a connection made to the backend's own address,
-		 * which leaves as it is. */
+		/* The backend's one VIP: a reply when its client's flow to that VIP is tracked,
+		 * or not yet but marked by its first packet; else a connection made to the
+		 * backend's own address, which leaves as it is. */
 		struct lx_flow fwd;
 		__builtin_memset(&fwd, 0, sizeof(fwd));
 		__builtin_memcpy(fwd.src, p.flow.dst, 16);
@@ -276,12 +288,15 @@ int lx_tc_revnat(struct __sk_buff *skb)
 		fwd.dport = nb->port;
 		fwd.proto = p.flow.proto;
 		fwd.family = p.flow.family;
-		if (!bpf_map_lookup_elem(&LX_MAP_CT, &fwd))
-			return TC_ACT_OK;
+		if (!bpf_map_lookup_elem(&LX_MAP_CT, &fwd)) {
+			__u32 h = flow_hash(&p.flow);
+			__u32 slot = h & (LX_NAT_MARKS - 1);
+			__u32 *mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &slot);
+			if (!mark || *mark != h)
+				return TC_ACT_OK;
+			count(LX_NAT_MARKED);
+		}
 		__builtin_memcpy(&v, nb, sizeof(v));
-		v.flags = 0;
-		bpf_map_update_elem(&LX_MAP_REVNAT, &p.flow, &v, BPF_ANY);
-		count(LX_REVNAT_RESTORED);
 	}
 	__u32 l3 = sizeof(struct ethhdr);
 	__u32 l4 = (__u32)((long)p.l4 - (long)data);

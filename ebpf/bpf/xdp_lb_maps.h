@@ -70,7 +70,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_VIP_FILTER SEC(".maps");
 
-/* NAT replies by the reply's flow (backend to client): the VIP they leave from. */
+/* NAT replies of backends that several VIPs share, by the reply's flow (backend to client). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LX_MAX_CT);
@@ -79,6 +79,15 @@ struct {
 	__type(value, struct lx_rev);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_REVNAT SEC(".maps");
+
+/* First-reply marks of new NAT flows (LX_NAT_MARKS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LX_NAT_MARKS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_NAT_MARKS SEC(".maps");
 
 /* NAT backends by (address, port, protocol): the VIP their replies leave as. */
 struct {

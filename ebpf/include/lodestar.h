@@ -152,10 +152,19 @@ struct ls_config {
 #define LX_MAP_NAT_BACKENDS lx_nat_backends
 #define LX_MAP_GUE_PEERS   lx_gue_peers
 #define LX_MAP_FLOOD       lx_flood
+#define LX_MAP_NAT_MARKS   lx_nat_marks
 
 #define LX_MAX_VIPS          4096
 #define LX_MAX_REALS         65536
 #define LX_MAX_CT            262144
+/*
+ * lx_nat_marks: a new NAT flow to a backend of one VIP writes the hash of its reply's flow
+ * into slot (hash % LX_NAT_MARKS), so that its first replies (before its second packet puts it
+ * into lx_ct) are known as replies at tc egress. An array write, where an lx_revnat insert
+ * costs an LRU eviction; a later flow may take the slot, which only matters for a flow that
+ * is never confirmed.
+ */
+#define LX_NAT_MARKS         1048576
 #define LX_MAX_GUE_PEERS     256      /* load balancers a node takes GUE from */
 
 /*
@@ -337,7 +346,7 @@ struct lx_real_stats {
 #define LX_DROP_GUE_PEER    15  /* GUE from a sender not in lx_gue_peers */
 #define LX_DROP_GUE_INNER   16  /* GUE whose inner packet is to no VIP */
 #define LX_ICMP_TOO_BIG     17  /* too big to encapsulate: ICMP frag needed / packet too big sent */
-#define LX_REVNAT_RESTORED  18  /* NAT replies whose lx_revnat entry was gone, found again by lx_ct */
+#define LX_NAT_MARKED       18  /* NAT replies of a flow not in lx_ct yet, known by its first packet's mark */
 #define LX_COUNTERS         19
 
 /* lx_config.flags */

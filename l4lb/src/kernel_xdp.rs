@@ -403,11 +403,6 @@ impl XdpLb {
         self.revnat.get(reply, 0).ok()
     }
 
-    /// Removes a NAT reply's entry, as an LRU eviction would (tests).
-    pub fn remove_reply(&mut self, reply: &Flow) -> io::Result<()> {
-        gone_ok(self.revnat.remove(reply))
-    }
-
     pub fn vip_stats(&self, id: u32) -> XVipStats {
         self.vip_stats.sum(id)
     }

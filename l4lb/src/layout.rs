@@ -179,11 +179,7 @@ pub const LX_COUNTERS: [(&str, &str, u32); 19] = [
         h::LX_DROP_GUE_INNER,
     ),
     ("icmp_too_big", "LX_ICMP_TOO_BIG", h::LX_ICMP_TOO_BIG),
-    (
-        "revnat_restored",
-        "LX_REVNAT_RESTORED",
-        h::LX_REVNAT_RESTORED,
-    ),
+    ("nat_reply_marked", "LX_NAT_MARKED", h::LX_NAT_MARKED),
 ];
 
 /// One of the compiled objects.
@@ -227,7 +223,7 @@ macro_rules! map_layouts {
 }
 
 /// What the Rust side reads and writes in each map: (map, key size, value size).
-fn map_layouts() -> [(&'static str, usize, usize); 23] {
+fn map_layouts() -> [(&'static str, usize, usize); 24] {
     map_layouts![
         h::LS_MAP_SERVICES => (SvcKey, Svc),
         h::LS_MAP_SLOTS => (SlotKey, u32),
@@ -252,6 +248,7 @@ fn map_layouts() -> [(&'static str, usize, usize); 23] {
         h::LX_MAP_NAT_BACKENDS => (SvcKey, XRev),
         h::LX_MAP_GUE_PEERS => (Peer, u32),
         h::LX_MAP_FLOOD => (u32, Flood),
+        h::LX_MAP_NAT_MARKS => (u32, u32),
     ]
 }
 
@@ -265,12 +262,13 @@ const SHARED_IDS: [(&str, &[&str]); 4] = [
 ];
 
 /// Arrays whose size the programs assume: (map, entries).
-const FIXED_SIZES: [(&str, u32); 5] = [
+const FIXED_SIZES: [(&str, u32); 6] = [
     (h::LX_MAP_VIP_FILTER, h::LX_FILTER_WORDS),
     (h::LX_MAP_GLOBAL, h::LX_COUNTERS),
     (h::LX_MAP_FLOW_CACHE, 1 << h::LX_CACHE_BITS),
     (h::LX_MAP_FLOOD, 1),
     (h::LX_MAP_RING, h::LX_RING_ENTRIES),
+    (h::LX_MAP_NAT_MARKS, h::LX_NAT_MARKS),
 ];
 
 /// One way the compiled objects and the Rust side disagree.

@@ -917,9 +917,10 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     assert_eq!(lab.run("lx_tc_revnat", &lost.frame()).0, TC_ACT_SHOT);
     assert_eq!(lab.counter("drop_revnat_lost"), 1);
 
-    // A backend of one NAT VIP (the other back in GUE mode): a reply whose entry was evicted
-    // is known by its client's tracked flow, and gets its VIP (and its entry) back; a packet
-    // of a connection made to the backend's own address leaves as it is.
+    // A backend of one NAT VIP (the other back in GUE mode): its replies need no entry of
+    // their own. A confirmed flow's are known by the client's flow in lx_ct, the first ones of
+    // a flow that only sent its SYN by the SYN's mark; a packet of a connection made to the
+    // backend's own address leaves as it is.
     lab.modes.insert("198.19.0.2:80/tcp".to_string(), Mode::Gue);
     lab.program(&base_plan(1, 1));
     let p = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 41301, 80);
@@ -937,7 +938,6 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
         p.sport,
     );
     reply.syn = false;
-    lab.lb.remove_reply(&reply.flow()).unwrap();
     let mut expected = reply.clone();
     expected.src = p.dst;
     expected.sport = p.dport;
@@ -945,8 +945,29 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
         lab.run("lx_tc_revnat", &reply.frame()),
         (TC_ACT_OK, expected.frame())
     );
-    assert!(lab.lb.reply(&reply.flow()).is_some(), "its entry is back");
-    assert_eq!(lab.counter("revnat_restored"), 1);
+    assert!(lab.lb.reply(&reply.flow()).is_none(), "no entry of its own");
+    assert_eq!(lab.counter("nat_reply_marked"), 0, "known by lx_ct");
+    // Its SYN only: the SYN-ACK comes before the flow is confirmed.
+    let syn = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 41302, 80);
+    let to = lab.maglev_pick(&syn);
+    lab.run("lx_xdp", &syn.frame());
+    assert!(lab.lb.flow(&syn.flow()).is_none());
+    let mut syn_ack = pkt(
+        &to.ip.to_string(),
+        &syn.src.to_string(),
+        Protocol::Tcp,
+        to.port,
+        syn.sport,
+    );
+    syn_ack.syn = false;
+    let mut expected = syn_ack.clone();
+    expected.src = syn.dst;
+    expected.sport = syn.dport;
+    assert_eq!(
+        lab.run("lx_tc_revnat", &syn_ack.frame()),
+        (TC_ACT_OK, expected.frame())
+    );
+    assert_eq!(lab.counter("nat_reply_marked"), 1);
     let mut direct = reply.clone();
     direct.dport = 41398;
     assert_eq!(
