@@ -479,17 +479,7 @@ fn gue_decapsulation_and_nat_replies_byte_for_byte() {
         let (action, _) = lab.run("lx_xdp", &p.frame());
         assert_eq!(action, XDP_PASS);
         let to = lab.maglev_pick(&p);
-        let mut reply = pkt(
-            &to.ip.to_string(),
-            &p.src.to_string(),
-            p.proto,
-            to.port,
-            p.sport,
-        );
-        reply.syn = false;
-        let mut expected = reply.clone();
-        expected.src = p.dst;
-        expected.sport = p.dport;
+        let (reply, expected) = reply_to(&p, to);
         let (action, out) = lab.run("lx_tc_revnat", &reply.frame());
         assert_eq!(action, TC_ACT_OK);
         assert_eq!(out, expected.frame(), "the reply leaves from the VIP");
@@ -884,6 +874,23 @@ fn only_new_flows_are_tracked_and_only_once_a_second_packet_shows_them_real() {
     assert_eq!(lab.counter("flow_confirmed"), confirmed + 2);
 }
 
+/// The backend's reply to `p` (which went to `to`), and that reply as it must leave: from the
+/// VIP.
+fn reply_to(p: &Pkt, to: BackendAddr) -> (Pkt, Pkt) {
+    let mut reply = pkt(
+        &to.ip.to_string(),
+        &p.src.to_string(),
+        p.proto,
+        to.port,
+        p.sport,
+    );
+    reply.syn = false;
+    let mut from_vip = reply.clone();
+    from_vip.src = p.dst;
+    from_vip.sport = p.dport;
+    (reply, from_vip)
+}
+
 #[test]
 fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     let mut lab = Lab::new("revnat");
@@ -894,17 +901,7 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     let p = pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41300, 80);
     let to = lab.maglev_pick(&p);
     assert_eq!(lab.run("lx_xdp", &p.frame()).1, rewritten(&p, to).frame());
-    let mut reply = pkt(
-        &to.ip.to_string(),
-        &p.src.to_string(),
-        Protocol::Tcp,
-        to.port,
-        p.sport,
-    );
-    reply.syn = false;
-    let mut expected = reply.clone();
-    expected.src = p.dst;
-    expected.sport = p.dport;
+    let (reply, expected) = reply_to(&p, to);
     assert_eq!(
         lab.run("lx_tc_revnat", &reply.frame()),
         (TC_ACT_OK, expected.frame()),
@@ -930,17 +927,7 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     lab.run("lx_xdp", &p.frame());
     lab.run("lx_xdp", &second.frame());
     assert!(lab.lb.flow(&p.flow()).is_some());
-    let mut reply = pkt(
-        &to.ip.to_string(),
-        &p.src.to_string(),
-        Protocol::Tcp,
-        to.port,
-        p.sport,
-    );
-    reply.syn = false;
-    let mut expected = reply.clone();
-    expected.src = p.dst;
-    expected.sport = p.dport;
+    let (reply, expected) = reply_to(&p, to);
     assert_eq!(
         lab.run("lx_tc_revnat", &reply.frame()),
         (TC_ACT_OK, expected.frame())
@@ -952,17 +939,7 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     let to = lab.maglev_pick(&syn);
     lab.run("lx_xdp", &syn.frame());
     assert!(lab.lb.flow(&syn.flow()).is_none());
-    let mut syn_ack = pkt(
-        &to.ip.to_string(),
-        &syn.src.to_string(),
-        Protocol::Tcp,
-        to.port,
-        syn.sport,
-    );
-    syn_ack.syn = false;
-    let mut expected = syn_ack.clone();
-    expected.src = syn.dst;
-    expected.sport = syn.dport;
+    let (syn_ack, expected) = reply_to(&syn, to);
     assert_eq!(
         lab.run("lx_tc_revnat", &syn_ack.frame()),
         (TC_ACT_OK, expected.frame())
@@ -1022,36 +999,25 @@ fn pinned_maps_of_another_shape_are_migrated_with_their_flows_or_recreated() {
         std::mem::size_of::<lodestar_l4lb::layout::Flow>(),
         std::mem::size_of::<Ct>(),
     );
-    bpftool(&[
-        "map",
-        "create",
-        ct_path.to_str().unwrap(),
-        "type",
-        "lru_hash",
-        "key",
-        &flow_key.to_string(),
-        "value",
-        &ct_value.to_string(),
-        "entries",
-        "1024",
-        "name",
-        "lx_ct",
-    ]);
-    bpftool(&[
-        "map",
-        "create",
-        revnat_path.to_str().unwrap(),
-        "type",
-        "lru_hash",
-        "key",
-        &flow_key.to_string(),
-        "value",
-        "8",
-        "entries",
-        "1024",
-        "name",
-        "lx_revnat",
-    ]);
+    let pin_lru = |path: &std::path::Path, value: usize, name: &str| {
+        bpftool(&[
+            "map",
+            "create",
+            path.to_str().unwrap(),
+            "type",
+            "lru_hash",
+            "key",
+            &flow_key.to_string(),
+            "value",
+            &value.to_string(),
+            "entries",
+            "1024",
+            "name",
+            name,
+        ])
+    };
+    pin_lru(&ct_path, ct_value, "lx_ct");
+    pin_lru(&revnat_path, 8, "lx_revnat");
     let flow = pkt("198.18.100.7", "198.19.0.1", Protocol::Tcp, 48000, 80).flow();
     let tracked = Ct {
         real_id: 7,
