@@ -106,19 +106,33 @@ struct {
 	__type(value, __u64);
 } gen_count SEC(".maps");
 
-SEC("xdp")
-int xdp_gen(struct xdp_md *ctx)
+/* Writes the template into the frame: the template (NULL when the frame is too short or a map
+ * is missing), and this CPU's frame count in *n. */
+static __always_inline struct gen_tmpl *put_template(struct xdp_md *ctx, __u64 **n)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	if (data + GEN_FRAME > end)
-		return XDP_ABORTED;
+		return 0;
 	__u32 zero = 0;
 	struct gen_tmpl *t = bpf_map_lookup_elem(&gen_cfg, &zero);
-	__u64 *n = bpf_map_lookup_elem(&gen_count, &zero);
-	if (!t || !n || !t->flows)
-		return XDP_ABORTED;
+	*n = bpf_map_lookup_elem(&gen_count, &zero);
+	if (!t || !*n)
+		return 0;
 	__builtin_memcpy(data, t->frame, GEN_FRAME);
+	return t;
+}
+
+SEC("xdp")
+int xdp_gen(struct xdp_md *ctx)
+{
+	__u64 *n;
+	struct gen_tmpl *t = put_template(ctx, &n);
+	if (!t || !t->flows)
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	if (data + GEN_FRAME > (void *)(long)ctx->data_end)
+		return XDP_ABORTED;
 	__u16 port = bpf_htons(bpf_ntohs(t->base_port) + (__u16)(*n % t->flows));
 	*n += 1;
 	__u16 *sport = data + 14 + 20;
@@ -150,16 +164,14 @@ struct {
 SEC("xdp")
 int xdp_new_flows(struct xdp_md *ctx)
 {
+	__u64 *n;
+	struct gen_tmpl *t = put_template(ctx, &n);
+	if (!t)
+		return XDP_ABORTED;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	if (data + GEN_FRAME > end)
 		return XDP_ABORTED;
-	__u32 zero = 0;
-	struct gen_tmpl *t = bpf_map_lookup_elem(&gen_cfg, &zero);
-	__u64 *n = bpf_map_lookup_elem(&gen_count, &zero);
-	if (!t || !n)
-		return XDP_ABORTED;
-	__builtin_memcpy(data, t->frame, GEN_FRAME);
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	__u8 *l4 = (void *)(ip + 1);
 	__u64 i = (*n)++;
