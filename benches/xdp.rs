@@ -80,10 +80,24 @@ struct Cost {
     floor: f64,
     hit: f64,
     not_vip: f64,
+    /// A new flow (a TCP SYN to a NAT VIP), every repetition a flow never seen before.
     miss: f64,
+    /// The same while the CPU counts itself flooded (new flows are not cached).
+    flooded: f64,
+    /// A TCP packet without SYN of a flow nobody tracks (an ACK flood, or tracking lost).
+    untracked: f64,
+    /// A connection's first two packets together (its SYN, and the ACK that puts it into the
+    /// shared table).
+    connection: f64,
+    connection_ratio: f64,
+    /// The new-flow wrapper by itself (subtracted from `miss`, `flooded` and `untracked`).
+    wrapper: f64,
     /// Medians of the ratios to the floor measured next to it (the machine's speed drifts).
     hit_ratio: f64,
     not_vip_ratio: f64,
+    miss_ratio: f64,
+    flooded_ratio: f64,
+    untracked_ratio: f64,
     trials: usize,
 }
 
@@ -107,17 +121,23 @@ impl Drop for PinDir {
     }
 }
 
-/// The per-packet costs: `trials` rounds, each timing the floor, the hit and the no-VIP
-/// packet one after the other (`repeat` runs each), and the medians.
-fn per_packet(repeat: u32, singles: u16, trials: usize) -> Cost {
-    pin_to_cpu(1);
+/// The XDP object in a pin directory of its own, programmed with the benchmark's VIPs.
+struct Bench {
+    lb: XdpLb,
+    _pin: PinDir,
+}
+
+/// Loads and programs the object; `flood`: new flows per second and CPU above which the CPU
+/// counts itself flooded (0: never).
+fn bench_lb(tag: &str, flood: u32) -> Bench {
     let pin = PinDir(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/lodestar-bench-xdp-{}",
+        "/sys/fs/bpf/lodestar-bench-xdp-{tag}-{}",
         std::process::id()
     )));
     let _ = std::fs::remove_dir_all(&pin.0);
     let cfg = XdpConfig {
         gue_source_v4: Some("198.18.0.1".parse().unwrap()),
+        flood_new_flows_per_cpu: flood,
         ..XdpConfig::default()
     };
     let mut lb = XdpLb::open(&pin.0, &cfg, true).expect("load the XDP object (needs root)");
@@ -125,10 +145,11 @@ fn per_packet(repeat: u32, singles: u16, trials: usize) -> Cost {
     // the same packet for the next, so every repetition takes the full conntrack-hit path.
     let plan: Plan = [
         service("198.18.1.2", 8080, &["198.18.1.2"], 8080, Protocol::Tcp),
+        // New flows' VIP: backends of no other VIP, so their replies need no per-flow entry.
         service(
             "198.19.0.1",
             80,
-            &["198.18.1.2", "198.18.2.2"],
+            &["198.18.2.2", "198.18.3.2"],
             8080,
             Protocol::Tcp,
         ),
@@ -138,16 +159,51 @@ fn per_packet(repeat: u32, singles: u16, trials: usize) -> Cost {
     let mut rec = XdpReconciler::new(lodestar_l4lb::maglev::DEFAULT_MAX, 1);
     let rep = rec.apply(&plan, &|_| Mode::Nat, &mut lb);
     assert!(rep.errors.is_empty(), "{rep:?}");
-    let floor = Floor::load().expect("load the floor program");
+    Bench { lb, _pin: pin }
+}
 
+/// The per-packet costs: `trials` rounds, each timing the floor, the hit, the no-VIP packet,
+/// new flows (with and without a flood) and untracked mid-flow packets one after the other
+/// (`repeat` runs each), and the medians.
+fn per_packet(repeat: u32, trials: usize) -> Cost {
+    pin_to_cpu(1);
+    let tracked = bench_lb("t", 0);
+    // Every new flow over the rate: the CPU counts itself flooded throughout.
+    let flooding = bench_lb("f", 1);
+    let lb = &tracked.lb;
+    let mut floor = Floor::load().expect("load the floor program");
+
+    // The hit flow starts with its SYN and is confirmed by its second packet; then every
+    // repetition is a packet of a tracked flow, from the CPU's cache.
     let mut hit_pkt = packet::pkt("198.18.100.1", "198.18.1.2", Protocol::Tcp, 40000, 8080);
+    let hit_syn = hit_pkt.frame();
+    lb.test_run("lx_xdp", &hit_syn, 1).unwrap();
     hit_pkt.syn = false;
     let hit_frame = hit_pkt.frame();
     lb.test_run("lx_xdp", &hit_frame, 1).unwrap();
+    assert!(
+        lb.flow(&hit_pkt.flow()).is_some(),
+        "the hit flow is tracked"
+    );
     let other = packet::pkt("198.18.100.1", "198.18.9.9", Protocol::Tcp, 40000, 8080).frame();
-    let floor_frame = packet::pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40000, 80).frame();
+    let mut syn = packet::pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40000, 80);
+    // The new-flow wrapper's template size.
+    syn.payload = b"hello!".to_vec();
+    let floor_frame = syn.frame();
+    let mut ack = syn.clone();
+    ack.syn = false;
+    let ack_frame = ack.frame();
+    let lx = lb.program("lx_xdp").expect("lx_xdp");
+    let lx_flooded = flooding.lb.program("lx_xdp").expect("lx_xdp");
     let (mut fl, mut hit, mut not_vip) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut wrap, mut miss, mut flooded, mut untracked) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut connection = Vec::new();
     for _ in 0..trials {
+        // The last trial's new flows pushed the hit flow out of the CPU's cache and, with
+        // theirs, out of lx_ct: it starts again (SYN, then the packet that confirms it).
+        lb.test_run("lx_xdp", &hit_syn, 1).unwrap();
+        lb.test_run("lx_xdp", &hit_frame, 1).unwrap();
         let f = floor.test_run(&floor_frame, repeat).unwrap();
         assert_eq!(f.retval, 3, "the floor returns XDP_TX");
         fl.push(f64::from(f.duration_ns));
@@ -159,31 +215,69 @@ fn per_packet(repeat: u32, singles: u16, trials: usize) -> Cost {
         not_vip.push(f64::from(
             lb.test_run("lx_xdp", &other, repeat).unwrap().duration_ns,
         ));
+        let w = f64::from(
+            floor
+                .new_flows(None, &floor_frame, repeat, 1)
+                .unwrap()
+                .duration_ns,
+        );
+        wrap.push(w);
+        let m = floor.new_flows(Some(lx), &floor_frame, repeat, 1).unwrap();
+        assert_eq!(
+            m.retval, 2,
+            "a new flow is rewritten and passed to the kernel"
+        );
+        miss.push(f64::from(m.duration_ns) - w);
+        let m = floor
+            .new_flows(Some(lx_flooded), &floor_frame, repeat, 1)
+            .unwrap();
+        assert_eq!(
+            m.retval, 2,
+            "a new flow is rewritten and passed to the kernel"
+        );
+        flooded.push(f64::from(m.duration_ns) - w);
+        let u = floor.new_flows(Some(lx), &ack_frame, repeat, 1).unwrap();
+        untracked.push(f64::from(u.duration_ns) - w);
+        // SYN then ACK: the mean of the two, one of which confirms the flow into lx_ct.
+        let c = floor.new_flows(Some(lx), &floor_frame, repeat, 2).unwrap();
+        connection.push(2.0 * (f64::from(c.duration_ns) - w));
     }
     let ratio = |v: &[f64]| median(v.iter().zip(&fl).map(|(x, f)| x / f).collect());
-    let (hit_ratio, not_vip_ratio) = (ratio(&hit), ratio(&not_vip));
-    let (fl, hit, not_vip) = (median(fl), median(hit), median(not_vip));
-
-    // A miss cannot repeat (the first run creates the entry): time single runs of new flows
-    // and of a tracked one, and add their difference to the repeated hit.
-    let (mut miss1, mut hit1) = (0u64, 0u64);
-    for i in 0..singles {
-        let p = packet::pkt("198.18.101.1", "198.19.0.1", Protocol::Tcp, 1024 + i, 80);
-        miss1 += u64::from(lb.test_run("lx_xdp", &p.frame(), 1).unwrap().duration_ns);
-        hit1 += u64::from(lb.test_run("lx_xdp", &hit_frame, 1).unwrap().duration_ns);
-    }
-    let delta = (miss1 as f64 - hit1 as f64) / f64::from(singles);
-    drop(lb);
-    drop(pin);
-    Cost {
-        floor: fl,
-        hit,
-        not_vip,
-        miss: hit + delta,
-        hit_ratio,
-        not_vip_ratio,
+    let cost = Cost {
+        hit_ratio: ratio(&hit),
+        not_vip_ratio: ratio(&not_vip),
+        miss_ratio: ratio(&miss),
+        flooded_ratio: ratio(&flooded),
+        untracked_ratio: ratio(&untracked),
+        connection_ratio: ratio(&connection),
+        connection: median(connection),
+        floor: median(fl),
+        hit: median(hit),
+        not_vip: median(not_vip),
+        miss: median(miss),
+        flooded: median(flooded),
+        untracked: median(untracked),
+        wrapper: median(wrap),
         trials,
-    }
+    };
+    // What the runs did, as the counters say: every new flow cached (or, flooded, none), and
+    // no packet of an untracked flow put into the shared table.
+    let counter = |lb: &XdpLb, name: &str| {
+        let slot = lodestar_l4lb::layout::LX_COUNTERS
+            .iter()
+            .find(|c| c.0 == name)
+            .unwrap()
+            .2;
+        lb.global()[slot as usize]
+    };
+    let runs = u64::from(repeat) * trials as u64;
+    assert!(counter(lb, "flow_cache_insert") >= runs);
+    // The hit flow and each connection's ACK, no packet of an untracked flow.
+    assert_eq!(counter(lb, "flow_confirmed"), 1 + trials as u64 + runs / 2);
+    // All but the first few: the rate is looked at every LX_FLOOD_SAMPLE new flows.
+    let sample = u64::from(lodestar_l4lb::layout::LX_FLOOD_SAMPLE);
+    assert!(counter(&flooding.lb, "flood_uncached") + sample >= runs);
+    cost
 }
 
 /// The backends' XDP sinks: what arrived, dropped at once so the backends cost little
@@ -349,11 +443,26 @@ fn main() {
     let rounds = arg("--rounds", 3) as usize;
     let trials = arg("--trials", 15) as usize;
 
-    let c = per_packet(repeat, 5000, trials);
+    let c = per_packet(repeat, trials);
     if rounds == 0 {
         println!(
-            "floor {:.1} ns, hit {:.1} ns ({:.2}x), miss {:.1} ns, no VIP {:.1} ns ({:.2}x)",
-            c.floor, c.hit, c.hit_ratio, c.miss, c.not_vip, c.not_vip_ratio
+            "floor {:.1} ns, hit {:.1} ns ({:.2}x), no VIP {:.1} ns ({:.2}x), new flow {:.1} ns \
+             ({:.2}x), new flow flooded {:.1} ns ({:.2}x), untracked {:.1} ns ({:.2}x), \
+             connection (SYN + ACK) {:.1} ns ({:.2}x), wrapper {:.1} ns",
+            c.floor,
+            c.hit,
+            c.hit_ratio,
+            c.not_vip,
+            c.not_vip_ratio,
+            c.miss,
+            c.miss_ratio,
+            c.flooded,
+            c.flooded_ratio,
+            c.untracked,
+            c.untracked_ratio,
+            c.connection,
+            c.connection_ratio,
+            c.wrapper,
         );
         return;
     }
@@ -441,12 +550,27 @@ fn main() {
     );
     println!(
         "| Lodestar, conntrack miss (Maglev, new entry) | {:.1} | {:.2} |",
-        c.miss,
-        c.miss / c.floor
+        c.miss, c.miss_ratio
+    );
+    println!(
+        "| Lodestar, conntrack miss while flooded (not cached) | {:.1} | {:.2} |",
+        c.flooded, c.flooded_ratio
+    );
+    println!(
+        "| Lodestar, TCP without SYN of no tracked flow (nothing inserted) | {:.1} | {:.2} |",
+        c.untracked, c.untracked_ratio
+    );
+    println!(
+        "| Lodestar, a connection's SYN + first ACK (into lx_ct) | {:.1} | {:.2} |",
+        c.connection, c.connection_ratio
     );
     println!(
         "| Lodestar, packet to no VIP | {:.1} | {:.2} |",
         c.not_vip, c.not_vip_ratio
+    );
+    println!(
+        "\n(New-flow rows: the new-flow wrapper's own {:.1} ns per run subtracted.)",
+        c.wrapper
     );
     flow_table(
         &format!(

@@ -134,6 +134,9 @@ pub struct AgentArgs {
     /// Where the load balancer's maps and links are pinned (default /sys/fs/bpf/lodestar).
     #[arg(long, value_name = "DIR")]
     l4lb_pin_path: Option<PathBuf>,
+    /// A range VIP addresses may come from (repeatable; replaces l4lb.vip_ranges).
+    #[arg(long, value_name = "CIDR")]
+    l4lb_vip_range: Vec<ipnet::IpNet>,
     /// Where the last etcd snapshot is kept on local disk (overrides catalog.cache_file).
     #[arg(long, value_name = "FILE")]
     cache_file: Option<PathBuf>,
@@ -189,6 +192,9 @@ impl AgentArgs {
         }
         if let Some(d) = &self.l4lb_pin_path {
             c.l4lb.pin_path = d.clone();
+        }
+        if !self.l4lb_vip_range.is_empty() {
+            c.l4lb.vip_ranges = self.l4lb_vip_range.clone();
         }
         if let Some(f) = &self.cache_file {
             c.catalog.cache_file = Some(f.clone());

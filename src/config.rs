@@ -219,6 +219,10 @@ pub struct L4lbConfig {
     pub socket: bool,
     /// The per-packet XDP/tc path; off until interfaces are configured.
     pub xdp: lodestar_l4lb::XdpConfig,
+    /// The only ranges VIP addresses (IP VIPs and named VIPs' allocated ones) may come from;
+    /// empty: no VIP is steered. This node's own addresses, loopback, etcd's, the masters' and
+    /// the DNS upstreams' are refused even inside them (docs/security.md, "VIP labels").
+    pub vip_ranges: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -252,6 +256,7 @@ impl Default for L4lbConfig {
             active: lodestar_l4lb::ActiveConfig::default(),
             socket: true,
             xdp: lodestar_l4lb::XdpConfig::default(),
+            vip_ranges: Vec::new(),
         }
     }
 }

@@ -16,6 +16,10 @@ use tracing::{info, warn};
 /// directory, since a demo removes everything there when it stops.
 pub const DEMO_PIN_PATH: &str = "/sys/fs/bpf/lodestar-demo";
 
+/// The demo catalog's VIP addresses (RFC 2544 benchmarking space), its `l4lb.vip_ranges` unless
+/// configured.
+pub const DEMO_VIP_RANGE: &str = "198.19.0.0/16";
+
 /// The demo's backends and routes, removed by [`Demo::stop`].
 pub struct Demo {
     routes: Vec<IpAddr>,

@@ -101,9 +101,14 @@ pub fn print_dataplane_vips(vips: &[lodestar_l4lb::VipStatus]) {
             flags.push_str(" FAIL-OPEN");
         }
         if let Some(x) = &v.xdp {
+            flags.push_str(&format!(" xdp={} table={}", x.mode, x.table));
+            // Cramped: lx_ring had no room for the size its backends ask for.
+            if x.table_preferred > x.table {
+                flags.push_str(&format!(" (wants {})", x.table_preferred));
+            }
             flags.push_str(&format!(
-                " xdp={} table={} pkts={} flows={} lru_misses={}",
-                x.mode, x.table, x.packets, x.new_flows, x.lru_misses
+                " ring={}/{} pkts={} flows={} lru_misses={}",
+                x.ring_used, x.ring_slots, x.packets, x.new_flows, x.lru_misses
             ));
         }
         rows.push(vec![

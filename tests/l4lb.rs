@@ -499,7 +499,7 @@ fn an_agent_without_the_socket_path_detaches_the_one_left_pinned() {
     let cfg = dir.path().join("agent.toml");
     std::fs::write(
         &cfg,
-        format!("[l4lb]\nsocket = false\n[l4lb.xdp]\ndecap_interfaces = [\"{client_if}\"]\n"),
+        format!("[l4lb]\nsocket = false\nvip_ranges = [\"198.18.0.0/15\"]\n[l4lb.xdp]\ndecap_interfaces = [\"{client_if}\"]\ngue_sources = [\"198.18.0.1\"]\n"),
     )
     .unwrap();
     let pin = lab.pin.display().to_string();
@@ -596,4 +596,52 @@ fn a_bridge_mode_backend_is_reached_at_its_agent_and_host_port() {
     });
     let v = support::l4lb::vip_status(&vips(&agent), "198.19.0.7:80");
     support::l4lb::backend_status(&v, "198.18.1.2:20560");
+}
+
+#[test]
+fn an_agent_with_the_load_balancer_off_or_failing_detaches_what_was_left_steering() {
+    let (lab, etcd) = lab("quit", 1, &[]);
+    let ep = etcd.endpoint();
+    let pin = lab.pin.display().to_string();
+    let detached = "detached the links an earlier agent left steering";
+    for (what, args) in [
+        // Turned off on this node.
+        (
+            "off",
+            vec!["--etcd", &ep, "--no-l4lb", "--l4lb-pin-path", &pin],
+        ),
+        // Failing to start (its cgroup is gone), without l4lb.required: DNS only.
+        (
+            "failing",
+            vec![
+                "--etcd",
+                &ep,
+                "--l4lb-pin-path",
+                &pin,
+                "--l4lb-cgroup",
+                "/nonexistent-lodestar-cgroup",
+            ],
+        ),
+    ] {
+        let mut first = start_agent(&lab, &etcd, &[]);
+        first.terminate();
+        assert_eq!(
+            attached_programs(&lab.cgroup.path).len(),
+            9,
+            "pinned and attached"
+        );
+        let agent = Agent::start(&args);
+        assert!(
+            attached_programs(&lab.cgroup.path).is_empty(),
+            "{what}: the hooks left steering from maps nobody updates are detached"
+        );
+        assert!(agent.logs().contains(detached), "{what}: {}", agent.logs());
+        // The maps stay, for the next agent to adopt.
+        let maps = std::fs::read_dir(&lab.pin)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ls_"))
+            .count();
+        assert!(maps > 0, "{what}: the maps are kept");
+    }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use support::agent::Agent;
 use support::http_get;
 use support::l4lb::{
-    backend_status, connect, in_ns, lab, start_agent, vip_status, vips, within, Lab, VIP4,
+    agent_on_files, backend_status, connect, in_ns, lab, start_agent, vip_status, vips, within,
+    Lab, VIP4,
 };
 
 #[test]
@@ -114,15 +115,7 @@ expect_status = 200
 "#,
     )
     .unwrap();
-    let extra = lab.agent_args();
-    let mut args = vec![
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    args.extend(extra.iter().map(String::as_str));
-    Agent::start_in(&lab.client, &args)
+    agent_on_files(lab, &catalog, &config)
 }
 
 #[test]

@@ -86,7 +86,7 @@ fn nat_balances_tcp_and_udp_over_both_families() {
     });
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("xdp=nat") && text.contains("table="),
+        text.contains("xdp=nat") && text.contains("table=") && text.contains(" ring="),
         "{text}"
     );
 }

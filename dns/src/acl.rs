@@ -62,6 +62,16 @@ pub fn interface_addresses() -> Vec<IpAddr> {
 
 /// Every interface address with its prefix length, from getifaddrs(3).
 pub fn interfaces() -> Vec<IpNet> {
+    interfaces_where(true)
+}
+
+/// The addresses of every interface but the loopback interface (where a DSR backend's node
+/// holds the VIPs it serves), for the VIP guard's list of this node's own addresses.
+pub fn non_loopback_interface_addresses() -> Vec<IpAddr> {
+    interfaces_where(false).iter().map(|n| n.addr()).collect()
+}
+
+fn interfaces_where(loopback_interface: bool) -> Vec<IpNet> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we walk read-only and free once.
@@ -72,6 +82,11 @@ pub fn interfaces() -> Vec<IpNet> {
         let mut cur = head;
         while !cur.is_null() {
             let ifa = &*cur;
+            let skip = !loopback_interface && ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+            if skip {
+                cur = ifa.ifa_next;
+                continue;
+            }
             if let (Some(addr), Some(mask)) =
                 (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask))
             {

@@ -84,6 +84,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LS_MAP_CONFIG SEC(".maps");
 
+/*
+ * The agent's own sockets are never steered: its connections to etcd, to its DNS upstreams and
+ * to the backends it probes go where it sends them, whatever a task's VIP label claims. It is
+ * known by its process (thread group) id, which it writes into ls_config when it opens the maps,
+ * before it connects anywhere; a restarted agent writes its new one the same way. A process id
+ * is unique while its process runs, and a cgroup, a network namespace or a socket cookie would
+ * not tell the agent apart: it shares the first two with other processes, and its sockets come
+ * and go with every reconnect.
+ */
+static __always_inline int from_agent(void)
+{
+	__u32 zero = 0;
+	struct ls_config *cfg = bpf_map_lookup_elem(&LS_MAP_CONFIG, &zero);
+	return cfg && cfg->agent_tgid &&
+	       (__u32)(bpf_get_current_pid_tgid() >> 32) == cfg->agent_tgid;
+}
+
 /* Counter kinds for bump(). */
 enum { CNT_CONNECT, CNT_DATAGRAM };
 
@@ -283,6 +300,8 @@ static __always_inline int xlate4(struct bpf_sock_addr *ctx, int which)
 	__u8 proto = (__u8)ctx->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 1;
+	if (from_agent())
+		return 1;
 	load_v4(ctx, vip);
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	int r = pick(vip, AF_INET, port, proto, cookie, which == CNT_DATAGRAM, &be, &be_id, &svc_id);
@@ -301,6 +320,8 @@ static __always_inline int xlate6(struct bpf_sock_addr *ctx, int which)
 	__u16 port = (__u16)ctx->user_port;
 	__u8 proto = (__u8)ctx->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	if (from_agent())
 		return 1;
 	load_v6(ctx, vip);
 	__u64 cookie = bpf_get_socket_cookie(ctx);

@@ -6,6 +6,7 @@
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ip.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -105,19 +106,33 @@ struct {
 	__type(value, __u64);
 } gen_count SEC(".maps");
 
-SEC("xdp")
-int xdp_gen(struct xdp_md *ctx)
+/* Writes the template into the frame: the template (NULL when the frame is too short or a map
+ * is missing), and this CPU's frame count in *n. */
+static __always_inline struct gen_tmpl *put_template(struct xdp_md *ctx, __u64 **n)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	if (data + GEN_FRAME > end)
-		return XDP_ABORTED;
+		return 0;
 	__u32 zero = 0;
 	struct gen_tmpl *t = bpf_map_lookup_elem(&gen_cfg, &zero);
-	__u64 *n = bpf_map_lookup_elem(&gen_count, &zero);
-	if (!t || !n || !t->flows)
-		return XDP_ABORTED;
+	*n = bpf_map_lookup_elem(&gen_count, &zero);
+	if (!t || !*n)
+		return 0;
 	__builtin_memcpy(data, t->frame, GEN_FRAME);
+	return t;
+}
+
+SEC("xdp")
+int xdp_gen(struct xdp_md *ctx)
+{
+	__u64 *n;
+	struct gen_tmpl *t = put_template(ctx, &n);
+	if (!t || !t->flows)
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	if (data + GEN_FRAME > (void *)(long)ctx->data_end)
+		return XDP_ABORTED;
 	__u16 port = bpf_htons(bpf_ntohs(t->base_port) + (__u16)(*n % t->flows));
 	*n += 1;
 	__u16 *sport = data + 14 + 20;
@@ -127,4 +142,52 @@ int xdp_gen(struct xdp_md *ctx)
 	*check = sum ? sum : 0xffff;
 	*sport = port;
 	return XDP_TX;
+}
+
+/*
+ * New flows for the per-packet benchmark: BPF_PROG_TEST_RUN repeats one packet (and keeps what
+ * a run wrote into it for the next), and a repeated packet is a tracked flow from its second run
+ * on. This program makes every run a flow never seen before: it writes the template (gen_cfg's
+ * frame) again, with the low 16 bits of the IPv4 source and the source port counting up per CPU,
+ * then tail-calls the program under test (bench_next[0]). That is the cost of new flows as a
+ * flood of them pays it, with no system call between packets; or (template flows = 2) every
+ * two runs a new connection's SYN and first ACK. Checksums are left as the template has them: the
+ * programs under test update them incrementally and never check them.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} bench_next SEC(".maps");
+
+SEC("xdp")
+int xdp_new_flows(struct xdp_md *ctx)
+{
+	__u64 *n;
+	struct gen_tmpl *t = put_template(ctx, &n);
+	if (!t)
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + GEN_FRAME > end)
+		return XDP_ABORTED;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u8 *l4 = (void *)(ip + 1);
+	__u64 i = (*n)++;
+	/* flows == 2: two packets per flow, a TCP SYN and then its ACK (a connection's start). */
+	__u64 f = t->flows == 2 ? i >> 1 : i;
+	if (t->flows == 2 && ip->protocol == IPPROTO_TCP)
+		l4[13] = (i & 1) ? 0x10 : 0x02;
+	ip->saddr = (ip->saddr & bpf_htonl(0xffff0000)) | bpf_htonl((__u32)(f >> 16) & 0xffff);
+	*(__u16 *)l4 = bpf_htons((__u16)f);
+	bpf_tail_call(ctx, &bench_next, 0);
+	return XDP_ABORTED;
+}
+
+/* What xdp_new_flows costs by itself: the benchmark subtracts it. */
+SEC("xdp")
+int xdp_noop(struct xdp_md *ctx)
+{
+	return XDP_DROP;
 }

@@ -60,8 +60,11 @@ int lx_xdp(struct xdp_md *ctx)
 	__u64 *word = bpf_map_lookup_elem(&LX_MAP_VIP_FILTER, &word_ix);
 	if (!word || !(*word & (1ULL << (bit & 63))))
 		return XDP_PASS;
+	__u32 zero = 0;
+	struct lx_config *cfg = bpf_map_lookup_elem(&LX_MAP_XCONFIG, &zero);
 
-	/* A tracked flow, from this CPU's cache: no hash map lookup at all. */
+	/* A tracked flow, from this CPU's cache: no hash map lookup at all. A SYN starts a flow
+	 * and is decided anew (as Katran does), so it is never served from the cache. */
 	struct lx_ct fresh;
 	const struct lx_ct *ct;
 	__u32 mode;
@@ -72,7 +75,7 @@ int lx_xdp(struct xdp_md *ctx)
 	int way = -1;
 	if (cb) {
 		way = cache_find(cb, tag, &p.flow);
-		if (way >= 0) {
+		if (way >= 0 && !p.tcp_syn) {
 			struct lx_cache_entry *e = &cb->e[way & (LX_CACHE_WAYS - 1)];
 			__u32 vid = e->ct.real.vip_id;
 			struct lx_vip *live = bpf_map_lookup_elem(&LX_MAP_VIP_LIVE, &vid);
@@ -87,10 +90,16 @@ int lx_xdp(struct xdp_md *ctx)
 				if (lgen && lgen == e->ct.gen) {
 					ct = &e->ct;
 					mode = lmode;
-					__u32 clock = LX_CACHE_INSERTS;
-					__u64 *now = bpf_map_lookup_elem(&LX_MAP_GLOBAL, &clock);
-					if (now && (__u32)*now - e->touched > LX_CT_REFRESH) {
-						e->touched = (__u32)*now;
+					__u32 now = cache_clock(0);
+					if (e->flags & LX_CACHE_UNCONFIRMED) {
+						/* The flow's second packet: it is real, and the
+						 * shared table learns it. */
+						e->flags = 0;
+						e->touched = now;
+						bpf_map_update_elem(&LX_MAP_CT, &p.flow, &e->ct, BPF_ANY);
+						count(LX_CONFIRMED);
+					} else if (now - e->touched > LX_CT_REFRESH) {
+						e->touched = now;
 						/* Keeps lx_ct's entry from ageing out, or puts it back. */
 						if (!bpf_map_lookup_elem(&LX_MAP_CT, &p.flow))
 							bpf_map_update_elem(&LX_MAP_CT, &p.flow, &e->ct,
@@ -102,22 +111,20 @@ int lx_xdp(struct xdp_md *ctx)
 		}
 	}
 
-	/* Otherwise: the VIP, then the shared table, then its Maglev table. */
+	/* Otherwise: the VIP, then the shared table (not for a SYN), then its Maglev table. */
 	struct ls_svc_key key;
-	__builtin_memset(&key, 0, sizeof(key));
-	__builtin_memcpy(key.addr, p.flow.dst, 16);
-	key.port = p.flow.dport;
-	key.proto = p.flow.proto;
-	key.family = p.flow.family;
+	svc_key(&key, p.flow.dst, p.flow.dport, p.flow.proto, p.flow.family);
 	struct lx_vip *vip = bpf_map_lookup_elem(&LX_MAP_VIPS, &key);
 	if (!vip)
 		return XDP_PASS;
 	__u32 vip_id = vip->id;
 	__u32 ring = vip->ring_size;
+	__u32 base = vip->ring_base;
 	__u32 gen = vip->gen;
 	mode = vip->mode;
 
-	struct lx_ct *shared = bpf_map_lookup_elem(&LX_MAP_CT, &p.flow);
+	__u32 cache_flags = 0;
+	struct lx_ct *shared = p.tcp_syn ? 0 : bpf_map_lookup_elem(&LX_MAP_CT, &p.flow);
 	if (shared && (shared->gen == gen || shared->gen == 0) && shared->real.vip_id == vip_id) {
 		/* gen 0: an entry from before generations, taken as it was then. */
 		__builtin_memcpy(&fresh, shared, sizeof(fresh));
@@ -128,8 +135,8 @@ int lx_xdp(struct xdp_md *ctx)
 			count(LX_DROP_NO_REAL);
 			return XDP_DROP;
 		}
-		struct lx_ring_key rk = { .vip_id = vip_id, .slot = flow_hash(&p.flow) % ring };
-		__u32 *rid = bpf_map_lookup_elem(&LX_MAP_RING, &rk);
+		__u32 slot = base + flow_hash(&p.flow) % ring;
+		__u32 *rid = bpf_map_lookup_elem(&LX_MAP_RING, &slot);
 		if (!rid) {
 			count(LX_DROP_NO_REAL);
 			return XDP_DROP;
@@ -144,27 +151,36 @@ int lx_xdp(struct xdp_md *ctx)
 		__builtin_memcpy(&fresh.real, real, sizeof(*real));
 		fresh.real_id = real_id;
 		fresh.gen = gen;
-		bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
-		new_flow = 1;
 		struct lx_vip_stats *vs0 = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &vip_id);
-		if (vs0) {
-			if (p.flow.proto == IPPROTO_TCP && !p.tcp_syn)
+		if (p.flow.proto == IPPROTO_TCP && !p.tcp_syn && !shared) {
+			/* Mid-flow and tracked nowhere (evicted, begun before this load balancer
+			 * took over, or made up by a flood): where Maglev says, and nothing is
+			 * inserted for it. */
+			if (vs0)
 				vs0->lru_misses++;
-			else
-				vs0->new_flows++;
+			goto tracked_nowhere;
 		}
+		new_flow = 1;
+		if (vs0)
+			vs0->new_flows++;
 		struct lx_real_stats *rs0 = bpf_map_lookup_elem(&LX_MAP_REAL_STATS, &real_id);
 		if (rs0)
 			rs0->new_flows++;
+		if (shared) {
+			/* Its VIP changed under it: decided again, in the entry it has. */
+			bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
+		} else {
+			/* Into lx_ct only once a second packet shows it is real. */
+			cache_flags = LX_CACHE_UNCONFIRMED;
+		}
 	}
 	if (cb) {
-		__u32 clock = LX_CACHE_INSERTS;
-		__u64 *now = bpf_map_lookup_elem(&LX_MAP_GLOBAL, &clock);
-		__u32 t = 0;
-		if (now)
-			t = (__u32)(*now)++;
-		cache_put(cb, way, tag, &p.flow, &fresh, t);
+		if (new_flow && flooded(cfg))
+			count(LX_FLOOD_UNCACHED);
+		else
+			cache_put(cb, way, tag, &p.flow, &fresh, cache_clock(1), cache_flags);
 	}
+tracked_nowhere:
 	ct = &fresh;
 
 tracked:;
@@ -182,18 +198,23 @@ tracked:;
 		rs->bytes += bytes;
 	}
 
-	__u32 zero = 0;
-	struct lx_config *cfg = bpf_map_lookup_elem(&LX_MAP_XCONFIG, &zero);
 	if (mode == LX_MODE_GUE) {
 		if (!cfg)
 			return XDP_DROP;
-		int act = gue_encap(ctx, &p, &ct->real, cfg, flow_hash(&p.flow));
+		int kernel = 0;
+		int act = gue_encap(ctx, &p, &ct->real, cfg, flow_hash(&p.flow), &kernel);
 		if (act != XDP_PASS)
 			return act;
+		if (kernel) {
+			count(LX_XDP_PASS_FWD);
+			return XDP_PASS;
+		}
 		return forward(ctx, cfg);
 	}
 
-	/* NAT: a new flow's replies will need their VIP back (tc egress); then rewrite. */
+	/* NAT: a new flow's replies will need their VIP back (tc egress); then rewrite. A backend
+	 * of one VIP needs only the mark of its first replies (its VIP is in lx_nat_backends,
+	 * later replies are known by lx_ct); one that several VIPs share, each flow's entry. */
 	if (!new_flow)
 		goto rewrite;
 	struct lx_flow back;
@@ -204,6 +225,14 @@ tracked:;
 	back.dport = p.flow.sport;
 	back.proto = p.flow.proto;
 	back.family = p.flow.family;
+	if (!(ct->real.flags & LX_REAL_SHARED)) {
+		__u32 h = flow_hash(&back);
+		__u32 slot = h & (LX_NAT_MARKS - 1);
+		__u32 *mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &slot);
+		if (mark)
+			*mark = h;
+		goto rewrite;
+	}
 	struct lx_rev rev;
 	__builtin_memset(&rev, 0, sizeof(rev));
 	__builtin_memcpy(rev.addr, p.flow.dst, 16);
@@ -230,11 +259,45 @@ int lx_tc_revnat(struct __sk_buff *skb)
 	struct parsed p;
 	if (parse(data, end, &p) != P_OK)
 		return TC_ACT_OK;
-	struct lx_rev *rev = bpf_map_lookup_elem(&LX_MAP_REVNAT, &p.flow);
-	if (!rev)
+	/* Only what a NAT backend sends is ours. */
+	struct ls_svc_key bk;
+	svc_key(&bk, p.flow.src, p.flow.sport, p.flow.proto, p.flow.family);
+	struct lx_rev *nb = bpf_map_lookup_elem(&LX_MAP_NAT_BACKENDS, &bk);
+	if (!nb)
 		return TC_ACT_OK;
 	struct lx_rev v;
-	__builtin_memcpy(&v, rev, sizeof(v));
+	if (nb->flags & LX_REV_SHARED) {
+		struct lx_rev *rev = bpf_map_lookup_elem(&LX_MAP_REVNAT, &p.flow);
+		if (!rev) {
+			/* Its entry was evicted (or it is no reply): which of the backend's VIPs
+			 * it answers for is lost, and it must not leave with the backend's
+			 * address. */
+			count(LX_DROP_REVNAT);
+			return TC_ACT_SHOT;
+		}
+		__builtin_memcpy(&v, rev, sizeof(v));
+	} else {
+		/* The backend's one VIP: a reply when its client's flow to that VIP is tracked,
+		 * or not yet but marked by its first packet; else a connection made to the
+		 * backend's own address, which leaves as it is. */
+		struct lx_flow fwd;
+		__builtin_memset(&fwd, 0, sizeof(fwd));
+		__builtin_memcpy(fwd.src, p.flow.dst, 16);
+		__builtin_memcpy(fwd.dst, nb->addr, 16);
+		fwd.sport = p.flow.dport;
+		fwd.dport = nb->port;
+		fwd.proto = p.flow.proto;
+		fwd.family = p.flow.family;
+		if (!bpf_map_lookup_elem(&LX_MAP_CT, &fwd)) {
+			__u32 h = flow_hash(&p.flow);
+			__u32 slot = h & (LX_NAT_MARKS - 1);
+			__u32 *mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &slot);
+			if (!mark || *mark != h)
+				return TC_ACT_OK;
+			count(LX_NAT_MARKED);
+		}
+		__builtin_memcpy(&v, nb, sizeof(v));
+	}
 	__u32 l3 = sizeof(struct ethhdr);
 	__u32 l4 = (__u32)((long)p.l4 - (long)data);
 	__u32 csum_off = l4 + (p.flow.proto == IPPROTO_TCP ? 16 : 6);
@@ -268,6 +331,11 @@ int lx_tc_revnat(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/*
+ * GUE decapsulation on a backend's node. Only from the load balancers in lx_gue_peers, and only
+ * for a VIP of the catalog as the inner destination: anything else would make this node a relay
+ * that forwards whatever an attacker wraps in UDP to the GUE port. Both are dropped, counted.
+ */
 SEC("classifier")
 int lx_tc_decap(struct __sk_buff *skb)
 {
@@ -284,18 +352,24 @@ int lx_tc_decap(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	int olen;
 	struct udphdr *u;
+	struct lx_peer peer;
+	__builtin_memset(&peer, 0, sizeof(peer));
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);
 		if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
 			return TC_ACT_OK;
 		u = (void *)(ip + 1);
 		olen = sizeof(*ip) + sizeof(*u);
+		__builtin_memcpy(peer.addr, &ip->saddr, 4);
+		peer.family = AF_INET;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_UDP)
 			return TC_ACT_OK;
 		u = (void *)(ip6 + 1);
 		olen = sizeof(*ip6) + sizeof(*u);
+		__builtin_memcpy(peer.addr, &ip6->saddr, 16);
+		peer.family = AF_INET6;
 	} else {
 		return TC_ACT_OK;
 	}
@@ -306,8 +380,28 @@ int lx_tc_decap(struct __sk_buff *skb)
 	if ((eth->h_proto == bpf_htons(ETH_P_IP) && version != 4) ||
 	    (eth->h_proto == bpf_htons(ETH_P_IPV6) && version != 6))
 		return TC_ACT_OK;
+	if (!bpf_map_lookup_elem(&LX_MAP_GUE_PEERS, &peer)) {
+		count(LX_DROP_GUE_PEER);
+		return TC_ACT_SHOT;
+	}
 	if (bpf_skb_adjust_room(skb, -olen, BPF_ADJ_ROOM_MAC, 0))
 		return TC_ACT_SHOT;
+	if (bpf_skb_pull_data(skb, sizeof(struct ethhdr) + sizeof(struct ipv6hdr) +
+					 sizeof(struct tcphdr)) < 0)
+		bpf_skb_pull_data(skb, 0);
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	struct parsed p;
+	struct ls_svc_key key;
+	if (parse(data, end, &p) != P_OK) {
+		count(LX_DROP_GUE_INNER);
+		return TC_ACT_SHOT;
+	}
+	svc_key(&key, p.flow.dst, p.flow.dport, p.flow.proto, p.flow.family);
+	if (!bpf_map_lookup_elem(&LX_MAP_VIPS, &key)) {
+		count(LX_DROP_GUE_INNER);
+		return TC_ACT_SHOT;
+	}
 	count(LX_TC_DECAP);
 	return TC_ACT_OK;
 }

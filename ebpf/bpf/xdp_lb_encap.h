@@ -17,6 +17,7 @@
 #include "xdp_lb_consts.h"
 #include "xdp_lb_csum.h"
 #include "xdp_lb_helpers.h"
+#include "xdp_lb_icmp.h"
 #include "xdp_lb_structs.h"
 
 static __always_inline void nat_dst(struct parsed *p, const struct lx_real *r, void *end)
@@ -59,8 +60,15 @@ static __always_inline void nat_dst(struct parsed *p, const struct lx_real *r, v
 
 /* ---- GUE (variant 1: the UDP payload is the inner IP packet) ---- */
 
+/*
+ * Encapsulates the packet for its backend's node. A packet that would not fit cfg->gue_mtu once
+ * encapsulated gets ICMP "fragmentation needed" / "packet too big" back instead (the outer
+ * header says DF: nothing on the way may fragment it), except an IPv4 packet without DF, which
+ * is encapsulated without DF for the kernel to fragment (*kernel set: it must be XDP_PASS).
+ * XDP_PASS: encapsulated; anything else is the packet's verdict.
+ */
 static __always_inline int gue_encap(struct xdp_md *ctx, struct parsed *p, const struct lx_real *r,
-				     struct lx_config *cfg, __u32 hash)
+				     struct lx_config *cfg, __u32 hash, int *kernel)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -72,6 +80,23 @@ static __always_inline int gue_encap(struct xdp_md *ctx, struct parsed *p, const
 	__u16 inner = p->l3_len;
 	int v6 = p->flow.family == AF_INET6;
 	int olen = (v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr)) + sizeof(struct udphdr);
+	__u16 df = bpf_htons(IP_DF);
+	if (cfg->gue_mtu && (__u32)inner + olen > cfg->gue_mtu) {
+		__u16 fits = cfg->gue_mtu - olen;
+		if (v6) {
+			count(LX_ICMP_TOO_BIG);
+			return icmp6_too_big(ctx, fits);
+		}
+		struct iphdr *ip = p->l3;
+		if ((void *)(ip + 1) > end)
+			return XDP_DROP;
+		if (ip->frag_off & bpf_htons(IP_DF)) {
+			count(LX_ICMP_TOO_BIG);
+			return icmp4_too_big(ctx, fits);
+		}
+		df = 0;
+		*kernel = 1;
+	}
 	if (bpf_xdp_adjust_head(ctx, -olen)) {
 		count(LX_DROP_ENCAP);
 		return XDP_DROP;
@@ -105,7 +130,7 @@ static __always_inline int gue_encap(struct xdp_md *ctx, struct parsed *p, const
 		o4->tos = 0;
 		o4->tot_len = bpf_htons(inner + sizeof(*o4) + sizeof(*u));
 		o4->id = 0;
-		o4->frag_off = bpf_htons(IP_DF);
+		o4->frag_off = df;
 		o4->ttl = GUE_TTL;
 		o4->protocol = IPPROTO_UDP;
 		o4->check = 0;

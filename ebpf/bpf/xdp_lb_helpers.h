@@ -84,7 +84,8 @@ static __always_inline int cache_find(struct lx_cache_bucket *b, __u32 tag,
 
 /* Puts a flow in its set: in `way` (its stale entry), or in place of the oldest. */
 static __always_inline void cache_put(struct lx_cache_bucket *b, int way, __u32 tag,
-				      const struct lx_flow *f, const struct lx_ct *ct, __u32 now)
+				      const struct lx_flow *f, const struct lx_ct *ct, __u32 now,
+				      __u32 flags)
 {
 	if (way < 0) {
 		way = b->next & (LX_CACHE_WAYS - 1);
@@ -95,6 +96,56 @@ static __always_inline void cache_put(struct lx_cache_bucket *b, int way, __u32 
 	__builtin_memcpy(&b->e[way].flow, f, sizeof(*f));
 	__builtin_memcpy(&b->e[way].ct, ct, sizeof(*ct));
 	b->e[way].touched = now;
+	b->e[way].flags = flags;
+}
+
+/* The CPU's clock for LX_CT_REFRESH: flows it has cached so far. */
+static __always_inline __u32 cache_clock(int tick)
+{
+	__u32 slot = LX_CACHE_INSERTS;
+	__u64 *now = bpf_map_lookup_elem(&LX_MAP_GLOBAL, &slot);
+	if (!now)
+		return 0;
+	return tick ? (__u32)(*now)++ : (__u32)*now;
+}
+
+/*
+ * Counts a new flow against this CPU's rate; whether the CPU is flooded (more than
+ * cfg->flood_rate new flows in the current window). The clock is read every LX_FLOOD_SAMPLE
+ * new flows only.
+ */
+static __always_inline int flooded(const struct lx_config *cfg)
+{
+	if (!cfg || !cfg->flood_rate)
+		return 0;
+	__u32 zero = 0;
+	struct lx_flood *f = bpf_map_lookup_elem(&LX_MAP_FLOOD, &zero);
+	if (!f)
+		return 0;
+	__u32 n = ++f->flows;
+	if ((n & (LX_FLOOD_SAMPLE - 1)) == 0) {
+		__u64 now = bpf_ktime_get_ns();
+		if (now - f->window_ns >= (__u64)LX_FLOOD_WINDOW_MS * 1000000) {
+			/* A new window: flooded while the last one was over the rate. */
+			f->flooding = n > cfg->flood_rate;
+			f->window_ns = now;
+			f->flows = 0;
+		} else if (n > cfg->flood_rate) {
+			f->flooding = 1;
+		}
+	}
+	return f->flooding;
+}
+
+/* The lx_vips / lx_nat_backends key of an address, port and protocol. */
+static __always_inline void svc_key(struct ls_svc_key *k, const __u8 *addr, __u16 port, __u8 proto,
+				    __u8 family)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->addr, addr, 16);
+	k->port = port;
+	k->proto = proto;
+	k->family = family;
 }
 
 /* XDP_TX / XDP_REDIRECT when the FIB has a resolved next hop for the (new) destination. */

@@ -18,11 +18,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_VIPS SEC(".maps");
 
+/* Every VIP's Maglev table, each a run of whole LX_RING_UNITs: an array, so that reading a
+ * new flow's slot is inlined by the verifier (a hash lookup is a kernel call). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LX_MAX_RING_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct lx_ring_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LX_RING_ENTRIES);
+	__type(key, __u32);
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_RING SEC(".maps");
@@ -69,6 +70,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_VIP_FILTER SEC(".maps");
 
+/* NAT replies of backends that several VIPs share, by the reply's flow (backend to client). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LX_MAX_CT);
@@ -77,6 +79,41 @@ struct {
 	__type(value, struct lx_rev);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_REVNAT SEC(".maps");
+
+/* First-reply marks of new NAT flows (LX_NAT_MARKS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LX_NAT_MARKS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_NAT_MARKS SEC(".maps");
+
+/* NAT backends by (address, port, protocol): the VIP their replies leave as. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LX_MAX_REALS);
+	__type(key, struct ls_svc_key);
+	__type(value, struct lx_rev);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_NAT_BACKENDS SEC(".maps");
+
+/* The load balancers this node decapsulates GUE from. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LX_MAX_GUE_PEERS);
+	__type(key, struct lx_peer);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_GUE_PEERS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lx_flood);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} LX_MAP_FLOOD SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

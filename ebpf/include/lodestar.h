@@ -121,10 +121,14 @@ struct ls_health {
 	__u64 last_fail_ns;       /* bpf_ktime_get_ns() of the last failure */
 };
 
-/* Knobs userspace sets (ls_config[0]). fail_threshold 0: passive health off. */
+/*
+ * Knobs userspace sets (ls_config[0]). fail_threshold 0: passive health off. agent_tgid: the
+ * running agent's process (thread group) id in the initial PID namespace, as
+ * bpf_get_current_pid_tgid() reports it; its own sockets are never steered (0: none).
+ */
 struct ls_config {
 	__u32 fail_threshold;     /* consecutive failures that mark a backend failing */
-	__u32 pad;
+	__u32 agent_tgid;
 	__u64 hold_ns;            /* how long a failing backend is passed over */
 };
 
@@ -145,11 +149,33 @@ struct ls_config {
 #define LX_MAP_VIP_LIVE    lx_vip_live
 #define LX_MAP_VIP_FILTER  lx_vip_filter
 #define LX_MAP_FLOW_CACHE  lx_flow_cache
+#define LX_MAP_NAT_BACKENDS lx_nat_backends
+#define LX_MAP_GUE_PEERS   lx_gue_peers
+#define LX_MAP_FLOOD       lx_flood
+#define LX_MAP_NAT_MARKS   lx_nat_marks
 
 #define LX_MAX_VIPS          4096
 #define LX_MAX_REALS         65536
-#define LX_MAX_RING_ENTRIES  1048576
 #define LX_MAX_CT            262144
+/*
+ * lx_nat_marks: a new NAT flow to a backend of one VIP writes the hash of its reply's flow
+ * into slot (hash % LX_NAT_MARKS), so that its first replies (before its second packet puts it
+ * into lx_ct) are known as replies at tc egress. An array write, where an lx_revnat insert
+ * costs an LRU eviction; a later flow may take the slot, which only matters for a flow that
+ * is never confirmed.
+ */
+#define LX_NAT_MARKS         1048576
+#define LX_MAX_GUE_PEERS     256      /* load balancers a node takes GUE from */
+
+/*
+ * The Maglev tables of all VIPs share one array, lx_ring: a VIP's table is the run of slots
+ * [ring_base, ring_base + ring_size), made of whole units of LX_RING_UNIT slots, handed out
+ * by userspace. The array is sized per VIP: one unit for each of LX_MAX_VIPS, so every VIP has
+ * room for the smallest table (4,099 slots); bigger tables (16,381 and 65,537 slots: 4 and 16
+ * units) use the room that VIPs with small tables leave.
+ */
+#define LX_RING_UNIT         4100
+#define LX_RING_ENTRIES      16793600  /* LX_MAX_VIPS * LX_RING_UNIT: 64 MiB */
 
 /*
  * The VIP filter: a bitmap of LX_FILTER_WORDS * 64 bits, one bit (filter_bit in xdp_lb.c,
@@ -176,6 +202,15 @@ struct ls_config {
 #define LX_MODE_GUE  1   /* encapsulate in UDP to the backend's node; the backend replies directly */
 
 /*
+ * New flows per second and CPU above which the XDP path counts itself flooded (SYN or UDP
+ * floods; as Katran's MAX_CONN_RATE): new flows are then sent where Maglev says without taking a
+ * place in the CPU's flow cache, so the flows it holds stay. Checked every LX_FLOOD_SAMPLE new
+ * flows (a clock read is a kernel call) over windows of LX_FLOOD_WINDOW_MS.
+ */
+#define LX_FLOOD_SAMPLE      64
+#define LX_FLOOD_WINDOW_MS   1000
+
+/*
  * A VIP: the value of lx_vips (keyed by struct ls_svc_key), and of lx_vip_live (an array
  * indexed by the id), where a tracked flow finds its VIP's mode, and whether the VIP it was
  * given a backend for still exists: gen is drawn anew whenever an id is given to a VIP, and
@@ -184,20 +219,17 @@ struct ls_config {
  * are taken as the program of that time took them.
  */
 struct lx_vip {
-	__u32 id;         /* index of lx_vip_stats and lx_vip_live; key of its ring */
+	__u32 id;         /* index of lx_vip_stats and lx_vip_live */
 	__u32 ring_size;  /* Maglev table size M (a prime); 0: no backend */
 	__u32 mode;
 	__u32 gen;
-};
-
-/* Slot of a VIP's Maglev table. Value: a real id (__u32). */
-struct lx_ring_key {
-	__u32 vip_id;
-	__u32 slot;
+	__u32 ring_base;  /* its table's first slot in lx_ring (value: a real id, __u32) */
+	__u32 pad;
 };
 
 /* lx_real.flags */
-#define LX_REAL_VALID 0x1
+#define LX_REAL_VALID  0x1
+#define LX_REAL_SHARED 0x2   /* NAT: its (address, port, protocol) backs more than one VIP here */
 
 /* A backend of a VIP (array indexed by real id). */
 struct lx_real {
@@ -230,12 +262,19 @@ struct lx_ct {
 	__u32 gen;
 };
 
-/* A set of the per-CPU flow cache: tags[i] is 0 (empty) or a hash of e[i].flow, never 0. */
+/* lx_cache_entry.flags */
+#define LX_CACHE_UNCONFIRMED 0x1  /* only its first packet seen: not in lx_ct yet */
+
+/*
+ * A set of the per-CPU flow cache: tags[i] is 0 (empty) or a hash of e[i].flow, never 0. A new
+ * flow enters only its CPU's cache; its second packet there puts it in lx_ct, so a flood of
+ * first packets (SYNs, one-off datagrams) never takes room in the shared table.
+ */
 struct lx_cache_entry {
 	struct lx_flow flow;
 	struct lx_ct ct;
 	__u32 touched;    /* the CPU's LX_CACHE_INSERTS count when lx_ct was last looked up */
-	__u32 pad;
+	__u32 flags;
 };
 
 struct lx_cache_bucket {
@@ -245,19 +284,41 @@ struct lx_cache_bucket {
 	struct lx_cache_entry e[LX_CACHE_WAYS];
 };
 
-/* NAT replies: the VIP to put back as the source. */
+/*
+ * NAT replies: the VIP to put back as the source. The value of lx_nat_backends, keyed by a NAT
+ * backend's (address, port, protocol) as struct ls_svc_key: its one VIP, or LX_REV_SHARED when
+ * it backs several, whose replies need their flow's entry in lx_revnat (keyed by the reply's
+ * flow). A reply from a NAT backend that finds neither is dropped: it must never leave with
+ * the backend's address.
+ */
+#define LX_REV_SHARED 0x1
+
 struct lx_rev {
 	__u8  addr[16];
 	__u16 port;
 	__u8  family;
-	__u8  pad;
+	__u8  flags;
+};
+
+/* A load balancer GUE is taken from (lx_gue_peers' key; value: __u32, unused). */
+struct lx_peer {
+	__u8  addr[16];
+	__u8  family;
+	__u8  pad[3];
+};
+
+/* Per-CPU new-flow rate (lx_flood[0]). */
+struct lx_flood {
+	__u64 window_ns;  /* bpf_ktime_get_ns() when the current window began */
+	__u32 flows;      /* new flows in it */
+	__u32 flooding;   /* the rate is above lx_config.flood_rate */
 };
 
 struct lx_vip_stats {
 	__u64 packets;
 	__u64 bytes;
-	__u64 new_flows;   /* connection-tracking misses that started a flow (SYN, or UDP) */
-	__u64 lru_misses;  /* misses mid-flow (a TCP packet without SYN): Maglev keeps them put */
+	__u64 new_flows;   /* flows started (a SYN, or a datagram of an unknown UDP flow) */
+	__u64 lru_misses;  /* TCP packets without SYN of no tracked flow: sent where Maglev says */
 };
 
 struct lx_real_stats {
@@ -279,7 +340,14 @@ struct lx_real_stats {
 #define LX_DROP_MALFORMED   9   /* truncated TCP/UDP headers: passed for the kernel to drop */
 #define LX_CACHE_MISS       10  /* tracked flows not in this CPU's flow cache: read from lx_ct */
 #define LX_CACHE_INSERTS    11  /* flows put in this CPU's flow cache (its clock for LX_CT_REFRESH) */
-#define LX_COUNTERS         12
+#define LX_CONFIRMED        12  /* flows whose second packet put them in lx_ct */
+#define LX_FLOOD_UNCACHED   13  /* new flows not cached because the CPU was flooded */
+#define LX_DROP_REVNAT      14  /* NAT replies of a shared backend whose lx_revnat entry is gone */
+#define LX_DROP_GUE_PEER    15  /* GUE from a sender not in lx_gue_peers */
+#define LX_DROP_GUE_INNER   16  /* GUE whose inner packet is to no VIP */
+#define LX_ICMP_TOO_BIG     17  /* too big to encapsulate: ICMP frag needed / packet too big sent */
+#define LX_NAT_MARKED       18  /* NAT replies of a flow not in lx_ct yet, known by its first packet's mark */
+#define LX_COUNTERS         19
 
 /* lx_config.flags */
 #define LX_CFG_FIB_FORWARD  0x1  /* forward with XDP_TX / XDP_REDIRECT where the FIB allows */
@@ -289,6 +357,9 @@ struct lx_config {
 	__u8  gue_src6[16];  /* outer source for IPv6 GUE */
 	__u16 gue_port;      /* network order */
 	__u16 flags;
+	__u16 gue_mtu;       /* the outer packets' MTU towards the backends' nodes */
+	__u16 pad;
+	__u32 flood_rate;    /* new flows per second and CPU; 0: never flooded */
 };
 
 #endif /* LODESTAR_H */

@@ -21,6 +21,7 @@ use crate::maps::{gone_ok, io_error};
 use crate::pin::PinDir;
 use crate::reconcile::{Dump, MapWriter};
 use crate::{loader, sys};
+use tracing::warn;
 
 /// The programs and the hook each is attached to.
 pub const PROGRAMS: [(&str, at); 9] = [
@@ -93,6 +94,29 @@ impl SockLb {
         let cgroup_dir =
             File::open(&cgroup).map_err(L4lbError::io(format!("opening {}", cgroup.display())))?;
         let cgroup_id = sys::cgroup_id(&cgroup).map_err(L4lbError::io("reading the cgroup id"))?;
+        // This process's sockets are never steered (sock_lb.c's from_agent). Written before
+        // any program is attached: a takeover's new programs see it from their first call.
+        let agent_tgid = sys::bpf_visible_pid().unwrap_or_else(|| {
+            warn!(
+                "the agent is not in the initial PID namespace: the hooks cannot tell its own \
+                 sockets apart, so VIPs steer them too (run it in the host's PID namespace)"
+            );
+            0
+        });
+        let mut config: Array<MapData, Config> =
+            loader::take_map(&mut ebpf, object, h::LS_MAP_CONFIG)?;
+        let hold_ns = cfg.passive_hold.as_nanos() as u64;
+        config
+            .set(
+                0,
+                Config {
+                    fail_threshold: cfg.passive_fail_threshold,
+                    agent_tgid,
+                    hold_ns,
+                },
+                0,
+            )
+            .map_err(L4lbError::map(h::LS_MAP_CONFIG))?;
         let mut took_over = 0;
         for (name, attach_type) in PROGRAMS {
             let prog = loader::program(&mut ebpf, object, name)?;
@@ -110,20 +134,6 @@ impl SockLb {
             )?;
             took_over += usize::from(taken);
         }
-        let mut config: Array<MapData, Config> =
-            loader::take_map(&mut ebpf, object, h::LS_MAP_CONFIG)?;
-        let hold_ns = cfg.passive_hold.as_nanos() as u64;
-        config
-            .set(
-                0,
-                Config {
-                    fail_threshold: cfg.passive_fail_threshold,
-                    pad: 0,
-                    hold_ns,
-                },
-                0,
-            )
-            .map_err(L4lbError::map(h::LS_MAP_CONFIG))?;
         Ok(SockLb {
             services: loader::take_map(&mut ebpf, object, h::LS_MAP_SERVICES)?,
             slots: loader::take_map(&mut ebpf, object, h::LS_MAP_SLOTS)?,

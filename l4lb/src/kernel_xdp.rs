@@ -4,12 +4,12 @@
 //! `attach::xdp`, `attach::tc`), and its maps for the XDP reconciler (`XdpMaps`).
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use aya::programs::{Program, TcAttachType};
+use aya::maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, ProgramArray};
+use aya::programs::{Program, ProgramFd, TcAttachType};
 use aya::Ebpf;
 use lodestar_control::ConfigProblem;
 use lodestar_ebpf::header as h;
@@ -18,7 +18,7 @@ use tracing::warn;
 
 use crate::error::L4lbError;
 use crate::layout::{
-    self, Ct, Flow, Object, Real, RealStats, RingKey, SvcKey, XConfig, XVip, XVipStats,
+    self, Ct, Flow, Object, Peer, Real, RealStats, SvcKey, XConfig, XRev, XVip, XVipStats,
     LX_CFG_FIB_FORWARD,
 };
 use crate::maps::percpu::PerCpuCounters;
@@ -54,7 +54,22 @@ pub struct XdpConfig {
     pub max_table: u32,
     /// The Maglev seed: the same on every load balancer of a site, so they agree.
     pub seed: u64,
+    /// The load balancers whose GUE this node decapsulates (their `gue_source_v4/v6`); GUE from
+    /// any other sender is dropped. Needed with `decap_interfaces`.
+    pub gue_sources: Vec<IpAddr>,
+    /// The MTU of the path from this load balancer to the backends' nodes: a packet that would
+    /// not fit once encapsulated gets ICMP "fragmentation needed" / "packet too big" back.
+    pub gue_mtu: u16,
+    /// New flows per second and CPU above which new flows no longer take a place in the CPU's
+    /// flow cache (a SYN or UDP flood); 0: never.
+    pub flood_new_flows_per_cpu: u32,
 }
+
+/// Ethernet's: what Azure and most underlays carry.
+pub const DEFAULT_GUE_MTU: u16 = 1500;
+
+/// Katran's `MAX_CONN_RATE`.
+pub const DEFAULT_FLOOD_NEW_FLOWS_PER_CPU: u32 = 125_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +92,9 @@ impl Default for XdpConfig {
             fib_forward: false,
             max_table: crate::maglev::DEFAULT_MAX,
             seed: crate::maglev::DEFAULT_SEED,
+            gue_sources: Vec::new(),
+            gue_mtu: DEFAULT_GUE_MTU,
+            flood_new_flows_per_cpu: DEFAULT_FLOOD_NEW_FLOWS_PER_CPU,
         }
     }
 }
@@ -119,6 +137,25 @@ impl XdpConfig {
         if self.gue_port == 0 {
             out.push(ConfigProblem::new("l4lb.xdp.gue_port", "must not be 0"));
         }
+        if !self.decap_interfaces.is_empty() && self.gue_sources.is_empty() {
+            out.push(ConfigProblem::new(
+                "l4lb.xdp.gue_sources",
+                "decap_interfaces needs the load balancers GUE is taken from \
+                 (their gue_source_v4/v6); GUE from anyone else is dropped",
+            ));
+        }
+        if self.gue_sources.len() > h::LX_MAX_GUE_PEERS as usize {
+            out.push(ConfigProblem::new(
+                "l4lb.xdp.gue_sources",
+                format!("at most {} addresses", h::LX_MAX_GUE_PEERS),
+            ));
+        }
+        if self.gue_mtu < 1280 {
+            out.push(ConfigProblem::new(
+                "l4lb.xdp.gue_mtu",
+                "must be at least 1280 (IPv6's minimum)",
+            ));
+        }
         out
     }
 }
@@ -129,8 +166,10 @@ pub struct XdpLb {
     live: Array<MapData, XVip>,
     filter: Array<MapData, u64>,
     ct: BpfHashMap<MapData, Flow, Ct>,
-    ring: BpfHashMap<MapData, RingKey, u32>,
+    ring: Array<MapData, u32>,
     reals: Array<MapData, Real>,
+    nat_backends: BpfHashMap<MapData, SvcKey, XRev>,
+    revnat: BpfHashMap<MapData, Flow, XRev>,
     vip_stats: PerCpuCounters<XVipStats>,
     real_stats: PerCpuCounters<RealStats>,
     global: PerCpuCounters<u64>,
@@ -189,6 +228,32 @@ impl XdpLb {
                 }
             }
         }
+        let mut xc = XConfig {
+            gue_port: cfg.gue_port.to_be(),
+            flags: if cfg.fib_forward {
+                LX_CFG_FIB_FORWARD
+            } else {
+                0
+            },
+            gue_mtu: cfg.gue_mtu,
+            flood_rate: cfg.flood_new_flows_per_cpu,
+            ..XConfig::default()
+        };
+        if let Some(v4) = cfg.gue_source_v4 {
+            xc.gue_src4 = v4.octets();
+        }
+        if let Some(v6) = cfg.gue_source_v6 {
+            xc.gue_src6 = v6.octets();
+        }
+        // Before any program of this object is attached: it reads both from its first packet.
+        let mut config: Array<MapData, XConfig> =
+            loader::take_map(&mut ebpf, object, h::LX_MAP_XCONFIG)?;
+        config
+            .set(0, xc, 0)
+            .map_err(L4lbError::map(h::LX_MAP_XCONFIG))?;
+        let mut peers: BpfHashMap<MapData, Peer, u32> =
+            loader::take_map(&mut ebpf, object, h::LX_MAP_GUE_PEERS)?;
+        sync_peers(&mut peers, &cfg.gue_sources)?;
         let mut took_over = 0;
         let mut wanted: Vec<PathBuf> = Vec::new();
         for (name, hook) in PROGS {
@@ -224,26 +289,6 @@ impl XdpLb {
         // Links for interfaces no longer configured go (which detaches them).
         pins.unpin_links("lx_", &wanted);
 
-        let mut xc = XConfig {
-            gue_port: cfg.gue_port.to_be(),
-            flags: if cfg.fib_forward {
-                LX_CFG_FIB_FORWARD
-            } else {
-                0
-            },
-            ..XConfig::default()
-        };
-        if let Some(v4) = cfg.gue_source_v4 {
-            xc.gue_src4 = v4.octets();
-        }
-        if let Some(v6) = cfg.gue_source_v6 {
-            xc.gue_src6 = v6.octets();
-        }
-        let mut config: Array<MapData, XConfig> =
-            loader::take_map(&mut ebpf, object, h::LX_MAP_XCONFIG)?;
-        config
-            .set(0, xc, 0)
-            .map_err(L4lbError::map(h::LX_MAP_XCONFIG))?;
         Ok(XdpLb {
             vips,
             live,
@@ -251,6 +296,8 @@ impl XdpLb {
             ct: loader::take_map(&mut ebpf, object, h::LX_MAP_CT)?,
             ring: loader::take_map(&mut ebpf, object, h::LX_MAP_RING)?,
             reals: loader::take_map(&mut ebpf, object, h::LX_MAP_REALS)?,
+            nat_backends: loader::take_map(&mut ebpf, object, h::LX_MAP_NAT_BACKENDS)?,
+            revnat: loader::take_map(&mut ebpf, object, h::LX_MAP_REVNAT)?,
             vip_stats: PerCpuCounters::take(&mut ebpf, object, h::LX_MAP_VIP_STATS)?,
             real_stats: PerCpuCounters::take(&mut ebpf, object, h::LX_MAP_REAL_STATS)?,
             global: PerCpuCounters::take(&mut ebpf, object, h::LX_MAP_GLOBAL)?,
@@ -271,10 +318,47 @@ impl XdpLb {
         test_run(&self.ebpf, Object::XdpLb.name(), program, packet, repeat)
     }
 
-    pub fn dump(&self) -> XDump {
+    /// One of the object's programs (the benchmark tail-calls `lx_xdp`).
+    pub fn program(&self, program: &str) -> Result<&ProgramFd, L4lbError> {
+        loaded_program(&self.ebpf, Object::XdpLb.name(), program)
+    }
+
+    pub fn dump(&self) -> Result<XDump, L4lbError> {
         let mut d = XDump::default();
         d.vips.extend(self.vips.iter().flatten());
-        d.ring.extend(self.ring.iter().flatten());
+        d.nat_backends.extend(self.nat_backends.iter().flatten());
+        // Only the VIPs' tables are read: the array is 16.8 million slots.
+        for (_, v) in &d.vips {
+            let mut from = v.ring_base;
+            let end = v.ring_base.saturating_add(v.ring_size).min(self.ring.len());
+            let mut values = vec![0u8; 4 * (end.saturating_sub(from)) as usize];
+            while from < end {
+                let off = 4 * (from - v.ring_base) as usize;
+                let got = sys::bpf::array_lookup_batch(
+                    self.ring.map().fd().as_fd(),
+                    from,
+                    end - from,
+                    &mut values[off..],
+                )
+                .map_err(L4lbError::syscall(format!("reading {}", h::LX_MAP_RING)))?;
+                if got == 0 {
+                    break;
+                }
+                from += got;
+            }
+            d.ring.extend(
+                values
+                    .chunks_exact(4)
+                    .take((from - v.ring_base) as usize)
+                    .enumerate()
+                    .map(|(i, b)| {
+                        (
+                            v.ring_base + i as u32,
+                            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                        )
+                    }),
+            );
+        }
         for (i, v) in self.live.iter().enumerate() {
             if let Ok(v) = v {
                 if v != XVip::default() {
@@ -296,7 +380,7 @@ impl XdpLb {
                 }
             }
         }
-        d
+        Ok(d)
     }
 
     /// The shared tracking table's entry for a flow (inspection and tests).
@@ -312,6 +396,11 @@ impl XdpLb {
     /// Removes a flow from the shared tracking table (the CPUs' caches keep theirs).
     pub fn remove_flow(&mut self, flow: &Flow) -> io::Result<()> {
         gone_ok(self.ct.remove(flow))
+    }
+
+    /// A NAT reply's entry (keyed by the reply's flow, backend to client), as tc egress reads it.
+    pub fn reply(&self, reply: &Flow) -> Option<XRev> {
+        self.revnat.get(reply, 0).ok()
     }
 
     pub fn vip_stats(&self, id: u32) -> XVipStats {
@@ -348,15 +437,55 @@ fn program_fd<'a>(
     object: &'static str,
     program: &str,
 ) -> Result<std::os::fd::BorrowedFd<'a>, L4lbError> {
+    Ok(loaded_program(ebpf, object, program)?.as_fd())
+}
+
+/// A loaded program of `ebpf`, as aya hands it to a program array.
+fn loaded_program<'a>(
+    ebpf: &'a Ebpf,
+    object: &'static str,
+    program: &str,
+) -> Result<&'a ProgramFd, L4lbError> {
     let prog = ebpf.program(program).ok_or_else(|| L4lbError::Missing {
         object,
         kind: "program",
         name: program.into(),
     })?;
-    let fd = prog
-        .fd()
-        .map_err(L4lbError::program(program, "reading its fd"))?;
-    Ok(fd.as_fd())
+    prog.fd()
+        .map_err(L4lbError::program(program, "reading its fd"))
+}
+
+/// Makes `lx_gue_peers` hold exactly `sources`.
+fn sync_peers(
+    peers: &mut BpfHashMap<MapData, Peer, u32>,
+    sources: &[IpAddr],
+) -> Result<(), L4lbError> {
+    let want: Vec<Peer> = sources
+        .iter()
+        .map(|ip| {
+            let (addr, family) = crate::reconcile::addr_bytes(*ip);
+            Peer {
+                addr,
+                family,
+                pad: [0; 3],
+            }
+        })
+        .collect();
+    let gone: Vec<Peer> = peers
+        .keys()
+        .flatten()
+        .filter(|p| !want.contains(p))
+        .collect();
+    for p in gone {
+        gone_ok(peers.remove(&p))
+            .map_err(L4lbError::io(format!("updating {}", h::LX_MAP_GUE_PEERS)))?;
+    }
+    for p in &want {
+        peers
+            .insert(p, 1, 0)
+            .map_err(L4lbError::map(h::LX_MAP_GUE_PEERS))?;
+    }
+    Ok(())
 }
 
 /// Sets the filter bit of every VIP in `lx_vips`, and its `lx_vip_live` entry where that is
@@ -399,11 +528,26 @@ impl XdpMaps for XdpLb {
     fn put_filter_word(&mut self, word: u32, bits: u64) -> io::Result<()> {
         self.filter.set(word, bits, 0).map_err(io_error)
     }
-    fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()> {
-        self.ring.insert(key, real, 0).map_err(io_error)
+    fn put_ring(&mut self, slots: &[(u32, u32)]) -> io::Result<()> {
+        // In batches: a new table is up to 65,537 slots, one system call each otherwise.
+        for chunk in slots.chunks(16_384) {
+            let keys: Vec<u8> = chunk.iter().flat_map(|(k, _)| k.to_ne_bytes()).collect();
+            let values: Vec<u8> = chunk.iter().flat_map(|(_, v)| v.to_ne_bytes()).collect();
+            sys::bpf::map_update_batch(
+                self.ring.map().fd().as_fd(),
+                &keys,
+                &values,
+                chunk.len() as u32,
+            )
+            .map_err(|e| e.io_error)?;
+        }
+        Ok(())
     }
-    fn delete_slot(&mut self, key: &RingKey) -> io::Result<()> {
-        gone_ok(self.ring.remove(key))
+    fn put_nat_backend(&mut self, key: &SvcKey, rev: &XRev) -> io::Result<()> {
+        self.nat_backends.insert(key, rev, 0).map_err(io_error)
+    }
+    fn delete_nat_backend(&mut self, key: &SvcKey) -> io::Result<()> {
+        gone_ok(self.nat_backends.remove(key))
     }
     fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()> {
         self.reals.set(id, real, 0).map_err(io_error)
@@ -437,6 +581,7 @@ pub struct Floor {
     ebpf: Ebpf,
     sunk: PerCpuCounters<u64>,
     template: Array<MapData, GenTemplate>,
+    next: ProgramArray<MapData>,
 }
 
 const FLOOR: &str = "xdp_floor";
@@ -449,15 +594,23 @@ impl Floor {
                 object: FLOOR,
                 source: Box::new(source),
             })?;
-        for name in ["xdp_floor", "xdp_sink", "xdp_gen"] {
+        for name in [
+            "xdp_floor",
+            "xdp_sink",
+            "xdp_gen",
+            "xdp_new_flows",
+            "xdp_noop",
+        ] {
             loader::program(&mut ebpf, FLOOR, name)?;
         }
         let sunk = PerCpuCounters::take(&mut ebpf, FLOOR, "sink_count")?;
         let template = loader::take_map(&mut ebpf, FLOOR, "gen_cfg")?;
+        let next = loader::take_map(&mut ebpf, FLOOR, "bench_next")?;
         Ok(Floor {
             ebpf,
             sunk,
             template,
+            next,
         })
     }
 
@@ -494,23 +647,7 @@ impl Floor {
         flows: u16,
         frames: u32,
     ) -> Result<u32, L4lbError> {
-        let t = GenTemplate {
-            frame: frame.try_into().map_err(|_| L4lbError::Io {
-                action: "generating live frames".into(),
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "a generator frame is {GEN_FRAME} bytes, not {}",
-                        frame.len()
-                    ),
-                ),
-            })?,
-            base_port: base_port.to_be(),
-            flows: flows.max(1),
-        };
-        self.template
-            .set(0, t, 0)
-            .map_err(L4lbError::map("gen_cfg"))?;
+        self.set_template(frame, base_port, flows)?;
         let index = sys::ifindex(ifname).map_err(|source| L4lbError::NoInterface {
             interface: ifname.into(),
             source,
@@ -522,5 +659,43 @@ impl Floor {
 
     pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<sys::TestRun, L4lbError> {
         test_run(&self.ebpf, FLOOR, "xdp_floor", packet, repeat)
+    }
+
+    /// The frame `xdp_gen` and `xdp_new_flows` write into every packet.
+    fn set_template(&mut self, frame: &[u8], base_port: u16, flows: u16) -> Result<(), L4lbError> {
+        let t = GenTemplate {
+            frame: frame.try_into().map_err(|_| L4lbError::Io {
+                action: "writing the generator's template".into(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a template frame is {GEN_FRAME} bytes, not {}", frame.len()),
+                ),
+            })?,
+            base_port: base_port.to_be(),
+            flows: flows.max(1),
+        };
+        self.template
+            .set(0, t, 0)
+            .map_err(L4lbError::map("gen_cfg"))
+    }
+
+    /// Runs `program` (`None`: a program that only drops, to time this wrapper itself) on
+    /// `repeat` packets made from `packet` (IPv4, TCP or UDP, [`GEN_FRAME`] bytes), each of a
+    /// flow not seen before: `xdp_new_flows` writes the packet again for every run, with the
+    /// source address and port counted up, then tail-calls `program`. `per_flow` 2 (TCP): a
+    /// new flow every two runs, its SYN and then its first ACK.
+    pub fn new_flows(
+        &mut self,
+        program: Option<&ProgramFd>,
+        packet: &[u8],
+        repeat: u32,
+        per_flow: u16,
+    ) -> Result<sys::TestRun, L4lbError> {
+        self.set_template(packet, 0, per_flow)?;
+        let noop = loaded_program(&self.ebpf, FLOOR, "xdp_noop")?;
+        self.next
+            .set(0, program.unwrap_or(noop), 0)
+            .map_err(L4lbError::map("bench_next"))?;
+        test_run(&self.ebpf, FLOOR, "xdp_new_flows", packet, repeat)
     }
 }

@@ -16,7 +16,7 @@ macro_rules! mirror {
         $(
             $(#[$m])*
             #[repr(C)]
-            #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+            #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
             pub struct $name { $( pub $field: $ty ),* }
             // SAFETY: repr(C), integer fields only, padding explicit (checked by `verify_objects`).
             unsafe impl aya::Pod for $name {}
@@ -65,11 +65,9 @@ mirror! {
         last_fail_ns: u64,
     }
     /// `struct ls_config`: ls_config[0].
-    Config = "ls_config" { fail_threshold: u32, pad: u32, hold_ns: u64 }
+    Config = "ls_config" { fail_threshold: u32, agent_tgid: u32, hold_ns: u64 }
     /// `struct lx_vip`.
-    XVip = "lx_vip" { id: u32, ring_size: u32, mode: u32, gen: u32 }
-    /// `struct lx_ring_key`.
-    RingKey = "lx_ring_key" { vip_id: u32, slot: u32 }
+    XVip = "lx_vip" { id: u32, ring_size: u32, mode: u32, gen: u32, ring_base: u32, pad: u32 }
     /// `struct lx_real`.
     Real = "lx_real" { addr: [u8; 16], node: [u8; 16], port: u16, family: u8, flags: u8, vip_id: u32 }
     /// `struct lx_flow`.
@@ -85,22 +83,40 @@ mirror! {
     /// `struct lx_ct`.
     Ct = "lx_ct" { real: Real, real_id: u32, gen: u32 }
     /// `struct lx_cache_entry`: a flow in a CPU's flow cache.
-    CacheEntry = "lx_cache_entry" { flow: Flow, ct: Ct, touched: u32, pad: u32 }
+    CacheEntry = "lx_cache_entry" { flow: Flow, ct: Ct, touched: u32, flags: u32 }
     /// `struct lx_cache_bucket`: a set of a CPU's flow cache (`LX_CACHE_WAYS` ways).
     CacheBucket = "lx_cache_bucket" { tags: [u32; 4], next: u32, pad: [u32; 3], e: [CacheEntry; 4] }
-    /// `struct lx_rev`.
-    XRev = "lx_rev" { addr: [u8; 16], port: u16, family: u8, pad: u8 }
+    /// `struct lx_rev`: a NAT reply's VIP (`lx_revnat`, `lx_nat_backends`).
+    XRev = "lx_rev" { addr: [u8; 16], port: u16, family: u8, flags: u8 }
+    /// `struct lx_peer`: a load balancer GUE is taken from.
+    Peer = "lx_peer" { addr: [u8; 16], family: u8, pad: [u8; 3] }
+    /// `struct lx_flood`: a CPU's new-flow rate.
+    Flood = "lx_flood" { window_ns: u64, flows: u32, flooding: u32 }
     /// `struct lx_vip_stats`.
     XVipStats = "lx_vip_stats" { packets: u64, bytes: u64, new_flows: u64, lru_misses: u64 }
     /// `struct lx_real_stats`.
     RealStats = "lx_real_stats" { packets: u64, bytes: u64, new_flows: u64 }
     /// `struct lx_config`.
-    XConfig = "lx_config" { gue_src4: [u8; 4], gue_src6: [u8; 16], gue_port: u16, flags: u16 }
+    XConfig = "lx_config" {
+        gue_src4: [u8; 4],
+        gue_src6: [u8; 16],
+        gue_port: u16,
+        flags: u16,
+        gue_mtu: u16,
+        pad: u16,
+        flood_rate: u32,
+    }
 }
 
 pub const LX_MODE_NAT: u32 = h::LX_MODE_NAT;
 pub const LX_MODE_GUE: u32 = h::LX_MODE_GUE;
 pub const LX_REAL_VALID: u8 = h::LX_REAL_VALID as u8;
+pub const LX_REAL_SHARED: u8 = h::LX_REAL_SHARED as u8;
+pub const LX_REV_SHARED: u8 = h::LX_REV_SHARED as u8;
+/// The XDP path looks at a CPU's new-flow rate every this many new flows.
+pub const LX_FLOOD_SAMPLE: u32 = h::LX_FLOOD_SAMPLE;
+/// A VIP's Maglev table takes whole units of this many `lx_ring` slots.
+pub const LX_RING_UNIT: u32 = h::LX_RING_UNIT;
 pub const LX_CFG_FIB_FORWARD: u16 = h::LX_CFG_FIB_FORWARD as u16;
 /// The VIP filter's size in 64-bit words.
 pub const LX_FILTER_WORDS: u32 = h::LX_FILTER_WORDS;
@@ -110,6 +126,9 @@ pub const BE_VALID: u8 = h::LS_BE_VALID as u8;
 pub const MAX_SLOTS_PER_SERVICE: u32 = h::LS_MAX_SLOTS_PER_SVC;
 const _: () = {
     assert!(h::LX_REAL_VALID <= u8::MAX as u32 && h::LS_BE_VALID <= u8::MAX as u32);
+    assert!(h::LX_REAL_SHARED <= u8::MAX as u32);
+    assert!(h::LX_REV_SHARED <= u8::MAX as u32);
+    assert!(h::LX_RING_ENTRIES == h::LX_MAX_VIPS * h::LX_RING_UNIT);
     assert!(h::LX_CFG_FIB_FORWARD <= u16::MAX as u32 && h::LS_SVC_FAIL_OPEN <= u16::MAX as u32);
     assert!(h::LS_MAX_SLOTS_PER_SVC <= u16::MAX as u32);
     assert!(
@@ -125,7 +144,7 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
 /// `lx_global` counter slots: (metric label, header define, slot).
-pub const LX_COUNTERS: [(&str, &str, u32); 12] = [
+pub const LX_COUNTERS: [(&str, &str, u32); 19] = [
     ("pass_fragment", "LX_PASS_FRAGMENT", h::LX_PASS_FRAGMENT),
     (
         "pass_ip_options",
@@ -146,6 +165,21 @@ pub const LX_COUNTERS: [(&str, &str, u32); 12] = [
     ("pass_malformed", "LX_DROP_MALFORMED", h::LX_DROP_MALFORMED),
     ("flow_cache_miss", "LX_CACHE_MISS", h::LX_CACHE_MISS),
     ("flow_cache_insert", "LX_CACHE_INSERTS", h::LX_CACHE_INSERTS),
+    ("flow_confirmed", "LX_CONFIRMED", h::LX_CONFIRMED),
+    ("flood_uncached", "LX_FLOOD_UNCACHED", h::LX_FLOOD_UNCACHED),
+    ("drop_revnat_lost", "LX_DROP_REVNAT", h::LX_DROP_REVNAT),
+    (
+        "drop_gue_unknown_sender",
+        "LX_DROP_GUE_PEER",
+        h::LX_DROP_GUE_PEER,
+    ),
+    (
+        "drop_gue_not_vip",
+        "LX_DROP_GUE_INNER",
+        h::LX_DROP_GUE_INNER,
+    ),
+    ("icmp_too_big", "LX_ICMP_TOO_BIG", h::LX_ICMP_TOO_BIG),
+    ("nat_reply_marked", "LX_NAT_MARKED", h::LX_NAT_MARKED),
 ];
 
 /// One of the compiled objects.
@@ -189,7 +223,7 @@ macro_rules! map_layouts {
 }
 
 /// What the Rust side reads and writes in each map: (map, key size, value size).
-fn map_layouts() -> [(&'static str, usize, usize); 20] {
+fn map_layouts() -> [(&'static str, usize, usize); 24] {
     map_layouts![
         h::LS_MAP_SERVICES => (SvcKey, Svc),
         h::LS_MAP_SLOTS => (SlotKey, u32),
@@ -200,7 +234,7 @@ fn map_layouts() -> [(&'static str, usize, usize); 20] {
         h::LS_MAP_HEALTH => (SvcKey, Health),
         h::LS_MAP_CONFIG => (u32, Config),
         h::LX_MAP_VIPS => (SvcKey, XVip),
-        h::LX_MAP_RING => (RingKey, u32),
+        h::LX_MAP_RING => (u32, u32),
         h::LX_MAP_REALS => (u32, Real),
         h::LX_MAP_CT => (Flow, Ct),
         h::LX_MAP_REVNAT => (Flow, XRev),
@@ -211,6 +245,10 @@ fn map_layouts() -> [(&'static str, usize, usize); 20] {
         h::LX_MAP_VIP_LIVE => (u32, XVip),
         h::LX_MAP_VIP_FILTER => (u32, u64),
         h::LX_MAP_FLOW_CACHE => (u32, CacheBucket),
+        h::LX_MAP_NAT_BACKENDS => (SvcKey, XRev),
+        h::LX_MAP_GUE_PEERS => (Peer, u32),
+        h::LX_MAP_FLOOD => (u32, Flood),
+        h::LX_MAP_NAT_MARKS => (u32, u32),
     ]
 }
 
@@ -224,10 +262,13 @@ const SHARED_IDS: [(&str, &[&str]); 4] = [
 ];
 
 /// Arrays whose size the programs assume: (map, entries).
-const FIXED_SIZES: [(&str, u32); 3] = [
+const FIXED_SIZES: [(&str, u32); 6] = [
     (h::LX_MAP_VIP_FILTER, h::LX_FILTER_WORDS),
     (h::LX_MAP_GLOBAL, h::LX_COUNTERS),
     (h::LX_MAP_FLOW_CACHE, 1 << h::LX_CACHE_BITS),
+    (h::LX_MAP_FLOOD, 1),
+    (h::LX_MAP_RING, h::LX_RING_ENTRIES),
+    (h::LX_MAP_NAT_MARKS, h::LX_NAT_MARKS),
 ];
 
 /// One way the compiled objects and the Rust side disagree.
@@ -388,6 +429,8 @@ pub struct Capacities {
     pub vips: u32,
     /// `lx_reals`: backends of the XDP path.
     pub reals: u32,
+    /// `lx_ring`: Maglev slots over all VIPs of the XDP path.
+    pub ring: u32,
 }
 
 static CAPACITIES: LazyLock<Result<Capacities, Vec<LayoutProblem>>> = LazyLock::new(|| {
@@ -398,6 +441,7 @@ static CAPACITIES: LazyLock<Result<Capacities, Vec<LayoutProblem>>> = LazyLock::
         slots: e[h::LS_MAP_SLOTS],
         vips: e[h::LX_MAP_VIPS],
         reals: e[h::LX_MAP_REALS],
+        ring: e[h::LX_MAP_RING],
     })
 });
 
@@ -508,6 +552,10 @@ mod tests {
         assert_eq!(c.slots, h::LS_MAX_SLOTS);
         assert_eq!(c.vips, h::LX_MAX_VIPS);
         assert_eq!(c.reals, h::LX_MAX_REALS);
+        assert_eq!(c.ring, h::LX_RING_ENTRIES);
+        // Every VIP has room for the smallest Maglev table.
+        assert!(c.ring / LX_RING_UNIT >= c.vips);
+        assert!(LX_RING_UNIT >= crate::maglev::TIERS[0]);
         assert!(MAX_SLOTS_PER_SERVICE <= c.slots);
         // Every map of the header is in its object, with the size the Rust side uses.
         let entries = map_entries().unwrap();

@@ -4,9 +4,11 @@
 //! [`L4lb`] ties them together for the agent: `start` loads (or takes over) the socket load
 //! balancer, `apply` programs a snapshot by difference, `status` and `publish_metrics` report.
 
+pub mod adopt;
 pub mod attach;
 pub mod btf;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod kernel;
 pub mod kernel_xdp;
@@ -34,7 +36,7 @@ pub use error::L4lbError;
 pub use health::ActiveConfig;
 pub use kernel::{cgroup2_root, KernelConfig};
 pub use kernel_xdp::XdpConfig;
-pub use pin::{detach, Detached, DEFAULT_PIN_PATH};
+pub use pin::{detach, detach_links, Detached, DEFAULT_PIN_PATH};
 pub use plan::{Locality, PlanOptions};
 pub use reconcile::Report;
 
@@ -71,6 +73,14 @@ pub struct XdpVipStatus {
     pub mode: String,
     /// Maglev table size (0: no backend).
     pub table: usize,
+    /// The size its backend count asks for; more than `table` while `lx_ring` has no room.
+    #[serde(default)]
+    pub table_preferred: usize,
+    /// `lx_ring`, shared by every VIP's table: slots in use and its size.
+    #[serde(default)]
+    pub ring_used: u64,
+    #[serde(default)]
+    pub ring_slots: u64,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -119,6 +129,9 @@ pub struct L4lb {
     writes: u64,
     errors: u64,
     last: Option<Arc<Snapshot>>,
+    /// VIP addresses the guard leaves out, and how many times each reason refused one.
+    refused: std::collections::BTreeMap<plan::ServiceAddr, guard::Refused>,
+    refusals: std::collections::BTreeMap<guard::Refusal, u64>,
     /// Bumped by every apply (the active checker re-reads its targets then).
     generation: u64,
 }
@@ -160,7 +173,7 @@ impl L4lb {
         };
         let xdp = if xdp_cfg.enabled() {
             let lb = kernel_xdp::XdpLb::open_in(&pins, xdp_cfg)?;
-            let rec = xdp::XdpReconciler::restore(lb.dump(), xdp_cfg.max_table, xdp_cfg.seed);
+            let rec = xdp::XdpReconciler::restore(lb.dump()?, xdp_cfg.max_table, xdp_cfg.seed);
             Some(XdpPart {
                 lb,
                 rec,
@@ -180,6 +193,8 @@ impl L4lb {
             writes: 0,
             errors: 0,
             last: None,
+            refused: Default::default(),
+            refusals: Default::default(),
             generation: 0,
         })
     }
@@ -226,7 +241,9 @@ impl L4lb {
 
     /// Programs a snapshot by difference.
     pub fn apply(&mut self, snapshot: &Arc<Snapshot>) -> Report {
-        let plan = plan::plan(snapshot, &self.opts);
+        let mut plan = plan::plan(snapshot, &self.opts);
+        let refused = self.opts.guard.screen(&mut plan, snapshot);
+        self.note_refusals(refused);
         let mut report = match &mut self.kernel {
             Some(k) => self.reconciler.apply(&plan, k),
             None => Report::default(),
@@ -255,6 +272,33 @@ impl L4lb {
         self.last = Some(snapshot.clone());
         self.generation += 1;
         report
+    }
+
+    /// Logs and counts the VIP addresses newly refused, and says which are no longer.
+    fn note_refusals(
+        &mut self,
+        refused: std::collections::BTreeMap<plan::ServiceAddr, guard::Refused>,
+    ) {
+        for (addr, r) in &refused {
+            if self.refused.get(addr) != Some(r) {
+                *self.refusals.entry(r.reason).or_default() += 1;
+                tracing::warn!(vip = %r.vip, address = %SocketAddr::new(addr.ip, addr.port),
+                    protocol = %addr.protocol, reason = r.reason.label(),
+                    "VIP address refused: {}", r.reason);
+            }
+        }
+        for (addr, r) in &self.refused {
+            if !refused.contains_key(addr) {
+                tracing::info!(vip = %r.vip, address = %SocketAddr::new(addr.ip, addr.port),
+                    protocol = %addr.protocol, "VIP address no longer refused");
+            }
+        }
+        self.refused = refused;
+    }
+
+    /// The VIP addresses left out of the plan, and why.
+    pub fn refused(&self) -> &std::collections::BTreeMap<plan::ServiceAddr, guard::Refused> {
+        &self.refused
     }
 
     /// Programs the last snapshot again (after a health verdict changed).
@@ -362,9 +406,13 @@ impl L4lb {
                 locality: format!("{:?}", planned.locality),
                 xdp: xstate.map(|(x, v)| {
                     let st = x.lb.vip_stats(v.id);
+                    let (ring_used, ring_slots) = x.rec.ring_usage();
                     XdpVipStatus {
                         mode: format!("{:?}", v.mode).to_lowercase(),
                         table: v.ring.len(),
+                        table_preferred: v.preferred as usize,
+                        ring_used,
+                        ring_slots,
                         packets: st.packets,
                         bytes: st.bytes,
                         new_flows: st.new_flows,
@@ -447,5 +495,17 @@ impl L4lb {
             ],
         );
         m::gauges(&[], &[(m::REVISION, self.revision as f64)]);
+        for reason in guard::Refusal::ALL {
+            let labels = [Label::new("reason", reason.label())];
+            let now = self.refused.values().filter(|r| r.reason == reason).count();
+            m::gauges(&labels, &[(m::VIP_REFUSED, now as f64)]);
+            m::counters(
+                &labels,
+                &[(
+                    m::VIP_REFUSALS_TOTAL,
+                    self.refusals.get(&reason).copied().unwrap_or(0),
+                )],
+            );
+        }
     }
 }

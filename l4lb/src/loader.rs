@@ -54,17 +54,29 @@ pub fn preflight() -> Result<(), L4lbError> {
     Ok(())
 }
 
-/// Loads `object` with its maps pinned in `pins` (an earlier agent's pinned maps are reused,
-/// contents and all). The programs are not loaded yet: [`program`] does that.
+/// Loads `object` with its maps pinned in `pins`: an earlier agent's pinned maps are reused,
+/// contents and all, when their shape is the object's, and migrated or recreated when it is not
+/// (`adopt`). The programs are not loaded yet: [`program`] does that.
 pub fn load(object: Object, pins: &PinDir) -> Result<Ebpf, L4lbError> {
     preflight()?;
-    EbpfLoader::new()
+    let adoption = crate::adopt::prepare(object, pins)?;
+    let loaded = EbpfLoader::new()
         .map_pin_path(pins.path())
         .load(object.bytes())
         .map_err(|source| L4lbError::Load {
             object: object.name(),
             source: Box::new(source),
-        })
+        });
+    match loaded {
+        Ok(ebpf) => {
+            adoption.finish()?;
+            Ok(ebpf)
+        }
+        Err(e) => {
+            adoption.undo();
+            Err(e)
+        }
+    }
 }
 
 /// Loads the program `name` of the object into the kernel (the verifier's log, on refusal, is

@@ -65,6 +65,24 @@ pub fn table_size(backends: usize, max: u32) -> u32 {
         .copied()
         .find(|t| u64::from(*t) >= n * 1000)
         .unwrap_or(TIERS[TIERS.len() - 1]);
+    bounded(tier, max)
+}
+
+/// The sizes below `size` that a table may fall back to when the shared array has no room
+/// for it, largest first (the tiers, bounded by `max`).
+pub fn smaller_sizes(size: u32, max: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = TIERS
+        .iter()
+        .rev()
+        .map(|t| bounded(*t, max))
+        .filter(|m| *m < size)
+        .collect();
+    out.dedup();
+    out
+}
+
+/// A tier bounded by `max`, rounded down to a prime.
+fn bounded(tier: u32, max: u32) -> u32 {
     let mut m = tier.min(max.max(3));
     while m > 2 && !is_prime(m) {
         m -= 1;

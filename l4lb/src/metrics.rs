@@ -29,6 +29,9 @@ pub const BACKEND_CONNECT_FAILURES_TOTAL: &str = "lodestar_backend_connect_failu
 pub const MAP_WRITES_TOTAL: &str = "lodestar_l4lb_map_writes_total";
 pub const APPLY_ERRORS_TOTAL: &str = "lodestar_l4lb_apply_errors_total";
 pub const REVISION: &str = "lodestar_l4lb_revision";
+/// VIP addresses the guard leaves out (`guard::Refusal`), by `reason`: now, and ever refused.
+pub const VIP_REFUSED: &str = "lodestar_vip_refused";
+pub const VIP_REFUSALS_TOTAL: &str = "lodestar_vip_refusals_total";
 /// Active health probes by `result` (`ok`, `failed`).
 pub const HEALTH_PROBES_TOTAL: &str = "lodestar_health_probes_total";
 pub const HEALTH_TRANSITIONS_TOTAL: &str = "lodestar_health_transitions_total";
@@ -82,6 +85,10 @@ pub fn describe() {
             ),
             (MAP_WRITES_TOTAL, "BPF map writes made by the reconciler"),
             (APPLY_ERRORS_TOTAL, "VIPs that could not be programmed"),
+            (
+                VIP_REFUSALS_TOTAL,
+                "VIP addresses refused (outside l4lb.vip_ranges, or the node's, etcd's, a master's, an upstream's, loopback) when first seen",
+            ),
             (HEALTH_PROBES_TOTAL, "active health probes by result"),
             (
                 HEALTH_TRANSITIONS_TOTAL,
@@ -101,6 +108,7 @@ pub fn describe() {
                 "1 while a backend takes new connections (catalog health, active checks and passive failures)",
             ),
             (REVISION, "catalog revision last programmed into the maps"),
+            (VIP_REFUSED, "VIP addresses refused now, by reason"),
         ] {
             describe_gauge!(name, help);
         }

@@ -121,6 +121,26 @@ pub struct Detached {
 
 /// Removes every trace of the load balancer: unpins the links (which detaches the programs)
 /// and the maps, and removes the pin directory. Refused while an agent runs.
+/// Detaches every link pinned under `pin` and keeps the maps (a later agent adopts their
+/// flows): for an agent that does not run the load balancer (off, or failed to start), so that
+/// an earlier agent's programs do not go on steering from maps that nobody updates. Refused
+/// while another agent holds the directory. How many links went.
+pub fn detach_links(pin: &Path) -> Result<usize, L4lbError> {
+    if !pin.join("links").exists() {
+        return Ok(0);
+    }
+    let _lock = take_lock(pin)?;
+    let mut n = 0;
+    for e in std::fs::read_dir(pin.join("links"))
+        .map_err(L4lbError::io(format!("reading {}", pin.display())))?
+        .flatten()
+    {
+        unpin_link(&e.path()).map_err(L4lbError::io(format!("removing {}", e.path().display())))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 pub fn detach(pin: &Path) -> Result<Detached, L4lbError> {
     let mut out = Detached::default();
     if !pin.exists() {

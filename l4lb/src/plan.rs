@@ -30,6 +30,8 @@ pub struct PlanOptions {
     pub locality: Locality,
     /// Backends the agent's active checks found down (they count as unhealthy).
     pub active_down: std::collections::HashSet<BackendAddr>,
+    /// Which addresses may be VIPs (`L4lb::apply` leaves the others out of the plan).
+    pub guard: crate::guard::VipGuard,
 }
 
 /// The task label that sets the locality policy of the VIPs a task backs.

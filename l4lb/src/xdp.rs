@@ -1,14 +1,25 @@
 //! The per-packet path's maps from the same plan as the socket path (so health, drain,
 //! weights and locality follow one rule): per VIP address a Maglev table over the backends that
 //! get new connections, written by difference, and the VIP's forwarding mode.
+//!
+//! The tables share one array (`lx_ring`) in units of `LX_RING_UNIT` slots. A table's room is
+//! found before anything of it is written; a VIP whose table does not fit gets the largest
+//! smaller one that does (and grows back when room comes), and one that fits in none is refused
+//! whole, with why. A table that changes size is written in full into new room, then the VIP is
+//! switched to it, then the old room is given back: no packet sees it half-written.
 
 use std::collections::BTreeMap;
 use std::io;
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeSet;
+
+use lodestar_control::model::Protocol;
+
 use crate::layout::{
-    Real, RingKey, SvcKey, XVip, LX_FILTER_WORDS, LX_MODE_GUE, LX_MODE_NAT, LX_REAL_VALID,
+    Real, SvcKey, XRev, XVip, LX_FILTER_WORDS, LX_MODE_GUE, LX_MODE_NAT, LX_REAL_SHARED,
+    LX_REAL_VALID, LX_REV_SHARED, LX_RING_UNIT,
 };
 use crate::maglev;
 use crate::plan::{BackendAddr, Plan, ServiceAddr};
@@ -91,11 +102,14 @@ pub trait XdpMaps {
     fn put_live(&mut self, id: u32, vip: &XVip) -> io::Result<()>;
     /// `lx_vip_filter`: one 64-bit word of the filter.
     fn put_filter_word(&mut self, word: u32, bits: u64) -> io::Result<()>;
-    fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()>;
-    fn delete_slot(&mut self, key: &RingKey) -> io::Result<()>;
+    /// `lx_ring`: slots (index, real id), written at once.
+    fn put_ring(&mut self, slots: &[(u32, u32)]) -> io::Result<()>;
     fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()>;
     fn reset_vip_stats(&mut self, id: u32) -> io::Result<()>;
     fn reset_real_stats(&mut self, id: u32) -> io::Result<()>;
+    /// `lx_nat_backends`: the VIP a NAT backend's replies leave as.
+    fn put_nat_backend(&mut self, key: &SvcKey, rev: &XRev) -> io::Result<()>;
+    fn delete_nat_backend(&mut self, key: &SvcKey) -> io::Result<()>;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,8 +119,12 @@ pub struct XVipState {
     /// Drawn anew when the id is given to the VIP and when its mode changes: a tracked flow
     /// whose entry holds another generation is decided again.
     pub gen: u32,
+    /// Its table's first slot in `lx_ring`.
+    pub base: u32,
     /// Real id per Maglev slot (empty: no backend).
     pub ring: Vec<u32>,
+    /// The table size its backend count asks for (`ring` is smaller while there is no room).
+    pub preferred: u32,
     pub reals: BTreeMap<BackendAddr, (u32, Real)>,
 }
 
@@ -118,26 +136,118 @@ pub struct XDump {
     pub live: Vec<(u32, XVip)>,
     /// `lx_vip_filter` words that are not zero.
     pub filter: Vec<(u32, u64)>,
-    pub ring: Vec<(RingKey, u32)>,
+    /// `lx_ring` slots (index, real id) of the VIPs' tables.
+    pub ring: Vec<(u32, u32)>,
     pub reals: Vec<(u32, Real)>,
+    pub nat_backends: Vec<(SvcKey, XRev)>,
+}
+
+/// The units of `lx_ring`, each free or holding (part of) one VIP's table.
+#[derive(Debug, Clone)]
+pub struct RingSpace {
+    used: Vec<bool>,
+}
+
+impl RingSpace {
+    pub fn new(slots: u32) -> RingSpace {
+        RingSpace {
+            used: vec![false; (slots / LX_RING_UNIT) as usize],
+        }
+    }
+
+    fn units(slots: u32) -> usize {
+        slots.div_ceil(LX_RING_UNIT) as usize
+    }
+
+    /// The first run of free units for a table of `slots`; its first slot.
+    fn alloc(&mut self, slots: u32) -> Option<u32> {
+        let need = Self::units(slots);
+        let mut run = 0;
+        for i in 0..self.used.len() {
+            run = if self.used[i] { 0 } else { run + 1 };
+            if run == need {
+                let first = i + 1 - need;
+                self.used[first..=i].fill(true);
+                return Some(first as u32 * LX_RING_UNIT);
+            }
+        }
+        None
+    }
+
+    /// Marks a table found at takeover as placed; false if it is out of range or overlaps one.
+    fn claim(&mut self, base: u32, slots: u32) -> bool {
+        let first = (base / LX_RING_UNIT) as usize;
+        let units = Self::units(slots);
+        let fits = base % LX_RING_UNIT == 0
+            && first + units <= self.used.len()
+            && !self.used[first..first + units].iter().any(|u| *u);
+        if fits {
+            self.used[first..first + units].fill(true);
+        }
+        fits
+    }
+
+    fn free(&mut self, base: u32, slots: u32) {
+        let first = (base / LX_RING_UNIT) as usize;
+        let last = (first + Self::units(slots)).min(self.used.len());
+        self.used[first.min(last)..last].fill(false);
+    }
+
+    /// Slots in use (whole units) and the array's size.
+    pub fn usage(&self) -> (u64, u64) {
+        let used = self.used.iter().filter(|u| **u).count() as u64;
+        (
+            used * u64::from(LX_RING_UNIT),
+            self.used.len() as u64 * u64::from(LX_RING_UNIT),
+        )
+    }
+
+    /// The longest run of free units, in slots: the largest table that fits now.
+    fn largest_free(&self) -> u64 {
+        let (mut best, mut run) = (0u64, 0u64);
+        for u in &self.used {
+            run = if *u { 0 } else { run + 1 };
+            best = best.max(run);
+        }
+        best * u64::from(LX_RING_UNIT)
+    }
 }
 
 pub struct XdpReconciler {
     vips: BTreeMap<ServiceAddr, XVipState>,
     vip_ids: Ids,
     real_ids: Ids,
+    space: RingSpace,
     /// Bound on a VIP's Maglev table.
     pub max_ring: u32,
     pub seed: u64,
     stale: XDump,
     /// `lx_vip_filter` as written (words that are not zero).
     filter: BTreeMap<u32, u64>,
+    /// `lx_nat_backends` as written.
+    nat_backends: BTreeMap<SvcKey, XRev>,
     /// VIPs whose `lx_vip_live` entry did not match at takeover.
-    dirty: std::collections::BTreeSet<ServiceAddr>,
+    dirty: BTreeSet<ServiceAddr>,
+    /// VIPs whose table is smaller than their backends ask for (said once in the log).
+    cramped: BTreeSet<ServiceAddr>,
     last_gen: u32,
 }
 
-fn real_entry(b: &crate::plan::PlannedBackend, addr: &BackendAddr, vip_id: u32) -> Real {
+/// The `lx_nat_backends` key of a backend of a VIP of `protocol`.
+fn backend_key(b: &BackendAddr, protocol: Protocol) -> SvcKey {
+    svc_key(&ServiceAddr {
+        ip: b.ip,
+        port: b.port,
+        protocol,
+    })
+}
+
+fn real_entry(
+    b: &crate::plan::PlannedBackend,
+    addr: &BackendAddr,
+    vip_id: u32,
+    shared: bool,
+) -> Real {
     let (a, family) = addr_bytes(addr.ip);
     let (node, _) = addr_bytes(b.node);
     Real {
@@ -145,9 +255,16 @@ fn real_entry(b: &crate::plan::PlannedBackend, addr: &BackendAddr, vip_id: u32) 
         node,
         port: addr.port.to_be(),
         family,
-        flags: LX_REAL_VALID,
+        flags: LX_REAL_VALID | if shared { LX_REAL_SHARED } else { 0 },
         vip_id,
     }
+}
+
+/// Where a VIP's new table goes: over the old one (same size), or in new room.
+#[derive(Clone, Copy)]
+enum Place {
+    InPlace,
+    New(u32),
 }
 
 impl XdpReconciler {
@@ -157,11 +274,14 @@ impl XdpReconciler {
             vips: BTreeMap::new(),
             vip_ids: Ids::new(capacity.vips),
             real_ids: Ids::new(capacity.reals),
+            space: RingSpace::new(capacity.ring),
             max_ring,
             seed,
             stale: XDump::default(),
             filter: BTreeMap::new(),
+            nat_backends: BTreeMap::new(),
             dirty: Default::default(),
+            cramped: Default::default(),
             // Generations start somewhere new on every start: an entry a flow cache kept from
             // an earlier agent's VIP is not taken for one of ours.
             last_gen: std::time::SystemTime::now()
@@ -182,16 +302,15 @@ impl XdpReconciler {
     /// apply writes only differences (and removes what no VIP uses).
     pub fn restore(dump: XDump, max_ring: u32, seed: u64) -> XdpReconciler {
         let mut r = XdpReconciler::new(max_ring, seed);
-        let ring: std::collections::HashMap<(u32, u32), u32> = dump
-            .ring
-            .iter()
-            .map(|(k, v)| ((k.vip_id, k.slot), *v))
-            .collect();
+        let ring: std::collections::HashMap<u32, u32> = dump.ring.iter().copied().collect();
         let live: std::collections::HashMap<u32, XVip> = dump.live.iter().copied().collect();
         let mut by_id = BTreeMap::new();
         for (key, vip) in &dump.vips {
             match crate::reconcile::service_addr(key) {
-                Some(addr) if !by_id.values().any(|a| *a == addr) => {
+                Some(addr)
+                    if !by_id.values().any(|a| *a == addr)
+                        && (vip.ring_size == 0 || r.space.claim(vip.ring_base, vip.ring_size)) =>
+                {
                     by_id.insert(vip.id, addr);
                     if vip.gen == 0 || live.get(&vip.id) != Some(vip) {
                         r.dirty.insert(addr);
@@ -206,9 +325,11 @@ impl XdpReconciler {
                             } else {
                                 Mode::Nat
                             },
-                            ring: (0..vip.ring_size)
-                                .map(|i| ring.get(&(vip.id, i)).copied().unwrap_or(u32::MAX))
+                            base: vip.ring_base,
+                            ring: (vip.ring_base..vip.ring_base + vip.ring_size)
+                                .map(|i| ring.get(&i).copied().unwrap_or(u32::MAX))
                                 .collect(),
+                            preferred: vip.ring_size,
                             reals: BTreeMap::new(),
                         },
                     );
@@ -227,6 +348,7 @@ impl XdpReconciler {
             .copied()
             .filter(|(_, b)| *b != 0)
             .collect();
+        r.nat_backends = dump.nat_backends.iter().copied().collect();
         for (id, real) in &dump.reals {
             let owner = by_id.get(&real.vip_id).and_then(|a| r.vips.get_mut(a));
             let addr = crate::reconcile::addr_ip(&real.addr, real.family).map(|ip| BackendAddr {
@@ -238,15 +360,6 @@ impl XdpReconciler {
                     v.reals.insert(a, (*id, *real));
                 }
                 _ => r.stale.reals.push((*id, *real)),
-            }
-        }
-        for (k, v) in &dump.ring {
-            let live = by_id
-                .get(&k.vip_id)
-                .and_then(|a| r.vips.get(a))
-                .is_some_and(|s| (k.slot as usize) < s.ring.len());
-            if !live {
-                r.stale.ring.push((*k, *v));
             }
         }
         r.vip_ids = Ids::rebuild(r.vip_ids.max_id(), r.vips.values().map(|v| v.id));
@@ -263,6 +376,11 @@ impl XdpReconciler {
         &self.vips
     }
 
+    /// `lx_ring`'s slots in use (whole units) and its size.
+    pub fn ring_usage(&self) -> (u64, u64) {
+        self.space.usage()
+    }
+
     /// Makes the maps hold `plan`, each VIP in the mode `mode_of` gives it.
     pub fn apply(
         &mut self,
@@ -275,10 +393,6 @@ impl XdpReconciler {
         for (k, _) in stale.vips {
             report.writes += 1;
             let _ = maps.delete_vip(&k);
-        }
-        for (k, _) in stale.ring {
-            report.writes += 1;
-            let _ = maps.delete_slot(&k);
         }
         for (id, _) in stale.reals {
             report.writes += 1;
@@ -295,6 +409,14 @@ impl XdpReconciler {
             *widened.entry(*w).or_insert(0) |= bits;
         }
         self.sync_filter(&widened, maps, &mut report);
+        // NAT backends: where their replies go is written before any flow can reach them, and
+        // what no VIP uses any more is removed once no VIP points at it.
+        let modes: BTreeMap<ServiceAddr, Mode> = plan
+            .iter()
+            .map(|(addr, p)| (*addr, mode_of(&p.vip)))
+            .collect();
+        let nat = nat_backends(plan, &modes);
+        self.sync_nat_backends(&nat, false, maps, &mut report);
         let gone: Vec<ServiceAddr> = self
             .vips
             .keys()
@@ -305,9 +427,8 @@ impl XdpReconciler {
             self.forget(&addr, maps, &mut report);
         }
         for (addr, planned) in plan {
-            let mode = mode_of(&planned.vip);
             let was_new = !self.vips.contains_key(addr);
-            if let Err(e) = self.program(addr, planned, mode, maps, &mut report) {
+            if let Err(e) = self.program(addr, planned, modes[addr], &nat, maps, &mut report) {
                 report.errors.push(format!("XDP VIP {}: {e}", planned.vip));
                 if was_new {
                     // Undo what was written, so the next apply programs it whole.
@@ -315,6 +436,7 @@ impl XdpReconciler {
                 }
             }
         }
+        self.sync_nat_backends(&nat, true, maps, &mut report);
         let exact = filter_words(self.vips.keys().map(svc_key));
         self.sync_filter(&exact, maps, &mut report);
         report
@@ -327,8 +449,7 @@ impl XdpReconciler {
         maps: &mut dyn XdpMaps,
         report: &mut Report,
     ) {
-        let words: std::collections::BTreeSet<u32> =
-            want.keys().chain(self.filter.keys()).copied().collect();
+        let words: BTreeSet<u32> = want.keys().chain(self.filter.keys()).copied().collect();
         for w in words {
             let new = want.get(&w).copied().unwrap_or(0);
             if self.filter.get(&w).copied().unwrap_or(0) == new {
@@ -343,6 +464,47 @@ impl XdpReconciler {
                     self.filter.insert(w, new);
                 }
                 Err(e) => report.errors.push(format!("XDP VIP filter word {w}: {e}")),
+            }
+        }
+    }
+
+    /// Writes the `lx_nat_backends` entries that `want` adds or changes, or (`remove`) deletes
+    /// the ones it no longer has.
+    fn sync_nat_backends(
+        &mut self,
+        want: &BTreeMap<SvcKey, XRev>,
+        remove: bool,
+        maps: &mut dyn XdpMaps,
+        report: &mut Report,
+    ) {
+        if remove {
+            let gone: Vec<SvcKey> = self
+                .nat_backends
+                .keys()
+                .filter(|k| !want.contains_key(k))
+                .copied()
+                .collect();
+            for k in gone {
+                report.writes += 1;
+                match maps.delete_nat_backend(&k) {
+                    Ok(()) => {
+                        self.nat_backends.remove(&k);
+                    }
+                    Err(e) => report.errors.push(format!("removing a NAT backend: {e}")),
+                }
+            }
+            return;
+        }
+        for (k, v) in want {
+            if self.nat_backends.get(k) == Some(v) {
+                continue;
+            }
+            report.writes += 1;
+            match maps.put_nat_backend(k, v) {
+                Ok(()) => {
+                    self.nat_backends.insert(*k, *v);
+                }
+                Err(e) => report.errors.push(format!("writing a NAT backend: {e}")),
             }
         }
     }
@@ -363,12 +525,12 @@ impl XdpReconciler {
         let v = v.clone();
         self.vips.remove(addr);
         self.dirty.remove(addr);
-        // Tracked flows of the VIP find no generation under its id any more.
-        report.writes += 1 + v.ring.len() + v.reals.len();
+        self.cramped.remove(addr);
+        // Tracked flows of the VIP find no generation under its id any more; its slots are
+        // left as they are (no VIP reads them) until the room is given to another.
+        report.writes += 1 + v.reals.len();
         let _ = maps.put_live(v.id, &XVip::default());
-        for slot in 0..v.ring.len() as u32 {
-            let _ = maps.delete_slot(&RingKey { vip_id: v.id, slot });
-        }
+        self.space.free(v.base, v.ring.len() as u32);
         for (id, _) in v.reals.values() {
             let _ = maps.put_real(*id, &Real::default());
             self.real_ids.release(*id);
@@ -376,78 +538,57 @@ impl XdpReconciler {
         self.vip_ids.release(v.id);
     }
 
+    /// The size and room of a VIP's next table (`None`: no backend), taken from `space` now;
+    /// the preferred size. Nothing is written.
+    fn place(
+        &mut self,
+        addr: &ServiceAddr,
+        vip: &str,
+        members: usize,
+    ) -> io::Result<(Option<(u32, Place)>, u32)> {
+        if members == 0 {
+            return Ok((None, 0));
+        }
+        let preferred = maglev::table_size(members, self.max_ring);
+        let old = self.vips.get(addr).map_or(0, |v| v.ring.len() as u32);
+        let mut sizes = vec![preferred];
+        sizes.extend(maglev::smaller_sizes(preferred, self.max_ring));
+        if old > preferred {
+            sizes.push(old);
+        }
+        for size in sizes {
+            if size == old {
+                return Ok((Some((size, Place::InPlace)), preferred));
+            }
+            if let Some(base) = self.space.alloc(size) {
+                return Ok((Some((size, Place::New(base))), preferred));
+            }
+        }
+        let (used, total) = self.space.usage();
+        Err(io::Error::other(format!(
+            "no room for VIP {vip}'s Maglev table in lx_ring: it needs {} slots ({} of {} units \
+             of {LX_RING_UNIT} slots are in use; the largest free run holds {} slots); lower \
+             l4lb.xdp.max_table or the number of XDP VIPs",
+            maglev::smaller_sizes(preferred, self.max_ring)
+                .last()
+                .copied()
+                .unwrap_or(preferred),
+            used / u64::from(LX_RING_UNIT),
+            total / u64::from(LX_RING_UNIT),
+            self.space.largest_free(),
+        )))
+    }
+
     fn program(
         &mut self,
         addr: &ServiceAddr,
         planned: &crate::plan::PlannedService,
         mode: Mode,
+        nat: &BTreeMap<SvcKey, XRev>,
         maps: &mut dyn XdpMaps,
         report: &mut Report,
     ) -> io::Result<()> {
-        let key = svc_key(addr);
-        let is_new = !self.vips.contains_key(addr);
-        if is_new {
-            let id = self
-                .vip_ids
-                .alloc()
-                .ok_or_else(|| io::Error::other("more VIP addresses than LX_MAX_VIPS"))?;
-            report.writes += 1;
-            if let Err(e) = maps.reset_vip_stats(id) {
-                self.vip_ids.release(id);
-                return Err(e);
-            }
-            self.vips.insert(
-                *addr,
-                XVipState {
-                    id,
-                    mode,
-                    gen: 0,
-                    ring: Vec::new(),
-                    reals: BTreeMap::new(),
-                },
-            );
-        }
-        // A new VIP, one whose mode changes (its tracked flows must be decided again: a flow
-        // that began in GUE mode has no reverse-NAT entry), or one taken over without a
-        // generation gets a new one.
-        let old = &self.vips[addr];
-        let gen = if old.gen == 0 || old.mode != mode {
-            self.next_gen()
-        } else {
-            old.gen
-        };
-        let dirty = self.dirty.remove(addr);
-        let st = self.vips.get_mut(addr).expect("inserted");
-        let vip_id = st.id;
-        // Reals: every planned backend (draining ones too: tracked flows keep their entry).
-        for (b, p) in &planned.backends {
-            let entry = real_entry(p, b, vip_id);
-            match st.reals.get(b) {
-                Some((_, old)) if *old == entry => {}
-                Some((id, _)) => {
-                    let id = *id;
-                    report.writes += 1;
-                    maps.put_real(id, &entry)?;
-                    st.reals.insert(*b, (id, entry));
-                }
-                None => {
-                    let id = self
-                        .real_ids
-                        .alloc()
-                        .ok_or_else(|| io::Error::other("more backends than LX_MAX_REALS"))?;
-                    report.writes += 2;
-                    if let Err(e) = maps
-                        .reset_real_stats(id)
-                        .and_then(|()| maps.put_real(id, &entry))
-                    {
-                        self.real_ids.release(id);
-                        return Err(e);
-                    }
-                    st.reals.insert(*b, (id, entry));
-                }
-            }
-        }
-        // The Maglev table over the backends that get new connections, by their slots.
+        // The Maglev table's members: the backends that get new connections, by their slots.
         let members: Vec<(BackendAddr, maglev::Member)> = planned
             .backends
             .iter()
@@ -462,40 +603,157 @@ impl XdpReconciler {
                 )
             })
             .collect();
-        let ring: Vec<u32> = if members.is_empty() {
-            Vec::new()
-        } else {
-            let size = maglev::table_size(members.len(), self.max_ring);
-            let list: Vec<maglev::Member> = members.iter().map(|(_, m)| m.clone()).collect();
-            maglev::build(&list, size, self.seed)
-                .into_iter()
-                .map(|i| st.reals[&members[i.unwrap_or(0) as usize].0].0)
-                .collect()
+        // Room first: a table that does not fit is refused before anything of it is written.
+        let (placed, preferred) = self.place(addr, &planned.vip, members.len())?;
+        let release = |space: &mut RingSpace| {
+            if let Some((size, Place::New(base))) = placed {
+                space.free(base, size);
+            }
         };
-        let old_len = st.ring.len();
-        for (i, rid) in ring.iter().enumerate() {
-            if st.ring.get(i) != Some(rid) {
-                report.writes += 1;
-                maps.put_slot(
-                    &RingKey {
-                        vip_id,
-                        slot: i as u32,
-                    },
-                    *rid,
-                )?;
-                if i < st.ring.len() {
-                    st.ring[i] = *rid;
-                } else {
-                    st.ring.push(*rid);
+        let is_new = !self.vips.contains_key(addr);
+        if is_new {
+            let Some(id) = self.vip_ids.alloc() else {
+                release(&mut self.space);
+                return Err(io::Error::other(format!(
+                    "more VIP addresses than the XDP path holds ({}, LX_MAX_VIPS)",
+                    self.vip_ids.max_id()
+                )));
+            };
+            report.writes += 1;
+            if let Err(e) = maps.reset_vip_stats(id) {
+                self.vip_ids.release(id);
+                release(&mut self.space);
+                return Err(e);
+            }
+            self.vips.insert(
+                *addr,
+                XVipState {
+                    id,
+                    mode,
+                    gen: 0,
+                    base: 0,
+                    ring: Vec::new(),
+                    preferred,
+                    reals: BTreeMap::new(),
+                },
+            );
+        }
+        let r = self.write(addr, planned, mode, nat, &members, placed, maps, report);
+        if r.is_err() {
+            release(&mut self.space);
+            return r;
+        }
+        let st = self.vips.get_mut(addr).expect("inserted");
+        st.preferred = preferred;
+        let cramped = st.ring.len() < preferred as usize;
+        let (size, base) = (st.ring.len(), st.base);
+        if cramped && self.cramped.insert(*addr) {
+            let (used, total) = self.space.usage();
+            tracing::warn!(vip = %planned.vip, table = size, preferred, ring_used = used,
+                ring_slots = total, "no room in lx_ring for the VIP's Maglev table: a smaller one is used until there is");
+        } else if !cramped && self.cramped.remove(addr) {
+            tracing::info!(vip = %planned.vip, table = size, base, "the VIP's Maglev table has its full size again");
+        }
+        Ok(())
+    }
+
+    /// Writes a VIP's reals, table and entries, its table going where `placed` says.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        addr: &ServiceAddr,
+        planned: &crate::plan::PlannedService,
+        mode: Mode,
+        nat: &BTreeMap<SvcKey, XRev>,
+        members: &[(BackendAddr, maglev::Member)],
+        placed: Option<(u32, Place)>,
+        maps: &mut dyn XdpMaps,
+        report: &mut Report,
+    ) -> io::Result<()> {
+        let key = svc_key(addr);
+        // A new VIP, one whose mode changes (its tracked flows must be decided again: a flow
+        // that began in GUE mode has no reverse-NAT entry), or one taken over without a
+        // generation gets a new one.
+        let old = &self.vips[addr];
+        let gen = if old.gen == 0 || old.mode != mode {
+            self.next_gen()
+        } else {
+            old.gen
+        };
+        let dirty = self.dirty.remove(addr);
+        let st = self.vips.get_mut(addr).expect("inserted");
+        let vip_id = st.id;
+        // Reals: every planned backend (draining ones too: tracked flows keep their entry).
+        for (b, p) in &planned.backends {
+            let shared = mode == Mode::Nat
+                && nat
+                    .get(&backend_key(b, addr.protocol))
+                    .is_some_and(|r| r.flags & LX_REV_SHARED != 0);
+            let entry = real_entry(p, b, vip_id, shared);
+            match st.reals.get(b) {
+                Some((_, old)) if *old == entry => {}
+                Some((id, _)) => {
+                    let id = *id;
+                    report.writes += 1;
+                    maps.put_real(id, &entry)?;
+                    st.reals.insert(*b, (id, entry));
+                }
+                None => {
+                    let id = self.real_ids.alloc().ok_or_else(|| {
+                        io::Error::other(format!(
+                            "more backends than the XDP path holds ({}, LX_MAX_REALS)",
+                            self.real_ids.max_id()
+                        ))
+                    })?;
+                    report.writes += 2;
+                    if let Err(e) = maps
+                        .reset_real_stats(id)
+                        .and_then(|()| maps.put_real(id, &entry))
+                    {
+                        self.real_ids.release(id);
+                        return Err(e);
+                    }
+                    st.reals.insert(*b, (id, entry));
                 }
             }
         }
-        if is_new || dirty || old_len != ring.len() || st.mode != mode || st.gen != gen {
+        let ring: Vec<u32> = match placed {
+            None => Vec::new(),
+            Some((size, _)) => {
+                let list: Vec<maglev::Member> = members.iter().map(|(_, m)| m.clone()).collect();
+                maglev::build(&list, size, self.seed)
+                    .into_iter()
+                    .map(|i| st.reals[&members[i.unwrap_or(0) as usize].0].0)
+                    .collect()
+            }
+        };
+        let (old_base, old_len) = (st.base, st.ring.len() as u32);
+        let base = match placed {
+            Some((_, Place::New(base))) => base,
+            _ => st.base,
+        };
+        // The slots that differ (all of them, in new room), in one write.
+        let slots: Vec<(u32, u32)> = ring
+            .iter()
+            .enumerate()
+            .filter(|(i, rid)| base != old_base || st.ring.get(*i) != Some(*rid))
+            .map(|(i, rid)| (base + i as u32, *rid))
+            .collect();
+        if !slots.is_empty() {
+            report.writes += slots.len();
+            maps.put_ring(&slots)?;
+        }
+        let resized = base != old_base || ring.len() as u32 != old_len;
+        st.ring = ring;
+        st.base = base;
+        if resized || dirty || st.mode != mode || st.gen != gen {
             let vip = XVip {
                 id: vip_id,
-                ring_size: ring.len() as u32,
+                ring_size: st.ring.len() as u32,
                 mode: mode.code(),
                 gen,
+                ring_base: base,
+                pad: 0,
             };
             // By id first: a packet that finds the VIP by address then finds its generation.
             report.writes += 2;
@@ -509,14 +767,10 @@ impl XdpReconciler {
             st.mode = mode;
             st.gen = gen;
         }
-        for slot in ring.len()..old_len {
-            report.writes += 1;
-            maps.delete_slot(&RingKey {
-                vip_id,
-                slot: slot as u32,
-            })?;
+        if !matches!(placed, Some((_, Place::InPlace))) && old_len > 0 {
+            // Nothing reads the old room any more.
+            self.space.free(old_base, old_len);
         }
-        st.ring.truncate(ring.len());
         let gone: Vec<BackendAddr> = st
             .reals
             .keys()
@@ -533,20 +787,68 @@ impl XdpReconciler {
     }
 }
 
+/// `lx_nat_backends` for a plan: every backend of a NAT VIP, with its one VIP, or
+/// `LX_REV_SHARED` when several NAT VIPs share it.
+fn nat_backends(plan: &Plan, modes: &BTreeMap<ServiceAddr, Mode>) -> BTreeMap<SvcKey, XRev> {
+    let mut users: BTreeMap<SvcKey, Vec<&ServiceAddr>> = BTreeMap::new();
+    for (addr, planned) in plan {
+        if modes[addr] != Mode::Nat {
+            continue;
+        }
+        for b in planned.backends.keys() {
+            users
+                .entry(backend_key(b, addr.protocol))
+                .or_default()
+                .push(addr);
+        }
+    }
+    users
+        .into_iter()
+        .map(|(k, vips)| {
+            let rev = match vips.as_slice() {
+                [one] => {
+                    let (a, family) = addr_bytes(one.ip);
+                    XRev {
+                        addr: a,
+                        port: one.port.to_be(),
+                        family,
+                        flags: 0,
+                    }
+                }
+                _ => XRev {
+                    flags: LX_REV_SHARED,
+                    ..XRev::default()
+                },
+            };
+            (k, rev)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+impl XdpReconciler {
+    /// A reconciler whose `lx_ring` has `slots` slots (tests of a full array).
+    pub(crate) fn with_ring_slots(mut self, slots: u32) -> XdpReconciler {
+        self.space = RingSpace::new(slots);
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::SlotTable;
     use std::collections::HashMap;
     use std::net::IpAddr;
 
+    /// The XDP maps as plain collections, checking the order of writes the data path relies on.
     #[derive(Default)]
     struct Model {
         vips: HashMap<SvcKey, XVip>,
         live: HashMap<u32, XVip>,
         filter: HashMap<u32, u64>,
-        /// `lx_ring` over `lx_reals`.
-        table: SlotTable<Real>,
+        ring: HashMap<u32, u32>,
+        reals: HashMap<u32, Real>,
+        nat: HashMap<SvcKey, XRev>,
     }
 
     impl Model {
@@ -555,12 +857,30 @@ mod tests {
             XDump {
                 vips: self.vips.iter().map(|(k, v)| (*k, *v)).collect(),
                 ring: self
-                    .table
-                    .slot_entries(|vip_id, slot| RingKey { vip_id, slot }),
-                reals: self.table.member_entries(),
+                    .vips
+                    .values()
+                    .flat_map(|v| v.ring_base..v.ring_base + v.ring_size)
+                    .filter_map(|i| self.ring.get(&i).map(|r| (i, *r)))
+                    .collect(),
+                reals: self.reals.iter().map(|(k, v)| (*k, *v)).collect(),
                 live: self.live.iter().map(|(k, v)| (*k, *v)).collect(),
                 filter: self.filter.iter().map(|(k, v)| (*k, *v)).collect(),
+                nat_backends: self.nat.iter().map(|(k, v)| (*k, *v)).collect(),
             }
+        }
+
+        /// The slots of every VIP's table, as the data path reads them.
+        fn tables(&self) -> impl Iterator<Item = (&XVip, u32)> + '_ {
+            self.vips
+                .values()
+                .flat_map(|v| (v.ring_base..v.ring_base + v.ring_size).map(move |i| (v, i)))
+        }
+
+        /// The backends behind one VIP's table, slot by slot.
+        fn table_of(&self, vip: &XVip) -> Vec<Real> {
+            (vip.ring_base..vip.ring_base + vip.ring_size)
+                .map(|i| self.reals[&self.ring[&i]])
+                .collect()
         }
     }
 
@@ -572,6 +892,15 @@ mod tests {
                 self.filter.get(&(bit >> 6)).copied().unwrap_or(0) & (1 << (bit & 63)) != 0,
                 "a VIP before its filter bit"
             );
+            // Its whole table, of its own backends, before anything can read it.
+            for i in vip.ring_base..vip.ring_base + vip.ring_size {
+                let real = self.ring.get(&i).and_then(|r| self.reals.get(r));
+                assert!(
+                    real.is_some_and(|r| r.vip_id == vip.id),
+                    "slot {i} of VIP {} is not written before the VIP points at it",
+                    vip.id
+                );
+            }
             self.vips.insert(*key, *vip);
             Ok(())
         }
@@ -600,17 +929,27 @@ mod tests {
             self.vips.remove(key);
             Ok(())
         }
-        fn put_slot(&mut self, key: &RingKey, real: u32) -> io::Result<()> {
-            self.table.put_slot(key.vip_id, key.slot, real);
-            Ok(())
-        }
-        fn delete_slot(&mut self, key: &RingKey) -> io::Result<()> {
-            self.table.delete_slot(key.vip_id, key.slot);
+        fn put_ring(&mut self, slots: &[(u32, u32)]) -> io::Result<()> {
+            for (i, real) in slots {
+                assert!(
+                    self.reals.contains_key(real),
+                    "slot {i} points at real {real}, not written yet"
+                );
+                self.ring.insert(*i, *real);
+            }
             Ok(())
         }
         fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()> {
-            self.table
-                .put_member(id, real, real.flags & LX_REAL_VALID != 0);
+            if real.flags & LX_REAL_VALID != 0 {
+                self.reals.insert(id, *real);
+            } else {
+                let used: Vec<u32> = self.tables().map(|(_, i)| i).collect();
+                assert!(
+                    !used.iter().any(|i| self.ring.get(i) == Some(&id)),
+                    "real {id} cleared while a VIP's table points at it"
+                );
+                self.reals.remove(&id);
+            }
             Ok(())
         }
         fn reset_vip_stats(&mut self, _: u32) -> io::Result<()> {
@@ -619,10 +958,26 @@ mod tests {
         fn reset_real_stats(&mut self, _: u32) -> io::Result<()> {
             Ok(())
         }
+        fn put_nat_backend(&mut self, key: &SvcKey, rev: &XRev) -> io::Result<()> {
+            self.nat.insert(*key, *rev);
+            Ok(())
+        }
+        fn delete_nat_backend(&mut self, key: &SvcKey) -> io::Result<()> {
+            self.nat.remove(key);
+            Ok(())
+        }
     }
 
     fn plan(backends: &[(u8, u32)]) -> Plan {
         crate::test_support::plan(&[(1, backends)])
+    }
+
+    fn vip1() -> ServiceAddr {
+        ServiceAddr {
+            ip: IpAddr::from([198, 19, 0, 1]),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }
     }
 
     #[test]
@@ -633,7 +988,7 @@ mod tests {
         let ten: Vec<(u8, u32)> = (1..=10).map(|b| (b, 1)).collect();
         let first = r.apply(&plan(&ten), &nat, &mut m);
         let size = maglev::table_size(10, maglev::DEFAULT_MAX) as usize;
-        assert_eq!(m.table.slots.len(), size);
+        assert_eq!(m.tables().count(), size);
         assert!(first.writes > size);
         assert_eq!(r.apply(&plan(&ten), &nat, &mut m).writes, 0);
         // Drain backend 4 (weight 0): its real stays for tracked flows, only its slots move
@@ -641,19 +996,18 @@ mod tests {
         let mut drained = ten.clone();
         drained[3].1 = 0;
         let rep = r.apply(&plan(&drained), &nat, &mut m);
-        assert_eq!(m.table.members.len(), 10);
-        assert_eq!(m.table.slots.len(), size);
-        assert!(!m
-            .table
-            .slots
-            .values()
-            .any(|id| m.table.members[id].addr[3] == 4));
+        assert_eq!(m.reals.len(), 10);
+        assert_eq!(m.tables().count(), size);
+        let v = *m.vips.values().next().unwrap();
+        assert!(!m.table_of(&v).iter().any(|real| real.addr[3] == 4));
         assert!(rep.writes < size / 10 + size / 100, "{rep:?}");
         // A mode change writes the VIP by id and by address, with a new generation (its
         // tracked flows are decided again).
         let gen = m.vips.values().next().unwrap().gen;
         let rep = r.apply(&plan(&drained), &|_| Mode::Gue, &mut m);
-        assert_eq!(rep.writes, 2);
+        // The VIP twice, and its ten backends leave lx_nat_backends (GUE replies skip us).
+        assert_eq!(rep.writes, 2 + 10, "{rep:?}");
+        assert!(m.nat.is_empty());
         let v = *m.vips.values().next().unwrap();
         assert_eq!(v.mode, LX_MODE_GUE);
         assert_ne!(v.gen, gen);
@@ -667,7 +1021,6 @@ mod tests {
         );
         // A takeover that finds the VIP's entry by id missing (maps of an agent from before
         // it existed) writes it, keeping the generation its tracked flows hold.
-        let v = *m.vips.values().next().unwrap();
         m.live.clear();
         let dump = m.dump();
         let mut again = XdpReconciler::restore(dump, maglev::DEFAULT_MAX, maglev::DEFAULT_SEED);
@@ -675,16 +1028,131 @@ mod tests {
             again.apply(&plan(&drained), &|_| Mode::Gue, &mut m).writes,
             2
         );
-        assert_eq!(
-            m.live[&v.id],
-            m.vips[&svc_key(&ServiceAddr {
-                ip: IpAddr::from([198, 19, 0, 1]),
-                port: 80,
-                protocol: lodestar_control::model::Protocol::Tcp
-            })]
-        );
+        assert_eq!(m.live[&v.id], m.vips[&svc_key(&vip1())]);
         again.apply(&Plan::new(), &nat, &mut m);
-        assert!(m.vips.is_empty() && m.table.slots.is_empty() && m.table.members.is_empty());
+        assert!(m.vips.is_empty() && m.reals.is_empty() && m.nat.is_empty());
         assert!(m.live.is_empty() && m.filter.is_empty());
+        assert_eq!(again.ring_usage().0, 0, "every unit of lx_ring given back");
+    }
+
+    #[test]
+    fn a_table_that_changes_size_is_written_whole_in_new_room_before_the_vip_moves() {
+        let mut r = XdpReconciler::new(maglev::DEFAULT_MAX, maglev::DEFAULT_SEED);
+        let mut m = Model::default();
+        let nat = |_: &str| Mode::Nat;
+        let four: Vec<(u8, u32)> = (1..=4).map(|b| (b, 1)).collect();
+        r.apply(&plan(&four), &nat, &mut m);
+        let small = *m.vips.values().next().unwrap();
+        assert_eq!(small.ring_size, maglev::TIERS[0]);
+        // A fifth backend: the next tier. The model checks the new table is whole before the VIP
+        // points at it; the old room is given back.
+        let five: Vec<(u8, u32)> = (1..=5).map(|b| (b, 1)).collect();
+        let rep = r.apply(&plan(&five), &nat, &mut m);
+        assert!(rep.errors.is_empty(), "{rep:?}");
+        let big = *m.vips.values().next().unwrap();
+        assert_eq!(big.ring_size, maglev::TIERS[1]);
+        assert_ne!(big.ring_base, small.ring_base);
+        assert_eq!(
+            r.ring_usage().0,
+            u64::from(maglev::TIERS[1].div_ceil(LX_RING_UNIT) * LX_RING_UNIT)
+        );
+    }
+
+    #[test]
+    fn a_full_ring_gives_smaller_tables_refuses_whole_and_grows_back() {
+        // Room for 17 units: one VIP of 17 backends takes 16 (65,537 slots).
+        let slots = 17 * LX_RING_UNIT;
+        let mut r =
+            XdpReconciler::new(maglev::DEFAULT_MAX, maglev::DEFAULT_SEED).with_ring_slots(slots);
+        let mut m = Model::default();
+        let nat = |_: &str| Mode::Nat;
+        let many: Vec<(u8, u32)> = (1..=17).map(|b| (b, 1)).collect();
+        let five: Vec<(u8, u32)> = (1..=5).map(|b| (b, 1)).collect();
+        let one: Vec<(u8, u32)> = vec![(1, 1)];
+        let both = |second: &[(u8, u32)]| crate::test_support::plan(&[(1, &many), (2, second)]);
+        let rep = r.apply(&both(&five), &nat, &mut m);
+        assert!(rep.errors.is_empty(), "{rep:?}");
+        // The second VIP wants 16,381 slots (4 units); one unit is left: it gets 4,099.
+        let second = r.vips().values().find(|v| v.id != 0).unwrap().clone();
+        assert_eq!(second.ring.len() as u32, maglev::TIERS[0]);
+        assert_eq!(second.preferred, maglev::TIERS[1]);
+        // A third VIP finds no room at all: refused with the reason, nothing of it written.
+        let three = crate::test_support::plan(&[(1, &many), (2, &five), (3, &one)]);
+        let before = m.ring.len();
+        let rep = r.apply(&three, &nat, &mut m);
+        assert_eq!(rep.errors.len(), 1, "{rep:?}");
+        assert!(
+            rep.errors[0].contains("v3") && rep.errors[0].contains("no room"),
+            "{rep:?}"
+        );
+        assert_eq!(m.vips.len(), 2);
+        assert_eq!(
+            m.ring.len(),
+            before,
+            "not one slot of the refused table written"
+        );
+        assert!(!r
+            .vips()
+            .keys()
+            .any(|a| a.ip == IpAddr::from([198, 19, 0, 3])));
+        // The big VIP goes: the second grows to its preferred size, the third fits.
+        let rep = r.apply(
+            &crate::test_support::plan(&[(2, &five), (3, &one)]),
+            &nat,
+            &mut m,
+        );
+        assert!(rep.errors.is_empty(), "{rep:?}");
+        let sizes: Vec<u32> = m.vips.values().map(|v| v.ring_size).collect();
+        assert!(sizes.contains(&maglev::TIERS[1]) && sizes.contains(&maglev::TIERS[0]));
+    }
+
+    #[test]
+    fn nat_backends_carry_their_one_vip_or_say_they_are_shared() {
+        let mut r = XdpReconciler::new(maglev::DEFAULT_MAX, maglev::DEFAULT_SEED);
+        let mut m = Model::default();
+        let mut p = crate::test_support::plan(&[(1, &[(1, 1), (2, 1)])]);
+        // A second VIP over backend 198.18.1.1:8080 too.
+        let mut other = p.values().next().unwrap().clone();
+        other.vip = "v9".into();
+        other
+            .backends
+            .retain(|b, _| b.ip == IpAddr::from([198, 18, 1, 1]));
+        let addr9 = ServiceAddr {
+            ip: IpAddr::from([198, 19, 0, 9]),
+            ..vip1()
+        };
+        p.insert(addr9, other);
+        let rep = r.apply(&p, &|_| Mode::Nat, &mut m);
+        assert!(rep.errors.is_empty(), "{rep:?}");
+        let key = |last: u8| {
+            backend_key(
+                &BackendAddr {
+                    ip: IpAddr::from([198, 18, 1, last]),
+                    port: 8080,
+                },
+                Protocol::Tcp,
+            )
+        };
+        assert_eq!(m.nat[&key(1)].flags, LX_REV_SHARED);
+        assert_eq!(m.nat[&key(2)].flags, 0);
+        assert_eq!(m.nat[&key(2)].addr[..4], [198, 19, 0, 1]);
+        assert_eq!(m.nat[&key(2)].port, 80u16.to_be());
+        // The shared backend's reals say so (new flows to it keep a per-flow entry).
+        for real in m.reals.values() {
+            let shared = real.addr[3] == 1;
+            assert_eq!(real.flags & LX_REAL_SHARED != 0, shared, "{real:?}");
+        }
+        // In GUE mode the second VIP's replies skip this node: the backend is no longer shared.
+        let rep = r.apply(
+            &p,
+            &|v: &str| if v == "v9" { Mode::Gue } else { Mode::Nat },
+            &mut m,
+        );
+        assert!(rep.errors.is_empty(), "{rep:?}");
+        assert_eq!(m.nat[&key(1)].flags, 0);
+        assert!(m
+            .reals
+            .values()
+            .all(|real| real.flags & LX_REAL_SHARED == 0));
     }
 }

@@ -21,7 +21,9 @@ use packet::{eth, finish, pkt, sum16, Pkt};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 
 /// The GUE packet the XDP program should make of `inner`, to `node`.
 fn gue(inner: &Pkt, node: IpAddr, src: IpAddr) -> Vec<u8> {
@@ -142,6 +144,10 @@ fn lab_config() -> XdpConfig {
     XdpConfig {
         gue_source_v4: Some(Ipv4Addr::new(198, 18, 0, 1)),
         gue_source_v6: Some("2001:db8::1".parse::<Ipv6Addr>().unwrap()),
+        gue_sources: vec![
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+            "2001:db8::1".parse().unwrap(),
+        ],
         ..XdpConfig::default()
     }
 }
@@ -473,23 +479,16 @@ fn gue_decapsulation_and_nat_replies_byte_for_byte() {
         let (action, _) = lab.run("lx_xdp", &p.frame());
         assert_eq!(action, XDP_PASS);
         let to = lab.maglev_pick(&p);
-        let mut reply = pkt(
-            &to.ip.to_string(),
-            &p.src.to_string(),
-            p.proto,
-            to.port,
-            p.sport,
-        );
-        reply.syn = false;
-        let mut expected = reply.clone();
-        expected.src = p.dst;
-        expected.sport = p.dport;
+        let (reply, expected) = reply_to(&p, to);
         let (action, out) = lab.run("lx_tc_revnat", &reply.frame());
         assert_eq!(action, TC_ACT_OK);
         assert_eq!(out, expected.frame(), "the reply leaves from the VIP");
         // Unrelated traffic leaves untouched.
         let other = pkt("198.18.1.2", "198.18.100.9", Protocol::Tcp, 8080, 5555);
-        assert_eq!(lab.run("lx_tc_revnat", &other.frame()).1, other.frame());
+        assert_eq!(
+            lab.run("lx_tc_revnat", &other.frame()),
+            (TC_ACT_OK, other.frame())
+        );
         // A packet that is not GUE is not decapsulated.
         assert_eq!(lab.run("lx_tc_decap", &other.frame()).1, other.frame());
     }
@@ -707,4 +706,355 @@ fn maps_from_before_the_filter_are_seeded_before_the_new_program_runs() {
     // A new agent opens the maps: before any apply, the VIPs are found again.
     lab.lb = XdpLb::open(&lab.pin, &lab_config(), false).expect("reopen the maps");
     assert_eq!(lab.run("lx_xdp", &p.frame()).1, rewritten(&p, to).frame());
+}
+
+#[test]
+fn gue_is_decapsulated_only_from_a_load_balancer_and_only_for_a_vip() {
+    let lab = Lab::new("guepeer");
+    for (p, lb, stranger, not_vip) in [
+        (
+            pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41100, 80),
+            "198.18.0.1",
+            "198.18.0.99",
+            "198.18.7.7",
+        ),
+        (
+            pkt(
+                "2001:db8:100::1",
+                "2001:db8:ffff::2",
+                Protocol::Tcp,
+                41101,
+                80,
+            ),
+            "2001:db8::1",
+            "2001:db8::99",
+            "2001:db8:7::7",
+        ),
+    ] {
+        let node = node_of(lab.maglev_pick(&p).ip);
+        // A sender that is no load balancer wraps a packet for a VIP.
+        let forged = gue(&p, node, stranger.parse().unwrap());
+        assert_eq!(lab.run("lx_tc_decap", &forged).0, TC_ACT_SHOT, "{stranger}");
+        // A load balancer's address, but the inner packet is for no VIP: this node would relay
+        // it (to an address of the attacker's choice) once decapsulated.
+        let mut relay = p.clone();
+        relay.dst = not_vip.parse().unwrap();
+        relay.dport = 22;
+        let wrapped = gue(&relay, node, lb.parse().unwrap());
+        assert_eq!(lab.run("lx_tc_decap", &wrapped).0, TC_ACT_SHOT, "{not_vip}");
+    }
+    assert_eq!(lab.counter("drop_gue_unknown_sender"), 2);
+    assert_eq!(lab.counter("drop_gue_not_vip"), 2);
+    assert_eq!(lab.counter("tc_decap"), 0);
+}
+
+#[test]
+fn a_packet_too_big_for_the_tunnel_gets_fragmentation_needed_back() {
+    let lab = Lab::new("mtu");
+    // Full 1500-byte IP packets with DF (the builder's default), to GUE VIPs: with the outer
+    // headers (28 or 48 bytes) they would not fit the default tunnel MTU of 1500.
+    let mut v4 = pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41200, 80);
+    v4.payload = vec![7; 1500 - 20 - 20];
+    let mut v6 = pkt(
+        "2001:db8:100::1",
+        "2001:db8:ffff::2",
+        Protocol::Tcp,
+        41201,
+        80,
+    );
+    v6.payload = vec![7; 1500 - 40 - 20];
+    for (p, ip_len, quote, mtu) in [(&v4, 20, 84, 1472u32), (&v6, 40, 248, 1452)] {
+        let frame = p.frame();
+        let (action, out) = lab.run("lx_xdp", &frame);
+        assert_eq!(
+            action, XDP_TX,
+            "the message goes back out where the packet came in"
+        );
+        assert_eq!(out.len(), 14 + ip_len + 8 + quote);
+        assert_eq!(out[0..6], frame[6..12], "to the sender's MAC");
+        assert_eq!(out[6..12], frame[0..6]);
+        let (ip, icmp) = out[14..].split_at(ip_len);
+        assert_eq!(icmp[8..], p.ip()[..quote], "quotes the packet's start");
+        if ip_len == 20 {
+            assert_eq!(ip[9], 1, "ICMP");
+            assert_eq!(ip[12..16], [198, 19, 0, 2], "from the VIP");
+            assert_eq!(ip[16..20], [198, 18, 100, 1], "to the client");
+            assert_eq!(finish(sum16(ip, 0)), 0, "IP header checksum");
+            assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+            assert_eq!(u32::from(u16::from_be_bytes([icmp[6], icmp[7]])), mtu);
+            assert_eq!(finish(sum16(icmp, 0)), 0, "ICMP checksum");
+        } else {
+            assert_eq!(ip[6], 58, "ICMPv6");
+            assert_eq!(
+                ip[8..24],
+                p.dst.to_string().parse::<Ipv6Addr>().unwrap().octets()
+            );
+            assert_eq!(
+                ip[24..40],
+                p.src.to_string().parse::<Ipv6Addr>().unwrap().octets()
+            );
+            assert_eq!((icmp[0], icmp[1]), (2, 0), "packet too big");
+            assert_eq!(
+                u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+                mtu
+            );
+            let mut pseudo = Vec::new();
+            pseudo.extend(&ip[8..40]);
+            pseudo.extend((icmp.len() as u32).to_be_bytes());
+            pseudo.extend([0, 0, 0, 58]);
+            assert_eq!(finish(sum16(icmp, sum16(&pseudo, 0))), 0, "ICMPv6 checksum");
+        }
+    }
+    assert_eq!(lab.counter("icmp_too_big"), 2);
+    // One byte less on each side fits: encapsulated as usual.
+    v4.payload.truncate(1500 - 28 - 40);
+    let node = node_of(lab.maglev_pick(&v4).ip);
+    assert_eq!(
+        lab.run("lx_xdp", &v4.frame()),
+        (XDP_PASS, gue(&v4, node, "198.18.0.1".parse().unwrap()))
+    );
+}
+
+#[test]
+fn only_new_flows_are_tracked_and_only_once_a_second_packet_shows_them_real() {
+    let lab = Lab::new("flood");
+    on_cpu(0);
+    // A flood of mid-flow TCP packets (no SYN) that no connection started: each goes where
+    // Maglev says, and none takes a place in lx_ct.
+    for port in 0..200u16 {
+        let mut p = pkt(
+            "198.18.103.1",
+            "198.19.0.1",
+            Protocol::Tcp,
+            20000 + port,
+            80,
+        );
+        p.syn = false;
+        let to = lab.maglev_pick(&p);
+        assert_eq!(lab.run("lx_xdp", &p.frame()).1, rewritten(&p, to).frame());
+        assert!(
+            lab.lb.flow(&p.flow()).is_none(),
+            "a packet without SYN was tracked"
+        );
+    }
+    // A SYN flood: every SYN is served, none enters lx_ct.
+    for port in 0..200u16 {
+        let p = pkt(
+            "198.18.103.2",
+            "198.19.0.1",
+            Protocol::Tcp,
+            20000 + port,
+            80,
+        );
+        let to = lab.maglev_pick(&p);
+        assert_eq!(lab.run("lx_xdp", &p.frame()).1, rewritten(&p, to).frame());
+        assert!(lab.lb.flow(&p.flow()).is_none(), "a lone SYN was tracked");
+    }
+    let confirmed = lab.counter("flow_confirmed");
+    // A connection: its SYN, then its first ACK, which makes it tracked. A UDP flow likewise
+    // with its second datagram.
+    let syn = pkt("198.18.103.3", "198.19.0.1", Protocol::Tcp, 21000, 80);
+    let mut ack = syn.clone();
+    ack.syn = false;
+    let udp = pkt("198.18.103.3", "198.19.0.1", Protocol::Udp, 21001, 53);
+    for (first, second) in [(&syn, &ack), (&udp, &udp)] {
+        let to = lab.maglev_pick(first);
+        lab.run("lx_xdp", &first.frame());
+        assert!(lab.lb.flow(&first.flow()).is_none());
+        assert_eq!(
+            lab.run("lx_xdp", &second.frame()).1,
+            rewritten(second, to).frame()
+        );
+        let ct = lab
+            .lb
+            .flow(&first.flow())
+            .expect("tracked after its second packet");
+        assert_eq!(ct.real.port, to.port.to_be());
+    }
+    assert_eq!(lab.counter("flow_confirmed"), confirmed + 2);
+}
+
+/// The backend's reply to `p` (which went to `to`), and that reply as it must leave: from the
+/// VIP.
+fn reply_to(p: &Pkt, to: BackendAddr) -> (Pkt, Pkt) {
+    let mut reply = pkt(
+        &to.ip.to_string(),
+        &p.src.to_string(),
+        p.proto,
+        to.port,
+        p.sport,
+    );
+    reply.syn = false;
+    let mut from_vip = reply.clone();
+    from_vip.src = p.dst;
+    from_vip.sport = p.dport;
+    (reply, from_vip)
+}
+
+#[test]
+fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
+    let mut lab = Lab::new("revnat");
+    // Every VIP NAT: 198.18.N.2:8080/tcp now serves both 198.19.0.1:80 and 198.19.0.2:80, so a
+    // reply's VIP is known only from its flow's lx_revnat entry.
+    lab.modes.clear();
+    lab.program(&base_plan(1, 1));
+    let p = pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41300, 80);
+    let to = lab.maglev_pick(&p);
+    assert_eq!(lab.run("lx_xdp", &p.frame()).1, rewritten(&p, to).frame());
+    let (reply, expected) = reply_to(&p, to);
+    assert_eq!(
+        lab.run("lx_tc_revnat", &reply.frame()),
+        (TC_ACT_OK, expected.frame()),
+        "the reply leaves from its own VIP"
+    );
+    // A reply of a flow whose entry is gone (evicted, or never made): dropped, not sent with
+    // the backend's address to a client that expects the VIP's.
+    let mut lost = reply.clone();
+    lost.dport = 41399;
+    assert_eq!(lab.run("lx_tc_revnat", &lost.frame()).0, TC_ACT_SHOT);
+    assert_eq!(lab.counter("drop_revnat_lost"), 1);
+
+    // A backend of one NAT VIP (the other back in GUE mode): its replies need no entry of
+    // their own. A confirmed flow's are known by the client's flow in lx_ct, the first ones of
+    // a flow that only sent its SYN by the SYN's mark; a packet of a connection made to the
+    // backend's own address leaves as it is.
+    lab.modes.insert("198.19.0.2:80/tcp".to_string(), Mode::Gue);
+    lab.program(&base_plan(1, 1));
+    let p = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 41301, 80);
+    let to = lab.maglev_pick(&p);
+    let mut second = p.clone();
+    second.syn = false;
+    lab.run("lx_xdp", &p.frame());
+    lab.run("lx_xdp", &second.frame());
+    assert!(lab.lb.flow(&p.flow()).is_some());
+    let (reply, expected) = reply_to(&p, to);
+    assert_eq!(
+        lab.run("lx_tc_revnat", &reply.frame()),
+        (TC_ACT_OK, expected.frame())
+    );
+    assert!(lab.lb.reply(&reply.flow()).is_none(), "no entry of its own");
+    assert_eq!(lab.counter("nat_reply_marked"), 0, "known by lx_ct");
+    // Its SYN only: the SYN-ACK comes before the flow is confirmed.
+    let syn = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 41302, 80);
+    let to = lab.maglev_pick(&syn);
+    lab.run("lx_xdp", &syn.frame());
+    assert!(lab.lb.flow(&syn.flow()).is_none());
+    let (syn_ack, expected) = reply_to(&syn, to);
+    assert_eq!(
+        lab.run("lx_tc_revnat", &syn_ack.frame()),
+        (TC_ACT_OK, expected.frame())
+    );
+    assert_eq!(lab.counter("nat_reply_marked"), 1);
+    let mut direct = reply.clone();
+    direct.dport = 41398;
+    assert_eq!(
+        lab.run("lx_tc_revnat", &direct.frame()),
+        (TC_ACT_OK, direct.frame())
+    );
+    assert_eq!(lab.counter("drop_revnat_lost"), 1);
+}
+
+/// Removes a pin directory when dropped (also when the test fails).
+struct PinGuard(std::path::PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bpftool(args: &[&str]) {
+    let out = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .expect("bpftool (these tests need it)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pinned_shape(path: &std::path::Path) -> (u32, u32, u32) {
+    let info = aya::maps::MapData::from_pin(path)
+        .expect("the pinned map")
+        .info()
+        .expect("its info");
+    (info.key_size(), info.value_size(), info.max_entries())
+}
+
+#[test]
+fn pinned_maps_of_another_shape_are_migrated_with_their_flows_or_recreated() {
+    let pin = PinGuard(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lodestar-fixtures-shape-{}",
+        std::process::id()
+    )));
+    let _ = std::fs::remove_dir_all(&pin.0);
+    std::fs::create_dir_all(&pin.0).unwrap();
+    let ct_path = pin.0.join("lx_ct");
+    let revnat_path = pin.0.join("lx_revnat");
+    // What an agent of another version left: its flow table with room for 1,024 flows (and a
+    // shared LRU list), holding one; a reply table whose entries are 8 bytes, not 20.
+    let (flow_key, ct_value) = (
+        std::mem::size_of::<lodestar_l4lb::layout::Flow>(),
+        std::mem::size_of::<Ct>(),
+    );
+    let pin_lru = |path: &std::path::Path, value: usize, name: &str| {
+        bpftool(&[
+            "map",
+            "create",
+            path.to_str().unwrap(),
+            "type",
+            "lru_hash",
+            "key",
+            &flow_key.to_string(),
+            "value",
+            &value.to_string(),
+            "entries",
+            "1024",
+            "name",
+            name,
+        ])
+    };
+    pin_lru(&ct_path, ct_value, "lx_ct");
+    pin_lru(&revnat_path, 8, "lx_revnat");
+    let flow = pkt("198.18.100.7", "198.19.0.1", Protocol::Tcp, 48000, 80).flow();
+    let tracked = Ct {
+        real_id: 7,
+        gen: 3,
+        ..Ct::default()
+    };
+    {
+        let map = aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(&ct_path).unwrap());
+        let mut ct: aya::maps::HashMap<_, lodestar_l4lb::layout::Flow, Ct> =
+            aya::maps::HashMap::try_from(map).unwrap();
+        ct.insert(flow, tracked, 0).unwrap();
+    }
+
+    let lb = XdpLb::open(&pin.0, &lab_config(), true).expect("load over the old maps");
+    assert_eq!(
+        pinned_shape(&ct_path),
+        (
+            flow_key as u32,
+            ct_value as u32,
+            lodestar_ebpf::header::LX_MAX_CT
+        ),
+        "lx_ct has the object's capacity"
+    );
+    assert_eq!(lb.flow(&flow), Some(tracked), "and the flow it tracked");
+    assert_eq!(
+        pinned_shape(&revnat_path),
+        (
+            flow_key as u32,
+            std::mem::size_of::<lodestar_l4lb::layout::XRev>() as u32,
+            lodestar_ebpf::header::LX_MAX_CT
+        ),
+        "lx_revnat is recreated with the object's layout"
+    );
+    // The programs run on the new maps.
+    let p = pkt("198.18.100.8", "198.19.0.1", Protocol::Tcp, 48001, 80);
+    assert_eq!(
+        lb.test_run("lx_xdp", &p.frame(), 1).unwrap().retval,
+        XDP_PASS
+    );
 }

@@ -37,6 +37,7 @@ impl VipPlane {
         };
         let c = &config.l4lb;
         if !c.enabled {
+            stop_steering(&c.pin_path, "the VIP load balancer is off (l4lb.enabled)");
             return Ok(off("off".into()));
         }
         let kernel = lodestar_l4lb::KernelConfig {
@@ -45,9 +46,13 @@ impl VipPlane {
             passive_fail_threshold: c.passive.fail_threshold,
             passive_hold: Duration::from_millis(c.passive.hold_ms),
         };
+        if c.vip_ranges.is_empty() {
+            warn!("l4lb.vip_ranges is empty: no VIP address is steered");
+        }
         let opts = lodestar_l4lb::PlanOptions {
             site: config.site.clone(),
             locality: c.locality,
+            guard: vip_guard(config),
             ..Default::default()
         };
         let first = first.clone();
@@ -79,11 +84,15 @@ impl VipPlane {
                     health_changed: Arc::default(),
                 })
             }
-            Err(e) if c.required => Err(anyhow::anyhow!(
-                "the VIP load balancer is required (l4lb.required) but cannot start: {e}"
-            )),
+            Err(e) if c.required => {
+                stop_steering(&c.pin_path, "the VIP load balancer cannot start");
+                Err(anyhow::anyhow!(
+                    "the VIP load balancer is required (l4lb.required) but cannot start: {e}"
+                ))
+            }
             Err(e) => {
                 warn!("VIP load balancer not running, DNS only: {e}");
+                stop_steering(&c.pin_path, "the VIP load balancer cannot start");
                 Ok(off(format!("unavailable: {e}")))
             }
         }
@@ -151,6 +160,58 @@ impl VipPlane {
     }
 }
 
+/// Detaches the programs an earlier agent left pinned in `pin_path`: without this agent to
+/// update their maps they would go on steering to backends that may be long gone. Their maps
+/// stay, for the next agent that runs the load balancer to adopt. Another agent that holds
+/// the directory keeps its links.
+fn stop_steering(pin_path: &std::path::Path, why: &str) {
+    match lodestar_l4lb::detach_links(pin_path) {
+        Ok(0) => {}
+        Ok(links) => warn!(links, pin_path = %pin_path.display(),
+            "{why}: detached the links an earlier agent left steering from maps nobody updates"),
+        Err(e) => warn!(pin_path = %pin_path.display(),
+            "{why}; the links pinned there are left as they are: {e}"),
+    }
+}
+
+/// What VIP addresses may be: inside `l4lb.vip_ranges`, and none of the addresses the agent
+/// itself reaches (etcd, DNS upstreams) or this node's.
+fn vip_guard(config: &AgentConfig) -> lodestar_l4lb::guard::VipGuard {
+    use lodestar_l4lb::guard::Refusal;
+    let mut protected: Vec<(std::net::IpAddr, Refusal)> = config
+        .catalog
+        .etcd
+        .iter()
+        .filter_map(|e| endpoint_ip(e))
+        .map(|ip| (ip, Refusal::Etcd))
+        .collect();
+    let zones = config.dns.forward_zones.iter().flat_map(|z| &z.upstreams);
+    protected.extend(
+        config
+            .upstreams()
+            .iter()
+            .chain(zones)
+            .map(|u| (u.ip(), Refusal::Upstream)),
+    );
+    lodestar_l4lb::guard::VipGuard {
+        ranges: config.l4lb.vip_ranges.clone(),
+        protected,
+        node_addresses: Some(lodestar_dns::acl::non_loopback_interface_addresses),
+    }
+}
+
+/// The address of an etcd endpoint given by address (`https://198.18.1.11:2379`); a host name
+/// is not resolved here (a VIP cannot take a name, only the addresses it resolves to).
+fn endpoint_ip(endpoint: &str) -> Option<std::net::IpAddr> {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.parse().ok()
+}
+
 /// Programs every new snapshot into the maps, and the last one again when an active check
 /// changes a verdict; off the async workers. Stops between two programmings.
 async fn feed(
@@ -198,6 +259,25 @@ async fn feed(
                 );
             }
             Err(e) => error!("programming VIPs failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn etcd_endpoints_give_their_addresses() {
+        for (e, want) in [
+            ("http://198.18.1.11:2379", Some("198.18.1.11")),
+            ("https://[2001:db8::11]:2379", Some("2001:db8::11")),
+            ("198.18.1.12:2379", Some("198.18.1.12")),
+            ("https://etcd.example:2379", None),
+        ] {
+            assert_eq!(
+                super::endpoint_ip(e),
+                want.map(|w| w.parse().unwrap()),
+                "{e}"
+            );
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::AgentConfig;
-use crate::demo::{Demo, DEMO_PIN_PATH};
+use crate::demo::{Demo, DEMO_PIN_PATH, DEMO_VIP_RANGE};
 use crate::ops::Ops;
 use catalog::Catalog;
 use dns::Dns;
@@ -90,6 +90,9 @@ impl App {
         if catalog.is_demo() && config.l4lb.pin_path.as_os_str() == lodestar_l4lb::DEFAULT_PIN_PATH
         {
             config.l4lb.pin_path = DEMO_PIN_PATH.into();
+        }
+        if catalog.is_demo() && config.l4lb.vip_ranges.is_empty() {
+            config.l4lb.vip_ranges = vec![DEMO_VIP_RANGE.parse().expect("the demo's range")];
         }
         let dns = Dns::bind(&config, &catalog.first)
             .instrument(info_span!("dns"))

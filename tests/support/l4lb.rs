@@ -182,6 +182,11 @@ impl Lab {
             "--l4lb-pin-path".into(),
             self.pin.display().to_string(),
             "--l4lb-required".into(),
+            // The only ranges the tests' VIPs may be in (the network rule's).
+            "--l4lb-vip-range".into(),
+            "198.18.0.0/15".into(),
+            "--l4lb-vip-range".into(),
+            "2001:db8::/32".into(),
         ]
     }
 
@@ -571,6 +576,20 @@ pub fn start_agent(
     args.extend(extra.iter().map(String::as_str));
     args.extend(more);
     super::agent::Agent::start(&args)
+}
+
+/// The agent inside the client namespace (it must reach the backends itself), on a catalog
+/// file and a config file, with the load balancer on the lab's cgroup.
+pub fn agent_on_files(lab: &Lab, catalog: &Path, config: &Path) -> super::agent::Agent {
+    let extra = lab.agent_args();
+    let mut args = vec![
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    super::agent::Agent::start_in(&lab.client, &args)
 }
 
 /// The agent's `/v1/vips`.

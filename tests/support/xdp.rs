@@ -163,7 +163,7 @@ impl XdpLab {
     /// VIP modes as given (`[[l4lb.xdp.vips]]` entries).
     pub fn lb_agent(&mut self, extra: &str) -> Agent {
         let config = format!(
-            "[catalog]\nfile_poll_ms = 50\n[l4lb]\nsocket = false\n[l4lb.passive]\nfail_threshold = 0\n\
+            "[catalog]\nfile_poll_ms = 50\n[l4lb]\nsocket = false\nvip_ranges = [\"198.18.0.0/15\", \"2001:db8::/32\"]\n[l4lb.passive]\nfail_threshold = 0\n\
              [l4lb.xdp]\ninterfaces = [\"{f}\"]\nnat_reply_interfaces = [\"{f}\"]\n\
              gue_source_v4 = \"198.18.0.1\"\ngue_source_v6 = \"2001:db8::1\"\n{extra}",
             f = self.lb_front
@@ -207,7 +207,7 @@ impl XdpLab {
                 super::l4lb::listen_echo(&ns, *vip, &name);
             }
             let config = format!(
-                "[l4lb]\nsocket = false\n[l4lb.passive]\nfail_threshold = 0\n[l4lb.xdp]\ndecap_interfaces = [\"{iface}\"]\n"
+                "[l4lb]\nsocket = false\nvip_ranges = [\"198.18.0.0/15\", \"2001:db8::/32\"]\n[l4lb.passive]\nfail_threshold = 0\n[l4lb.xdp]\ndecap_interfaces = [\"{iface}\"]\ngue_sources = [\"198.18.0.1\", \"2001:db8::1\"]\n"
             );
             agents.push(self.agent(&b, &name, &config));
             std::mem::forget(b);
@@ -224,7 +224,7 @@ impl XdpLab {
                 name: self.backends[i].ns.name.clone(),
             };
             let config = format!(
-                "[l4lb]\nsocket = false\n[l4lb.passive]\nfail_threshold = 0\n[l4lb.xdp]\ninterfaces = [\"{}\"]\n",
+                "[l4lb]\nsocket = false\nvip_ranges = [\"198.18.0.0/15\", \"2001:db8::/32\"]\n[l4lb.passive]\nfail_threshold = 0\n[l4lb.xdp]\ninterfaces = [\"{}\"]\n",
                 self.backend_ifaces[i]
             );
             let name = format!("{}x", self.backends[i].name);

@@ -8,6 +8,11 @@
 //! - `BPF_PROG_TEST_RUN` (the packet fixtures and the benchmarks), which aya has no call for.
 //! - `BPF_LINK_DETACH`, so that `lodestar l4lb detach` has detached every program when it
 //!   returns (aya's links only close their fd).
+//! - Map entries as bytes of a size known only at run time (`BPF_MAP_GET_NEXT_KEY`,
+//!   `BPF_MAP_LOOKUP_ELEM`, `BPF_MAP_UPDATE_ELEM`), for copying a pinned map of another
+//!   capacity into a new one (aya's maps are typed at compile time); and the batch calls
+//!   (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH`), which aya 0.13.1 lacks, for the Maglev
+//!   array's tables of up to 65,537 slots.
 
 use std::ffi::CString;
 use std::io;
@@ -184,4 +189,116 @@ pub fn prog_test_run_live(
     bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr, "BPF_PROG_TEST_RUN")?;
     // SAFETY: as in `prog_test_run`.
     Ok(unsafe { attr.test.duration })
+}
+
+/// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (the first with `None`) into `next`; false when
+/// there is none.
+pub fn map_next_key(
+    map: BorrowedFd<'_>,
+    key: Option<&[u8]>,
+    next: &mut [u8],
+) -> Result<bool, SyscallError> {
+    let mut attr = zeroed();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = key.map_or(0, |k| k.as_ptr() as u64);
+    attr.__bindgen_anon_2.__bindgen_anon_1.next_key = next.as_mut_ptr() as u64;
+    absent_ok(bpf(
+        bpf_cmd::BPF_MAP_GET_NEXT_KEY,
+        &mut attr,
+        "BPF_MAP_GET_NEXT_KEY",
+    ))
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` into `value` (for a per-CPU map, every possible CPU's value, each
+/// rounded up to 8 bytes); false when the key is absent.
+pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Result<bool, SyscallError> {
+    let mut attr = zeroed();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = key.as_ptr() as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+    absent_ok(bpf(
+        bpf_cmd::BPF_MAP_LOOKUP_ELEM,
+        &mut attr,
+        "BPF_MAP_LOOKUP_ELEM",
+    ))
+}
+
+/// `BPF_MAP_UPDATE_ELEM` with `BPF_ANY`.
+pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> Result<(), SyscallError> {
+    let mut attr = zeroed();
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = key.as_ptr() as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_ptr() as u64;
+    bpf(
+        bpf_cmd::BPF_MAP_UPDATE_ELEM,
+        &mut attr,
+        "BPF_MAP_UPDATE_ELEM",
+    )
+    .map(drop)
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` of an array: up to `count` entries from index `from` on, their values
+/// into `values` (`count` values of the map's value size); how many were read.
+pub fn array_lookup_batch(
+    map: BorrowedFd<'_>,
+    from: u32,
+    count: u32,
+    values: &mut [u8],
+) -> Result<u32, SyscallError> {
+    // The batch goes on after `in_batch`: the entry before the first one wanted.
+    let prev = from.wrapping_sub(1);
+    let mut out = 0u32;
+    let mut keys = vec![0u32; count as usize];
+    let mut attr = zeroed();
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.in_batch = if from == 0 {
+        0
+    } else {
+        &prev as *const u32 as u64
+    };
+    attr.batch.out_batch = &mut out as *mut u32 as u64;
+    attr.batch.keys = keys.as_mut_ptr() as u64;
+    attr.batch.values = values.as_mut_ptr() as u64;
+    attr.batch.count = count;
+    match bpf(
+        bpf_cmd::BPF_MAP_LOOKUP_BATCH,
+        &mut attr,
+        "BPF_MAP_LOOKUP_BATCH",
+    ) {
+        Ok(_) => {}
+        // The end of the array: what was read is in count.
+        Err(e) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: the kernel wrote the count back into the same struct.
+    Ok(unsafe { attr.batch.count })
+}
+
+/// `BPF_MAP_UPDATE_BATCH`: `keys.len()` entries at once (`values`: as many of the map's values).
+pub fn map_update_batch(
+    map: BorrowedFd<'_>,
+    keys: &[u8],
+    values: &[u8],
+    count: u32,
+) -> Result<(), SyscallError> {
+    let mut attr = zeroed();
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.keys = keys.as_ptr() as u64;
+    attr.batch.values = values.as_ptr() as u64;
+    attr.batch.count = count;
+    bpf(
+        bpf_cmd::BPF_MAP_UPDATE_BATCH,
+        &mut attr,
+        "BPF_MAP_UPDATE_BATCH",
+    )
+    .map(drop)
+}
+
+/// ENOENT (no such key, no next key) as `false`.
+fn absent_ok(r: Result<i64, SyscallError>) -> Result<bool, SyscallError> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }

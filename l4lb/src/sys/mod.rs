@@ -46,6 +46,16 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
     }
 }
 
+/// This process's id as BPF programs see it (`bpf_get_current_pid_tgid`, which reports the
+/// initial PID namespace's); `None` in another PID namespace, where `getpid` says otherwise.
+pub fn bpf_visible_pid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    // PROC_PID_INIT_INO: the initial PID namespace's inode number, fixed by the kernel.
+    const INITIAL_PID_NS: u64 = 0xEFFF_FFFC;
+    let ino = std::fs::metadata("/proc/self/ns/pid").ok()?.ino();
+    (ino == INITIAL_PID_NS).then(std::process::id)
+}
+
 /// A cgroup v2 directory's id (its inode number on cgroupfs, as BPF reports it).
 pub fn cgroup_id(path: &Path) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;

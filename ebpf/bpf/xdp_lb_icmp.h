@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
+/*
+ * ICMP "fragmentation needed" (IPv4) and "packet too big" (IPv6) for a packet that would not
+ * fit its encapsulation, sent back to its sender from the address it was sent to (the VIP), the
+ * way Katran's send_icmp_too_big does: the packet is cut down to the quote, the new headers are
+ * put in front of it, and it leaves by the interface it came in on (XDP_TX).
+ */
+#ifndef XDP_LB_ICMP_H
+#define XDP_LB_ICMP_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/icmpv6.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "xdp_lb_consts.h"
+#include "xdp_lb_csum.h"
+
+/* ICMP's "destination unreachable: fragmentation needed" (RFC 1191); <linux/icmp.h> drags in
+ * libc's socket headers, which a BPF build cannot use. */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_FRAG_NEEDED  4
+
+struct icmp4_frag {
+	__u8  type;
+	__u8  code;
+	__u16 checksum;
+	__u16 unused;
+	__u16 mtu;        /* the next hop's MTU, network order */
+};
+
+/* What of the packet the message quotes: its IP header and what follows, as Katran quotes. */
+#define ICMP4_QUOTE 84
+#define ICMP6_QUOTE 248
+
+/* Cuts the frame to the Ethernet header and `quote` bytes, and makes room for `room` more in
+ * front. */
+static __always_inline int icmp_room(struct xdp_md *ctx, int quote, int room)
+{
+	int len = (int)(ctx->data_end - ctx->data);
+	if (len < ETH_HLEN + quote)
+		return -1;
+	if (bpf_xdp_adjust_tail(ctx, ETH_HLEN + quote - len))
+		return -1;
+	return bpf_xdp_adjust_head(ctx, -room);
+}
+
+/* The new frame goes back where the old one came from. */
+static __always_inline void icmp_eth(struct ethhdr *eth, const struct ethhdr *old, __u16 proto)
+{
+	__builtin_memcpy(eth->h_dest, old->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, old->h_dest, ETH_ALEN);
+	eth->h_proto = bpf_htons(proto);
+}
+
+static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u16 mtu)
+{
+	const int room = sizeof(struct iphdr) + sizeof(struct icmp4_frag);
+	if (icmp_room(ctx, ICMP4_QUOTE, room))
+		return XDP_DROP;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct icmp4_frag *icmp = (void *)(ip + 1);
+	struct iphdr *orig = (void *)(icmp + 1);
+	if ((void *)orig + ICMP4_QUOTE > end)
+		return XDP_DROP;
+	icmp_eth(eth, data + room, ETH_P_IP);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(room + ICMP4_QUOTE);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = GUE_TTL;
+	ip->protocol = IPPROTO_ICMP;
+	ip->check = 0;
+	ip->saddr = orig->daddr;
+	ip->daddr = orig->saddr;
+	ip->check = ipv4_csum(ip);
+	icmp->type = ICMP_DEST_UNREACH;
+	icmp->code = ICMP_FRAG_NEEDED;
+	icmp->checksum = 0;
+	icmp->unused = 0;
+	icmp->mtu = bpf_htons(mtu);
+	__u32 c = 0;
+	__u16 *w = (__u16 *)icmp;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*icmp) + ICMP4_QUOTE) / 2; i++)
+		c += w[i];
+	icmp->checksum = (__u16)~fold(c);
+	return XDP_TX;
+}
+
+static __always_inline int icmp6_too_big(struct xdp_md *ctx, __u32 mtu)
+{
+	const int room = sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr);
+	if (icmp_room(ctx, ICMP6_QUOTE, room))
+		return XDP_DROP;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct icmp6hdr *icmp = (void *)(ip6 + 1);
+	struct ipv6hdr *orig = (void *)(icmp + 1);
+	if ((void *)orig + ICMP6_QUOTE > end)
+		return XDP_DROP;
+	icmp_eth(eth, data + room, ETH_P_IPV6);
+	__builtin_memset(ip6, 0, 4);
+	ip6->version = 6;
+	ip6->payload_len = bpf_htons(sizeof(*icmp) + ICMP6_QUOTE);
+	ip6->nexthdr = IPPROTO_ICMPV6;
+	ip6->hop_limit = GUE_TTL;
+	__builtin_memcpy(&ip6->saddr, &orig->daddr, 16);
+	__builtin_memcpy(&ip6->daddr, &orig->saddr, 16);
+	icmp->icmp6_type = ICMPV6_PKT_TOOBIG;
+	icmp->icmp6_code = 0;
+	icmp->icmp6_cksum = 0;
+	icmp->icmp6_mtu = bpf_htonl(mtu);
+	/* The pseudo-header (addresses, length, next header), then the message. */
+	__u32 c = bpf_htons(sizeof(*icmp) + ICMP6_QUOTE) + bpf_htons(IPPROTO_ICMPV6);
+	__u16 *a = (__u16 *)&ip6->saddr;
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		c += a[i];
+	__u16 *w = (__u16 *)icmp;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*icmp) + ICMP6_QUOTE) / 2; i++)
+		c += w[i];
+	icmp->icmp6_cksum = (__u16)~fold(c);
+	return XDP_TX;
+}
+
+#endif /* XDP_LB_ICMP_H */
