@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use lodestar_control::{ConfigProblem, EtcdAuth, EtcdConfig, EtcdSettingNames, EtcdTls};
-use lodestar_dns::config::ZoneConfig;
+use lodestar_dns::config::{DcosConfig, ZoneConfig};
 use serde::{Deserialize, Serialize};
 
 /// A configuration that cannot be used: every problem, reported at once (exit code 78,
@@ -125,6 +125,28 @@ pub struct DnsConfig {
     pub max_stale_secs: u64,
     /// The `mesos` and `thisdcos.directory` zones.
     pub zone: ZoneConfig,
+    /// dcos-net's own names (`ready.spartan`, `zk-N.zk`, `thisnode`, the mirrors).
+    pub dcos: DcosConfig,
+    /// A dummy interface the agent makes, puts these addresses on and serves DNS on
+    /// (dcos-net's `spartan`).
+    pub interface: Option<ListenInterfaceConfig>,
+    /// DC/OS's `dcos-dns.json` (`/opt/mesosphere/etc/dcos-dns.json`): its
+    /// `upstream_resolvers` and `forward_zones` are read as dcos-net reads them (docs/dns.md).
+    pub dcos_dns_json: Option<PathBuf>,
+}
+
+/// The listen interface: a dummy link called `name` with `addresses`, DNS on `port` of each.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenInterfaceConfig {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    #[serde(default = "dns_port")]
+    pub port: u16,
+}
+
+fn dns_port() -> u16 {
+    53
 }
 
 impl Default for DnsConfig {
@@ -140,6 +162,9 @@ impl Default for DnsConfig {
             cache_entries: 10_000,
             max_stale_secs: 86_400,
             zone: ZoneConfig::default(),
+            dcos: DcosConfig::default(),
+            interface: None,
+            dcos_dns_json: None,
         }
     }
 }
@@ -156,12 +181,16 @@ pub struct ForwardZone {
 pub struct HttpConfig {
     /// The HTTP API (Mesos-DNS's /v1, /metrics); Mesos-DNS used port 8123.
     pub listen: SocketAddr,
+    /// dcos-net's HTTP API (`/v1/vips`, `/v1/records`, its `/v1/hosts` and `/v1/services`) on
+    /// a listener of its own; dcos-net uses 127.0.0.1:62080. Unset: not served.
+    pub dcos_net_listen: Option<SocketAddr>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8123".parse().expect("valid"),
+            dcos_net_listen: None,
         }
     }
 }
@@ -310,7 +339,65 @@ impl AgentConfig {
         out.extend(self.l4lb.active.problems());
         out.extend(self.l4lb.xdp.problems());
         out.extend(self.dns.zone.problems());
+        out.extend(self.dns.dcos.problems());
+        if let Some(i) = &self.dns.interface {
+            // IFNAMSIZ less the terminating NUL.
+            if i.name.is_empty() || i.name.len() > 15 || i.name.contains(['/', ' ', ':']) {
+                out.push(ConfigProblem::new(
+                    "dns.interface.name",
+                    format!("{:?} is not an interface name", i.name),
+                ));
+            }
+            if i.addresses.is_empty() {
+                out.push(ConfigProblem::new(
+                    "dns.interface.addresses",
+                    "at least one address is needed",
+                ));
+            }
+            if i.addresses
+                .iter()
+                .any(|a| a.is_unspecified() || a.is_loopback())
+            {
+                out.push(ConfigProblem::new(
+                    "dns.interface.addresses",
+                    "a wildcard or loopback address cannot go on an interface of its own",
+                ));
+            }
+        }
         out
+    }
+
+    /// Every address DNS is served on: `dns.listen`, then the listen interface's.
+    pub fn dns_addresses(&self) -> Vec<SocketAddr> {
+        let interface = self
+            .dns
+            .interface
+            .iter()
+            .flat_map(|i| i.addresses.iter().map(|ip| SocketAddr::new(*ip, i.port)));
+        self.dns.listen.iter().copied().chain(interface).collect()
+    }
+
+    /// Takes `dns.dcos_dns_json`'s upstreams (unless `dns.upstreams` is set) and its forward
+    /// zones (after those of this file, which win for the same zone).
+    pub fn apply_dcos_dns_json(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.dns.dcos_dns_json else {
+            return Ok(());
+        };
+        let json = crate::dcos_dns_json::read(path)?;
+        if self.dns.upstreams.is_none() && !json.upstream_resolvers.is_empty() {
+            self.dns.upstreams = Some(json.upstream_resolvers);
+        }
+        for zone in json.forward_zones {
+            let known = |z: &ForwardZone| {
+                z.zone
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(zone.zone.trim_end_matches('.'))
+            };
+            if !self.dns.forward_zones.iter().any(known) {
+                self.dns.forward_zones.push(zone);
+            }
+        }
+        Ok(())
     }
 
     /// Upstreams: configured, else /etc/resolv.conf's nameservers except our own addresses.
@@ -319,7 +406,7 @@ impl AgentConfig {
             return u.clone();
         }
         let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let ours: Vec<IpAddr> = self.dns.listen.iter().map(|a| a.ip()).collect();
+        let ours: Vec<IpAddr> = self.dns_addresses().iter().map(|a| a.ip()).collect();
         text.lines()
             .filter_map(|l| l.trim().strip_prefix("nameserver"))
             .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())

@@ -8,9 +8,11 @@
 mod catalog;
 mod dns;
 mod http;
+mod interface;
 mod l4lb;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -69,10 +71,13 @@ struct App {
     dns: Dns,
     vips: VipPlane,
     http: tokio::net::TcpListener,
+    /// dcos-net's API, when it has a listener of its own.
+    dcos_http: Option<tokio::net::TcpListener>,
 }
 
 impl App {
     async fn build(mut config: AgentConfig) -> Result<App> {
+        config.apply_dcos_dns_json()?;
         let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(
@@ -102,6 +107,14 @@ impl App {
         let http = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot serve HTTP on {}", config.http.listen))?;
+        let dcos_http = match config.http.dcos_net_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve dcos-net's HTTP API on {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(App {
             config,
             prometheus,
@@ -109,6 +122,7 @@ impl App {
             dns,
             vips,
             http,
+            dcos_http,
         })
     }
 
@@ -155,15 +169,18 @@ impl App {
         let collectors =
             http::Collectors::new(self.prometheus.clone(), &self.dns, &self.vips, &ops);
         tasks.spawn(collectors.clone().keep(stop.clone()));
+        let dcos_app = http::dcos_net_routes(&self.config, &self.dns, collectors.clone());
         let app = http::routes(&self.config, &self.dns, collectors, &ops);
         let http_addr = self.http.local_addr()?;
-        let serve =
-            axum::serve(self.http, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-        tasks.spawn(async move {
-            if let Err(e) = serve.await {
-                warn!("HTTP server stopped: {e}");
+        serve_http(&mut tasks, self.http, app, &stop);
+        let dcos_http_addr = match self.dcos_http {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                serve_http(&mut tasks, listener, dcos_app, &stop);
+                Some(addr)
             }
-        });
+            None => None,
+        };
 
         let zone = self.dns.zone.load();
         let listen: Vec<String> = self
@@ -172,9 +189,13 @@ impl App {
             .iter()
             .map(SocketAddr::to_string)
             .collect();
+        // Every server is bound and the catalog loaded: DC/OS's units may now take this node's
+        // DNS for working.
+        self.dns.ready.store(true, Ordering::Release);
         info!(
             dns = %listen.join(","),
             http = %http_addr,
+            dcos_net_http = ?dcos_http_addr,
             catalog = %self.catalog.source,
             revision = zone.serial,
             names = zone.len(),
@@ -210,6 +231,7 @@ impl Running {
     /// stops the UDP servers, and then, for the demo only, removes what it attached.
     async fn drain(mut self) {
         info!("shutting down");
+        self.dns.ready.store(false, Ordering::Release);
         self.stop.cancel();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while self.tasks.join_next().await.is_some() {}
@@ -222,7 +244,11 @@ impl Running {
             );
             self.tasks.shutdown().await;
         }
+        let interface = self.dns.interface.take();
         self.dns.stop();
+        if let Some(i) = interface {
+            i.remove().await;
+        }
         let demo = self.demo.is_some();
         self.vips.stop(&self.config, demo);
         if let Some(d) = self.demo {
@@ -230,6 +256,21 @@ impl Running {
         }
         drop(self.catalog);
     }
+}
+
+/// Serves `app` on `listener` until `stop`.
+fn serve_http(
+    tasks: &mut JoinSet<()>,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: &CancellationToken,
+) {
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    tasks.spawn(async move {
+        if let Err(e) = serve.await {
+            warn!("HTTP server stopped: {e}");
+        }
+    });
 }
 
 /// This host's name, for a node without a configured name.
