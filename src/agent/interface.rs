@@ -1,12 +1,13 @@
 //! The dummy interface the agent's DNS listens on, dcos-net's `spartan` (DC/OS puts
 //! 198.51.100.1-3 on it and points every `resolv.conf` there): made and owned by the agent over
-//! netlink before the servers bind, removed on a clean stop.
+//! netlink before the servers bind, removed on a clean stop. (An empty bridge where the kernel
+//! has no dummy driver.)
 
 use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
-use rtnetlink::{Handle, LinkDummy};
+use rtnetlink::{Handle, LinkBridge, LinkDummy};
 use tracing::{info, warn};
 
 /// What failed while setting the interface up or taking it down.
@@ -60,12 +61,28 @@ impl ListenInterface {
                 index
             }
             None => {
-                handle
-                    .link()
-                    .add(LinkDummy::new(name).up().build())
-                    .execute()
-                    .await
-                    .map_err(failed("create"))?;
+                let dummy = handle.link().add(LinkDummy::new(name).up().build());
+                match dummy.execute().await {
+                    Ok(()) => {}
+                    // A kernel built without the dummy driver (CONFIG_DUMMY): an empty bridge
+                    // holds local addresses the same way, and is in every kernel that runs
+                    // containers.
+                    Err(rtnetlink::Error::NetlinkError(e))
+                        if e.raw_code() == -libc::EOPNOTSUPP =>
+                    {
+                        warn!(
+                            interface = name,
+                            "this kernel has no dummy interfaces; making an empty bridge instead"
+                        );
+                        handle
+                            .link()
+                            .add(LinkBridge::new(name).up().build())
+                            .execute()
+                            .await
+                            .map_err(failed("create"))?;
+                    }
+                    Err(e) => return Err(failed("create")(e)),
+                }
                 find(&handle, name)
                     .await
                     .map_err(failed("look up"))?
