@@ -442,6 +442,39 @@ mod tests {
             assert!(c.problems().is_empty(), "{:?}", c.problems());
             assert_eq!(c.site.as_deref(), Some(site));
         }
+        let c: AgentConfig =
+            toml::from_str(include_str!("../docs/install/agent.dcos.toml")).unwrap();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        let spartan = c.dns.interface.as_ref().expect("the spartan interface");
+        assert_eq!(spartan.name, "spartan");
+        let dcos: Vec<IpAddr> = [
+            "198.51.100.1",
+            "198.51.100.2",
+            "198.51.100.3",
+            "fd01:d::c633:6401",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(spartan.addresses, dcos, "DC/OS's addresses");
+        let served: Vec<String> = c.dns_addresses().iter().map(ToString::to_string).collect();
+        assert_eq!(served[1], "198.51.100.1:53");
+        assert_eq!(
+            c.http.dcos_net_listen,
+            Some("127.0.0.1:62080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn interface_problems() {
+        let mut c = AgentConfig::default();
+        c.dns.interface = Some(ListenInterfaceConfig {
+            name: "a-name-longer-than-15".into(),
+            addresses: vec!["127.0.0.1".parse().unwrap()],
+            port: 53,
+        });
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["dns.interface.name", "dns.interface.addresses"]);
     }
 
     #[test]

@@ -435,7 +435,11 @@ fn the_listen_interface_is_made_served_and_removed() {
         if take_over {
             // Of the kind the agent made: a dummy, or a bridge where the kernel has no dummy
             // driver (this CI's kernel is built without CONFIG_DUMMY).
-            if !ns.exec(&["ip", "link", "add", "spartan", "type", "dummy"]).status.success() {
+            if !ns
+                .exec(&["ip", "link", "add", "spartan", "type", "dummy"])
+                .status
+                .success()
+            {
                 ns.exec_ok(&["ip", "link", "add", "spartan", "type", "bridge"]);
             }
         }

@@ -67,9 +67,7 @@ impl ListenInterface {
                     // A kernel built without the dummy driver (CONFIG_DUMMY): an empty bridge
                     // holds local addresses the same way, and is in every kernel that runs
                     // containers.
-                    Err(rtnetlink::Error::NetlinkError(e))
-                        if e.raw_code() == -libc::EOPNOTSUPP =>
-                    {
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EOPNOTSUPP => {
                         warn!(
                             interface = name,
                             "this kernel has no dummy interfaces; making an empty bridge instead"
