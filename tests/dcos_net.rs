@@ -486,3 +486,31 @@ fn the_listen_interface_is_made_served_and_removed() {
         assert!(!after.status.success(), "the interface outlived the agent");
     }
 }
+
+/// `ready.spartan` is the agent's readiness, not its sockets': once SIGTERM starts the drain it
+/// is SERVFAIL while the servers still answer everything else. An HTTP request left half sent
+/// holds the drain open (the HTTP server waits for it, up to the drain timeout).
+#[tokio::test]
+async fn ready_spartan_answers_only_while_the_agent_is_ready() {
+    use std::io::Write;
+    let mut agent = Agent::start(&[]);
+    let dns = agent.dns;
+    assert_eq!(a(dns, "ready.spartan."), ["127.0.0.1"]);
+    let mut held = std::net::TcpStream::connect(agent.http).unwrap();
+    held.write_all(b"GET /v1/version HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGTERM) };
+    eventually(PATIENCE, "ready.spartan to go with the drain", || {
+        let r = udp(dns, "ready.spartan.", RecordType::A, None);
+        async move { (rcode(&r) == ResponseCode::ServFail && r.answers.is_empty()).then_some(()) }
+    })
+    .await;
+    let r = udp(dns, "web.marathon.mesos.", RecordType::A, None);
+    assert_eq!(rcode(&r), ResponseCode::NoError, "the servers still answer");
+    assert_eq!(a(dns, "ns.spartan."), ["198.51.100.1"]);
+    drop(held);
+    let status = agent.terminate().expect("an exit status");
+    assert!(status.success(), "{status}");
+}
