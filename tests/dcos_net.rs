@@ -514,3 +514,42 @@ async fn ready_spartan_answers_only_while_the_agent_is_ready() {
     let status = agent.terminate().expect("an exit status");
     assert!(status.success(), "{status}");
 }
+
+/// An agent that cannot start leaves no interface behind: here its own listen address takes the
+/// interface address's DNS port first, so binding the interface's fails.
+#[test]
+fn an_agent_that_fails_to_start_removes_its_interface() {
+    let ns = Netns::new("spartanfail");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[dns]\nlisten = [\"198.18.0.1:53\"]\n[dns.interface]\nname = \"spartan\"\n\
+         addresses = [\"198.18.0.1\"]\n",
+    )
+    .unwrap();
+    let out = ns
+        .command(env!("CARGO_BIN_EXE_lodestar"))
+        .args([
+            "agent",
+            "--no-l4lb",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--cache-file")
+        .arg(dir.path().join("cache.json"))
+        .env_remove("LODESTAR_ETCD")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("cannot serve DNS on"), "{log}");
+    assert!(log.contains("listen interface removed"), "{log}");
+    let after = ns.exec(&["ip", "link", "show", "spartan"]);
+    assert!(
+        !after.status.success(),
+        "the interface outlived the agent:\n{log}"
+    );
+}

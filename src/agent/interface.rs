@@ -48,10 +48,7 @@ impl ListenInterface {
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(|source| InterfaceError::Socket { source })?;
         let connection = tokio::spawn(connection);
-        let failed = |what| {
-            let name = name.to_string();
-            move |source| InterfaceError::Netlink { what, name, source }
-        };
+        let failed = |what| failed(what, name);
         let index = match find(&handle, name).await.map_err(failed("look up"))? {
             Some(index) => {
                 info!(
@@ -93,9 +90,20 @@ impl ListenInterface {
             handle,
             connection,
         };
+        if let Err(e) = interface.configure(addresses).await {
+            interface.remove().await;
+            return Err(e);
+        }
+        info!(interface = name, addresses = ?addresses, "listen interface ready");
+        Ok(interface)
+    }
+
+    /// Puts `addresses` on the interface and sets it up.
+    async fn configure(&self, addresses: &[IpAddr]) -> Result<(), InterfaceError> {
+        let failed = |what| failed(what, &self.name);
         for ip in addresses {
             let prefix = if ip.is_ipv4() { 32 } else { 128 };
-            let mut add = interface.handle.address().add(index, *ip, prefix).replace();
+            let mut add = self.handle.address().add(self.index, *ip, prefix).replace();
             if ip.is_ipv6() {
                 // No duplicate address detection: a tentative address cannot be bound, and
                 // nothing else is on a dummy link to collide with.
@@ -105,15 +113,16 @@ impl ListenInterface {
             }
             add.execute().await.map_err(failed("add an address to"))?;
         }
-        interface
-            .handle
+        self.handle
             .link()
-            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .set(
+                rtnetlink::LinkUnspec::new_with_index(self.index)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(failed("set up"))?;
-        info!(interface = name, addresses = ?addresses, "listen interface ready");
-        Ok(interface)
+            .map_err(failed("set up"))
     }
 
     /// Deletes the interface (its addresses go with it).
@@ -124,6 +133,12 @@ impl ListenInterface {
         }
         self.connection.abort();
     }
+}
+
+/// What a failed netlink request to do `what` to `name` is.
+fn failed(what: &'static str, name: &str) -> impl FnOnce(rtnetlink::Error) -> InterfaceError {
+    let name = name.to_string();
+    move |source| InterfaceError::Netlink { what, name, source }
 }
 
 /// The index of the link called `name`, if there is one.

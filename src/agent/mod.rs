@@ -96,12 +96,43 @@ impl App {
         {
             config.l4lb.pin_path = DEMO_PIN_PATH.into();
         }
-        let dns = Dns::bind(&config, &catalog.first)
+        let mut dns = Dns::bind(&config, &catalog.first)
             .instrument(info_span!("dns"))
             .await?;
+        let rest = App::bind_rest(&config, &catalog).await;
+        let (vips, http, dcos_http) = match rest {
+            Ok(r) => r,
+            Err(e) => {
+                // The listen interface is ours to remove whenever the agent does not run.
+                if let Some(i) = dns.interface.take() {
+                    i.remove().await;
+                }
+                return Err(e);
+            }
+        };
+        Ok(App {
+            config,
+            prometheus,
+            catalog,
+            dns,
+            vips,
+            http,
+            dcos_http,
+        })
+    }
+
+    /// The parts bound after DNS: the VIP load balancer and the HTTP listeners.
+    async fn bind_rest(
+        config: &AgentConfig,
+        catalog: &Catalog,
+    ) -> Result<(
+        VipPlane,
+        tokio::net::TcpListener,
+        Option<tokio::net::TcpListener>,
+    )> {
         // The VIP load balancer is loaded (or taken over from the pins of an earlier agent) and
         // fed the first snapshot before "ready", so VIPs work as soon as the agent says so.
-        let vips = VipPlane::start(&config, &catalog.first)
+        let vips = VipPlane::start(config, &catalog.first)
             .instrument(info_span!("l4lb"))
             .await?;
         let http = tokio::net::TcpListener::bind(config.http.listen)
@@ -115,15 +146,7 @@ impl App {
             ),
             None => None,
         };
-        Ok(App {
-            config,
-            prometheus,
-            catalog,
-            dns,
-            vips,
-            http,
-            dcos_http,
-        })
+        Ok((vips, http, dcos_http))
     }
 
     /// Starts every task, then says "ready".
