@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use lodestar_control::{ConfigProblem, EtcdAuth, EtcdConfig, EtcdSettingNames, EtcdTls};
-use lodestar_dns::config::{RrlConfig, ZoneConfig};
+use lodestar_dns::config::{DcosConfig, RrlConfig, ZoneConfig};
 use lodestar_dns::http::HttpLimits;
 use lodestar_dns::server::TcpLimits;
 use serde::{Deserialize, Serialize};
@@ -138,6 +138,28 @@ pub struct DnsConfig {
     pub zone: ZoneConfig,
     /// Networks whose `in-addr.arpa` / `ip6.arpa` names are answered here (PTR), not forwarded.
     pub reverse_zones: Vec<IpNet>,
+    /// dcos-net's own names (`ready.spartan`, `zk-N.zk`, `thisnode`, the mirrors).
+    pub dcos: DcosConfig,
+    /// A dummy interface the agent makes, puts these addresses on and serves DNS on
+    /// (dcos-net's `spartan`).
+    pub interface: Option<ListenInterfaceConfig>,
+    /// DC/OS's `dcos-dns.json` (`/opt/mesosphere/etc/dcos-dns.json`): its
+    /// `upstream_resolvers` and `forward_zones` are read as dcos-net reads them (docs/dns.md).
+    pub dcos_dns_json: Option<PathBuf>,
+}
+
+/// The listen interface: a dummy link called `name` with `addresses`, DNS on `port` of each.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenInterfaceConfig {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    #[serde(default = "dns_port")]
+    pub port: u16,
+}
+
+fn dns_port() -> u16 {
+    53
 }
 
 impl Default for DnsConfig {
@@ -158,6 +180,9 @@ impl Default for DnsConfig {
             rrl: RrlConfig::default(),
             zone: ZoneConfig::default(),
             reverse_zones: Vec::new(),
+            dcos: DcosConfig::default(),
+            interface: None,
+            dcos_dns_json: None,
         }
     }
 }
@@ -179,6 +204,9 @@ pub struct HttpConfig {
     /// How long a request's headers may take to arrive (and a keep-alive connection may
     /// idle), in milliseconds.
     pub header_timeout_ms: u64,
+    /// dcos-net's HTTP API (`/v1/vips`, `/v1/records`, its `/v1/hosts` and `/v1/services`) on
+    /// a listener of its own; dcos-net uses 127.0.0.1:62080. Unset: not served.
+    pub dcos_net_listen: Option<SocketAddr>,
 }
 
 impl Default for HttpConfig {
@@ -188,6 +216,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8123".parse().expect("valid"),
             max_connections: limits.max_connections,
             header_timeout_ms: limits.header_timeout.as_millis() as u64,
+            dcos_net_listen: None,
         }
     }
 }
@@ -354,7 +383,65 @@ impl AgentConfig {
         out.extend(self.l4lb.xdp.problems());
         out.extend(self.dns.zone.problems());
         out.extend(self.dns.rrl.problems());
+        out.extend(self.dns.dcos.problems());
+        if let Some(i) = &self.dns.interface {
+            // IFNAMSIZ less the terminating NUL.
+            if i.name.is_empty() || i.name.len() > 15 || i.name.contains(['/', ' ', ':']) {
+                out.push(ConfigProblem::new(
+                    "dns.interface.name",
+                    format!("{:?} is not an interface name", i.name),
+                ));
+            }
+            if i.addresses.is_empty() {
+                out.push(ConfigProblem::new(
+                    "dns.interface.addresses",
+                    "at least one address is needed",
+                ));
+            }
+            if i.addresses
+                .iter()
+                .any(|a| a.is_unspecified() || a.is_loopback())
+            {
+                out.push(ConfigProblem::new(
+                    "dns.interface.addresses",
+                    "a wildcard or loopback address cannot go on an interface of its own",
+                ));
+            }
+        }
         out
+    }
+
+    /// Every address DNS is served on: `dns.listen`, then the listen interface's.
+    pub fn dns_addresses(&self) -> Vec<SocketAddr> {
+        let interface = self
+            .dns
+            .interface
+            .iter()
+            .flat_map(|i| i.addresses.iter().map(|ip| SocketAddr::new(*ip, i.port)));
+        self.dns.listen.iter().copied().chain(interface).collect()
+    }
+
+    /// Takes `dns.dcos_dns_json`'s upstreams (unless `dns.upstreams` is set) and its forward
+    /// zones (after those of this file, which win for the same zone).
+    pub fn apply_dcos_dns_json(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.dns.dcos_dns_json else {
+            return Ok(());
+        };
+        let json = crate::dcos_dns_json::read(path)?;
+        if self.dns.upstreams.is_none() && !json.upstream_resolvers.is_empty() {
+            self.dns.upstreams = Some(json.upstream_resolvers);
+        }
+        for zone in json.forward_zones {
+            let known = |z: &ForwardZone| {
+                z.zone
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(zone.zone.trim_end_matches('.'))
+            };
+            if !self.dns.forward_zones.iter().any(known) {
+                self.dns.forward_zones.push(zone);
+            }
+        }
+        Ok(())
     }
 
     /// Upstreams: configured, else /etc/resolv.conf's nameservers except our own addresses.
@@ -363,7 +450,7 @@ impl AgentConfig {
             return u.clone();
         }
         let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let ours: Vec<IpAddr> = self.dns.listen.iter().map(|a| a.ip()).collect();
+        let ours: Vec<IpAddr> = self.dns_addresses().iter().map(|a| a.ip()).collect();
         text.lines()
             .filter_map(|l| l.trim().strip_prefix("nameserver"))
             .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
@@ -409,6 +496,39 @@ mod tests {
             assert!(c.problems().is_empty(), "{:?}", c.problems());
             assert_eq!(c.site.as_deref(), Some(site));
         }
+        let c: AgentConfig =
+            toml::from_str(include_str!("../docs/install/agent.dcos.toml")).unwrap();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        let spartan = c.dns.interface.as_ref().expect("the spartan interface");
+        assert_eq!(spartan.name, "spartan");
+        let dcos: Vec<IpAddr> = [
+            "198.51.100.1",
+            "198.51.100.2",
+            "198.51.100.3",
+            "fd01:d::c633:6401",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(spartan.addresses, dcos, "DC/OS's addresses");
+        let served: Vec<String> = c.dns_addresses().iter().map(ToString::to_string).collect();
+        assert_eq!(served[1], "198.51.100.1:53");
+        assert_eq!(
+            c.http.dcos_net_listen,
+            Some("127.0.0.1:62080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn interface_problems() {
+        let mut c = AgentConfig::default();
+        c.dns.interface = Some(ListenInterfaceConfig {
+            name: "a-name-longer-than-15".into(),
+            addresses: vec!["127.0.0.1".parse().unwrap()],
+            port: 53,
+        });
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["dns.interface.name", "dns.interface.addresses"]);
     }
 
     #[test]

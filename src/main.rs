@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod client;
 mod config;
+mod dcos_dns_json;
 mod demo;
 mod mesos_sync;
 mod ops;

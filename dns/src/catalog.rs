@@ -276,6 +276,48 @@ impl From<tokio::sync::OwnedSemaphorePermit> for Admission {
     }
 }
 
+impl Catalog {
+    /// The response to a question (`lower`: a lowercase wire name) from the catalog's own
+    /// sources, never one that recurses, as a client on this host over TCP would get it: what
+    /// renamed zones and the HTTP APIs ask. An rcode when no source can answer it now.
+    pub fn answer_locally(
+        &self,
+        lower: &[u8],
+        qtype: u16,
+        qclass: u16,
+        id: u16,
+        turn: usize,
+    ) -> Result<Vec<u8>, u8> {
+        let mut question = Vec::with_capacity(lower.len() + 4);
+        question.extend_from_slice(lower);
+        question.extend_from_slice(&qtype.to_be_bytes());
+        question.extend_from_slice(&qclass.to_be_bytes());
+        let query = Query {
+            id,
+            rd: false,
+            cd: false,
+            question: Cow::Owned(question),
+            qtype,
+            qclass,
+            edns: None,
+        };
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        let mut request = Request::new(query, localhost, wire::MAX_MESSAGE, false, turn);
+        let found = self
+            .find(request.lower_qname())
+            .ok_or(wire::RCODE_REFUSED)?;
+        if found.recursive {
+            return Err(wire::RCODE_REFUSED);
+        }
+        request.set_origin(found.origin_at);
+        let mut out = Vec::new();
+        match found.source.answer(&request, &mut out) {
+            Answered::Now { .. } => Ok(out),
+            Answered::Later => Err(wire::RCODE_SERVFAIL),
+        }
+    }
+}
+
 /// A request a source will answer later, with the source and its admission: what a
 /// transport runs on tokio.
 pub struct Deferred {

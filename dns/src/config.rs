@@ -1,8 +1,10 @@
 //! The DNS settings: the `mesos` zone's Mesos-DNS options (domain, TTL, SOA, label rules, IP
-//! sources) and the `thisdcos.directory` zones'. Defaults are Mesos-DNS's and dcos-net's.
-//! Also response-rate limiting (`RrlConfig`, off by default as in Knot's module).
+//! sources), the `thisdcos.directory` zones', and dcos-net's own names'. Defaults are
+//! Mesos-DNS's and dcos-net's. Also response-rate limiting (`RrlConfig`, off by default as
+//! in Knot's module).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 
@@ -171,6 +173,46 @@ impl Default for RrlConfig {
     }
 }
 
+/// dcos-net's own names (docs/dns.md): `spartan`, `localhost`, `zk`, `thisnode`, the
+/// `mesos.thisdcos.directory` mirror and the renamed zones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DcosConfig {
+    /// Serve them (those under `thisdcos.directory` also need `dns.zone.thisdcos`).
+    pub enabled: bool,
+    /// `thisnode.thisdcos.directory`: this node's private address. Default: what `detect_ip`
+    /// prints, else the local address of the route to the first etcd endpoint.
+    pub node_ip: Option<IpAddr>,
+    /// `public.thisnode.thisdcos.directory`, with what `detect_ip_public` prints.
+    pub public_ips: Vec<IpAddr>,
+    /// A program that prints this node's private address (DC/OS:
+    /// `/opt/mesosphere/bin/detect_ip`).
+    pub detect_ip: Option<PathBuf>,
+    /// A program that prints its public addresses, one a line (DC/OS:
+    /// `/opt/mesosphere/bin/detect_ip_public`).
+    pub detect_ip_public: Option<PathBuf>,
+    /// How often the programs are run again, in seconds (dcos-net: 30 minutes).
+    pub detect_interval_secs: u64,
+    /// The cluster's zbase32 public key: `*.<key>.dcos.directory` is answered as
+    /// `*.thisdcos.directory`. dcos-net keeps it in lashup (`GET /lashup/key` on a dcos-net
+    /// node shows it); unset, those names are forwarded like any other.
+    pub cluster_id: Option<String>,
+}
+
+impl Default for DcosConfig {
+    fn default() -> Self {
+        DcosConfig {
+            enabled: true,
+            node_ip: None,
+            public_ips: Vec::new(),
+            detect_ip: None,
+            detect_ip_public: None,
+            detect_interval_secs: 30 * 60,
+            cluster_id: None,
+        }
+    }
+}
+
 impl RrlConfig {
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
@@ -193,6 +235,37 @@ impl RrlConfig {
     }
 }
 
+impl DcosConfig {
+    /// Every problem, each named by its key in the agent's configuration file.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        for (field, path) in [
+            ("dns.dcos.detect_ip", &self.detect_ip),
+            ("dns.dcos.detect_ip_public", &self.detect_ip_public),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                out.push(ConfigProblem::new(field, "must be an absolute path"));
+            }
+        }
+        if self.detect_interval_secs == 0 {
+            out.push(ConfigProblem::new(
+                "dns.dcos.detect_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if let Some(id) = &self.cluster_id {
+            let zbase32 = |b: u8| b"ybndrfg8ejkmcpqxot1uwisza345h769".contains(&b);
+            if id.is_empty() || id.len() > 63 || !id.bytes().all(zbase32) {
+                out.push(ConfigProblem::new(
+                    "dns.dcos.cluster_id",
+                    format!("{id:?} is not a zbase32 key of at most 63 characters"),
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// Zone settings that cannot be served, every problem at once.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the DNS zone settings are not usable: {}", list(.problems))]
@@ -208,6 +281,26 @@ fn list(problems: &[ConfigProblem]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dcos_problems() {
+        let config = DcosConfig {
+            detect_ip: Some("bin/detect_ip".into()),
+            detect_interval_secs: 0,
+            cluster_id: Some("Not-ZBase32".into()),
+            ..DcosConfig::default()
+        };
+        let fields: Vec<String> = config.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "dns.dcos.detect_ip",
+                "dns.dcos.detect_interval_secs",
+                "dns.dcos.cluster_id"
+            ]
+        );
+        assert!(DcosConfig::default().problems().is_empty());
+    }
 
     #[test]
     fn every_problem_names_its_setting() {

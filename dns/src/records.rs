@@ -317,8 +317,20 @@ pub fn cluster_records(
 
     if config.thisdcos {
         l4lb_records(spec, snapshot, &mut out);
+        dcos_master_records(snapshot, &mut out);
     }
     out
+}
+
+/// `leader.dcos.thisdcos.directory` (the leading master) and `master.dcos.thisdcos.directory`
+/// (every master), as dcos-net's `dcos_dns_mesos` names them.
+fn dcos_master_records(snapshot: &Snapshot, out: &mut Records) {
+    if let Some(l) = &snapshot.leader {
+        out.push((format!("leader.dcos.{THISDCOS}"), Rr::ip(l.address)));
+    }
+    for m in snapshot.masters.values() {
+        out.push((format!("master.dcos.{THISDCOS}"), Rr::ip(m.address)));
+    }
 }
 
 /// `<vip>.<fw>.l4lb.thisdcos.directory` for each named VIP with an allocated address:

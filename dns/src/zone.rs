@@ -75,14 +75,65 @@ struct Rotation {
 #[derive(Debug)]
 pub struct Apex {
     pub name: String,
-    wire: Box<[u8]>,
+    pub(crate) wire: Box<[u8]>,
     /// SOA and NS records owned by the apex, the owner a pointer to the question (re-pointed
     /// at the apex's place in the question name for authority records below the apex).
-    soa_ptr: Vec<u8>,
-    ns_ptr: Vec<u8>,
+    pub(crate) soa_ptr: Vec<u8>,
+    /// The SOA of negative answers: its TTL is the lesser of the SOA's TTL and its minimum
+    /// (RFC 2308 §3; erldns rewrites it so, and dcos-net's minimum is 1).
+    pub(crate) soa_negative_ptr: Vec<u8>,
+    pub(crate) ns_ptr: Vec<u8>,
     ns_name: String,
     /// A reverse zone (`dns.reverse_zones`): its names are in `Zone::ptrs`.
     reverse: bool,
+    rules: Rules,
+}
+
+/// Whose answering rules an apex's zone follows where Mesos-DNS and dcos-net differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rules {
+    /// Mesos-DNS: SRV never NXDOMAIN, ANY and SOA/NS below the apex carry SOA and NS.
+    MesosDns,
+    /// dcos-net (erldns): a missing name is NXDOMAIN whatever the type, ANY is the name's
+    /// records alone.
+    Erldns,
+}
+
+/// What an apex's SOA and NS say.
+#[derive(Clone, Debug)]
+pub struct ApexSpec<'a> {
+    pub name: &'a str,
+    pub mname: &'a str,
+    pub rname: &'a str,
+    pub serial: u32,
+    pub refresh: u32,
+    pub retry: u32,
+    pub expire: u32,
+    pub minimum: u32,
+    /// TTL of the SOA record.
+    pub soa_ttl: u32,
+    pub ns_ttl: u32,
+    pub rules: Rules,
+}
+
+impl ApexSpec<'_> {
+    /// The apex dcos-net gives each of its zones (`dcos_dns:soa_record/1`, `ns_record/1`):
+    /// `ns.spartan. support.mesosphere.com. 1 60 180 86400 1`, SOA TTL 5, NS TTL 3600.
+    pub fn dcos_net(name: &str) -> ApexSpec<'_> {
+        ApexSpec {
+            name,
+            mname: "ns.spartan.",
+            rname: "support.mesosphere.com.",
+            serial: 1,
+            refresh: 60,
+            retry: 180,
+            expire: 86400,
+            minimum: 1,
+            soa_ttl: 5,
+            ns_ttl: 3600,
+            rules: Rules::Erldns,
+        }
+    }
 }
 
 /// The published, immutable zone data.
@@ -127,6 +178,11 @@ impl Zone {
     /// Every owner name.
     pub fn entries(&self) -> impl Iterator<Item = &Arc<NameEntry>> {
         self.names.values()
+    }
+
+    /// The data of one owner name given in lowercase wire form (the answer path's key).
+    pub fn entry(&self, lower: &[u8]) -> Option<&Arc<NameEntry>> {
+        self.names.get(lower)
     }
 
     /// The apex whose zone holds `lower` (a lowercase wire name), if any.
@@ -179,6 +235,7 @@ impl Zone {
         let (mut answers, mut authorities, mut additionals) = (0u16, 0u16, 0u16);
         let mut additional_at = None;
         let mut rcode = wire::RCODE_NOERROR;
+        let erldns = apex.rules == Rules::Erldns;
         match q.qtype {
             wire::TYPE_SOA if at_apex => {
                 bytes.extend_from_slice(&apex.soa_ptr);
@@ -196,11 +253,11 @@ impl Zone {
                 }
             }
             // Mesos-DNS answers SOA and NS queries below the apex with the record in authority.
-            wire::TYPE_SOA => {
-                push_at_apex(bytes, &apex.soa_ptr, apex_at);
+            wire::TYPE_SOA if !erldns => {
+                push_at_apex(bytes, &apex.soa_negative_ptr, apex_at);
                 authorities = 1;
             }
-            wire::TYPE_NS => {
+            wire::TYPE_NS if !erldns => {
                 push_at_apex(bytes, &apex.ns_ptr, apex_at);
                 authorities = 1;
             }
@@ -220,25 +277,28 @@ impl Zone {
                     bytes.extend_from_slice(&apex.soa_ptr);
                     bytes.extend_from_slice(&apex.ns_ptr);
                     answers += 2;
-                } else {
-                    push_at_apex(bytes, &apex.soa_ptr, apex_at);
+                } else if !erldns {
+                    push_at_apex(bytes, &apex.soa_negative_ptr, apex_at);
                     push_at_apex(bytes, &apex.ns_ptr, apex_at);
                     authorities = 2;
+                } else if answers == 0 {
+                    push_at_apex(bytes, &apex.soa_negative_ptr, apex_at);
+                    authorities = 1;
                 }
                 if answers == 0 && !exists {
                     rcode = wire::RCODE_NXDOMAIN;
                 }
             }
             // SRV never says NXDOMAIN (Mesos-DNS); other types do for names we do not have.
-            wire::TYPE_SRV => {
-                push_at_apex(bytes, &apex.soa_ptr, apex_at);
+            wire::TYPE_SRV if !erldns => {
+                push_at_apex(bytes, &apex.soa_negative_ptr, apex_at);
                 authorities = 1;
             }
             _ => {
                 if !exists {
                     rcode = wire::RCODE_NXDOMAIN;
                 }
-                push_at_apex(bytes, &apex.soa_ptr, apex_at);
+                push_at_apex(bytes, &apex.soa_negative_ptr, apex_at);
                 authorities = 1;
             }
         }
@@ -337,12 +397,12 @@ thread_local! {
 /// re-pointed at offset `at`. By hand because it runs per query: negative answers (NXDOMAIN and
 /// NODATA, 30% of the mix `benches/dns.rs` sends) carry the apex's SOA, owned by wherever the
 /// apex sits in the question.
-fn push_at_apex(out: &mut Vec<u8>, rr_ptr: &[u8], at: usize) {
+pub(crate) fn push_at_apex(out: &mut Vec<u8>, rr_ptr: &[u8], at: usize) {
     out.extend_from_slice(&(0xc000 | at as u16).to_be_bytes());
     out.extend_from_slice(&rr_ptr[2..]);
 }
 
-const POINTER_TO_QUESTION: [u8; 2] = [0xc0, 0x0c];
+pub(crate) const POINTER_TO_QUESTION: [u8; 2] = [0xc0, 0x0c];
 
 /// Appends one record: `owner` as given (a pointer, or a name in wire form), then the type,
 /// class, TTL and data, which hickory-proto encodes (names in the data uncompressed, so the
@@ -352,7 +412,7 @@ const POINTER_TO_QUESTION: [u8; 2] = [0xc0, 0x0c];
 /// their question, so an owner is a pointer to it (or to an SRV target before it) that we place,
 /// and hickory compresses at most 120 names in a message, past which a name with many records
 /// would carry its full owner in each and fit fewer of them.
-fn encode(out: &mut Vec<u8>, owner: &[u8], rdata: RData, ttl: u32) -> bool {
+pub(crate) fn encode(out: &mut Vec<u8>, owner: &[u8], rdata: RData, ttl: u32) -> bool {
     let start = out.len();
     let record = Record::from_rdata(Name::root(), ttl, rdata);
     let mut encoder = BinEncoder::with_offset(out, start as u32);
@@ -367,7 +427,7 @@ fn encode(out: &mut Vec<u8>, owner: &[u8], rdata: RData, ttl: u32) -> bool {
 }
 
 /// The record data of `rr`; an SRV target hickory does not take as a name gives none.
-fn rdata(rr: &Rr, priority: u16, weight: u16) -> Option<RData> {
+pub(crate) fn rdata(rr: &Rr, priority: u16, weight: u16) -> Option<RData> {
     Some(match rr {
         Rr::A(ip) => RData::A(A(*ip)),
         Rr::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
@@ -419,49 +479,58 @@ fn encode_addresses(
         .sum()
 }
 
-fn make_apex(
-    config: &ZoneConfig,
-    name: &str,
-    mname: &str,
-    rname: &str,
-    ttl: u32,
-    serial: u32,
-) -> Option<Apex> {
-    let wire = wire::name_to_wire(name)?;
-    // The config check has made sure these are names; the root is what a bad one would get.
-    let name_of = |n: &str| Name::from_ascii(n).unwrap_or_else(|_| Name::root());
-    // Mesos-DNS puts the record TTL in the minimum field (negative answers cache for a TTL).
-    // Refresh, retry and expire are 32-bit fields that hickory types as i32: same bits.
-    let soa = SOA::new(
-        name_of(mname),
-        name_of(rname),
-        serial,
-        config.soa_refresh as i32,
-        config.soa_retry as i32,
-        config.soa_expire as i32,
-        ttl,
-    );
-    let mut apex = Apex {
-        name: name.to_string(),
-        wire: wire.into_boxed_slice(),
-        soa_ptr: Vec::new(),
-        ns_ptr: Vec::new(),
-        ns_name: mname.to_string(),
-        reverse: false,
-    };
-    encode(
-        &mut apex.soa_ptr,
-        &POINTER_TO_QUESTION,
-        RData::SOA(soa),
-        ttl,
-    );
-    encode(
-        &mut apex.ns_ptr,
-        &POINTER_TO_QUESTION,
-        RData::NS(NS(name_of(mname))),
-        ttl,
-    );
-    Some(apex)
+impl Apex {
+    /// The apex of `spec`, its SOA and NS encoded; `None` if its name is not a name.
+    pub fn new(spec: &ApexSpec<'_>) -> Option<Apex> {
+        let wire = wire::name_to_wire(spec.name)?;
+        // The config check has made sure these are names; the root is what a bad one would get.
+        let name_of = |n: &str| Name::from_ascii(n).unwrap_or_else(|_| Name::root());
+        // Refresh, retry and expire are 32-bit fields that hickory types as i32: same bits.
+        let soa = SOA::new(
+            name_of(spec.mname),
+            name_of(spec.rname),
+            spec.serial,
+            spec.refresh as i32,
+            spec.retry as i32,
+            spec.expire as i32,
+            spec.minimum,
+        );
+        let mut apex = Apex {
+            name: spec.name.to_string(),
+            wire: wire.into_boxed_slice(),
+            soa_ptr: Vec::new(),
+            soa_negative_ptr: Vec::new(),
+            ns_ptr: Vec::new(),
+            ns_name: spec.mname.to_string(),
+            rules: spec.rules,
+            reverse: false,
+        };
+        let negative_ttl = spec.soa_ttl.min(spec.minimum);
+        encode(
+            &mut apex.soa_negative_ptr,
+            &POINTER_TO_QUESTION,
+            RData::SOA(soa.clone()),
+            negative_ttl,
+        );
+        encode(
+            &mut apex.soa_ptr,
+            &POINTER_TO_QUESTION,
+            RData::SOA(soa),
+            spec.soa_ttl,
+        );
+        encode(
+            &mut apex.ns_ptr,
+            &POINTER_TO_QUESTION,
+            RData::NS(NS(name_of(spec.mname))),
+            spec.ns_ttl,
+        );
+        Some(apex)
+    }
+
+    /// The apex's lowercase wire name.
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
+    }
 }
 
 /// Keeps a `Zone` current from successive snapshots, re-encoding only what changed.
@@ -940,24 +1009,29 @@ impl ZoneBuilder {
     fn zone(&self, snapshot: &Arc<Snapshot>) -> Zone {
         let serial = snapshot.revision as u32;
         let c = &self.config;
-        let mut apexes = Vec::new();
-        apexes.extend(make_apex(
-            c,
-            &c.fqdn_domain(),
-            &fqdn(&c.ns_name),
-            &fqdn(&c.soa_rname),
-            c.ttl,
+        let (domain, mname, rname) = (c.fqdn_domain(), fqdn(&c.ns_name), fqdn(&c.soa_rname));
+        // Mesos-DNS puts the record TTL in the minimum field (negative answers cache for a TTL).
+        let mut apexes: Vec<Apex> = Apex::new(&ApexSpec {
+            name: &domain,
+            mname: &mname,
+            rname: &rname,
             serial,
-        ));
+            refresh: c.soa_refresh,
+            retry: c.soa_retry,
+            expire: c.soa_expire,
+            minimum: c.ttl,
+            soa_ttl: c.ttl,
+            ns_ttl: c.ttl,
+            rules: Rules::MesosDns,
+        })
+        .into_iter()
+        .collect();
         if c.thisdcos {
-            apexes.extend(make_apex(
-                c,
-                THISDCOS,
-                "ns.spartan.",
-                "support.mesosphere.com.",
-                c.thisdcos_ttl,
-                serial,
-            ));
+            // dcos-net gives each of its zones an apex of its own; `thisdcos.directory` itself
+            // answers the names in none of them (docs/dns.md says why).
+            for name in THISDCOS_APEXES {
+                apexes.extend(Apex::new(&ApexSpec::dcos_net(name)));
+            }
         }
         let mut reverse_zones: Vec<String> =
             c.reverse_zones.iter().flat_map(reverse::zones_of).collect();
@@ -965,14 +1039,19 @@ impl ZoneBuilder {
         reverse_zones.dedup();
         for zone in reverse_zones {
             apexes.extend(
-                make_apex(
-                    c,
-                    &zone,
-                    &fqdn(&c.ns_name),
-                    &fqdn(&c.soa_rname),
-                    c.ttl,
+                Apex::new(&ApexSpec {
+                    name: &zone,
+                    mname: &mname,
+                    rname: &rname,
                     serial,
-                )
+                    refresh: c.soa_refresh,
+                    retry: c.soa_retry,
+                    expire: c.soa_expire,
+                    minimum: c.ttl,
+                    soa_ttl: c.ttl,
+                    ns_ttl: c.ttl,
+                    rules: Rules::MesosDns,
+                })
                 .map(|mut a| {
                     a.reverse = true;
                     a
@@ -990,6 +1069,14 @@ impl ZoneBuilder {
         }
     }
 }
+
+/// The `thisdcos.directory` apexes this zone holds: dcos-net's task and VIP zones, and the
+/// parent, which holds nothing of its own.
+const THISDCOS_APEXES: [&str; 3] = [
+    THISDCOS,
+    "dcos.thisdcos.directory.",
+    "l4lb.thisdcos.directory.",
+];
 
 fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
     match d {

@@ -1,5 +1,6 @@
-//! The agent's DNS: the zone built from snapshots, the forwarder, and the UDP and TCP servers
-//! bound on every listen address; then the task that keeps the zone in step with the catalog.
+//! The agent's DNS: the zone built from snapshots, dcos-net's own zones, the forwarder, and the
+//! UDP and TCP servers bound on every listen address (the listen interface made first when one
+//! is configured); then the tasks that keep the zones in step with the catalog and the node.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,16 +11,26 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use lodestar_control::Snapshot;
 use lodestar_dns::acl::{interface_addresses, RecursionAcl};
+use lodestar_dns::catalog::{AnswerSource, Catalog};
+use lodestar_dns::config::DcosConfig;
+use lodestar_dns::dcos_api::{RecordSet, ThisdcosRecords};
 use lodestar_dns::forward::{ForwardConfig, Forwarder};
+use lodestar_dns::local_zone::LocalZone;
+use lodestar_dns::mesos_mirror::MesosMirror;
+use lodestar_dns::rename::Rename;
 use lodestar_dns::rrl::Rrl;
 use lodestar_dns::server::{serve_tcp, Shared, TcpLimits, UdpServer};
+use lodestar_dns::spartan::{Spartan, DCOS_NS_ADDRESS};
 use lodestar_dns::stats::DnsStats;
+use lodestar_dns::thisnode::ThisNode;
+use lodestar_dns::zk::ZkZone;
 use lodestar_dns::zone::{Zone, ZoneBuilder};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
+use super::interface::ListenInterface;
 use crate::config::{AgentConfig, ConfigError};
 
 /// Zone updates that failed (a panic in the builder); the previous zone stays served.
@@ -36,8 +47,7 @@ pub(super) struct ZoneRecipe {
 impl ZoneRecipe {
     fn new(config: &AgentConfig) -> ZoneRecipe {
         let listen: Vec<IpAddr> = config
-            .dns
-            .listen
+            .dns_addresses()
             .iter()
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified())
@@ -83,11 +93,41 @@ pub(super) struct Dns {
     loop_probe: bool,
     /// The addresses served (UDP and TCP on each), in the configured order.
     pub addresses: Vec<SocketAddr>,
+    /// The dummy interface some of them are on, owned by the agent.
+    pub interface: Option<ListenInterface>,
+    /// `ready.spartan` answers while this is set: from "ready" to the start of the drain.
+    pub ready: Arc<AtomicBool>,
+    /// dcos-net's zones and ours, never the forwarder: what its HTTP API asks.
+    pub local: Catalog,
+    /// What dcos-net's `/v1/records` lists.
+    pub record_sets: Vec<Arc<dyn RecordSet>>,
+    /// `thisnode.thisdcos.directory` and how to find its addresses again, when programs do.
+    detect: Option<(Arc<ThisNode>, Option<IpAddr>, DcosConfig)>,
 }
 
 impl Dns {
-    /// Builds the first zone from `first` and binds every listen address.
+    /// Makes the listen interface, builds the first zone from `first` and binds every listen
+    /// address; the interface is removed again when that fails.
     pub async fn bind(config: &AgentConfig, first: &Arc<Snapshot>) -> Result<Dns> {
+        let interface = match &config.dns.interface {
+            Some(i) => Some(ListenInterface::create(&i.name, &i.addresses).await?),
+            None => None,
+        };
+        match Dns::bind_servers(config, first).await {
+            Ok(mut dns) => {
+                dns.interface = interface;
+                Ok(dns)
+            }
+            Err(e) => {
+                if let Some(i) = interface {
+                    i.remove().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn bind_servers(config: &AgentConfig, first: &Arc<Snapshot>) -> Result<Dns> {
         let recipe = ZoneRecipe::new(config);
         let mut builder = recipe.builder()?;
         let zone = Arc::new(ArcSwap::from_pointee(builder.update(first)));
@@ -124,17 +164,32 @@ impl Dns {
         // reply leaves from the address its query came to (a wildcard socket would let the
         // kernel pick, and clients drop replies from an address they did not ask).
         let plan: Vec<(SocketAddr, Vec<IpAddr>)> = config
-            .dns
-            .listen
+            .dns_addresses()
             .iter()
             .map(|a| (*a, udp_addresses(*a)))
             .collect();
         let udp_sockets: usize = plan.iter().map(|(_, u)| u.len()).sum();
         let stats = Arc::new(DnsStats::new(udp_sockets * workers + plan.len()));
-        let shared = Arc::new(
-            Shared::new(zone.clone(), Some(forwarder.clone()), acl, stats.clone())
-                .with_rrl(Rrl::new(&config.dns.rrl)),
-        );
+        let mut shared = Shared::new(zone.clone(), Some(forwarder.clone()), acl, stats.clone())
+            .with_rrl(Rrl::new(&config.dns.rrl));
+        let ready = Arc::new(AtomicBool::new(false));
+        let dcos = DcosZones::new(config, &zone, &ready).await;
+        shared.catalog = Catalog::new().with(forwarder.clone()).with(zone.clone());
+        shared.catalog = dcos
+            .sources
+            .iter()
+            .fold(shared.catalog, |c, s| c.with(s.clone()));
+        let local = dcos
+            .sources
+            .iter()
+            .fold(Catalog::new().with(zone.clone()), |c, s| {
+                if s.is_recursive() {
+                    c
+                } else {
+                    c.with(s.clone())
+                }
+            });
+        let shared = Arc::new(shared);
 
         let runtime = tokio::runtime::Handle::current();
         let (mut udp, mut tcp, mut addresses) = (Vec::new(), Vec::new(), Vec::new());
@@ -214,6 +269,11 @@ impl Dns {
             tcp_limits,
             loop_probe: config.dns.loop_probe,
             addresses,
+            interface: None,
+            ready,
+            local,
+            record_sets: dcos.record_sets,
+            detect: dcos.detect,
         })
     }
 
@@ -237,6 +297,9 @@ impl Dns {
                 async move { forwarder.probe_for_loops().await },
                 stop.clone(),
             ));
+        }
+        if let Some((node, private, dcos)) = self.detect.take() {
+            tasks.spawn(keep_thisnode(node, private, dcos, stop.clone()));
         }
         let Some(builder) = self.builder.take() else {
             return;
@@ -339,5 +402,157 @@ fn udp_addresses(addr: SocketAddr) -> Vec<IpAddr> {
         vec![addr.ip()]
     } else {
         ips
+    }
+}
+
+/// dcos-net's zones, by the agent's configuration.
+struct DcosZones {
+    sources: Vec<Arc<dyn AnswerSource>>,
+    record_sets: Vec<Arc<dyn RecordSet>>,
+    detect: Option<(Arc<ThisNode>, Option<IpAddr>, DcosConfig)>,
+}
+
+impl DcosZones {
+    async fn new(config: &AgentConfig, zone: &Arc<ArcSwap<Zone>>, ready: &Arc<AtomicBool>) -> Self {
+        let mut out = DcosZones {
+            sources: Vec::new(),
+            record_sets: Vec::new(),
+            detect: None,
+        };
+        let dcos = &config.dns.dcos;
+        let zc = &config.dns.zone;
+        if zc.thisdcos {
+            out.record_sets
+                .push(Arc::new(ThisdcosRecords(zone.clone())));
+        }
+        if !dcos.enabled {
+            return out;
+        }
+        let ttl = zc.thisdcos_ttl;
+        // `ns.spartan` is where DC/OS points resolvers: the listen interface's first address,
+        // dcos-net's fixed one otherwise.
+        let ns = config
+            .dns
+            .interface
+            .as_ref()
+            .and_then(|i| i.addresses.first().copied())
+            .unwrap_or(DCOS_NS_ADDRESS.into());
+        let spartan = Arc::new(Spartan::new(ns, ttl, ready.clone()));
+        let zk = Arc::new(ZkZone::new(zone.clone(), ttl));
+        let localhost = Arc::new(LocalZone::localhost(ttl));
+        out.sources.extend([
+            spartan.clone() as Arc<dyn AnswerSource>,
+            zk.clone(),
+            localhost.clone(),
+        ]);
+        out.record_sets
+            .extend([spartan as Arc<dyn RecordSet>, zk, localhost]);
+        if !zc.thisdcos {
+            return out;
+        }
+        let route = config.catalog.etcd.first().and_then(|e| route_source(e));
+        let (private, public) = detect(dcos, route).await;
+        let thisnode = Arc::new(ThisNode::new(private, &public, ttl));
+        if dcos.detect_ip.is_some() || dcos.detect_ip_public.is_some() {
+            out.detect = Some((thisnode.clone(), private, dcos.clone()));
+        }
+        let domain = zc.fqdn_domain().to_ascii_lowercase();
+        let mirror = MesosMirror::new(zone.clone(), &domain, ttl).map(Arc::new);
+        let mut inner = Catalog::new().with(zone.clone()).with(thisnode.clone());
+        if let Some(m) = &mirror {
+            inner = inner.with(m.clone());
+        }
+        out.sources.push(thisnode.clone());
+        out.record_sets.push(thisnode);
+        if let Some(m) = mirror {
+            out.sources.push(m.clone());
+            out.record_sets.push(m);
+        }
+        for rename in Rename::dcos_net(&inner, dcos.cluster_id.as_deref()) {
+            out.sources.push(Arc::new(rename));
+        }
+        out
+    }
+}
+
+/// This node's private address and its public ones: configured, else what the programs print;
+/// the private one, failing both, `fallback`.
+async fn detect(dcos: &DcosConfig, fallback: Option<IpAddr>) -> (Option<IpAddr>, Vec<IpAddr>) {
+    let private = match (dcos.node_ip, &dcos.detect_ip) {
+        (Some(ip), _) => Some(ip),
+        (None, Some(program)) => run_detect(program).await.into_iter().next(),
+        (None, None) => None,
+    };
+    let public = match (&dcos.detect_ip_public, dcos.public_ips.is_empty()) {
+        (Some(program), true) => run_detect(program).await,
+        _ => dcos.public_ips.clone(),
+    };
+    (private.or(fallback), public)
+}
+
+/// The addresses a `detect_ip` program prints, one a line; lines that are none are skipped.
+async fn run_detect(program: &std::path::Path) -> Vec<IpAddr> {
+    let run = tokio::process::Command::new(program)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
+        Ok(Ok(out)) => {
+            error!(program = %program.display(), status = %out.status, "address detection failed");
+            Vec::new()
+        }
+        Ok(Err(e)) => {
+            error!(program = %program.display(), "cannot run the address detection: {e}");
+            Vec::new()
+        }
+        Err(_) => {
+            error!(program = %program.display(), "address detection took over 10 s");
+            Vec::new()
+        }
+    }
+}
+
+/// The source address of the route to an etcd endpoint (`http://host:port`; an address, not
+/// a name): a connected UDP socket, which sends nothing.
+fn route_source(endpoint: &str) -> Option<IpAddr> {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let target: SocketAddr = authority.parse().ok().or_else(|| {
+        authority
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 2379))
+    })?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
+/// Runs the address programs again every `detect_interval_secs` (dcos-net: 30 minutes); a
+/// run that finds no private address keeps the one known.
+async fn keep_thisnode(
+    node: Arc<ThisNode>,
+    mut private: Option<IpAddr>,
+    dcos: DcosConfig,
+    stop: CancellationToken,
+) {
+    let every = Duration::from_secs(dcos.detect_interval_secs);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let (found, public) = detect(&dcos, private).await;
+        private = found;
+        node.set(private, &public);
     }
 }

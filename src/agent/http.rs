@@ -1,4 +1,5 @@
-//! The agent's HTTP API: Mesos-DNS's `/v1` routes, `/metrics`, and the ops endpoints.
+//! The agent's HTTP API: Mesos-DNS's `/v1` routes, `/metrics`, and the ops endpoints; and
+//! dcos-net's API, for a listener of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +85,17 @@ pub(super) fn routes(config: &AgentConfig, dns: &Dns, collectors: Collectors, op
         metrics: Arc::new(move || collectors.render()),
     })
     .merge(ops.clone().router())
+}
+
+/// dcos-net's routes (its `/v1` differs from Mesos-DNS's at the same paths).
+pub(super) fn dcos_net_routes(config: &AgentConfig, dns: &Dns, collectors: Collectors) -> Router {
+    lodestar_dns::dcos_api::router(lodestar_dns::dcos_api::DcosApiState {
+        catalog: dns.local.clone(),
+        records: dns.record_sets.clone(),
+        zone: dns.zone.clone(),
+        labels: config.dns.zone.labels,
+        metrics: Arc::new(move || collectors.render()),
+    })
 }
 
 /// `/v1/config` in Mesos-DNS's key names (what its tooling reads), with the whole Lodestar

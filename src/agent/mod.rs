@@ -8,9 +8,11 @@
 mod catalog;
 mod dns;
 mod http;
+mod interface;
 mod l4lb;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -69,10 +71,13 @@ struct App {
     dns: Dns,
     vips: VipPlane,
     http: tokio::net::TcpListener,
+    /// dcos-net's API, when it has a listener of its own.
+    dcos_http: Option<tokio::net::TcpListener>,
 }
 
 impl App {
     async fn build(mut config: AgentConfig) -> Result<App> {
+        config.apply_dcos_dns_json()?;
         let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(
@@ -94,17 +99,20 @@ impl App {
         if catalog.is_demo() && config.l4lb.vip_ranges.is_empty() {
             config.l4lb.vip_ranges = vec![DEMO_VIP_RANGE.parse().expect("the demo's range")];
         }
-        let dns = Dns::bind(&config, &catalog.first)
+        let mut dns = Dns::bind(&config, &catalog.first)
             .instrument(info_span!("dns"))
             .await?;
-        // The VIP load balancer is loaded (or taken over from the pins of an earlier agent) and
-        // fed the first snapshot before "ready", so VIPs work as soon as the agent says so.
-        let vips = VipPlane::start(&config, &catalog.first)
-            .instrument(info_span!("l4lb"))
-            .await?;
-        let http = tokio::net::TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("cannot serve HTTP on {}", config.http.listen))?;
+        let rest = App::bind_rest(&config, &catalog).await;
+        let (vips, http, dcos_http) = match rest {
+            Ok(r) => r,
+            Err(e) => {
+                // The listen interface is ours to remove whenever the agent does not run.
+                if let Some(i) = dns.interface.take() {
+                    i.remove().await;
+                }
+                return Err(e);
+            }
+        };
         Ok(App {
             config,
             prometheus,
@@ -112,7 +120,36 @@ impl App {
             dns,
             vips,
             http,
+            dcos_http,
         })
+    }
+
+    /// The parts bound after DNS: the VIP load balancer and the HTTP listeners.
+    async fn bind_rest(
+        config: &AgentConfig,
+        catalog: &Catalog,
+    ) -> Result<(
+        VipPlane,
+        tokio::net::TcpListener,
+        Option<tokio::net::TcpListener>,
+    )> {
+        // The VIP load balancer is loaded (or taken over from the pins of an earlier agent) and
+        // fed the first snapshot before "ready", so VIPs work as soon as the agent says so.
+        let vips = VipPlane::start(config, &catalog.first)
+            .instrument(info_span!("l4lb"))
+            .await?;
+        let http = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot serve HTTP on {}", config.http.listen))?;
+        let dcos_http = match config.http.dcos_net_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve dcos-net's HTTP API on {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok((vips, http, dcos_http))
     }
 
     /// Starts every task, then says "ready".
@@ -158,18 +195,22 @@ impl App {
         let collectors =
             http::Collectors::new(self.prometheus.clone(), &self.dns, &self.vips, &ops);
         tasks.spawn(collectors.clone().keep(stop.clone()));
+        let dcos_app = http::dcos_net_routes(&self.config, &self.dns, collectors.clone());
         let app = http::routes(&self.config, &self.dns, collectors, &ops);
         let http_addr = self.http.local_addr()?;
         let limits = lodestar_dns::http::HttpLimits {
             max_connections: self.config.http.max_connections,
             header_timeout: Duration::from_millis(self.config.http.header_timeout_ms),
         };
-        tasks.spawn(lodestar_dns::http::serve(
-            self.http,
-            app,
-            limits,
-            stop.clone().cancelled_owned(),
-        ));
+        serve_http(&mut tasks, self.http, app, limits.clone(), &stop);
+        let dcos_http_addr = match self.dcos_http {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                serve_http(&mut tasks, listener, dcos_app, limits, &stop);
+                Some(addr)
+            }
+            None => None,
+        };
 
         let zone = self.dns.zone.load();
         let listen: Vec<String> = self
@@ -178,9 +219,13 @@ impl App {
             .iter()
             .map(SocketAddr::to_string)
             .collect();
+        // Every server is bound and the catalog loaded: DC/OS's units may now take this node's
+        // DNS for working.
+        self.dns.ready.store(true, Ordering::Release);
         info!(
             dns = %listen.join(","),
             http = %http_addr,
+            dcos_net_http = ?dcos_http_addr,
             catalog = %self.catalog.source,
             revision = zone.serial,
             names = zone.len(),
@@ -216,6 +261,7 @@ impl Running {
     /// stops the UDP servers, and then, for the demo only, removes what it attached.
     async fn drain(mut self) {
         info!("shutting down");
+        self.dns.ready.store(false, Ordering::Release);
         self.stop.cancel();
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while self.tasks.join_next().await.is_some() {}
@@ -228,7 +274,11 @@ impl Running {
             );
             self.tasks.shutdown().await;
         }
+        let interface = self.dns.interface.take();
         self.dns.stop();
+        if let Some(i) = interface {
+            i.remove().await;
+        }
         let demo = self.demo.is_some();
         self.vips.stop(&self.config, demo);
         if let Some(d) = self.demo {
@@ -236,6 +286,22 @@ impl Running {
         }
         drop(self.catalog);
     }
+}
+
+/// Serves `app` on `listener` until `stop`.
+fn serve_http(
+    tasks: &mut JoinSet<()>,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: lodestar_dns::http::HttpLimits,
+    stop: &CancellationToken,
+) {
+    tasks.spawn(lodestar_dns::http::serve(
+        listener,
+        app,
+        limits,
+        stop.clone().cancelled_owned(),
+    ));
 }
 
 /// This host's name, for a node without a configured name.
