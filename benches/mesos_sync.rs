@@ -13,12 +13,13 @@ use lodestar_control::mesos::sync::Syncer;
 use lodestar_control::mesos::vipalloc::VipRanges;
 use lodestar_control::{EtcdConfig, EtcdStore};
 use serde_json::json;
+use support::mesos::{AZURE, VSPHERE};
 use support::report::{Plot, Report};
 
 fn tasks(n: usize, generation: usize, changed: usize) -> Vec<serde_json::Value> {
     (0..n)
         .map(|i| {
-            let slave = if i % 2 == 0 { "S-azure-S1" } else { "S-vsphere-S2" };
+            let slave = if i % 2 == 0 { AZURE } else { VSPHERE };
             // The first `changed` tasks move to a new address in each generation.
             let ip = if i < changed {
                 format!("198.18.{}.{}", 100 + generation % 100, i % 250 + 1)

@@ -19,7 +19,7 @@ use lodestar_control::{EtcdAuth, EtcdConfig, EtcdStore, EtcdTls};
 use support::agent::Agent;
 use support::dns::{answers, udp};
 use support::etcd::{AGENT_USER, SYNC_USER};
-use support::mesos::{state, vip_task, FakeMaster, SyncProcess};
+use support::mesos::{state, vip_task, FakeMaster, SyncProcess, AZURE};
 use support::{eventually, EtcdServer, WEB_CATALOG};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -175,7 +175,7 @@ fn an_agent_reads_the_catalog_with_its_role_and_etcd_refuses_its_writes() {
 async fn mesos_sync_writes_the_catalog_its_election_and_vip_addresses_with_its_role() {
     let etcd = EtcdServer::start_secured();
     let master = FakeMaster::start().await;
-    let api = vip_task("api.1", "api", "S-azure-S1", &["/api:80"]);
+    let api = vip_task("api.1", "api", AZURE, &["/api:80"]);
     master.set_state(state(&master.pid(), &master.pid(), vec![api]));
     let sync = SyncProcess::start(
         &master.url(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lodestar_control::model::{Health, TaskState};
 use lodestar_control::{EtcdConfig, EtcdStore, Snapshot};
-use support::mesos::{state, task, FakeMaster, SyncProcess};
+use support::mesos::{state, task, FakeMaster, SyncProcess, AZURE};
 use support::operator::{OperatorMaster, Role};
 use support::{eventually, EtcdServer};
 
@@ -265,7 +265,7 @@ async fn a_master_without_the_operator_api_is_polled_and_says_so() {
     master.set_state(state(
         &master.pid(),
         &master.pid(),
-        vec![task("web.1", "web", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])],
     ));
     let sync = SyncProcess::start(
         &master.url(),

@@ -13,7 +13,7 @@ use lodestar_control::mesos::vipalloc::{self, VipRanges};
 use lodestar_control::model::{Health, IpSource, TaskKey, TaskState};
 use lodestar_control::{EtcdConfig, EtcdStore, Snapshot};
 use serde_json::json;
-use support::mesos::{state, task, vip_task, FakeMaster, Reply, SyncProcess};
+use support::mesos::{state, task, vip_task, FakeMaster, Reply, SyncProcess, AZURE, VSPHERE};
 use support::{eventually, EtcdServer};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -110,7 +110,7 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
     let mut killing = task(
         "killing.1",
         "killing",
-        "S-azure-S1",
+        AZURE,
         "TASK_KILLING",
         &["198.18.1.60"],
     );
@@ -120,43 +120,19 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
         task(
             "web.1",
             "web",
-            "S-azure-S1",
+            AZURE,
             "TASK_RUNNING",
             &["198.18.1.101", "2001:db8:1::101"],
         ),
-        task(
-            "web.2",
-            "web",
-            "S-vsphere-S2",
-            "TASK_RUNNING",
-            &["198.18.2.101"],
-        ),
-        task(
-            "odd.1",
-            "My_App.v2 (beta)",
-            "S-vsphere-S2",
-            "TASK_RUNNING",
-            &[],
-        ),
+        task("web.2", "web", VSPHERE, "TASK_RUNNING", &["198.18.2.101"]),
+        task("odd.1", "My_App.v2 (beta)", VSPHERE, "TASK_RUNNING", &[]),
         killing,
-        task(
-            "dead.1",
-            "dead",
-            "S-azure-S1",
-            "TASK_KILLED",
-            &["198.18.1.70"],
-        ),
-        task(
-            "lost.1",
-            "lost",
-            "S-azure-S1",
-            "TASK_LOST",
-            &["198.18.1.71"],
-        ),
+        task("dead.1", "dead", AZURE, "TASK_KILLED", &["198.18.1.70"]),
+        task("lost.1", "lost", AZURE, "TASK_LOST", &["198.18.1.71"]),
         vip_task(
             "api.1",
             "api",
-            "S-azure-S1",
+            AZURE,
             &["/prod/api:80", "198.19.1.10:8080", "nonsense"],
         ),
     ];
@@ -203,9 +179,9 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
         .iter()
         .any(|i| i.source == IpSource::Docker && i.ip.to_string() == "198.18.1.61"));
     // Agents with their sites; masters and the leader.
-    assert_eq!(snap.agents["S-azure-S1"].site.as_deref(), Some("azure"));
+    assert_eq!(snap.agents[AZURE].site.as_deref(), Some("azure"));
     assert_eq!(
-        snap.agents["S-vsphere-S2"].addresses,
+        snap.agents[VSPHERE].addresses,
         ["198.18.2.21".parse::<IpAddr>().unwrap()]
     );
     assert_eq!(snap.frameworks["fw-marathon"].port, Some(8080));
@@ -249,27 +225,16 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
         task(
             "web.1",
             "web",
-            "S-azure-S1",
+            AZURE,
             "TASK_RUNNING",
             &["198.18.1.101", "2001:db8:1::101"],
         ),
-        task(
-            "web.2",
-            "web",
-            "S-vsphere-S2",
-            "TASK_FINISHED",
-            &["198.18.2.101"],
-        ),
-        vip_task(
-            "api.1",
-            "api",
-            "S-azure-S1",
-            &["/prod/api:80", "198.19.1.10:8080"],
-        ),
+        task("web.2", "web", VSPHERE, "TASK_FINISHED", &["198.18.2.101"]),
+        vip_task("api.1", "api", AZURE, &["/prod/api:80", "198.19.1.10:8080"]),
         task(
             "odd.1",
             "My_App.v2 (beta)",
-            "S-vsphere-S2",
+            VSPHERE,
             "TASK_RUNNING",
             &["198.18.2.102"],
         ),
@@ -296,12 +261,12 @@ async fn the_leader_named_in_the_state_is_asked_and_dead_masters_are_skipped() {
     follower.set_state(state(
         &follower.pid(),
         &leader.pid(),
-        vec![task("stale.1", "stale", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![task("stale.1", "stale", AZURE, "TASK_RUNNING", &[])],
     ));
     leader.set_state(state(
         &leader.pid(),
         &leader.pid(),
-        vec![task("fresh.1", "fresh", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![task("fresh.1", "fresh", AZURE, "TASK_RUNNING", &[])],
     ));
     let masters = format!("{dead},{}", follower.url());
     ok(&sync_once(&masters, &etcd, &[]).await);
@@ -320,7 +285,7 @@ async fn a_failed_poll_leaves_the_catalog_as_it_was() {
     master.set_state(state(
         &master.pid(),
         &master.pid(),
-        vec![task("web.1", "web", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])],
     ));
     ok(&sync_once(&master.url(), &etcd, &[]).await);
     let (_, revision) = catalog(&etcd).await;
@@ -439,7 +404,7 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
     master.set_state(state(
         &master.pid(),
         &master.pid(),
-        vec![task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![task("a.1", "a", AZURE, "TASK_RUNNING", &[])],
     ));
     let (p1, p2) = (support::etcd::free_port(), support::etcd::free_port());
     let m1 = format!("127.0.0.1:{p1}");
@@ -473,8 +438,8 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
         &master.pid(),
         &master.pid(),
         vec![
-            task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[]),
-            task("b.1", "b", "S-azure-S1", "TASK_RUNNING", &[]),
+            task("a.1", "a", AZURE, "TASK_RUNNING", &[]),
+            task("b.1", "b", AZURE, "TASK_RUNNING", &[]),
         ],
     ));
     eventually(PATIENCE, "the standby to take over and sync", || async {
@@ -491,7 +456,7 @@ async fn basic_auth_to_the_master() {
     master.set_state(state(
         &master.pid(),
         &master.pid(),
-        vec![task("a.1", "a", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![task("a.1", "a", AZURE, "TASK_RUNNING", &[])],
     ));
     master.require_basic_auth("lodestar", "s3cret:with colon");
     let o = sync_once(&master.url(), &etcd, &[]).await;
@@ -580,7 +545,7 @@ async fn tls_to_the_master_with_a_configured_ca() {
     let body = state(
         pid,
         pid,
-        vec![task("tls.1", "tls", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![task("tls.1", "tls", AZURE, "TASK_RUNNING", &[])],
     )
     .to_string();
     let (url, cert, server) = https_master(dir.path(), body).await;
@@ -603,7 +568,7 @@ async fn changes_made_behind_its_back_are_corrected_on_the_next_poll() {
     master.set_state(state(
         &master.pid(),
         &master.pid(),
-        vec![task("web.1", "web", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])],
     ));
     let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
         .await
@@ -617,7 +582,7 @@ async fn changes_made_behind_its_back_are_corrected_on_the_next_poll() {
         .delete(&RecordKey::Task(marathon("web.1")))
         .await
         .unwrap());
-    let ghost = lodestar_control::model::Task::new("ghost.1", "ghost", "marathon", "S-azure-S1")
+    let ghost = lodestar_control::model::Task::new("ghost.1", "ghost", "marathon", AZURE)
         .with_framework_id("fw-marathon");
     store.put(&[Record::Task(ghost)]).await.unwrap();
     let r = syncer.poll(None).await.unwrap();
@@ -630,7 +595,7 @@ async fn a_master_that_suddenly_reports_nothing_does_not_wipe_the_catalog() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
     let tasks: Vec<_> = (0..20)
-        .map(|i| task(&format!("t.{i}"), "app", "S-azure-S1", "TASK_RUNNING", &[]))
+        .map(|i| task(&format!("t.{i}"), "app", AZURE, "TASK_RUNNING", &[]))
         .collect();
     master.set_state(state(&master.pid(), &master.pid(), tasks));
     ok(&sync_once(&master.url(), &etcd, &[]).await);
@@ -657,12 +622,12 @@ async fn the_same_task_id_in_two_frameworks_is_two_tasks() {
     let mut s = state(
         &master.pid(),
         &master.pid(),
-        vec![task("0", "spark-exec", "S-azure-S1", "TASK_RUNNING", &[])],
+        vec![task("0", "spark-exec", AZURE, "TASK_RUNNING", &[])],
     );
     let mut other = s["frameworks"][0].clone();
     other["id"] = json!("fw-chronos");
     other["name"] = json!("chronos");
-    let mut job = task("0", "job", "S-azure-S1", "TASK_RUNNING", &[]);
+    let mut job = task("0", "job", AZURE, "TASK_RUNNING", &[]);
     job["framework_id"] = json!("fw-chronos");
     other["tasks"] = json!([job]);
     s["frameworks"].as_array_mut().unwrap().push(other);
@@ -728,15 +693,7 @@ async fn one_exhausted_family_does_not_block_the_other_and_lost_records_keep_the
 /// A state with tasks `app.0` .. `app.{n-1}`.
 fn tasks_state(master: &FakeMaster, n: usize) -> serde_json::Value {
     let tasks = (0..n)
-        .map(|i| {
-            task(
-                &format!("app.{i}"),
-                "app",
-                "S-azure-S1",
-                "TASK_RUNNING",
-                &[],
-            )
-        })
+        .map(|i| task(&format!("app.{i}"), "app", AZURE, "TASK_RUNNING", &[]))
         .collect();
     state(&master.pid(), &master.pid(), tasks)
 }
@@ -835,7 +792,7 @@ async fn legacy_task_keys_are_migrated_with_no_gap_in_dns() {
             task(
                 &format!("app{i}.1"),
                 &format!("app{i}"),
-                "S-azure-S1",
+                AZURE,
                 "TASK_RUNNING",
                 &[&ip],
             )

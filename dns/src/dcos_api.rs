@@ -440,6 +440,11 @@ fn metrics_text(state: &DcosApiState, headers: &HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response()
 }
 
+/// The catalog key of a VIP backend's task.
+fn task_key(b: &lodestar_control::Backend) -> lodestar_control::model::TaskKey {
+    lodestar_control::model::TaskKey::new(b.framework_id.clone(), b.task.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,9 +479,4 @@ mod tests {
         }
         assert!(accepts(&headers(&["text/html", "text/*"]), "text", "plain"));
     }
-}
-
-/// The catalog key of a VIP backend's task.
-fn task_key(b: &lodestar_control::Backend) -> lodestar_control::model::TaskKey {
-    lodestar_control::model::TaskKey::new(b.framework_id.clone(), b.task.clone())
 }

@@ -132,6 +132,10 @@ impl Drop for FakeMaster {
     }
 }
 
+/// The two agents of `state`: one per site.
+pub const AZURE: &str = "S-azure-S1";
+pub const VSPHERE: &str = "S-vsphere-S2";
+
 /// A task in state.json's shape.
 pub fn task(id: &str, name: &str, slave: &str, state: &str, ips: &[&str]) -> Value {
     json!({
@@ -175,8 +179,8 @@ pub fn state(self_pid: &str, leader_pid: &str, tasks: Vec<Value>) -> Value {
         "leader": leader_pid,
         "leader_info": {"hostname": "master-1.example", "port": 5050},
         "slaves": [
-            {"id": "S-azure-S1", "pid": "slave(1)@198.18.1.21:5051", "hostname": "agent-1", "attributes": {"site": "azure", "rack": 3}},
-            {"id": "S-vsphere-S2", "pid": "slave(1)@198.18.2.21:5051", "hostname": "agent-2", "attributes": {"site": "vsphere"}}
+            {"id": AZURE, "pid": "slave(1)@198.18.1.21:5051", "hostname": "agent-1", "attributes": {"site": "azure", "rack": 3}},
+            {"id": VSPHERE, "pid": "slave(1)@198.18.2.21:5051", "hostname": "agent-2", "attributes": {"site": "vsphere"}}
         ],
         "frameworks": [
             {"id": "fw-marathon", "name": "marathon", "pid": "scheduler-1@198.18.1.11:8080", "hostname": "master-1", "tasks": tasks}
