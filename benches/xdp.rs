@@ -20,6 +20,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::bench::arg;
+use support::report::{median, Plot, Report};
 use support::{l4lb, netns, xdp};
 
 use lodestar_control::model::Protocol;
@@ -28,11 +29,6 @@ use lodestar_l4lb::plan::{
     BackendAddr, Locality, Plan, PlannedBackend, PlannedService, ServiceAddr,
 };
 use lodestar_l4lb::xdp::{Mode, XdpReconciler};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 fn service(
     vip: &str,
@@ -242,7 +238,7 @@ fn per_packet(repeat: u32, trials: usize) -> Cost {
         let c = floor.new_flows(Some(lx), &floor_frame, repeat, 2).unwrap();
         connection.push(2.0 * (f64::from(c.duration_ns) - w));
     }
-    let ratio = |v: &[f64]| median(v.iter().zip(&fl).map(|(x, f)| x / f).collect());
+    let ratio = |v: &[f64]| median(&v.iter().zip(&fl).map(|(x, f)| x / f).collect::<Vec<_>>());
     let cost = Cost {
         hit_ratio: ratio(&hit),
         not_vip_ratio: ratio(&not_vip),
@@ -250,14 +246,14 @@ fn per_packet(repeat: u32, trials: usize) -> Cost {
         flooded_ratio: ratio(&flooded),
         untracked_ratio: ratio(&untracked),
         connection_ratio: ratio(&connection),
-        connection: median(connection),
-        floor: median(fl),
-        hit: median(hit),
-        not_vip: median(not_vip),
-        miss: median(miss),
-        flooded: median(flooded),
-        untracked: median(untracked),
-        wrapper: median(wrap),
+        connection: median(&connection),
+        floor: median(&fl),
+        hit: median(&hit),
+        not_vip: median(&not_vip),
+        miss: median(&miss),
+        flooded: median(&flooded),
+        untracked: median(&untracked),
+        wrapper: median(&wrap),
         trials,
     };
     // What the runs did, as the counters say: every new flow cached (or, flooded, none), and
@@ -533,46 +529,78 @@ fn main() {
         );
     }
 
-    println!(
+    let mut report = Report::new("xdp");
+    report.say(format!(
         "xdp: per-packet cost (BPF_PROG_TEST_RUN, {repeat} repetitions, median of {} trials, \
          each timing the floor next to the others)\n",
         c.trials
-    );
-    println!("| path | ns per packet | vs floor |");
-    println!("| --- | --- | --- |");
-    println!(
+    ));
+    report.say("| path | ns per packet | vs floor |");
+    report.say("| --- | --- | --- |");
+    report.say(format!(
         "| floor: rewrite + XDP_TX, no lookups | {:.1} | 1.00 |",
         c.floor
-    );
-    println!(
+    ));
+    report.say(format!(
         "| Lodestar, conntrack hit (NAT, flow cache) | {:.1} | {:.2} |",
         c.hit, c.hit_ratio
-    );
-    println!(
+    ));
+    report.say(format!(
         "| Lodestar, conntrack miss (Maglev, new entry) | {:.1} | {:.2} |",
         c.miss, c.miss_ratio
-    );
-    println!(
+    ));
+    report.say(format!(
         "| Lodestar, conntrack miss while flooded (not cached) | {:.1} | {:.2} |",
         c.flooded, c.flooded_ratio
-    );
-    println!(
+    ));
+    report.say(format!(
         "| Lodestar, TCP without SYN of no tracked flow (nothing inserted) | {:.1} | {:.2} |",
         c.untracked, c.untracked_ratio
-    );
-    println!(
+    ));
+    report.say(format!(
         "| Lodestar, a connection's SYN + first ACK (into lx_ct) | {:.1} | {:.2} |",
         c.connection, c.connection_ratio
-    );
-    println!(
+    ));
+    report.say(format!(
         "| Lodestar, packet to no VIP | {:.1} | {:.2} |",
         c.not_vip, c.not_vip_ratio
-    );
-    println!(
+    ));
+    report.say(format!(
         "\n(New-flow rows: the new-flow wrapper's own {:.1} ns per run subtracted.)",
         c.wrapper
+    ));
+    report.plot(
+        "per-packet",
+        Plot::bars(
+            "XDP cost per packet (BPF_PROG_TEST_RUN), against the map-free floor",
+            "ns per packet",
+            &[
+                ("floor", c.floor),
+                ("conntrack hit", c.hit),
+                ("no VIP", c.not_vip),
+                ("new flow", c.miss),
+                ("new flow, flooded", c.flooded),
+                ("TCP without SYN", c.untracked),
+                ("SYN + first ACK", c.connection),
+            ],
+        ),
+    );
+    let delivered = |runs: &[Flow]| runs.iter().map(|f| f.pps).collect::<Vec<_>>();
+    report.plot(
+        "delivered",
+        Plot::rounds(
+            "Delivered packets per second, per round",
+            "packets per second",
+            &[
+                ("Lodestar XDP, live frames", &delivered(&x_live)),
+                ("nftables DNAT, live frames", &delivered(&n_live)),
+                ("Lodestar XDP, sendmmsg", &delivered(&x_runs)),
+                ("nftables DNAT, sendmmsg", &delivered(&n_runs)),
+            ],
+        ),
     );
     flow_table(
+        &mut report,
         &format!(
             "xdp: end to end, 18-byte UDP from BPF_PROG_RUN live frames (256 flows), 2 backends, \
              {rounds} rounds of {seconds} s (median)"
@@ -581,6 +609,7 @@ fn main() {
         &n_live,
     );
     flow_table(
+        &mut report,
         &format!(
             "xdp: end to end, 18-byte UDP from 32 sockets (sendmmsg), 2 backends, \
              {rounds} rounds of {seconds} s (median)"
@@ -588,10 +617,11 @@ fn main() {
         &x_runs,
         &n_runs,
     );
+    report.finish();
 }
 
-fn flow_table(title: &str, x_runs: &[Flow], n_runs: &[Flow]) {
-    let pick = |runs: &[Flow], f: fn(&Flow) -> f64| median(runs.iter().map(f).collect());
+fn flow_table(report: &mut Report, title: &str, x_runs: &[Flow], n_runs: &[Flow]) {
+    let pick = |runs: &[Flow], f: fn(&Flow) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let (xp, np) = (pick(x_runs, |f| f.pps), pick(n_runs, |f| f.pps));
     let (xc, nc) = (pick(x_runs, |f| f.cpu_ns), pick(n_runs, |f| f.cpu_ns));
     let (xs, ns) = (
@@ -599,23 +629,29 @@ fn flow_table(title: &str, x_runs: &[Flow], n_runs: &[Flow]) {
         pick(n_runs, |f| f.softirq_ns),
     );
     let (xo, no) = (pick(x_runs, |f| f.sent_pps), pick(n_runs, |f| f.sent_pps));
-    println!("\n{title}\n");
-    println!("| measure | Lodestar XDP (NAT, XDP_REDIRECT) | nftables DNAT | ratio |");
-    println!("| --- | --- | --- | --- |");
-    println!("| offered (pps) | {xo:.0} | {no:.0} | {:.2} |", xo / no);
-    println!("| delivered (pps) | {xp:.0} | {np:.0} | {:.2} |", xp / np);
-    println!(
+    report.say(format!("\n{title}\n"));
+    report.say("| measure | Lodestar XDP (NAT, XDP_REDIRECT) | nftables DNAT | ratio |");
+    report.say("| --- | --- | --- | --- |");
+    report.say(format!(
+        "| offered (pps) | {xo:.0} | {no:.0} | {:.2} |",
+        xo / no
+    ));
+    report.say(format!(
+        "| delivered (pps) | {xp:.0} | {np:.0} | {:.2} |",
+        xp / np
+    ));
+    report.say(format!(
         "| machine CPU per delivered packet (ns) | {xc:.0} | {nc:.0} | {:.2} |",
         nc / xc
-    );
-    println!(
+    ));
+    report.say(format!(
         "| softirq CPU per delivered packet (ns) | {xs:.0} | {ns:.0} | {:.2} |",
         ns / xs
-    );
-    println!(
+    ));
+    report.say(format!(
         "| delivered packets per softirq CPU-second | {:.0} | {:.0} | {:.2} |",
         1e9 / xs,
         1e9 / ns,
         ns / xs
-    );
+    ));
 }
