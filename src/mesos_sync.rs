@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use lodestar_control::mesos::election::campaign;
 use lodestar_control::mesos::fetch::MasterClient;
-use lodestar_control::mesos::operator::{Applied, Cluster};
+use lodestar_control::mesos::operator::{Applied, Cluster, Event};
 use lodestar_control::mesos::subscribe::{StreamError, SubscribeError, Subscription};
 use lodestar_control::mesos::sync::{PollReport, SyncError, Syncer};
 use lodestar_control::mesos::vipalloc::VipRanges;
 use lodestar_control::{EtcdConfig, EtcdStore};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// How mesos-sync learns of changes.
@@ -46,7 +47,17 @@ pub struct SyncArgs {
 }
 
 pub async fn run(args: SyncArgs) -> Result<()> {
+    // One listener for the whole run: a signal that comes while nothing waits on it is kept.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stopping.cancel();
+    });
     if let Some(addr) = args.metrics_listen {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
@@ -101,7 +112,7 @@ pub async fn run(args: SyncArgs) -> Result<()> {
                     continue;
                 }
             },
-            _ = sigterm.recv() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
         };
         syncer.invalidate();
         let mut lost = leadership.lost();
@@ -109,8 +120,8 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         let mut source = args.source;
         let ended = loop {
             let step = match source {
-                Source::Events => follow(&mut syncer, fence, args.batch, &mut lost).await,
-                Source::Poll => poll(&mut syncer, fence, args.interval, &mut lost).await,
+                Source::Events => follow(&mut syncer, fence, args.batch, &mut lost, &stop).await,
+                Source::Poll => poll(&mut syncer, fence, args.interval, &mut lost, &stop).await,
             };
             match step {
                 Step::Ended(why) => break why,
@@ -147,18 +158,6 @@ enum Step {
     FallBackToPolling,
 }
 
-/// Waits for a stop signal (SIGTERM or Ctrl-C).
-async fn stop_signal() {
-    let mut sigterm = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = sigterm.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 /// Logs what a write did.
 fn report(result: Result<PollReport, SyncError>, what: &str) -> Result<(), Ended> {
     match result {
@@ -182,15 +181,19 @@ async fn poll(
     fence: Option<i64>,
     interval: Duration,
     lost: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Step {
     loop {
         if let Err(why) = report(syncer.poll(fence).await, "poll") {
             return Step::Ended(why);
         }
+        if stop.is_cancelled() {
+            return Step::Ended(Ended::Stop);
+        }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = lost.changed() => return Step::Ended(Ended::Lost),
-            _ = stop_signal() => return Step::Ended(Ended::Stop),
+            _ = stop.cancelled() => return Step::Ended(Ended::Stop),
         }
     }
 }
@@ -204,13 +207,14 @@ async fn follow(
     fence: Option<i64>,
     batch: Duration,
     lost: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Step {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let subscription = tokio::select! {
             s = syncer.masters().subscribe() => s,
             _ = lost.changed() => return Step::Ended(Ended::Lost),
-            _ = stop_signal() => return Step::Ended(Ended::Stop),
+            _ = stop.cancelled() => return Step::Ended(Ended::Stop),
         };
         let mut subscription = match subscription {
             Ok(s) => s,
@@ -224,23 +228,36 @@ async fn follow(
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = lost.changed() => return Step::Ended(Ended::Lost),
-                    _ = stop_signal() => return Step::Ended(Ended::Stop),
+                    _ = stop.cancelled() => return Step::Ended(Ended::Stop),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
+        let started = tokio::time::Instant::now();
         let outcome = tokio::select! {
             o = stream(syncer, &mut subscription, fence, batch) => o,
             _ = lost.changed() => return Step::Ended(Ended::Lost),
-            _ = stop_signal() => return Step::Ended(Ended::Stop),
+            _ = stop.cancelled() => return Step::Ended(Ended::Stop),
         };
         match outcome {
             Err(why) => return Step::Ended(why),
             Ok(e) => {
                 metrics::counter!(STREAM_ENDS_TOTAL, "kind" => e.kind()).increment(1);
-                warn!("lost the event stream, subscribing again: {e}");
-                backoff = Duration::from_millis(100);
+                // A stream that held for a heartbeat was a good one; one that fails at once
+                // (a proxy's 200, a state too large, garbage) backs off, or the leader would
+                // serialise its whole state in a loop.
+                backoff = if started.elapsed() >= subscription.heartbeat() {
+                    FIRST_BACKOFF
+                } else {
+                    (backoff * 2).min(MAX_BACKOFF)
+                };
+                warn!("lost the event stream, subscribing again in {backoff:?}: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = lost.changed() => return Step::Ended(Ended::Lost),
+                    _ = stop.cancelled() => return Step::Ended(Ended::Stop),
+                }
             }
         }
     }
@@ -274,7 +291,13 @@ async fn stream(
             Err(e) => return Ok(e),
         };
         metrics::counter!(STREAM_EVENTS_TOTAL, "type" => event.kind().to_string()).increment(1);
+        let heartbeat = matches!(event, Event::Heartbeat);
         if cluster.apply(event) == Applied::Unchanged {
+            // Each heartbeat writes the model again: a write that failed is retried, and
+            // deletes the mass-delete guard held are judged again, on a quiet cluster too.
+            if heartbeat {
+                report(syncer.sync_state(cluster.state(), fence).await, "heartbeat")?;
+            }
             continue;
         }
         // Gather what arrives within the batch window into the same write.
@@ -296,6 +319,9 @@ async fn stream(
         report(syncer.sync_state(cluster.state(), fence).await, "events")?;
     }
 }
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 const STREAM_EVENTS_TOTAL: &str = "lodestar_mesos_sync_stream_events_total";
 const STREAM_ENDS_TOTAL: &str = "lodestar_mesos_sync_stream_ends_total";

@@ -94,6 +94,15 @@ async fn events_reach_etcd_without_a_poll_in_every_order_the_docs_allow() {
         healthy: None,
     });
     master.update_task("fw-chronos", "1", "TASK_RUNNING", None);
+    // Served at once, under a framework named by its id.
+    eventually(PATIENCE, "a task of an unknown framework", || async {
+        let snap = catalog(&etcd).await;
+        snap.frameworks
+            .values()
+            .any(|f| f.name == "fw-chronos")
+            .then_some(())
+    })
+    .await;
     master.add_agent("S2", "198.18.2.21", "vsphere");
     master.add_framework("fw-chronos", "chronos");
     until_tasks(
@@ -197,6 +206,9 @@ async fn a_cut_or_garbled_stream_is_subscribed_again_and_reconciled() {
         "{}",
         sync.log()
     );
+    // Each broken stream costs one new subscription, after a pause: no loop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(master.subscriptions() <= 4, "{}", sync.log());
 }
 
 #[tokio::test]

@@ -68,6 +68,9 @@ impl StreamError {
 /// does not announce one.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// Redirects followed from one configured master (a follower names the leader: one hop).
+const MAX_REDIRECTS: usize = 3;
+
 /// How many heartbeats may be missed before the stream counts as lost (dcos-net waits 3).
 pub const MISSED_HEARTBEATS: u32 = 3;
 
@@ -95,11 +98,12 @@ impl MasterClient {
     /// redirect to the leader.
     pub async fn subscribe(&self) -> Result<Subscription, SubscribeError> {
         let mut errors = Vec::new();
-        let mut no_api = None;
+        let mut no_api = Vec::new();
         for base in &self.masters {
             let mut url = format!("{base}/api/v1");
             // A master that does not lead names the leader; the leader streams.
-            for _hop in 0..3 {
+            let mut hops = 0;
+            loop {
                 match self.subscribe_at(&url).await {
                     Ok(Answer::Stream(response)) => {
                         return Ok(Subscription {
@@ -111,9 +115,16 @@ impl MasterClient {
                             interval: DEFAULT_HEARTBEAT,
                         });
                     }
-                    Ok(Answer::Redirect(to)) => url = self.resolve(&url, &to),
+                    Ok(Answer::Redirect(to)) if hops < MAX_REDIRECTS => {
+                        hops += 1;
+                        url = self.resolve(&url, &to);
+                    }
+                    Ok(Answer::Redirect(to)) => {
+                        errors.push(format!("{url}: more than {MAX_REDIRECTS} redirects ({to})"));
+                        break;
+                    }
                     Ok(Answer::NoApi(status)) => {
-                        no_api.get_or_insert(SubscribeError::NoOperatorApi {
+                        no_api.push(SubscribeError::NoOperatorApi {
                             url: url.clone(),
                             status,
                         });
@@ -126,11 +137,13 @@ impl MasterClient {
                 }
             }
         }
-        // Only when no master streams: a mixed cluster mid-upgrade subscribes where it can.
-        match no_api {
-            Some(e) if errors.len() < self.masters.len() => Err(e),
-            _ => Err(SubscribeError::NoMaster(errors)),
+        // Polling only when every master says it has no operator API: one that is down or
+        // electing (503) may have it, and is asked again on the next attempt.
+        if errors.is_empty() && !no_api.is_empty() {
+            return Err(no_api.remove(0));
         }
+        errors.extend(no_api.iter().map(ToString::to_string));
+        Err(SubscribeError::NoMaster(errors))
     }
 
     async fn subscribe_at(&self, url: &str) -> Result<Answer, String> {
