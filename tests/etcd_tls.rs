@@ -19,7 +19,7 @@ use lodestar_control::{EtcdAuth, EtcdConfig, EtcdStore, EtcdTls};
 use support::agent::Agent;
 use support::dns::{answers, udp};
 use support::etcd::{AGENT_USER, SYNC_USER};
-use support::mesos::{state, vip_task, FakeMaster, SyncProcess, AZURE};
+use support::mesos::{vip_task, FakeMaster, SyncProcess, AZURE};
 use support::{eventually, EtcdServer, WEB_CATALOG};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -176,7 +176,7 @@ async fn mesos_sync_writes_the_catalog_its_election_and_vip_addresses_with_its_r
     let etcd = EtcdServer::start_secured();
     let master = FakeMaster::start().await;
     let api = vip_task("api.1", "api", AZURE, &["/api:80"]);
-    master.set_state(state(&master.pid(), &master.pid(), vec![api]));
+    master.set_tasks(vec![api]);
     let sync = SyncProcess::start(
         &master.url(),
         &credentials(&etcd, SYNC_USER),

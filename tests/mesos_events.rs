@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lodestar_control::model::{Health, TaskState};
 use lodestar_control::{EtcdConfig, EtcdStore, Snapshot};
-use support::mesos::{state, task, FakeMaster, SyncProcess, AZURE};
+use support::mesos::{task, FakeMaster, SyncProcess, AZURE};
 use support::operator::{OperatorMaster, Role};
 use support::{eventually, EtcdServer};
 
@@ -274,11 +274,7 @@ async fn a_master_that_stops_sending_heartbeats_is_left_and_subscribed_again() {
 async fn a_master_without_the_operator_api_is_polled_and_says_so() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    master.set_state(state(
-        &master.pid(),
-        &master.pid(),
-        vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])],
-    ));
+    master.set_tasks(vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])]);
     let sync = SyncProcess::start(
         &master.url(),
         &["--etcd".into(), etcd.endpoint()],

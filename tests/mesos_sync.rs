@@ -136,7 +136,7 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
             &["/prod/api:80", "198.19.1.10:8080", "nonsense"],
         ),
     ];
-    master.set_state(state(&master.pid(), &master.pid(), tasks));
+    master.set_tasks(tasks);
     let out = ok(&sync_once(
         &master.url(),
         &etcd,
@@ -239,7 +239,7 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
             &["198.18.2.102"],
         ),
     ];
-    master.set_state(state(&master.pid(), &master.pid(), tasks));
+    master.set_tasks(tasks);
     let out = ok(&sync_once(
         &master.url(),
         &etcd,
@@ -263,11 +263,7 @@ async fn the_leader_named_in_the_state_is_asked_and_dead_masters_are_skipped() {
         &leader.pid(),
         vec![task("stale.1", "stale", AZURE, "TASK_RUNNING", &[])],
     ));
-    leader.set_state(state(
-        &leader.pid(),
-        &leader.pid(),
-        vec![task("fresh.1", "fresh", AZURE, "TASK_RUNNING", &[])],
-    ));
+    leader.set_tasks(vec![task("fresh.1", "fresh", AZURE, "TASK_RUNNING", &[])]);
     let masters = format!("{dead},{}", follower.url());
     ok(&sync_once(&masters, &etcd, &[]).await);
     let (snap, _) = catalog(&etcd).await;
@@ -282,11 +278,7 @@ async fn the_leader_named_in_the_state_is_asked_and_dead_masters_are_skipped() {
 async fn a_failed_poll_leaves_the_catalog_as_it_was() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    master.set_state(state(
-        &master.pid(),
-        &master.pid(),
-        vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])],
-    ));
+    master.set_tasks(vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])]);
     ok(&sync_once(&master.url(), &etcd, &[]).await);
     let (_, revision) = catalog(&etcd).await;
 
@@ -401,11 +393,7 @@ fn start_sync(masters: &str, etcd: &EtcdServer, id: &str, extra: &[&str]) -> Syn
 async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    master.set_state(state(
-        &master.pid(),
-        &master.pid(),
-        vec![task("a.1", "a", AZURE, "TASK_RUNNING", &[])],
-    ));
+    master.set_tasks(vec![task("a.1", "a", AZURE, "TASK_RUNNING", &[])]);
     let (p1, p2) = (support::etcd::free_port(), support::etcd::free_port());
     let m1 = format!("127.0.0.1:{p1}");
     let m2 = format!("127.0.0.1:{p2}");
@@ -434,14 +422,10 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
     leader.child.kill().unwrap();
     let _ = leader.child.wait();
     assert!(!standby.leads());
-    master.set_state(state(
-        &master.pid(),
-        &master.pid(),
-        vec![
-            task("a.1", "a", AZURE, "TASK_RUNNING", &[]),
-            task("b.1", "b", AZURE, "TASK_RUNNING", &[]),
-        ],
-    ));
+    master.set_tasks(vec![
+        task("a.1", "a", AZURE, "TASK_RUNNING", &[]),
+        task("b.1", "b", AZURE, "TASK_RUNNING", &[]),
+    ]);
     eventually(PATIENCE, "the standby to take over and sync", || async {
         (catalog(&etcd).await.0.tasks.len() == 2).then_some(())
     })
@@ -453,11 +437,7 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
 async fn basic_auth_to_the_master() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    master.set_state(state(
-        &master.pid(),
-        &master.pid(),
-        vec![task("a.1", "a", AZURE, "TASK_RUNNING", &[])],
-    ));
+    master.set_tasks(vec![task("a.1", "a", AZURE, "TASK_RUNNING", &[])]);
     master.require_basic_auth("lodestar", "s3cret:with colon");
     let o = sync_once(&master.url(), &etcd, &[]).await;
     assert!(!o.status.success());
@@ -565,11 +545,7 @@ async fn changes_made_behind_its_back_are_corrected_on_the_next_poll() {
     use lodestar_control::mesos::sync::Syncer;
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    master.set_state(state(
-        &master.pid(),
-        &master.pid(),
-        vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])],
-    ));
+    master.set_tasks(vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])]);
     let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
         .await
         .unwrap();
@@ -597,7 +573,7 @@ async fn a_master_that_suddenly_reports_nothing_does_not_wipe_the_catalog() {
     let tasks: Vec<_> = (0..20)
         .map(|i| task(&format!("t.{i}"), "app", AZURE, "TASK_RUNNING", &[]))
         .collect();
-    master.set_state(state(&master.pid(), &master.pid(), tasks));
+    master.set_tasks(tasks);
     ok(&sync_once(&master.url(), &etcd, &[]).await);
     // Just elected: no frameworks, no agents yet.
     let mut empty = state(&master.pid(), &master.pid(), vec![]);
@@ -798,7 +774,7 @@ async fn legacy_task_keys_are_migrated_with_no_gap_in_dns() {
             )
         })
         .collect();
-    master.set_state(state(&master.pid(), &master.pid(), tasks));
+    master.set_tasks(tasks);
     // What an older mesos-sync wrote: the same records, tasks at their legacy keys.
     ok(&sync_once(&master.url(), &etcd, &[]).await);
     let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))

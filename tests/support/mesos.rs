@@ -124,6 +124,11 @@ impl FakeMaster {
     pub fn set_state(&self, v: Value) {
         self.set(Reply::Json(v));
     }
+
+    /// Leads, with `state`'s two agents and these tasks.
+    pub fn set_tasks(&self, tasks: Vec<Value>) {
+        self.set_state(state(&self.pid(), &self.pid(), tasks));
+    }
 }
 
 impl Drop for FakeMaster {
