@@ -34,7 +34,7 @@ RUN_PREREQUISITES=(
 # two-site and VIP tests), bpftool (to check what is attached to a cgroup after detach), and
 # ethtool (full checksums on a test veth, as a real NIC delivers them to XDP). The benchmarks'
 # peers come along, so `cargo bench` works after `scripts/test`: Knot and dnsperf (DNS),
-# nftables (DNAT beside the VIP paths).
+# nftables (DNAT beside the VIP paths), nginx (the VIP benchmark's backends).
 TEST_PREREQUISITES=(
     "etcd|etcd-server"
     "etcdctl|etcd-client"
@@ -46,6 +46,7 @@ TEST_PREREQUISITES=(
     "knotd|knot"
     "dnsperf|dnsperf"
     "nft|nftables"
+    "nginx|nginx-light"
 )
 
 # packages_of PREREQ...: the package names, once each.
