@@ -280,7 +280,7 @@ async fn stream(
         tasks = cluster.task_count(),
         "subscribed to the master's event stream"
     );
-    cluster.set_leader(subscription.leader_pid());
+    cluster.set_leader(subscription.leader_pid().await);
     report(
         syncer.sync_state(cluster.state(), fence).await,
         "subscribed",

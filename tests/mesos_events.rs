@@ -226,7 +226,9 @@ async fn a_leader_change_is_followed_through_the_redirect() {
     // Failover: the other master leads with what it recovered; the old one redirects.
     two.launch(FW, "web.1", "web", "S1", "198.18.1.101");
     two.launch(FW, "api.1", "api", "S1", "198.18.1.120");
-    one.set_role(Role::Follower(two.addr.to_string()));
+    // The master redirects by host name (`MasterInfo.hostname`), which is resolved for the
+    // leader record.
+    one.set_role(Role::Follower(format!("localhost:{}", two.addr.port())));
     two.set_role(Role::Leader);
     until_tasks(
         &etcd,
@@ -287,4 +289,88 @@ async fn a_master_without_the_operator_api_is_polled_and_says_so() {
         log.contains("has no operator API (HTTP 404)") && log.contains("polling /master/state"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn the_stream_takes_the_masters_basic_auth_and_a_refusal_is_not_a_reason_to_poll() {
+    let etcd = EtcdServer::start();
+    let master = cluster(Duration::from_millis(200)).await;
+    master.launch(FW, "web.1", "web", "S1", "198.18.1.101");
+    master.require_basic_auth("lodestar", "s3cret:with colon");
+    let without = follow(&master.url(), &etcd);
+    eventually(PATIENCE, "the refusal in the log", || async {
+        without.log().contains("HTTP 401").then_some(())
+    })
+    .await;
+    assert_eq!(master.subscriptions(), 0);
+    assert!(
+        !without.log().contains("polling /master/state"),
+        "{}",
+        without.log()
+    );
+    assert_eq!(master.state_reads(), 0);
+    drop(without);
+
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret:with colon\n").unwrap();
+    let with = SyncProcess::start(
+        &master.url(),
+        &["--etcd".into(), etcd.endpoint()],
+        "with-auth",
+        &[
+            "--interval",
+            "1h",
+            "--source",
+            "events",
+            "--master-user",
+            "lodestar",
+            "--master-password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    until_tasks(
+        &etcd,
+        &["web Running Unknown"],
+        "the state, with credentials",
+    )
+    .await;
+    assert_eq!(master.subscriptions(), 1, "{}", with.log());
+}
+
+#[tokio::test]
+async fn the_stream_over_tls_trusts_the_configured_ca_only() {
+    let etcd = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (master, ca) = OperatorMaster::start_tls(Duration::from_millis(200), dir.path()).await;
+    master.add_agent("S1", "198.18.1.21", "azure");
+    master.add_framework(FW, "marathon");
+    master.launch(FW, "web.1", "web", "S1", "198.18.1.101");
+    assert!(master.url().starts_with("https://"));
+    // Without the CA the handshake fails and nothing is written.
+    let untrusted = follow(&master.url(), &etcd);
+    eventually(PATIENCE, "the refused certificate in the log", || async {
+        untrusted
+            .log()
+            .contains("cannot subscribe to the masters")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(master.subscriptions(), 0);
+    drop(untrusted);
+    let trusted = SyncProcess::start(
+        &master.url(),
+        &["--etcd".into(), etcd.endpoint()],
+        "tls",
+        &[
+            "--interval",
+            "1h",
+            "--source",
+            "events",
+            "--master-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    until_tasks(&etcd, &["web Running Unknown"], "the state over TLS").await;
+    assert_eq!(master.subscriptions(), 1, "{}", trusted.log());
 }

@@ -98,27 +98,7 @@ impl FakeMaster {
 
     /// Requires HTTP basic auth with this user and password from now on.
     pub fn require_basic_auth(&self, user: &str, password: &str) {
-        use std::fmt::Write;
-        let raw = format!("{user}:{password}");
-        // Base64 without a dependency: the standard alphabet, padded.
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut enc = String::new();
-        for chunk in raw.as_bytes().chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    let _ = enc.write_char(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    enc.push('=');
-                }
-            }
-        }
-        *self.auth.lock().unwrap() = Some(format!("Basic {enc}"));
+        *self.auth.lock().unwrap() = Some(basic_auth(user, password));
     }
 
     pub fn set_state(&self, v: Value) {
@@ -135,6 +115,31 @@ impl Drop for FakeMaster {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The `Authorization` header of HTTP basic auth for this user and password.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use std::fmt::Write;
+    let raw = format!("{user}:{password}");
+    // Base64 without a dependency: the standard alphabet, padded.
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut enc = String::new();
+    for chunk in raw.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let _ = enc.write_char(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                enc.push('=');
+            }
+        }
+    }
+    format!("Basic {enc}")
 }
 
 /// The two agents of `state`: one per site.

@@ -64,10 +64,24 @@ struct Inner {
     subscribers: Vec<mpsc::UnboundedSender<Bytes>>,
     /// No heartbeats (the connection stays open).
     silent: bool,
+    /// The `Authorization` header required, if any (401 otherwise, as the master's
+    /// authenticator answers).
+    auth: Option<String>,
+}
+
+/// Whether a request carries the credentials `inner` requires.
+fn authorized(inner: &Inner, headers: &HeaderMap) -> bool {
+    inner.auth.as_deref().is_none_or(|want| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            == Some(want)
+    })
 }
 
 pub struct OperatorMaster {
     pub addr: SocketAddr,
+    scheme: &'static str,
     inner: Arc<Mutex<Inner>>,
     /// SUBSCRIBE calls answered with a stream.
     pub subscriptions: Arc<AtomicU64>,
@@ -195,6 +209,9 @@ async fn api(
     body: Bytes,
 ) -> Response {
     let mut inner = inner.lock().unwrap();
+    if !authorized(&inner, &headers) {
+        return (StatusCode::UNAUTHORIZED, "credentials required").into_response();
+    }
     match &inner.role {
         Role::Leader => {}
         Role::Follower(leader) => {
@@ -276,6 +293,32 @@ async fn master_state(State((inner, _, reads, _)): State<Shared>, headers: Heade
 impl OperatorMaster {
     /// A leading master announcing `heartbeat`, with no agents, frameworks or tasks yet.
     pub async fn start(heartbeat: Duration) -> OperatorMaster {
+        Self::start_with(heartbeat, None).await
+    }
+
+    /// The same over HTTPS, with a certificate for 127.0.0.1 from the test CA made in `dir`;
+    /// the CA's file is returned for `--master-ca`.
+    pub async fn start_tls(
+        heartbeat: Duration,
+        dir: &std::path::Path,
+    ) -> (OperatorMaster, std::path::PathBuf) {
+        let pki = super::etcd::Pki::create(dir);
+        let (cert, key) = pki.server();
+        let identity = tokio_native_tls::native_tls::Identity::from_pkcs8(
+            &std::fs::read(&cert).expect("server certificate"),
+            &std::fs::read(&key).expect("server key"),
+        )
+        .expect("a PKCS#8 identity");
+        let acceptor = tokio_native_tls::TlsAcceptor::from(
+            tokio_native_tls::native_tls::TlsAcceptor::new(identity).expect("a TLS acceptor"),
+        );
+        (Self::start_with(heartbeat, Some(acceptor)).await, pki.ca())
+    }
+
+    async fn start_with(
+        heartbeat: Duration,
+        tls: Option<tokio_native_tls::TlsAcceptor>,
+    ) -> OperatorMaster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(Mutex::new(Inner {
@@ -284,6 +327,7 @@ impl OperatorMaster {
             role: Role::Leader,
             subscribers: Vec::new(),
             silent: false,
+            auth: None,
         }));
         let subscriptions = Arc::new(AtomicU64::new(0));
         let state_reads = Arc::new(AtomicU64::new(0));
@@ -297,8 +341,21 @@ impl OperatorMaster {
             .route("/api/v1", post(api))
             .route("/master/state", get(master_state))
             .with_state(shared);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = match tls {
+                Some(acceptor) => {
+                    axum::serve(
+                        TlsListener {
+                            tcp: listener,
+                            acceptor,
+                        },
+                        app,
+                    )
+                    .await
+                }
+                None => axum::serve(listener, app).await,
+            };
         });
         let beat = inner.clone();
         let heartbeats = tokio::spawn(async move {
@@ -313,6 +370,7 @@ impl OperatorMaster {
         });
         OperatorMaster {
             addr,
+            scheme,
             inner,
             subscriptions,
             state_reads,
@@ -322,7 +380,7 @@ impl OperatorMaster {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Sends raw bytes to every subscriber.
@@ -452,6 +510,11 @@ impl OperatorMaster {
         }
     }
 
+    /// Requires HTTP basic auth with this user and password from now on.
+    pub fn require_basic_auth(&self, user: &str, password: &str) {
+        self.inner.lock().unwrap().auth = Some(super::mesos::basic_auth(user, password));
+    }
+
     /// Stops (or resumes) heartbeats, leaving connections open.
     pub fn set_silent(&self, silent: bool) {
         self.inner.lock().unwrap().silent = silent;
@@ -469,6 +532,32 @@ impl OperatorMaster {
 
     pub fn subscriptions(&self) -> u64 {
         self.subscriptions.load(Ordering::Relaxed)
+    }
+}
+
+/// TLS over the listener, for `start_tls`: a handshake that fails drops that connection only.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_native_tls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_native_tls::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }
 

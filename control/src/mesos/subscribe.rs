@@ -216,11 +216,25 @@ impl Subscription {
         &self.url
     }
 
-    /// The leader as a pid (`master@host:port`), as `/master/state` names it.
-    pub fn leader_pid(&self) -> Option<String> {
+    /// The leader as a pid (`master@ip:port`), as `/master/state` names it: the master that
+    /// streams, its host name resolved (a redirect names `MasterInfo.hostname`), port 5050 when
+    /// the URL gives none. `None` when it does not resolve.
+    pub async fn leader_pid(&self) -> Option<String> {
         let rest = self.url.split_once("://")?.1;
         let hostport = rest.split('/').next()?;
-        Some(format!("master@{hostport}"))
+        let has_port = hostport
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.ends_with(':') && port.parse::<u16>().is_ok());
+        let target = if has_port {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:5050")
+        };
+        let addr = tokio::net::lookup_host(target.as_str())
+            .await
+            .ok()?
+            .next()?;
+        Some(format!("master@{addr}"))
     }
 
     /// The first event, which must be `SUBSCRIBED`: the whole state. Its heartbeat interval
