@@ -178,11 +178,10 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Stops the agent as an operator would (SIGTERM, SIGKILL after 10 s), so that what it
+    /// made on the machine goes with it: a demo agent's blackhole routes, a listen interface.
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.terminate();
         if std::thread::panicking() {
             eprintln!("---- lodestar agent log ----\n{}\n----", self.logs());
         }
