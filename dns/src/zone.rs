@@ -1010,22 +1010,24 @@ impl ZoneBuilder {
         let serial = snapshot.revision as u32;
         let c = &self.config;
         let (domain, mname, rname) = (c.fqdn_domain(), fqdn(&c.ns_name), fqdn(&c.soa_rname));
-        // Mesos-DNS puts the record TTL in the minimum field (negative answers cache for a TTL).
-        let mut apexes: Vec<Apex> = Apex::new(&ApexSpec {
-            name: &domain,
-            mname: &mname,
-            rname: &rname,
-            serial,
-            refresh: c.soa_refresh,
-            retry: c.soa_retry,
-            expire: c.soa_expire,
-            minimum: c.ttl,
-            soa_ttl: c.ttl,
-            ns_ttl: c.ttl,
-            rules: Rules::MesosDns,
-        })
-        .into_iter()
-        .collect();
+        // The `mesos` zone's SOA and NS, which the reverse zones share. Mesos-DNS puts the
+        // record TTL in the minimum field (negative answers cache for a TTL).
+        let mesos_apex = |name: &str| {
+            Apex::new(&ApexSpec {
+                name,
+                mname: &mname,
+                rname: &rname,
+                serial,
+                refresh: c.soa_refresh,
+                retry: c.soa_retry,
+                expire: c.soa_expire,
+                minimum: c.ttl,
+                soa_ttl: c.ttl,
+                ns_ttl: c.ttl,
+                rules: Rules::MesosDns,
+            })
+        };
+        let mut apexes: Vec<Apex> = mesos_apex(&domain).into_iter().collect();
         if c.thisdcos {
             // dcos-net gives each of its zones an apex of its own; `thisdcos.directory` itself
             // answers the names in none of them (docs/dns.md says why).
@@ -1038,25 +1040,10 @@ impl ZoneBuilder {
         reverse_zones.sort();
         reverse_zones.dedup();
         for zone in reverse_zones {
-            apexes.extend(
-                Apex::new(&ApexSpec {
-                    name: &zone,
-                    mname: &mname,
-                    rname: &rname,
-                    serial,
-                    refresh: c.soa_refresh,
-                    retry: c.soa_retry,
-                    expire: c.soa_expire,
-                    minimum: c.ttl,
-                    soa_ttl: c.ttl,
-                    ns_ttl: c.ttl,
-                    rules: Rules::MesosDns,
-                })
-                .map(|mut a| {
-                    a.reverse = true;
-                    a
-                }),
-            );
+            apexes.extend(mesos_apex(&zone).map(|mut a| {
+                a.reverse = true;
+                a
+            }));
         }
         Zone {
             serial,

@@ -182,19 +182,12 @@ fn draw(path: &std::path::Path, plot: &Plot) -> DrawResult {
             unit,
             series,
         } => {
-            let lines: Vec<Line> = series
-                .iter()
-                .map(|(name, samples)| {
-                    let s = sorted(samples);
-                    let n = s.len() as f64;
-                    let points = s
-                        .iter()
-                        .enumerate()
-                        .map(|(k, v)| (*v, (k + 1) as f64 / n))
-                        .collect();
-                    (name.clone(), points)
-                })
-                .collect();
+            let lines = as_lines(series, |values| {
+                let s = sorted(values);
+                let n = s.len() as f64;
+                let at = |k: usize, v: f64| (v, (k + 1) as f64 / n);
+                s.iter().enumerate().map(|(k, v)| at(k, *v)).collect()
+            });
             let (lo, hi) = extent(lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.0)));
             let y = 0.0..1.0;
             let ylabel = "fraction of samples at or below";
@@ -220,17 +213,10 @@ fn draw(path: &std::path::Path, plot: &Plot) -> DrawResult {
             unit,
             series,
         } => {
-            let lines: Vec<Line> = series
-                .iter()
-                .map(|(name, values)| {
-                    let points = values
-                        .iter()
-                        .enumerate()
-                        .map(|(k, v)| ((k + 1) as f64, *v))
-                        .collect();
-                    (name.clone(), points)
-                })
-                .collect();
+            let lines = as_lines(series, |values| {
+                let at = |k: usize, v: f64| ((k + 1) as f64, v);
+                values.iter().enumerate().map(|(k, v)| at(k, *v)).collect()
+            });
             let rounds = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
             let (_, hi) = extent(lines.iter().flat_map(|(_, p)| p.iter().map(|p| p.1)));
             let x = 0.5..rounds as f64 + 0.5;
@@ -283,6 +269,17 @@ fn draw(path: &std::path::Path, plot: &Plot) -> DrawResult {
     }
     root.present()?;
     Ok(())
+}
+
+/// Each named series as the points `points` makes of its values.
+fn as_lines(
+    series: &[(String, Vec<f64>)],
+    points: impl Fn(&[f64]) -> Vec<(f64, f64)>,
+) -> Vec<Line> {
+    series
+        .iter()
+        .map(|(name, values)| (name.clone(), points(values)))
+        .collect()
 }
 
 /// A chart of lines on any x axis (linear or log), with a legend; `marks` puts a dot on each
