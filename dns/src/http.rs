@@ -38,7 +38,7 @@ use tracing::{debug, warn};
 use crate::config::ZoneConfig;
 use crate::names::fqdn;
 use crate::records::Rr;
-use crate::zone::Zone;
+use crate::zone::{records_of, Zone};
 
 /// What `/v1/version` names as the service.
 pub const SERVICE: &str = "Lodestar";
@@ -202,12 +202,12 @@ struct EnumFramework<'a> {
 struct EnumTask<'a> {
     name: &'a str,
     id: &'a str,
-    records: Vec<EnumRecord<'a>>,
+    records: Vec<EnumRecord>,
 }
 
 #[derive(Serialize)]
-struct EnumRecord<'a> {
-    name: &'a str,
+struct EnumRecord {
+    name: String,
     host: String,
     rtype: &'static str,
 }
@@ -250,15 +250,19 @@ fn enumerate_now(state: HttpState) -> Response {
             frameworks.len() - 1
         });
     }
-    for (id, task) in &zone.tasks {
-        let records = task
-            .records
-            .iter()
+    for (id, task) in &zone.snapshot.tasks {
+        // What the task contributes, made again from the snapshot (the zone keeps no copy).
+        let all = records_of(&state.zone_config, &zone.snapshot, task);
+        if all.is_empty() {
+            continue;
+        }
+        let records = all
+            .into_iter()
             .filter(|(owner, _)| zone_of(&zone, owner) == Some(domain.as_str()))
             .map(|(owner, rr)| EnumRecord {
-                name: owner,
-                host: rr_value(rr),
+                host: rr_value(&rr),
                 rtype: rr.type_name(),
+                name: owner,
             })
             .collect();
         let i = *by_name.entry(&task.framework).or_insert_with(|| {
@@ -309,19 +313,19 @@ fn axfr_now(state: HttpState) -> Response {
         }
         if !e.a.is_empty() {
             records.a.insert(
-                e.name.clone(),
+                e.name.to_string(),
                 e.a.iter().map(ToString::to_string).collect(),
             );
         }
         if !e.aaaa.is_empty() {
             records.aaaa.insert(
-                e.name.clone(),
+                e.name.to_string(),
                 e.aaaa.iter().map(ToString::to_string).collect(),
             );
         }
         if !e.srv.is_empty() {
             let values = e.srv.iter().map(|(t, p)| format!("{t}:{p}")).collect();
-            records.srv.insert(e.name.clone(), values);
+            records.srv.insert(e.name.to_string(), values);
         }
     }
     let body = Axfr {

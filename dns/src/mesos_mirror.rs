@@ -93,7 +93,7 @@ impl RecordSet for MesosMirror {
         let zone = self.zone.load_full();
         for entry in zone.entries() {
             let name = self.mirrored(&entry.name);
-            if name == entry.name {
+            if *name == *entry.name {
                 continue;
             }
             for rr in self.records(entry) {

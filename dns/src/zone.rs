@@ -11,7 +11,7 @@ use std::sync::Arc;
 use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
-use lodestar_control::model::TaskKey;
+use lodestar_control::model::{Task, TaskKey};
 use lodestar_control::Snapshot;
 use rustc_hash::FxHasher;
 
@@ -42,11 +42,11 @@ const ANY_UDP_LIMIT: usize = 512;
 /// One owner name's data and its encoded answers.
 #[derive(Debug)]
 pub struct NameEntry {
-    /// Lowercase FQDN with a trailing dot.
-    pub name: String,
-    pub a: Vec<Ipv4Addr>,
-    pub aaaa: Vec<Ipv6Addr>,
-    pub srv: Vec<(Arc<str>, u16)>,
+    /// Lowercase FQDN with a trailing dot (the builder's interned copy, not one of its own).
+    pub name: Arc<str>,
+    pub a: Box<[Ipv4Addr]>,
+    pub aaaa: Box<[Ipv6Addr]>,
+    pub srv: Box<[(Arc<str>, u16)]>,
     ttl: u32,
     /// SRV weight.
     weight: u16,
@@ -55,10 +55,45 @@ pub struct NameEntry {
 }
 
 /// Encoded answer sections for one (name, type): answer records (owner = pointer to the
-/// question) and, for SRV, additional A/AAAA records for the targets.
+/// question) and, for SRV, additional A/AAAA records for the targets. Queries cycle through
+/// the rotations by their turn.
 #[derive(Debug)]
-struct Prepared {
-    rotations: Vec<Rotation>,
+enum Prepared {
+    /// Records of one length (A or AAAA of one site group, none cut), written out once and
+    /// then again up to the last rotation's end: rotation `k` is the window of `answers`
+    /// records that starts at record `k`. Rotations cost no copies, which at 100,000 tasks
+    /// is most of what the multi-record names held (docs/benchmarks.md, "Memory at scale").
+    Window {
+        bytes: Box<[u8]>,
+        record_len: u16,
+        answers: u16,
+        turns: u16,
+    },
+    /// Each rotation encoded on its own: SRV (its additional records follow the order of
+    /// the targets), and records in two site groups.
+    Rotations(Box<[Rotation]>),
+}
+
+impl Prepared {
+    /// The answer bytes of `turn`, where their additional records start, and the counts.
+    fn turn(&self, turn: usize) -> (&[u8], usize, u16, u16) {
+        match self {
+            Prepared::Window {
+                bytes,
+                record_len,
+                answers,
+                turns,
+            } => {
+                let start = turn % usize::from(*turns) * usize::from(*record_len);
+                let len = usize::from(*answers) * usize::from(*record_len);
+                (&bytes[start..start + len], len, *answers, 0)
+            }
+            Prepared::Rotations(rotations) => {
+                let r = &rotations[turn % rotations.len()];
+                (&r.bytes, r.additional_at, r.answers, r.additionals)
+            }
+        }
+    }
 }
 
 /// One order of the records, encoded.
@@ -141,22 +176,12 @@ pub struct Zone {
     pub serial: u32,
     pub apexes: Vec<Apex>,
     names: NameMap,
-    /// What each task contributed (for the HTTP API's enumeration).
-    pub tasks: imbl::OrdMap<TaskKey, Arc<TaskEntry>>,
     /// Records of unhealthy tasks left out of answers (`dns.zone.health = "exclude"`).
     pub held_back: usize,
     /// Reverse names (lowercase wire) -> their PTR record, its owner a pointer to the question.
     ptrs: Arc<HashMap<Box<[u8]>, Vec<u8>, Fx>>,
     /// The snapshot the zone was built from.
     pub snapshot: Arc<Snapshot>,
-}
-
-/// A task's records, for `/v1/enumerate`.
-#[derive(Debug, PartialEq)]
-pub struct TaskEntry {
-    pub name: String,
-    pub framework: String,
-    pub records: Records,
 }
 
 impl Zone {
@@ -361,16 +386,16 @@ impl AnswerSource for Zone {
         };
         if let (Some(slot), Some(entry)) = (slot, entry) {
             if let Some(p) = &entry.prepared[slot] {
-                let r = &p.rotations[request.turn % p.rotations.len()];
+                let (bytes, additional_at, answers, additionals) = p.turn(request.turn);
                 let body = Body {
                     opcode: 0,
                     rcode: wire::RCODE_NOERROR,
                     flags: wire::FLAG_AA,
-                    bytes: &r.bytes,
-                    additional_at: r.additional_at,
-                    answers: r.answers,
+                    bytes,
+                    additional_at,
+                    answers,
                     authorities: 0,
-                    additionals: r.additionals,
+                    additionals,
                 };
                 request.respond(out, &body);
                 return Answered::Now {
@@ -534,34 +559,138 @@ impl Apex {
 }
 
 /// Keeps a `Zone` current from successive snapshots, re-encoding only what changed.
+///
+/// It keeps no copy of what each task contributed: a changed task's old records are made
+/// again from the last snapshot (they are a pure function of the task, its agent and the
+/// config), so the builder holds one entry per owner name and nothing per task.
 pub struct ZoneBuilder {
     config: ZoneConfig,
     ns_addresses: Vec<IpAddr>,
     last: Option<Arc<Snapshot>>,
-    /// What each task contributed, deduplicated.
-    /// What each task contributed, deduplicated, and whether it is held back as unhealthy.
-    task_rrs: HashMap<TaskKey, (Records, bool)>,
-    agent_tasks: HashMap<String, BTreeSet<TaskKey>>,
     cluster_rrs: Records,
-    /// Owner -> records with the number of contributors of each.
-    counts: HashMap<String, HashMap<Rr, u32, Fx>, Fx>,
-    /// The same for the records of tasks held back as unhealthy (`dns.zone.health =
-    /// "exclude"`): a name serves them only when it has no others (fail open).
-    held: HashMap<String, HashMap<Rr, u32, Fx>, Fx>,
-    /// Owner -> how many of its held records it does not serve, and their sum.
-    held_back: HashMap<String, usize, Fx>,
+    /// Owner -> its records with their contributors. The keys are the one copy of each owner
+    /// name: `NameEntry::name` and SRV targets share them.
+    owners: HashMap<Arc<str>, NameRecords, Fx>,
+    /// How many records of unhealthy tasks are left out of answers, over all names.
     held_back_total: usize,
     /// Reverse names -> PTR records, remade from each snapshot when reverse zones are set.
     ptrs: Arc<HashMap<Box<[u8]>, Vec<u8>, Fx>>,
-    /// SRV target -> the SRV owners that point at it (their additional sections follow it).
-    srv_owners: HashMap<String, HashMap<String, u32, Fx>, Fx>,
+    /// SRV target -> the SRV owners that point at it, with how many records (their
+    /// additional sections follow the target's addresses).
+    srv_owners: HashMap<Arc<str>, Referrers, Fx>,
     names: NameMap,
-    tasks: imbl::OrdMap<TaskKey, Arc<TaskEntry>>,
     /// This node's site, for site-aware answers (`ZoneConfig::locality`).
     site: Option<String>,
     /// Where addresses and SRV targets are, learnt from tasks and agents.
     ip_site: HashMap<IpAddr, String, Fx>,
     target_site: HashMap<String, String, Fx>,
+}
+
+/// The SRV owners that point at one target, with how many of their records do.
+type Referrers = Vec<(Arc<str>, u32)>;
+
+/// One owner's records and how many contributions each has: from tasks served (healthy or of
+/// unknown health, and the cluster's own records) and from tasks held back as unhealthy
+/// (`dns.zone.health = "exclude"`), which a name serves only when it has nothing else (fail
+/// open, as the VIP plan).
+#[derive(Debug, Default)]
+struct NameRecords {
+    records: Vec<(Rr, Contributions)>,
+    /// Where each record is in `records`, once a name has more than `INDEX_FROM` of them
+    /// (a linear search is cheaper below, and most names have one to three).
+    // Boxed: one pointer in the half a million names that have no index, not a whole map.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<Rr, usize, Fx>>>,
+    /// How many of its held records the name does not serve.
+    withheld: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Contributions {
+    served: u32,
+    held: u32,
+}
+
+/// Names with more records than this find them through an index.
+const INDEX_FROM: usize = 32;
+
+impl NameRecords {
+    fn position(&self, rr: &Rr) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(rr).copied(),
+            None => self.records.iter().position(|(r, _)| r == rr),
+        }
+    }
+
+    fn add(&mut self, rr: Rr, held: bool) {
+        let i = match self.position(&rr) {
+            Some(i) => i,
+            None => {
+                self.records.push((rr, Contributions::default()));
+                let i = self.records.len() - 1;
+                match &mut self.index {
+                    Some(index) => drop(index.insert(self.records[i].0.clone(), i)),
+                    None if self.records.len() > INDEX_FROM => {
+                        let index = self.records.iter().enumerate();
+                        self.index =
+                            Some(Box::new(index.map(|(i, (r, _))| (r.clone(), i)).collect()));
+                    }
+                    None => {}
+                }
+                i
+            }
+        };
+        let c = &mut self.records[i].1;
+        if held {
+            c.held += 1;
+        } else {
+            c.served += 1;
+        }
+    }
+
+    fn remove(&mut self, rr: &Rr, held: bool) {
+        let Some(i) = self.position(rr) else { return };
+        let c = &mut self.records[i].1;
+        let n = if held { &mut c.held } else { &mut c.served };
+        *n = n.saturating_sub(1);
+        if c.held + c.served > 0 {
+            return;
+        }
+        self.records.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(rr);
+            if let Some((moved, _)) = self.records.get(i) {
+                index.insert(moved.clone(), i);
+            }
+        }
+    }
+
+    /// The records served: those served by any contributor, or, when none is, the held ones.
+    fn served(&self) -> impl Iterator<Item = &Rr> {
+        let any_served = self.records.iter().any(|(_, c)| c.served > 0);
+        self.records
+            .iter()
+            .filter(move |(_, c)| if any_served { c.served > 0 } else { c.held > 0 })
+            .map(|(rr, _)| rr)
+    }
+
+    /// How many held records are not served (another, healthy task having one serves it).
+    fn count_withheld(&self) -> usize {
+        if !self.records.iter().any(|(_, c)| c.served > 0) {
+            return 0;
+        }
+        self.records
+            .iter()
+            .filter(|(_, c)| c.held > 0 && c.served == 0)
+            .count()
+    }
+}
+
+/// The records one task contributes, each (owner, record) once: what the builder adds for a
+/// task and takes away again when it changes, and what `/v1/enumerate` lists.
+pub fn records_of(config: &ZoneConfig, snapshot: &Snapshot, task: &Task) -> Records {
+    let agent = snapshot.agents.get(&task.agent).map(|a| &**a);
+    dedup(task_records(config, agent, task))
 }
 
 impl ZoneBuilder {
@@ -599,17 +728,12 @@ impl ZoneBuilder {
             config,
             ns_addresses,
             last: None,
-            task_rrs: HashMap::new(),
-            agent_tasks: HashMap::new(),
             cluster_rrs: Records::new(),
-            counts: HashMap::default(),
-            held: HashMap::default(),
-            held_back: HashMap::default(),
+            owners: HashMap::default(),
             held_back_total: 0,
             ptrs: Arc::default(),
             srv_owners: HashMap::default(),
             names: NameMap::default(),
-            tasks: imbl::OrdMap::new(),
             site: None,
             ip_site: HashMap::default(),
             target_site: HashMap::default(),
@@ -620,9 +744,15 @@ impl ZoneBuilder {
         &self.config
     }
 
+    /// Whether `task`'s records are held back (`dns.zone.health = "exclude"`).
+    fn is_held(&self, task: &Task) -> bool {
+        self.config.health == HealthPolicy::Exclude
+            && task.health == lodestar_control::model::Health::Unhealthy
+    }
+
     /// Brings the zone to `snapshot` and returns it.
     pub fn update(&mut self, snapshot: &Arc<Snapshot>) -> Zone {
-        let mut dirty: HashSet<String> = HashSet::new();
+        let mut dirty: HashSet<Arc<str>, Fx> = HashSet::default();
         let changed = self.changed_tasks(snapshot);
         if self.config.locality {
             for agent in snapshot.agents.values() {
@@ -635,53 +765,30 @@ impl ZoneBuilder {
         }
         for id in changed {
             self.retract_task(&id, &mut dirty);
-            if let Some(task) = snapshot.tasks.get(&id) {
-                self.agent_tasks
-                    .entry(task.agent.clone())
-                    .or_default()
-                    .insert(id.clone());
-                let rrs = dedup(task_records(
-                    &self.config,
-                    snapshot.agents.get(&task.agent).map(|a| &**a),
-                    task,
-                ));
-                let site = task.site.clone().or_else(|| {
-                    snapshot
-                        .agents
-                        .get(&task.agent)
-                        .and_then(|a| a.site.clone())
-                });
-                let held = self.config.health == HealthPolicy::Exclude
-                    && task.health == lodestar_control::model::Health::Unhealthy;
-                for (owner, rr) in &rrs {
-                    if let (true, Some(site)) = (self.config.locality, &site) {
-                        match rr {
-                            Rr::A(ip) => drop(self.ip_site.insert(IpAddr::V4(*ip), site.clone())),
-                            Rr::Aaaa(ip) => {
-                                drop(self.ip_site.insert(IpAddr::V6(*ip), site.clone()))
-                            }
-                            Rr::Srv { .. } => {}
-                        }
-                        // The canonical names this task's SRV records target are its own.
-                        if !owner.starts_with('_') {
-                            self.target_site.insert(owner.clone(), site.clone());
-                        }
+            let Some(task) = snapshot.tasks.get(&id) else {
+                continue;
+            };
+            let rrs = records_of(&self.config, snapshot, task);
+            let site = task.site.clone().or_else(|| {
+                snapshot
+                    .agents
+                    .get(&task.agent)
+                    .and_then(|a| a.site.clone())
+            });
+            let held = self.is_held(task);
+            for (owner, rr) in rrs {
+                if let (true, Some(site)) = (self.config.locality, &site) {
+                    match rr {
+                        Rr::A(ip) => drop(self.ip_site.insert(IpAddr::V4(ip), site.clone())),
+                        Rr::Aaaa(ip) => drop(self.ip_site.insert(IpAddr::V6(ip), site.clone())),
+                        Rr::Srv { .. } => {}
                     }
-                    self.add(owner, rr, held, &mut dirty);
+                    // The canonical names this task's SRV records target are its own.
+                    if !owner.starts_with('_') {
+                        self.target_site.insert(owner.clone(), site.clone());
+                    }
                 }
-                if rrs.is_empty() {
-                    self.tasks.remove(&id);
-                } else {
-                    self.tasks.insert(
-                        id.clone(),
-                        Arc::new(TaskEntry {
-                            name: task.name.clone(),
-                            framework: task.framework.clone(),
-                            records: rrs.clone(),
-                        }),
-                    );
-                }
-                self.task_rrs.insert(id, (rrs, held));
+                self.add(&owner, rr, held, &mut dirty);
             }
         }
         let cluster = dedup(cluster_records(&self.config, snapshot, &self.ns_addresses));
@@ -690,15 +797,15 @@ impl ZoneBuilder {
                 self.remove(&owner, &rr, false, &mut dirty);
             }
             for (owner, rr) in &cluster {
-                self.add(owner, rr, false, &mut dirty);
+                self.add(owner, rr.clone(), false, &mut dirty);
             }
             self.cluster_rrs = cluster;
         }
         // A changed target changes the additional section of every SRV name pointing at it.
-        let targets_of: Vec<String> = dirty
+        let targets_of: Vec<Arc<str>> = dirty
             .iter()
             .filter_map(|name| self.srv_owners.get(name))
-            .flat_map(|owners| owners.keys().cloned())
+            .flat_map(|owners| owners.iter().map(|(owner, _)| owner.clone()))
             .collect();
         dirty.extend(targets_of);
         for owner in dirty {
@@ -711,7 +818,8 @@ impl ZoneBuilder {
         self.zone(snapshot)
     }
 
-    /// Tasks to recompute: all at first; then the ones that changed, and those on changed agents.
+    /// Tasks to recompute: all at first; then the ones that changed, and those on changed
+    /// agents (found by a pass over the tasks: agents change far less often than tasks).
     fn changed_tasks(&self, snapshot: &Snapshot) -> Vec<TaskKey> {
         let Some(last) = &self.last else {
             return snapshot.tasks.keys().cloned().collect();
@@ -720,76 +828,65 @@ impl ZoneBuilder {
         for d in last.tasks.diff(&snapshot.tasks) {
             ids.insert(diff_key(d).clone());
         }
-        for d in last.agents.diff(&snapshot.agents) {
-            if let Some(tasks) = self.agent_tasks.get(diff_key(d)) {
-                ids.extend(tasks.iter().cloned());
-            }
+        let agents: HashSet<&String> = last.agents.diff(&snapshot.agents).map(diff_key).collect();
+        if !agents.is_empty() {
+            let on_them = last.tasks.iter().filter(|(_, t)| agents.contains(&t.agent));
+            ids.extend(on_them.map(|(id, _)| id.clone()));
         }
         ids.into_iter().collect()
     }
 
-    fn retract_task(&mut self, id: &TaskKey, dirty: &mut HashSet<String>) {
-        if let Some((old, held)) = self.task_rrs.remove(id) {
-            for (owner, rr) in &old {
-                self.remove(owner, rr, held, dirty);
-            }
+    /// Takes away what `id` contributed as of the last snapshot, made again from it.
+    fn retract_task(&mut self, id: &TaskKey, dirty: &mut HashSet<Arc<str>, Fx>) {
+        let Some(last) = self.last.clone() else {
+            return;
+        };
+        let Some(old) = last.tasks.get(id) else {
+            return;
+        };
+        let held = self.is_held(old);
+        for (owner, rr) in records_of(&self.config, &last, old) {
+            self.remove(&owner, &rr, held, dirty);
         }
-        if let Some(old) = self.last.as_ref().and_then(|s| s.tasks.get(id)) {
-            if let Some(set) = self.agent_tasks.get_mut(&old.agent) {
-                set.remove(id);
-                if set.is_empty() {
-                    self.agent_tasks.remove(&old.agent);
-                }
-            }
-        }
-        self.tasks.remove(id);
     }
 
-    fn add(&mut self, owner: &str, rr: &Rr, held: bool, dirty: &mut HashSet<String>) {
-        let counts = if held {
-            &mut self.held
-        } else {
-            &mut self.counts
-        };
-        *counts
-            .entry(owner.to_string())
-            .or_default()
-            .entry(rr.clone())
-            .or_insert(0) += 1;
-        if let Rr::Srv { target, .. } = rr {
-            *self
-                .srv_owners
-                .entry(target.to_string())
-                .or_default()
-                .entry(owner.to_string())
-                .or_insert(0) += 1;
-        }
-        dirty.insert(owner.to_string());
+    /// The one copy of `name` if some owner has it.
+    fn interned(&self, name: &str) -> Option<Arc<str>> {
+        self.owners.get_key_value(name).map(|(k, _)| k.clone())
     }
 
-    fn remove(&mut self, owner: &str, rr: &Rr, held: bool, dirty: &mut HashSet<String>) {
-        let counts = if held {
-            &mut self.held
-        } else {
-            &mut self.counts
-        };
-        if let Some(map) = counts.get_mut(owner) {
-            if let Some(n) = map.get_mut(rr) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(rr);
+    fn add(&mut self, owner: &str, rr: Rr, held: bool, dirty: &mut HashSet<Arc<str>, Fx>) {
+        let owner = self.interned(owner).unwrap_or_else(|| Arc::from(owner));
+        // An SRV target is a name of the same task, added before it: share its copy.
+        let rr = match rr {
+            Rr::Srv { target, port } => {
+                let target = self.interned(&target).unwrap_or(target);
+                let owners = self.srv_owners.entry(target.clone()).or_default();
+                match owners.iter_mut().find(|(o, _)| *o == owner) {
+                    Some((_, n)) => *n += 1,
+                    None => owners.push((owner.clone(), 1)),
                 }
+                Rr::Srv { target, port }
             }
-            if map.is_empty() {
-                counts.remove(owner);
-            }
+            rr => rr,
+        };
+        self.owners.entry(owner.clone()).or_default().add(rr, held);
+        dirty.insert(owner);
+    }
+
+    fn remove(&mut self, owner: &str, rr: &Rr, held: bool, dirty: &mut HashSet<Arc<str>, Fx>) {
+        let Some(owner) = self.interned(owner) else {
+            return;
+        };
+        if let Some(records) = self.owners.get_mut(&owner) {
+            records.remove(rr, held);
         }
         if let Rr::Srv { target, .. } = rr {
             if let Some(owners) = self.srv_owners.get_mut(&**target) {
-                if let Some(n) = owners.get_mut(owner) {
-                    *n -= 1;
-                    if *n == 0 {
-                        owners.remove(owner);
+                if let Some(i) = owners.iter().position(|(o, _)| *o == owner) {
+                    owners[i].1 -= 1;
+                    if owners[i].1 == 0 {
+                        owners.swap_remove(i);
                     }
                 }
                 if owners.is_empty() {
@@ -797,7 +894,8 @@ impl ZoneBuilder {
                 }
             }
         }
-        dirty.insert(owner.to_string());
+        // A name left without records goes when it is rebuilt.
+        dirty.insert(owner);
     }
 
     fn ttl_for(&self, owner: &str) -> u32 {
@@ -808,75 +906,82 @@ impl ZoneBuilder {
         }
     }
 
-    /// The records a name serves: those of healthy tasks (and of tasks of unknown health), or,
-    /// when it has none, those held back (every task unhealthy: fail open, as the VIP plan).
-    fn served(&self, owner: &str) -> Option<&HashMap<Rr, u32, Fx>> {
-        self.counts.get(owner).or_else(|| self.held.get(owner))
-    }
-
     /// Re-encodes one owner name from its current records.
-    fn rebuild(&mut self, owner: &str) {
-        // Held records a name serves anyway (another, healthy task has them too) are not
-        // held back.
-        let withheld = match (self.counts.get(owner), self.held.get(owner)) {
-            (Some(served), Some(held)) => held.keys().filter(|rr| !served.contains_key(rr)).count(),
-            _ => 0,
+    fn rebuild(&mut self, owner: &Arc<str>) {
+        let Some(records) = self.owners.get(owner) else {
+            return;
         };
-        let before = match withheld {
-            0 => self.held_back.remove(owner),
-            n => self.held_back.insert(owner.to_string(), n),
-        };
-        self.held_back_total = self.held_back_total + withheld - before.unwrap_or(0);
+        let withheld = records.count_withheld();
+        let before = records.withheld;
+        let empty = records.records.is_empty();
+        let mut served: Vec<Rr> = records.served().cloned().collect();
+        self.held_back_total = self.held_back_total + withheld - before;
+        if empty {
+            self.owners.remove(owner);
+        } else if let Some(r) = self.owners.get_mut(owner) {
+            r.withheld = withheld;
+        }
         let Some(wire) = wire::name_to_wire(owner) else {
             return;
         };
-        let Some(list) = self.served(owner) else {
+        if empty {
             self.names.remove(&wire[..]);
             return;
-        };
-        let ttl = self.ttl_for(owner);
-        let mut entry = NameEntry {
-            name: owner.to_string(),
-            a: Vec::new(),
-            aaaa: Vec::new(),
-            srv: Vec::new(),
-            ttl,
-            weight: self.config.srv_weight,
-            prepared: [None, None, None],
-        };
-        for rr in list.keys() {
-            match rr {
-                Rr::A(ip) => entry.a.push(*ip),
-                Rr::Aaaa(ip) => entry.aaaa.push(*ip),
-                Rr::Srv { target, port } => entry.srv.push((target.clone(), *port)),
-            }
         }
         // A canonical order, so every node (and every history) encodes the same bytes; with
         // locality, this site's records first.
-        entry
-            .a
-            .sort_by_key(|ip| (self.is_remote_ip(IpAddr::V4(*ip)), *ip));
-        entry
-            .aaaa
-            .sort_by_key(|ip| (self.is_remote_ip(IpAddr::V6(*ip)), *ip));
-        entry.srv.sort_by(|x, y| {
-            (self.is_remote_target(&x.0), x).cmp(&(self.is_remote_target(&y.0), y))
-        });
-        let a: Vec<Rr> = entry.a.iter().map(|ip| Rr::A(*ip)).collect();
-        let aaaa: Vec<Rr> = entry.aaaa.iter().map(|ip| Rr::Aaaa(*ip)).collect();
-        let srv: Vec<Rr> = entry
-            .srv
-            .iter()
-            .map(|(target, port)| Rr::Srv {
-                target: target.clone(),
-                port: *port,
-            })
-            .collect();
+        served.sort_by(|x, y| (self.is_remote(x), x).cmp(&(self.is_remote(y), y)));
+        let by_type = |slot: u8| -> Vec<Rr> {
+            let of = |rr: &Rr| match rr {
+                Rr::A(_) => 0,
+                Rr::Aaaa(_) => 1,
+                Rr::Srv { .. } => 2,
+            };
+            served.iter().filter(|rr| of(rr) == slot).cloned().collect()
+        };
+        let (a, aaaa, srv) = (by_type(0), by_type(1), by_type(2));
+        let ttl = self.ttl_for(owner);
         let owner_len = wire.len();
-        entry.prepared[0] = self.prepare(&a, ttl, owner_len);
-        entry.prepared[1] = self.prepare(&aaaa, ttl, owner_len);
-        entry.prepared[2] = self.prepare(&srv, ttl, owner_len);
+        let entry = NameEntry {
+            name: owner.clone(),
+            a: a.iter()
+                .filter_map(|rr| match rr {
+                    Rr::A(ip) => Some(*ip),
+                    _ => None,
+                })
+                .collect(),
+            aaaa: aaaa
+                .iter()
+                .filter_map(|rr| match rr {
+                    Rr::Aaaa(ip) => Some(*ip),
+                    _ => None,
+                })
+                .collect(),
+            srv: srv
+                .iter()
+                .filter_map(|rr| match rr {
+                    Rr::Srv { target, port } => Some((target.clone(), *port)),
+                    _ => None,
+                })
+                .collect(),
+            ttl,
+            weight: self.config.srv_weight,
+            prepared: [
+                self.prepare(&a, ttl, owner_len),
+                self.prepare(&aaaa, ttl, owner_len),
+                self.prepare(&srv, ttl, owner_len),
+            ],
+        };
         self.names.insert(wire.into_boxed_slice(), Arc::new(entry));
+    }
+
+    /// Whether a record is of another site (when locality is on).
+    fn is_remote(&self, rr: &Rr) -> bool {
+        match rr {
+            Rr::A(ip) => self.is_remote_ip(IpAddr::V4(*ip)),
+            Rr::Aaaa(ip) => self.is_remote_ip(IpAddr::V6(*ip)),
+            Rr::Srv { target, .. } => self.is_remote_target(target),
+        }
     }
 
     /// `owner_len`: the owner's wire length, which fixes where the answers start in every
@@ -889,11 +994,7 @@ impl ZoneBuilder {
         let answers_at = wire::HEADER + owner_len + 4;
         // Records come this site's first (when locality is on); rotation stays within each
         // group, so the local ones always lead.
-        let remote = |rr: &Rr| match rr {
-            Rr::A(ip) => self.is_remote_ip(IpAddr::V4(*ip)),
-            Rr::Aaaa(ip) => self.is_remote_ip(IpAddr::V6(*ip)),
-            Rr::Srv { target, .. } => self.is_remote_target(target),
-        };
+        let remote = |rr: &Rr| self.is_remote(rr);
         // Every record is the same bytes in every rotation (its owner is the question).
         let encoded: Vec<Option<Vec<u8>>> = rrs
             .iter()
@@ -906,6 +1007,9 @@ impl ZoneBuilder {
         let n_local = rrs.iter().take_while(|rr| !remote(rr)).count();
         let (local, others) = (0..n_local, n_local..rrs.len());
         let turns = local.len().max(others.len()).min(MAX_ROTATIONS);
+        if let Some(window) = window(rrs, &encoded, n_local, turns) {
+            return Some(window);
+        }
         let rotate = |group: std::ops::Range<usize>, turn: usize| {
             let k = if group.is_empty() {
                 0
@@ -969,18 +1073,18 @@ impl ZoneBuilder {
                 additionals,
             });
         }
-        Some(Prepared { rotations })
+        Some(Prepared::Rotations(rotations.into_boxed_slice()))
     }
 
     fn first_addresses(&self, name: &str) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
-        let Some(list) = self.served(name) else {
+        let Some(records) = self.owners.get(name) else {
             return (Vec::new(), Vec::new());
         };
-        let a = list.keys().filter_map(|rr| match rr {
+        let a = records.served().filter_map(|rr| match rr {
             Rr::A(ip) => Some(*ip),
             _ => None,
         });
-        let aaaa = list.keys().filter_map(|rr| match rr {
+        let aaaa = records.served().filter_map(|rr| match rr {
             Rr::Aaaa(ip) => Some(*ip),
             _ => None,
         });
@@ -1049,7 +1153,6 @@ impl ZoneBuilder {
             serial,
             apexes,
             names: self.names.clone(),
-            tasks: self.tasks.clone(),
             held_back: self.held_back_total,
             ptrs: self.ptrs.clone(),
             snapshot: snapshot.clone(),
@@ -1064,6 +1167,38 @@ const THISDCOS_APEXES: [&str; 3] = [
     "dcos.thisdcos.directory.",
     "l4lb.thisdcos.directory.",
 ];
+
+/// The rotations of A or AAAA records as one window (`Prepared::Window`), when they allow it:
+/// every record encoded, all of the same length, one site group, and none cut.
+fn window(
+    rrs: &[Rr],
+    encoded: &[Option<Vec<u8>>],
+    n_local: usize,
+    turns: usize,
+) -> Option<Prepared> {
+    if rrs.iter().any(|rr| matches!(rr, Rr::Srv { .. })) || (n_local != 0 && n_local != rrs.len()) {
+        return None;
+    }
+    let encoded: Vec<&[u8]> = encoded
+        .iter()
+        .map(|e| e.as_deref())
+        .collect::<Option<_>>()?;
+    let record_len = encoded.first()?.len();
+    if encoded.iter().any(|e| e.len() != record_len) || record_len * rrs.len() > MAX_ANSWER_BYTES {
+        return None;
+    }
+    // Rotation k starts at record k: the records, then the first `turns - 1` again.
+    let mut bytes = Vec::with_capacity(record_len * (rrs.len() + turns - 1));
+    for e in encoded.iter().chain(&encoded[..turns - 1]) {
+        bytes.extend_from_slice(e);
+    }
+    Some(Prepared::Window {
+        bytes: bytes.into_boxed_slice(),
+        record_len: u16::try_from(record_len).ok()?,
+        answers: u16::try_from(rrs.len()).ok()?,
+        turns: u16::try_from(turns).ok()?,
+    })
+}
 
 fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
     match d {
@@ -1220,6 +1355,53 @@ mod tests {
             let z2 = ZoneBuilder::new(cfg.clone(), vec![]).unwrap().update(&snap);
             assert_eq!(dump(&z1), dump(&z2), "diverged at step {step}");
         }
+    }
+    /// Names past `INDEX_FROM` records (found through their index) and records held back as
+    /// unhealthy come and go through the same bookkeeping a fresh build does.
+    #[test]
+    fn incremental_updates_equal_a_fresh_build_for_large_names_and_held_records() {
+        use lodestar_control::model::Health;
+        let mut cfg = ZoneConfig::default();
+        cfg.health = HealthPolicy::Exclude;
+        let mut incremental = ZoneBuilder::new(cfg.clone(), vec![]).unwrap();
+        let mut state = CatalogState::new();
+        let base = demo::snapshot();
+        for a in base.agents.values() {
+            state.upsert(Record::Agent((**a).clone()));
+        }
+        let agent_ids: Vec<String> = base.agents.keys().cloned().collect();
+        let mut rng = fastrand::Rng::with_seed(11);
+        for step in 0..300 {
+            for _ in 0..5 {
+                let i = rng.usize(0..120);
+                let health = [Health::Healthy, Health::Unhealthy, Health::Unknown][rng.usize(0..3)];
+                if rng.u8(0..4) == 0 {
+                    state.remove(&lodestar_control::keys::RecordKey::Task(TaskKey::new(
+                        "marathon",
+                        format!("t{i}"),
+                    )));
+                } else {
+                    let mut t = task(i, &agent_ids[i % 2]).with_health(health);
+                    t.name = format!("app{}", i % 2);
+                    drop(state.upsert(Record::Task(t)));
+                }
+            }
+            let snap = Arc::new(state.snapshot(step + 1, Source::Demo));
+            let z1 = incremental.update(&snap);
+            let z2 = ZoneBuilder::new(cfg.clone(), vec![]).unwrap().update(&snap);
+            assert_eq!(dump(&z1), dump(&z2), "diverged at step {step}");
+            assert_eq!(z1.held_back, z2.held_back, "held back at step {step}");
+        }
+        let big = incremental
+            .owners
+            .values()
+            .map(|r| r.records.len())
+            .max()
+            .unwrap();
+        assert!(
+            big > INDEX_FROM,
+            "a name large enough for its index ({big} records)"
+        );
     }
 }
 
