@@ -29,6 +29,15 @@ impl Rr {
         }
     }
 
+    /// The address of an A or AAAA record.
+    pub fn address(&self) -> Option<IpAddr> {
+        match self {
+            Rr::A(ip) => Some(IpAddr::V4(*ip)),
+            Rr::Aaaa(ip) => Some(IpAddr::V6(*ip)),
+            Rr::Srv { .. } => None,
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Rr::A(_) => "A",

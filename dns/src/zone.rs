@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record};
@@ -47,11 +47,53 @@ pub struct NameEntry {
     pub a: Box<[Ipv4Addr]>,
     pub aaaa: Box<[Ipv6Addr]>,
     pub srv: Box<[(Arc<str>, u16)]>,
+    /// How many of the A, AAAA and SRV records are of this site (they come first; with
+    /// `locality` off, all of them).
+    local: [u32; 3],
     ttl: u32,
     /// SRV weight.
     weight: u16,
-    /// Prepared answers for A, AAAA and SRV.
-    prepared: [Option<Prepared>; 3],
+    /// Prepared answers for A, AAAA and SRV, encoded when the name is first asked for: most
+    /// of a large zone's names (every task's own) are asked rarely or never, and a zone's
+    /// first build does not wait for them (docs/benchmarks.md, "Memory at scale"). A name
+    /// changed is a new entry, prepared again.
+    prepared: OnceLock<Box<[Option<Prepared>; 3]>>,
+}
+
+/// What an SRV answer adds for one target: its lowest A and AAAA, with their TTL.
+#[derive(Debug, Default)]
+struct TargetAddresses {
+    a: Option<Ipv4Addr>,
+    aaaa: Option<Ipv6Addr>,
+    ttl: u32,
+}
+
+impl NameEntry {
+    /// Encodes the answers; `owner_len` is the name's wire length, `targets` gives an SRV
+    /// target's first A and AAAA and their TTL.
+    fn prepare(
+        &self,
+        owner_len: usize,
+        targets: &dyn Fn(&str) -> TargetAddresses,
+    ) -> [Option<Prepared>; 3] {
+        let a: Vec<Rr> = self.a.iter().map(|ip| Rr::A(*ip)).collect();
+        let aaaa: Vec<Rr> = self.aaaa.iter().map(|ip| Rr::Aaaa(*ip)).collect();
+        let srv: Vec<Rr> = self
+            .srv
+            .iter()
+            .map(|(target, port)| Rr::Srv {
+                target: target.clone(),
+                port: *port,
+            })
+            .collect();
+        let at = |i: usize| self.local[i] as usize;
+        let (ttl, weight) = (self.ttl, self.weight);
+        [
+            prepare(&a, at(0), ttl, weight, owner_len, targets),
+            prepare(&aaaa, at(1), ttl, weight, owner_len, targets),
+            prepare(&srv, at(2), ttl, weight, owner_len, targets),
+        ]
+    }
 }
 
 /// Encoded answer sections for one (name, type): answer records (owner = pointer to the
@@ -198,6 +240,26 @@ impl Zone {
     pub fn lookup(&self, name: &str) -> Option<Arc<NameEntry>> {
         let wire = wire::name_to_wire(name)?;
         self.names.get(&wire[..]).cloned()
+    }
+
+    /// `entry`'s prepared answers, encoded now if this is the first time it is asked for.
+    fn prepared<'a>(&self, entry: &'a NameEntry, owner_len: usize) -> &'a [Option<Prepared>; 3] {
+        entry.prepared.get_or_init(|| {
+            Box::new(entry.prepare(owner_len, &|target| self.first_addresses(target)))
+        })
+    }
+
+    /// A name's lowest A and AAAA (an SRV target's additional records, as Mesos-DNS gives
+    /// one of each), and their TTL.
+    fn first_addresses(&self, name: &str) -> TargetAddresses {
+        match self.lookup(name) {
+            Some(e) => TargetAddresses {
+                a: e.a.iter().min().copied(),
+                aaaa: e.aaaa.iter().min().copied(),
+                ttl: e.ttl,
+            },
+            None => TargetAddresses::default(),
+        }
     }
 
     /// Every owner name.
@@ -385,7 +447,7 @@ impl AnswerSource for Zone {
             _ => None,
         };
         if let (Some(slot), Some(entry)) = (slot, entry) {
-            if let Some(p) = &entry.prepared[slot] {
+            if let Some(p) = &self.prepared(entry, lower.len())[slot] {
                 let (bytes, additional_at, answers, additionals) = p.turn(request.turn);
                 let body = Body {
                     opcode: 0,
@@ -497,11 +559,34 @@ fn encode_addresses(
     aaaa: &[Ipv6Addr],
     ttl: u32,
 ) -> u16 {
-    let a = a.iter().map(|ip| RData::A(A(*ip)));
-    let aaaa = aaaa.iter().map(|ip| RData::AAAA(AAAA(*ip)));
-    a.chain(aaaa)
-        .map(|data| u16::from(encode(out, owner, data, ttl)))
-        .sum()
+    let ips = a.iter().map(|ip| IpAddr::V4(*ip));
+    let ips = ips.chain(aaaa.iter().map(|ip| IpAddr::V6(*ip)));
+    let mut n = 0;
+    for ip in ips {
+        encode_address(out, owner, ip, ttl);
+        n += 1;
+    }
+    n
+}
+
+/// One A or AAAA record: `owner` as given, then the fixed fields and the address. By hand,
+/// not through hickory's `Record::emit`, because a zone's first build encodes one for nearly
+/// every name: at 100,000 tasks that was 0.6 s of the agent's start-up (`benches/scale.rs`,
+/// docs/benchmarks.md "Memory at scale"). The zone tests decode every kind with hickory.
+fn encode_address(out: &mut Vec<u8>, owner: &[u8], ip: IpAddr, ttl: u32) {
+    out.extend_from_slice(owner);
+    let (rtype, len) = match ip {
+        IpAddr::V4(_) => (wire::TYPE_A, 4u16),
+        IpAddr::V6(_) => (wire::TYPE_AAAA, 16u16),
+    };
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    match ip {
+        IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
+        IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+    }
 }
 
 impl Apex {
@@ -940,8 +1025,8 @@ impl ZoneBuilder {
             served.iter().filter(|rr| of(rr) == slot).cloned().collect()
         };
         let (a, aaaa, srv) = (by_type(0), by_type(1), by_type(2));
+        let local = |rrs: &[Rr]| rrs.iter().take_while(|rr| !self.is_remote(rr)).count() as u32;
         let ttl = self.ttl_for(owner);
-        let owner_len = wire.len();
         let entry = NameEntry {
             name: owner.clone(),
             a: a.iter()
@@ -964,13 +1049,10 @@ impl ZoneBuilder {
                     _ => None,
                 })
                 .collect(),
+            local: [local(&a), local(&aaaa), local(&srv)],
             ttl,
             weight: self.config.srv_weight,
-            prepared: [
-                self.prepare(&a, ttl, owner_len),
-                self.prepare(&aaaa, ttl, owner_len),
-                self.prepare(&srv, ttl, owner_len),
-            ],
+            prepared: OnceLock::new(),
         };
         self.names.insert(wire.into_boxed_slice(), Arc::new(entry));
     }
@@ -982,116 +1064,6 @@ impl ZoneBuilder {
             Rr::Aaaa(ip) => self.is_remote_ip(IpAddr::V6(*ip)),
             Rr::Srv { target, .. } => self.is_remote_target(target),
         }
-    }
-
-    /// `owner_len`: the owner's wire length, which fixes where the answers start in every
-    /// response to this name (after the 12-byte header and the question), so records can
-    /// point back at earlier names.
-    fn prepare(&self, rrs: &[Rr], ttl: u32, owner_len: usize) -> Option<Prepared> {
-        if rrs.is_empty() {
-            return None;
-        }
-        let answers_at = wire::HEADER + owner_len + 4;
-        // Records come this site's first (when locality is on); rotation stays within each
-        // group, so the local ones always lead.
-        let remote = |rr: &Rr| self.is_remote(rr);
-        // Every record is the same bytes in every rotation (its owner is the question).
-        let encoded: Vec<Option<Vec<u8>>> = rrs
-            .iter()
-            .map(|rr| {
-                let data = rdata(rr, u16::from(remote(rr)), self.config.srv_weight)?;
-                let mut bytes = Vec::new();
-                encode(&mut bytes, &POINTER_TO_QUESTION, data, ttl).then_some(bytes)
-            })
-            .collect();
-        let n_local = rrs.iter().take_while(|rr| !remote(rr)).count();
-        let (local, others) = (0..n_local, n_local..rrs.len());
-        let turns = local.len().max(others.len()).min(MAX_ROTATIONS);
-        if let Some(window) = window(rrs, &encoded, n_local, turns) {
-            return Some(window);
-        }
-        let rotate = |group: std::ops::Range<usize>, turn: usize| {
-            let k = if group.is_empty() {
-                0
-            } else {
-                turn % group.len()
-            };
-            let split = group.start + k;
-            (split..group.end).chain(group.start..split)
-        };
-        let mut rotations = Vec::with_capacity(turns);
-        for turn in 0..turns {
-            let mut bytes = Vec::new();
-            let mut answers: u16 = 0;
-            let mut included = Vec::new();
-            // Where each SRV target's name was written, for the additional records' owners.
-            let mut target_at: HashMap<&str, usize> = HashMap::new();
-            for i in rotate(local.clone(), turn).chain(rotate(others.clone(), turn)) {
-                // Whole records up to what a TCP message holds; past that the rest is left
-                // out (as Mesos-DNS drops records from the end), never a broken message.
-                if bytes.len() > MAX_ANSWER_BYTES {
-                    break;
-                }
-                let Some(record) = &encoded[i] else { continue };
-                if let Rr::Srv { target, .. } = &rrs[i] {
-                    // Pointer to question (2), type, class, TTL, length (10), SRV fields (6).
-                    target_at
-                        .entry(target)
-                        .or_insert(answers_at + bytes.len() + 2 + 10 + 6);
-                }
-                bytes.extend_from_slice(record);
-                answers += 1;
-                included.push(&rrs[i]);
-            }
-            let additional_at = bytes.len();
-            // SRV: one A and one AAAA per target, as Mesos-DNS does.
-            let mut additionals: u16 = 0;
-            let mut seen = HashSet::new();
-            for rr in included {
-                let Rr::Srv { target, .. } = rr else { continue };
-                if bytes.len() > MAX_ANSWER_BYTES {
-                    break;
-                }
-                if !seen.insert(target.clone()) {
-                    continue;
-                }
-                let (a, aaaa) = self.first_addresses(target);
-                let owner = match target_at.get(&**target) {
-                    Some(at) if *at < 0x3fff => (0xc000 | *at as u16).to_be_bytes().to_vec(),
-                    _ => match wire::name_to_wire(target) {
-                        Some(w) => w,
-                        None => continue,
-                    },
-                };
-                additionals +=
-                    encode_addresses(&mut bytes, &owner, &a, &aaaa, self.ttl_for(target));
-            }
-            rotations.push(Rotation {
-                bytes: bytes.into_boxed_slice(),
-                additional_at,
-                answers,
-                additionals,
-            });
-        }
-        Some(Prepared::Rotations(rotations.into_boxed_slice()))
-    }
-
-    fn first_addresses(&self, name: &str) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
-        let Some(records) = self.owners.get(name) else {
-            return (Vec::new(), Vec::new());
-        };
-        let a = records.served().filter_map(|rr| match rr {
-            Rr::A(ip) => Some(*ip),
-            _ => None,
-        });
-        let aaaa = records.served().filter_map(|rr| match rr {
-            Rr::Aaaa(ip) => Some(*ip),
-            _ => None,
-        });
-        (
-            a.min().into_iter().collect(),
-            aaaa.min().into_iter().collect(),
-        )
     }
 
     /// Every reverse name's PTR record (a whole pass over the catalog: reverse zones are off
@@ -1168,6 +1140,128 @@ const THISDCOS_APEXES: [&str; 3] = [
     "l4lb.thisdcos.directory.",
 ];
 
+/// `owner_len`: the owner's wire length, which fixes where the answers start in every
+/// response to this name (after the 12-byte header and the question), so records can
+/// point back at earlier names.
+/// `n_local`: how many records (first) are of this site.
+fn prepare(
+    rrs: &[Rr],
+    n_local: usize,
+    ttl: u32,
+    weight: u16,
+    owner_len: usize,
+    targets: &dyn Fn(&str) -> TargetAddresses,
+) -> Option<Prepared> {
+    if rrs.is_empty() {
+        return None;
+    }
+    let answers_at = wire::HEADER + owner_len + 4;
+    // Records come this site's first (when locality is on); rotation stays within each
+    // group, so the local ones always lead.
+    // Every record is the same bytes in every rotation (its owner is the question).
+    let encoded: Vec<Option<Vec<u8>>> = rrs
+        .iter()
+        .enumerate()
+        .map(|(i, rr)| {
+            let mut bytes = Vec::new();
+            if let Some(ip) = rr.address() {
+                encode_address(&mut bytes, &POINTER_TO_QUESTION, ip, ttl);
+                return Some(bytes);
+            }
+            let data = rdata(rr, u16::from(i >= n_local), weight)?;
+            encode(&mut bytes, &POINTER_TO_QUESTION, data, ttl).then_some(bytes)
+        })
+        .collect();
+    let (local, others) = (0..n_local, n_local..rrs.len());
+    let turns = local.len().max(others.len()).min(MAX_ROTATIONS);
+    if let Some(window) = window(rrs, &encoded, n_local, turns) {
+        return Some(window);
+    }
+    let rotate = |group: std::ops::Range<usize>, turn: usize| {
+        let k = if group.is_empty() {
+            0
+        } else {
+            turn % group.len()
+        };
+        let split = group.start + k;
+        (split..group.end).chain(group.start..split)
+    };
+    // The SRV targets, each once, with the addresses of their additional records (looked
+    // up once for every rotation), and which target each record has.
+    let mut found: Vec<(&Arc<str>, TargetAddresses)> = Vec::new();
+    let mut target_of: Vec<usize> = Vec::with_capacity(rrs.len());
+    {
+        let mut index: HashMap<&str, usize, Fx> = HashMap::default();
+        for rr in rrs {
+            let Rr::Srv { target, .. } = rr else {
+                target_of.push(usize::MAX);
+                continue;
+            };
+            let i = *index.entry(target).or_insert_with(|| {
+                found.push((target, targets(target)));
+                found.len() - 1
+            });
+            target_of.push(i);
+        }
+    }
+    let mut rotations = Vec::with_capacity(turns);
+    for turn in 0..turns {
+        let mut bytes = Vec::new();
+        let mut answers: u16 = 0;
+        // Where each SRV target's name was first written, for the additional records'
+        // owners, in the order the targets come.
+        let mut target_at: Vec<Option<usize>> = vec![None; found.len()];
+        let mut order: Vec<usize> = Vec::new();
+        for i in rotate(local.clone(), turn).chain(rotate(others.clone(), turn)) {
+            // Whole records up to what a TCP message holds; past that the rest is left
+            // out (as Mesos-DNS drops records from the end), never a broken message.
+            if bytes.len() > MAX_ANSWER_BYTES {
+                break;
+            }
+            let Some(record) = &encoded[i] else { continue };
+            if let Some(at) = target_at.get_mut(target_of[i]) {
+                if at.is_none() {
+                    // Pointer to question (2), type, class, TTL, length (10), SRV fields (6).
+                    *at = Some(answers_at + bytes.len() + 2 + 10 + 6);
+                    order.push(target_of[i]);
+                }
+            }
+            bytes.extend_from_slice(record);
+            answers += 1;
+        }
+        let additional_at = bytes.len();
+        // SRV: one A and one AAAA per target, as Mesos-DNS does.
+        let mut additionals: u16 = 0;
+        for t in order {
+            if bytes.len() > MAX_ANSWER_BYTES {
+                break;
+            }
+            let (target, addresses) = &found[t];
+            let owner = match target_at[t] {
+                Some(at) if at < 0x3fff => (0xc000 | at as u16).to_be_bytes().to_vec(),
+                _ => match wire::name_to_wire(target) {
+                    Some(w) => w,
+                    None => continue,
+                },
+            };
+            additionals += encode_addresses(
+                &mut bytes,
+                &owner,
+                addresses.a.as_slice(),
+                addresses.aaaa.as_slice(),
+                addresses.ttl,
+            );
+        }
+        rotations.push(Rotation {
+            bytes: bytes.into_boxed_slice(),
+            additional_at,
+            answers,
+            additionals,
+        });
+    }
+    Some(Prepared::Rotations(rotations.into_boxed_slice()))
+}
+
 /// The rotations of A or AAAA records as one window (`Prepared::Window`), when they allow it:
 /// every record encoded, all of the same length, one site group, and none cut.
 fn window(
@@ -1207,12 +1301,23 @@ fn diff_key<'a, K, V>(d: imbl::ordmap::DiffItem<'a, 'a, K, V>) -> &'a K {
     }
 }
 
-/// Removes repeated (owner, record) pairs, keeping the first.
+/// Removes repeated (owner, record) pairs, keeping the first. Most tasks have tens of
+/// records, for which a search of the kept ones beats hashing copies of them.
 fn dedup(rrs: Records) -> Records {
-    let mut seen = HashSet::with_capacity(rrs.len());
-    rrs.into_iter()
-        .filter(|(o, r)| seen.insert((o.clone(), r.clone())))
-        .collect()
+    if rrs.len() > 64 {
+        let mut seen = HashSet::with_capacity(rrs.len());
+        return rrs
+            .into_iter()
+            .filter(|(o, r)| seen.insert((o.clone(), r.clone())))
+            .collect();
+    }
+    let mut out = Records::with_capacity(rrs.len());
+    for pair in rrs {
+        if !out.contains(&pair) {
+            out.push(pair);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1313,10 +1418,9 @@ mod tests {
         let mut out: Vec<String> = zone
             .entries()
             .map(|e| {
-                format!(
-                    "{} {:?} {:?} {:?} {:?}",
-                    e.name, e.a, e.aaaa, e.srv, e.prepared
-                )
+                let wire = wire::name_to_wire(&e.name).unwrap();
+                let prepared = zone.prepared(e, wire.len());
+                format!("{} {:?} {:?} {:?} {prepared:?}", e.name, e.a, e.aaaa, e.srv)
             })
             .collect();
         out.sort();
@@ -1361,8 +1465,10 @@ mod tests {
     #[test]
     fn incremental_updates_equal_a_fresh_build_for_large_names_and_held_records() {
         use lodestar_control::model::Health;
-        let mut cfg = ZoneConfig::default();
-        cfg.health = HealthPolicy::Exclude;
+        let cfg = ZoneConfig {
+            health: HealthPolicy::Exclude,
+            ..ZoneConfig::default()
+        };
         let mut incremental = ZoneBuilder::new(cfg.clone(), vec![]).unwrap();
         let mut state = CatalogState::new();
         let base = demo::snapshot();
