@@ -97,6 +97,10 @@ impl Labels {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+
+    fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
 }
 
 impl FromIterator<(String, String)> for Labels {
@@ -594,6 +598,22 @@ impl Task {
     pub fn with_site(mut self, site: impl Into<String>) -> Task {
         self.site = Some(site.into());
         self
+    }
+
+    /// Gives back the spare capacity of its vectors. A decoded or built task's vectors grow
+    /// by pushes (serde's JSON sequences have no length to reserve), to room for four ports
+    /// where most tasks have one: at 100,000 tasks that was about 40 MB of every agent's
+    /// catalog (docs/benchmarks.md, "Memory at scale").
+    pub fn shrink_to_fit(&mut self) {
+        self.ips.shrink_to_fit();
+        self.ports.shrink_to_fit();
+        self.ports.iter_mut().for_each(|p| p.labels.shrink_to_fit());
+        if let Some(d) = &mut self.discovery {
+            d.ports.shrink_to_fit();
+            d.ports.iter_mut().for_each(|p| p.labels.shrink_to_fit());
+            d.labels.shrink_to_fit();
+        }
+        self.labels.shrink_to_fit();
     }
 }
 

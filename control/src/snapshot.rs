@@ -72,7 +72,8 @@ impl CatalogState {
     /// parsed; the task itself is kept, without those VIPs.
     pub fn upsert(&mut self, record: Record) -> Vec<VipLabelError> {
         match record {
-            Record::Task(task) => {
+            Record::Task(mut task) => {
+                task.shrink_to_fit();
                 let errors = task.vips().1;
                 let key = task.key();
                 let task = Arc::new(task);

@@ -73,6 +73,8 @@ fn main() {
             site: Some(if a % 2 == 0 { "azure" } else { "vsphere" }.into()),
         }));
     }
+    let mut tasks = Vec::with_capacity(n);
+    let before_tasks = held();
     for i in 0..n {
         let app = i / 3;
         let agent = i % agents;
@@ -97,11 +99,22 @@ fn main() {
             ..Port::new(8080)
         })
         .with_label("HAPROXY_GROUP", "external");
+        let mut task = task;
+        task.shrink_to_fit();
+        tasks.push(task);
+    }
+    let task_bytes = held() - before_tasks + n * std::mem::size_of::<Task>();
+    for task in tasks {
         state.upsert(Record::Task(task));
     }
     let catalog = held() - base;
     let snapshot = Arc::new(state.snapshot(1, Source::Demo));
     drop(state);
+    // The same catalog as a file, for `lodestar agent --catalog` (or `lodestar catalog load`).
+    if let Some(path) = std::env::var_os("CATALOG_OUT") {
+        let doc = lodestar_control::CatalogDocument::from_snapshot(&snapshot);
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    }
     let config = ZoneConfig::default();
     let before = held();
     let started = Instant::now();
@@ -119,6 +132,11 @@ fn main() {
         "  catalog (CatalogState/Snapshot)  {:>10}  {:>6} B/task",
         mb(catalog),
         catalog / n
+    );
+    println!(
+        "    of which the tasks themselves  {:>10}  {:>6} B/task",
+        mb(task_bytes),
+        task_bytes / n
     );
     println!(
         "  zone + builder                   {:>10}  {:>6} B/task",

@@ -1005,6 +1005,8 @@ impl ZoneBuilder {
             self.owners.remove(owner);
         } else if let Some(r) = self.owners.get_mut(owner) {
             r.withheld = withheld;
+            // Most names keep one to three records: not the room for four a push leaves.
+            r.records.shrink_to_fit();
         }
         let Some(wire) = wire::name_to_wire(owner) else {
             return;
