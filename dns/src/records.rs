@@ -70,35 +70,43 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
         return out;
     };
     let discovery = named_discovery(task);
-    let short = format!("{label}.{fw}");
+    // Names are joined with `concat`, which sizes each once, not `format!`: a zone's first
+    // build makes ten or so per task (`benches/scale.rs`).
+    let short = [&label, ".", &fw].concat();
     let task_ips = select_ips(config, agent, task);
     for ip in &task_ips {
-        out.push((format!("{short}.{domain}"), Rr::ip(*ip)));
-        out.push((format!("{canonical}.{domain}"), Rr::ip(*ip)));
+        out.push(([&short, ".", &domain].concat(), Rr::ip(*ip)));
+        out.push(([&canonical, ".", &domain].concat(), Rr::ip(*ip)));
     }
     for ip in &agent.addresses {
-        out.push((format!("{short}.slave.{domain}"), Rr::ip(*ip)));
-        out.push((format!("{canonical}.slave.{domain}"), Rr::ip(*ip)));
+        out.push(([&short, ".slave.", &domain].concat(), Rr::ip(*ip)));
+        out.push(([&canonical, ".slave.", &domain].concat(), Rr::ip(*ip)));
     }
 
     // SRV: resource ports target the `.slave` canonical name, under the slave subdomain
     // always and under the framework itself only when there is no DiscoveryInfo.
     let has_discovery = discovery.is_some();
-    let slave_target: Arc<str> = Arc::from(format!("{canonical}.slave.{domain}"));
+    let slave_target: Arc<str> = Arc::from([&canonical, ".slave.", &domain].concat());
     for port in &task.ports {
         for proto in ["_tcp", "_udp"] {
             let srv = Rr::Srv {
                 target: slave_target.clone(),
                 port: port.number,
             };
-            out.push((format!("_{label}.{proto}.{fw}.slave.{domain}"), srv.clone()));
+            out.push((
+                ["_", &label, ".", proto, ".", &fw, ".slave.", &domain].concat(),
+                srv.clone(),
+            ));
             if !has_discovery {
-                out.push((format!("_{label}.{proto}.{fw}.{domain}"), srv));
+                out.push((
+                    ["_", &label, ".", proto, ".", &fw, ".", &domain].concat(),
+                    srv,
+                ));
             }
         }
     }
     if let Some(d) = discovery {
-        let target: Arc<str> = Arc::from(format!("{canonical}.{domain}"));
+        let target: Arc<str> = Arc::from([&canonical, ".", &domain].concat());
         for port in &d.ports {
             let protos: &[&str] = match port.protocol {
                 Some(Protocol::Tcp) => &["_tcp"],
@@ -115,9 +123,27 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
                     target: target.clone(),
                     port: port.number,
                 };
-                out.push((format!("_{label}.{proto}.{fw}.{domain}"), srv.clone()));
+                out.push((
+                    ["_", &label, ".", proto, ".", &fw, ".", &domain].concat(),
+                    srv.clone(),
+                ));
                 if !port_label.is_empty() {
-                    out.push((format!("_{port_label}._{label}.{proto}.{fw}.{domain}"), srv));
+                    out.push((
+                        [
+                            "_",
+                            &port_label,
+                            "._",
+                            &label,
+                            ".",
+                            proto,
+                            ".",
+                            &fw,
+                            ".",
+                            &domain,
+                        ]
+                        .concat(),
+                        srv,
+                    ));
                 }
             }
         }
@@ -188,12 +214,15 @@ fn dcos_task_records(spec: LabelSpec, agent: &Agent, task: &Task, name: &str, ou
         .filter(|i| i.source != IpSource::Host)
         .map(|i| i.ip)
         .collect();
-    let base = format!("{t}.{f}");
+    let base = [&t, ".", &f].concat();
     for ip in &agent.addresses {
-        out.push((format!("{base}.agentip.dcos.{THISDCOS}"), Rr::ip(*ip)));
+        out.push(([&base, ".agentip.dcos.", THISDCOS].concat(), Rr::ip(*ip)));
     }
     for ip in &container {
-        out.push((format!("{base}.containerip.dcos.{THISDCOS}"), Rr::ip(*ip)));
+        out.push((
+            [&base, ".containerip.dcos.", THISDCOS].concat(),
+            Rr::ip(*ip),
+        ));
     }
     // autoip, as dcos-net: the agent's addresses when a port is reached through the agent (a
     // port mapping: bridge mode), else the task's own, else the agent's.
@@ -203,7 +232,7 @@ fn dcos_task_records(spec: LabelSpec, agent: &Agent, task: &Task, name: &str, ou
         &container
     };
     for ip in auto {
-        out.push((format!("{base}.autoip.dcos.{THISDCOS}"), Rr::ip(*ip)));
+        out.push(([&base, ".autoip.dcos.", THISDCOS].concat(), Rr::ip(*ip)));
     }
 }
 

@@ -281,8 +281,37 @@ pub fn lowercase_name(name: &[u8], buf: &mut [u8; MAX_NAME]) -> usize {
 /// A dotted name (trailing dot optional, "" and "." the root) in lowercase wire form, as the
 /// zones and the forwarder key their names; `None` if hickory-proto does not take it as a name.
 pub fn name_to_wire(name: &str) -> Option<Vec<u8>> {
+    if let Some(wire) = plain_name_to_wire(name) {
+        return Some(wire);
+    }
     let name = if name.is_empty() { "." } else { name };
     Name::from_ascii(name).ok()?.to_lowercase().to_bytes().ok()
+}
+
+/// `name_to_wire` by hand for the names the zones make (lowercase letters, digits, `-` and
+/// `_`, labels of 1 to 63 bytes not starting with `-`, 253 in all), which hickory would take unchanged; anything
+/// else (escapes, upper case, empty labels, the root) is left to hickory. A zone's first
+/// build converts every owner name: through hickory that was a tenth of it at 100,000 tasks
+/// (`benches/scale.rs`, docs/benchmarks.md "Memory at scale").
+fn plain_name_to_wire(name: &str) -> Option<Vec<u8>> {
+    let name = name.strip_suffix('.').unwrap_or(name).as_bytes();
+    if name.is_empty() || name.len() > 253 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.split(|b| *b == b'.') {
+        let plain =
+            |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_';
+        // hickory takes no label that starts with a hyphen.
+        let bad = label.is_empty() || label.len() > 63 || label[0] == b'-';
+        if bad || !label.iter().all(plain) {
+            return None;
+        }
+        out.push(label.len() as u8);
+        out.extend_from_slice(label);
+    }
+    out.push(0);
+    Some(out)
 }
 
 /// The parts of a response after the question.
@@ -641,5 +670,47 @@ mod tests {
         let edns = m.edns.unwrap();
         assert!(edns.flags().dnssec_ok);
         assert_eq!(edns.max_payload(), OUR_UDP_PAYLOAD);
+    }
+
+    /// The hand-written conversion gives hickory's bytes for every name it takes.
+    #[test]
+    fn plain_names_convert_as_hickory_converts_them() {
+        let hickory = |name: &str| Name::from_ascii(name).ok()?.to_lowercase().to_bytes().ok();
+        let long = "a".repeat(63);
+        let names = [
+            "app.marathon.mesos.".to_string(),
+            "app.marathon.mesos".to_string(),
+            "_http._app-1._tcp.marathon.slave.mesos.".to_string(),
+            format!("{long}.mesos."),
+            format!("{long}.{long}.{long}.{}.", "b".repeat(61)),
+        ];
+        for name in &names {
+            assert_eq!(plain_name_to_wire(name), hickory(name), "{name}");
+        }
+        let mut rng = fastrand::Rng::with_seed(3);
+        let alphabet = b"abz09-_.";
+        for _ in 0..2000 {
+            let name: String = (0..rng.usize(1..40))
+                .map(|_| alphabet[rng.usize(..alphabet.len())] as char)
+                .collect();
+            if let Some(wire) = plain_name_to_wire(&name) {
+                assert_eq!(Some(wire), hickory(&name), "{name:?}");
+            }
+        }
+        // Left to hickory: upper case, escapes, empty labels, labels and names too long.
+        let refused = [
+            "App.mesos.".to_string(),
+            "a\\.b.mesos.".to_string(),
+            "a..mesos.".to_string(),
+            "-a.mesos.".to_string(),
+            ".".to_string(),
+            String::new(),
+            format!("{}a.mesos.", long),
+            format!("{long}.{long}.{long}.{long}."),
+        ];
+        for name in &refused {
+            assert_eq!(plain_name_to_wire(name), None, "{name:?}");
+        }
+        assert_eq!(name_to_wire("App.Mesos."), hickory("app.mesos."));
     }
 }
