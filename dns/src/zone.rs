@@ -69,6 +69,17 @@ struct TargetAddresses {
 }
 
 impl NameEntry {
+    /// Its records.
+    fn records(&self) -> impl Iterator<Item = Rr> + '_ {
+        let a = self.a.iter().map(|ip| Rr::A(*ip));
+        let aaaa = self.aaaa.iter().map(|ip| Rr::Aaaa(*ip));
+        let srv = self.srv.iter().map(|(target, port)| Rr::Srv {
+            target: target.clone(),
+            port: *port,
+        });
+        a.chain(aaaa).chain(srv)
+    }
+
     /// Encodes the answers; `owner_len` is the name's wire length, `targets` gives an SRV
     /// target's first A and AAAA and their TTL.
     fn prepare(
@@ -896,6 +907,10 @@ impl ZoneBuilder {
         for owner in dirty {
             self.rebuild(&owner);
         }
+        // A first build has every name in `owners` for a moment, and leaves few there.
+        if self.owners.capacity() > 4 * self.owners.len() + 1024 {
+            self.owners.shrink_to_fit();
+        }
         if !self.config.reverse_zones.is_empty() {
             self.ptrs = Arc::new(self.ptr_records(snapshot));
         }
@@ -937,11 +952,32 @@ impl ZoneBuilder {
 
     /// The one copy of `name` if some owner has it.
     fn interned(&self, name: &str) -> Option<Arc<str>> {
-        self.owners.get_key_value(name).map(|(k, _)| k.clone())
+        if let Some((k, _)) = self.owners.get_key_value(name) {
+            return Some(k.clone());
+        }
+        let wire = wire::name_to_wire(name)?;
+        self.names.get(&wire[..]).map(|e| e.name.clone())
+    }
+
+    /// Makes sure `owners` has `name`'s records if the zone has the name: a name whose every
+    /// record has one served contribution is kept only as its zone entry (most names are so:
+    /// at 100,000 tasks, nearly all half a million of them), and comes back from it here.
+    fn promote(&mut self, name: &str) -> Option<Arc<str>> {
+        if let Some((k, _)) = self.owners.get_key_value(name) {
+            return Some(k.clone());
+        }
+        let wire = wire::name_to_wire(name)?;
+        let entry = self.names.get(&wire[..])?.clone();
+        let mut records = NameRecords::default();
+        for rr in entry.records() {
+            records.add(rr, false);
+        }
+        self.owners.insert(entry.name.clone(), records);
+        Some(entry.name.clone())
     }
 
     fn add(&mut self, owner: &str, rr: Rr, held: bool, dirty: &mut HashSet<Arc<str>, Fx>) {
-        let owner = self.interned(owner).unwrap_or_else(|| Arc::from(owner));
+        let owner = self.promote(owner).unwrap_or_else(|| Arc::from(owner));
         // An SRV target is a name of the same task, added before it: share its copy.
         let rr = match rr {
             Rr::Srv { target, port } => {
@@ -960,7 +996,7 @@ impl ZoneBuilder {
     }
 
     fn remove(&mut self, owner: &str, rr: &Rr, held: bool, dirty: &mut HashSet<Arc<str>, Fx>) {
-        let Some(owner) = self.interned(owner) else {
+        let Some(owner) = self.promote(owner) else {
             return;
         };
         if let Some(records) = self.owners.get_mut(&owner) {
@@ -1001,14 +1037,17 @@ impl ZoneBuilder {
         let empty = records.records.is_empty();
         let mut served: Vec<Rr> = records.served().cloned().collect();
         self.held_back_total = self.held_back_total + withheld - before;
-        if empty {
+        let wire = wire::name_to_wire(owner);
+        let single = |c: &Contributions| c.served == 1 && c.held == 0;
+        if empty || (wire.is_some() && records.records.iter().all(|(_, c)| single(c))) {
+            // Its zone entry says all there is to say (see `promote`).
             self.owners.remove(owner);
         } else if let Some(r) = self.owners.get_mut(owner) {
             r.withheld = withheld;
             // Most names keep one to three records: not the room for four a push leaves.
             r.records.shrink_to_fit();
         }
-        let Some(wire) = wire::name_to_wire(owner) else {
+        let Some(wire) = wire else {
             return;
         };
         if empty {
