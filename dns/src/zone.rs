@@ -848,7 +848,16 @@ impl ZoneBuilder {
 
     /// Brings the zone to `snapshot` and returns it.
     pub fn update(&mut self, snapshot: &Arc<Snapshot>) -> Zone {
-        let mut dirty: HashSet<Arc<str>, Fx> = HashSet::default();
+        // A first build touches some five names per task: room for them up front, not a
+        // rehash at every doubling (the map is shrunk again below).
+        let expected = if self.last.is_none() {
+            snapshot.tasks.len() * 5
+        } else {
+            0
+        };
+        let mut dirty: HashSet<Arc<str>, Fx> =
+            HashSet::with_capacity_and_hasher(expected, Fx::default());
+        self.owners.reserve(expected);
         let changed = self.changed_tasks(snapshot);
         if self.config.locality {
             for agent in snapshot.agents.values() {
