@@ -87,8 +87,8 @@ impl Knot {
         }
     }
 
-    /// Waits (a minute at most) until knotd answers the zone's SOA.
-    pub fn wait_for_soa(&mut self) {
+    /// Waits (a minute at most) until knotd answers the zone's SOA; how long after its start.
+    pub fn wait_for_soa(&mut self) -> Duration {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             assert!(
@@ -99,7 +99,7 @@ impl Knot {
             if let Some(r) = dns::udp_raw(self.dns, &dns::build("mesos.", RecordType::SOA, None)) {
                 let m = hickory_proto::op::Message::from_vec(&r).expect("a DNS message");
                 if m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty() {
-                    return;
+                    return self.spawned.elapsed();
                 }
             }
             std::thread::sleep(Duration::from_millis(100));

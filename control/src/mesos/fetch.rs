@@ -207,7 +207,11 @@ impl MasterClient {
         )
     }
 
-    async fn get(&self, base: &str, site_attribute: &str) -> Result<(Head, Translator), FetchError> {
+    async fn get(
+        &self,
+        base: &str,
+        site_attribute: &str,
+    ) -> Result<(Head, Translator), FetchError> {
         let url = format!("{base}/master/state");
         let unreachable = |reason: String| FetchError::NoMaster(vec![format!("{url}: {reason}")]);
         let mut req = self.http.get(&url);

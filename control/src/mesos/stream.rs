@@ -53,11 +53,9 @@ pub async fn read<S: ChunkSource>(
             },
         );
         let mut de = serde_json::Deserializer::from_reader(reader);
-        let head = Document {
-            t: &mut translator,
-        }
-        .deserialize(&mut de)
-        .and_then(|head| de.end().map(|()| head));
+        let head = Document { t: &mut translator }
+            .deserialize(&mut de)
+            .and_then(|head| de.end().map(|()| head));
         head.map(|h| (h, translator)).map_err(|e| e.to_string())
     });
     let mut total = 0usize;
@@ -357,12 +355,16 @@ mod tests {
         let state: State = serde_json::from_value(doc).unwrap();
         let whole = translate(&state, &[("198.18.0.2".to_string(), 5050)], "site");
         for size in [1, 7, 4096, text.len()] {
-            let t = streamed(chunks(text.as_bytes(), size), 1 << 20).await.unwrap();
+            let t = streamed(chunks(text.as_bytes(), size), 1 << 20)
+                .await
+                .unwrap();
             assert_eq!(keyed(&t), keyed(&whole), "chunks of {size}");
             assert_eq!(t.duplicate_task_ids.len(), 1);
         }
         // Every task has its agent's address and its framework's name, though both came later.
-        let t = streamed(chunks(text.as_bytes(), 64), 1 << 20).await.unwrap();
+        let t = streamed(chunks(text.as_bytes(), 64), 1 << 20)
+            .await
+            .unwrap();
         let tasks: Vec<_> = t
             .records
             .iter()
@@ -375,7 +377,9 @@ mod tests {
         for task in tasks {
             assert_eq!(task.framework, "marathon");
             assert!(
-                task.ips.iter().any(|ip| ip.source == crate::model::IpSource::Host),
+                task.ips
+                    .iter()
+                    .any(|ip| ip.source == crate::model::IpSource::Host),
                 "{task:?}"
             );
         }

@@ -9,12 +9,12 @@ use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, Tx
 use tracing::{debug, info, warn};
 
 use crate::error::describe;
+use crate::etcd::{MAX_TXN_BYTES, MAX_TXN_OPS};
 use crate::keys::{self, Kind, Record, PREFIX};
 use crate::mesos::election;
 use crate::mesos::fetch::{FetchError, MasterClient};
 pub use crate::mesos::guard::DeleteGuard;
 use crate::mesos::guard::{GuardState, Verdict, GUARD_KEY};
-use crate::etcd::{MAX_TXN_BYTES, MAX_TXN_OPS};
 use crate::mesos::state::State;
 use crate::mesos::translate::{translate, Translation};
 use crate::mesos::vipalloc::{self, VipRanges};
@@ -339,7 +339,8 @@ impl Syncer {
             let Some(done) = in_flight.join_next().await else {
                 break;
             };
-            let (batch, resp) = done.map_err(|e| SyncError::Store(format!("a write failed: {e}")))?;
+            let (batch, resp) =
+                done.map_err(|e| SyncError::Store(format!("a write failed: {e}")))?;
             match resp {
                 Ok(resp) if resp.succeeded() => {
                     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);

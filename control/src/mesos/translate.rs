@@ -40,7 +40,13 @@ pub fn translate(state: &State, masters: &[(String, u16)], site_attribute: &str)
         for task in &fw.tasks {
             t.task(task);
         }
-        t.framework(fw.id.clone(), fw.name.clone(), fw.pid.as_deref(), fw.hostname.clone(), first);
+        t.framework(
+            fw.id.clone(),
+            fw.name.clone(),
+            fw.pid.as_deref(),
+            fw.hostname.clone(),
+            first,
+        );
     }
     t.finish(masters, state.leader.as_deref(), state.leader_info.as_ref())
 }
@@ -71,8 +77,7 @@ impl Translator {
             .and_then(|(host, _)| host.parse().ok())
             .into_iter()
             .collect();
-        self.agent_ips
-            .insert(slave.id.clone(), addresses.clone());
+        self.agent_ips.insert(slave.id.clone(), addresses.clone());
         let site = slave
             .attributes
             .get(&self.site_attribute)
