@@ -19,6 +19,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     init_logging(&args);
+    if matches!(args.command, cli::Command::MesosSync(_)) {
+        mesos_sync::one_malloc_arena();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

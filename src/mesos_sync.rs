@@ -142,6 +142,20 @@ pub async fn run(args: SyncArgs) -> Result<()> {
     }
 }
 
+/// The state document is parsed on a blocking thread while the rest runs on the runtime's:
+/// with glibc's default of an arena per thread, what the parse frees stays in its arena while
+/// the catalog it became is allocated in another, and at 100,000 tasks the peak RSS was 235 MB
+/// where the heap's peak was 134 MB. One arena lets each phase reuse the last one's memory
+/// (168 MB). Called before any thread starts; mesos-sync is a process of its own, so this
+/// changes nothing for the agent.
+pub fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; glibc allows it at any time.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Why following the masters stopped.
 enum Ended {
     /// The election was lost (the lease expired or was revoked).

@@ -288,7 +288,15 @@ async fn a_failed_poll_leaves_the_catalog_as_it_was() {
     wrong_shape["frameworks"] = json!({"not": "a list"});
     let mut no_leader = good.clone();
     no_leader["leader"] = json!("");
+    // A large state cut in the middle of its tasks (the body is parsed as it streams in).
+    let large = support::scale::state_text(&master.pid(), 3_000);
+    let cut = large[..large.len() / 2].to_string();
     let cases: Vec<(Reply, &str)> = vec![
+        (Reply::Raw(StatusCode::OK, cut), "EOF while parsing"),
+        (
+            Reply::Raw(StatusCode::OK, format!("{good} trailing")),
+            "not a Mesos state document",
+        ),
         (
             Reply::Raw(StatusCode::OK, "<html>not json</html>".into()),
             "not a Mesos state document",
@@ -759,12 +767,12 @@ async fn legacy_task_keys_are_migrated_with_no_gap_in_dns() {
     use support::agent::Agent;
     use support::dns::{answers, udp};
 
-    const TASKS: usize = 70; // more than one write transaction's worth of puts
+    const TASKS: usize = 300; // several write transactions' worth of puts (127 keys each)
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
     let tasks: Vec<_> = (0..TASKS)
         .map(|i| {
-            let ip = format!("198.18.1.{}", 100 + i);
+            let ip = format!("198.18.{}.{}", 1 + i / 200, 10 + i % 200);
             task(
                 &format!("app{i}.1"),
                 &format!("app{i}"),
@@ -818,7 +826,7 @@ async fn legacy_task_keys_are_migrated_with_no_gap_in_dns() {
                 for i in 0..TASKS {
                     let r = udp(dns, &name(i), RecordType::A, None);
                     asked += 1;
-                    let want = vec![format!("198.18.1.{}", 100 + i)];
+                    let want = vec![format!("198.18.{}.{}", 1 + i / 200, 10 + i % 200)];
                     if r.metadata.response_code != ResponseCode::NoError || answers(&r) != want {
                         missing.push((name(i), r.metadata.response_code, answers(&r)));
                     }

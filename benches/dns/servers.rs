@@ -35,12 +35,22 @@ pub struct Knot {
     child: Option<Child>,
     pub dns: SocketAddr,
     dir: tempfile::TempDir,
+    /// When knotd was started.
+    pub spawned: Instant,
 }
 
 impl Knot {
     /// Writes the config and zone, starts knotd with `workers` UDP threads and waits until it
     /// answers the zone's SOA.
     pub fn start(binary: &Path, zone: &str, workers: usize) -> Knot {
+        let mut knot = Knot::spawn(binary, zone, workers);
+        knot.wait_for_soa();
+        knot
+    }
+
+    /// Writes the config and zone and starts knotd, without waiting for it to load the zone
+    /// (`spawned` says when it was started).
+    pub fn spawn(binary: &Path, zone: &str, workers: usize) -> Knot {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("mesos.zone"), zone).expect("zone file");
         let port = free_udp_and_tcp_port();
@@ -65,30 +75,40 @@ impl Knot {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
         die_with_test(&mut cmd);
+        let spawned = Instant::now();
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start knotd: {e}"));
-        let mut knot = Knot {
+        Knot {
             child: Some(child),
             dns: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
-        };
+            spawned,
+        }
+    }
+
+    /// Waits (a minute at most) until knotd answers the zone's SOA; how long after its start.
+    pub fn wait_for_soa(&mut self) -> Duration {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let exited = matches!(knot.child.as_mut().map(Child::try_wait), Some(Ok(Some(_))));
             assert!(
-                !exited && Instant::now() < deadline,
+                self.running() && Instant::now() < deadline,
                 "knotd did not start serving mesos.:\n{}",
-                knot.logs()
+                self.logs()
             );
-            if let Some(r) = dns::udp_raw(knot.dns, &dns::build("mesos.", RecordType::SOA, None)) {
+            if let Some(r) = dns::udp_raw(self.dns, &dns::build("mesos.", RecordType::SOA, None)) {
                 let m = hickory_proto::op::Message::from_vec(&r).expect("a DNS message");
                 if m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty() {
-                    return knot;
+                    return self.spawned.elapsed();
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether knotd has not exited.
+    pub fn running(&mut self) -> bool {
+        !matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(Some(_))))
     }
 
     pub fn pid(&self) -> u32 {

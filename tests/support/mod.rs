@@ -11,6 +11,7 @@ pub mod mesos;
 pub mod netns;
 pub mod operator;
 pub mod report;
+pub mod scale;
 pub mod sites;
 pub mod xdp;
 

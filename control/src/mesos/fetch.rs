@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::mesos::state::{parse_pid, State};
+use crate::mesos::state::parse_pid;
+use crate::mesos::stream::{self, Head, ReadError};
+use crate::mesos::translate::{Translation, Translator};
 
 /// Why a poll of the masters failed. The catalog is left as it was.
 #[derive(Debug, thiserror::Error)]
@@ -144,13 +146,14 @@ impl MasterClient {
             .collect()
     }
 
-    /// The leading master's state: each master in order until one answers with a state
-    /// that names a leader; from the leader itself when that is another master.
-    pub async fn fetch(&self) -> Result<State, FetchError> {
+    /// The leading master's catalog: each master in order until one answers with a state
+    /// that names a leader; from the leader itself when that is another master. The state is
+    /// translated as it streams in (`site_attribute` names an agent's site).
+    pub async fn fetch(&self, site_attribute: &str) -> Result<Translation, FetchError> {
         let mut errors = Vec::new();
         for url in &self.masters {
-            match self.fetch_via(url).await {
-                Ok(state) => return Ok(state),
+            match self.fetch_via(url, site_attribute).await {
+                Ok(t) => return Ok(t),
                 Err(e) => errors.push(e),
             }
         }
@@ -162,16 +165,17 @@ impl MasterClient {
         ))
     }
 
-    async fn fetch_via(&self, url: &str) -> Result<State, FetchError> {
-        let state = self.get(url).await?;
-        let Some(leader) = state.leader.as_deref().filter(|l| !l.is_empty()) else {
+    async fn fetch_via(&self, url: &str, site_attribute: &str) -> Result<Translation, FetchError> {
+        let (head, translator) = self.get(url, site_attribute).await?;
+        let Some(leader) = head.leader.as_deref().filter(|l| !l.is_empty()) else {
             return Err(FetchError::NoLeader {
                 url: url.to_string(),
             });
         };
-        if state.pid.as_deref() == Some(leader) {
-            return Ok(state);
+        if head.pid.as_deref() == Some(leader) {
+            return Ok(self.finish(head, translator));
         }
+        drop(translator);
         // Another master leads: ask it, as Mesos-DNS does.
         let Some((host, port)) = parse_pid(leader) else {
             return Err(FetchError::Bad {
@@ -185,9 +189,9 @@ impl MasterClient {
             host
         };
         let leader_url = format!("{}://{host}:{port}", self.scheme);
-        let state = self.get(&leader_url).await?;
-        match state.leader.as_deref() {
-            Some(l) if state.pid.as_deref() == Some(l) => Ok(state),
+        let (head, translator) = self.get(&leader_url, site_attribute).await?;
+        match head.leader.as_deref() {
+            Some(l) if head.pid.as_deref() == Some(l) => Ok(self.finish(head, translator)),
             _ => Err(FetchError::Bad {
                 url: leader_url,
                 reason: "the named leader does not say it leads".into(),
@@ -195,44 +199,49 @@ impl MasterClient {
         }
     }
 
-    async fn get(&self, base: &str) -> Result<State, FetchError> {
+    fn finish(&self, head: Head, translator: Translator) -> Translation {
+        translator.finish(
+            &self.master_addresses(),
+            head.leader.as_deref(),
+            head.leader_info.as_ref(),
+        )
+    }
+
+    async fn get(
+        &self,
+        base: &str,
+        site_attribute: &str,
+    ) -> Result<(Head, Translator), FetchError> {
         let url = format!("{base}/master/state");
         let unreachable = |reason: String| FetchError::NoMaster(vec![format!("{url}: {reason}")]);
         let mut req = self.http.get(&url);
         if let Some((user, pass)) = &self.auth {
             req = req.basic_auth(user, Some(pass));
         }
-        let mut resp = req.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let resp = req.send().await.map_err(|e| unreachable(error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(unreachable(format!("HTTP {}", resp.status())));
         }
+        let too_large = |max: usize| FetchError::Bad {
+            url: url.clone(),
+            reason: format!("body larger than {max} bytes"),
+        };
         if resp
             .content_length()
             .is_some_and(|n| n as usize > self.max_body)
         {
-            return Err(FetchError::Bad {
-                url,
-                reason: format!("body larger than {} bytes", self.max_body),
-            });
+            return Err(too_large(self.max_body));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        stream::read(resp, self.max_body, site_attribute)
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?
-        {
-            if body.len() + chunk.len() > self.max_body {
-                return Err(FetchError::Bad {
-                    url,
-                    reason: format!("body larger than {} bytes", self.max_body),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        serde_json::from_slice(&body).map_err(|e| FetchError::Bad {
-            url,
-            reason: format!("not a Mesos state document: {e}"),
-        })
+            .map_err(|e| match e {
+                ReadError::Transfer(reason) => unreachable(reason),
+                ReadError::TooLarge(max) => too_large(max),
+                ReadError::Parse(e) => FetchError::Bad {
+                    url: url.clone(),
+                    reason: format!("not a Mesos state document: {e}"),
+                },
+            })
     }
 }
 

@@ -7,6 +7,7 @@ pub mod guard;
 pub mod operator;
 pub mod recordio;
 pub mod state;
+pub mod stream;
 pub mod subscribe;
 pub mod sync;
 pub mod translate;

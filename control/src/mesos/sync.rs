@@ -6,22 +6,23 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::describe;
+use crate::etcd::{MAX_TXN_BYTES, MAX_TXN_OPS};
 use crate::keys::{self, Kind, Record, PREFIX};
 use crate::mesos::election;
 use crate::mesos::fetch::{FetchError, MasterClient};
 pub use crate::mesos::guard::DeleteGuard;
 use crate::mesos::guard::{GuardState, Verdict, GUARD_KEY};
 use crate::mesos::state::State;
-use crate::mesos::translate::translate;
+use crate::mesos::translate::{translate, Translation};
 use crate::mesos::vipalloc::{self, VipRanges};
 use crate::model::VipAddress;
 use crate::EtcdStore;
 
-/// Keys changed per transaction (plus as many compares, and the leadership fence).
-const BATCH: usize = 60;
+/// Transactions in flight at once while writing.
+const IN_FLIGHT: usize = 8;
 
 /// Metric names.
 pub const POLLS_TOTAL: &str = "lodestar_mesos_sync_polls_total";
@@ -121,8 +122,16 @@ impl Syncer {
     pub async fn poll(&mut self, fence: Option<i64>) -> Result<PollReport, SyncError> {
         self.stats.polls.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(POLLS_TOTAL).increment(1);
-        let result = match self.masters.fetch().await {
-            Ok(state) => self.write_state(&state, fence).await,
+        let started = std::time::Instant::now();
+        let result = match self.masters.fetch(&self.site_attribute).await {
+            Ok(t) => {
+                debug!(
+                    records = t.records.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "read and translated the master's state"
+                );
+                self.write_translation(t, fence).await
+            }
             Err(e) => Err(e.into()),
         };
         self.account(result)
@@ -135,7 +144,12 @@ impl Syncer {
         state: &State,
         fence: Option<i64>,
     ) -> Result<PollReport, SyncError> {
-        let result = self.write_state(state, fence).await;
+        let t = translate(
+            state,
+            &self.masters.master_addresses(),
+            &self.site_attribute,
+        );
+        let result = self.write_translation(t, fence).await;
         self.account(result)
     }
 
@@ -158,16 +172,11 @@ impl Syncer {
         result
     }
 
-    async fn write_state(
+    async fn write_translation(
         &mut self,
-        state: &State,
+        t: Translation,
         fence: Option<i64>,
     ) -> Result<PollReport, SyncError> {
-        let t = translate(
-            state,
-            &self.masters.master_addresses(),
-            &self.site_attribute,
-        );
         for bad in &t.rejected_vip_labels {
             warn!("rejecting VIP label: {bad}");
         }
@@ -220,28 +229,38 @@ impl Syncer {
             self.current = Some(self.read_current().await?);
         }
 
-        let desired: BTreeMap<String, Vec<u8>> =
-            t.records.iter().map(|r| (r.key(), r.to_value())).collect();
+        // Each record becomes its key and value as it is consumed: the translation, the
+        // desired catalog and the changes are never all held at once.
+        let desired: BTreeMap<String, Vec<u8>> = t
+            .records
+            .into_iter()
+            .map(|r| (r.key(), r.to_value()))
+            .collect();
         let current = self.current.as_ref().expect("read above");
-        let mut changes: Vec<(String, Option<Vec<u8>>, i64)> = Vec::new();
-        let mut unchanged = 0;
-        for (key, value) in &desired {
-            match current.get(key) {
-                Some((v, _)) if v == value => unchanged += 1,
-                Some((_, rev)) => changes.push((key.clone(), Some(value.clone()), *rev)),
-                None => changes.push((key.clone(), Some(value.clone()), 0)),
-            }
-        }
         // Deletes come after every put, so a task moving to another key (the legacy
         // `tasks/<id>` to `tasks/<framework>/<id>`) is under the new key before it leaves the
-        // old one, in the same transaction or an earlier one.
+        // old one.
         let mut legacy = 0;
+        let mut deletes: Vec<Change> = Vec::new();
         for (key, (_, rev)) in current {
             if owned(key) && !desired.contains_key(key) {
                 legacy += usize::from(is_legacy_task(key));
-                changes.push((key.clone(), None, *rev));
+                deletes.push((key.clone(), None, *rev));
             }
         }
+        let mut changes: Vec<Change> = Vec::new();
+        let mut unchanged = 0;
+        for (key, value) in desired {
+            match current.get(&key) {
+                Some((v, _)) if *v == value => unchanged += 1,
+                Some((_, rev)) => {
+                    let rev = *rev;
+                    changes.push((key, Some(value), rev));
+                }
+                None => changes.push((key, Some(value), 0)),
+            }
+        }
+        changes.append(&mut deletes);
         if legacy > 0 {
             info!(
                 tasks = legacy,
@@ -253,16 +272,21 @@ impl Syncer {
             unchanged,
             ..PollReport::default()
         };
-        for batch in changes.chunks(BATCH) {
-            self.write_batch(batch, fence).await?;
-            report.txns += 1;
-            for (_, value, _) in batch {
-                match value {
-                    Some(_) => report.puts += 1,
-                    None => report.deletes += 1,
-                }
-            }
-        }
+        let (puts, deletes): (Vec<Change>, Vec<Change>) =
+            changes.into_iter().partition(|(_, v, _)| v.is_some());
+        report.puts = puts.len();
+        report.deletes = deletes.len();
+        // Every put is acknowledged before the first delete is sent.
+        let started = std::time::Instant::now();
+        report.txns += self.write_all(puts, fence).await?;
+        report.txns += self.write_all(deletes, fence).await?;
+        debug!(
+            puts = report.puts,
+            deletes = report.deletes,
+            txns = report.txns,
+            ms = started.elapsed().as_millis() as u64,
+            "wrote the changes"
+        );
         self.save_guard_state(guard_state, fence).await?;
         self.stats
             .puts
@@ -290,55 +314,81 @@ impl Syncer {
             && (self.ranges.v6.is_none() || addresses.iter().any(|a| a.is_ipv6()))
     }
 
-    async fn write_batch(
+    /// Writes `changes` in transactions within etcd's limits, several in flight at once (etcd
+    /// commits concurrent transactions together, where one at a time each waits for its own
+    /// commit). Each is guarded on its keys' revisions, so their order does not matter. Returns
+    /// the number of transactions; what was written is what `current` now holds.
+    async fn write_all(
         &mut self,
-        batch: &[(String, Option<Vec<u8>>, i64)],
+        changes: Vec<Change>,
         fence: Option<i64>,
-    ) -> Result<(), SyncError> {
-        let mut compares: Vec<Compare> = fence.map(election::fence).into_iter().collect();
-        let mut ops = Vec::with_capacity(batch.len());
-        for (key, value, rev) in batch {
-            compares.push(if *rev == 0 {
-                Compare::version(key.clone(), CompareOp::Equal, 0)
-            } else {
-                Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)
-            });
-            ops.push(match value {
-                Some(v) => TxnOp::put(key.clone(), v.clone(), None),
-                None => TxnOp::delete(key.clone(), None),
-            });
-        }
-        let mut kv = self.store.client().kv_client();
-        let resp = kv
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await
-            .map_err(|e| SyncError::Store(describe(&e)))?;
-        if !resp.succeeded() {
-            if let Some(lease) = fence {
-                let holder = kv
-                    .get(election::LEADER_KEY, None)
-                    .await
-                    .ok()
-                    .and_then(|r| r.kvs().first().map(|kv| kv.lease()));
-                if holder != Some(lease) {
-                    return Err(SyncError::NotLeader);
+    ) -> Result<usize, SyncError> {
+        let mut batches = batches(changes, usize::from(fence.is_some())).into_iter();
+        let count = batches.len();
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut failed = None;
+        loop {
+            while failed.is_none() && in_flight.len() < IN_FLIGHT {
+                let Some(batch) = batches.next() else { break };
+                let mut kv = self.store.client().kv_client();
+                in_flight.spawn(async move {
+                    let resp = kv.txn(txn(&batch, fence)).await;
+                    (batch, resp)
+                });
+            }
+            let Some(done) = in_flight.join_next().await else {
+                break;
+            };
+            let (batch, resp) =
+                done.map_err(|e| SyncError::Store(format!("a write failed: {e}")))?;
+            match resp {
+                Ok(resp) if resp.succeeded() => {
+                    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    let current = self.current.get_or_insert_with(BTreeMap::new);
+                    for (key, value, _) in batch {
+                        match value {
+                            Some(v) => {
+                                current.insert(key, (v, revision));
+                            }
+                            None => {
+                                current.remove(&key);
+                            }
+                        }
+                    }
+                }
+                Ok(_) => {
+                    if failed.is_none() {
+                        failed = Some(self.refused(fence).await);
+                    }
+                }
+                Err(e) => {
+                    failed.get_or_insert(SyncError::Store(describe(&e)));
                 }
             }
-            return Err(SyncError::Conflict);
         }
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let current = self.current.get_or_insert_with(BTreeMap::new);
-        for (key, value, _) in batch {
-            match value {
-                Some(v) => {
-                    current.insert(key.clone(), (v.clone(), revision));
-                }
-                None => {
-                    current.remove(key);
-                }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
+    }
+
+    /// Why a transaction's compares failed: this instance no longer leads, or another writer
+    /// changed a key.
+    async fn refused(&self, fence: Option<i64>) -> SyncError {
+        if let Some(lease) = fence {
+            let holder = self
+                .store
+                .client()
+                .kv_client()
+                .get(election::LEADER_KEY, None)
+                .await
+                .ok()
+                .and_then(|r| r.kvs().first().map(|kv| kv.lease()));
+            if holder != Some(lease) {
+                return SyncError::NotLeader;
             }
         }
-        Ok(())
+        SyncError::Conflict
     }
 
     /// Is the catalog in etcd not what we last read or wrote? One small range request: the
@@ -515,6 +565,51 @@ impl Syncer {
         }
         Ok(out)
     }
+}
+
+/// A change to one key: its new value (`None`: delete it) and the revision it was read at
+/// (0: absent).
+type Change = (String, Option<Vec<u8>>, i64);
+
+/// Groups changes into transactions within etcd's limits: at most `MAX_TXN_OPS` compares (one
+/// per key, and `extra` more: the fence) and about `MAX_TXN_BYTES` of keys and values.
+fn batches(changes: Vec<Change>, extra: usize) -> Vec<Vec<Change>> {
+    let keys = MAX_TXN_OPS - extra;
+    let mut out = Vec::new();
+    let mut batch: Vec<Change> = Vec::new();
+    let mut bytes = 0;
+    for c in changes {
+        let size = 2 * c.0.len() + c.1.as_ref().map_or(0, Vec::len);
+        if !batch.is_empty() && (batch.len() == keys || bytes + size > MAX_TXN_BYTES) {
+            out.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(c);
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
+
+/// The transaction that makes `batch`'s changes if its keys are still at the revisions read
+/// (and, with a fence, this instance still leads).
+fn txn(batch: &[Change], fence: Option<i64>) -> Txn {
+    let mut compares: Vec<Compare> = fence.map(election::fence).into_iter().collect();
+    let mut ops = Vec::with_capacity(batch.len());
+    for (key, value, rev) in batch {
+        compares.push(if *rev == 0 {
+            Compare::version(key.clone(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)
+        });
+        ops.push(match value {
+            Some(v) => TxnOp::put(key.clone(), v.clone(), None),
+            None => TxnOp::delete(key.clone(), None),
+        });
+    }
+    Txn::new().when(compares).and_then(ops)
 }
 
 /// A task key from before tasks were keyed by framework.

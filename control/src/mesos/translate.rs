@@ -31,21 +31,62 @@ pub struct Translation {
 
 /// Translates a state document. `masters` are the configured masters (host, port) in order.
 pub fn translate(state: &State, masters: &[(String, u16)], site_attribute: &str) -> Translation {
-    let mut out = Translation::default();
-    let mut agent_ips: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
-    let mut task_ids: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut t = Translator::new(site_attribute);
     for slave in &state.slaves {
+        t.slave(slave);
+    }
+    for fw in &state.frameworks {
+        let first = t.framework_tasks_start();
+        for task in &fw.tasks {
+            t.task(task);
+        }
+        t.framework(
+            fw.id.clone(),
+            fw.name.clone(),
+            fw.pid.as_deref(),
+            fw.hostname.clone(),
+            first,
+        );
+    }
+    t.finish(masters, state.leader.as_deref(), state.leader_info.as_ref())
+}
+
+/// A translation built piece by piece, in whatever order a state document lists its agents,
+/// frameworks and tasks (a document read as it streams in is never held whole): a task's
+/// framework name and its agent's addresses are filled in when those are known.
+pub struct Translator {
+    out: Translation,
+    site_attribute: String,
+    agent_ips: BTreeMap<String, Vec<IpAddr>>,
+    task_ids: BTreeSet<(String, String)>,
+}
+
+impl Translator {
+    pub fn new(site_attribute: &str) -> Translator {
+        Translator {
+            out: Translation::default(),
+            site_attribute: site_attribute.to_string(),
+            agent_ips: BTreeMap::new(),
+            task_ids: BTreeSet::new(),
+        }
+    }
+
+    /// An agent (`slaves` entry).
+    pub fn slave(&mut self, slave: &state::Slave) {
         let addresses: Vec<IpAddr> = parse_pid(&slave.pid)
             .and_then(|(host, _)| host.parse().ok())
             .into_iter()
             .collect();
-        agent_ips.insert(&slave.id, addresses.clone());
-        let site = slave.attributes.get(site_attribute).and_then(|v| match v {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        });
-        out.records.push(Record::Agent(Agent {
+        self.agent_ips.insert(slave.id.clone(), addresses.clone());
+        let site = slave
+            .attributes
+            .get(&self.site_attribute)
+            .and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+        self.out.records.push(Record::Agent(Agent {
             id: slave.id.clone(),
             hostname: slave.hostname.clone(),
             addresses,
@@ -53,76 +94,120 @@ pub fn translate(state: &State, masters: &[(String, u16)], site_attribute: &str)
         }));
     }
 
-    for fw in &state.frameworks {
-        let pid = fw.pid.as_deref().and_then(parse_pid);
+    /// Where the tasks of the framework about to be read begin (for `framework`).
+    pub fn framework_tasks_start(&self) -> usize {
+        self.out.records.len()
+    }
+
+    /// A task of the framework being read (its name is set by `framework`).
+    pub fn task(&mut self, task: &state::Task) {
+        let state = match task.state.as_str() {
+            "TASK_RUNNING" => TaskState::Running,
+            "TASK_KILLING" => TaskState::Draining,
+            _ => return,
+        };
+        // The task's own framework_id, not the list it is in: they agree in a master's state.
+        if !self
+            .task_ids
+            .insert((task.framework_id.clone(), task.id.clone()))
+        {
+            self.out
+                .duplicate_task_ids
+                .push(TaskKey::new(task.framework_id.clone(), task.id.clone()));
+            return;
+        }
+        let task = translate_task(task, "", state, &mut self.out);
+        self.out.records.push(Record::Task(task));
+    }
+
+    /// The framework whose tasks were read since `first` (from `framework_tasks_start`).
+    pub fn framework(
+        &mut self,
+        id: String,
+        name: String,
+        pid: Option<&str>,
+        hostname: Option<String>,
+        first: usize,
+    ) {
+        let first = first.min(self.out.records.len());
+        for r in &mut self.out.records[first..] {
+            if let Record::Task(t) = r {
+                t.framework.clone_from(&name);
+            }
+        }
+        let pid = pid.and_then(parse_pid);
         let addresses: Vec<IpAddr> = pid
             .as_ref()
             .and_then(|(h, _)| h.parse().ok())
             .into_iter()
             .collect();
-        out.records.push(Record::Framework(Framework {
-            id: fw.id.clone(),
-            name: fw.name.clone(),
-            hostname: fw.hostname.clone(),
+        self.out.records.push(Record::Framework(Framework {
+            id,
+            name,
+            hostname,
             addresses,
             port: pid.map(|(_, p)| p),
         }));
-        for task in &fw.tasks {
-            let state = match task.state.as_str() {
-                "TASK_RUNNING" => TaskState::Running,
-                "TASK_KILLING" => TaskState::Draining,
-                _ => continue,
-            };
-            // The task's own framework_id, not the list it is in: they agree in a master's state.
-            if !task_ids.insert((task.framework_id.as_str(), task.id.as_str())) {
-                out.duplicate_task_ids
-                    .push(TaskKey::new(task.framework_id.clone(), task.id.clone()));
-                continue;
-            }
-            let host_ips = agent_ips
-                .get(task.slave_id.as_str())
-                .cloned()
-                .unwrap_or_default();
-            let task = translate_task(task, &fw.name, state, &host_ips, &mut out);
-            out.records.push(Record::Task(task));
-        }
     }
 
-    let leader = state.leader.as_deref().and_then(parse_pid);
-    let mut seen = BTreeSet::new();
-    let mut index = 0;
-    for (host, port) in masters.iter().cloned().chain(leader.clone()) {
-        let Ok(address) = host.parse::<IpAddr>() else {
-            continue;
-        };
-        if !seen.insert((address, port)) {
-            continue;
+    /// The translation, with each task's agent addresses, the masters and the leader.
+    pub fn finish(
+        mut self,
+        masters: &[(String, u16)],
+        leader: Option<&str>,
+        leader_info: Option<&state::MasterInfo>,
+    ) -> Translation {
+        let mut out = std::mem::take(&mut self.out);
+        for r in &mut out.records {
+            let Record::Task(t) = r else { continue };
+            for &ip in self.agent_ips.get(&t.agent).into_iter().flatten() {
+                if !t
+                    .ips
+                    .iter()
+                    .any(|have| have.ip == ip && have.source == IpSource::Host)
+                {
+                    t.ips.push(TaskIp {
+                        ip,
+                        source: IpSource::Host,
+                    });
+                }
+            }
         }
-        out.records.push(Record::Master(Master {
-            id: format!("master-{index}"),
-            hostname: None,
-            address,
-            port,
-        }));
-        index += 1;
-    }
-    if let Some((host, port)) = leader {
-        if let Ok(address) = host.parse::<IpAddr>() {
-            out.records.push(Record::Leader(Leader {
-                hostname: state.leader_info.as_ref().and_then(|i| i.hostname.clone()),
+        let leader = leader.and_then(parse_pid);
+        let mut seen = BTreeSet::new();
+        let mut index = 0;
+        for (host, port) in masters.iter().cloned().chain(leader.clone()) {
+            let Ok(address) = host.parse::<IpAddr>() else {
+                continue;
+            };
+            if !seen.insert((address, port)) {
+                continue;
+            }
+            out.records.push(Record::Master(Master {
+                id: format!("master-{index}"),
+                hostname: None,
                 address,
                 port,
             }));
+            index += 1;
         }
+        if let Some((host, port)) = leader {
+            if let Ok(address) = host.parse::<IpAddr>() {
+                out.records.push(Record::Leader(Leader {
+                    hostname: leader_info.and_then(|i| i.hostname.clone()),
+                    address,
+                    port,
+                }));
+            }
+        }
+        out
     }
-    out
 }
 
 fn translate_task(
     task: &state::Task,
     framework: &str,
     state: TaskState,
-    host_ips: &[IpAddr],
     out: &mut Translation,
 ) -> Task {
     // The newest TASK_RUNNING status carries the addresses (Mesos-DNS does the same).
@@ -160,9 +245,6 @@ fn translate_task(
                 push(Some(&l.value), source);
             }
         }
-    }
-    for ip in host_ips {
-        push(Some(&ip.to_string()), IpSource::Host);
     }
     let mappings = port_mappings(task, status);
     // Resource ports are the agent's; in bridge mode a mapping names the container's port.
