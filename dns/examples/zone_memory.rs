@@ -55,6 +55,33 @@ fn mb(b: usize) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 
+/// Task `i` of the catalog; `generation` moves its address (the incremental updates).
+fn task(i: usize, agents: usize, generation: usize) -> Task {
+    let app = i / 3;
+    let agent = i % agents;
+    Task::new(
+        format!("app{app}.{:08x}-7c1d-11ef-9a3b-0242ac110002", i),
+        format!("app{app}"),
+        "marathon",
+        format!("9c4a7d52-1f3e-4b8a-a0c6-5e2f8d1b7c3a-S{agent}"),
+    )
+    .with_framework_id("2f6e1b3c-8d4a-4e7f-b5c2-9a1d0e3f6b8c-0001")
+    .with_ip(
+        format!("198.18.{}.{}", (i / 250 + generation) % 200, i % 250 + 1)
+            .parse()
+            .unwrap(),
+        IpSource::Netinfo,
+    )
+    .with_resource_port(31000 + (i % 1000) as u16)
+    .with_discovery_name(format!("app{app}"))
+    .with_discovery_port(Port {
+        name: Some("http".into()),
+        protocol: Some(Protocol::Tcp),
+        ..Port::new(8080)
+    })
+    .with_label("HAPROXY_GROUP", "external")
+}
+
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
@@ -76,30 +103,7 @@ fn main() {
     let mut tasks = Vec::with_capacity(n);
     let before_tasks = held();
     for i in 0..n {
-        let app = i / 3;
-        let agent = i % agents;
-        let task = Task::new(
-            format!("app{app}.{:08x}-7c1d-11ef-9a3b-0242ac110002", i),
-            format!("app{app}"),
-            "marathon",
-            format!("9c4a7d52-1f3e-4b8a-a0c6-5e2f8d1b7c3a-S{agent}"),
-        )
-        .with_framework_id("2f6e1b3c-8d4a-4e7f-b5c2-9a1d0e3f6b8c-0001")
-        .with_ip(
-            format!("198.18.{}.{}", (i / 250) % 200, i % 250 + 1)
-                .parse()
-                .unwrap(),
-            IpSource::Netinfo,
-        )
-        .with_resource_port(31000 + (i % 1000) as u16)
-        .with_discovery_name(format!("app{app}"))
-        .with_discovery_port(Port {
-            name: Some("http".into()),
-            protocol: Some(Protocol::Tcp),
-            ..Port::new(8080)
-        })
-        .with_label("HAPROXY_GROUP", "external");
-        let mut task = task;
+        let mut task = task(i, agents, 0);
         task.shrink_to_fit();
         tasks.push(task);
     }
@@ -109,7 +113,6 @@ fn main() {
     }
     let catalog = held() - base;
     let snapshot = Arc::new(state.snapshot(1, Source::Demo));
-    drop(state);
     // The same catalog as a file, for `lodestar agent --catalog` (or `lodestar catalog load`).
     if let Some(path) = std::env::var_os("CATALOG_OUT") {
         let doc = lodestar_control::CatalogDocument::from_snapshot(&snapshot);
@@ -148,6 +151,34 @@ fn main() {
         mb(with_builder - zone_only)
     );
     println!("    of which the zone              {:>10}", mb(zone_only));
+    // Incremental updates, on a builder of their own: one task moves per snapshot, then 1% of
+    // them at once.
+    let mut builder =
+        ZoneBuilder::new(ZoneConfig::default(), vec!["198.18.0.1".parse().unwrap()]).unwrap();
+    builder.update(&snapshot);
+    let rounds = 200;
+    let started = cpu();
+    for r in 0..rounds {
+        let i = (r * 7919) % n;
+        state.upsert(Record::Task(task(i, agents, r + 1)));
+        builder.update(&Arc::new(state.snapshot(2 + r as i64, Source::Demo)));
+    }
+    let one = (cpu() - started) / rounds as u32;
+    let batch = n / 100;
+    for i in 0..batch {
+        state.upsert(Record::Task(task(i * 97 % n, agents, rounds + 1)));
+    }
+    let started = cpu();
+    builder.update(&Arc::new(state.snapshot(3 + rounds as i64, Source::Demo)));
+    let per_task = (cpu() - started) / batch as u32;
+    println!(
+        "  one changed task per snapshot    {:>10.1} us of CPU",
+        one.as_secs_f64() * 1e6
+    );
+    println!(
+        "  1% changed at once, per task     {:>10.1} us of CPU",
+        per_task.as_secs_f64() * 1e6
+    );
     println!(
         "  first build                      {:>10.0} ms ({:.0} ms of CPU)",
         build.as_secs_f64() * 1e3,

@@ -1,7 +1,9 @@
 //! The authoritative zones (`mesos` and `thisdcos.directory`) as the answer path reads them:
-//! every name's answers encoded once, by hickory-proto, when the snapshot changes, so a query is
-//! a lookup and a copy. `ZoneBuilder` keeps them up to date incrementally: a change to one task
-//! re-encodes only the names that task touches. `Zone` is an `AnswerSource` of the catalog.
+//! every name's records, and its answers encoded once, the first time the name is asked for,
+//! so a query is a lookup and a copy. `ZoneBuilder` keeps them up to date incrementally: a
+//! change to one task remakes only the names that task touches, and holds little besides the
+//! zone itself (docs/benchmarks.md, "Memory at scale"). `Zone` is an `AnswerSource` of the
+//! catalog.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
