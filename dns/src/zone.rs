@@ -1512,6 +1512,37 @@ mod tests {
             assert_eq!(dump(&z1), dump(&z2), "diverged at step {step}");
         }
     }
+    /// The builder keeps a name's records only while one of them has more than one
+    /// contributor (or is held back); the rest live in the zone alone.
+    #[test]
+    fn names_with_one_contributor_per_record_live_only_in_the_zone() {
+        let mut state = CatalogState::new();
+        let base = demo::snapshot();
+        for a in base.agents.values() {
+            state.upsert(Record::Agent((**a).clone()));
+        }
+        let agent_ids: Vec<String> = base.agents.keys().cloned().collect();
+        for i in 1..=12 {
+            drop(state.upsert(Record::Task(task(i, &agent_ids[i % 2]))));
+        }
+        let mut builder = ZoneBuilder::new(ZoneConfig::default(), vec![]).unwrap();
+        let zone = builder.update(&Arc::new(state.snapshot(1, Source::Demo)));
+        assert!(zone.len() > 20, "{} names", zone.len());
+        // Every name kept has a record with two contributors (an app's `.slave` names, whose
+        // tasks share two agents' addresses).
+        for (name, records) in &builder.owners {
+            assert!(
+                records.records.iter().any(|(_, c)| c.served + c.held > 1),
+                "{name} is kept with one contributor per record"
+            );
+        }
+        assert!(
+            builder.owners.len() < zone.len() / 4,
+            "{} kept",
+            builder.owners.len()
+        );
+    }
+
     /// Names past `INDEX_FROM` records (found through their index) and records held back as
     /// unhealthy come and go through the same bookkeeping a fresh build does.
     #[test]
