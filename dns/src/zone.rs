@@ -1479,16 +1479,21 @@ mod tests {
         out
     }
 
-    #[test]
-    fn incremental_updates_equal_a_fresh_build() {
-        let cfg = ZoneConfig::default();
-        let mut incremental = ZoneBuilder::new(cfg.clone(), vec![]).unwrap();
+    /// A catalog of the demo's agents and no tasks, and the agents' ids.
+    fn demo_agents() -> (CatalogState, Vec<String>) {
         let mut state = CatalogState::new();
         let base = demo::snapshot();
         for a in base.agents.values() {
             state.upsert(Record::Agent((**a).clone()));
         }
-        let agent_ids: Vec<String> = base.agents.keys().cloned().collect();
+        (state, base.agents.keys().cloned().collect())
+    }
+
+    #[test]
+    fn incremental_updates_equal_a_fresh_build() {
+        let cfg = ZoneConfig::default();
+        let mut incremental = ZoneBuilder::new(cfg.clone(), vec![]).unwrap();
+        let (mut state, agent_ids) = demo_agents();
         let mut rng = fastrand::Rng::with_seed(7);
         for step in 0..200 {
             let i = rng.usize(0..30);
@@ -1501,6 +1506,7 @@ mod tests {
                 8 => drop(state.upsert(Record::Task(task(i, "unknown-agent")))),
                 _ => {
                     // An agent changes address: its tasks' .slave names follow.
+                    let base = demo::snapshot();
                     let mut a = (**base.agents.values().nth(i % 2).unwrap()).clone();
                     a.addresses = vec![format!("198.18.9.{}", step % 250).parse().unwrap()];
                     state.upsert(Record::Agent(a));
@@ -1516,12 +1522,7 @@ mod tests {
     /// contributor (or is held back); the rest live in the zone alone.
     #[test]
     fn names_with_one_contributor_per_record_live_only_in_the_zone() {
-        let mut state = CatalogState::new();
-        let base = demo::snapshot();
-        for a in base.agents.values() {
-            state.upsert(Record::Agent((**a).clone()));
-        }
-        let agent_ids: Vec<String> = base.agents.keys().cloned().collect();
+        let (mut state, agent_ids) = demo_agents();
         for i in 1..=12 {
             drop(state.upsert(Record::Task(task(i, &agent_ids[i % 2]))));
         }
@@ -1553,12 +1554,7 @@ mod tests {
             ..ZoneConfig::default()
         };
         let mut incremental = ZoneBuilder::new(cfg.clone(), vec![]).unwrap();
-        let mut state = CatalogState::new();
-        let base = demo::snapshot();
-        for a in base.agents.values() {
-            state.upsert(Record::Agent((**a).clone()));
-        }
-        let agent_ids: Vec<String> = base.agents.keys().cloned().collect();
+        let (mut state, agent_ids) = demo_agents();
         let mut rng = fastrand::Rng::with_seed(11);
         for step in 0..300 {
             for _ in 0..5 {
