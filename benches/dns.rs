@@ -136,17 +136,6 @@ fn version(program: &Path, args: &[&str]) -> String {
     format!("{name}: {line}")
 }
 
-fn lodestar_binary() -> PathBuf {
-    // Under `cargo bench` this is target/release/lodestar, built with the bench.
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_lodestar"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --release --bin lodestar` (or `cargo bench --bench dns`, which builds it)",
-        path.display()
-    );
-    path
-}
-
 /// Rcode, answers, and the authority section of a response, as comparable text.
 fn answer_set(m: &Message) -> String {
     let mut answers: Vec<String> = m
@@ -284,7 +273,7 @@ fn main() {
     let knotd = require("knotd", "knot");
     let dnsperf_bin = require("dnsperf", "dnsperf");
     let etcd_bin = require("etcd", "etcd-server");
-    let binary = lodestar_binary();
+    let binary = servers::lodestar_binary();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "dns: {} tasks in {} apps, {} queries, {} cores; {}; {}; {}",

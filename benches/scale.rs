@@ -98,16 +98,6 @@ fn require(program: &str, package: &str) -> PathBuf {
         })
 }
 
-fn lodestar_binary() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_lodestar"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --release --bin lodestar`",
-        path.display()
-    );
-    path
-}
-
 /// A field of /proc/<pid>/status in bytes (`VmRSS`, `VmHWM`).
 fn status_bytes(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -262,7 +252,7 @@ fn mb(bytes: u64) -> f64 {
 }
 
 fn measure(o: &Options, tasks: usize, rt: &tokio::runtime::Runtime, knotd: &Path) -> Size {
-    let binary = lodestar_binary();
+    let binary = servers::lodestar_binary();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let apps = scale::apps(tasks);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -393,9 +383,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    println!(
-        "scale: {:?} tasks, {} per app, {} agents; dnsperf -c {} -T {} -q {} -l {}, {} runs each",
-        o.tasks,
+    let setup = format!(
+        "{} tasks per app, {} agents, one framework; dnsperf -c {} -T {} -q {} -l {} over every \
+         app's A name, median of {} runs",
         scale::TASKS_PER_APP,
         scale::AGENTS,
         o.load.clients,
@@ -404,6 +394,7 @@ fn main() {
         o.load.seconds,
         o.runs
     );
+    println!("scale: {:?} tasks; {setup}", o.tasks);
     let sizes: Vec<Size> = o
         .tasks
         .iter()
@@ -411,16 +402,7 @@ fn main() {
         .collect();
 
     let mut report = Report::new("scale");
-    report.say(format!(
-        "\nscale: {} tasks per app, {} agents, one framework; dnsperf -c {} -T {} -q {} -l {} over every app's A name, median of {} runs\n",
-        scale::TASKS_PER_APP,
-        scale::AGENTS,
-        o.load.clients,
-        o.load.threads,
-        o.load.outstanding,
-        o.load.seconds,
-        o.runs
-    ));
+    report.say(format!("\nscale: {setup}\n"));
     let mut rows = Vec::new();
     for s in &sizes {
         let (l, k) = (&s.lodestar, &s.knot);

@@ -22,6 +22,17 @@ fn kill(child: &mut Option<Child>) {
 /// `lodestar agent` on 127.0.0.1, started by the test harness (`tests/support/agent.rs`).
 pub type Lodestar = crate::support::agent::Agent;
 
+/// The release `lodestar` the bench was built with (`cargo bench` builds it).
+pub fn lodestar_binary() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_BIN_EXE_lodestar"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --release --bin lodestar` (or `cargo bench`, which builds it)",
+        path.display()
+    );
+    path
+}
+
 /// Starts `lodestar agent --no-l4lb SOURCE...` on free loopback ports and waits until ready.
 /// Every query is in-zone, so the upstream (a discard port) is never asked.
 pub fn start_lodestar(binary: &Path, source: &[&str]) -> Lodestar {
