@@ -70,7 +70,20 @@ int lx_xdp(struct xdp_md *ctx)
 	__u32 mode;
 	int new_flow = 0;
 	__u32 tag;
-	__u32 bucket = cache_index(&p.flow, dst, &tag);
+	/* This CPU's run of sets. A CPU past the runs the loader made finds none: uncached. */
+	__u32 bucket = cache_index(&p.flow, dst, &tag) |
+		       (bpf_get_smp_processor_id() << LX_CACHE_BITS);
+	/* A SYN is a new flow (or one decided anew): its reply mark's slot, cold like its cache
+	 * set, is read now so that the two misses overlap. Other packets skip this. */
+	__u32 fhash = 0;
+	__u32 *mark = 0;
+	if (p.tcp_syn) {
+		fhash = flow_hash(&p.flow);
+		__u32 mslot = fhash & (LX_NAT_MARKS - 1);
+		mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &mslot);
+		if (mark)
+			(void)*(volatile __u32 *)mark;
+	}
 	struct lx_cache_bucket *cb = bpf_map_lookup_elem(&LX_MAP_FLOW_CACHE, &bucket);
 	int way = -1;
 	if (cb) {
@@ -135,7 +148,9 @@ int lx_xdp(struct xdp_md *ctx)
 			count(LX_DROP_NO_REAL);
 			return XDP_DROP;
 		}
-		__u32 slot = base + flow_hash(&p.flow) % ring;
+		if (!p.tcp_syn)
+			fhash = flow_hash(&p.flow);
+		__u32 slot = base + fhash % ring;
 		__u32 *rid = bpf_map_lookup_elem(&LX_MAP_RING, &slot);
 		if (!rid) {
 			count(LX_DROP_NO_REAL);
@@ -226,11 +241,13 @@ tracked:;
 	back.proto = p.flow.proto;
 	back.family = p.flow.family;
 	if (!(ct->real.flags & LX_REAL_SHARED)) {
-		__u32 h = flow_hash(&back);
-		__u32 slot = h & (LX_NAT_MARKS - 1);
-		__u32 *mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &slot);
+		/* new_flow: fhash is the flow's hash (the Maglev slot's). */
+		if (!mark) {
+			__u32 mslot = fhash & (LX_NAT_MARKS - 1);
+			mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &mslot);
+		}
 		if (mark)
-			*mark = h;
+			*mark = flow_hash(&back);
 		goto rewrite;
 	}
 	struct lx_rev rev;
@@ -289,10 +306,10 @@ int lx_tc_revnat(struct __sk_buff *skb)
 		fwd.proto = p.flow.proto;
 		fwd.family = p.flow.family;
 		if (!bpf_map_lookup_elem(&LX_MAP_CT, &fwd)) {
-			__u32 h = flow_hash(&p.flow);
-			__u32 slot = h & (LX_NAT_MARKS - 1);
+			/* The mark is in the client's flow's slot, and holds the reply's hash. */
+			__u32 slot = flow_hash(&fwd) & (LX_NAT_MARKS - 1);
 			__u32 *mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &slot);
-			if (!mark || *mark != h)
+			if (!mark || *mark != flow_hash(&p.flow))
 				return TC_ACT_OK;
 			count(LX_NAT_MARKED);
 		}

@@ -46,8 +46,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_CT SEC(".maps");
 
+/* One CPU's run of sets as declared; the loader creates a run per possible CPU (lodestar.h). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, LX_CACHE_BUCKETS);
 	__type(key, __u32);
 	__type(value, struct lx_cache_bucket);

@@ -159,8 +159,11 @@ struct ls_config {
 #define LX_MAX_CT            262144
 /*
  * lx_nat_marks: a new NAT flow to a backend of one VIP writes the hash of its reply's flow
- * into slot (hash % LX_NAT_MARKS), so that its first replies (before its second packet puts it
- * into lx_ct) are known as replies at tc egress. An array write, where an lx_revnat insert
+ * into the slot of its own flow's hash (flow_hash % LX_NAT_MARKS, which its Maglev slot uses
+ * too), so that its first replies (before its second packet puts it into lx_ct) are known as
+ * replies at tc egress, which rebuilds the client's flow from the reply and the backend's VIP.
+ * The slot is known from the packet alone, so a SYN reads it first, while the other cold loads
+ * of a new flow are under way. An array write, where an lx_revnat insert
  * costs an LRU eviction; a later flow may take the slot, which only matters for a flow that
  * is never confirmed.
  */
@@ -185,8 +188,12 @@ struct ls_config {
 #define LX_FILTER_WORDS      1024
 
 /*
- * The per-CPU flow cache in front of lx_ct: LX_CACHE_BUCKETS sets of LX_CACHE_WAYS flows on
+ * The per-CPU flow cache in front of lx_ct: LX_CACHE_BUCKETS sets of LX_CACHE_WAYS flows for
  * every CPU, read with array lookups the verifier inlines (a hash map lookup is a kernel call).
+ * One plain array holds every CPU's run of sets, CPU n's from set n << LX_CACHE_BITS: the
+ * object declares one run and the loader creates it with one per possible CPU. (A per-CPU
+ * array's inlined lookup first reads the element's per-CPU pointer, a second cold load for a
+ * new flow's set.)
  * lx_ct stays the shared, authoritative table; a cache miss falls back to it. A cached flow
  * looks its lx_ct entry up again (an LRU entry ages unless looked up), or puts it back, once
  * LX_CT_REFRESH flows have entered its CPU's cache since it last did: well within the

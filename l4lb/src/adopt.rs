@@ -77,6 +77,8 @@ struct Moved {
 /// The pinned maps moved aside before the object is loaded.
 pub(crate) struct Adoption {
     moved: Vec<Moved>,
+    /// Maps created with another size than the object declares (`layout::created_entries`).
+    pub(crate) sized: Vec<(&'static str, u32)>,
 }
 
 /// Compares every pinned map of `object` in `pins` with the object's definition, and moves
@@ -87,10 +89,15 @@ pub(crate) fn prepare(object: Object, pins: &PinDir) -> Result<Adoption, L4lbErr
         source: std::io::Error::other(e.to_string()),
     })?;
     let mut moved = Vec::new();
+    let mut sized = Vec::new();
     for &map in object.maps() {
         let Some(def) = parsed.maps.get(map) else {
             continue;
         };
+        let max_entries = crate::layout::created_entries(map, def.map_type(), def.max_entries());
+        if max_entries != def.max_entries() {
+            sized.push((map, max_entries));
+        }
         let path = pins.path().join(map);
         if !path.exists() {
             continue;
@@ -99,7 +106,7 @@ pub(crate) fn prepare(object: Object, pins: &PinDir) -> Result<Adoption, L4lbErr
             map_type: def.map_type(),
             key_size: def.key_size(),
             value_size: def.value_size(),
-            max_entries: def.max_entries(),
+            max_entries,
             flags: def.map_flags(),
         };
         let old = match MapData::from_pin(&path) {
@@ -135,7 +142,7 @@ pub(crate) fn prepare(object: Object, pins: &PinDir) -> Result<Adoption, L4lbErr
             verdict,
         });
     }
-    Ok(Adoption { moved })
+    Ok(Adoption { moved, sized })
 }
 
 impl Adoption {

@@ -271,6 +271,21 @@ const FIXED_SIZES: [(&str, u32); 6] = [
     (h::LX_MAP_NAT_MARKS, h::LX_NAT_MARKS),
 ];
 
+/// `max_entries` a map is created with: what the object declares, except for the flow cache,
+/// which the object declares for one CPU (`1 << LX_CACHE_BITS` sets) and which holds a run of
+/// that many sets for every possible CPU (the programs index it by CPU, an array lookup that
+/// the verifier inlines, where a per-CPU array's lookup reads a pointer first).
+pub fn created_entries(map: &str, map_type: u32, declared: u32) -> u32 {
+    if map == h::LX_MAP_FLOW_CACHE
+        && map_type == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32
+    {
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1));
+        declared.saturating_mul(u32::try_from(cpus).unwrap_or(u32::MAX))
+    } else {
+        declared
+    }
+}
+
 /// One way the compiled objects and the Rust side disagree.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutProblem {

@@ -1018,6 +1018,25 @@ fn pinned_maps_of_another_shape_are_migrated_with_their_flows_or_recreated() {
     };
     pin_lru(&ct_path, ct_value, "lx_ct");
     pin_lru(&revnat_path, 8, "lx_revnat");
+    // And its flow cache as a per-CPU array (the layout before one array held every CPU's).
+    let cache_path = pin.0.join("lx_flow_cache");
+    let bucket = std::mem::size_of::<lodestar_l4lb::layout::CacheBucket>();
+    let sets = 1u32 << lodestar_ebpf::header::LX_CACHE_BITS;
+    bpftool(&[
+        "map",
+        "create",
+        cache_path.to_str().unwrap(),
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        &bucket.to_string(),
+        "entries",
+        &sets.to_string(),
+        "name",
+        "lx_flow_cache",
+    ]);
     let flow = pkt("198.18.100.7", "198.19.0.1", Protocol::Tcp, 48000, 80).flow();
     let tracked = Ct {
         real_id: 7,
@@ -1051,10 +1070,37 @@ fn pinned_maps_of_another_shape_are_migrated_with_their_flows_or_recreated() {
         ),
         "lx_revnat is recreated with the object's layout"
     );
+    let cpus = aya::util::nr_cpus().unwrap() as u32;
+    let cache = aya::maps::MapData::from_pin(&cache_path)
+        .unwrap()
+        .info()
+        .unwrap();
+    assert_eq!(
+        (
+            cache.map_type().unwrap(),
+            cache.value_size(),
+            cache.max_entries()
+        ),
+        (aya::maps::MapType::Array, bucket as u32, sets * cpus),
+        "lx_flow_cache is recreated as one array with a run of sets per CPU"
+    );
     // The programs run on the new maps.
     let p = pkt("198.18.100.8", "198.19.0.1", Protocol::Tcp, 48001, 80);
     assert_eq!(
         lb.test_run("lx_xdp", &p.frame(), 1).unwrap().retval,
         XDP_PASS
+    );
+    // A later load takes the flow cache as it is (the size the loader gave it is its shape).
+    let id = cache.id();
+    drop(lb);
+    let _lb = XdpLb::open(&pin.0, &lab_config(), true).expect("load over its own maps");
+    assert_eq!(
+        aya::maps::MapData::from_pin(&cache_path)
+            .unwrap()
+            .info()
+            .unwrap()
+            .id(),
+        id,
+        "adopted, not recreated"
     );
 }
