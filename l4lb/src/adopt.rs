@@ -74,6 +74,10 @@ struct Moved {
     verdict: Verdict,
 }
 
+/// Maps that earlier versions pinned and this one does not use: `lx_nat_marks` (first-reply
+/// marks, replaced by the `lx_first` records).
+const RETIRED: [&str; 1] = ["lx_nat_marks"];
+
 /// The pinned maps moved aside before the object is loaded.
 pub(crate) struct Adoption {
     moved: Vec<Moved>,
@@ -84,6 +88,14 @@ pub(crate) struct Adoption {
 /// Compares every pinned map of `object` in `pins` with the object's definition, and moves
 /// aside (unpins, keeping it open) each that does not match, so that the loader creates it anew.
 pub(crate) fn prepare(object: Object, pins: &PinDir) -> Result<Adoption, L4lbError> {
+    for map in RETIRED {
+        let path = pins.path().join(map);
+        if path.exists() {
+            info!(pin = %path.display(), "removing the pin of a map this version has no use for");
+            std::fs::remove_file(&path)
+                .map_err(L4lbError::io(format!("removing {}", path.display())))?;
+        }
+    }
     let parsed = aya_obj::Object::parse(object.bytes()).map_err(|e| L4lbError::Io {
         action: format!("reading the {} object's map definitions", object.name()),
         source: std::io::Error::other(e.to_string()),

@@ -628,7 +628,9 @@ fn the_flow_cache_is_per_cpu_backed_by_the_shared_table_and_follows_its_vip() {
     lab.run("lx_xdp", &next.frame());
     assert!(lab.lb.flow(&flow).is_none(), "not before LX_CT_REFRESH");
     for port in 0..1100u16 {
+        // Two datagrams each: a flow enters the cache when its second packet confirms it.
         let p = pkt("198.18.101.1", "198.19.0.1", Protocol::Udp, 1024 + port, 53);
+        lab.run("lx_xdp", &p.frame());
         lab.run("lx_xdp", &p.frame());
     }
     assert_eq!(
@@ -954,6 +956,114 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     assert_eq!(lab.counter("drop_revnat_lost"), 1);
 }
 
+/// A flow like `p` from another client of 198.18.104.0/24 whose record takes `p`'s slot of
+/// `lx_first`.
+fn same_first_slot(p: &Pkt) -> Pkt {
+    let slot = |q: &Pkt| flow_hash(&q.flow()) % lodestar_l4lb::layout::LX_FIRST_SLOTS;
+    let want = slot(p);
+    for host in 1..=254u8 {
+        for port in 1024..=u16::MAX {
+            let mut q = p.clone();
+            q.src = IpAddr::from([198, 18, 104, host]);
+            q.sport = port;
+            if slot(&q) == want {
+                return q;
+            }
+        }
+    }
+    panic!(
+        "no flow of 198.18.104.0/24 shares the slot of {}:{}",
+        p.src, p.sport
+    );
+}
+
+#[test]
+fn a_first_packets_record_confirms_its_flow_on_any_cpu_and_a_lost_one_changes_nothing() {
+    let mut lab = Lab::new("first");
+    let vip = ServiceAddr {
+        ip: "198.19.0.1".parse().unwrap(),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    // A NAT VIP whose backends serve it alone. The SYN on CPU 0, then its backend drained:
+    // Maglev would now send the flow elsewhere, and only the SYN's record knows its backend.
+    on_cpu(0);
+    let syn = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 48000, 80);
+    let (to, _, ack) = start_then_drain(&mut lab, &syn);
+    assert_ne!(lab.maglev_pick(&ack), to);
+    assert!(
+        lab.lb.flow(&syn.flow()).is_none(),
+        "a lone SYN is not tracked"
+    );
+    // Its SYN-ACK leaves from the VIP, known by the record.
+    let marked = lab.counter("nat_reply_marked");
+    let (syn_ack, expected) = reply_to(&syn, to);
+    assert_eq!(
+        lab.run("lx_tc_revnat", &syn_ack.frame()),
+        (TC_ACT_OK, expected.frame())
+    );
+    assert_eq!(lab.counter("nat_reply_marked"), marked + 1);
+    // Its ACK comes in on the other CPU, whose cache never saw the flow: the record confirms
+    // the flow, with the SYN's backend, into lx_ct and that CPU's cache.
+    on_cpu(1);
+    let confirmed = lab.counter("flow_confirmed");
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, to).frame(),
+        "the second packet follows the first"
+    );
+    assert_eq!(lab.counter("flow_confirmed"), confirmed + 1);
+    let ct = lab.lb.flow(&syn.flow()).expect("confirmed into lx_ct");
+    assert_eq!(ct.real.port, to.port.to_be());
+    let misses = lab.counter("flow_cache_miss");
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, to).frame()
+    );
+    assert_eq!(
+        lab.counter("flow_confirmed"),
+        confirmed + 1,
+        "confirmed once"
+    );
+    assert_eq!(
+        lab.counter("flow_cache_miss"),
+        misses,
+        "then served by CPU 1's cache"
+    );
+
+    // A flow whose record a later flow's SYN took before its second packet came: its reply
+    // leaves as it is (as one of a connection to the backend's own address does, never with
+    // a VIP that is not its own), and its ACK goes where Maglev says, tracked nowhere.
+    lab.program(&base_plan(1, 1));
+    on_cpu(0);
+    let lost = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 48001, 80);
+    let taker = same_first_slot(&lost);
+    let to = lab.maglev_pick(&lost);
+    lab.run("lx_xdp", &lost.frame());
+    lab.run("lx_xdp", &taker.frame());
+    let (reply, _) = reply_to(&lost, to);
+    assert_eq!(
+        lab.run("lx_tc_revnat", &reply.frame()),
+        (TC_ACT_OK, reply.frame()),
+        "a reply without its record leaves unchanged"
+    );
+    let id = lab.rec.vips()[&vip].id;
+    let untracked = lab.lb.vip_stats(id).lru_misses;
+    let mut ack = lost.clone();
+    ack.syn = false;
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, to).frame()
+    );
+    assert!(lab.lb.flow(&lost.flow()).is_none(), "nothing confirms it");
+    assert_eq!(lab.lb.vip_stats(id).lru_misses, untracked + 1);
+    // The flow that took the slot is confirmed by its own second packet.
+    let mut taker_ack = taker.clone();
+    taker_ack.syn = false;
+    lab.run("lx_xdp", &taker_ack.frame());
+    assert!(lab.lb.flow(&taker.flow()).is_some());
+}
+
 /// Removes a pin directory when dropped (also when the test fails).
 struct PinGuard(std::path::PathBuf);
 
@@ -1037,6 +1147,23 @@ fn pinned_maps_of_another_shape_are_migrated_with_their_flows_or_recreated() {
         "name",
         "lx_flow_cache",
     ]);
+    // And its first-reply marks, which lx_first replaced.
+    let marks_path = pin.0.join("lx_nat_marks");
+    bpftool(&[
+        "map",
+        "create",
+        marks_path.to_str().unwrap(),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        "1024",
+        "name",
+        "lx_nat_marks",
+    ]);
     let flow = pkt("198.18.100.7", "198.19.0.1", Protocol::Tcp, 48000, 80).flow();
     let tracked = Ct {
         real_id: 7,
@@ -1070,6 +1197,7 @@ fn pinned_maps_of_another_shape_are_migrated_with_their_flows_or_recreated() {
         ),
         "lx_revnat is recreated with the object's layout"
     );
+    assert!(!marks_path.exists(), "the retired lx_nat_marks is unpinned");
     let cpus = aya::util::nr_cpus().unwrap() as u32;
     let cache = aya::maps::MapData::from_pin(&cache_path)
         .unwrap()
