@@ -78,7 +78,7 @@ struct Cost {
     not_vip: f64,
     /// A new flow (a TCP SYN to a NAT VIP), every repetition a flow never seen before.
     miss: f64,
-    /// The same while the CPU counts itself flooded (new flows are not cached).
+    /// The same while the CPU counts itself flooded (a new flow's record serves its replies only).
     flooded: f64,
     /// A TCP packet without SYN of a flow nobody tracks (an ACK flood, or tracking lost).
     untracked: f64,
@@ -553,11 +553,11 @@ fn main() {
         c.hit, c.hit_ratio
     ));
     report.say(format!(
-        "| Lodestar, conntrack miss (Maglev, new entry) | {:.1} | {:.2} |",
+        "| Lodestar, conntrack miss: a SYN (Maglev, its record written) | {:.1} | {:.2} |",
         c.miss, c.miss_ratio
     ));
     report.say(format!(
-        "| Lodestar, conntrack miss while flooded (not cached) | {:.1} | {:.2} |",
+        "| Lodestar, the same while flooded (record for replies only) | {:.1} | {:.2} |",
         c.flooded, c.flooded_ratio
     ));
     report.say(format!(
