@@ -64,9 +64,9 @@ int lx_xdp(struct xdp_md *ctx)
 	struct lx_config *cfg = bpf_map_lookup_elem(&LX_MAP_XCONFIG, &zero);
 
 	/* A tracked flow, from this CPU's cache: no hash map lookup at all. A SYN starts a flow
-	 * and is decided anew (as Katran does): it neither reads nor writes the cache, and keeps
-	 * its decision in its flow's lx_first record, whose slot it reads now so that the line's
-	 * miss overlaps the VIP lookup. */
+	 * and is decided anew (as Katran does): it is never served from the cache, and keeps its
+	 * decision in its flow's lx_first record, whose slot it reads now so that the line's miss
+	 * overlaps the VIP lookup. */
 	struct lx_ct fresh;
 	const struct lx_ct *ct;
 	__u32 mode;
@@ -82,6 +82,18 @@ int lx_xdp(struct xdp_md *ctx)
 		first = bpf_map_lookup_elem(&LX_MAP_FIRST, &fslot);
 		if (first)
 			(void)*(volatile __u32 *)&first->flags;
+		/* An older connection of the same 5-tuple may still be in this CPU's cache, with
+		 * the backend it was given then: its entry would take the SYN's second packet
+		 * away from the record. A SYN never follows an old entry (Katran's rule), so the
+		 * entry goes; the set's tags are one line, whose miss overlaps the record's. */
+		__u32 sbucket = cache_index(&p.flow, dst, &tag) |
+				(bpf_get_smp_processor_id() << LX_CACHE_BITS);
+		struct lx_cache_bucket *sb = bpf_map_lookup_elem(&LX_MAP_FLOW_CACHE, &sbucket);
+		if (sb) {
+			int old = cache_find(sb, tag, &p.flow);
+			if (old >= 0)
+				sb->tags[old & (LX_CACHE_WAYS - 1)] = 0;
+		}
 	} else {
 		/* This CPU's run of sets. A CPU past the runs the loader made finds none: uncached. */
 		__u32 bucket = cache_index(&p.flow, dst, &tag) |
@@ -124,12 +136,13 @@ int lx_xdp(struct xdp_md *ctx)
 	if (!p.tcp_syn) {
 		/* Not cached: the flow's record may hold its first packet's decision. Then this is
 		 * its second packet, confirmed with that packet's backend (whatever Maglev says
-		 * now) while its VIP keeps the generation, into lx_ct and this CPU's cache. A
-		 * backend gone since then leaves the flow to Maglev. */
+		 * now, and whatever an older connection of the 5-tuple left in lx_ct) while its
+		 * VIP keeps the generation, into lx_ct and this CPU's cache. A backend gone since
+		 * then leaves the flow to Maglev. */
 		fhash = flow_hash(&p.flow);
 		__u32 fslot = fhash & (LX_FIRST_SLOTS - 1);
 		first = bpf_map_lookup_elem(&LX_MAP_FIRST, &fslot);
-		if (first && (first->flags & LX_FIRST_UNCONFIRMED) &&
+		if (first && (first->flags & (LX_FIRST_UNCONFIRMED | LX_FIRST_FLOODED)) &&
 		    flow_eq(&first->flow, &p.flow)) {
 			__u32 vid = first->vip_id;
 			__u32 first_real = first->real_id;
@@ -139,16 +152,26 @@ int lx_xdp(struct xdp_md *ctx)
 			__u32 lgen = live ? live_gen(live, &lmode) : 0;
 			if (lgen && lgen == first->gen && real && (real->flags & LX_REAL_VALID) &&
 			    real->vip_id == vid) {
+				__u32 flags = first->flags;
 				first->flags = 0;
 				__builtin_memset(&fresh, 0, sizeof(fresh));
 				__builtin_memcpy(&fresh.real, real, sizeof(*real));
 				fresh.real_id = first_real;
 				fresh.gen = lgen;
 				mode = lmode;
-				bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
-				count(LX_CONFIRMED);
-				if (cb)
-					cache_put(cb, way, tag, &p.flow, &fresh, cache_clock(1), 0);
+				if (flags & LX_FIRST_UNCONFIRMED) {
+					bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
+					count(LX_CONFIRMED);
+					if (cb)
+						cache_put(cb, way, tag, &p.flow, &fresh,
+							  cache_clock(1), 0);
+				} else {
+					/* A SYN decided while flooded: its ACK follows it, tracked
+					 * nowhere, and an older connection's lx_ct entry of the
+					 * 5-tuple goes, so that it takes none of the flow's later
+					 * packets (which go where Maglev says). Once per flow. */
+					bpf_map_delete_elem(&LX_MAP_CT, &p.flow);
+				}
 				goto tracked_nowhere;
 			}
 		}
@@ -218,12 +241,13 @@ int lx_xdp(struct xdp_md *ctx)
 		}
 	}
 	if (first_packet) {
-		/* Its record. Flooded, it is kept for the replies only: no second packet
-		 * confirms it, and the flow is not tracked (as Katran's flood rule). */
+		/* Its record. Flooded, no second packet confirms it and the flow is not tracked
+		 * (as Katran's flood rule): a SYN's record gives its ACK the SYN's backend, and
+		 * a record serves the replies. */
 		__u32 flags = LX_FIRST_UNCONFIRMED;
 		if (flooded(cfg)) {
 			count(LX_FLOOD_UNCACHED);
-			flags = 0;
+			flags = p.tcp_syn ? LX_FIRST_FLOODED : 0;
 		}
 		if (first) {
 			__u32 reply_hash = 0;

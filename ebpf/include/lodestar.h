@@ -276,7 +276,8 @@ struct lx_ct {
 #define LX_CACHE_UNCONFIRMED 0x1  /* only its first packet seen: not in lx_ct yet (older agents) */
 
 /* lx_first.flags */
-#define LX_FIRST_UNCONFIRMED 0x1  /* its second packet confirms it (not set: decided flooded) */
+#define LX_FIRST_UNCONFIRMED 0x1  /* its second packet confirms it (neither flag: confirmed, or flooded UDP) */
+#define LX_FIRST_FLOODED     0x2  /* a SYN decided flooded: its ACK follows it, untracked, once */
 
 /*
  * A new flow's first packet's decision (lx_first, indexed by flow_hash % LX_FIRST_SLOTS), one

@@ -154,12 +154,16 @@ fn lab_config() -> XdpConfig {
 
 impl Lab {
     fn new(tag: &str) -> Lab {
+        Lab::with_config(tag, &lab_config())
+    }
+
+    fn with_config(tag: &str, cfg: &XdpConfig) -> Lab {
         let pin = std::path::PathBuf::from(format!(
             "/sys/fs/bpf/lodestar-fixtures-{tag}-{}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&pin);
-        let lb = XdpLb::open(&pin, &lab_config(), true).unwrap_or_else(|e| {
+        let lb = XdpLb::open(&pin, cfg, true).unwrap_or_else(|e| {
             panic!("cannot load the XDP object ({e}); these tests need root and BPF")
         });
         let modes = [
@@ -495,6 +499,21 @@ fn gue_decapsulation_and_nat_replies_byte_for_byte() {
     assert_eq!(lab.counter("tc_revnat"), 2);
 }
 
+/// 198.19.0.1's plan's slots with backend `to` drained.
+fn drained_slots(to: BackendAddr) -> (u32, u32) {
+    if to.ip.to_string() == "198.18.1.2" {
+        (0, 1)
+    } else {
+        (1, 0)
+    }
+}
+
+/// The base plan with backend `to` of 198.19.0.1 drained.
+fn drained(to: BackendAddr) -> Plan {
+    let (b1, b2) = drained_slots(to);
+    base_plan(b1, b2)
+}
+
 /// Starts the flow of `first` (checking it goes where Maglev says), then drains its backend
 /// in 198.19.0.1's plan. Returns the backend, the plan's slots, and a mid-flow packet.
 fn start_then_drain(lab: &mut Lab, first: &Pkt) -> (BackendAddr, (u32, u32), Pkt) {
@@ -503,11 +522,7 @@ fn start_then_drain(lab: &mut Lab, first: &Pkt) -> (BackendAddr, (u32, u32), Pkt
         lab.run("lx_xdp", &first.frame()).1,
         rewritten(first, to).frame()
     );
-    let slots = if to.ip.to_string() == "198.18.1.2" {
-        (0, 1)
-    } else {
-        (1, 0)
-    };
+    let slots = drained_slots(to);
     lab.program(&base_plan(slots.0, slots.1));
     let mut next = first.clone();
     next.syn = false;
@@ -1062,6 +1077,118 @@ fn a_first_packets_record_confirms_its_flow_on_any_cpu_and_a_lost_one_changes_no
     taker_ack.syn = false;
     lab.run("lx_xdp", &taker_ack.frame());
     assert!(lab.lb.flow(&taker.flow()).is_some());
+}
+
+/// Sends `syn` and its ACK on this CPU; checks both go to `to`. Returns the ACK.
+fn connect(lab: &Lab, syn: &Pkt, to: BackendAddr, what: &str) -> Pkt {
+    let mut ack = syn.clone();
+    ack.syn = false;
+    assert_eq!(
+        lab.run("lx_xdp", &syn.frame()).1,
+        rewritten(syn, to).frame(),
+        "{what}: the SYN"
+    );
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, to).frame(),
+        "{what}: its ACK follows it"
+    );
+    ack
+}
+
+#[test]
+fn a_syn_of_a_5_tuple_used_again_is_decided_anew_and_its_ack_follows_it() {
+    let mut lab = Lab::new("reuse");
+    // An old connection, confirmed with backend A into lx_ct and CPU 0's cache; then A is
+    // drained, so that Maglev gives the 5-tuple B.
+    on_cpu(0);
+    let syn = pkt("198.18.105.1", "198.19.0.1", Protocol::Tcp, 49000, 80);
+    let a = lab.maglev_pick(&syn);
+    let old_ack = connect(&lab, &syn, a, "the old connection");
+    lab.run("lx_xdp", &old_ack.frame());
+    lab.program(&drained(a));
+    let b = lab.maglev_pick(&syn);
+    assert_ne!(a, b);
+    assert_eq!(
+        lab.run("lx_xdp", &old_ack.frame()).1,
+        rewritten(&old_ack, a).frame(),
+        "the old connection keeps A"
+    );
+    // The client uses the 5-tuple again while CPU 0 still caches the old entry: the SYN goes
+    // to B, and so does its ACK (on the same CPU), which confirms B into lx_ct.
+    let ack = connect(&lab, &syn, b, "the new connection, CPU 0");
+    assert_eq!(
+        lab.lb.flow(&syn.flow()).map(|ct| ct.real.port),
+        Some(b.port.to_be())
+    );
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, b).frame()
+    );
+
+    // The old connection only in lx_ct (it ran on CPU 1, and CPU 0 never cached it): its
+    // entry does not take the new SYN's ACK either.
+    lab.program(&base_plan(1, 1));
+    on_cpu(1);
+    let syn = pkt("198.18.105.1", "198.19.0.1", Protocol::Tcp, 49001, 80);
+    let a = lab.maglev_pick(&syn);
+    connect(&lab, &syn, a, "the old connection, CPU 1");
+    lab.program(&drained(a));
+    let b = lab.maglev_pick(&syn);
+    on_cpu(0);
+    connect(&lab, &syn, b, "the new connection, lx_ct's entry older");
+    assert_eq!(
+        lab.lb.flow(&syn.flow()).map(|ct| ct.real.port),
+        Some(b.port.to_be())
+    );
+}
+
+#[test]
+fn a_flooded_syn_of_a_5_tuple_used_again_takes_its_ack_and_the_old_entry_goes() {
+    let mut lab = Lab::with_config(
+        "reuse-flood",
+        &XdpConfig {
+            flood_new_flows_per_cpu: 1,
+            ..lab_config()
+        },
+    );
+    on_cpu(0);
+    // The old connection, confirmed with A before the CPU counts itself flooded; A drained.
+    let syn = pkt("198.18.106.1", "198.19.0.1", Protocol::Tcp, 49000, 80);
+    let a = lab.maglev_pick(&syn);
+    connect(&lab, &syn, a, "the old connection");
+    lab.program(&drained(a));
+    let b = lab.maglev_pick(&syn);
+    assert_ne!(a, b);
+    // Over the rate (1 a second): once the rate is looked at, the CPU is flooded.
+    for port in 0..lodestar_l4lb::layout::LX_FLOOD_SAMPLE as u16 {
+        let p = pkt(
+            "198.18.106.2",
+            "198.19.0.1",
+            Protocol::Tcp,
+            20000 + port,
+            80,
+        );
+        lab.run("lx_xdp", &p.frame());
+    }
+    let uncached = lab.counter("flood_uncached");
+    let confirmed = lab.counter("flow_confirmed");
+    // The 5-tuple again: the SYN goes to B and so does its ACK, although lx_ct still holds A;
+    // the ACK confirms nothing (flooded), and A's entry goes.
+    let ack = connect(&lab, &syn, b, "the new connection, flooded");
+    assert_eq!(lab.counter("flood_uncached"), uncached + 1, "flooded");
+    assert_eq!(
+        lab.counter("flow_confirmed"),
+        confirmed,
+        "nothing confirmed"
+    );
+    assert!(lab.lb.flow(&syn.flow()).is_none(), "the old entry is gone");
+    // Later packets go where Maglev says, tracked nowhere: B.
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, b).frame()
+    );
+    assert!(lab.lb.flow(&syn.flow()).is_none());
 }
 
 /// Removes a pin directory when dropped (also when the test fails).
