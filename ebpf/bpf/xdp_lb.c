@@ -217,21 +217,17 @@ int lx_xdp(struct xdp_md *ctx)
 		__builtin_memcpy(&fresh.real, real, sizeof(*real));
 		fresh.real_id = real_id;
 		fresh.gen = gen;
-		struct lx_vip_stats *vs0 = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &vip_id);
 		if (p.flow.proto == IPPROTO_TCP && !p.tcp_syn && !shared) {
 			/* Mid-flow and tracked nowhere (evicted, begun before this load balancer
 			 * took over, or made up by a flood): where Maglev says, and nothing is
 			 * inserted for it. */
+			struct lx_vip_stats *vs0 = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &vip_id);
 			if (vs0)
 				vs0->lru_misses++;
 			goto tracked_nowhere;
 		}
+		/* Counted as new with the packet's own stats, below. */
 		new_flow = 1;
-		if (vs0)
-			vs0->new_flows++;
-		struct lx_real_stats *rs0 = bpf_map_lookup_elem(&LX_MAP_REAL_STATS, &real_id);
-		if (rs0)
-			rs0->new_flows++;
 		if (shared) {
 			/* Its VIP changed under it: decided again, in the entry it has. */
 			bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
@@ -280,11 +276,15 @@ tracked:;
 	if (vs) {
 		vs->packets++;
 		vs->bytes += bytes;
+		if (new_flow)
+			vs->new_flows++;
 	}
 	struct lx_real_stats *rs = bpf_map_lookup_elem(&LX_MAP_REAL_STATS, &real_id);
 	if (rs) {
 		rs->packets++;
 		rs->bytes += bytes;
+		if (new_flow)
+			rs->new_flows++;
 	}
 
 	if (mode == LX_MODE_GUE) {
