@@ -78,7 +78,7 @@ struct Cost {
     not_vip: f64,
     /// A new flow (a TCP SYN to a NAT VIP), every repetition a flow never seen before.
     miss: f64,
-    /// The same while the CPU counts itself flooded (a new flow's record serves its replies only).
+    /// The same while the CPU counts itself flooded (a new flow's record confirms nothing).
     flooded: f64,
     /// A TCP packet without SYN of a flow nobody tracks (an ACK flood, or tracking lost).
     untracked: f64,
@@ -557,7 +557,7 @@ fn main() {
         c.miss, c.miss_ratio
     ));
     report.say(format!(
-        "| Lodestar, the same while flooded (record for replies only) | {:.1} | {:.2} |",
+        "| Lodestar, the same while flooded (its record confirms nothing) | {:.1} | {:.2} |",
         c.flooded, c.flooded_ratio
     ));
     report.say(format!(
