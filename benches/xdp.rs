@@ -78,7 +78,7 @@ struct Cost {
     not_vip: f64,
     /// A new flow (a TCP SYN to a NAT VIP), every repetition a flow never seen before.
     miss: f64,
-    /// The same while the CPU counts itself flooded (new flows are not cached).
+    /// The same while the CPU counts itself flooded (a new flow's record confirms nothing).
     flooded: f64,
     /// A TCP packet without SYN of a flow nobody tracks (an ACK flood, or tracking lost).
     untracked: f64,
@@ -196,8 +196,9 @@ fn per_packet(repeat: u32, trials: usize) -> Cost {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut connection = Vec::new();
     for _ in 0..trials {
-        // The last trial's new flows pushed the hit flow out of the CPU's cache and, with
-        // theirs, out of lx_ct: it starts again (SYN, then the packet that confirms it).
+        // The last trial's connections may have pushed the hit flow out of the CPU's cache
+        // and out of lx_ct: it starts again (SYN, then the packet that confirms it from the
+        // SYN's record).
         lb.test_run("lx_xdp", &hit_syn, 1).unwrap();
         lb.test_run("lx_xdp", &hit_frame, 1).unwrap();
         let f = floor.test_run(&floor_frame, repeat).unwrap();
@@ -256,8 +257,9 @@ fn per_packet(repeat: u32, trials: usize) -> Cost {
         wrapper: median(&wrap),
         trials,
     };
-    // What the runs did, as the counters say: every new flow cached (or, flooded, none), and
-    // no packet of an untracked flow put into the shared table.
+    // What the runs did, as the counters say: every connection confirmed (into the CPU's cache
+    // and lx_ct) by its ACK from its SYN's record, no lone SYN cached (flooded: none counted
+    // as confirmable), and no packet of an untracked flow put into the shared table.
     let counter = |lb: &XdpLb, name: &str| {
         let slot = lodestar_l4lb::layout::LX_COUNTERS
             .iter()
@@ -267,9 +269,14 @@ fn per_packet(repeat: u32, trials: usize) -> Cost {
         lb.global()[slot as usize]
     };
     let runs = u64::from(repeat) * trials as u64;
-    assert!(counter(lb, "flow_cache_insert") >= runs);
-    // The hit flow and each connection's ACK, no packet of an untracked flow.
-    assert_eq!(counter(lb, "flow_confirmed"), 1 + trials as u64 + runs / 2);
+    assert!(counter(lb, "flow_cache_insert") >= runs / 2);
+    // Each connection's ACK and the hit flow (again in a trial whose flow cache lost it), no
+    // packet of an untracked flow.
+    let confirmed = counter(lb, "flow_confirmed");
+    assert!(
+        (1 + runs / 2..=1 + trials as u64 + runs / 2).contains(&confirmed),
+        "{confirmed} flows confirmed"
+    );
     // All but the first few: the rate is looked at every LX_FLOOD_SAMPLE new flows.
     let sample = u64::from(lodestar_l4lb::layout::LX_FLOOD_SAMPLE);
     assert!(counter(&flooding.lb, "flood_uncached") + sample >= runs);
@@ -546,11 +553,11 @@ fn main() {
         c.hit, c.hit_ratio
     ));
     report.say(format!(
-        "| Lodestar, conntrack miss (Maglev, new entry) | {:.1} | {:.2} |",
+        "| Lodestar, conntrack miss: a SYN (Maglev, its record written) | {:.1} | {:.2} |",
         c.miss, c.miss_ratio
     ));
     report.say(format!(
-        "| Lodestar, conntrack miss while flooded (not cached) | {:.1} | {:.2} |",
+        "| Lodestar, the same while flooded (its record confirms nothing) | {:.1} | {:.2} |",
         c.flooded, c.flooded_ratio
     ));
     report.say(format!(

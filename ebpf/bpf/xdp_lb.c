@@ -64,36 +64,59 @@ int lx_xdp(struct xdp_md *ctx)
 	struct lx_config *cfg = bpf_map_lookup_elem(&LX_MAP_XCONFIG, &zero);
 
 	/* A tracked flow, from this CPU's cache: no hash map lookup at all. A SYN starts a flow
-	 * and is decided anew (as Katran does), so it is never served from the cache. */
+	 * and is decided anew (as Katran does): it is never served from the cache, and keeps its
+	 * decision in its flow's lx_first record, whose slot it reads now so that the line's miss
+	 * overlaps the VIP lookup. */
 	struct lx_ct fresh;
 	const struct lx_ct *ct;
 	__u32 mode;
 	int new_flow = 0;
-	__u32 tag;
-	__u32 bucket = cache_index(&p.flow, dst, &tag);
-	struct lx_cache_bucket *cb = bpf_map_lookup_elem(&LX_MAP_FLOW_CACHE, &bucket);
+	__u32 tag = 0;
+	__u32 fhash = 0;
+	struct lx_first *first = 0;
+	struct lx_cache_bucket *cb = 0;
 	int way = -1;
+	if (p.tcp_syn) {
+		fhash = flow_hash(&p.flow);
+		__u32 fslot = fhash & (LX_FIRST_SLOTS - 1);
+		first = bpf_map_lookup_elem(&LX_MAP_FIRST, &fslot);
+		if (first)
+			(void)*(volatile __u32 *)&first->flags;
+		/* An older connection of the same 5-tuple may still be in this CPU's cache, with
+		 * the backend it was given then: its entry would take the SYN's second packet
+		 * away from the record. A SYN never follows an old entry (Katran's rule), so the
+		 * entry goes; the set's tags are one line, whose miss overlaps the record's. */
+		__u32 sbucket = cache_index(&p.flow, dst, &tag) |
+				(bpf_get_smp_processor_id() << LX_CACHE_BITS);
+		struct lx_cache_bucket *sb = bpf_map_lookup_elem(&LX_MAP_FLOW_CACHE, &sbucket);
+		if (sb) {
+			int old = cache_find(sb, tag, &p.flow);
+			if (old >= 0)
+				sb->tags[old & (LX_CACHE_WAYS - 1)] = 0;
+		}
+	} else {
+		/* This CPU's run of sets. A CPU past the runs the loader made finds none: uncached. */
+		__u32 bucket = cache_index(&p.flow, dst, &tag) |
+			       (bpf_get_smp_processor_id() << LX_CACHE_BITS);
+		cb = bpf_map_lookup_elem(&LX_MAP_FLOW_CACHE, &bucket);
+	}
 	if (cb) {
 		way = cache_find(cb, tag, &p.flow);
-		if (way >= 0 && !p.tcp_syn) {
+		if (way >= 0) {
 			struct lx_cache_entry *e = &cb->e[way & (LX_CACHE_WAYS - 1)];
 			__u32 vid = e->ct.real.vip_id;
 			struct lx_vip *live = bpf_map_lookup_elem(&LX_MAP_VIP_LIVE, &vid);
 			if (live) {
-				/* mode and gen in one load: a mode change is seen whole. */
-				__u64 mg = *(volatile __u64 *)&live->mode;
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-				__u32 lgen = mg >> 32, lmode = (__u32)mg;
-#else
-				__u32 lgen = (__u32)mg, lmode = mg >> 32;
-#endif
+				__u32 lmode;
+				__u32 lgen = live_gen(live, &lmode);
 				if (lgen && lgen == e->ct.gen) {
 					ct = &e->ct;
 					mode = lmode;
 					__u32 now = cache_clock(0);
 					if (e->flags & LX_CACHE_UNCONFIRMED) {
-						/* The flow's second packet: it is real, and the
-						 * shared table learns it. */
+						/* A first packet cached by an older agent: the flow's
+						 * second packet, so it is real, and the shared table
+						 * learns it. */
 						e->flags = 0;
 						e->touched = now;
 						bpf_map_update_elem(&LX_MAP_CT, &p.flow, &e->ct, BPF_ANY);
@@ -110,6 +133,49 @@ int lx_xdp(struct xdp_md *ctx)
 			}
 		}
 	}
+	if (!p.tcp_syn) {
+		/* Not cached: the flow's record may hold its first packet's decision. Then this is
+		 * its second packet, confirmed with that packet's backend (whatever Maglev says
+		 * now, and whatever an older connection of the 5-tuple left in lx_ct) while its
+		 * VIP keeps the generation, into lx_ct and this CPU's cache. A backend gone since
+		 * then leaves the flow to Maglev. */
+		fhash = flow_hash(&p.flow);
+		__u32 fslot = fhash & (LX_FIRST_SLOTS - 1);
+		first = bpf_map_lookup_elem(&LX_MAP_FIRST, &fslot);
+		if (first && (first->flags & (LX_FIRST_UNCONFIRMED | LX_FIRST_FLOODED)) &&
+		    flow_eq(&first->flow, &p.flow)) {
+			__u32 vid = first->vip_id;
+			__u32 first_real = first->real_id;
+			struct lx_vip *live = bpf_map_lookup_elem(&LX_MAP_VIP_LIVE, &vid);
+			struct lx_real *real = bpf_map_lookup_elem(&LX_MAP_REALS, &first_real);
+			__u32 lmode;
+			__u32 lgen = live ? live_gen(live, &lmode) : 0;
+			if (lgen && lgen == first->gen && real && (real->flags & LX_REAL_VALID) &&
+			    real->vip_id == vid) {
+				__u32 flags = first->flags;
+				first->flags = 0;
+				__builtin_memset(&fresh, 0, sizeof(fresh));
+				__builtin_memcpy(&fresh.real, real, sizeof(*real));
+				fresh.real_id = first_real;
+				fresh.gen = lgen;
+				mode = lmode;
+				if (flags & LX_FIRST_UNCONFIRMED) {
+					bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
+					count(LX_CONFIRMED);
+					if (cb)
+						cache_put(cb, way, tag, &p.flow, &fresh,
+							  cache_clock(1), 0);
+				} else {
+					/* A SYN decided while flooded: its ACK follows it, tracked
+					 * nowhere, and an older connection's lx_ct entry of the
+					 * 5-tuple goes, so that it takes none of the flow's later
+					 * packets (which go where Maglev says). Once per flow. */
+					bpf_map_delete_elem(&LX_MAP_CT, &p.flow);
+				}
+				goto tracked_nowhere;
+			}
+		}
+	}
 
 	/* Otherwise: the VIP, then the shared table (not for a SYN), then its Maglev table. */
 	struct ls_svc_key key;
@@ -123,8 +189,8 @@ int lx_xdp(struct xdp_md *ctx)
 	__u32 gen = vip->gen;
 	mode = vip->mode;
 
-	__u32 cache_flags = 0;
 	struct lx_ct *shared = p.tcp_syn ? 0 : bpf_map_lookup_elem(&LX_MAP_CT, &p.flow);
+	int first_packet = 0;
 	if (shared && (shared->gen == gen || shared->gen == 0) && shared->real.vip_id == vip_id) {
 		/* gen 0: an entry from before generations, taken as it was then. */
 		__builtin_memcpy(&fresh, shared, sizeof(fresh));
@@ -135,7 +201,7 @@ int lx_xdp(struct xdp_md *ctx)
 			count(LX_DROP_NO_REAL);
 			return XDP_DROP;
 		}
-		__u32 slot = base + flow_hash(&p.flow) % ring;
+		__u32 slot = base + fhash % ring;
 		__u32 *rid = bpf_map_lookup_elem(&LX_MAP_RING, &slot);
 		if (!rid) {
 			count(LX_DROP_NO_REAL);
@@ -151,34 +217,53 @@ int lx_xdp(struct xdp_md *ctx)
 		__builtin_memcpy(&fresh.real, real, sizeof(*real));
 		fresh.real_id = real_id;
 		fresh.gen = gen;
-		struct lx_vip_stats *vs0 = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &vip_id);
 		if (p.flow.proto == IPPROTO_TCP && !p.tcp_syn && !shared) {
 			/* Mid-flow and tracked nowhere (evicted, begun before this load balancer
 			 * took over, or made up by a flood): where Maglev says, and nothing is
 			 * inserted for it. */
+			struct lx_vip_stats *vs0 = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &vip_id);
 			if (vs0)
 				vs0->lru_misses++;
 			goto tracked_nowhere;
 		}
+		/* Counted as new with the packet's own stats, below. */
 		new_flow = 1;
-		if (vs0)
-			vs0->new_flows++;
-		struct lx_real_stats *rs0 = bpf_map_lookup_elem(&LX_MAP_REAL_STATS, &real_id);
-		if (rs0)
-			rs0->new_flows++;
 		if (shared) {
 			/* Its VIP changed under it: decided again, in the entry it has. */
 			bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
 		} else {
-			/* Into lx_ct only once a second packet shows it is real. */
-			cache_flags = LX_CACHE_UNCONFIRMED;
+			/* Into lx_ct and a cache only once a second packet shows it is real. */
+			first_packet = 1;
 		}
 	}
-	if (cb) {
+	if (first_packet) {
+		/* Its record. Flooded, no second packet confirms it and the flow is not tracked
+		 * (as Katran's flood rule): a SYN's record gives its ACK the SYN's backend, and
+		 * a record serves the replies. */
+		__u32 flags = LX_FIRST_UNCONFIRMED;
+		if (flooded(cfg)) {
+			count(LX_FLOOD_UNCACHED);
+			flags = p.tcp_syn ? LX_FIRST_FLOODED : 0;
+		}
+		if (first) {
+			__u32 reply_hash = 0;
+			if (mode == LX_MODE_NAT && !(fresh.real.flags & LX_REAL_SHARED)) {
+				struct lx_flow back;
+				reply_flow(&back, &p.flow, &fresh.real);
+				reply_hash = flow_hash(&back);
+			}
+			__builtin_memcpy(&first->flow, &p.flow, sizeof(p.flow));
+			first->real_id = fresh.real_id;
+			first->gen = gen;
+			first->vip_id = vip_id;
+			first->reply_hash = reply_hash;
+			first->flags = flags;
+		}
+	} else if (cb) {
 		if (new_flow && flooded(cfg))
 			count(LX_FLOOD_UNCACHED);
 		else
-			cache_put(cb, way, tag, &p.flow, &fresh, cache_clock(1), cache_flags);
+			cache_put(cb, way, tag, &p.flow, &fresh, cache_clock(1), 0);
 	}
 tracked_nowhere:
 	ct = &fresh;
@@ -191,11 +276,15 @@ tracked:;
 	if (vs) {
 		vs->packets++;
 		vs->bytes += bytes;
+		if (new_flow)
+			vs->new_flows++;
 	}
 	struct lx_real_stats *rs = bpf_map_lookup_elem(&LX_MAP_REAL_STATS, &real_id);
 	if (rs) {
 		rs->packets++;
 		rs->bytes += bytes;
+		if (new_flow)
+			rs->new_flows++;
 	}
 
 	if (mode == LX_MODE_GUE) {
@@ -213,26 +302,13 @@ tracked:;
 	}
 
 	/* NAT: a new flow's replies will need their VIP back (tc egress); then rewrite. A backend
-	 * of one VIP needs only the mark of its first replies (its VIP is in lx_nat_backends,
-	 * later replies are known by lx_ct); one that several VIPs share, each flow's entry. */
-	if (!new_flow)
+	 * of one VIP needs only its flow's record for its first replies (its VIP is in
+	 * lx_nat_backends, later replies are known by lx_ct); one that several VIPs share, each
+	 * flow's entry. */
+	if (!new_flow || !(ct->real.flags & LX_REAL_SHARED))
 		goto rewrite;
 	struct lx_flow back;
-	__builtin_memset(&back, 0, sizeof(back));
-	__builtin_memcpy(back.src, ct->real.addr, 16);
-	__builtin_memcpy(back.dst, p.flow.src, 16);
-	back.sport = ct->real.port;
-	back.dport = p.flow.sport;
-	back.proto = p.flow.proto;
-	back.family = p.flow.family;
-	if (!(ct->real.flags & LX_REAL_SHARED)) {
-		__u32 h = flow_hash(&back);
-		__u32 slot = h & (LX_NAT_MARKS - 1);
-		__u32 *mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &slot);
-		if (mark)
-			*mark = h;
-		goto rewrite;
-	}
+	reply_flow(&back, &p.flow, &ct->real);
 	struct lx_rev rev;
 	__builtin_memset(&rev, 0, sizeof(rev));
 	__builtin_memcpy(rev.addr, p.flow.dst, 16);
@@ -289,10 +365,12 @@ int lx_tc_revnat(struct __sk_buff *skb)
 		fwd.proto = p.flow.proto;
 		fwd.family = p.flow.family;
 		if (!bpf_map_lookup_elem(&LX_MAP_CT, &fwd)) {
-			__u32 h = flow_hash(&p.flow);
-			__u32 slot = h & (LX_NAT_MARKS - 1);
-			__u32 *mark = bpf_map_lookup_elem(&LX_MAP_NAT_MARKS, &slot);
-			if (!mark || *mark != h)
+			/* The record is in the client's flow's slot: that flow, and this reply's
+			 * hash (so, this backend). */
+			__u32 slot = flow_hash(&fwd) & (LX_FIRST_SLOTS - 1);
+			struct lx_first *first = bpf_map_lookup_elem(&LX_MAP_FIRST, &slot);
+			if (!first || first->reply_hash != flow_hash(&p.flow) ||
+			    !flow_eq(&first->flow, &fwd))
 				return TC_ACT_OK;
 			count(LX_NAT_MARKED);
 		}

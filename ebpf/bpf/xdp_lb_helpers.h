@@ -137,6 +137,33 @@ static __always_inline int flooded(const struct lx_config *cfg)
 	return f->flooding;
 }
 
+/* A VIP id's generation (0: no VIP has it) and its mode, in one load: a mode change is seen
+ * whole. */
+static __always_inline __u32 live_gen(const struct lx_vip *live, __u32 *mode)
+{
+	__u64 mg = *(volatile const __u64 *)&live->mode;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	*mode = (__u32)mg;
+	return mg >> 32;
+#else
+	*mode = mg >> 32;
+	return (__u32)mg;
+#endif
+}
+
+/* The flow of a backend's replies to the client of flow `f`, which was given `real`. */
+static __always_inline void reply_flow(struct lx_flow *back, const struct lx_flow *f,
+				       const struct lx_real *real)
+{
+	__builtin_memset(back, 0, sizeof(*back));
+	__builtin_memcpy(back->src, real->addr, 16);
+	__builtin_memcpy(back->dst, f->src, 16);
+	back->sport = real->port;
+	back->dport = f->sport;
+	back->proto = f->proto;
+	back->family = f->family;
+}
+
 /* The lx_vips / lx_nat_backends key of an address, port and protocol. */
 static __always_inline void svc_key(struct ls_svc_key *k, const __u8 *addr, __u16 port, __u8 proto,
 				    __u8 family)

@@ -46,8 +46,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_CT SEC(".maps");
 
+/* One CPU's run of sets as declared; the loader creates a run per possible CPU (lodestar.h). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, LX_CACHE_BUCKETS);
 	__type(key, __u32);
 	__type(value, struct lx_cache_bucket);
@@ -80,14 +81,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } LX_MAP_REVNAT SEC(".maps");
 
-/* First-reply marks of new NAT flows (LX_NAT_MARKS). */
+/* New flows' first packets' decisions (LX_FIRST_SLOTS, struct lx_first). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LX_NAT_MARKS);
+	__uint(max_entries, LX_FIRST_SLOTS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct lx_first);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} LX_MAP_NAT_MARKS SEC(".maps");
+} LX_MAP_FIRST SEC(".maps");
 
 /* NAT backends by (address, port, protocol): the VIP their replies leave as. */
 struct {

@@ -152,19 +152,25 @@ struct ls_config {
 #define LX_MAP_NAT_BACKENDS lx_nat_backends
 #define LX_MAP_GUE_PEERS   lx_gue_peers
 #define LX_MAP_FLOOD       lx_flood
-#define LX_MAP_NAT_MARKS   lx_nat_marks
+#define LX_MAP_FIRST       lx_first
 
 #define LX_MAX_VIPS          4096
 #define LX_MAX_REALS         65536
 #define LX_MAX_CT            262144
 /*
- * lx_nat_marks: a new NAT flow to a backend of one VIP writes the hash of its reply's flow
- * into slot (hash % LX_NAT_MARKS), so that its first replies (before its second packet puts it
- * into lx_ct) are known as replies at tc egress. An array write, where an lx_revnat insert
- * costs an LRU eviction; a later flow may take the slot, which only matters for a flow that
- * is never confirmed.
+ * lx_first: a new flow's first packet (a TCP SYN, or an unknown UDP flow's first datagram)
+ * writes its decision as one 64-byte record (struct lx_first) into the slot of its flow's hash
+ * (flow_hash % LX_FIRST_SLOTS, the hash its Maglev slot uses), and touches no flow cache: its
+ * second packet, on any CPU, finds the record and confirms the flow from it into lx_ct and that
+ * CPU's cache, with the backend the first packet was given. tc egress knows the first NAT
+ * replies (before the flow is in lx_ct) by the record, rebuilding the client's flow from the
+ * reply and its backend's VIP. The slot is known from the packet alone, so a SYN reads it first,
+ * while its VIP lookup is under way. An array write, where an LRU insert costs an eviction; a
+ * later flow may take the slot, which only matters for a flow that is not confirmed yet (its
+ * second packet then goes where Maglev says, untracked, and a NAT reply leaves as it is).
+ * (It replaces lx_nat_marks, a 32-bit reply hash per slot, whose pin the loader removes.)
  */
-#define LX_NAT_MARKS         1048576
+#define LX_FIRST_SLOTS       262144
 #define LX_MAX_GUE_PEERS     256      /* load balancers a node takes GUE from */
 
 /*
@@ -185,8 +191,12 @@ struct ls_config {
 #define LX_FILTER_WORDS      1024
 
 /*
- * The per-CPU flow cache in front of lx_ct: LX_CACHE_BUCKETS sets of LX_CACHE_WAYS flows on
+ * The per-CPU flow cache in front of lx_ct: LX_CACHE_BUCKETS sets of LX_CACHE_WAYS flows for
  * every CPU, read with array lookups the verifier inlines (a hash map lookup is a kernel call).
+ * One plain array holds every CPU's run of sets, CPU n's from set n << LX_CACHE_BITS: the
+ * object declares one run and the loader creates it with one per possible CPU. (A per-CPU
+ * array's inlined lookup first reads the element's per-CPU pointer, a second cold load for a
+ * new flow's set.)
  * lx_ct stays the shared, authoritative table; a cache miss falls back to it. A cached flow
  * looks its lx_ct entry up again (an LRU entry ages unless looked up), or puts it back, once
  * LX_CT_REFRESH flows have entered its CPU's cache since it last did: well within the
@@ -263,12 +273,32 @@ struct lx_ct {
 };
 
 /* lx_cache_entry.flags */
-#define LX_CACHE_UNCONFIRMED 0x1  /* only its first packet seen: not in lx_ct yet */
+#define LX_CACHE_UNCONFIRMED 0x1  /* only its first packet seen: not in lx_ct yet (older agents) */
+
+/* lx_first.flags */
+#define LX_FIRST_UNCONFIRMED 0x1  /* its second packet confirms it (neither flag: confirmed, or flooded UDP) */
+#define LX_FIRST_FLOODED     0x2  /* a SYN decided flooded: its ACK follows it, untracked, once */
+
+/*
+ * A new flow's first packet's decision (lx_first, indexed by flow_hash % LX_FIRST_SLOTS), one
+ * cache line: the flow (all zero: an empty slot), the backend it was given in its VIP's
+ * generation, and for a NAT backend of one VIP the hash of its replies' flow.
+ */
+struct lx_first {
+	struct lx_flow flow;
+	__u32 real_id;
+	__u32 gen;
+	__u32 vip_id;
+	__u32 reply_hash;  /* flow_hash of the backend's reply flow; 0 unless NAT, not shared */
+	__u32 flags;
+	__u32 pad;
+};
 
 /*
  * A set of the per-CPU flow cache: tags[i] is 0 (empty) or a hash of e[i].flow, never 0. A new
- * flow enters only its CPU's cache; its second packet there puts it in lx_ct, so a flood of
- * first packets (SYNs, one-off datagrams) never takes room in the shared table.
+ * flow enters neither the cache nor lx_ct with its first packet (that writes its lx_first
+ * record); its second packet puts it in both, so a flood of first packets (SYNs, one-off
+ * datagrams) never takes room in either.
  */
 struct lx_cache_entry {
 	struct lx_flow flow;
@@ -346,7 +376,7 @@ struct lx_real_stats {
 #define LX_DROP_GUE_PEER    15  /* GUE from a sender not in lx_gue_peers */
 #define LX_DROP_GUE_INNER   16  /* GUE whose inner packet is to no VIP */
 #define LX_ICMP_TOO_BIG     17  /* too big to encapsulate: ICMP frag needed / packet too big sent */
-#define LX_NAT_MARKED       18  /* NAT replies of a flow not in lx_ct yet, known by its first packet's mark */
+#define LX_NAT_MARKED       18  /* NAT replies of a flow not in lx_ct yet, known by its first packet's record */
 #define LX_COUNTERS         19
 
 /* lx_config.flags */

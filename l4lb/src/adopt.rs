@@ -74,23 +74,42 @@ struct Moved {
     verdict: Verdict,
 }
 
+/// Maps that earlier versions pinned and this one does not use: `lx_nat_marks` (first-reply
+/// marks, replaced by the `lx_first` records).
+const RETIRED: [&str; 1] = ["lx_nat_marks"];
+
 /// The pinned maps moved aside before the object is loaded.
 pub(crate) struct Adoption {
     moved: Vec<Moved>,
+    /// Maps created with another size than the object declares (`layout::created_entries`).
+    pub(crate) sized: Vec<(&'static str, u32)>,
 }
 
 /// Compares every pinned map of `object` in `pins` with the object's definition, and moves
 /// aside (unpins, keeping it open) each that does not match, so that the loader creates it anew.
 pub(crate) fn prepare(object: Object, pins: &PinDir) -> Result<Adoption, L4lbError> {
+    for map in RETIRED {
+        let path = pins.path().join(map);
+        if path.exists() {
+            info!(pin = %path.display(), "removing the pin of a map this version has no use for");
+            std::fs::remove_file(&path)
+                .map_err(L4lbError::io(format!("removing {}", path.display())))?;
+        }
+    }
     let parsed = aya_obj::Object::parse(object.bytes()).map_err(|e| L4lbError::Io {
         action: format!("reading the {} object's map definitions", object.name()),
         source: std::io::Error::other(e.to_string()),
     })?;
     let mut moved = Vec::new();
+    let mut sized = Vec::new();
     for &map in object.maps() {
         let Some(def) = parsed.maps.get(map) else {
             continue;
         };
+        let max_entries = crate::layout::created_entries(map, def.map_type(), def.max_entries());
+        if max_entries != def.max_entries() {
+            sized.push((map, max_entries));
+        }
         let path = pins.path().join(map);
         if !path.exists() {
             continue;
@@ -99,7 +118,7 @@ pub(crate) fn prepare(object: Object, pins: &PinDir) -> Result<Adoption, L4lbErr
             map_type: def.map_type(),
             key_size: def.key_size(),
             value_size: def.value_size(),
-            max_entries: def.max_entries(),
+            max_entries,
             flags: def.map_flags(),
         };
         let old = match MapData::from_pin(&path) {
@@ -135,7 +154,7 @@ pub(crate) fn prepare(object: Object, pins: &PinDir) -> Result<Adoption, L4lbErr
             verdict,
         });
     }
-    Ok(Adoption { moved })
+    Ok(Adoption { moved, sized })
 }
 
 impl Adoption {

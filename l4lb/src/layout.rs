@@ -86,6 +86,16 @@ mirror! {
     CacheEntry = "lx_cache_entry" { flow: Flow, ct: Ct, touched: u32, flags: u32 }
     /// `struct lx_cache_bucket`: a set of a CPU's flow cache (`LX_CACHE_WAYS` ways).
     CacheBucket = "lx_cache_bucket" { tags: [u32; 4], next: u32, pad: [u32; 3], e: [CacheEntry; 4] }
+    /// `struct lx_first`: a new flow's first packet's decision (`lx_first`).
+    First = "lx_first" {
+        flow: Flow,
+        real_id: u32,
+        gen: u32,
+        vip_id: u32,
+        reply_hash: u32,
+        flags: u32,
+        pad: u32,
+    }
     /// `struct lx_rev`: a NAT reply's VIP (`lx_revnat`, `lx_nat_backends`).
     XRev = "lx_rev" { addr: [u8; 16], port: u16, family: u8, flags: u8 }
     /// `struct lx_peer`: a load balancer GUE is taken from.
@@ -118,6 +128,8 @@ pub const LX_FLOOD_SAMPLE: u32 = h::LX_FLOOD_SAMPLE;
 /// A VIP's Maglev table takes whole units of this many `lx_ring` slots.
 pub const LX_RING_UNIT: u32 = h::LX_RING_UNIT;
 pub const LX_CFG_FIB_FORWARD: u16 = h::LX_CFG_FIB_FORWARD as u16;
+/// `lx_first`'s slots: a new flow's record is in slot `flow_hash % LX_FIRST_SLOTS`.
+pub const LX_FIRST_SLOTS: u32 = h::LX_FIRST_SLOTS;
 /// The VIP filter's size in 64-bit words.
 pub const LX_FILTER_WORDS: u32 = h::LX_FILTER_WORDS;
 pub const SVC_FAIL_OPEN: u16 = h::LS_SVC_FAIL_OPEN as u16;
@@ -248,7 +260,7 @@ fn map_layouts() -> [(&'static str, usize, usize); 24] {
         h::LX_MAP_NAT_BACKENDS => (SvcKey, XRev),
         h::LX_MAP_GUE_PEERS => (Peer, u32),
         h::LX_MAP_FLOOD => (u32, Flood),
-        h::LX_MAP_NAT_MARKS => (u32, u32),
+        h::LX_MAP_FIRST => (u32, First),
     ]
 }
 
@@ -268,8 +280,23 @@ const FIXED_SIZES: [(&str, u32); 6] = [
     (h::LX_MAP_FLOW_CACHE, 1 << h::LX_CACHE_BITS),
     (h::LX_MAP_FLOOD, 1),
     (h::LX_MAP_RING, h::LX_RING_ENTRIES),
-    (h::LX_MAP_NAT_MARKS, h::LX_NAT_MARKS),
+    (h::LX_MAP_FIRST, h::LX_FIRST_SLOTS),
 ];
+
+/// `max_entries` a map is created with: what the object declares, except for the flow cache,
+/// which the object declares for one CPU (`1 << LX_CACHE_BITS` sets) and which holds a run of
+/// that many sets for every possible CPU (the programs index it by CPU, an array lookup that
+/// the verifier inlines, where a per-CPU array's lookup reads a pointer first).
+pub fn created_entries(map: &str, map_type: u32, declared: u32) -> u32 {
+    if map == h::LX_MAP_FLOW_CACHE
+        && map_type == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32
+    {
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1));
+        declared.saturating_mul(u32::try_from(cpus).unwrap_or(u32::MAX))
+    } else {
+        declared
+    }
+}
 
 /// One way the compiled objects and the Rust side disagree.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -60,8 +60,12 @@ pub fn preflight() -> Result<(), L4lbError> {
 pub fn load(object: Object, pins: &PinDir) -> Result<Ebpf, L4lbError> {
     preflight()?;
     let adoption = crate::adopt::prepare(object, pins)?;
-    let loaded = EbpfLoader::new()
-        .map_pin_path(pins.path())
+    let mut loader = EbpfLoader::new();
+    loader.map_pin_path(pins.path());
+    for (map, entries) in &adoption.sized {
+        loader.set_max_entries(map, *entries);
+    }
+    let loaded = loader
         .load(object.bytes())
         .map_err(|source| L4lbError::Load {
             object: object.name(),

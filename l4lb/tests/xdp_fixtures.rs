@@ -154,12 +154,16 @@ fn lab_config() -> XdpConfig {
 
 impl Lab {
     fn new(tag: &str) -> Lab {
+        Lab::with_config(tag, &lab_config())
+    }
+
+    fn with_config(tag: &str, cfg: &XdpConfig) -> Lab {
         let pin = std::path::PathBuf::from(format!(
             "/sys/fs/bpf/lodestar-fixtures-{tag}-{}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&pin);
-        let lb = XdpLb::open(&pin, &lab_config(), true).unwrap_or_else(|e| {
+        let lb = XdpLb::open(&pin, cfg, true).unwrap_or_else(|e| {
             panic!("cannot load the XDP object ({e}); these tests need root and BPF")
         });
         let modes = [
@@ -495,6 +499,21 @@ fn gue_decapsulation_and_nat_replies_byte_for_byte() {
     assert_eq!(lab.counter("tc_revnat"), 2);
 }
 
+/// 198.19.0.1's plan's slots with backend `to` drained.
+fn drained_slots(to: BackendAddr) -> (u32, u32) {
+    if to.ip.to_string() == "198.18.1.2" {
+        (0, 1)
+    } else {
+        (1, 0)
+    }
+}
+
+/// The base plan with backend `to` of 198.19.0.1 drained.
+fn drained(to: BackendAddr) -> Plan {
+    let (b1, b2) = drained_slots(to);
+    base_plan(b1, b2)
+}
+
 /// Starts the flow of `first` (checking it goes where Maglev says), then drains its backend
 /// in 198.19.0.1's plan. Returns the backend, the plan's slots, and a mid-flow packet.
 fn start_then_drain(lab: &mut Lab, first: &Pkt) -> (BackendAddr, (u32, u32), Pkt) {
@@ -503,11 +522,7 @@ fn start_then_drain(lab: &mut Lab, first: &Pkt) -> (BackendAddr, (u32, u32), Pkt
         lab.run("lx_xdp", &first.frame()).1,
         rewritten(first, to).frame()
     );
-    let slots = if to.ip.to_string() == "198.18.1.2" {
-        (0, 1)
-    } else {
-        (1, 0)
-    };
+    let slots = drained_slots(to);
     lab.program(&base_plan(slots.0, slots.1));
     let mut next = first.clone();
     next.syn = false;
@@ -628,7 +643,9 @@ fn the_flow_cache_is_per_cpu_backed_by_the_shared_table_and_follows_its_vip() {
     lab.run("lx_xdp", &next.frame());
     assert!(lab.lb.flow(&flow).is_none(), "not before LX_CT_REFRESH");
     for port in 0..1100u16 {
+        // Two datagrams each: a flow enters the cache when its second packet confirms it.
         let p = pkt("198.18.101.1", "198.19.0.1", Protocol::Udp, 1024 + port, 53);
+        lab.run("lx_xdp", &p.frame());
         lab.run("lx_xdp", &p.frame());
     }
     assert_eq!(
@@ -954,6 +971,226 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     assert_eq!(lab.counter("drop_revnat_lost"), 1);
 }
 
+/// A flow like `p` from another client of 198.18.104.0/24 whose record takes `p`'s slot of
+/// `lx_first`.
+fn same_first_slot(p: &Pkt) -> Pkt {
+    let slot = |q: &Pkt| flow_hash(&q.flow()) % lodestar_l4lb::layout::LX_FIRST_SLOTS;
+    let want = slot(p);
+    for host in 1..=254u8 {
+        for port in 1024..=u16::MAX {
+            let mut q = p.clone();
+            q.src = IpAddr::from([198, 18, 104, host]);
+            q.sport = port;
+            if slot(&q) == want {
+                return q;
+            }
+        }
+    }
+    panic!(
+        "no flow of 198.18.104.0/24 shares the slot of {}:{}",
+        p.src, p.sport
+    );
+}
+
+#[test]
+fn a_first_packets_record_confirms_its_flow_on_any_cpu_and_a_lost_one_changes_nothing() {
+    let mut lab = Lab::new("first");
+    let vip = ServiceAddr {
+        ip: "198.19.0.1".parse().unwrap(),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    // A NAT VIP whose backends serve it alone. The SYN on CPU 0, then its backend drained:
+    // Maglev would now send the flow elsewhere, and only the SYN's record knows its backend.
+    on_cpu(0);
+    let syn = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 48000, 80);
+    let (to, _, ack) = start_then_drain(&mut lab, &syn);
+    assert_ne!(lab.maglev_pick(&ack), to);
+    assert!(
+        lab.lb.flow(&syn.flow()).is_none(),
+        "a lone SYN is not tracked"
+    );
+    // Its SYN-ACK leaves from the VIP, known by the record.
+    let marked = lab.counter("nat_reply_marked");
+    let (syn_ack, expected) = reply_to(&syn, to);
+    assert_eq!(
+        lab.run("lx_tc_revnat", &syn_ack.frame()),
+        (TC_ACT_OK, expected.frame())
+    );
+    assert_eq!(lab.counter("nat_reply_marked"), marked + 1);
+    // Its ACK comes in on the other CPU, whose cache never saw the flow: the record confirms
+    // the flow, with the SYN's backend, into lx_ct and that CPU's cache.
+    on_cpu(1);
+    let confirmed = lab.counter("flow_confirmed");
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, to).frame(),
+        "the second packet follows the first"
+    );
+    assert_eq!(lab.counter("flow_confirmed"), confirmed + 1);
+    let ct = lab.lb.flow(&syn.flow()).expect("confirmed into lx_ct");
+    assert_eq!(ct.real.port, to.port.to_be());
+    let misses = lab.counter("flow_cache_miss");
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, to).frame()
+    );
+    assert_eq!(
+        lab.counter("flow_confirmed"),
+        confirmed + 1,
+        "confirmed once"
+    );
+    assert_eq!(
+        lab.counter("flow_cache_miss"),
+        misses,
+        "then served by CPU 1's cache"
+    );
+
+    // A flow whose record a later flow's SYN took before its second packet came: its reply
+    // leaves as it is (as one of a connection to the backend's own address does, never with
+    // a VIP that is not its own), and its ACK goes where Maglev says, tracked nowhere.
+    lab.program(&base_plan(1, 1));
+    on_cpu(0);
+    let lost = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 48001, 80);
+    let taker = same_first_slot(&lost);
+    let to = lab.maglev_pick(&lost);
+    lab.run("lx_xdp", &lost.frame());
+    lab.run("lx_xdp", &taker.frame());
+    let (reply, _) = reply_to(&lost, to);
+    assert_eq!(
+        lab.run("lx_tc_revnat", &reply.frame()),
+        (TC_ACT_OK, reply.frame()),
+        "a reply without its record leaves unchanged"
+    );
+    let id = lab.rec.vips()[&vip].id;
+    let untracked = lab.lb.vip_stats(id).lru_misses;
+    let mut ack = lost.clone();
+    ack.syn = false;
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, to).frame()
+    );
+    assert!(lab.lb.flow(&lost.flow()).is_none(), "nothing confirms it");
+    assert_eq!(lab.lb.vip_stats(id).lru_misses, untracked + 1);
+    // The flow that took the slot is confirmed by its own second packet.
+    let mut taker_ack = taker.clone();
+    taker_ack.syn = false;
+    lab.run("lx_xdp", &taker_ack.frame());
+    assert!(lab.lb.flow(&taker.flow()).is_some());
+}
+
+/// Sends `syn` and its ACK on this CPU; checks both go to `to`. Returns the ACK.
+fn connect(lab: &Lab, syn: &Pkt, to: BackendAddr, what: &str) -> Pkt {
+    let mut ack = syn.clone();
+    ack.syn = false;
+    assert_eq!(
+        lab.run("lx_xdp", &syn.frame()).1,
+        rewritten(syn, to).frame(),
+        "{what}: the SYN"
+    );
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, to).frame(),
+        "{what}: its ACK follows it"
+    );
+    ack
+}
+
+#[test]
+fn a_syn_of_a_5_tuple_used_again_is_decided_anew_and_its_ack_follows_it() {
+    let mut lab = Lab::new("reuse");
+    // An old connection, confirmed with backend A into lx_ct and CPU 0's cache; then A is
+    // drained, so that Maglev gives the 5-tuple B.
+    on_cpu(0);
+    let syn = pkt("198.18.105.1", "198.19.0.1", Protocol::Tcp, 49000, 80);
+    let a = lab.maglev_pick(&syn);
+    let old_ack = connect(&lab, &syn, a, "the old connection");
+    lab.run("lx_xdp", &old_ack.frame());
+    lab.program(&drained(a));
+    let b = lab.maglev_pick(&syn);
+    assert_ne!(a, b);
+    assert_eq!(
+        lab.run("lx_xdp", &old_ack.frame()).1,
+        rewritten(&old_ack, a).frame(),
+        "the old connection keeps A"
+    );
+    // The client uses the 5-tuple again while CPU 0 still caches the old entry: the SYN goes
+    // to B, and so does its ACK (on the same CPU), which confirms B into lx_ct.
+    let ack = connect(&lab, &syn, b, "the new connection, CPU 0");
+    assert_eq!(
+        lab.lb.flow(&syn.flow()).map(|ct| ct.real.port),
+        Some(b.port.to_be())
+    );
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, b).frame()
+    );
+
+    // The old connection only in lx_ct (it ran on CPU 1, and CPU 0 never cached it): its
+    // entry does not take the new SYN's ACK either.
+    lab.program(&base_plan(1, 1));
+    on_cpu(1);
+    let syn = pkt("198.18.105.1", "198.19.0.1", Protocol::Tcp, 49001, 80);
+    let a = lab.maglev_pick(&syn);
+    connect(&lab, &syn, a, "the old connection, CPU 1");
+    lab.program(&drained(a));
+    let b = lab.maglev_pick(&syn);
+    on_cpu(0);
+    connect(&lab, &syn, b, "the new connection, lx_ct's entry older");
+    assert_eq!(
+        lab.lb.flow(&syn.flow()).map(|ct| ct.real.port),
+        Some(b.port.to_be())
+    );
+}
+
+#[test]
+fn a_flooded_syn_of_a_5_tuple_used_again_takes_its_ack_and_the_old_entry_goes() {
+    let mut lab = Lab::with_config(
+        "reuse-flood",
+        &XdpConfig {
+            flood_new_flows_per_cpu: 1,
+            ..lab_config()
+        },
+    );
+    on_cpu(0);
+    // The old connection, confirmed with A before the CPU counts itself flooded; A drained.
+    let syn = pkt("198.18.106.1", "198.19.0.1", Protocol::Tcp, 49000, 80);
+    let a = lab.maglev_pick(&syn);
+    connect(&lab, &syn, a, "the old connection");
+    lab.program(&drained(a));
+    let b = lab.maglev_pick(&syn);
+    assert_ne!(a, b);
+    // Over the rate (1 a second): once the rate is looked at, the CPU is flooded.
+    for port in 0..lodestar_l4lb::layout::LX_FLOOD_SAMPLE as u16 {
+        let p = pkt(
+            "198.18.106.2",
+            "198.19.0.1",
+            Protocol::Tcp,
+            20000 + port,
+            80,
+        );
+        lab.run("lx_xdp", &p.frame());
+    }
+    let uncached = lab.counter("flood_uncached");
+    let confirmed = lab.counter("flow_confirmed");
+    // The 5-tuple again: the SYN goes to B and so does its ACK, although lx_ct still holds A;
+    // the ACK confirms nothing (flooded), and A's entry goes.
+    let ack = connect(&lab, &syn, b, "the new connection, flooded");
+    assert_eq!(lab.counter("flood_uncached"), uncached + 1, "flooded");
+    assert_eq!(
+        lab.counter("flow_confirmed"),
+        confirmed,
+        "nothing confirmed"
+    );
+    assert!(lab.lb.flow(&syn.flow()).is_none(), "the old entry is gone");
+    // Later packets go where Maglev says, tracked nowhere: B.
+    assert_eq!(
+        lab.run("lx_xdp", &ack.frame()).1,
+        rewritten(&ack, b).frame()
+    );
+    assert!(lab.lb.flow(&syn.flow()).is_none());
+}
+
 /// Removes a pin directory when dropped (also when the test fails).
 struct PinGuard(std::path::PathBuf);
 
@@ -1018,6 +1255,42 @@ fn pinned_maps_of_another_shape_are_migrated_with_their_flows_or_recreated() {
     };
     pin_lru(&ct_path, ct_value, "lx_ct");
     pin_lru(&revnat_path, 8, "lx_revnat");
+    // And its flow cache as a per-CPU array (the layout before one array held every CPU's).
+    let cache_path = pin.0.join("lx_flow_cache");
+    let bucket = std::mem::size_of::<lodestar_l4lb::layout::CacheBucket>();
+    let sets = 1u32 << lodestar_ebpf::header::LX_CACHE_BITS;
+    bpftool(&[
+        "map",
+        "create",
+        cache_path.to_str().unwrap(),
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        &bucket.to_string(),
+        "entries",
+        &sets.to_string(),
+        "name",
+        "lx_flow_cache",
+    ]);
+    // And its first-reply marks, which lx_first replaced.
+    let marks_path = pin.0.join("lx_nat_marks");
+    bpftool(&[
+        "map",
+        "create",
+        marks_path.to_str().unwrap(),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        "1024",
+        "name",
+        "lx_nat_marks",
+    ]);
     let flow = pkt("198.18.100.7", "198.19.0.1", Protocol::Tcp, 48000, 80).flow();
     let tracked = Ct {
         real_id: 7,
@@ -1051,10 +1324,38 @@ fn pinned_maps_of_another_shape_are_migrated_with_their_flows_or_recreated() {
         ),
         "lx_revnat is recreated with the object's layout"
     );
+    assert!(!marks_path.exists(), "the retired lx_nat_marks is unpinned");
+    let cpus = aya::util::nr_cpus().unwrap() as u32;
+    let cache = aya::maps::MapData::from_pin(&cache_path)
+        .unwrap()
+        .info()
+        .unwrap();
+    assert_eq!(
+        (
+            cache.map_type().unwrap(),
+            cache.value_size(),
+            cache.max_entries()
+        ),
+        (aya::maps::MapType::Array, bucket as u32, sets * cpus),
+        "lx_flow_cache is recreated as one array with a run of sets per CPU"
+    );
     // The programs run on the new maps.
     let p = pkt("198.18.100.8", "198.19.0.1", Protocol::Tcp, 48001, 80);
     assert_eq!(
         lb.test_run("lx_xdp", &p.frame(), 1).unwrap().retval,
         XDP_PASS
+    );
+    // A later load takes the flow cache as it is (the size the loader gave it is its shape).
+    let id = cache.id();
+    drop(lb);
+    let _lb = XdpLb::open(&pin.0, &lab_config(), true).expect("load over its own maps");
+    assert_eq!(
+        aya::maps::MapData::from_pin(&cache_path)
+            .unwrap()
+            .info()
+            .unwrap()
+            .id(),
+        id,
+        "adopted, not recreated"
     );
 }
