@@ -62,6 +62,31 @@ pub struct NameEntry {
     prepared: OnceLock<Box<[Option<Prepared>; 3]>>,
 }
 
+/// `entry`'s prepared answers, encoded now if not yet, its SRV targets looked up in `names`.
+fn prepared_in<'a>(
+    names: &NameMap,
+    entry: &'a NameEntry,
+    owner_len: usize,
+) -> &'a [Option<Prepared>; 3] {
+    entry.prepared.get_or_init(|| {
+        Box::new(entry.prepare(owner_len, &|target| first_addresses(names, target)))
+    })
+}
+
+/// A name's lowest A and AAAA (an SRV target's additional records, as Mesos-DNS gives one of
+/// each), and their TTL.
+fn first_addresses(names: &NameMap, name: &str) -> TargetAddresses {
+    let entry = wire::name_to_wire(name).and_then(|w| names.get(&w[..]).cloned());
+    match entry {
+        Some(e) => TargetAddresses {
+            a: e.a.iter().min().copied(),
+            aaaa: e.aaaa.iter().min().copied(),
+            ttl: e.ttl,
+        },
+        None => TargetAddresses::default(),
+    }
+}
+
 /// What an SRV answer adds for one target: its lowest A and AAAA, with their TTL.
 #[derive(Debug, Default)]
 struct TargetAddresses {
@@ -257,22 +282,7 @@ impl Zone {
 
     /// `entry`'s prepared answers, encoded now if this is the first time it is asked for.
     fn prepared<'a>(&self, entry: &'a NameEntry, owner_len: usize) -> &'a [Option<Prepared>; 3] {
-        entry.prepared.get_or_init(|| {
-            Box::new(entry.prepare(owner_len, &|target| self.first_addresses(target)))
-        })
-    }
-
-    /// A name's lowest A and AAAA (an SRV target's additional records, as Mesos-DNS gives
-    /// one of each), and their TTL.
-    fn first_addresses(&self, name: &str) -> TargetAddresses {
-        match self.lookup(name) {
-            Some(e) => TargetAddresses {
-                a: e.a.iter().min().copied(),
-                aaaa: e.aaaa.iter().min().copied(),
-                ttl: e.ttl,
-            },
-            None => TargetAddresses::default(),
-        }
+        prepared_in(&self.names, entry, owner_len)
     }
 
     /// Every owner name.
@@ -677,6 +687,8 @@ pub struct ZoneBuilder {
     /// additional sections follow the target's addresses).
     srv_owners: HashMap<Arc<str>, Referrers, Fx>,
     names: NameMap,
+    /// Names rebuilt in this update with more than `EAGER_FROM` records.
+    eager: Vec<Box<[u8]>>,
     /// This node's site, for site-aware answers (`ZoneConfig::locality`).
     site: Option<String>,
     /// Where addresses and SRV targets are, learnt from tasks and agents.
@@ -708,6 +720,10 @@ struct Contributions {
     served: u32,
     held: u32,
 }
+
+/// Names with more records than this are prepared when the zone is built, not on their first
+/// query.
+const EAGER_FROM: usize = 64;
 
 /// Names with more records than this find them through an index.
 const INDEX_FROM: usize = 32;
@@ -832,6 +848,7 @@ impl ZoneBuilder {
             ptrs: Arc::default(),
             srv_owners: HashMap::default(),
             names: NameMap::default(),
+            eager: Vec::new(),
             site: None,
             ip_site: HashMap::default(),
             target_site: HashMap::default(),
@@ -917,6 +934,13 @@ impl ZoneBuilder {
         dirty.extend(targets_of);
         for owner in dirty {
             self.rebuild(&owner);
+        }
+        // Names with many records are prepared here, once every name is rebuilt, rather than
+        // by the DNS worker that first gets a query for one (up to 64 kB of records to encode).
+        for wire in std::mem::take(&mut self.eager) {
+            if let Some(entry) = self.names.get(&wire[..]) {
+                prepared_in(&self.names, entry, wire.len());
+            }
         }
         // A first build has every name in `owners` for a moment, and leaves few there.
         if self.owners.capacity() > 4 * self.owners.len() + 1024 {
@@ -1040,6 +1064,12 @@ impl ZoneBuilder {
 
     /// Re-encodes one owner name from its current records.
     fn rebuild(&mut self, owner: &Arc<str>) {
+        // An SRV name dirty because a target changed has records of its own unchanged, and
+        // may be kept only as its zone entry: it gets a new entry all the same, since the
+        // old one's prepared answers carry the target's old addresses.
+        if !self.owners.contains_key(&**owner) {
+            self.promote(owner);
+        }
         let Some(records) = self.owners.get(owner) else {
             return;
         };
@@ -1106,7 +1136,12 @@ impl ZoneBuilder {
             weight: self.config.srv_weight,
             prepared: OnceLock::new(),
         };
-        self.names.insert(wire.into_boxed_slice(), Arc::new(entry));
+        let records = entry.a.len() + entry.aaaa.len() + entry.srv.len();
+        let wire = wire.into_boxed_slice();
+        if records > EAGER_FROM {
+            self.eager.push(wire.clone());
+        }
+        self.names.insert(wire, Arc::new(entry));
     }
 
     /// Whether a record is of another site (when locality is on).
@@ -1544,6 +1579,35 @@ mod tests {
         );
     }
 
+    /// Names with many records are encoded with the zone; the rest on their first query.
+    #[test]
+    fn large_names_are_prepared_with_the_zone_and_the_rest_when_asked() {
+        let (mut state, agent_ids) = demo_agents();
+        for i in 1..=100 {
+            let mut t = task(i, &agent_ids[i % 2]);
+            t.name = "big".into();
+            drop(state.upsert(Record::Task(t)));
+        }
+        let zone = ZoneBuilder::new(ZoneConfig::default(), vec![])
+            .unwrap()
+            .update(&Arc::new(state.snapshot(1, Source::Demo)));
+        let big = zone.lookup("big.marathon.mesos.").unwrap();
+        assert!(big.a.len() > EAGER_FROM, "{} records", big.a.len());
+        assert!(big.prepared.get().is_some(), "prepared with the zone");
+        let small = zone.entries().find(|e| e.a.len() == 1).unwrap();
+        assert!(
+            small.prepared.get().is_none(),
+            "{} prepared before a query",
+            small.name
+        );
+        let answer = tests::ask(&zone, &small.name, RecordType::A);
+        assert_eq!(answer.answers.len(), 1);
+        assert!(
+            small.prepared.get().is_some(),
+            "prepared by its first query"
+        );
+    }
+
     /// Names past `INDEX_FROM` records (found through their index) and records held back as
     /// unhealthy come and go through the same bookkeeping a fresh build does.
     #[test]
@@ -1655,12 +1719,15 @@ mod edge_tests {
         }));
         st.upsert(Record::Task(task("t1", "web", "marathon", "198.18.0.2", 0)));
         let mut b = ZoneBuilder::new(cfg.clone(), vec![]).unwrap();
-        b.update(&Arc::new(st.snapshot(1, Source::Demo)));
+        let first = b.update(&Arc::new(st.snapshot(1, Source::Demo)));
+        let name = "_framework._tcp.web.marathon.mesos.";
+        // Asked for once, so its answers are prepared (and kept with its entry).
+        let before = super::tests::ask(&first, name, RecordType::SRV);
+        assert_eq!(before.additionals[0].data.to_string(), "198.18.0.2");
         st.upsert(Record::Task(task("t1", "web", "marathon", "198.18.0.0", 0)));
         let snap = Arc::new(st.snapshot(2, Source::Demo));
         let incremental = b.update(&snap);
         let fresh = ZoneBuilder::new(cfg, vec![]).unwrap().update(&snap);
-        let name = "_framework._tcp.web.marathon.mesos.";
         let a = super::tests::ask(&incremental, name, RecordType::SRV);
         let f = super::tests::ask(&fresh, name, RecordType::SRV);
         assert_eq!(a.additionals, f.additionals);
