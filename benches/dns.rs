@@ -101,18 +101,6 @@ fn options() -> Options {
     o
 }
 
-/// The path of a required program, or a panic naming the Debian package that has it.
-fn require(program: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{program}` not found: this benchmark needs it; install it with `apt-get install -y {package}`")
-        })
-}
-
 /// The program's name and the first line of its output that mentions a version.
 fn version(program: &Path, args: &[&str]) -> String {
     let name = program
@@ -270,9 +258,9 @@ fn describe(who: &str, r: &Run, cores: usize) {
 
 fn main() {
     let o = options();
-    let knotd = require("knotd", "knot");
-    let dnsperf_bin = require("dnsperf", "dnsperf");
-    let etcd_bin = require("etcd", "etcd-server");
+    let knotd = servers::require("knotd", "knot");
+    let dnsperf_bin = servers::require("dnsperf", "dnsperf");
+    let etcd_bin = servers::require("etcd", "etcd-server");
     let binary = servers::lodestar_binary();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -297,13 +285,7 @@ fn main() {
 
     // Knot gets exactly the records the agent serves, and the agent's SOA.
     let axfr = catalog::Axfr::fetch(lodestar.http);
-    let soa = dns::udp(lodestar.dns, "mesos.", RecordType::SOA, None);
-    let soa = soa
-        .answers
-        .first()
-        .expect("the agent's SOA")
-        .data
-        .to_string();
+    let soa = servers::agent_soa(lodestar.dns);
     let zone = axfr.zone_file(&soa);
     std::fs::write(dir.path().join("mesos.zone"), &zone).expect("zone copy");
     // One UDP worker per core, as the agent runs by default.

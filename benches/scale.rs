@@ -23,7 +23,7 @@ mod dnsperf;
 mod servers;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -84,18 +84,6 @@ fn options() -> Options {
         scale::TASKS_PER_APP
     );
     o
-}
-
-/// The path of a required program, or a panic naming the Debian package that has it.
-fn require(program: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{program}` not found: this benchmark needs it; install it with `apt-get install -y {package}`")
-        })
 }
 
 /// A field of /proc/<pid>/status in bytes (`VmRSS`, `VmHWM`).
@@ -289,13 +277,7 @@ fn measure(o: &Options, tasks: usize, rt: &tokio::runtime::Runtime, knotd: &Path
         let want = (tasks - k * scale::TASKS_PER_APP).min(scale::TASKS_PER_APP);
         assert_eq!(ips, want, "{} has {ips} A records", scale::app_fqdn(k));
     }
-    let soa = dns::udp(agent.dns, "mesos.", RecordType::SOA, None);
-    let soa = soa
-        .answers
-        .first()
-        .expect("the agent's SOA")
-        .data
-        .to_string();
+    let soa = servers::agent_soa(agent.dns);
     let zone = axfr.zone_file(&soa);
     let zone_lines = zone.lines().filter(|l| !l.starts_with('$')).count();
     assert_eq!(
@@ -375,9 +357,9 @@ fn measure(o: &Options, tasks: usize, rt: &tokio::runtime::Runtime, knotd: &Path
 
 fn main() {
     let o = options();
-    let knotd = require("knotd", "knot");
-    require("dnsperf", "dnsperf");
-    require("etcd", "etcd-server");
+    let knotd = servers::require("knotd", "knot");
+    servers::require("dnsperf", "dnsperf");
+    servers::require("etcd", "etcd-server");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -22,6 +22,29 @@ fn kill(child: &mut Option<Child>) {
 /// `lodestar agent` on 127.0.0.1, started by the test harness (`tests/support/agent.rs`).
 pub type Lodestar = crate::support::agent::Agent;
 
+/// The agent's own SOA rdata for `mesos.`: Knot's zone file takes it, so that negative answers
+/// carry the same SOA from both.
+pub fn agent_soa(dns: std::net::SocketAddr) -> String {
+    let soa = crate::support::dns::udp(dns, "mesos.", hickory_proto::rr::RecordType::SOA, None);
+    soa.answers
+        .first()
+        .expect("the agent's SOA")
+        .data
+        .to_string()
+}
+
+/// The path of a required program, or a panic naming the Debian package that has it.
+pub fn require(program: &str, package: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{program}` not found: this benchmark needs it; install it with `apt-get install -y {package}`")
+        })
+}
+
 /// The release `lodestar` the bench was built with (`cargo bench` builds it).
 pub fn lodestar_binary() -> std::path::PathBuf {
     let path = std::path::PathBuf::from(env!("CARGO_BIN_EXE_lodestar"));

@@ -51,13 +51,7 @@ impl RecordSet for ThisdcosRecords {
     fn for_each_record(&self, f: &mut dyn FnMut(&str, &Rr)) {
         let zone = self.0.load_full();
         for e in zone.entries().filter(|e| e.name.ends_with(THISDCOS)) {
-            let a = e.a.iter().map(|ip| Rr::A(*ip));
-            let aaaa = e.aaaa.iter().map(|ip| Rr::Aaaa(*ip));
-            let srv = e.srv.iter().map(|(target, port)| Rr::Srv {
-                target: target.clone(),
-                port: *port,
-            });
-            for rr in a.chain(aaaa).chain(srv) {
+            for rr in e.records() {
                 f(&e.name, &rr);
             }
         }

@@ -52,13 +52,14 @@ impl MesosMirror {
 
     /// An entry's records, SRV targets renamed into the mirror.
     fn records(&self, entry: &NameEntry) -> Vec<Rr> {
-        let a = entry.a.iter().map(|ip| Rr::A(*ip));
-        let aaaa = entry.aaaa.iter().map(|ip| Rr::Aaaa(*ip));
-        let srv = entry.srv.iter().map(|(target, port)| Rr::Srv {
-            target: self.mirrored(target).into(),
-            port: *port,
-        });
-        a.chain(aaaa).chain(srv).collect()
+        let mirror = |rr| match rr {
+            Rr::Srv { target, port } => Rr::Srv {
+                target: self.mirrored(&target).into(),
+                port,
+            },
+            rr => rr,
+        };
+        entry.records().map(mirror).collect()
     }
 }
 

@@ -96,8 +96,8 @@ struct TargetAddresses {
 }
 
 impl NameEntry {
-    /// Its records.
-    fn records(&self) -> impl Iterator<Item = Rr> + '_ {
+    /// Its records: A, then AAAA, then SRV.
+    pub fn records(&self) -> impl Iterator<Item = Rr> + '_ {
         let a = self.a.iter().map(|ip| Rr::A(*ip));
         let aaaa = self.aaaa.iter().map(|ip| Rr::Aaaa(*ip));
         let srv = self.srv.iter().map(|(target, port)| Rr::Srv {
@@ -114,22 +114,15 @@ impl NameEntry {
         owner_len: usize,
         targets: &dyn Fn(&str) -> TargetAddresses,
     ) -> [Option<Prepared>; 3] {
-        let a: Vec<Rr> = self.a.iter().map(|ip| Rr::A(*ip)).collect();
-        let aaaa: Vec<Rr> = self.aaaa.iter().map(|ip| Rr::Aaaa(*ip)).collect();
-        let srv: Vec<Rr> = self
-            .srv
-            .iter()
-            .map(|(target, port)| Rr::Srv {
-                target: target.clone(),
-                port: *port,
-            })
-            .collect();
+        let all: Vec<Rr> = self.records().collect();
+        let (a, rest) = all.split_at(self.a.len());
+        let (aaaa, srv) = rest.split_at(self.aaaa.len());
         let at = |i: usize| self.local[i] as usize;
         let (ttl, weight) = (self.ttl, self.weight);
         [
-            prepare(&a, at(0), ttl, weight, owner_len, targets),
-            prepare(&aaaa, at(1), ttl, weight, owner_len, targets),
-            prepare(&srv, at(2), ttl, weight, owner_len, targets),
+            prepare(a, at(0), ttl, weight, owner_len, targets),
+            prepare(aaaa, at(1), ttl, weight, owner_len, targets),
+            prepare(srv, at(2), ttl, weight, owner_len, targets),
         ]
     }
 }
@@ -553,17 +546,8 @@ pub(crate) fn rdata(rr: &Rr, priority: u16, weight: u16) -> Option<RData> {
 
 /// A/AAAA/SRV answers of an entry (owner = the question), for ANY.
 fn encode_answers(out: &mut Vec<u8>, e: &NameEntry) -> u16 {
-    let srv = e.srv.iter().map(|(target, port)| Rr::Srv {
-        target: target.clone(),
-        port: *port,
-    });
-    let all =
-        e.a.iter()
-            .map(|ip| Rr::A(*ip))
-            .chain(e.aaaa.iter().map(|ip| Rr::Aaaa(*ip)))
-            .chain(srv);
     let mut n = 0;
-    for rr in all {
+    for rr in e.records() {
         if out.len() > MAX_ANSWER_BYTES {
             break;
         }
@@ -1098,40 +1082,33 @@ impl ZoneBuilder {
         // A canonical order, so every node (and every history) encodes the same bytes; with
         // locality, this site's records first.
         served.sort_by(|x, y| (self.is_remote(x), x).cmp(&(self.is_remote(y), y)));
-        let by_type = |slot: u8| -> Vec<Rr> {
-            let of = |rr: &Rr| match rr {
-                Rr::A(_) => 0,
-                Rr::Aaaa(_) => 1,
-                Rr::Srv { .. } => 2,
+        // The three lists keep that order; each type's records of this site come first.
+        let (mut a, mut aaaa, mut srv) = (Vec::new(), Vec::new(), Vec::new());
+        let mut local = [0u32; 3];
+        for rr in &served {
+            let slot = match rr {
+                Rr::A(ip) => {
+                    a.push(*ip);
+                    0
+                }
+                Rr::Aaaa(ip) => {
+                    aaaa.push(*ip);
+                    1
+                }
+                Rr::Srv { target, port } => {
+                    srv.push((target.clone(), *port));
+                    2
+                }
             };
-            served.iter().filter(|rr| of(rr) == slot).cloned().collect()
-        };
-        let (a, aaaa, srv) = (by_type(0), by_type(1), by_type(2));
-        let local = |rrs: &[Rr]| rrs.iter().take_while(|rr| !self.is_remote(rr)).count() as u32;
+            local[slot] += u32::from(!self.is_remote(rr));
+        }
         let ttl = self.ttl_for(owner);
         let entry = NameEntry {
             name: owner.clone(),
-            a: a.iter()
-                .filter_map(|rr| match rr {
-                    Rr::A(ip) => Some(*ip),
-                    _ => None,
-                })
-                .collect(),
-            aaaa: aaaa
-                .iter()
-                .filter_map(|rr| match rr {
-                    Rr::Aaaa(ip) => Some(*ip),
-                    _ => None,
-                })
-                .collect(),
-            srv: srv
-                .iter()
-                .filter_map(|rr| match rr {
-                    Rr::Srv { target, port } => Some((target.clone(), *port)),
-                    _ => None,
-                })
-                .collect(),
-            local: [local(&a), local(&aaaa), local(&srv)],
+            a: a.into(),
+            aaaa: aaaa.into(),
+            srv: srv.into(),
+            local,
             ttl,
             weight: self.config.srv_weight,
             prepared: OnceLock::new(),
