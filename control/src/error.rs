@@ -71,11 +71,42 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("catalog {origin} is not valid: {}", .problems.join("; "))]
+    #[error("catalog {origin} is not valid: {}", joined(.problems))]
     Invalid {
         origin: String,
-        problems: Vec<String>,
+        problems: Vec<DocumentProblem>,
     },
+}
+
+/// One thing wrong with a catalog document; a document is checked whole, so that every
+/// problem is reported at once.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentProblem {
+    /// Not TOML or JSON, or not a catalog's shape: the parser's message, with its place.
+    #[error("{0}")]
+    Syntax(String),
+    #[error(
+        "schema version {found} (this build reads {})",
+        crate::model::SCHEMA_VERSION
+    )]
+    Schema { found: u32 },
+    #[error("task {0} appears twice")]
+    DuplicateTask(crate::model::TaskKey),
+    #[error("{what} {id:?} appears twice")]
+    Duplicate { what: &'static str, id: String },
+    #[error("a {what} has an empty id")]
+    EmptyId { what: &'static str },
+    #[error("task {task:?}: {source}")]
+    VipLabel {
+        task: String,
+        #[source]
+        source: crate::model::VipLabelError,
+    },
+}
+
+fn joined(problems: &[DocumentProblem]) -> String {
+    let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    texts.join("; ")
 }
 
 /// A TLS or password file for etcd that cannot be used.

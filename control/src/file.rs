@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::error::StoreError;
+use crate::error::{DocumentProblem, StoreError};
 use crate::keys::Record;
 use crate::metrics as m;
 use crate::model::{Agent, Framework, Leader, Master, Task, VipAddress, SCHEMA_VERSION};
@@ -73,15 +73,14 @@ impl CatalogDocument {
 
     /// Parses and validates a document, reporting every problem at once.
     pub fn parse(text: &str, format: Format, origin: &str) -> Result<Self, StoreError> {
-        let invalid = |problems: Vec<String>| StoreError::Invalid {
+        let invalid = |problems: Vec<DocumentProblem>| StoreError::Invalid {
             origin: origin.to_string(),
             problems,
         };
+        let syntax = |message| invalid(vec![DocumentProblem::Syntax(message)]);
         let doc: CatalogDocument = match format {
-            Format::Json => serde_json::from_str(text).map_err(|e| invalid(vec![e.to_string()]))?,
-            Format::Toml => {
-                toml::from_str(text).map_err(|e| invalid(vec![toml_error(text, &e)]))?
-            }
+            Format::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?,
+            Format::Toml => toml::from_str(text).map_err(|e| syntax(toml_error(text, &e)))?,
         };
         let problems = doc.problems();
         if problems.is_empty() {
@@ -92,75 +91,45 @@ impl CatalogDocument {
     }
 
     /// What is wrong with the document beyond its syntax.
-    fn problems(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<DocumentProblem> {
         let mut problems = Vec::new();
         if self.schema != SCHEMA_VERSION {
-            problems.push(format!(
-                "schema version {} (this build reads {SCHEMA_VERSION})",
-                self.schema
-            ));
-        }
-        fn dups<'a>(what: &str, ids: impl Iterator<Item = &'a str>, out: &mut Vec<String>) {
-            let mut seen = BTreeSet::new();
-            for id in ids {
-                if !seen.insert(id) {
-                    out.push(format!("{what} {id:?} appears twice"));
-                }
-            }
+            problems.push(DocumentProblem::Schema { found: self.schema });
         }
         let mut seen = BTreeSet::new();
         for task in &self.tasks {
             if !seen.insert(task.key()) {
-                problems.push(format!("task {} appears twice", task.key()));
+                problems.push(DocumentProblem::DuplicateTask(task.key()));
             }
         }
-        dups(
-            "agent",
-            self.agents.iter().map(|a| a.id.as_str()),
-            &mut problems,
-        );
-        dups(
-            "framework",
-            self.frameworks.iter().map(|f| f.id.as_str()),
-            &mut problems,
-        );
-        dups(
-            "master",
-            self.masters.iter().map(|f| f.id.as_str()),
-            &mut problems,
-        );
-        dups(
-            "VIP address",
-            self.vip_addresses.iter().map(|v| v.name.as_str()),
-            &mut problems,
-        );
+        // A task's id is unique only within its framework (checked above); the others' ids are
+        // unique in the document.
+        fn ids<T>(items: &[T], id: fn(&T) -> &str) -> Vec<&str> {
+            items.iter().map(id).collect()
+        }
         let ids = [
-            (
-                "task",
-                self.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
-            ),
-            ("agent", self.agents.iter().map(|a| a.id.as_str()).collect()),
-            (
-                "framework",
-                self.frameworks.iter().map(|f| f.id.as_str()).collect(),
-            ),
-            (
-                "master",
-                self.masters.iter().map(|m| m.id.as_str()).collect(),
-            ),
-            (
-                "VIP address",
-                self.vip_addresses.iter().map(|v| v.name.as_str()).collect(),
-            ),
+            ("task", false, ids(&self.tasks, |t| &t.id)),
+            ("agent", true, ids(&self.agents, |a| &a.id)),
+            ("framework", true, ids(&self.frameworks, |f| &f.id)),
+            ("master", true, ids(&self.masters, |m| &m.id)),
+            ("VIP address", true, ids(&self.vip_addresses, |v| &v.name)),
         ];
-        for (what, ids) in ids {
+        for (what, unique, ids) in ids {
             if ids.iter().any(|id| id.is_empty()) {
-                problems.push(format!("a {what} has an empty id"));
+                problems.push(DocumentProblem::EmptyId { what });
+            }
+            let mut seen = BTreeSet::new();
+            for id in ids {
+                if unique && !seen.insert(id) {
+                    let id = id.to_string();
+                    problems.push(DocumentProblem::Duplicate { what, id });
+                }
             }
         }
         for task in &self.tasks {
-            for e in task.vips().1 {
-                problems.push(format!("task {:?}: {e}", task.id));
+            for source in task.vips().1 {
+                let task = task.id.clone();
+                problems.push(DocumentProblem::VipLabel { task, source });
             }
         }
         problems

@@ -12,7 +12,7 @@ pub mod model;
 pub mod snapshot;
 pub mod watch;
 
-pub use error::{ConfigProblem, CredentialError, StoreError};
+pub use error::{ConfigProblem, CredentialError, DocumentProblem, StoreError};
 pub use etcd::{EtcdAuth, EtcdConfig, EtcdSettingNames, EtcdStore, EtcdTls};
 pub use file::{CatalogDocument, FileStore};
 pub use snapshot::{Backend, CatalogState, Snapshot, SnapshotView, Source, Vip};

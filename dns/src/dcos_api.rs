@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hickory_proto::op::Message;
-use hickory_proto::rr::{Name, RData};
+use hickory_proto::rr::{Name, RData, Record};
 use lodestar_control::model::{TaskState, VipName};
 use serde::Serialize;
 use sha1::{Digest, Sha1};
@@ -173,6 +173,18 @@ fn ask(state: &DcosApiState, name: &str, qtype: u16) -> Option<Message> {
     Message::from_vec(&out).ok()
 }
 
+/// What `row` makes of each record that `name` answers `qtype` with (none when it has none).
+fn answer_rows<T>(
+    state: &DcosApiState,
+    name: &str,
+    qtype: u16,
+    row: impl FnMut(&Record) -> Option<T>,
+) -> Vec<T> {
+    ask(state, name, qtype)
+        .map(|m| m.answers.iter().filter_map(row).collect())
+        .unwrap_or_default()
+}
+
 /// The A records `name` answers with: `[{"host": owner, "ip": address}]`.
 async fn hosts(
     State(state): State<DcosApiState>,
@@ -184,28 +196,23 @@ async fn hosts(
         host: String,
         ip: String,
     }
-    let answers = ask(&state, &host, wire::TYPE_A).map(|m| m.answers);
-    let out: Vec<Host> = answers
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(Host {
-                host: plain(&r.name),
-                ip: a.0.to_string(),
-            }),
-            _ => None,
-        })
-        .collect();
+    let out = answer_rows(&state, &host, wire::TYPE_A, |r| match &r.data {
+        RData::A(a) => Some(Host {
+            host: plain(&r.name),
+            ip: a.0.to_string(),
+        }),
+        _ => None,
+    });
     json(&headers, &out)
 }
 
 /// The first A record of `name`, if it has one.
 fn first_a(state: &DcosApiState, name: &str) -> Option<String> {
-    let answer = ask(state, name, wire::TYPE_A)?;
-    answer.answers.iter().find_map(|r| match &r.data {
+    let ips = answer_rows(state, name, wire::TYPE_A, |r| match &r.data {
         RData::A(a) => Some(a.0.to_string()),
         _ => None,
-    })
+    });
+    ips.into_iter().next()
 }
 
 /// The SRV records `service` answers with, each with its target's first A record when it has
@@ -224,20 +231,15 @@ async fn services(
         port: u16,
         service: String,
     }
-    let answers = ask(&state, &service, wire::TYPE_SRV).map(|m| m.answers);
-    let out: Vec<Service> = answers
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::SRV(srv) => Some(Service {
-                host: plain(&srv.target),
-                ip: first_a(&state, &srv.target.to_ascii()),
-                port: srv.port,
-                service: plain(&r.name),
-            }),
-            _ => None,
-        })
-        .collect();
+    let out = answer_rows(&state, &service, wire::TYPE_SRV, |r| match &r.data {
+        RData::SRV(srv) => Some(Service {
+            host: plain(&srv.target),
+            ip: first_a(&state, &srv.target.to_ascii()),
+            port: srv.port,
+            service: plain(&r.name),
+        }),
+        _ => None,
+    });
     json(&headers, &out)
 }
 

@@ -100,14 +100,6 @@ impl DnsStats {
             .sum()
     }
 
-    pub fn udp_queries(&self) -> u64 {
-        self.sum(|w| &w.udp_queries)
-    }
-
-    pub fn tcp_queries(&self) -> u64 {
-        self.sum(|w| &w.tcp_queries)
-    }
-
     pub fn queries(&self) -> u64 {
         self.udp_queries() + self.tcp_queries()
     }
@@ -115,42 +107,6 @@ impl DnsStats {
     pub fn rcode(&self, rcode: u8) -> u64 {
         let slot = usize::from(rcode).min(6);
         self.sum(|w| &w.rcodes[slot])
-    }
-
-    pub fn prepared(&self) -> u64 {
-        self.sum(|w| &w.prepared)
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.sum(|w| &w.dropped)
-    }
-
-    pub fn truncated(&self) -> u64 {
-        self.sum(|w| &w.truncated)
-    }
-
-    pub fn forwarded(&self) -> u64 {
-        self.sum(|w| &w.forwarded)
-    }
-
-    pub fn refused_recursion(&self) -> u64 {
-        self.sum(|w| &w.refused_recursion)
-    }
-
-    pub fn rrl_dropped(&self) -> u64 {
-        self.sum(|w| &w.rrl_dropped)
-    }
-
-    pub fn rrl_slipped(&self) -> u64 {
-        self.sum(|w| &w.rrl_slipped)
-    }
-
-    pub fn tcp_refused_full(&self) -> u64 {
-        self.sum(|w| &w.tcp_refused_full)
-    }
-
-    pub fn tcp_refused_per_source(&self) -> u64 {
-        self.sum(|w| &w.tcp_refused_per_source)
     }
 
     /// Responses in duration slot `slot`, and their nanoseconds summed. The two are read
@@ -162,3 +118,28 @@ impl DnsStats {
         )
     }
 }
+
+/// The counters summed over the workers, each by its field's name.
+macro_rules! summed {
+    ($($name:ident),* $(,)?) => {
+        impl DnsStats {
+            $(pub fn $name(&self) -> u64 {
+                self.sum(|w| &w.$name)
+            })*
+        }
+    };
+}
+
+summed!(
+    udp_queries,
+    tcp_queries,
+    prepared,
+    dropped,
+    truncated,
+    forwarded,
+    refused_recursion,
+    rrl_dropped,
+    rrl_slipped,
+    tcp_refused_full,
+    tcp_refused_per_source,
+);

@@ -156,43 +156,34 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
 /// `lx_global` counter slots: (metric label, header define, slot).
-pub const LX_COUNTERS: [(&str, &str, u32); 19] = [
-    ("pass_fragment", "LX_PASS_FRAGMENT", h::LX_PASS_FRAGMENT),
-    (
-        "pass_ip_options",
-        "LX_PASS_IP_OPTIONS",
-        h::LX_PASS_IP_OPTIONS,
-    ),
-    ("drop_no_backend", "LX_DROP_NO_REAL", h::LX_DROP_NO_REAL),
-    ("drop_encap", "LX_DROP_ENCAP", h::LX_DROP_ENCAP),
-    ("xdp_tx", "LX_XDP_TX", h::LX_XDP_TX),
-    ("xdp_redirect", "LX_XDP_REDIRECT", h::LX_XDP_REDIRECT),
-    (
-        "pass_forwarded_by_kernel",
-        "LX_XDP_PASS_FWD",
-        h::LX_XDP_PASS_FWD,
-    ),
-    ("tc_revnat", "LX_TC_REVNAT", h::LX_TC_REVNAT),
-    ("tc_decap", "LX_TC_DECAP", h::LX_TC_DECAP),
-    ("pass_malformed", "LX_DROP_MALFORMED", h::LX_DROP_MALFORMED),
-    ("flow_cache_miss", "LX_CACHE_MISS", h::LX_CACHE_MISS),
-    ("flow_cache_insert", "LX_CACHE_INSERTS", h::LX_CACHE_INSERTS),
-    ("flow_confirmed", "LX_CONFIRMED", h::LX_CONFIRMED),
-    ("flood_uncached", "LX_FLOOD_UNCACHED", h::LX_FLOOD_UNCACHED),
-    ("drop_revnat_lost", "LX_DROP_REVNAT", h::LX_DROP_REVNAT),
-    (
-        "drop_gue_unknown_sender",
-        "LX_DROP_GUE_PEER",
-        h::LX_DROP_GUE_PEER,
-    ),
-    (
-        "drop_gue_not_vip",
-        "LX_DROP_GUE_INNER",
-        h::LX_DROP_GUE_INNER,
-    ),
-    ("icmp_too_big", "LX_ICMP_TOO_BIG", h::LX_ICMP_TOO_BIG),
-    ("nat_reply_marked", "LX_NAT_MARKED", h::LX_NAT_MARKED),
-];
+pub const LX_COUNTERS: [(&str, &str, u32); 19] = {
+    macro_rules! slot {
+        ($label:literal, $define:ident) => {
+            ($label, stringify!($define), h::$define)
+        };
+    }
+    [
+        slot!("pass_fragment", LX_PASS_FRAGMENT),
+        slot!("pass_ip_options", LX_PASS_IP_OPTIONS),
+        slot!("drop_no_backend", LX_DROP_NO_REAL),
+        slot!("drop_encap", LX_DROP_ENCAP),
+        slot!("xdp_tx", LX_XDP_TX),
+        slot!("xdp_redirect", LX_XDP_REDIRECT),
+        slot!("pass_forwarded_by_kernel", LX_XDP_PASS_FWD),
+        slot!("tc_revnat", LX_TC_REVNAT),
+        slot!("tc_decap", LX_TC_DECAP),
+        slot!("pass_malformed", LX_DROP_MALFORMED),
+        slot!("flow_cache_miss", LX_CACHE_MISS),
+        slot!("flow_cache_insert", LX_CACHE_INSERTS),
+        slot!("flow_confirmed", LX_CONFIRMED),
+        slot!("flood_uncached", LX_FLOOD_UNCACHED),
+        slot!("drop_revnat_lost", LX_DROP_REVNAT),
+        slot!("drop_gue_unknown_sender", LX_DROP_GUE_PEER),
+        slot!("drop_gue_not_vip", LX_DROP_GUE_INNER),
+        slot!("icmp_too_big", LX_ICMP_TOO_BIG),
+        slot!("nat_reply_marked", LX_NAT_MARKED),
+    ]
+};
 
 /// One of the compiled objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -90,12 +90,33 @@ pub struct ServiceState {
 }
 
 /// The outcome of one `apply`.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Report {
     /// Map writes and deletes made.
     pub writes: usize,
-    /// Services that could not be (fully) programmed, with why; retried on the next apply.
-    pub errors: Vec<String>,
+    /// What could not be (fully) programmed, with why; retried on the next apply.
+    pub errors: Vec<ApplyError>,
+}
+
+impl Report {
+    /// Notes that writing `what` failed with `source`.
+    pub(crate) fn failed(&mut self, what: impl Into<String>, source: io::Error) {
+        self.errors.push(ApplyError {
+            what: what.into(),
+            source,
+        });
+    }
+}
+
+/// A write of one `apply` that failed: what was being written or removed, and the kernel's
+/// error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct ApplyError {
+    /// A VIP (`VIP /web:80 (198.19.0.10:80)`) or a shared entry (`a NAT backend`).
+    pub what: String,
+    #[source]
+    pub source: io::Error,
 }
 
 pub struct Reconciler {
@@ -315,15 +336,13 @@ impl Reconciler {
             .collect();
         for addr in gone {
             if let Err(e) = self.remove_service(&addr, maps, &mut report) {
-                report.errors.push(format!("removing {addr:?}: {e}"));
+                report.failed(format!("removing {addr:?}"), e);
             }
         }
         for (addr, planned) in plan {
             let was_new = !self.services.contains_key(addr);
             if let Err(e) = self.program_service(addr, planned, maps, &mut report) {
-                report
-                    .errors
-                    .push(format!("VIP {} ({}): {e}", planned.vip, sock(addr)));
+                report.failed(format!("VIP {} ({})", planned.vip, sock(addr)), e);
                 if was_new {
                     // Undo what was written, so the next apply programs it whole.
                     let _ = self.remove_service(addr, maps, &mut report);

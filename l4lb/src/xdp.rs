@@ -429,7 +429,7 @@ impl XdpReconciler {
         for (addr, planned) in plan {
             let was_new = !self.vips.contains_key(addr);
             if let Err(e) = self.program(addr, planned, modes[addr], &nat, maps, &mut report) {
-                report.errors.push(format!("XDP VIP {}: {e}", planned.vip));
+                report.failed(format!("XDP VIP {}", planned.vip), e);
                 if was_new {
                     // Undo what was written, so the next apply programs it whole.
                     self.forget(addr, maps, &mut report);
@@ -463,7 +463,7 @@ impl XdpReconciler {
                 Ok(()) => {
                     self.filter.insert(w, new);
                 }
-                Err(e) => report.errors.push(format!("XDP VIP filter word {w}: {e}")),
+                Err(e) => report.failed(format!("XDP VIP filter word {w}"), e),
             }
         }
     }
@@ -490,7 +490,7 @@ impl XdpReconciler {
                     Ok(()) => {
                         self.nat_backends.remove(&k);
                     }
-                    Err(e) => report.errors.push(format!("removing a NAT backend: {e}")),
+                    Err(e) => report.failed("removing a NAT backend", e),
                 }
             }
             return;
@@ -504,7 +504,7 @@ impl XdpReconciler {
                 Ok(()) => {
                     self.nat_backends.insert(*k, *v);
                 }
-                Err(e) => report.errors.push(format!("writing a NAT backend: {e}")),
+                Err(e) => report.failed("writing a NAT backend", e),
             }
         }
     }
@@ -517,9 +517,7 @@ impl XdpReconciler {
         };
         report.writes += 1;
         if let Err(e) = maps.delete_vip(&svc_key(addr)) {
-            report
-                .errors
-                .push(format!("removing XDP VIP {addr:?}: {e}"));
+            report.failed(format!("removing XDP VIP {addr:?}"), e);
             return;
         }
         let v = v.clone();
@@ -1082,7 +1080,8 @@ mod tests {
         let rep = r.apply(&three, &nat, &mut m);
         assert_eq!(rep.errors.len(), 1, "{rep:?}");
         assert!(
-            rep.errors[0].contains("v3") && rep.errors[0].contains("no room"),
+            rep.errors[0].what.contains("v3")
+                && rep.errors[0].source.to_string().contains("no room"),
             "{rep:?}"
         );
         assert_eq!(m.vips.len(), 2);

@@ -144,6 +144,14 @@ mod tests {
         }
     }
 
+    /// Held against the mark `high_water`, for `secs` more.
+    fn hold(high_water: usize, secs: u64) -> Verdict {
+        Verdict::Hold {
+            high_water,
+            wait: Duration::from_secs(secs),
+        }
+    }
+
     #[test]
     fn the_default_hold_outlasts_mesos_agent_reregistration() {
         assert!(DeleteGuard::default().mass_delete_delay >= AGENT_REREGISTER_TIMEOUT);
@@ -156,20 +164,8 @@ mod tests {
         assert_eq!(s.judge(&g, MIN, 100, 100), Verdict::Apply);
         assert_eq!(s.judge(&g, 2 * MIN, 100, 51), Verdict::Apply);
         // 26 of a recent 100: held, although it deletes only 49% of the 51 there are.
-        assert_eq!(
-            s.judge(&g, 3 * MIN, 51, 26),
-            Verdict::Hold {
-                high_water: 100,
-                wait: Duration::from_secs(600)
-            }
-        );
-        assert_eq!(
-            s.judge(&g, 4 * MIN, 51, 26),
-            Verdict::Hold {
-                high_water: 100,
-                wait: Duration::from_secs(540)
-            }
-        );
+        assert_eq!(s.judge(&g, 3 * MIN, 51, 26), hold(100, 600));
+        assert_eq!(s.judge(&g, 4 * MIN, 51, 26), hold(100, 540));
     }
 
     #[test]
@@ -206,13 +202,7 @@ mod tests {
         // The agents re-registered: nothing to delete.
         assert_eq!(s.judge(&g, 5 * MIN, 100, 100), Verdict::Apply);
         assert_eq!(s.held_since_ms, None);
-        assert_eq!(
-            s.judge(&g, 11 * MIN, 100, 10),
-            Verdict::Hold {
-                high_water: 100,
-                wait: Duration::from_secs(600)
-            }
-        );
+        assert_eq!(s.judge(&g, 11 * MIN, 100, 10), hold(100, 600));
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! where Mesos is (unknown fields ignored, absent lists empty), strict where a wrong shape
 //! would mean a wrong catalog. A task and its statuses read the v1 operator API's shapes too
 //! (`{"value": …}` ids, `{"labels": […]}`, resource lists), so one model serves both.
+//!
+//! An absent `Option` field reads as `None` (serde's rule for options); other fields that may be
+//! absent say `default`, a struct whose every field may be absent once for all of them.
 
 use std::fmt;
 
@@ -9,26 +12,20 @@ use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct State {
     /// The leading master's PID, `master@198.18.0.1:5050`.
-    #[serde(default)]
     pub leader: Option<String>,
-    #[serde(default)]
     pub leader_info: Option<MasterInfo>,
     /// This master's own PID.
-    #[serde(default)]
     pub pid: Option<String>,
-    #[serde(default)]
     pub frameworks: Vec<Framework>,
-    #[serde(default)]
     pub slaves: Vec<Slave>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct MasterInfo {
-    #[serde(default)]
     pub hostname: Option<String>,
-    #[serde(default)]
     pub port: Option<u32>,
 }
 
@@ -36,9 +33,7 @@ pub struct MasterInfo {
 pub struct Framework {
     pub id: String,
     pub name: String,
-    #[serde(default)]
     pub pid: Option<String>,
-    #[serde(default)]
     pub hostname: Option<String>,
     #[serde(default)]
     pub tasks: Vec<Task>,
@@ -68,14 +63,11 @@ pub struct Task {
     pub statuses: Vec<Status>,
     #[serde(default, deserialize_with = "resources")]
     pub resources: Resources,
-    #[serde(default)]
     pub discovery: Option<Discovery>,
     #[serde(default, deserialize_with = "labels")]
     pub labels: Vec<Label>,
-    #[serde(default)]
     pub container: Option<Container>,
     /// A Mesos-native health check; only whether there is one is read.
-    #[serde(default)]
     pub health_check: Option<serde::de::IgnoredAny>,
 }
 
@@ -85,7 +77,6 @@ pub struct Container {
     /// `DOCKER` or `MESOS` (the default when absent).
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
-    #[serde(default)]
     pub docker: Option<Docker>,
     #[serde(default)]
     pub network_infos: Vec<NetworkInfo>,
@@ -94,7 +85,6 @@ pub struct Container {
 #[derive(Debug, Default, Deserialize)]
 pub struct Docker {
     /// `HOST`, `BRIDGE`, `USER` or `NONE`.
-    #[serde(default)]
     pub network: Option<String>,
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
@@ -102,20 +92,17 @@ pub struct Docker {
 
 /// A Docker or CNI port mapping: agent port -> container port. Mesos requires both ports; a
 /// mapping without one reads as port 0 and is skipped, rather than failing the whole state.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct PortMapping {
-    #[serde(default)]
     pub host_port: u32,
-    #[serde(default)]
     pub container_port: u32,
-    #[serde(default)]
     pub protocol: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Resources {
     /// Port ranges, `[31000-31002, 31005-31005]`.
-    #[serde(default)]
     pub ports: Option<String>,
 }
 
@@ -126,10 +113,8 @@ pub struct Status {
     pub timestamp: f64,
     #[serde(default, deserialize_with = "labels")]
     pub labels: Vec<Label>,
-    #[serde(default)]
     pub container_status: Option<ContainerStatus>,
     /// The health check's verdict, when the task has one.
-    #[serde(default)]
     pub healthy: Option<bool>,
 }
 
@@ -139,21 +124,18 @@ pub struct ContainerStatus {
     pub network_infos: Vec<NetworkInfo>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct NetworkInfo {
-    #[serde(default)]
     pub ip_addresses: Vec<IpAddressInfo>,
     /// Mesos 0.25's single address.
-    #[serde(default)]
     pub ip_address: Option<String>,
     /// The Mesos containerizer's port mappings (UCR bridge mode; in a status, a pod's).
-    #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct IpAddressInfo {
-    #[serde(default)]
     pub ip_address: Option<String>,
 }
 
@@ -166,11 +148,8 @@ pub struct Label {
 
 #[derive(Debug, Deserialize)]
 pub struct Discovery {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub ports: Option<DiscoveryPorts>,
-    #[serde(default)]
     pub labels: Option<Labels>,
 }
 
@@ -183,11 +162,8 @@ pub struct DiscoveryPorts {
 #[derive(Debug, Deserialize)]
 pub struct DiscoveryPort {
     pub number: u32,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub protocol: Option<String>,
-    #[serde(default)]
     pub labels: Option<Labels>,
 }
 
