@@ -14,75 +14,32 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "lodestar.h"
+#include "pinned_map.h"
 
 /* The kernel's name for the SPDX line (GPL-compatible, for the GPL-only helpers such as
  * bpf_fib_lookup); ebpf/build.rs checks the two agree. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LS_MAX_SERVICES);
-	__type(key, struct ls_svc_key);
-	__type(value, struct ls_svc);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} LS_MAP_SERVICES SEC(".maps");
+PINNED_MAP(LS_MAP_SERVICES, BPF_MAP_TYPE_HASH, LS_MAX_SERVICES, struct ls_svc_key, struct ls_svc,
+	   0);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LS_MAX_SLOTS);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct ls_slot_key);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} LS_MAP_SLOTS SEC(".maps");
+PINNED_MAP(LS_MAP_SLOTS, BPF_MAP_TYPE_HASH, LS_MAX_SLOTS, struct ls_slot_key, __u32,
+	   BPF_F_NO_PREALLOC);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LS_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct ls_backend);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} LS_MAP_BACKENDS SEC(".maps");
+PINNED_MAP(LS_MAP_BACKENDS, BPF_MAP_TYPE_ARRAY, LS_MAX_BACKENDS, __u32, struct ls_backend, 0);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, LS_MAX_REVNAT);
-	__type(key, struct ls_rev_key);
-	__type(value, struct ls_rev);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} LS_MAP_REVNAT SEC(".maps");
+PINNED_MAP(LS_MAP_REVNAT, BPF_MAP_TYPE_LRU_HASH, LS_MAX_REVNAT, struct ls_rev_key, struct ls_rev,
+	   0);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LS_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct ls_svc_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} LS_MAP_SVC_STATS SEC(".maps");
+PINNED_MAP(LS_MAP_SVC_STATS, BPF_MAP_TYPE_PERCPU_ARRAY, LS_MAX_SERVICES, __u32,
+	   struct ls_svc_stats, 0);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LS_MAX_BACKENDS);
-	__type(key, __u32);
-	__type(value, struct ls_be_stats);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} LS_MAP_BE_STATS SEC(".maps");
+PINNED_MAP(LS_MAP_BE_STATS, BPF_MAP_TYPE_PERCPU_ARRAY, LS_MAX_BACKENDS, __u32, struct ls_be_stats,
+	   0);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LS_MAX_HEALTH);
-	__type(key, struct ls_svc_key);
-	__type(value, struct ls_health);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} LS_MAP_HEALTH SEC(".maps");
+PINNED_MAP(LS_MAP_HEALTH, BPF_MAP_TYPE_HASH, LS_MAX_HEALTH, struct ls_svc_key, struct ls_health, 0);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ls_config);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} LS_MAP_CONFIG SEC(".maps");
+PINNED_MAP(LS_MAP_CONFIG, BPF_MAP_TYPE_ARRAY, 1, __u32, struct ls_config, 0);
 
 /*
  * The agent's own sockets are never steered: its connections to etcd, to its DNS upstreams and
