@@ -157,8 +157,14 @@ impl<'de> Visitor<'de> for Document<'_> {
                 "pid" => head.pid = map.next_value()?,
                 "leader" => head.leader = map.next_value()?,
                 "leader_info" => head.leader_info = map.next_value()?,
-                "slaves" => map.next_value_seed(Slaves { t: self.t })?,
-                "frameworks" => map.next_value_seed(Frameworks { t: self.t })?,
+                "slaves" => map.next_value_seed(List {
+                    t: self.t,
+                    of: Of::Agents,
+                })?,
+                "frameworks" => map.next_value_seed(List {
+                    t: self.t,
+                    of: Of::Frameworks,
+                })?,
                 _ => drop(map.next_value::<IgnoredAny>()?),
             }
         }
@@ -166,53 +172,58 @@ impl<'de> Visitor<'de> for Document<'_> {
     }
 }
 
-/// `slaves`: each agent translated as it is read.
-struct Slaves<'a> {
-    t: &'a mut Translator,
+/// Which of the document's lists a `List` reads.
+#[derive(Clone, Copy)]
+enum Of {
+    /// `slaves`
+    Agents,
+    /// `frameworks`
+    Frameworks,
+    /// a framework's `tasks`
+    Tasks,
 }
 
-impl<'de> DeserializeSeed<'de> for Slaves<'_> {
+/// One of the document's lists, each element translated as it is read.
+struct List<'a> {
+    t: &'a mut Translator,
+    of: Of,
+}
+
+impl<'de> DeserializeSeed<'de> for List<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for Slaves<'_> {
+impl<'de> Visitor<'de> for List<'_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of agents")
+        f.write_str(match self.of {
+            Of::Agents => "a list of agents",
+            Of::Frameworks => "a list of frameworks",
+            Of::Tasks => "a list of tasks",
+        })
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(slave) = seq.next_element::<Slave>()? {
-            self.t.slave(&slave);
+        match self.of {
+            Of::Agents => {
+                while let Some(slave) = seq.next_element::<Slave>()? {
+                    self.t.slave(&slave);
+                }
+            }
+            Of::Frameworks => {
+                while seq
+                    .next_element_seed(FrameworkSeed { t: &mut *self.t })?
+                    .is_some()
+                {}
+            }
+            Of::Tasks => {
+                while let Some(task) = seq.next_element::<Task>()? {
+                    self.t.task(&task);
+                }
+            }
         }
-        Ok(())
-    }
-}
-
-/// `frameworks`: each framework's tasks translated as they are read.
-struct Frameworks<'a> {
-    t: &'a mut Translator,
-}
-
-impl<'de> DeserializeSeed<'de> for Frameworks<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Frameworks<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of frameworks")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq
-            .next_element_seed(FrameworkSeed { t: &mut *self.t })?
-            .is_some()
-        {}
         Ok(())
     }
 }
@@ -243,38 +254,16 @@ impl<'de> Visitor<'de> for FrameworkSeed<'_> {
                 "name" => name = Some(map.next_value::<String>()?),
                 "pid" => pid = map.next_value::<Option<String>>()?,
                 "hostname" => hostname = map.next_value::<Option<String>>()?,
-                "tasks" => map.next_value_seed(Tasks { t: &mut *self.t })?,
+                "tasks" => map.next_value_seed(List {
+                    t: &mut *self.t,
+                    of: Of::Tasks,
+                })?,
                 _ => drop(map.next_value::<IgnoredAny>()?),
             }
         }
         let id = id.ok_or_else(|| serde::de::Error::missing_field("id"))?;
         let name = name.ok_or_else(|| serde::de::Error::missing_field("name"))?;
         self.t.framework(id, name, pid.as_deref(), hostname, first);
-        Ok(())
-    }
-}
-
-/// A framework's `tasks`.
-struct Tasks<'a> {
-    t: &'a mut Translator,
-}
-
-impl<'de> DeserializeSeed<'de> for Tasks<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Tasks<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of tasks")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(task) = seq.next_element::<Task>()? {
-            self.t.task(&task);
-        }
         Ok(())
     }
 }
