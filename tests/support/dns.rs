@@ -78,6 +78,16 @@ pub fn answers(m: &Message) -> Vec<String> {
     v
 }
 
+/// The sorted answers to one UDP query without EDNS.
+pub fn udp_answers(server: SocketAddr, name: &str, qtype: RecordType) -> Vec<String> {
+    answers(&udp(server, name, qtype, None))
+}
+
+/// How many answers one UDP query without EDNS gets.
+pub fn udp_answer_count(server: SocketAddr, name: &str, qtype: RecordType) -> usize {
+    udp(server, name, qtype, None).answers.len()
+}
+
 /// A tiny upstream resolver on 127.0.0.1: answers every A question with `ip` (TTL 300) and
 /// counts the queries it saw. Stops when dropped.
 pub struct Upstream {
@@ -87,6 +97,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// How many queries it has seen.
+    pub fn seen(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
     pub fn start(ip: std::net::Ipv4Addr) -> Upstream {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket

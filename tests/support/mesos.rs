@@ -2,7 +2,6 @@
 //! document the test sets (or garbage, or an error status). Loopback only; stops on drop.
 //! And the real `lodestar mesos-sync` in the background, its log collected, killed on drop.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,21 +218,15 @@ impl SyncProcess {
             .args(["--timeout", "2s"])
             .args(extra)
             .env_remove("LODESTAR_ETCD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        super::die_with_test(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn lodestar mesos-sync");
-        let stderr = child.stderr.take().expect("stderr");
+            .stdin(Stdio::null());
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let child =
+            super::command::spawn_reading_stderr(&mut cmd, "lodestar mesos-sync", move |line| {
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
-            }
-        });
+            });
         SyncProcess { child, log }
     }
 

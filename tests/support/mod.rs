@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod command;
 pub mod dns;
 pub mod etcd;
 pub mod http;
@@ -18,6 +19,7 @@ pub mod xdp;
 use std::future::Future;
 use std::time::Duration;
 
+pub use command::{lodestar, lodestar_ok, TempFile};
 pub use etcd::EtcdServer;
 
 /// Runs `cmd` to completion with nothing on its standard input, and returns its output.
@@ -66,6 +68,14 @@ agent = "a1"
 ips = [{ ip = "127.0.3.10", source = "netinfo" }]
 "#;
 pub use http::{http_get, metric};
+
+/// Fails the test, showing `text`, unless it contains every one of `needles`.
+#[track_caller]
+pub fn assert_contains_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+}
 
 /// Waits until `check` returns `Some`, polling; fails the test with `what` after `patience`.
 pub async fn eventually<T, F, Fut>(patience: Duration, what: &str, mut check: F) -> T
