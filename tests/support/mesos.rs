@@ -197,6 +197,20 @@ pub fn state(self_pid: &str, leader_pid: &str, tasks: Vec<Value>) -> Value {
     })
 }
 
+/// `lodestar mesos-sync --once` of `masters` with a 2 s timeout; the etcd flags to be added.
+pub fn sync_once_args(masters: &str) -> Vec<String> {
+    [
+        "mesos-sync",
+        "--once",
+        "--timeout",
+        "2s",
+        "--master",
+        masters,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A background `lodestar mesos-sync`, its log collected; killed on drop (its log printed if
 /// the test failed).
 pub struct SyncProcess {
