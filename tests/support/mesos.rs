@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -246,6 +247,21 @@ impl SyncProcess {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Fails the test unless the log has a line with `needle` (the log is the message).
+    #[track_caller]
+    pub fn assert_logged(&self, needle: &str) {
+        let log = self.log();
+        assert!(log.contains(needle), "no {needle:?} in the log:\n{log}");
+    }
+
+    /// Waits until the log has a line with `needle`.
+    pub async fn until_logged(&self, needle: &str) {
+        super::eventually(Duration::from_secs(20), needle, || async {
+            self.log().contains(needle).then_some(())
+        })
+        .await;
     }
 
     pub fn leads(&self) -> bool {
