@@ -17,7 +17,9 @@ use lodestar_control::model::{
 use support::agent::Agent;
 use support::command::stderr;
 use support::dns::{answers, tcp, udp, udp_answer_count, udp_answers, udp_raw_within, Upstream};
-use support::{eventually, http_get, lodestar, metric, EtcdServer, TempFile};
+use support::{
+    assert_metric_at_least, eventually, http_get, lodestar, metric, EtcdServer, TempFile,
+};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 const AGENT_ID: &str = "20261121-000000-0001-0000-S7";
@@ -526,10 +528,7 @@ fn metrics_and_the_mesos_dns_http_api() {
         udp(agent.dns, "web.marathon.mesos.", RecordType::A, None);
     }
     let metrics = http_get(agent.http, "/metrics");
-    assert!(
-        metric(&metrics, "lodestar_dns_queries_total{transport=\"udp\"}") >= 3,
-        "{metrics}"
-    );
+    assert_metric_at_least(&metrics, "lodestar_dns_queries_total{transport=\"udp\"}", 3);
     assert!(
         metrics.contains("lodestar_dns_query_duration_seconds_bucket"),
         "{metrics}"
@@ -800,7 +799,7 @@ fn unhealthy_tasks_are_held_back_when_asked_and_counted() {
     let (agent, _dir) = agent_on("a1", "agent-1", tasks, config);
     assert_a_answers(agent.dns, &[("web.marathon.mesos.", &["198.18.7.21"])]);
     let m = http_get(agent.http, "/metrics");
-    assert!(metric(&m, "lodestar_dns_unhealthy_held_back") >= 1, "{m}");
+    assert_metric_at_least(&m, "lodestar_dns_unhealthy_held_back", 1);
 }
 
 /// The agent on a catalog file of one agent (`id`, `hostname`, at 198.18.0.1) and `tasks`,

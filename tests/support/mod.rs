@@ -67,7 +67,7 @@ framework = "marathon"
 agent = "a1"
 ips = [{ ip = "127.0.3.10", source = "netinfo" }]
 "#;
-pub use http::{http_get, metric};
+pub use http::{assert_metric_at_least, http_get, metric};
 
 /// Fails the test, showing `text`, unless it contains every one of `needles`.
 #[track_caller]
