@@ -107,10 +107,12 @@ impl Upstream {
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let queries = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (q, st) = (queries.clone(), stop.clone());
+        let upstream = Upstream {
+            addr: socket.local_addr().unwrap(),
+            queries: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (q, st) = (upstream.queries.clone(), upstream.stop.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !st.load(Ordering::Relaxed) {
@@ -135,11 +137,7 @@ impl Upstream {
                 }
             }
         });
-        Upstream {
-            addr,
-            queries,
-            stop,
-        }
+        upstream
     }
 }
 

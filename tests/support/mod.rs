@@ -26,13 +26,22 @@ pub use etcd::EtcdServer;
 /// Panics when it cannot start (`missing` names the program and its Debian package) or when it
 /// fails (with its command line and standard error).
 pub fn run_ok(cmd: &mut std::process::Command, missing: &str) -> std::process::Output {
+    run_ok_or_say(cmd, missing, "")
+}
+
+/// `run_ok`, with `hint` (what the failure most likely means) after the standard error.
+pub fn run_ok_or_say(
+    cmd: &mut std::process::Command,
+    missing: &str,
+    hint: &str,
+) -> std::process::Output {
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{missing}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?}: {}",
+        "{cmd:?}: {}{hint}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     out
