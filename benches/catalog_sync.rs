@@ -25,22 +25,12 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        tasks: 100_000,
-        writes: 200,
-        runs: 3,
-    };
-    let args: Vec<String> = std::env::args().collect();
-    for pair in args.windows(2) {
-        let value = || pair[1].parse().expect("a number after the flag");
-        match pair[0].as_str() {
-            "--tasks" => o.tasks = value(),
-            "--writes" => o.writes = value(),
-            "--runs" => o.runs = value(),
-            _ => {}
-        }
+    let flag = |name, default| support::bench::arg(name, default) as usize;
+    Options {
+        tasks: flag("--tasks", 100_000),
+        writes: flag("--writes", 200),
+        runs: flag("--runs", 3),
     }
-    o
 }
 
 /// A task shaped like a Marathon task with DiscoveryInfo and one VIP label (~600 bytes).

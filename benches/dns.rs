@@ -67,33 +67,22 @@ fn options() -> Options {
         writes: if quick { 50 } else { 200 },
         keep: None,
     };
-    for pair in args.windows(2) {
-        let n = || -> usize {
-            pair[1]
-                .parse()
-                .unwrap_or_else(|_| panic!("{} needs a number", pair[0]))
-        };
-        match pair[0].as_str() {
-            "--tasks" => o.tasks = n(),
-            "--apps" => o.apps = n(),
-            "--lines" => o.lines = n(),
-            "--runs" => o.runs = n(),
-            "--seconds" => o.load.seconds = n() as u64,
-            "--clients" => o.load.clients = n(),
-            "--threads" => o.load.threads = n(),
-            "--outstanding" => o.load.outstanding = n(),
-            "--latency-seconds" => o.latency_seconds = n() as u64,
-            "--latency-loads" => {
-                o.latency_loads = pair[1]
-                    .split(',')
-                    .map(|f| f.parse().expect("fractions, e.g. 0.1,0.5"))
-                    .collect()
-            }
-            "--writes" => o.writes = n(),
-            "--keep" => o.keep = Some(PathBuf::from(&pair[1])),
-            _ => {}
-        }
-    }
+    support::bench::each_flag(|v| match v.flag {
+        "--tasks" => o.tasks = v.number(),
+        "--apps" => o.apps = v.number(),
+        "--lines" => o.lines = v.number(),
+        "--runs" => o.runs = v.number(),
+        "--seconds" => o.load.seconds = v.number(),
+        "--clients" => o.load.clients = v.number(),
+        "--threads" => o.load.threads = v.number(),
+        "--outstanding" => o.load.outstanding = v.number(),
+        "--latency-seconds" => o.latency_seconds = v.number(),
+        // Fractions, e.g. 0.1,0.5.
+        "--latency-loads" => o.latency_loads = v.list(),
+        "--writes" => o.writes = v.number(),
+        "--keep" => o.keep = Some(PathBuf::from(v.text)),
+        _ => {}
+    });
     if o.apps == 0 {
         o.apps = (o.tasks / 10).max(1);
     }

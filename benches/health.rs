@@ -166,13 +166,5 @@ fn start_in_client(lab: &Lab, dir: &std::path::Path, name: &str, config: &str) -
     std::fs::write(&catalog, lab.catalog_toml()).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, config).unwrap();
-    let extra = lab.agent_args();
-    let mut args = vec![
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--config",
-        path.to_str().unwrap(),
-    ];
-    args.extend(extra.iter().map(String::as_str));
-    agent::Agent::start_in(&lab.client, &args)
+    support::l4lb::agent_on_files(lab, &catalog, &path)
 }

@@ -36,6 +36,33 @@ fn sync(master: &OperatorMaster, etcd: &EtcdServer, id: &str, flags: &[&str]) ->
     )
 }
 
+/// The fake master with agent `S1` and the marathon framework.
+fn cluster(rt: &tokio::runtime::Runtime) -> OperatorMaster {
+    let master = rt.block_on(OperatorMaster::start(Duration::from_secs(15)));
+    master.add_agent("S1", "198.18.1.21", "azure");
+    master.add_framework(FW, "marathon");
+    master
+}
+
+/// Waits up to `patience`, checking every `gap`, until `ready`; panics with mesos-sync's log
+/// (`what` it never did) after that.
+fn wait_for(
+    process: &SyncProcess,
+    (patience, gap): (Duration, Duration),
+    what: &str,
+    ready: impl Fn() -> bool,
+) {
+    let deadline = Instant::now() + patience;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "mesos-sync never {what}:\n{}",
+            process.log()
+        );
+        std::thread::sleep(gap);
+    }
+}
+
 /// Whether the agent answers `name` with an address. A reply later than 20 ms counts as none
 /// and the name is asked again (a longer wait would put the client's patience in the tail).
 fn answers(dns_addr: SocketAddr, name: &str) -> bool {
@@ -98,9 +125,7 @@ fn load(
     flags: &[&str],
 ) -> Load {
     let etcd = EtcdServer::start();
-    let master = rt.block_on(OperatorMaster::start(Duration::from_secs(15)));
-    master.add_agent("S1", "198.18.1.21", "azure");
-    master.add_framework(FW, "marathon");
+    let master = cluster(rt);
     for i in 0..etcd_tasks {
         let ip = format!("198.18.{}.{}", 10 + i / 250, i % 250 + 1);
         master.launch(FW, &format!("t{i}.1"), &format!("app{}", i / 3), "S1", &ip);
@@ -114,15 +139,9 @@ fn load(
         support::http::try_http_get(metrics_addr.parse().unwrap(), "/metrics").unwrap_or_default()
     };
     // Settled: the whole state written.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(&page(), "lodestar_mesos_sync_writes_total") < etcd_tasks as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "mesos-sync never wrote the state:\n{}",
-            process.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let written = || metric(&page(), "lodestar_mesos_sync_writes_total") >= etcd_tasks as u64;
+    let patience = (Duration::from_secs(120), Duration::from_millis(100));
+    wait_for(&process, patience, "wrote the state", written);
     std::thread::sleep(Duration::from_millis(500));
     let (writes0, bytes0, reads0) = (
         metric(&page(), "lodestar_mesos_sync_writes_total") as f64,
@@ -169,9 +188,7 @@ fn main() {
 
     // Latency: one master, one agent; the stream first, then the poll.
     let etcd = EtcdServer::start();
-    let master = rt.block_on(OperatorMaster::start(Duration::from_secs(15)));
-    master.add_agent("S1", "198.18.1.21", "azure");
-    master.add_framework(FW, "marathon");
+    let master = cluster(&rt);
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_lodestar"));
     let agent = agent::Agent::start_binary(
         binary,
@@ -180,15 +197,8 @@ fn main() {
     );
     // Each mesos-sync is measured once it follows the master (elected, subscribed or polled).
     let settle = |ready: &dyn Fn() -> bool, process: &SyncProcess| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready() {
-            assert!(
-                Instant::now() < deadline,
-                "mesos-sync never followed:\n{}",
-                process.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let patience = (Duration::from_secs(30), Duration::from_millis(20));
+        wait_for(process, patience, "followed", ready);
         std::thread::sleep(Duration::from_millis(300));
     };
     let events = {

@@ -38,12 +38,7 @@ fn tasks(n: usize, generation: usize, changed: usize) -> Vec<serde_json::Value> 
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let n: usize = args
-        .windows(2)
-        .find(|w| w[0] == "--tasks")
-        .map(|w| w[1].parse().expect("--tasks N"))
-        .unwrap_or(5000);
+    let n = support::bench::arg("--tasks", 5000) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

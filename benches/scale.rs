@@ -48,7 +48,6 @@ struct Options {
 }
 
 fn options() -> Options {
-    let args: Vec<String> = std::env::args().collect();
     let mut o = Options {
         tasks: vec![3_000, 30_000, 100_000],
         runs: 2,
@@ -60,24 +59,13 @@ fn options() -> Options {
             seconds: 5,
         },
     };
-    for pair in args.windows(2) {
-        let n = || -> usize {
-            pair[1]
-                .parse()
-                .unwrap_or_else(|_| panic!("{} needs a number", pair[0]))
-        };
-        match pair[0].as_str() {
-            "--tasks" => {
-                o.tasks = pair[1]
-                    .split(',')
-                    .map(|t| t.trim().parse().expect("--tasks 3000,30000"))
-                    .collect()
-            }
-            "--runs" => o.runs = n(),
-            "--seconds" => o.load.seconds = n() as u64,
-            _ => {}
-        }
-    }
+    support::bench::each_flag(|v| match v.flag {
+        // --tasks 3000,30000
+        "--tasks" => o.tasks = v.list(),
+        "--runs" => o.runs = v.number(),
+        "--seconds" => o.load.seconds = v.number(),
+        _ => {}
+    });
     assert!(
         o.runs > 0 && o.tasks.iter().all(|&t| t >= scale::TASKS_PER_APP),
         "--runs must be positive and every --tasks at least {}",

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -42,18 +41,12 @@ impl WaitingAgent {
         .arg(cache)
         .env_remove("LODESTAR_ETCD")
         .env("LODESTAR_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        support::die_with_test(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn lodestar agent");
-        let stderr = child.stderr.take().expect("stderr");
+        .stdin(Stdio::null());
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let child =
+            support::command::spawn_reading_stderr(&mut cmd, "lodestar agent", move |line| {
                 let _ = tx.send(line);
-            }
-        });
+            });
         WaitingAgent {
             child,
             lines,

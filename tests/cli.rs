@@ -2,34 +2,16 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use support::command::{lodestar_command, stderr};
+use support::{lodestar, lodestar_ok as ok, EtcdServer};
 
-use support::EtcdServer;
-
-fn lodestar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(args)
-        .env_remove("LODESTAR_ETCD")
-        .output()
-        .expect("run lodestar")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = lodestar(args);
-    assert!(
-        o.status.success(),
-        "lodestar {args:?} failed: {}",
-        stderr(&o)
-    );
-    stdout(&o)
+/// `lodestar services put` of task `id` named `name` on agent `a1` at `ip` into etcd at `e`,
+/// with `extra` flags; its output.
+fn services_put(e: &str, id: &str, name: &str, ip: &str, extra: &[&str]) -> String {
+    let flags = [
+        "--etcd", e, "--id", id, "--name", name, "--agent", "a1", "--ip", ip,
+    ];
+    ok(&[&["services", "put"], &flags[..], extra].concat())
 }
 
 /// Fails with exit code `code` and a single `lodestar: error:` line that mentions `needle`.
@@ -52,26 +34,15 @@ fn services_put_ls_rm_and_vips_ls_through_etcd() {
     let etcd = EtcdServer::start();
     let e = etcd.endpoint();
     for (id, ip) in [("web.1", "198.18.0.11"), ("web.2", "2001:db8::12")] {
-        let out = ok(&[
-            "services",
-            "put",
-            "--etcd",
-            &e,
-            "--id",
-            id,
-            "--name",
-            "web",
-            "--agent",
-            "a1",
-            "--ip",
-            ip,
+        let extra = [
             "--port",
             "http:8080/tcp",
             "--vip",
             "8080=/web:80",
             "--health",
             "healthy",
-        ]);
+        ];
+        let out = services_put(&e, id, "web", ip, &extra);
         assert!(out.contains(&format!("registered task {id}")), "{out}");
     }
     let ls = ok(&["services", "ls", "--etcd", &e]);
@@ -94,28 +65,14 @@ fn services_put_ls_rm_and_vips_ls_through_etcd() {
     );
 
     // The same port number on both protocols, each behind its own VIP.
-    ok(&[
-        "services",
-        "put",
-        "--etcd",
-        &e,
-        "--id",
-        "dns.1",
-        "--name",
-        "dns",
-        "--agent",
-        "a1",
-        "--ip",
-        "198.18.0.53",
-        "--port",
-        "dns:53/tcp",
-        "--port",
-        "dns:53/udp",
+    let ports = ["--port", "dns:53/tcp", "--port", "dns:53/udp"];
+    let vips = [
         "--vip",
         "53/udp=198.19.0.53:53",
         "--vip",
         "53/tcp=198.19.0.53:53",
-    ]);
+    ];
+    services_put(&e, "dns.1", "dns", "198.18.0.53", &[ports, vips].concat());
     let vips = ok(&["vips", "ls", "--etcd", &e]);
     assert!(
         vips.contains("198.19.0.53:53/udp") && vips.contains("198.19.0.53:53/tcp"),
@@ -139,24 +96,8 @@ fn services_put_ls_rm_and_vips_ls_through_etcd() {
     // Task ids are unique within a framework only: one id in two frameworks is two tasks,
     // and `rm` takes the framework.
     for (fw, ip) in [("fw-a", "198.18.0.21"), ("fw-b", "198.18.0.22")] {
-        ok(&[
-            "services",
-            "put",
-            "--etcd",
-            &e,
-            "--id",
-            "1",
-            "--name",
-            "job",
-            "--framework",
-            "chronos",
-            "--framework-id",
-            fw,
-            "--agent",
-            "a1",
-            "--ip",
-            ip,
-        ]);
+        let framework = ["--framework", "chronos", "--framework-id", fw];
+        services_put(&e, "1", "job", ip, &framework);
     }
     // (framework id, address) of every listed task with id 1.
     let jobs = || -> Vec<(String, String)> {
@@ -205,8 +146,8 @@ fn catalog_put_loads_a_document_and_env_selects_etcd() {
     ]);
     assert!(out.contains("wrote 12 records"), "{out}");
     // LODESTAR_ETCD stands in for --etcd.
-    let o = Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(["snapshot"])
+    let o = lodestar_command()
+        .arg("snapshot")
         .env("LODESTAR_ETCD", etcd.endpoint())
         .output()
         .unwrap();

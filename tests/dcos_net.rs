@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
@@ -15,15 +15,13 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use lodestar_control::keys::{Record, RecordKey};
 use lodestar_control::model::{
-    Agent as MesosAgent, DiscoveryInfo, Health, IpSource, Labels, Leader, Master, Port, Protocol,
-    Task, VipAddress,
+    Agent as MesosAgent, Health, IpSource, Leader, Master, Port, Task, VipAddress,
 };
-use lodestar_control::{EtcdConfig, EtcdStore};
 use support::agent::Agent;
-use support::dns::{answers, tcp, udp, Upstream};
+use support::dns::{answers, tcp, udp, udp_answers, Upstream};
 use support::http::http_request;
 use support::netns::Netns;
-use support::{eventually, EtcdServer};
+use support::{eventually, EtcdServer, TempFile};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 const AGENT_ID: &str = "20261202-000000-0001-0000-S1";
@@ -43,20 +41,11 @@ fn master(id: &str, ip: &str) -> Record {
 
 /// `web` on marathon: 198.18.7.50, port 8080 named `http`, behind the named VIP `/web:80`.
 fn web_task() -> Task {
-    let mut t = Task::new("web.1", "web", "marathon", AGENT_ID)
+    Task::new("web.1", "web", "marathon", AGENT_ID)
         .with_health(Health::Healthy)
-        .with_ip("198.18.7.50".parse().unwrap(), IpSource::Netinfo);
-    let mut labels = Labels::default();
-    labels.insert("VIP_0".into(), "/web:80".into());
-    t.discovery = Some(DiscoveryInfo {
-        name: Some("web".into()),
-        ports: vec![Port {
-            labels,
-            ..Port::new(8080).named("http").with_protocol(Protocol::Tcp)
-        }],
-        labels: Labels::default(),
-    });
-    t
+        .with_ip("198.18.7.50".parse().unwrap(), IpSource::Netinfo)
+        .with_discovery_name("web")
+        .with_discovery_port(Port::tcp(8080).named("http").with_label("VIP_0", "/web:80"))
 }
 
 /// A program that prints `lines`, as DC/OS's `detect_ip` scripts do.
@@ -67,16 +56,33 @@ fn script(dir: &std::path::Path, name: &str, lines: &str) -> std::path::PathBuf 
     path
 }
 
-fn a(dns: std::net::SocketAddr, name: &str) -> Vec<String> {
-    answers(&udp(dns, name, RecordType::A, None))
+fn a(dns: SocketAddr, name: &str) -> Vec<String> {
+    udp_answers(dns, name, RecordType::A)
+}
+
+/// The sorted answers to `name` `qtype` and the first one's TTL.
+fn answers_and_ttl(dns: SocketAddr, name: &str, qtype: RecordType) -> (Vec<String>, u32) {
+    let r = udp(dns, name, qtype, None);
+    let ttl = r.answers.first().map(|a| a.ttl).expect("an answer");
+    (answers(&r), ttl)
+}
+
+/// `name` `qtype` is NXDOMAIN, the SOA in the authority section that of `zone`.
+fn assert_nxdomain_of(dns: SocketAddr, name: &str, qtype: RecordType, zone: &str) {
+    let r = udp(dns, name, qtype, None);
+    assert_eq!(rcode(&r), ResponseCode::NXDomain, "{name}");
+    assert_eq!(r.authorities[0].name.to_ascii(), zone, "{name}");
+}
+
+/// The agent's configuration file: `text`, in a temporary directory of its own.
+fn config_file(text: &str) -> TempFile {
+    TempFile::new("agent.toml", text)
 }
 
 #[tokio::test]
 async fn dcos_nets_names_upstreams_and_api_from_etcd() {
     let etcd = EtcdServer::start();
-    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
-        .await
-        .unwrap();
+    let store = etcd.store().await;
     store
         .put(&[
             Record::Agent(MesosAgent {
@@ -122,22 +128,12 @@ async fn dcos_nets_names_upstreams_and_api_from_etcd() {
     )
     .unwrap();
     let api = std::net::SocketAddr::from(([127, 0, 0, 1], support::etcd::free_port()));
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[dns]\ndcos_dns_json = {:?}\n[dns.dcos]\ndetect_ip = {:?}\ndetect_ip_public = {:?}\n\
-             cluster_id = \"ybndrfg8\"\n[http]\ndcos_net_listen = \"{api}\"\n",
-            dcos_dns_json, detect_ip, detect_public
-        ),
-    )
-    .unwrap();
-    let agent = Agent::start(&[
-        "--etcd",
-        &etcd.endpoint(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let config = config_file(&format!(
+        "[dns]\ndcos_dns_json = {:?}\n[dns.dcos]\ndetect_ip = {:?}\ndetect_ip_public = {:?}\n\
+         cluster_id = \"ybndrfg8\"\n[http]\ndcos_net_listen = \"{api}\"\n",
+        dcos_dns_json, detect_ip, detect_public
+    ));
+    let agent = Agent::start(&["--etcd", &etcd.endpoint(), "--config", config.arg()]);
     let dns = agent.dns;
 
     // ready.spartan, asked as DC/OS's gen_resolvconf.py and watchdog ask it: type ANY.
@@ -189,9 +185,8 @@ async fn dcos_nets_names_upstreams_and_api_from_etcd() {
             1
         )
     );
-    let r = udp(dns, "zk.", RecordType::NS, None);
     assert_eq!(
-        (answers(&r), r.answers[0].ttl),
+        answers_and_ttl(dns, "zk.", RecordType::NS),
         (vec!["ns.spartan.".into()], 3600)
     );
 
@@ -233,34 +228,17 @@ async fn dcos_nets_names_upstreams_and_api_from_etcd() {
     );
 
     // thisnode: what the detect_ip programs print (the line that is no address skipped).
-    let r = udp(dns, "thisnode.thisdcos.directory.", RecordType::A, None);
     assert_eq!(
-        (answers(&r), r.answers[0].ttl),
+        answers_and_ttl(dns, "thisnode.thisdcos.directory.", RecordType::A),
         (vec!["198.18.5.5".into()], 5)
     );
-    assert_eq!(
-        a(dns, "public.thisnode.thisdcos.directory."),
-        ["198.18.9.9"]
-    );
-    assert_eq!(
-        answers(&udp(
-            dns,
-            "public.thisnode.thisdcos.directory.",
-            RecordType::AAAA,
-            None
-        )),
-        ["2001:db8::9"]
-    );
+    let public = "public.thisnode.thisdcos.directory.";
+    assert_eq!(a(dns, public), ["198.18.9.9"]);
+    assert_eq!(udp_answers(dns, public, RecordType::AAAA), ["2001:db8::9"]);
 
     // The mesos zone mirrored with dcos-net's shape.
-    let r = udp(
-        dns,
-        "web.marathon.mesos.thisdcos.directory.",
-        RecordType::A,
-        None,
-    );
     assert_eq!(
-        (answers(&r), r.answers[0].ttl),
+        answers_and_ttl(dns, "web.marathon.mesos.thisdcos.directory.", RecordType::A),
         (vec!["198.18.7.50".into()], 5)
     );
     let r = udp(
@@ -280,16 +258,11 @@ async fn dcos_nets_names_upstreams_and_api_from_etcd() {
         "{target}"
     );
     assert_eq!(a(dns, &target), ["198.18.7.50"]);
-    let r = udp(
+    assert_nxdomain_of(
         dns,
         "gone.marathon.mesos.thisdcos.directory.",
         RecordType::SRV,
-        None,
-    );
-    assert_eq!(rcode(&r), ResponseCode::NXDomain);
-    assert_eq!(
-        r.authorities[0].name.to_ascii(),
-        "mesos.thisdcos.directory."
+        "mesos.thisdcos.directory.",
     );
 
     // The renamed zones answer as what they stand for, under the asked name.
@@ -308,14 +281,12 @@ async fn dcos_nets_names_upstreams_and_api_from_etcd() {
         assert_eq!(r.answers[0].name.to_ascii(), name);
         assert!(r.metadata.authoritative, "{name}");
     }
-    let r = udp(
+    assert_nxdomain_of(
         dns,
         "nothing.marathon.dclb.thisdcos.global.",
         RecordType::A,
-        None,
+        "dclb.thisdcos.global.",
     );
-    assert_eq!(rcode(&r), ResponseCode::NXDomain);
-    assert_eq!(r.authorities[0].name.to_ascii(), "dclb.thisdcos.global.");
 
     // dcos-dns.json's upstream_resolvers and forward_zones.
     assert_eq!(a(dns, "example.org."), ["198.18.99.1"]);
@@ -414,14 +385,10 @@ async fn dcos_nets_names_upstreams_and_api_from_etcd() {
 #[test]
 fn the_listen_interface_is_made_served_and_removed() {
     let ns = Netns::new("spartan");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
+    let config = config_file(
         "[dns.interface]\nname = \"spartan\"\n\
          addresses = [\"198.18.0.1\", \"198.18.0.2\", \"198.18.0.3\", \"2001:db8::53\"]\n",
-    )
-    .unwrap();
+    );
     let dig = |server: &str, extra: &[&str], name: &str, qtype: &str| -> String {
         let mut args = vec!["dig", "+short", "+time=2", "+tries=1"];
         args.extend_from_slice(extra);
@@ -443,7 +410,7 @@ fn the_listen_interface_is_made_served_and_removed() {
                 ns.exec_ok(&["ip", "link", "add", "spartan", "type", "bridge"]);
             }
         }
-        let mut agent = Agent::start_in(&ns, &["--config", config.to_str().unwrap()]);
+        let mut agent = Agent::start_in(&ns, &["--config", config.arg()]);
         let shown = String::from_utf8_lossy(
             &ns.exec_ok(&["ip", "-o", "addr", "show", "dev", "spartan"])
                 .stdout,
@@ -520,14 +487,10 @@ async fn ready_spartan_answers_only_while_the_agent_is_ready() {
 #[test]
 fn an_agent_that_fails_to_start_removes_its_interface() {
     let ns = Netns::new("spartanfail");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
+    let config = config_file(
         "[dns]\nlisten = [\"198.18.0.1:53\"]\n[dns.interface]\nname = \"spartan\"\n\
          addresses = [\"198.18.0.1\"]\n",
-    )
-    .unwrap();
+    );
     let out = ns
         .command(env!("CARGO_BIN_EXE_lodestar"))
         .args([
@@ -537,9 +500,9 @@ fn an_agent_that_fails_to_start_removes_its_interface() {
             "127.0.0.1:0",
             "--config",
         ])
-        .arg(&config)
+        .arg(&config.path)
         .arg("--cache-file")
-        .arg(dir.path().join("cache.json"))
+        .arg(config.dir().join("cache.json"))
         .env_remove("LODESTAR_ETCD")
         .output()
         .unwrap();

@@ -15,7 +15,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use support::agent::Agent;
-use support::l4lb::{attached_programs, in_ns, lodestar, udp_exchange, Lab};
+use support::l4lb::{attached_programs, in_ns, udp_exchange, Lab};
+use support::{assert_contains_all, lodestar_ok};
 
 const WEB_VIP: &str = "198.19.0.10:80";
 const ECHO_VIP: &str = "198.19.0.7:7";
@@ -99,30 +100,17 @@ fn the_demo_serves_its_own_backends_and_cleans_up_after_itself() {
     assert_eq!(from, ECHO_VIP.parse::<SocketAddr>().unwrap());
 
     // While the demo runs, its VIPs are blackholed: what the hooks do not steer stays here.
-    let routes = blackholes(&lab);
-    assert!(
-        routes.contains("198.19.0.10") && routes.contains("198.19.0.7"),
-        "{routes}"
-    );
+    assert_contains_all(&blackholes(&lab), &["198.19.0.10", "198.19.0.7"]);
 
     // lodestar vips ls: the same catalog, from the embedded demo and from the agent.
-    let table = lodestar(&["vips", "ls"]);
-    for want in [
-        "/web:80/tcp",
-        "198.19.0.10",
-        "127.0.1.101:8080",
-        "127.0.2.101:8080",
-    ] {
-        assert!(table.contains(want), "vips ls lacks {want}:\n{table}");
-    }
+    let table = lodestar_ok(&["vips", "ls"]);
+    let backends = ["127.0.1.101:8080", "127.0.2.101:8080"];
+    assert_contains_all(&table, &["/web:80/tcp", "198.19.0.10"]);
+    assert_contains_all(&table, &backends);
     let http = agent.http.to_string();
-    let dataplane = in_ns(&ns, || lodestar(&["vips", "ls", "--agent", &http]));
-    for want in ["198.19.0.10:80/tcp", "127.0.1.101:8080", "127.0.2.101:8080"] {
-        assert!(
-            dataplane.contains(want),
-            "vips ls --agent lacks {want}:\n{dataplane}"
-        );
-    }
+    let dataplane = in_ns(&ns, || lodestar_ok(&["vips", "ls", "--agent", &http]));
+    assert_contains_all(&dataplane, &["198.19.0.10:80/tcp"]);
+    assert_contains_all(&dataplane, &backends);
     assert!(!attached_programs(&lab.cgroup.path).is_empty());
 
     // A demo agent that stops leaves nothing behind: no programs, no pins, no routes.

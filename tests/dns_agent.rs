@@ -12,13 +12,14 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use lodestar_control::keys::{Record, RecordKey};
 use lodestar_control::model::{
-    Agent as MesosAgent, DiscoveryInfo, Framework, Health, IpSource, Labels, Port, Protocol, Task,
-    TaskKey, TaskState, VipAddress,
+    Agent as MesosAgent, Framework, Health, IpSource, Port, Task, TaskKey, TaskState, VipAddress,
 };
-use lodestar_control::{EtcdConfig, EtcdStore};
 use support::agent::Agent;
-use support::dns::{answers, tcp, udp, udp_raw_within, Upstream};
-use support::{eventually, http_get, metric, EtcdServer};
+use support::command::stderr;
+use support::dns::{answers, tcp, udp, udp_answer_count, udp_answers, udp_raw_within, Upstream};
+use support::{
+    assert_metric_at_least, eventually, http_get, lodestar, metric, EtcdServer, TempFile,
+};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 const AGENT_ID: &str = "20261121-000000-0001-0000-S7";
@@ -39,19 +40,6 @@ fn task(id: &str, name: &str, framework: &str, ips: &[&str]) -> Task {
     )
 }
 
-fn port(number: u16, name: Option<&str>, protocol: Option<Protocol>) -> Port {
-    let p = protocol
-        .into_iter()
-        .fold(Port::new(number), Port::with_protocol);
-    name.into_iter().fold(p, Port::named)
-}
-
-async fn store(etcd: &EtcdServer) -> EtcdStore {
-    EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
-        .await
-        .unwrap()
-}
-
 fn rcode(m: &Message) -> ResponseCode {
     m.metadata.response_code
 }
@@ -65,6 +53,56 @@ async fn eventually_answers(dns: SocketAddr, name: &str, qtype: RecordType, expe
         async move { ok.then_some(()) }
     })
     .await;
+}
+
+/// etcd with this agent and one healthy marathon task `name` at `ip`.
+async fn etcd_with_task(id: &str, name: &str, ip: &str) -> EtcdServer {
+    let etcd = EtcdServer::start();
+    etcd.store()
+        .await
+        .put(&[
+            Record::Agent(mesos_agent()),
+            Record::Task(task(id, name, "marathon", &[ip])),
+        ])
+        .await
+        .unwrap();
+    etcd
+}
+
+/// Writes one more marathon task `name` at `ip` to etcd and waits until `dns` answers
+/// `name.marathon.mesos.` with exactly `expected`.
+async fn put_task_and_wait(
+    etcd: &EtcdServer,
+    dns: SocketAddr,
+    (id, name, ip): (&str, &str, &str),
+    expected: &[&str],
+) {
+    etcd.store()
+        .await
+        .put(&[Record::Task(task(id, name, "marathon", &[ip]))])
+        .await
+        .unwrap();
+    let qname = format!("{name}.marathon.mesos.");
+    eventually_answers(dns, &qname, RecordType::A, expected).await;
+}
+
+/// Restarts etcd, writes task `id` of `name` at the second of `ips` and waits until `dns`
+/// answers `name` with both (the first the one it had): the agent catches up.
+async fn etcd_back_and_caught_up(
+    etcd: &mut EtcdServer,
+    dns: SocketAddr,
+    (id, name): (&str, &str),
+    ips: [&str; 2],
+) {
+    etcd.restart();
+    put_task_and_wait(etcd, dns, (id, name, ips[1]), &ips).await;
+}
+
+/// Each name's sorted A answers are the ones listed.
+fn assert_a_answers(dns: SocketAddr, expected: &[(&str, &[&str])]) {
+    for (name, want) in expected {
+        assert_eq!(udp_answers(dns, name, RecordType::A), *want, "{name}");
+    }
 }
 
 #[test]
@@ -104,24 +142,14 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     let canonical = &targets[0];
     let extra: Vec<String> = r.additionals.iter().map(|a| a.name.to_ascii()).collect();
     assert!(extra.contains(canonical), "{extra:?}");
-    let r = udp(dns, canonical, RecordType::A, None);
-    assert_eq!(r.answers.len(), 1);
-    // Named port.
-    let r = udp(
-        dns,
+    assert_eq!(udp_answer_count(dns, canonical, RecordType::A), 1);
+    // A named port; resource ports under .slave, both protocols.
+    for name in [
         "_http._web._tcp.marathon.mesos.",
-        RecordType::SRV,
-        None,
-    );
-    assert_eq!(r.answers.len(), 2);
-    // Resource ports under .slave, both protocols.
-    let r = udp(
-        dns,
         "_web._udp.marathon.slave.mesos.",
-        RecordType::SRV,
-        None,
-    );
-    assert_eq!(r.answers.len(), 2);
+    ] {
+        assert_eq!(udp_answer_count(dns, name, RecordType::SRV), 2, "{name}");
+    }
 
     // Missing names.
     let r = udp(dns, "nope.marathon.mesos.", RecordType::A, None);
@@ -136,59 +164,28 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
 
     // Frameworks, agents, masters, leader, our own name.
-    assert_eq!(
-        answers(&udp(dns, "marathon.mesos.", RecordType::A, None)),
-        ["127.0.1.11"]
-    );
-    let r = udp(
+    assert_a_answers(
         dns,
+        &[
+            ("marathon.mesos.", &["127.0.1.11"]),
+            ("slave.mesos.", &["127.0.1.1", "127.0.2.1"]),
+            ("leader.mesos.", &["127.0.1.11"]),
+            ("master.mesos.", &["127.0.1.11", "127.0.1.12", "127.0.2.11"]),
+            ("ns1.mesos.", &["127.0.0.1"]),
+        ],
+    );
+    for name in [
         "_framework._tcp.marathon.mesos.",
-        RecordType::SRV,
-        None,
-    );
-    assert_eq!(r.answers.len(), 1);
-    assert_eq!(
-        answers(&udp(dns, "slave.mesos.", RecordType::A, None)),
-        ["127.0.1.1", "127.0.2.1"]
-    );
-    assert_eq!(
-        udp(dns, "_slave._tcp.mesos.", RecordType::SRV, None)
-            .answers
-            .len(),
-        1
-    );
-    assert_eq!(
-        answers(&udp(dns, "leader.mesos.", RecordType::A, None)),
-        ["127.0.1.11"]
-    );
-    assert_eq!(
-        udp(dns, "_leader._tcp.mesos.", RecordType::SRV, None)
-            .answers
-            .len(),
-        1
-    );
-    assert_eq!(
-        udp(dns, "_leader._udp.mesos.", RecordType::SRV, None)
-            .answers
-            .len(),
-        1
-    );
-    assert_eq!(
-        answers(&udp(dns, "master.mesos.", RecordType::A, None)),
-        ["127.0.1.11", "127.0.1.12", "127.0.2.11"]
-    );
-    for n in 0..3 {
-        assert_eq!(
-            udp(dns, &format!("master{n}.mesos."), RecordType::A, None)
-                .answers
-                .len(),
-            1
-        );
+        "_slave._tcp.mesos.",
+        "_leader._tcp.mesos.",
+        "_leader._udp.mesos.",
+    ] {
+        assert_eq!(udp_answer_count(dns, name, RecordType::SRV), 1, "{name}");
     }
-    assert_eq!(
-        answers(&udp(dns, "ns1.mesos.", RecordType::A, None)),
-        ["127.0.0.1"]
-    );
+    for n in 0..3 {
+        let name = format!("master{n}.mesos.");
+        assert_eq!(udp_answer_count(dns, &name, RecordType::A), 1, "{name}");
+    }
     let r = udp(dns, "mesos.", RecordType::SOA, None);
     let RData::SOA(soa) = &r.answers[0].data else {
         panic!()
@@ -197,8 +194,10 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     assert_eq!(soa.rname.to_ascii(), "root.ns1.mesos.");
     let r = udp(dns, "mesos.", RecordType::NS, None);
     assert_eq!(r.answers[0].data.to_string(), "ns1.mesos.");
-    let r = udp(dns, "web.marathon.mesos.", RecordType::ANY, None);
-    assert_eq!(r.answers.len(), 2);
+    assert_eq!(
+        udp_answer_count(dns, "web.marathon.mesos.", RecordType::ANY),
+        2
+    );
 
     // Draining tasks get no records.
     let r = udp(dns, "batch.marathon.mesos.", RecordType::A, None);
@@ -213,32 +212,22 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
     );
     assert_eq!(answers(&r), ["198.19.0.10"]);
     assert_eq!(r.answers[0].ttl, 5);
-    assert_eq!(
-        answers(&udp(
-            dns,
-            "web.marathon.agentip.dcos.thisdcos.directory.",
-            RecordType::A,
-            None
-        )),
-        ["127.0.1.1", "127.0.2.1"]
-    );
-    assert_eq!(
-        answers(&udp(
-            dns,
-            "echo.marathon.containerip.dcos.thisdcos.directory.",
-            RecordType::A,
-            None
-        )),
-        ["127.0.1.102"]
-    );
-    assert_eq!(
-        answers(&udp(
-            dns,
-            "web.marathon.autoip.dcos.thisdcos.directory.",
-            RecordType::A,
-            None
-        )),
-        ["127.0.1.101", "127.0.2.101"]
+    assert_a_answers(
+        dns,
+        &[
+            (
+                "web.marathon.agentip.dcos.thisdcos.directory.",
+                &["127.0.1.1", "127.0.2.1"],
+            ),
+            (
+                "echo.marathon.containerip.dcos.thisdcos.directory.",
+                &["127.0.1.102"],
+            ),
+            (
+                "web.marathon.autoip.dcos.thisdcos.directory.",
+                &["127.0.1.101", "127.0.2.101"],
+            ),
+        ],
     );
 
     // TCP gives the same answers.
@@ -251,16 +240,11 @@ fn the_demo_catalog_answers_by_mesos_dns_rules() {
 #[tokio::test]
 async fn awkward_catalog_entries_through_etcd() {
     let etcd = EtcdServer::start();
-    let s = store(&etcd).await;
-    let mut named = task("named.1", "named", "marathon", &["198.18.7.10"]);
-    named.discovery = Some(DiscoveryInfo {
-        name: Some("named".into()),
-        ports: vec![
-            port(53, Some("dns"), Some(Protocol::Tcp)),
-            port(53, Some("dns"), Some(Protocol::Udp)),
-        ],
-        labels: Labels::default(),
-    });
+    let s = etcd.store().await;
+    let named = task("named.1", "named", "marathon", &["198.18.7.10"])
+        .with_discovery_name("named")
+        .with_discovery_port(Port::tcp(53).named("dns"))
+        .with_discovery_port(Port::udp(53).named("dns"));
     let long_name = "a".repeat(70);
     let mut records = vec![
         Record::Agent(mesos_agent()),
@@ -284,67 +268,37 @@ async fn awkward_catalog_entries_through_etcd() {
 
     let agent = Agent::start(&["--etcd", &etcd.endpoint()]);
     let dns = agent.dns;
-    // Mixed case, dots and underscores: lowercase, '.' and '_' become '-'.
-    assert_eq!(
-        answers(&udp(dns, "my-app-v2.marathon.mesos.", RecordType::A, None)),
-        ["198.18.7.11"]
-    );
-    // 70 characters are cut to 63.
-    let r = udp(
+    // Mixed case, dots and underscores: lowercase, '.' and '_' become '-'; 70 characters are
+    // cut to 63; a framework name with a space: the space is dropped.
+    let cut = format!("{}.marathon.mesos.", "a".repeat(63));
+    assert_a_answers(
         dns,
-        &format!("{}.marathon.mesos.", "a".repeat(63)),
-        RecordType::A,
-        None,
+        &[
+            ("my-app-v2.marathon.mesos.", &["198.18.7.11"]),
+            (&cut, &["198.18.7.12"]),
+            ("svc.myframework.mesos.", &["198.18.7.13"]),
+            ("myframework.mesos.", &["198.18.7.2"]),
+        ],
     );
-    assert_eq!(answers(&r), ["198.18.7.12"]);
     // IPv6-only: AAAA answers, A is NODATA.
-    assert_eq!(
-        answers(&udp(
-            dns,
-            "ipv6only.marathon.mesos.",
-            RecordType::AAAA,
-            None
-        )),
-        ["2001:db8::7"]
-    );
-    let r = udp(dns, "ipv6only.marathon.mesos.", RecordType::A, None);
+    let v6 = "ipv6only.marathon.mesos.";
+    assert_eq!(udp_answers(dns, v6, RecordType::AAAA), ["2001:db8::7"]);
+    let r = udp(dns, v6, RecordType::A, None);
     assert_eq!((rcode(&r), r.answers.len()), (ResponseCode::NoError, 0));
-    // A framework name with a space: the space is dropped.
-    assert_eq!(
-        answers(&udp(dns, "svc.myframework.mesos.", RecordType::A, None)),
-        ["198.18.7.13"]
-    );
-    assert_eq!(
-        answers(&udp(dns, "myframework.mesos.", RecordType::A, None)),
-        ["198.18.7.2"]
-    );
     // A named port on both protocols.
     for proto in ["_tcp", "_udp"] {
-        let r = udp(
-            dns,
-            &format!("_dns._named.{proto}.marathon.mesos."),
-            RecordType::SRV,
-            None,
-        );
-        assert_eq!(r.answers.len(), 1, "{proto}");
+        let name = format!("_dns._named.{proto}.marathon.mesos.");
+        assert_eq!(udp_answer_count(dns, &name, RecordType::SRV), 1, "{proto}");
     }
     // A killed (draining) task has no records.
     let r = udp(dns, "killed.marathon.mesos.", RecordType::A, None);
     assert_eq!(rcode(&r), ResponseCode::NXDomain);
 
     // Fresh answers after etcd writes: a new task appears, a removed one goes.
-    s.put(&[Record::Task(task(
-        "new.1",
-        "fresh",
-        "marathon",
-        &["198.18.7.20"],
-    ))])
-    .await
-    .unwrap();
-    eventually_answers(
+    put_task_and_wait(
+        &etcd,
         dns,
-        "fresh.marathon.mesos.",
-        RecordType::A,
+        ("new.1", "fresh", "198.18.7.20"),
         &["198.18.7.20"],
     )
     .await;
@@ -358,17 +312,13 @@ async fn awkward_catalog_entries_through_etcd() {
     })
     .await;
     // A VIP address appears in the l4lb zone once allocated.
-    let mut vip_task = task("vip.1", "vipper", "marathon", &["198.18.7.30"]);
-    let mut labels = Labels::default();
-    labels.insert("VIP_0".into(), "/group/vipper:80".into());
-    vip_task.discovery = Some(DiscoveryInfo {
-        name: Some("vipper".into()),
-        ports: vec![Port {
-            labels,
-            ..port(8080, Some("http"), Some(Protocol::Tcp))
-        }],
-        labels: Labels::default(),
-    });
+    let vip_task = task("vip.1", "vipper", "marathon", &["198.18.7.30"])
+        .with_discovery_name("vipper")
+        .with_discovery_port(
+            Port::tcp(8080)
+                .named("http")
+                .with_label("VIP_0", "/group/vipper:80"),
+        );
     s.put(&[
         Record::Task(vip_task),
         Record::VipAddress(VipAddress {
@@ -389,56 +339,24 @@ async fn awkward_catalog_entries_through_etcd() {
 
 #[tokio::test]
 async fn serves_the_last_catalog_through_an_etcd_outage() {
-    let mut etcd = EtcdServer::start();
-    let s = store(&etcd).await;
-    s.put(&[
-        Record::Agent(mesos_agent()),
-        Record::Task(task("t.1", "steady", "marathon", &["198.18.7.40"])),
-    ])
-    .await
-    .unwrap();
-    drop(s);
+    let mut etcd = etcd_with_task("t.1", "steady", "198.18.7.40").await;
     let agent = Agent::start(&["--etcd", &etcd.endpoint()]);
+    let steady = "steady.marathon.mesos.";
     assert_eq!(
-        answers(&udp(
-            agent.dns,
-            "steady.marathon.mesos.",
-            RecordType::A,
-            None
-        )),
+        udp_answers(agent.dns, steady, RecordType::A),
         ["198.18.7.40"]
     );
     etcd.stop();
     for _ in 0..20 {
         assert_eq!(
-            answers(&udp(
-                agent.dns,
-                "steady.marathon.mesos.",
-                RecordType::A,
-                None
-            )),
+            udp_answers(agent.dns, steady, RecordType::A),
             ["198.18.7.40"]
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // And it catches up when etcd is back.
-    etcd.restart();
-    let s = store(&etcd).await;
-    s.put(&[Record::Task(task(
-        "t.2",
-        "steady",
-        "marathon",
-        &["198.18.7.41"],
-    ))])
-    .await
-    .unwrap();
-    eventually_answers(
-        agent.dns,
-        "steady.marathon.mesos.",
-        RecordType::A,
-        &["198.18.7.40", "198.18.7.41"],
-    )
-    .await;
+    let ips = ["198.18.7.40", "198.18.7.41"];
+    etcd_back_and_caught_up(&mut etcd, agent.dns, ("t.2", "steady"), ips).await;
 }
 
 #[test]
@@ -463,13 +381,10 @@ fn forwards_other_names_with_one_upstream_dead() {
         assert!(r.metadata.recursion_available);
     }
     // Cached: asking again does not reach the upstream.
-    let before = good.queries.load(std::sync::atomic::Ordering::Relaxed);
+    let before = good.seen();
     let r = udp(agent.dns, "host0.example.org.", RecordType::A, None);
     assert_eq!(answers(&r), ["198.18.99.1"]);
-    assert_eq!(
-        good.queries.load(std::sync::atomic::Ordering::Relaxed),
-        before
-    );
+    assert_eq!(good.seen(), before);
     // Our own zones are never forwarded.
     let r = udp(agent.dns, "nope.marathon.mesos.", RecordType::A, None);
     assert_eq!(rcode(&r), ResponseCode::NXDomain);
@@ -478,28 +393,25 @@ fn forwards_other_names_with_one_upstream_dead() {
 #[test]
 fn recursion_is_refused_to_clients_outside_the_configured_networks() {
     let good = Upstream::start(Ipv4Addr::new(198, 18, 99, 2));
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
+    let config = TempFile::new(
+        "agent.toml",
         format!(
             "[dns]\nrecursion_networks = [\"198.18.0.0/16\"]\nupstreams = [\"{}\"]\n",
             good.addr
         ),
-    )
-    .unwrap();
-    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    );
+    let agent = Agent::start(&["--config", config.arg()]);
     let r = udp(agent.dns, "example.org.", RecordType::A, None);
     assert_eq!(rcode(&r), ResponseCode::Refused);
     assert!(!r.metadata.recursion_available);
-    assert_eq!(good.queries.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(good.seen(), 0);
     // Authoritative answers are for everyone.
     let r = udp(agent.dns, "leader.mesos.", RecordType::A, None);
     assert_eq!(answers(&r), ["127.0.1.11"]);
 }
 
 /// A catalog with one name that has 60 addresses: 1,000+ bytes of answers.
-fn big_catalog(dir: &std::path::Path) -> std::path::PathBuf {
+fn big_catalog() -> TempFile {
     let mut text = String::from(
         "schema = 1\n[[agents]]\nid = \"a1\"\nhostname = \"h1\"\naddresses = [\"198.18.0.1\"]\n",
     );
@@ -508,16 +420,13 @@ fn big_catalog(dir: &std::path::Path) -> std::path::PathBuf {
             "[[tasks]]\nid = \"big.{i}\"\nname = \"big\"\nframework = \"marathon\"\nagent = \"a1\"\nips = [{{ ip = \"198.18.1.{i}\", source = \"netinfo\" }}]\n"
         ));
     }
-    let path = dir.join("catalog.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    TempFile::new("catalog.toml", text)
 }
 
 #[test]
 fn large_answers_truncate_over_udp_and_complete_over_tcp() {
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = big_catalog(dir.path());
-    let agent = Agent::start(&["--catalog", catalog.to_str().unwrap()]);
+    let catalog = big_catalog();
+    let agent = Agent::start(&["--catalog", catalog.arg()]);
     // Without EDNS the limit is 512: TC, and no partial answer.
     let r = udp(agent.dns, "big.marathon.mesos.", RecordType::A, None);
     assert!(r.metadata.truncation);
@@ -603,7 +512,7 @@ fn hostile_packets_get_formerr_or_are_dropped_and_counted() {
     }
     // Still serving, and counting.
     assert_eq!(
-        answers(&udp(agent.dns, "leader.mesos.", RecordType::A, None)),
+        udp_answers(agent.dns, "leader.mesos.", RecordType::A),
         ["127.0.1.11"]
     );
     let metrics = http_get(agent.http, "/metrics");
@@ -619,10 +528,7 @@ fn metrics_and_the_mesos_dns_http_api() {
         udp(agent.dns, "web.marathon.mesos.", RecordType::A, None);
     }
     let metrics = http_get(agent.http, "/metrics");
-    assert!(
-        metric(&metrics, "lodestar_dns_queries_total{transport=\"udp\"}") >= 3,
-        "{metrics}"
-    );
+    assert_metric_at_least(&metrics, "lodestar_dns_queries_total{transport=\"udp\"}", 3);
     assert!(
         metrics.contains("lodestar_dns_query_duration_seconds_bucket"),
         "{metrics}"
@@ -640,53 +546,37 @@ fn metrics_and_the_mesos_dns_http_api() {
 
 #[test]
 fn a_bad_config_reports_every_problem_with_exit_code_78() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
+    let config = TempFile::new(
+        "agent.toml",
         "[dns]\nlisten = []\nworkers = 0\n[dns.zone]\ndomain = \"bad domain\"\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    let err = refused_config(&["agent", "--config", config.arg()]);
     assert_eq!(err.matches("lodestar: config error:").count(), 3, "{err}");
     // A mistyped forward zone is refused rather than falling through to the default upstreams.
-    std::fs::write(
-        &config,
-        "[[dns.forward_zones]]\nzone = \"corp..example\"\nupstreams = [\"127.0.0.1:9\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args([
-            "agent",
-            "--no-l4lb",
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(78),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corp..example"));
-    std::fs::write(&config, "[dns]\nlisen = [\"127.0.0.1:53\"]\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+    config
+        .write("[[dns.forward_zones]]\nzone = \"corp..example\"\nupstreams = [\"127.0.0.1:9\"]\n");
+    let err = refused_config(&[
+        "agent",
+        "--no-l4lb",
+        "--dns-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--config",
+        config.arg(),
+    ]);
+    assert!(err.contains("corp..example"), "{err}");
+    config.write("[dns]\nlisen = [\"127.0.0.1:53\"]\n");
+    let err = refused_config(&["agent", "--config", config.arg()]);
+    assert!(err.contains("lisen"), "{err}");
+}
+
+/// Runs `lodestar ARGS`, which must exit with 78 (a bad configuration); its standard error.
+fn refused_config(args: &[&str]) -> String {
+    let out = lodestar(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    err
 }
 
 #[test]
@@ -733,8 +623,7 @@ fn a_wildcard_listener_answers_from_the_address_asked() {
         .collect();
     expected.sort();
     expected.dedup();
-    let r = udp(server, "ns1.mesos.", RecordType::A, None);
-    assert_eq!(answers(&r), expected);
+    assert_eq!(udp_answers(server, "ns1.mesos.", RecordType::A), expected);
 }
 
 /// `/v1/status` as JSON.
@@ -744,14 +633,7 @@ fn status(agent: &Agent) -> serde_json::Value {
 
 #[tokio::test]
 async fn restarted_without_etcd_it_serves_the_local_cache_and_says_it_is_stale() {
-    let mut etcd = EtcdServer::start();
-    let s = store(&etcd).await;
-    s.put(&[
-        Record::Agent(mesos_agent()),
-        Record::Task(task("c.1", "cached", "marathon", &["198.18.7.50"])),
-    ])
-    .await
-    .unwrap();
+    let mut etcd = etcd_with_task("c.1", "cached", "198.18.7.50").await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache.json");
     let cache_arg = cache.to_str().unwrap().to_string();
@@ -794,12 +676,7 @@ async fn restarted_without_etcd_it_serves_the_local_cache_and_says_it_is_stale()
     etcd.stop();
     let second = Agent::start(&args);
     assert_eq!(
-        answers(&udp(
-            second.dns,
-            "cached.marathon.mesos.",
-            RecordType::A,
-            None
-        )),
+        udp_answers(second.dns, "cached.marathon.mesos.", RecordType::A),
         ["198.18.7.50"]
     );
     let st = status(&second);
@@ -813,23 +690,8 @@ async fn restarted_without_etcd_it_serves_the_local_cache_and_says_it_is_stale()
         .contains("serving the catalog cached on local disk"));
 
     // etcd returns: fresh again, and new writes show.
-    etcd.restart();
-    let s = store(&etcd).await;
-    s.put(&[Record::Task(task(
-        "c.2",
-        "cached",
-        "marathon",
-        &["198.18.7.51"],
-    ))])
-    .await
-    .unwrap();
-    eventually_answers(
-        second.dns,
-        "cached.marathon.mesos.",
-        RecordType::A,
-        &["198.18.7.50", "198.18.7.51"],
-    )
-    .await;
+    let ips = ["198.18.7.50", "198.18.7.51"];
+    etcd_back_and_caught_up(&mut etcd, second.dns, ("c.2", "cached"), ips).await;
     eventually(PATIENCE, "the catalog to be fresh", || {
         let st = status(&second);
         let fresh = st["catalog"]["stale"] == false && st["catalog"]["from_local_cache"] == false;
@@ -848,31 +710,20 @@ async fn restarted_without_etcd_it_serves_the_local_cache_and_says_it_is_stale()
 fn lodestar_status_prints_one_screen() {
     let agent = Agent::start(&[]);
     udp(agent.dns, "leader.mesos.", RecordType::A, None);
-    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(["status", "--http", &agent.http.to_string()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("the embedded demo catalog") && text.contains("revision 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("fresh") && text.contains("NOERROR 1"),
-        "{text}"
+    let text = support::lodestar_ok(&["status", "--http", &agent.http.to_string()]);
+    support::assert_contains_all(
+        &text,
+        &[
+            "the embedded demo catalog",
+            "revision 1",
+            "fresh",
+            "NOERROR 1",
+        ],
     );
     let dead = format!("127.0.0.1:{}", support::etcd::free_port());
-    let out = Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(["status", "--http", &dead])
-        .output()
-        .unwrap();
+    let out = lodestar(&["status", "--http", &dead]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent's HTTP API"));
+    assert!(stderr(&out).contains("cannot reach the agent's HTTP API"));
 }
 
 /// Metrics that exist only while the VIP load balancer runs.
@@ -896,51 +747,39 @@ fn reverse_zones_are_answered_here_and_other_ptr_names_forwarded() {
         upstream.addr
     );
     let (agent, _dir) = agent_on(agent_id, "agent-1.example", vec![hdfs], &config);
-    let r = udp(
+    let name = answers(&authoritative_ptr(
         agent.dns,
         "11.7.18.198.in-addr.arpa.",
-        RecordType::PTR,
-        None,
-    );
-    assert_eq!(rcode(&r), ResponseCode::NoError);
-    assert!(r.metadata.authoritative);
-    let name = answers(&r);
+        ResponseCode::NoError,
+    ));
     assert!(
         name.len() == 1 && name[0].starts_with("hdfs-") && name[0].ends_with(".marathon.mesos."),
         "{name:?}"
     );
+    assert_a_answers(agent.dns, &[(&name[0], &["198.18.7.11"])]);
+    let agent_ptr = "1.0.18.198.in-addr.arpa.";
     assert_eq!(
-        answers(&udp(agent.dns, &name[0], RecordType::A, None)),
-        ["198.18.7.11"]
-    );
-    assert_eq!(
-        answers(&udp(
-            agent.dns,
-            "1.0.18.198.in-addr.arpa.",
-            RecordType::PTR,
-            None
-        )),
+        udp_answers(agent.dns, agent_ptr, RecordType::PTR),
         ["agent-1.example."]
     );
-    let r = udp(
+    authoritative_ptr(
         agent.dns,
         "99.7.18.198.in-addr.arpa.",
-        RecordType::PTR,
-        None,
+        ResponseCode::NXDomain,
     );
-    assert_eq!(rcode(&r), ResponseCode::NXDomain);
-    assert!(r.metadata.authoritative);
-    assert_eq!(
-        upstream.queries.load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(upstream.seen(), 0);
     // Outside the reverse zones: forwarded, as before.
     let r = udp(agent.dns, "1.0.19.198.in-addr.arpa.", RecordType::PTR, None);
     assert!(!r.metadata.authoritative);
-    assert_eq!(
-        upstream.queries.load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(upstream.seen(), 1);
+}
+
+/// Asks `name` PTR, which must be answered here, authoritatively, with `expected`.
+fn authoritative_ptr(dns: SocketAddr, name: &str, expected: ResponseCode) -> Message {
+    let r = udp(dns, name, RecordType::PTR, None);
+    assert_eq!(rcode(&r), expected, "{name}");
+    assert!(r.metadata.authoritative, "{name}");
+    r
 }
 
 /// `dns.zone.health = "exclude"` on the real agent: the unhealthy task is out of the answer,
@@ -958,12 +797,9 @@ fn unhealthy_tasks_are_held_back_when_asked_and_counted() {
     ];
     let config = "[dns.zone]\nhealth = \"exclude\"\n";
     let (agent, _dir) = agent_on("a1", "agent-1", tasks, config);
-    assert_eq!(
-        answers(&udp(agent.dns, "web.marathon.mesos.", RecordType::A, None)),
-        ["198.18.7.21"]
-    );
+    assert_a_answers(agent.dns, &[("web.marathon.mesos.", &["198.18.7.21"])]);
     let m = http_get(agent.http, "/metrics");
-    assert!(metric(&m, "lodestar_dns_unhealthy_held_back") >= 1, "{m}");
+    assert_metric_at_least(&m, "lodestar_dns_unhealthy_held_back", 1);
 }
 
 /// The agent on a catalog file of one agent (`id`, `hostname`, at 198.18.0.1) and `tasks`,

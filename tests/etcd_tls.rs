@@ -9,7 +9,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
@@ -17,10 +17,11 @@ use lodestar_control::mesos::election::LEADER_KEY;
 use lodestar_control::model::TaskKey;
 use lodestar_control::{EtcdAuth, EtcdConfig, EtcdStore, EtcdTls};
 use support::agent::Agent;
+use support::command::{lodestar_blocking, stderr};
 use support::dns::{answers, udp};
 use support::etcd::{AGENT_USER, SYNC_USER};
-use support::mesos::{vip_task, FakeMaster, SyncProcess, AZURE};
-use support::{eventually, EtcdServer, WEB_CATALOG};
+use support::mesos::{sync_once_args, vip_task, FakeMaster, SyncProcess, AZURE};
+use support::{eventually, lodestar, EtcdServer, WEB_CATALOG};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -60,26 +61,6 @@ fn config(etcd: &EtcdServer, user: &str) -> EtcdConfig {
 
 fn path(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// Runs the `lodestar` CLI with nothing from the environment's `LODESTAR_ETCD*`.
-fn lodestar<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodestar"));
-    for var in [
-        "LODESTAR_ETCD",
-        "LODESTAR_ETCD_CA",
-        "LODESTAR_ETCD_CERT",
-        "LODESTAR_ETCD_KEY",
-        "LODESTAR_ETCD_USER",
-        "LODESTAR_ETCD_PASSWORD_FILE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.args(args).stdin(Stdio::null()).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// `lodestar catalog put` of `WEB_CATALOG` with these flags.
@@ -200,20 +181,9 @@ async fn mesos_sync_writes_the_catalog_its_election_and_vip_addresses_with_its_r
     drop(sync);
 
     // The agent's credentials cannot do mesos-sync's job.
-    let mut args: Vec<String> = [
-        "mesos-sync",
-        "--once",
-        "--timeout",
-        "2s",
-        "--master",
-        &master.url(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = sync_once_args(&master.url());
     args.extend(credentials(&etcd, AGENT_USER));
-    let o = tokio::task::spawn_blocking(move || lodestar(&args))
-        .await
-        .unwrap();
+    let o = lodestar_blocking(args).await;
     let line = one_error_line(&o);
     assert!(
         line.starts_with("lodestar: error: etcd: ") && line.contains("permission denied"),

@@ -4,10 +4,11 @@
 mod support;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lodestar_control::demo::DEMO_CATALOG;
-use lodestar_control::FileStore;
+use lodestar_control::{FileStore, Snapshot};
 use support::eventually;
 
 const POLL: Duration = Duration::from_millis(20);
@@ -20,17 +21,24 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A catalog of one task, `id`.
 fn one_task(id: &str) -> String {
-    format!(
-        r#"schema = 1
-[[tasks]]
-id = "{id}"
-name = "web"
-framework = "marathon"
-agent = "a1"
-ips = [{{ ip = "198.18.0.5", source = "netinfo" }}]
-"#
-    )
+    let ips = r#"ips = [{ ip = "198.18.0.5", source = "netinfo" }]"#;
+    format!("schema = 1\n[[tasks]]\nid = \"{id}\"\nname = \"web\"\nframework = \"marathon\"\nagent = \"a1\"\n{ips}\n")
+}
+
+/// Waits until the store publishes revision `revision`; that snapshot.
+async fn until_revision(store: &FileStore, revision: i64, what: &str) -> Arc<Snapshot> {
+    eventually(PATIENCE, what, || async {
+        let s = store.current();
+        (s.revision == revision).then_some(s)
+    })
+    .await
+}
+
+/// The ids of a snapshot's tasks, in order.
+fn task_ids(snap: &Snapshot) -> Vec<&str> {
+    snap.tasks.keys().map(|k| k.id.as_str()).collect()
 }
 
 #[tokio::test]
@@ -44,19 +52,8 @@ async fn reloads_on_change_and_keeps_the_last_good_catalog_on_a_broken_edit() {
     assert_eq!(first.tasks.len(), 4);
 
     replace(&path, &one_task("t1"));
-    let second = eventually(PATIENCE, "the reload", || async {
-        let s = store.current();
-        (s.revision == 2).then_some(s)
-    })
-    .await;
-    assert_eq!(
-        second
-            .tasks
-            .keys()
-            .map(|k| k.id.as_str())
-            .collect::<Vec<_>>(),
-        ["t1"]
-    );
+    let second = until_revision(&store, 2, "the reload").await;
+    assert_eq!(task_ids(&second), ["t1"]);
 
     // Broken edits: a syntax error, an unknown field, a bad VIP label, an in-place truncation.
     let broken = [
@@ -78,27 +75,13 @@ async fn reloads_on_change_and_keeps_the_last_good_catalog_on_a_broken_edit() {
         .await;
         let now = store.current();
         assert_eq!(now.revision, 2, "broken edit {n} was published");
-        assert_eq!(
-            now.tasks.keys().map(|k| k.id.as_str()).collect::<Vec<_>>(),
-            ["t1"]
-        );
+        assert_eq!(task_ids(&now), ["t1"]);
     }
 
     // Fixed: the next good version is published.
     replace(&path, &one_task("t3"));
-    let third = eventually(PATIENCE, "the reload after the fix", || async {
-        let s = store.current();
-        (s.revision == 3).then_some(s)
-    })
-    .await;
-    assert_eq!(
-        third
-            .tasks
-            .keys()
-            .map(|k| k.id.as_str())
-            .collect::<Vec<_>>(),
-        ["t3"]
-    );
+    let third = until_revision(&store, 3, "the reload after the fix").await;
+    assert_eq!(task_ids(&third), ["t3"]);
 }
 
 #[tokio::test]
@@ -141,13 +124,6 @@ async fn a_same_size_rewrite_with_the_old_mtime_is_still_seen() {
     std::io::Write::write_all(&mut &f, one_task("t2").as_bytes()).unwrap();
     f.set_modified(mtime).unwrap();
     drop(f);
-    let snap = eventually(PATIENCE, "the in-place rewrite", || async {
-        let s = store.current();
-        (s.revision == 2).then_some(s)
-    })
-    .await;
-    assert_eq!(
-        snap.tasks.keys().map(|k| k.id.as_str()).collect::<Vec<_>>(),
-        ["t2"]
-    );
+    let snap = until_revision(&store, 2, "the in-place rewrite").await;
+    assert_eq!(task_ids(&snap), ["t2"]);
 }

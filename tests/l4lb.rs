@@ -14,7 +14,7 @@ use support::l4lb::{
     attached_programs, connect, in_ns, lab, ping, start_agent, udp_exchange, vips, within, Lab,
     VIP4, VIP6,
 };
-use support::{http_get, metric};
+use support::{assert_contains_all, assert_metric_at_least, http_get, lodestar_ok, TempFile};
 
 #[test]
 fn tcp_and_udp_reach_every_backend_over_both_families() {
@@ -82,28 +82,22 @@ fn tcp_and_udp_reach_every_backend_over_both_families() {
         .sum();
     assert_eq!(per_backend, tcp4["connects"].as_u64().unwrap());
     let m = http_get(agent.http, "/metrics");
-    assert!(
-        metric(
-            &m,
-            "lodestar_vip_datagrams_total{vip=\"198.19.0.1:53/udp\",address=\"198.19.0.1:53\",protocol=\"udp\"}"
-        ) >= 60,
-        "{m}"
+    assert_metric_at_least(
+        &m,
+        "lodestar_vip_datagrams_total{vip=\"198.19.0.1:53/udp\",address=\"198.19.0.1:53\",protocol=\"udp\"}",
+        60,
     );
 
     // `lodestar vips ls --agent` shows backends, weights, health and counters.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lodestar"))
-        .args(["vips", "ls", "--agent", &agent.http.to_string()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains("198.19.0.1:80/tcp") && text.contains("3/3 healthy"),
-        "{text}"
-    );
-    assert!(
-        text.contains("-> 198.18.2.2:8080") && text.contains("weight=1"),
-        "{text}"
+    let text = lodestar_ok(&["vips", "ls", "--agent", &agent.http.to_string()]);
+    assert_contains_all(
+        &text,
+        &[
+            "198.19.0.1:80/tcp",
+            "3/3 healthy",
+            "-> 198.18.2.2:8080",
+            "weight=1",
+        ],
     );
 }
 
@@ -220,12 +214,10 @@ fn all_unhealthy_fails_open_and_no_backend_is_refused() {
         );
     });
     let m = http_get(agent.http, "/metrics");
-    assert!(
-        metric(
-            &m,
-            "lodestar_vip_no_backend_total{vip=\"198.19.0.1:80/tcp\",address=\"198.19.0.1:80\",protocol=\"tcp\"}"
-        ) >= 1,
-        "{m}"
+    assert_metric_at_least(
+        &m,
+        "lodestar_vip_no_backend_total{vip=\"198.19.0.1:80/tcp\",address=\"198.19.0.1:80\",protocol=\"tcp\"}",
+        1,
     );
 }
 
@@ -495,17 +487,14 @@ fn an_agent_without_the_socket_path_detaches_the_one_left_pinned() {
     .nth(1)
     .and_then(|s| s.trim().split('@').next().map(String::from))
     .expect("the client's veth");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = TempFile::new(
+        "agent.toml",
         format!("[l4lb]\nsocket = false\nvip_ranges = [\"198.18.0.0/15\"]\n[l4lb.xdp]\ndecap_interfaces = [\"{client_if}\"]\ngue_sources = [\"198.18.0.1\"]\n"),
-    )
-    .unwrap();
+    );
     let pin = lab.pin.display().to_string();
     let agent = Agent::start_in(
         &lab.client,
-        &["--config", cfg.to_str().unwrap(), "--l4lb-pin-path", &pin],
+        &["--config", cfg.arg(), "--l4lb-pin-path", &pin],
     );
     assert!(
         attached_programs(&lab.cgroup.path).is_empty(),
@@ -568,11 +557,9 @@ fn a_bridge_mode_backend_is_reached_at_its_agent_and_host_port() {
         tasks: vec![task],
         ..CatalogDocument::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog.json");
-    std::fs::write(&catalog, serde_json::to_string(&doc).unwrap()).unwrap();
+    let catalog = TempFile::new("catalog.json", serde_json::to_string(&doc).unwrap());
     let extra = lab.agent_args();
-    let mut args = vec!["--catalog", catalog.to_str().unwrap()];
+    let mut args = vec!["--catalog", catalog.arg()];
     args.extend(extra.iter().map(String::as_str));
     let agent = Agent::start(&args);
 

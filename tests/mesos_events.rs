@@ -8,18 +8,16 @@ mod support;
 use std::time::Duration;
 
 use lodestar_control::model::{Health, TaskState};
-use lodestar_control::{EtcdConfig, EtcdStore, Snapshot};
+use lodestar_control::Snapshot;
 use support::mesos::{task, FakeMaster, SyncProcess, AZURE};
 use support::operator::{OperatorMaster, Role};
-use support::{eventually, EtcdServer};
+use support::{eventually, EtcdServer, TempFile};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 const FW: &str = "fw-marathon";
 
 async fn catalog(etcd: &EtcdServer) -> Snapshot {
-    let s = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
-        .await
-        .unwrap();
+    let s = etcd.store().await;
     let loaded = s.load(None).await.unwrap();
     loaded.state.snapshot(loaded.revision, s.source())
 }
@@ -49,13 +47,30 @@ async fn until_tasks(etcd: &EtcdServer, want: &[&str], what: &str) {
 /// mesos-sync on the event stream, with a poll interval so long that only events can explain
 /// a change in time.
 fn follow(masters: &str, etcd: &EtcdServer) -> SyncProcess {
-    SyncProcess::start(
-        masters,
-        &["--etcd".into(), etcd.endpoint()],
-        "events",
-        &["--interval", "1h", "--source", "events"],
-    )
+    follow_as(masters, etcd, "events", &[])
 }
+
+/// `follow` as instance `id`, with `extra` flags.
+fn follow_as(masters: &str, etcd: &EtcdServer, id: &str, extra: &[&str]) -> SyncProcess {
+    let flags = [&["--interval", "1h", "--source", "events"], extra].concat();
+    SyncProcess::start(masters, &["--etcd".into(), etcd.endpoint()], id, &flags)
+}
+
+/// Waits until the catalog has a framework named `name`.
+async fn until_framework(etcd: &EtcdServer, name: &str, what: &str) {
+    eventually(PATIENCE, what, || async {
+        let snap = catalog(etcd).await;
+        snap.frameworks
+            .values()
+            .any(|f| f.name == name)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Catalog tasks as `tasks` lists them.
+const WEB: &str = "web Running Unknown";
+const WEB2: &str = "web2 Running Unknown";
 
 async fn cluster(heartbeat: Duration) -> OperatorMaster {
     let m = OperatorMaster::start(heartbeat).await;
@@ -64,23 +79,24 @@ async fn cluster(heartbeat: Duration) -> OperatorMaster {
     m
 }
 
-#[tokio::test]
-async fn events_reach_etcd_without_a_poll_in_every_order_the_docs_allow() {
+/// A cluster running `web.1`, and mesos-sync following it into etcd: the SUBSCRIBED state is
+/// the first catalog.
+async fn following_web() -> (EtcdServer, OperatorMaster, SyncProcess) {
     let etcd = EtcdServer::start();
     let master = cluster(Duration::from_millis(200)).await;
     master.launch(FW, "web.1", "web", "S1", "198.18.1.101");
     let sync = follow(&master.url(), &etcd);
-    // The SUBSCRIBED state is the first catalog.
-    until_tasks(&etcd, &["web Running Unknown"], "the subscribed state").await;
+    until_tasks(&etcd, &[WEB], "the subscribed state").await;
+    (etcd, master, sync)
+}
+
+#[tokio::test]
+async fn events_reach_etcd_without_a_poll_in_every_order_the_docs_allow() {
+    let (etcd, master, sync) = following_web().await;
 
     // A launch: TASK_ADDED (staging), then STARTING and RUNNING updates.
     master.launch(FW, "web.2", "web2", "S1", "198.18.1.102");
-    until_tasks(
-        &etcd,
-        &["web Running Unknown", "web2 Running Unknown"],
-        "a launched task",
-    )
-    .await;
+    until_tasks(&etcd, &[WEB, WEB2], "a launched task").await;
 
     // TASK_ADDED may come before its agent and its framework (an agent reregistering with a
     // failed-over master): the task waits, then is served under its framework's name.
@@ -95,34 +111,16 @@ async fn events_reach_etcd_without_a_poll_in_every_order_the_docs_allow() {
     });
     master.update_task("fw-chronos", "1", "TASK_RUNNING", None);
     // Served at once, under a framework named by its id.
-    eventually(PATIENCE, "a task of an unknown framework", || async {
-        let snap = catalog(&etcd).await;
-        snap.frameworks
-            .values()
-            .any(|f| f.name == "fw-chronos")
-            .then_some(())
-    })
-    .await;
+    until_framework(&etcd, "fw-chronos", "a task of an unknown framework").await;
     master.add_agent("S2", "198.18.2.21", "vsphere");
     master.add_framework("fw-chronos", "chronos");
     until_tasks(
         &etcd,
-        &[
-            "nightly Running Unknown",
-            "web Running Unknown",
-            "web2 Running Unknown",
-        ],
+        &["nightly Running Unknown", WEB, WEB2],
         "a task added before its agent and framework",
     )
     .await;
-    eventually(PATIENCE, "the chronos framework by name", || async {
-        let snap = catalog(&etcd).await;
-        snap.frameworks
-            .values()
-            .any(|f| f.name == "chronos")
-            .then_some(())
-    })
-    .await;
+    until_framework(&etcd, "chronos", "the chronos framework by name").await;
 
     // A health check flips without a state change; then a kill, a killed task, and a
     // framework torn down with its tasks.
@@ -164,11 +162,7 @@ async fn events_reach_etcd_without_a_poll_in_every_order_the_docs_allow() {
 
 #[tokio::test]
 async fn a_cut_or_garbled_stream_is_subscribed_again_and_reconciled() {
-    let etcd = EtcdServer::start();
-    let master = cluster(Duration::from_millis(200)).await;
-    master.launch(FW, "web.1", "web", "S1", "198.18.1.101");
-    let sync = follow(&master.url(), &etcd);
-    until_tasks(&etcd, &["web Running Unknown"], "the subscribed state").await;
+    let (etcd, master, sync) = following_web().await;
 
     // What happens while the stream is down is only in the next SUBSCRIBED state.
     master.change_quietly(|tasks| {
@@ -186,26 +180,13 @@ async fn a_cut_or_garbled_stream_is_subscribed_again_and_reconciled() {
     )
     .await;
     assert!(master.subscriptions() >= 2);
-    assert!(
-        sync.log().contains("lost the event stream"),
-        "{}",
-        sync.log()
-    );
+    sync.assert_logged("lost the event stream");
 
     master.change_quietly(|tasks| tasks.retain(|t| t.name != "db"));
     master.send_raw(b"garbage that is not RecordIO\n");
-    until_tasks(
-        &etcd,
-        &["web Running Unknown"],
-        "reconciled after a garbage record",
-    )
-    .await;
+    until_tasks(&etcd, &[WEB], "reconciled after a garbage record").await;
     assert!(master.subscriptions() >= 3);
-    assert!(
-        sync.log().contains("not a decimal number"),
-        "{}",
-        sync.log()
-    );
+    sync.assert_logged("not a decimal number");
     // Each broken stream costs one new subscription, after a pause: no loop.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(master.subscriptions() <= 4, "{}", sync.log());
@@ -220,7 +201,7 @@ async fn a_leader_change_is_followed_through_the_redirect() {
     two.set_role(Role::Follower(one.addr.to_string()));
     // The follower is asked first; its 307 names the leader, protocol-relative.
     let sync = follow(&format!("{},{}", two.url(), one.url()), &etcd);
-    until_tasks(&etcd, &["web Running Unknown"], "the leader's state").await;
+    until_tasks(&etcd, &[WEB], "the leader's state").await;
     assert_eq!(two.subscriptions(), 0);
 
     // Failover: the other master leads with what it recovered; the old one redirects.
@@ -251,25 +232,16 @@ async fn a_master_that_stops_sending_heartbeats_is_left_and_subscribed_again() {
     master.launch(FW, "web.1", "web", "S1", "198.18.1.101");
     master.set_silent(true);
     let sync = follow(&master.url(), &etcd);
-    until_tasks(&etcd, &["web Running Unknown"], "the subscribed state").await;
+    until_tasks(&etcd, &[WEB], "the subscribed state").await;
     eventually(PATIENCE, "two resubscriptions", || async {
         (master.subscriptions() >= 3).then_some(())
     })
     .await;
-    assert!(
-        sync.log().contains("nothing received for 300ms"),
-        "{}",
-        sync.log()
-    );
+    sync.assert_logged("nothing received for 300ms");
     // With heartbeats back, the subscription holds.
     master.set_silent(false);
     master.launch(FW, "web.2", "web2", "S1", "198.18.1.102");
-    until_tasks(
-        &etcd,
-        &["web Running Unknown", "web2 Running Unknown"],
-        "events after the heartbeats resume",
-    )
-    .await;
+    until_tasks(&etcd, &[WEB, WEB2], "events after the heartbeats resume").await;
 }
 
 #[tokio::test]
@@ -284,11 +256,8 @@ async fn a_master_without_the_operator_api_is_polled_and_says_so() {
         &["--source", "events"],
     );
     until_tasks(&etcd, &["web Running Healthy"], "the polled state").await;
-    let log = sync.log();
-    assert!(
-        log.contains("has no operator API (HTTP 404)") && log.contains("polling /master/state"),
-        "{log}"
-    );
+    sync.assert_logged("has no operator API (HTTP 404)");
+    sync.assert_logged("polling /master/state");
 }
 
 #[tokio::test]
@@ -298,10 +267,7 @@ async fn the_stream_takes_the_masters_basic_auth_and_a_refusal_is_not_a_reason_t
     master.launch(FW, "web.1", "web", "S1", "198.18.1.101");
     master.require_basic_auth("lodestar", "s3cret:with colon");
     let without = follow(&master.url(), &etcd);
-    eventually(PATIENCE, "the refusal in the log", || async {
-        without.log().contains("HTTP 401").then_some(())
-    })
-    .await;
+    without.until_logged("HTTP 401").await;
     assert_eq!(master.subscriptions(), 0);
     assert!(
         !without.log().contains("polling /master/state"),
@@ -311,30 +277,15 @@ async fn the_stream_takes_the_masters_basic_auth_and_a_refusal_is_not_a_reason_t
     assert_eq!(master.state_reads(), 0);
     drop(without);
 
-    let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "s3cret:with colon\n").unwrap();
-    let with = SyncProcess::start(
-        &master.url(),
-        &["--etcd".into(), etcd.endpoint()],
-        "with-auth",
-        &[
-            "--interval",
-            "1h",
-            "--source",
-            "events",
-            "--master-user",
-            "lodestar",
-            "--master-password-file",
-            pw.to_str().unwrap(),
-        ],
-    );
-    until_tasks(
-        &etcd,
-        &["web Running Unknown"],
-        "the state, with credentials",
-    )
-    .await;
+    let pw = TempFile::new("pw", "s3cret:with colon\n");
+    let auth = [
+        "--master-user",
+        "lodestar",
+        "--master-password-file",
+        pw.arg(),
+    ];
+    let with = follow_as(&master.url(), &etcd, "with-auth", &auth);
+    until_tasks(&etcd, &[WEB], "the state, with credentials").await;
     assert_eq!(master.subscriptions(), 1, "{}", with.log());
 }
 
@@ -349,28 +300,13 @@ async fn the_stream_over_tls_trusts_the_configured_ca_only() {
     assert!(master.url().starts_with("https://"));
     // Without the CA the handshake fails and nothing is written.
     let untrusted = follow(&master.url(), &etcd);
-    eventually(PATIENCE, "the refused certificate in the log", || async {
-        untrusted
-            .log()
-            .contains("cannot subscribe to the masters")
-            .then_some(())
-    })
-    .await;
+    untrusted
+        .until_logged("cannot subscribe to the masters")
+        .await;
     assert_eq!(master.subscriptions(), 0);
     drop(untrusted);
-    let trusted = SyncProcess::start(
-        &master.url(),
-        &["--etcd".into(), etcd.endpoint()],
-        "tls",
-        &[
-            "--interval",
-            "1h",
-            "--source",
-            "events",
-            "--master-ca",
-            ca.to_str().unwrap(),
-        ],
-    );
-    until_tasks(&etcd, &["web Running Unknown"], "the state over TLS").await;
+    let ca = ca.to_str().unwrap();
+    let trusted = follow_as(&master.url(), &etcd, "tls", &["--master-ca", ca]);
+    until_tasks(&etcd, &[WEB], "the state over TLS").await;
     assert_eq!(master.subscriptions(), 1, "{}", trusted.log());
 }

@@ -5,20 +5,28 @@
 mod support;
 
 use std::net::IpAddr;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use lodestar_control::mesos::vipalloc::{self, VipRanges};
 use lodestar_control::model::{Health, IpSource, TaskKey, TaskState};
-use lodestar_control::{EtcdConfig, EtcdStore, Snapshot};
+use lodestar_control::{EtcdStore, Snapshot};
 use serde_json::json;
-use support::mesos::{state, task, vip_task, FakeMaster, Reply, SyncProcess, AZURE, VSPHERE};
+use support::command::{lodestar_blocking, stderr, stdout};
+use support::mesos::{
+    state, sync_once_args, task, vip_task, FakeMaster, Reply, SyncProcess, AZURE, VSPHERE,
+};
 use support::{eventually, EtcdServer};
 
 const PATIENCE: Duration = Duration::from_secs(20);
-const V4: &str = "198.19.0.0/24";
-const V6: &str = "2001:db8:19::/64";
+/// mesos-sync's VIP ranges.
+const RANGES: [&str; 4] = [
+    "--vip-range-v4",
+    "198.19.0.0/24",
+    "--vip-range-v6",
+    "2001:db8:19::/64",
+];
 
 /// The fake master's one framework.
 fn marathon(id: &str) -> TaskKey {
@@ -38,9 +46,7 @@ fn task_ids(snap: &Snapshot) -> Vec<&str> {
 
 /// The task keys in etcd, in order.
 async fn task_keys(etcd: &EtcdServer) -> Vec<String> {
-    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
-        .await
-        .unwrap();
+    let store = etcd.store().await;
     let options = etcd_client::GetOptions::new()
         .with_prefix()
         .with_keys_only();
@@ -56,9 +62,7 @@ async fn task_keys(etcd: &EtcdServer) -> Vec<String> {
 }
 
 async fn catalog(etcd: &EtcdServer) -> (Snapshot, i64) {
-    let s = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
-        .await
-        .unwrap();
+    let s = etcd.store().await;
     let loaded = s.load(None).await.unwrap();
     assert!(loaded.rejected.is_empty(), "{:?}", loaded.rejected);
     (
@@ -69,38 +73,40 @@ async fn catalog(etcd: &EtcdServer) -> (Snapshot, i64) {
 
 /// Runs `lodestar mesos-sync --once` off the async runtime (the fake master runs on it).
 async fn sync_once(masters: &str, etcd: &EtcdServer, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = [
-        "mesos-sync",
-        "--once",
-        "--timeout",
-        "2s",
-        "--master",
-        masters,
-        "--etcd",
-        &etcd.endpoint(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = sync_once_args(masters);
+    args.extend(["--etcd".into(), etcd.endpoint()]);
     args.extend(extra.iter().map(|s| s.to_string()));
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_lodestar"))
-            .args(&args)
-            .env_remove("LODESTAR_ETCD")
-            .output()
-            .unwrap()
+    lodestar_blocking(args).await
+}
+
+/// `sync_once` of `master`, which must succeed; its output.
+async fn synced(master: &FakeMaster, etcd: &EtcdServer, extra: &[&str]) -> String {
+    ok(&sync_once(&master.url(), etcd, extra).await)
+}
+
+/// The master's state set to `n` tasks (`tasks_state`), then `synced`.
+async fn synced_with_tasks(master: &FakeMaster, etcd: &EtcdServer, n: usize) -> String {
+    master.set_state(tasks_state(master, n));
+    synced(master, etcd, &[]).await
+}
+
+/// Waits until the catalog in etcd holds `n` tasks.
+async fn eventually_tasks(etcd: &EtcdServer, n: usize, what: &str) {
+    eventually(PATIENCE, what, || async {
+        (catalog(etcd).await.0.tasks.len() == n).then_some(())
     })
-    .await
-    .unwrap()
+    .await;
 }
 
 fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "mesos-sync failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    assert!(o.status.success(), "mesos-sync failed: {}", stderr(o));
+    stdout(o)
+}
+
+/// `web.1` running on the azure agent with an IPv4 and an IPv6 address.
+fn web_1() -> serde_json::Value {
+    let ips = ["198.18.1.101", "2001:db8:1::101"];
+    task("web.1", "web", AZURE, "TASK_RUNNING", &ips)
 }
 
 #[tokio::test]
@@ -117,13 +123,7 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
     killing["statuses"][1]["labels"] =
         json!([{"key": "Docker.NetworkSettings.IPAddress", "value": "198.18.1.61"}]);
     let tasks = vec![
-        task(
-            "web.1",
-            "web",
-            AZURE,
-            "TASK_RUNNING",
-            &["198.18.1.101", "2001:db8:1::101"],
-        ),
+        web_1(),
         task("web.2", "web", VSPHERE, "TASK_RUNNING", &["198.18.2.101"]),
         task("odd.1", "My_App.v2 (beta)", VSPHERE, "TASK_RUNNING", &[]),
         killing,
@@ -137,12 +137,7 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
         ),
     ];
     master.set_tasks(tasks);
-    let out = ok(&sync_once(
-        &master.url(),
-        &etcd,
-        &["--vip-range-v4", V4, "--vip-range-v6", V6],
-    )
-    .await);
+    let out = synced(&master, &etcd, &RANGES).await;
     assert!(out.contains("synced"), "{out}");
 
     let (snap, revision) = catalog(&etcd).await;
@@ -206,12 +201,7 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
         .any(|a| a.is_ipv6() && a.to_string().starts_with("2001:db8:19:")));
 
     // The same state again: nothing is written, so watchers see no traffic at all.
-    let out = ok(&sync_once(
-        &master.url(),
-        &etcd,
-        &["--vip-range-v4", V4, "--vip-range-v6", V6],
-    )
-    .await);
+    let out = synced(&master, &etcd, &RANGES).await;
     assert!(out.contains("0 written, 0 deleted"), "{out}");
     let (again, revision2) = catalog(&etcd).await;
     assert_eq!(revision2, revision);
@@ -222,13 +212,7 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
 
     // A changed task is one write; tasks that ended are deleted.
     let tasks = vec![
-        task(
-            "web.1",
-            "web",
-            AZURE,
-            "TASK_RUNNING",
-            &["198.18.1.101", "2001:db8:1::101"],
-        ),
+        web_1(),
         task("web.2", "web", VSPHERE, "TASK_FINISHED", &["198.18.2.101"]),
         vip_task("api.1", "api", AZURE, &["/prod/api:80", "198.19.1.10:8080"]),
         task(
@@ -240,12 +224,7 @@ async fn a_full_state_becomes_the_catalog_and_an_unchanged_one_writes_nothing() 
         ),
     ];
     master.set_tasks(tasks);
-    let out = ok(&sync_once(
-        &master.url(),
-        &etcd,
-        &["--vip-range-v4", V4, "--vip-range-v6", V6],
-    )
-    .await);
+    let out = synced(&master, &etcd, &RANGES).await;
     assert!(out.contains("1 written, 2 deleted"), "{out}"); // odd.1 changed; web.2 and killing.1 ended
     let (snap, _) = catalog(&etcd).await;
     assert_eq!(task_ids(&snap), ["api.1", "odd.1", "web.1"]);
@@ -279,7 +258,7 @@ async fn a_failed_poll_leaves_the_catalog_as_it_was() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
     master.set_tasks(vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])]);
-    ok(&sync_once(&master.url(), &etcd, &[]).await);
+    synced(&master, &etcd, &[]).await;
     let (_, revision) = catalog(&etcd).await;
 
     let good = state(&master.pid(), &master.pid(), vec![]);
@@ -334,9 +313,7 @@ async fn a_failed_poll_leaves_the_catalog_as_it_was() {
 #[tokio::test]
 async fn named_vip_addresses_are_unique_under_racing_writers_and_exhaustion_hits_one_vip() {
     let etcd = EtcdServer::start();
-    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
-        .await
-        .unwrap();
+    let store = etcd.store().await;
     let ranges = VipRanges {
         v4: Some("198.19.3.0/28".parse().unwrap()), // 14 usable addresses
         v6: None,
@@ -411,10 +388,7 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
         (one.leads() || two.leads()).then_some(())
     })
     .await;
-    eventually(PATIENCE, "the first sync", || async {
-        (catalog(&etcd).await.0.tasks.len() == 1).then_some(())
-    })
-    .await;
+    eventually_tasks(&etcd, 1, "the first sync").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(one.leads() != two.leads(), "exactly one instance leads");
     // The leader's metrics count its polls.
@@ -434,10 +408,7 @@ async fn two_instances_one_writer_and_a_takeover_when_it_dies() {
         task("a.1", "a", AZURE, "TASK_RUNNING", &[]),
         task("b.1", "b", AZURE, "TASK_RUNNING", &[]),
     ]);
-    eventually(PATIENCE, "the standby to take over and sync", || async {
-        (catalog(&etcd).await.0.tasks.len() == 2).then_some(())
-    })
-    .await;
+    eventually_tasks(&etcd, 2, "the standby to take over and sync").await;
     assert!(one.leads() && two.leads(), "the standby leads now");
 }
 
@@ -453,17 +424,13 @@ async fn basic_auth_to_the_master() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "s3cret:with colon\n").unwrap();
-    ok(&sync_once(
-        &master.url(),
+    let flags = ["--master-user", "lodestar", "--master-password-file"];
+    synced(
+        &master,
         &etcd,
-        &[
-            "--master-user",
-            "lodestar",
-            "--master-password-file",
-            pw.to_str().unwrap(),
-        ],
+        &[&flags[..], &[pw.to_str().unwrap()]].concat(),
     )
-    .await);
+    .await;
     assert_eq!(catalog(&etcd).await.0.tasks.len(), 1);
 }
 
@@ -554,9 +521,7 @@ async fn changes_made_behind_its_back_are_corrected_on_the_next_poll() {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
     master.set_tasks(vec![task("web.1", "web", AZURE, "TASK_RUNNING", &[])]);
-    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
-        .await
-        .unwrap();
+    let store = etcd.store().await;
     let client =
         MasterClient::new(&[master.url()], Duration::from_secs(2), None, None, 1 << 20).unwrap();
     let mut syncer = Syncer::new(store.clone(), client, "site".into(), VipRanges::default());
@@ -582,17 +547,17 @@ async fn a_master_that_suddenly_reports_nothing_does_not_wipe_the_catalog() {
         .map(|i| task(&format!("t.{i}"), "app", AZURE, "TASK_RUNNING", &[]))
         .collect();
     master.set_tasks(tasks);
-    ok(&sync_once(&master.url(), &etcd, &[]).await);
+    synced(&master, &etcd, &[]).await;
     // Just elected: no frameworks, no agents yet.
     let mut empty = state(&master.pid(), &master.pid(), vec![]);
     empty["frameworks"] = json!([]);
     empty["slaves"] = json!([]);
     master.set_state(empty);
-    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    let out = synced(&master, &etcd, &[]).await;
     assert!(out.contains("0 deleted"), "{out}");
     assert_eq!(catalog(&etcd).await.0.tasks.len(), 20);
     // Once the master has said so for long enough (here: at once), the deletes go through.
-    let out = ok(&sync_once(&master.url(), &etcd, &["--mass-delete-delay", "0s"]).await);
+    let out = synced(&master, &etcd, &["--mass-delete-delay", "0s"]).await;
     assert!(!out.contains(" 0 deleted"), "{out}");
     assert!(catalog(&etcd).await.0.tasks.is_empty());
 }
@@ -643,9 +608,7 @@ async fn the_same_task_id_in_two_frameworks_is_two_tasks() {
 #[tokio::test]
 async fn one_exhausted_family_does_not_block_the_other_and_lost_records_keep_their_address() {
     let etcd = EtcdServer::start();
-    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
-        .await
-        .unwrap();
+    let store = etcd.store().await;
     let ranges = VipRanges {
         v4: Some("198.19.5.7/32".parse().unwrap()),
         v6: Some("2001:db8:19::/64".parse().unwrap()),
@@ -682,39 +645,34 @@ fn tasks_state(master: &FakeMaster, n: usize) -> serde_json::Value {
     state(&master.pid(), &master.pid(), tasks)
 }
 
-#[tokio::test]
-async fn two_polls_deleting_49_percent_each_are_held_at_the_second() {
+/// Polls a master whose state has, in turn, each `(tasks, deleted)` of `polls` tasks: each
+/// poll deletes that many; then the catalog holds `left` tasks.
+async fn assert_polls_delete(polls: &[(usize, usize)], left: usize) {
     let etcd = EtcdServer::start();
     let master = FakeMaster::start().await;
-    master.set_state(tasks_state(&master, 100));
-    ok(&sync_once(&master.url(), &etcd, &[]).await);
-    // 49 of 100: below half, applied.
-    master.set_state(tasks_state(&master, 51));
-    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
-    assert!(out.contains("49 deleted"), "{out}");
-    // 25 of the 51 left is below half of them too, but it would leave 26 of a recent 100.
-    master.set_state(tasks_state(&master, 26));
-    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
-    assert!(out.contains(" 0 deleted"), "{out}");
-    assert_eq!(catalog(&etcd).await.0.tasks.len(), 51);
+    for (tasks, deleted) in polls {
+        let out = synced_with_tasks(&master, &etcd, *tasks).await;
+        assert!(
+            out.contains(&format!(" {deleted} deleted")),
+            "{tasks}: {out}"
+        );
+    }
+    assert_eq!(catalog(&etcd).await.0.tasks.len(), left);
+}
+
+#[tokio::test]
+async fn two_polls_deleting_49_percent_each_are_held_at_the_second() {
+    // 49 of 100: below half, applied. 25 of the 51 left is below half of them too, but it
+    // would leave 26 of a recent 100: held.
+    assert_polls_delete(&[(100, 0), (51, 49), (26, 0)], 51).await;
 }
 
 #[tokio::test]
 async fn the_high_water_mark_follows_the_catalog_as_it_grows() {
-    let etcd = EtcdServer::start();
-    let master = FakeMaster::start().await;
-    for (tasks, deleted) in [(12, 0), (40, 0), (30, 10)] {
-        master.set_state(tasks_state(&master, tasks));
-        let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
-        assert!(out.contains(&format!(" {deleted} deleted")), "{out}");
-    }
-    // 16 tasks (21 keys with the agents, framework, master and leader) is more than half of
-    // the 30 there are, and more than the 12 the catalog began with, but less than half of
-    // the 40 (45 keys) it grew to.
-    master.set_state(tasks_state(&master, 16));
-    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
-    assert!(out.contains(" 0 deleted"), "{out}");
-    assert_eq!(catalog(&etcd).await.0.tasks.len(), 30);
+    // At last 16 tasks (21 keys with the agents, framework, master and leader) is more than
+    // half of the 30 there are, and more than the 12 the catalog began with, but less than
+    // half of the 40 (45 keys) it grew to: held.
+    assert_polls_delete(&[(12, 0), (40, 0), (30, 10), (16, 0)], 30).await;
 }
 
 #[tokio::test]
@@ -728,10 +686,7 @@ async fn a_real_shrink_is_released_once_the_master_has_reported_it_for_the_whole
         "shrink",
         &["--mass-delete-delay", "3s"],
     );
-    eventually(PATIENCE, "the first sync", || async {
-        (catalog(&etcd).await.0.tasks.len() == 20).then_some(())
-    })
-    .await;
+    eventually_tasks(&etcd, 20, "the first sync").await;
     master.set_state(tasks_state(&master, 5));
     let held_at = std::time::Instant::now();
     eventually(PATIENCE, "the deletes to be held", || async {
@@ -739,10 +694,7 @@ async fn a_real_shrink_is_released_once_the_master_has_reported_it_for_the_whole
     })
     .await;
     assert_eq!(catalog(&etcd).await.0.tasks.len(), 20, "held, not applied");
-    eventually(PATIENCE, "the shrink to be applied", || async {
-        (catalog(&etcd).await.0.tasks.len() == 5).then_some(())
-    })
-    .await;
+    eventually_tasks(&etcd, 5, "the shrink to be applied").await;
     assert!(
         held_at.elapsed() >= Duration::from_secs(3),
         "released only after the hold"
@@ -784,10 +736,8 @@ async fn legacy_task_keys_are_migrated_with_no_gap_in_dns() {
         .collect();
     master.set_tasks(tasks);
     // What an older mesos-sync wrote: the same records, tasks at their legacy keys.
-    ok(&sync_once(&master.url(), &etcd, &[]).await);
-    let store = EtcdStore::connect(EtcdConfig::from_list(&etcd.endpoint()))
-        .await
-        .unwrap();
+    synced(&master, &etcd, &[]).await;
+    let store = etcd.store().await;
     let (snap, _) = catalog(&etcd).await;
     let legacy: Vec<Record> = snap
         .tasks
@@ -835,7 +785,7 @@ async fn legacy_task_keys_are_migrated_with_no_gap_in_dns() {
             (asked, missing)
         })
     };
-    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    let out = synced(&master, &etcd, &[]).await;
     assert!(
         out.contains(&format!("{TASKS} written, {TASKS} deleted")),
         "{out}"
@@ -860,6 +810,6 @@ async fn legacy_task_keys_are_migrated_with_no_gap_in_dns() {
         "{migrated:?}"
     );
     // The next poll has nothing to move.
-    let out = ok(&sync_once(&master.url(), &etcd, &[]).await);
+    let out = synced(&master, &etcd, &[]).await;
     assert!(out.contains("0 written, 0 deleted"), "{out}");
 }

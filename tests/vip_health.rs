@@ -8,23 +8,20 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::agent::Agent;
-use support::http_get;
 use support::l4lb::{
     agent_on_files, backend_status, connect, in_ns, lab, start_agent, vip_status, vips, within,
     Lab, VIP4,
 };
+use support::{http_get, TempFile};
 
 #[test]
 fn passive_health_passes_over_a_refusing_backend_and_tries_it_again_after_the_hold() {
     let (lab, etcd) = lab("passive", 3, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
+    let config = TempFile::new(
+        "agent.toml",
         "[l4lb.passive]\nfail_threshold = 2\nhold_ms = 1500\n",
-    )
-    .unwrap();
-    let agent = start_agent(&lab, &etcd, &["--config", config.to_str().unwrap()]);
+    );
+    let agent = start_agent(&lab, &etcd, &["--config", config.arg()]);
     let client = lab.client.name.clone();
     let vip = SocketAddr::new(VIP4, 80);
     in_ns(&client, || {
@@ -165,10 +162,7 @@ fn active_checks_take_a_silent_backend_out_and_bring_it_back() {
         false
     );
     let metrics = in_ns(&client, || http_get(agent.http, "/metrics"));
-    assert!(
-        support::metric(&metrics, "lodestar_health_transitions_total") >= 3,
-        "{metrics}"
-    );
+    support::assert_metric_at_least(&metrics, "lodestar_health_transitions_total", 3);
     // Every metric the Grafana dashboard's VIP panels plot is exported.
     let dashboard = include_str!("../docs/install/grafana-dashboard.json");
     let vip_names: Vec<&str> = dashboard

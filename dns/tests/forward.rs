@@ -249,16 +249,24 @@ fn query(id: u16, name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
     let mut message = Message::new(id, MessageType::Query, OpCode::Query);
     message.metadata.recursion_desired = true;
     message.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-    if let Some(payload) = edns {
-        let mut opt = Edns::new();
-        opt.set_max_payload(payload);
-        message.set_edns(opt);
-    }
+    message.edns = edns.map(opt_record);
     message.to_vec().unwrap()
+}
+
+/// An OPT record offering `payload` bytes.
+fn opt_record(payload: u16) -> Edns {
+    let mut opt = Edns::new();
+    opt.set_max_payload(payload);
+    opt
 }
 
 fn a_query(id: u16, name: &str) -> Vec<u8> {
     query(id, name, RecordType::A, None)
+}
+
+/// The forwarder's parsed answer to A `name` with `id`, for a client of 512 bytes.
+async fn ask(forwarder: &Forwarder, id: u16, name: &str) -> Message {
+    parse(&forwarder.resolve(&a_query(id, name), 512).await)
 }
 
 fn parse(response: &[u8]) -> Message {
@@ -295,11 +303,24 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 fn answer_mode(octet: u8) -> Mode {
+    answer_with_ttl(octet, 300)
+}
+
+/// One A record, 198.18.0.`octet`, with `ttl`.
+fn answer_with_ttl(octet: u8, ttl: u32) -> Mode {
     Mode::Answer {
-        ttl: 300,
+        ttl,
         octet,
         count: 1,
     }
+}
+
+/// An upstream answering A 198.18.0.1 (TTL 300), and one that never answers.
+async fn healthy_and_dead() -> (Upstream, Upstream) {
+    (
+        Upstream::start(answer_mode(1)).await,
+        Upstream::start(Mode::Dead).await,
+    )
 }
 
 #[test]
@@ -311,15 +332,10 @@ fn resolve_is_send() {
 
 #[tokio::test]
 async fn answers_with_one_upstream_dead() {
-    let healthy = Upstream::start(answer_mode(1)).await;
-    let dead = Upstream::start(Mode::Dead).await;
+    let (healthy, dead) = healthy_and_dead().await;
     let forwarder = Forwarder::new(config(vec![dead.addr, healthy.addr]));
 
-    let response = parse(
-        &forwarder
-            .resolve(&a_query(7, "www.example.com."), 512)
-            .await,
-    );
+    let response = ask(&forwarder, 7, "www.example.com.").await;
     assert_eq!(response.metadata.id, 7);
     assert_eq!(response.metadata.response_code, ResponseCode::NoError);
     assert_eq!(answers(&response), [(1, 300)]);
@@ -340,8 +356,7 @@ async fn answers_with_one_upstream_dead() {
 
 #[tokio::test]
 async fn failing_upstream_is_demoted_and_skipped() {
-    let healthy = Upstream::start(answer_mode(1)).await;
-    let dead = Upstream::start(Mode::Dead).await;
+    let (healthy, dead) = healthy_and_dead().await;
     let forwarder = Forwarder::new(ForwardConfig {
         timeout: Duration::from_millis(250),
         ..config(vec![healthy.addr, dead.addr])
@@ -350,7 +365,7 @@ async fn failing_upstream_is_demoted_and_skipped() {
 
     for i in 0..3 {
         let name = format!("n{i}.example.com.");
-        let response = parse(&forwarder.resolve(&a_query(i, &name), 512).await);
+        let response = ask(&forwarder, i, &name).await;
         assert_eq!(answers(&response), [(1, 300)]);
         let failures = u64::from(i) + 1;
         eventually("the dead upstream's failure is recorded", || {
@@ -365,7 +380,7 @@ async fn failing_upstream_is_demoted_and_skipped() {
     // While demoted (the first retry is 5 s away) it is not asked, and answers keep coming.
     for i in 3..8 {
         let name = format!("n{i}.example.com.");
-        let response = parse(&forwarder.resolve(&a_query(i, &name), 512).await);
+        let response = ask(&forwarder, i, &name).await;
         assert_eq!(answers(&response), [(1, 300)]);
     }
     assert_eq!(dead.udp_queries(), 3);
@@ -381,8 +396,7 @@ async fn failing_upstream_is_demoted_and_skipped() {
 
 #[tokio::test]
 async fn demoted_upstream_is_retried_and_restored() {
-    let healthy = Upstream::start(answer_mode(1)).await;
-    let flaky = Upstream::start(Mode::Dead).await;
+    let (healthy, flaky) = healthy_and_dead().await;
     let forwarder = Forwarder::new(ForwardConfig {
         timeout: Duration::from_millis(150),
         demote_backoff: Duration::from_millis(100),
@@ -431,11 +445,7 @@ async fn remaining_upstreams_are_tried_when_the_first_two_fail() {
     let healthy = Upstream::start(answer_mode(3)).await;
     let forwarder = Forwarder::new(config(vec![closed_a, closed_b, healthy.addr]));
 
-    let response = parse(
-        &forwarder
-            .resolve(&a_query(1, "www.example.com."), 512)
-            .await,
-    );
+    let response = ask(&forwarder, 1, "www.example.com.").await;
     assert_eq!(answers(&response), [(3, 300)]);
     let stats = forwarder.stats();
     for closed in [closed_a, closed_b] {
@@ -455,11 +465,7 @@ async fn servfail_does_not_win_over_a_slower_answer() {
         ..config(vec![failing.addr, slow.addr])
     });
 
-    let response = parse(
-        &forwarder
-            .resolve(&a_query(1, "www.example.com."), 512)
-            .await,
-    );
+    let response = ask(&forwarder, 1, "www.example.com.").await;
     assert_eq!(response.metadata.response_code, ResponseCode::NoError);
     assert_eq!(answers(&response), [(2, 300)]);
     let failing_stats = forwarder.stats().upstream(failing.addr).unwrap();
@@ -475,11 +481,7 @@ async fn servfail_everywhere_gives_servfail_and_is_not_cached() {
     let forwarder = Forwarder::new(config(vec![a.addr, b.addr]));
 
     for id in [1, 2] {
-        let response = parse(
-            &forwarder
-                .resolve(&a_query(id, "www.example.com."), 512)
-                .await,
-        );
+        let response = ask(&forwarder, id, "www.example.com.").await;
         assert_eq!(response.metadata.id, id);
         assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(response.queries.len(), 1);
@@ -516,7 +518,7 @@ async fn longest_zone_suffix_picks_the_upstreams() {
         ("org.", 3),
     ];
     for (id, (name, octet)) in (1..).zip(cases) {
-        let response = parse(&forwarder.resolve(&a_query(id, name), 512).await);
+        let response = ask(&forwarder, id, name).await;
         assert_eq!(answers(&response), [(octet, 300)], "{name}");
     }
     assert_eq!(sub.udp_queries(), 3);
@@ -553,7 +555,7 @@ async fn no_upstream_is_refused() {
         ..config(Vec::new())
     });
     for name in ["www.example.com.", "www.blocked.example."] {
-        let response = parse(&forwarder.resolve(&a_query(9, name), 512).await);
+        let response = ask(&forwarder, 9, name).await;
         assert_eq!(
             response.metadata.response_code,
             ResponseCode::Refused,
@@ -571,11 +573,7 @@ async fn cache_hit_keeps_the_clients_id_and_case() {
     let upstream = Upstream::start(answer_mode(1)).await;
     let forwarder = Forwarder::new(config(vec![upstream.addr]));
 
-    let first = parse(
-        &forwarder
-            .resolve(&a_query(0x1234, "Www.Example.COM."), 512)
-            .await,
-    );
+    let first = ask(&forwarder, 0x1234, "Www.Example.COM.").await;
     assert_eq!(first.metadata.id, 0x1234);
     let [(1, first_ttl)] = answers(&first)[..] else {
         panic!("one A record expected: {first:?}");
@@ -583,11 +581,7 @@ async fn cache_hit_keeps_the_clients_id_and_case() {
     assert_eq!(first_ttl, 300);
 
     let asked = Name::from_ascii("wWW.eXAMPLE.com.").unwrap();
-    let second = parse(
-        &forwarder
-            .resolve(&a_query(0x4321, "wWW.eXAMPLE.com."), 512)
-            .await,
-    );
+    let second = ask(&forwarder, 0x4321, "wWW.eXAMPLE.com.").await;
     assert_eq!(upstream.udp_queries(), 1);
     assert_eq!(second.metadata.id, 0x4321);
     assert_eq!(second.metadata.message_type, MessageType::Response);
@@ -627,11 +621,7 @@ async fn negative_answer_is_cached_for_the_soa_minimum() {
     let forwarder = Forwarder::new(config(vec![upstream.addr]));
 
     for id in [1, 2] {
-        let response = parse(
-            &forwarder
-                .resolve(&a_query(id, "nothing.example.com."), 512)
-                .await,
-        );
+        let response = ask(&forwarder, id, "nothing.example.com.").await;
         assert_eq!(response.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(response.authorities.len(), 1);
         assert!(
@@ -645,26 +635,13 @@ async fn negative_answer_is_cached_for_the_soa_minimum() {
 
 #[tokio::test]
 async fn expired_entry_is_queried_again() {
-    let upstream = Upstream::start(Mode::Answer {
-        ttl: 1,
-        octet: 1,
-        count: 1,
-    })
-    .await;
+    let upstream = Upstream::start(answer_with_ttl(1, 1)).await;
     let forwarder = Forwarder::new(config(vec![upstream.addr]));
 
-    let first = parse(
-        &forwarder
-            .resolve(&a_query(1, "short.example.com."), 512)
-            .await,
-    );
+    let first = ask(&forwarder, 1, "short.example.com.").await;
     assert_eq!(answers(&first), [(1, 1)]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let second = parse(
-        &forwarder
-            .resolve(&a_query(2, "short.example.com."), 512)
-            .await,
-    );
+    let second = ask(&forwarder, 2, "short.example.com.").await;
     assert_eq!(answers(&second), [(1, 1)]);
     assert_eq!(upstream.udp_queries(), 2);
     assert_eq!(forwarder.stats().cache_hits.load(Relaxed), 0);
@@ -672,30 +649,18 @@ async fn expired_entry_is_queried_again() {
 
 #[tokio::test]
 async fn stale_answer_when_every_upstream_fails_after_expiry() {
-    let short = Mode::Answer {
-        ttl: 1,
-        octet: 5,
-        count: 1,
-    };
+    let short = answer_with_ttl(5, 1);
     let a = Upstream::start(short.clone()).await;
     let b = Upstream::start(short).await;
     let forwarder = Forwarder::new(config(vec![a.addr, b.addr]));
 
-    let fresh = parse(
-        &forwarder
-            .resolve(&a_query(1, "stale.example.com."), 512)
-            .await,
-    );
+    let fresh = ask(&forwarder, 1, "stale.example.com.").await;
     assert_eq!(answers(&fresh), [(5, 1)]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     a.set_mode(Mode::Dead);
     b.set_mode(Mode::ServFail);
 
-    let stale = parse(
-        &forwarder
-            .resolve(&a_query(2, "Stale.Example.com."), 512)
-            .await,
-    );
+    let stale = ask(&forwarder, 2, "Stale.Example.com.").await;
     assert_eq!(stale.metadata.id, 2);
     assert_eq!(stale.metadata.response_code, ResponseCode::NoError);
     assert_eq!(answers(&stale), [(5, STALE_TTL)]);
@@ -709,12 +674,7 @@ async fn stale_answer_when_every_upstream_fails_after_expiry() {
 
 #[tokio::test]
 async fn nothing_stale_is_served_past_max_stale() {
-    let upstream = Upstream::start(Mode::Answer {
-        ttl: 1,
-        octet: 5,
-        count: 1,
-    })
-    .await;
+    let upstream = Upstream::start(answer_with_ttl(5, 1)).await;
     let forwarder = Forwarder::new(ForwardConfig {
         max_stale: Duration::ZERO,
         ..config(vec![upstream.addr])
@@ -725,11 +685,7 @@ async fn nothing_stale_is_served_past_max_stale() {
         .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     upstream.set_mode(Mode::ServFail);
-    let response = parse(
-        &forwarder
-            .resolve(&a_query(2, "stale.example.com."), 512)
-            .await,
-    );
+    let response = ask(&forwarder, 2, "stale.example.com.").await;
     assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(forwarder.stats().stale_served.load(Relaxed), 0);
 }
@@ -757,11 +713,7 @@ async fn in_flight_cap_refuses() {
     .await;
     assert_eq!(forwarder.in_flight(), 1);
 
-    let refused = parse(
-        &forwarder
-            .resolve(&a_query(2, "two.example.com."), 512)
-            .await,
-    );
+    let refused = ask(&forwarder, 2, "two.example.com.").await;
     assert_eq!(refused.metadata.id, 2);
     assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
     assert_eq!(forwarder.stats().refused_in_flight.load(Relaxed), 1);
@@ -796,11 +748,7 @@ async fn answer_with_another_id_is_ignored() {
     let upstream = Upstream::start(Mode::WrongIdFirst).await;
     let forwarder = Forwarder::new(config(vec![upstream.addr]));
 
-    let response = parse(
-        &forwarder
-            .resolve(&a_query(1, "spoof.example.com."), 512)
-            .await,
-    );
+    let response = ask(&forwarder, 1, "spoof.example.com.").await;
     assert_eq!(answers(&response), [(1, 300)]);
 }
 
@@ -815,11 +763,7 @@ async fn oversized_answer_is_truncated_for_the_client() {
     let forwarder = Forwarder::new(config(vec![upstream.addr]));
 
     // No EDNS: 512 bytes, and no OPT in the truncated response.
-    let response = parse(
-        &forwarder
-            .resolve(&a_query(1, "big.example.com."), 512)
-            .await,
-    );
+    let response = ask(&forwarder, 1, "big.example.com.").await;
     assert!(response.metadata.truncation);
     assert_eq!(response.metadata.id, 1);
     assert!(response.answers.is_empty() && response.additionals.is_empty());
@@ -951,19 +895,14 @@ async fn garbage_never_panics() {
 async fn a_dead_partner_does_not_eat_the_in_flight_cap() {
     // Every query races the healthy upstream against the dead one; the dead one's attempts
     // run out in the background and must not hold the client's permit.
-    let healthy = Upstream::start(answer_mode(1)).await;
-    let dead = Upstream::start(Mode::Dead).await;
+    let (healthy, dead) = healthy_and_dead().await;
     let forwarder = Forwarder::new(ForwardConfig {
         max_in_flight: 2,
         demote_after: 1000,
         ..config(vec![dead.addr, healthy.addr])
     });
     for i in 0..20u16 {
-        let r = parse(
-            &forwarder
-                .resolve(&a_query(i, &format!("n{i}.example.com.")), 512)
-                .await,
-        );
+        let r = ask(&forwarder, i, &format!("n{i}.example.com.")).await;
         assert_eq!(r.metadata.response_code, ResponseCode::NoError, "query {i}");
     }
     assert_eq!(forwarder.stats().refused_in_flight.load(Relaxed), 0);
@@ -971,22 +910,13 @@ async fn a_dead_partner_does_not_eat_the_in_flight_cap() {
 
 #[tokio::test]
 async fn at_the_in_flight_cap_a_stale_answer_beats_refused() {
-    let upstream = Upstream::start(Mode::Answer {
-        ttl: 1,
-        octet: 1,
-        count: 1,
-    })
-    .await;
+    let upstream = Upstream::start(answer_with_ttl(1, 1)).await;
     let forwarder = Arc::new(Forwarder::new(ForwardConfig {
         max_in_flight: 1,
         timeout: Duration::from_secs(5),
         ..config(vec![upstream.addr])
     }));
-    let r = parse(
-        &forwarder
-            .resolve(&a_query(1, "stale.example.com."), 512)
-            .await,
-    );
+    let r = ask(&forwarder, 1, "stale.example.com.").await;
     assert_eq!(answers(&r), [(1, 1)]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The only permit is taken by a query that hangs on the (now dead) upstream.
@@ -996,11 +926,7 @@ async fn at_the_in_flight_cap_a_stale_answer_beats_refused() {
         tokio::spawn(async move { f.resolve(&a_query(2, "other.example.com."), 512).await })
     };
     eventually("the permit is taken", || forwarder.in_flight() == 1).await;
-    let r = parse(
-        &forwarder
-            .resolve(&a_query(3, "stale.example.com."), 512)
-            .await,
-    );
+    let r = ask(&forwarder, 3, "stale.example.com.").await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert_eq!(answers(&r), [(1, 30)], "served stale with TTL 30");
     assert_eq!(forwarder.stats().stale_served.load(Relaxed), 1);
@@ -1034,11 +960,7 @@ async fn a_loser_is_not_asked_again_over_tcp_once_a_winner_answered() {
         ..config(vec![slow.addr, fast.addr])
     });
     for i in 0..5u16 {
-        let r = parse(
-            &forwarder
-                .resolve(&a_query(i, &format!("t{i}.example.com.")), 512)
-                .await,
-        );
+        let r = ask(&forwarder, i, &format!("t{i}.example.com.")).await;
         assert_eq!(answers(&r), [(1, 300)]);
     }
     eventually("the slow upstream saw every query", || {
@@ -1058,8 +980,7 @@ async fn losing_attempts_linger_only_up_to_the_cap_and_one_timeout() {
     // A dead partner loses every race. Its attempts may wait for an answer (that is how it is
     // found dead), but no more of them than `max_in_flight`, each for one timeout at most;
     // the others end, and close their sockets, as soon as the winner answers.
-    let healthy = Upstream::start(answer_mode(1)).await;
-    let dead = Upstream::start(Mode::Dead).await;
+    let (healthy, dead) = healthy_and_dead().await;
     let timeout = Duration::from_millis(1500);
     let forwarder = Forwarder::new(ForwardConfig {
         max_in_flight: 2,
@@ -1070,11 +991,7 @@ async fn losing_attempts_linger_only_up_to_the_cap_and_one_timeout() {
     let baseline = open_sockets();
     let started = Instant::now();
     for i in 0..10u16 {
-        let r = parse(
-            &forwarder
-                .resolve(&a_query(i, &format!("n{i}.example.com.")), 512)
-                .await,
-        );
+        let r = ask(&forwarder, i, &format!("n{i}.example.com.")).await;
         assert_eq!(r.metadata.response_code, ResponseCode::NoError, "query {i}");
     }
     eventually("the dead upstream saw every query", || {

@@ -53,6 +53,46 @@ fn check_reply(query: &[u8], reply: &[u8]) {
     }
 }
 
+/// The ways a seed packet is damaged.
+const MUTATIONS: [fn(&mut fastrand::Rng, &mut Vec<u8>); 6] = [
+    |rng, p| overwrite_bytes(rng, p),
+    truncate,
+    append_garbage,
+    replace_with_garbage,
+    |rng, p| corrupt_a_count(rng, p),
+    insert_a_byte,
+];
+
+fn overwrite_bytes(rng: &mut fastrand::Rng, p: &mut [u8]) {
+    for _ in 0..rng.usize(1..6) {
+        let j = rng.usize(0..p.len());
+        p[j] = rng.u8(..);
+    }
+}
+
+fn truncate(rng: &mut fastrand::Rng, p: &mut Vec<u8>) {
+    p.truncate(rng.usize(0..p.len()));
+}
+
+fn append_garbage(rng: &mut fastrand::Rng, p: &mut Vec<u8>) {
+    p.extend((0..rng.usize(1..64)).map(|_| rng.u8(..)));
+}
+
+fn replace_with_garbage(rng: &mut fastrand::Rng, p: &mut Vec<u8>) {
+    *p = (0..rng.usize(0..600)).map(|_| rng.u8(..)).collect();
+}
+
+/// The header's counts, where parsers most often trust the packet.
+fn corrupt_a_count(rng: &mut fastrand::Rng, p: &mut [u8]) {
+    let j = 4 + rng.usize(0..8);
+    p[j] = rng.u8(..);
+}
+
+fn insert_a_byte(rng: &mut fastrand::Rng, p: &mut Vec<u8>) {
+    let j = rng.usize(12..p.len());
+    p.insert(j, rng.u8(..));
+}
+
 #[test]
 fn mutated_and_random_packets_never_panic_and_replies_parse() {
     let shared = shared();
@@ -63,28 +103,7 @@ fn mutated_and_random_packets_never_panic_and_replies_parse() {
     let mut replies = 0;
     for i in 0..60_000 {
         let mut p = seeds[i % seeds.len()].clone();
-        match rng.u8(0..6) {
-            0 => {
-                for _ in 0..rng.usize(1..6) {
-                    let j = rng.usize(0..p.len());
-                    p[j] = rng.u8(..);
-                }
-            }
-            1 => p.truncate(rng.usize(0..p.len())),
-            2 => p.extend((0..rng.usize(1..64)).map(|_| rng.u8(..))),
-            3 => {
-                p = (0..rng.usize(0..600)).map(|_| rng.u8(..)).collect();
-            }
-            4 => {
-                // Corrupt the counts, where parsers most often trust the packet.
-                let j = 4 + rng.usize(0..8);
-                p[j] = rng.u8(..);
-            }
-            _ => {
-                let j = rng.usize(12..p.len());
-                p.insert(j, rng.u8(..));
-            }
-        }
+        MUTATIONS[usize::from(rng.u8(0..MUTATIONS.len() as u8))](&mut rng, &mut p);
         match shared.handle(
             &p,
             "127.0.0.1".parse().unwrap(),

@@ -2,7 +2,6 @@
 //! it logs "lodestar agent ready" (whose fields give its addresses), killed on drop. Its log is
 //! printed when the test fails.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -101,24 +100,17 @@ impl Agent {
         cmd.args(args)
             .env_remove("LODESTAR_ETCD")
             .env("LODESTAR_LOG", log_filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        super::die_with_test(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn lodestar agent");
-        let stderr = child.stderr.take().expect("stderr");
+            .stdin(Stdio::null());
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["fields"]["message"] == "lodestar agent ready" {
-                        let _ = tx.send(v["fields"].clone());
-                    }
+        let child = super::command::spawn_reading_stderr(&mut cmd, "lodestar agent", move |line| {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["fields"]["message"] == "lodestar agent ready" {
+                    let _ = tx.send(v["fields"].clone());
                 }
-                sink.lock().unwrap().push(line);
             }
+            sink.lock().unwrap().push(line);
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut agent = Agent {

@@ -78,6 +78,16 @@ pub fn answers(m: &Message) -> Vec<String> {
     v
 }
 
+/// The sorted answers to one UDP query without EDNS.
+pub fn udp_answers(server: SocketAddr, name: &str, qtype: RecordType) -> Vec<String> {
+    answers(&udp(server, name, qtype, None))
+}
+
+/// How many answers one UDP query without EDNS gets.
+pub fn udp_answer_count(server: SocketAddr, name: &str, qtype: RecordType) -> usize {
+    udp(server, name, qtype, None).answers.len()
+}
+
 /// A tiny upstream resolver on 127.0.0.1: answers every A question with `ip` (TTL 300) and
 /// counts the queries it saw. Stops when dropped.
 pub struct Upstream {
@@ -87,15 +97,22 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// How many queries it has seen.
+    pub fn seen(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
     pub fn start(ip: std::net::Ipv4Addr) -> Upstream {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let queries = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (q, st) = (queries.clone(), stop.clone());
+        let upstream = Upstream {
+            addr: socket.local_addr().unwrap(),
+            queries: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (q, st) = (upstream.queries.clone(), upstream.stop.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !st.load(Ordering::Relaxed) {
@@ -120,11 +137,7 @@ impl Upstream {
                 }
             }
         });
-        Upstream {
-            addr,
-            queries,
-            stop,
-        }
+        upstream
     }
 }
 

@@ -158,6 +158,15 @@ impl EtcdServer {
         format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
+    /// A catalog store on this (plaintext, unauthenticated) etcd.
+    pub async fn store(&self) -> lodestar_control::EtcdStore {
+        lodestar_control::EtcdStore::connect(lodestar_control::EtcdConfig::from_list(
+            &self.endpoint(),
+        ))
+        .await
+        .expect("connect to etcd")
+    }
+
     /// The certificates of a TLS etcd.
     pub fn pki(&self) -> &Pki {
         self.tls.as_ref().expect("etcd was started with TLS")

@@ -29,6 +29,16 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or(0.0) as u64
 }
 
+/// Fails the test, showing `text`, unless the sample `name` in it is at least `min`.
+#[track_caller]
+pub fn assert_metric_at_least(text: &str, name: &str, min: u64) {
+    let value = metric(text, name);
+    assert!(
+        value >= min,
+        "{name} is {value}, not at least {min}:\n{text}"
+    );
+}
+
 /// One HTTP/1.0 request with extra header lines (`"Accept: text/plain"`): the status code, the
 /// header block (lowercase) and the body.
 pub fn http_request(

@@ -230,7 +230,7 @@ impl Lab {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        lodestar(&args);
+        super::lodestar_ok(&args);
     }
 
     /// A catalog document (for `--catalog`) with every backend behind the TCP VIPs
@@ -255,7 +255,7 @@ impl Lab {
 
     pub fn remove_backend(&self, etcd: &str, i: usize) {
         let name = self.backends[i - 1].name.clone();
-        lodestar(&[
+        super::lodestar_ok(&[
             "services".into(),
             "rm".into(),
             "--etcd".into(),
@@ -265,11 +265,8 @@ impl Lab {
     }
 
     pub fn detach(&self) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lodestar"))
-            .args(["l4lb", "detach", "--pin-path"])
-            .arg(&self.pin)
-            .output()
-            .expect("run lodestar l4lb detach")
+        let pin = self.pin.display().to_string();
+        super::lodestar(&["l4lb", "detach", "--pin-path", &pin])
     }
 }
 
@@ -278,16 +275,6 @@ impl Drop for Lab {
         // Whatever the test left pinned goes (a no-op after a successful detach).
         let _ = self.detach();
     }
-}
-
-/// Runs `lodestar ARGS` to success; its standard output.
-pub fn lodestar<S: AsRef<str>>(args: &[S]) -> String {
-    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let out = super::run_ok(
-        std::process::Command::new(env!("CARGO_BIN_EXE_lodestar")).args(&args),
-        "the lodestar binary",
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));

@@ -2,11 +2,11 @@
 //! document the test sets (or garbage, or an error status). Loopback only; stops on drop.
 //! And the real `lodestar mesos-sync` in the background, its log collected, killed on drop.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -198,6 +198,20 @@ pub fn state(self_pid: &str, leader_pid: &str, tasks: Vec<Value>) -> Value {
     })
 }
 
+/// `lodestar mesos-sync --once` of `masters` with a 2 s timeout; the etcd flags to be added.
+pub fn sync_once_args(masters: &str) -> Vec<String> {
+    [
+        "mesos-sync",
+        "--once",
+        "--timeout",
+        "2s",
+        "--master",
+        masters,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A background `lodestar mesos-sync`, its log collected; killed on drop (its log printed if
 /// the test failed).
 pub struct SyncProcess {
@@ -219,26 +233,35 @@ impl SyncProcess {
             .args(["--timeout", "2s"])
             .args(extra)
             .env_remove("LODESTAR_ETCD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        super::die_with_test(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn lodestar mesos-sync");
-        let stderr = child.stderr.take().expect("stderr");
+            .stdin(Stdio::null());
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let child =
+            super::command::spawn_reading_stderr(&mut cmd, "lodestar mesos-sync", move |line| {
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
-            }
-        });
+            });
         SyncProcess { child, log }
     }
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Fails the test unless the log has a line with `needle` (the log is the message).
+    #[track_caller]
+    pub fn assert_logged(&self, needle: &str) {
+        let log = self.log();
+        assert!(log.contains(needle), "no {needle:?} in the log:\n{log}");
+    }
+
+    /// Waits until the log has a line with `needle`.
+    pub async fn until_logged(&self, needle: &str) {
+        super::eventually(Duration::from_secs(20), needle, || async {
+            self.log().contains(needle).then_some(())
+        })
+        .await;
     }
 
     pub fn leads(&self) -> bool {

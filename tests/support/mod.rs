@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod command;
 pub mod dns;
 pub mod etcd;
 pub mod http;
@@ -18,19 +19,29 @@ pub mod xdp;
 use std::future::Future;
 use std::time::Duration;
 
+pub use command::{lodestar, lodestar_ok, TempFile};
 pub use etcd::EtcdServer;
 
 /// Runs `cmd` to completion with nothing on its standard input, and returns its output.
 /// Panics when it cannot start (`missing` names the program and its Debian package) or when it
 /// fails (with its command line and standard error).
 pub fn run_ok(cmd: &mut std::process::Command, missing: &str) -> std::process::Output {
+    run_ok_or_say(cmd, missing, "")
+}
+
+/// `run_ok`, with `hint` (what the failure most likely means) after the standard error.
+pub fn run_ok_or_say(
+    cmd: &mut std::process::Command,
+    missing: &str,
+    hint: &str,
+) -> std::process::Output {
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{missing}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?}: {}",
+        "{cmd:?}: {}{hint}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     out
@@ -65,7 +76,15 @@ framework = "marathon"
 agent = "a1"
 ips = [{ ip = "127.0.3.10", source = "netinfo" }]
 "#;
-pub use http::{http_get, metric};
+pub use http::{assert_metric_at_least, http_get, metric};
+
+/// Fails the test, showing `text`, unless it contains every one of `needles`.
+#[track_caller]
+pub fn assert_contains_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+}
 
 /// Waits until `check` returns `Some`, polling; fails the test with `what` after `patience`.
 pub async fn eventually<T, F, Fut>(patience: Duration, what: &str, mut check: F) -> T

@@ -4,17 +4,11 @@
 use std::process::{Command, Output};
 
 fn ip(args: &[&str]) -> Output {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("`ip` (Debian package iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {} (these tests need root: they create network namespaces)",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    out
+    super::run_ok_or_say(
+        Command::new("ip").args(args),
+        "`ip` (Debian package iproute2)",
+        " (these tests need root: they create network namespaces)",
+    )
 }
 
 /// A network namespace with a unique name, deleted on drop.
@@ -41,16 +35,11 @@ impl Netns {
             .expect("ip netns exec")
     }
 
+    /// `exec`, which must succeed.
     pub fn exec_ok(&self, cmd: &[&str]) -> Output {
-        let out = self.exec(cmd);
-        assert!(
-            out.status.success(),
-            "in {}: {}: {}",
-            self.name,
-            cmd.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(cmd);
+        super::run_ok(&mut c, "ip netns exec")
     }
 
     /// A command prefix that runs a program inside the namespace.

@@ -73,7 +73,6 @@ pub struct TwoSites {
     pub majority: String,
     /// All members, site A's first.
     pub all: String,
-    _dir: tempfile::TempDir,
 }
 
 impl TwoSites {
@@ -97,13 +96,10 @@ impl TwoSites {
                 .success()
         })
         .expect("the etcd cluster elects a leader");
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = dir.path().join("catalog.toml");
-        std::fs::write(
-            &catalog,
+        let catalog = super::TempFile::new(
+            "catalog.toml",
             "schema = 1\n[[agents]]\nid = \"S-1\"\nhostname = \"h\"\naddresses = [\"198.18.0.1\"]\n",
-        )
-        .unwrap();
+        );
         let sites = TwoSites {
             a,
             b,
@@ -111,17 +107,10 @@ impl TwoSites {
             members,
             majority,
             all,
-            _dir: dir,
         };
         assert!(sites.lodestar(
             &sites.a,
-            &[
-                "catalog",
-                "put",
-                "--etcd",
-                &sites.majority,
-                catalog.to_str().unwrap()
-            ]
+            &["catalog", "put", "--etcd", &sites.majority, catalog.arg()]
         ));
         sites
     }
