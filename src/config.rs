@@ -321,26 +321,22 @@ impl AgentConfig {
         if self.dns.listen.is_empty() {
             problem("dns.listen", "at least one address is needed");
         }
-        if self.dns.workers == Some(0) {
-            problem("dns.workers", "must be at least 1");
-        }
-        if self.dns.max_in_flight == 0 {
-            problem("dns.max_in_flight", "must be at least 1");
-        }
-        if self.dns.forward_timeout_ms == 0 {
-            problem("dns.forward_timeout_ms", "must be at least 1");
-        }
-        if self.dns.tcp_max_connections == 0 {
-            problem("dns.tcp_max_connections", "must be at least 1");
-        }
-        if self.dns.tcp_max_per_source == 0 {
-            problem("dns.tcp_max_per_source", "must be at least 1");
-        }
-        if self.http.max_connections == 0 {
-            problem("http.max_connections", "must be at least 1");
-        }
-        if self.http.header_timeout_ms == 0 {
-            problem("http.header_timeout_ms", "must be at least 1");
+        let counts = [
+            ("dns.workers", self.dns.workers.map_or(1, |w| w as u64)),
+            ("dns.max_in_flight", self.dns.max_in_flight as u64),
+            ("dns.forward_timeout_ms", self.dns.forward_timeout_ms),
+            (
+                "dns.tcp_max_connections",
+                self.dns.tcp_max_connections as u64,
+            ),
+            ("dns.tcp_max_per_source", self.dns.tcp_max_per_source as u64),
+            ("http.max_connections", self.http.max_connections as u64),
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+        ];
+        for (field, n) in counts {
+            if n == 0 {
+                problem(field, "must be at least 1");
+            }
         }
         for z in &self.dns.forward_zones {
             if z.upstreams.is_empty() {
