@@ -189,6 +189,18 @@ fn report(result: Result<PollReport, SyncError>, what: &str) -> Result<(), Ended
     Ok(())
 }
 
+/// `$fut`'s output; or, when leadership is lost or the process is told to stop first, the
+/// function returns that as its `Step::Ended`.
+macro_rules! unless_ended {
+    ($fut:expr, $lost:expr, $stop:expr) => {
+        tokio::select! {
+            v = $fut => v,
+            _ = $lost.changed() => return Step::Ended(Ended::Lost),
+            _ = $stop.cancelled() => return Step::Ended(Ended::Stop),
+        }
+    };
+}
+
 /// Polls `/master/state` every `interval` while this instance leads.
 async fn poll(
     syncer: &mut Syncer,
@@ -204,11 +216,7 @@ async fn poll(
         if stop.is_cancelled() {
             return Step::Ended(Ended::Stop);
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = lost.changed() => return Step::Ended(Ended::Lost),
-            _ = stop.cancelled() => return Step::Ended(Ended::Stop),
-        }
+        unless_ended!(tokio::time::sleep(interval), lost, stop);
     }
 }
 
@@ -225,11 +233,7 @@ async fn follow(
 ) -> Step {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let subscription = tokio::select! {
-            s = syncer.masters().subscribe() => s,
-            _ = lost.changed() => return Step::Ended(Ended::Lost),
-            _ = stop.cancelled() => return Step::Ended(Ended::Stop),
-        };
+        let subscription = unless_ended!(syncer.masters().subscribe(), lost, stop);
         let mut subscription = match subscription {
             Ok(s) => s,
             Err(e @ SubscribeError::NoOperatorApi { .. }) => {
@@ -239,21 +243,13 @@ async fn follow(
             }
             Err(e) => {
                 warn!("cannot subscribe to the masters, retrying in {backoff:?}: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = lost.changed() => return Step::Ended(Ended::Lost),
-                    _ = stop.cancelled() => return Step::Ended(Ended::Stop),
-                }
+                unless_ended!(tokio::time::sleep(backoff), lost, stop);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
         let started = tokio::time::Instant::now();
-        let outcome = tokio::select! {
-            o = stream(syncer, &mut subscription, fence, batch) => o,
-            _ = lost.changed() => return Step::Ended(Ended::Lost),
-            _ = stop.cancelled() => return Step::Ended(Ended::Stop),
-        };
+        let outcome = unless_ended!(stream(syncer, &mut subscription, fence, batch), lost, stop);
         match outcome {
             Err(why) => return Step::Ended(why),
             Ok(e) => {
@@ -267,11 +263,7 @@ async fn follow(
                     (backoff * 2).min(MAX_BACKOFF)
                 };
                 warn!("lost the event stream, subscribing again in {backoff:?}: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = lost.changed() => return Step::Ended(Ended::Lost),
-                    _ = stop.cancelled() => return Step::Ended(Ended::Stop),
-                }
+                unless_ended!(tokio::time::sleep(backoff), lost, stop);
             }
         }
     }
