@@ -65,8 +65,9 @@ int lx_xdp(struct xdp_md *ctx)
 
 	/* A tracked flow, from this CPU's cache: no hash map lookup at all. A SYN starts a flow
 	 * and is decided anew (as Katran does): it is never served from the cache, and keeps its
-	 * decision in its flow's lx_first record, whose slot it reads now so that the line's miss
-	 * overlaps the VIP lookup. */
+	 * decision in its flow's lx_first record. It only writes the record, never reads it: a
+	 * load of the cold line would hold the packet up until the line arrived, where stores
+	 * leave the line's miss to the store buffer, under the rest of the packet's work. */
 	struct lx_ct fresh;
 	const struct lx_ct *ct;
 	__u32 mode;
@@ -80,12 +81,10 @@ int lx_xdp(struct xdp_md *ctx)
 		fhash = flow_hash(&p.flow);
 		__u32 fslot = fhash & (LX_FIRST_SLOTS - 1);
 		first = bpf_map_lookup_elem(&LX_MAP_FIRST, &fslot);
-		if (first)
-			(void)*(volatile __u32 *)&first->flags;
 		/* An older connection of the same 5-tuple may still be in this CPU's cache, with
 		 * the backend it was given then: its entry would take the SYN's second packet
 		 * away from the record. A SYN never follows an old entry (Katran's rule), so the
-		 * entry goes; the set's tags are one line, whose miss overlaps the record's. */
+		 * entry goes; the set's tags are one line. */
 		__u32 sbucket = cache_index(&p.flow, dst, &tag) |
 				(bpf_get_smp_processor_id() << LX_CACHE_BITS);
 		struct lx_cache_bucket *sb = bpf_map_lookup_elem(&LX_MAP_FLOW_CACHE, &sbucket);
