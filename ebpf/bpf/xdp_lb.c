@@ -65,10 +65,14 @@ int lx_xdp(struct xdp_md *ctx)
 
 	/* A tracked flow, from this CPU's cache: no hash map lookup at all. A SYN starts a flow
 	 * and is decided anew (as Katran does): it is never served from the cache, and keeps its
-	 * decision in its flow's lx_first record, whose slot it reads now so that the line's miss
-	 * overlaps the VIP lookup. */
+	 * decision in its flow's lx_first record. It only writes the record, never reads it: a
+	 * load of the cold line would hold the packet up until the line arrived, where stores
+	 * leave the line's miss to the store buffer, under the rest of the packet's work. */
 	struct lx_ct fresh;
-	const struct lx_ct *ct;
+	/* The flow's backend and its id: in its cache entry, in `fresh`, or (a new flow's, not
+	 * copied: fewer stores) in lx_reals. */
+	const struct lx_real *rl;
+	__u32 real_id;
 	__u32 mode;
 	int new_flow = 0;
 	__u32 tag = 0;
@@ -80,12 +84,10 @@ int lx_xdp(struct xdp_md *ctx)
 		fhash = flow_hash(&p.flow);
 		__u32 fslot = fhash & (LX_FIRST_SLOTS - 1);
 		first = bpf_map_lookup_elem(&LX_MAP_FIRST, &fslot);
-		if (first)
-			(void)*(volatile __u32 *)&first->flags;
 		/* An older connection of the same 5-tuple may still be in this CPU's cache, with
 		 * the backend it was given then: its entry would take the SYN's second packet
 		 * away from the record. A SYN never follows an old entry (Katran's rule), so the
-		 * entry goes; the set's tags are one line, whose miss overlaps the record's. */
+		 * entry goes; the set's tags are one line. */
 		__u32 sbucket = cache_index(&p.flow, dst, &tag) |
 				(bpf_get_smp_processor_id() << LX_CACHE_BITS);
 		struct lx_cache_bucket *sb = bpf_map_lookup_elem(&LX_MAP_FLOW_CACHE, &sbucket);
@@ -110,7 +112,8 @@ int lx_xdp(struct xdp_md *ctx)
 				__u32 lmode;
 				__u32 lgen = live_gen(live, &lmode);
 				if (lgen && lgen == e->ct.gen) {
-					ct = &e->ct;
+					rl = &e->ct.real;
+					real_id = e->ct.real_id;
 					mode = lmode;
 					__u32 now = cache_clock(0);
 					if (e->flags & LX_CACHE_UNCONFIRMED) {
@@ -158,6 +161,8 @@ int lx_xdp(struct xdp_md *ctx)
 				__builtin_memcpy(&fresh.real, real, sizeof(*real));
 				fresh.real_id = first_real;
 				fresh.gen = lgen;
+				rl = &fresh.real;
+				real_id = first_real;
 				mode = lmode;
 				if (flags & LX_FIRST_UNCONFIRMED) {
 					bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
@@ -172,7 +177,7 @@ int lx_xdp(struct xdp_md *ctx)
 					 * packets (which go where Maglev says). Once per flow. */
 					bpf_map_delete_elem(&LX_MAP_CT, &p.flow);
 				}
-				goto tracked_nowhere;
+				goto tracked;
 			}
 		}
 	}
@@ -195,6 +200,8 @@ int lx_xdp(struct xdp_md *ctx)
 		/* gen 0: an entry from before generations, taken as it was then. */
 		__builtin_memcpy(&fresh, shared, sizeof(fresh));
 		fresh.gen = gen;
+		rl = &fresh.real;
+		real_id = fresh.real_id;
 		count(LX_CACHE_MISS);
 	} else {
 		if (ring == 0) {
@@ -207,16 +214,13 @@ int lx_xdp(struct xdp_md *ctx)
 			count(LX_DROP_NO_REAL);
 			return XDP_DROP;
 		}
-		__u32 real_id = *rid;
+		real_id = *rid;
 		struct lx_real *real = bpf_map_lookup_elem(&LX_MAP_REALS, &real_id);
 		if (!real || !(real->flags & LX_REAL_VALID) || real->vip_id != vip_id) {
 			count(LX_DROP_NO_REAL);
 			return XDP_DROP;
 		}
-		__builtin_memset(&fresh, 0, sizeof(fresh));
-		__builtin_memcpy(&fresh.real, real, sizeof(*real));
-		fresh.real_id = real_id;
-		fresh.gen = gen;
+		rl = real;
 		if (p.flow.proto == IPPROTO_TCP && !p.tcp_syn && !shared) {
 			/* Mid-flow and tracked nowhere (evicted, begun before this load balancer
 			 * took over, or made up by a flood): where Maglev says, and nothing is
@@ -224,12 +228,17 @@ int lx_xdp(struct xdp_md *ctx)
 			struct lx_vip_stats *vs0 = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &vip_id);
 			if (vs0)
 				vs0->lru_misses++;
-			goto tracked_nowhere;
+			goto tracked;
 		}
 		/* Counted as new with the packet's own stats, below. */
 		new_flow = 1;
 		if (shared) {
-			/* Its VIP changed under it: decided again, in the entry it has. */
+			/* Its VIP changed under it: decided again, in the entry it has (and in
+			 * its CPU's cache, below). */
+			__builtin_memset(&fresh, 0, sizeof(fresh));
+			__builtin_memcpy(&fresh.real, real, sizeof(*real));
+			fresh.real_id = real_id;
+			fresh.gen = gen;
 			bpf_map_update_elem(&LX_MAP_CT, &p.flow, &fresh, BPF_ANY);
 		} else {
 			/* Into lx_ct and a cache only once a second packet shows it is real. */
@@ -247,13 +256,13 @@ int lx_xdp(struct xdp_md *ctx)
 		}
 		if (first) {
 			__u32 reply_hash = 0;
-			if (mode == LX_MODE_NAT && !(fresh.real.flags & LX_REAL_SHARED)) {
+			if (mode == LX_MODE_NAT && !(rl->flags & LX_REAL_SHARED)) {
 				struct lx_flow back;
-				reply_flow(&back, &p.flow, &fresh.real);
+				reply_flow(&back, &p.flow, rl);
 				reply_hash = flow_hash(&back);
 			}
 			__builtin_memcpy(&first->flow, &p.flow, sizeof(p.flow));
-			first->real_id = fresh.real_id;
+			first->real_id = real_id;
 			first->gen = gen;
 			first->vip_id = vip_id;
 			first->reply_hash = reply_hash;
@@ -265,12 +274,8 @@ int lx_xdp(struct xdp_md *ctx)
 		else
 			cache_put(cb, way, tag, &p.flow, &fresh, cache_clock(1), 0);
 	}
-tracked_nowhere:
-	ct = &fresh;
-
 tracked:;
-	__u32 real_id = ct->real_id;
-	__u32 stats_id = ct->real.vip_id;
+	__u32 stats_id = rl->vip_id;
 	__u64 bytes = end - data;
 	struct lx_vip_stats *vs = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &stats_id);
 	if (vs) {
@@ -291,7 +296,7 @@ tracked:;
 		if (!cfg)
 			return XDP_DROP;
 		int kernel = 0;
-		int act = gue_encap(ctx, &p, &ct->real, cfg, flow_hash(&p.flow), &kernel);
+		int act = gue_encap(ctx, &p, rl, cfg, flow_hash(&p.flow), &kernel);
 		if (act != XDP_PASS)
 			return act;
 		if (kernel) {
@@ -305,10 +310,10 @@ tracked:;
 	 * of one VIP needs only its flow's record for its first replies (its VIP is in
 	 * lx_nat_backends, later replies are known by lx_ct); one that several VIPs share, each
 	 * flow's entry. */
-	if (!new_flow || !(ct->real.flags & LX_REAL_SHARED))
+	if (!new_flow || !(rl->flags & LX_REAL_SHARED))
 		goto rewrite;
 	struct lx_flow back;
-	reply_flow(&back, &p.flow, &ct->real);
+	reply_flow(&back, &p.flow, rl);
 	struct lx_rev rev;
 	__builtin_memset(&rev, 0, sizeof(rev));
 	__builtin_memcpy(rev.addr, p.flow.dst, 16);
@@ -316,7 +321,7 @@ tracked:;
 	rev.family = p.flow.family;
 	bpf_map_update_elem(&LX_MAP_REVNAT, &back, &rev, BPF_ANY);
 rewrite:
-	nat_dst(&p, &ct->real, end);
+	nat_dst(&p, rl, end);
 	return forward(ctx, cfg);
 }
 

@@ -160,14 +160,15 @@ struct ls_config {
 /*
  * lx_first: a new flow's first packet (a TCP SYN, or an unknown UDP flow's first datagram)
  * writes its decision as one 64-byte record (struct lx_first) into the slot of its flow's hash
- * (flow_hash % LX_FIRST_SLOTS, the hash its Maglev slot uses), and touches no flow cache: its
+ * (flow_hash % LX_FIRST_SLOTS, the hash its Maglev slot uses), and enters no flow cache: its
  * second packet, on any CPU, finds the record and confirms the flow from it into lx_ct and that
  * CPU's cache, with the backend the first packet was given. tc egress knows the first NAT
  * replies (before the flow is in lx_ct) by the record, rebuilding the client's flow from the
- * reply and its backend's VIP. The slot is known from the packet alone, so a SYN reads it first,
- * while its VIP lookup is under way. An array write, where an LRU insert costs an eviction; a
- * later flow may take the slot, which only matters for a flow that is not confirmed yet (its
- * second packet then goes where Maglev says, untracked, and a NAT reply leaves as it is).
+ * reply and its backend's VIP. A SYN only stores into its slot, never loads it: a load of the
+ * cold line would hold the packet up until the line came. An array write, where an LRU insert
+ * costs an eviction; a later flow may take the slot, which only matters for a flow that is not
+ * confirmed yet (its second packet then goes where Maglev says, untracked, and a NAT reply
+ * leaves as it is).
  * (It replaces lx_nat_marks, a 32-bit reply hash per slot, whose pin the loader removes.)
  */
 #define LX_FIRST_SLOTS       262144
