@@ -57,9 +57,8 @@ static __always_inline void icmp_eth(struct ethhdr *eth, const struct ethhdr *ol
 }
 
 /* Makes the frame an ICMP message's (icmp_room) going back where the old frame came from: its
- * Ethernet header, with the headers and the quote checked to be in the frame; NULL: no room. */
-static __always_inline struct ethhdr *icmp_frame(struct xdp_md *ctx, int quote, int room,
-						 __u16 proto)
+ * IP header, with the headers and the quote checked to be in the frame; NULL: no room. */
+static __always_inline void *icmp_frame(struct xdp_md *ctx, int quote, int room, __u16 proto)
 {
 	if (icmp_room(ctx, quote, room))
 		return 0;
@@ -68,7 +67,7 @@ static __always_inline struct ethhdr *icmp_frame(struct xdp_md *ctx, int quote, 
 	if (data + ETH_HLEN + room + quote > end)
 		return 0;
 	icmp_eth(data, data + room, proto);
-	return data;
+	return data + ETH_HLEN;
 }
 
 /* Adds n 16-bit words at p to the one's-complement sum c. */
@@ -81,15 +80,14 @@ static __always_inline __u32 sum16(__u32 c, const void *p, int n)
 	return c;
 }
 
-static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u16 mtu)
+/* Fragmentation needed (RFC 1191), with the next hop's MTU, in the frame icmp_frame made. */
+static __always_inline void icmp4_fill(struct iphdr *ip, __u16 mtu)
 {
-	struct ethhdr *eth = icmp_frame(ctx, ICMP4_QUOTE,
-					sizeof(struct iphdr) + sizeof(struct icmp4_frag), ETH_P_IP);
-	if (!eth)
-		return XDP_DROP;
-	struct iphdr *ip = (void *)(eth + 1);
 	struct icmp4_frag *icmp = (void *)(ip + 1);
+	/* The quoted packet's addresses, the other way round. */
 	struct iphdr *orig = (void *)(icmp + 1);
+	ip->saddr = orig->daddr;
+	ip->daddr = orig->saddr;
 	ip->version = 4;
 	ip->ihl = 5;
 	ip->tos = 0;
@@ -99,8 +97,6 @@ static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u16 mtu)
 	ip->ttl = GUE_TTL;
 	ip->protocol = IPPROTO_ICMP;
 	ip->check = 0;
-	ip->saddr = orig->daddr;
-	ip->daddr = orig->saddr;
 	ip->check = ipv4_csum(ip);
 	icmp->type = ICMP_DEST_UNREACH;
 	icmp->code = ICMP_FRAG_NEEDED;
@@ -108,25 +104,20 @@ static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u16 mtu)
 	icmp->unused = 0;
 	icmp->mtu = bpf_htons(mtu);
 	icmp->checksum = (__u16)~fold(sum16(0, icmp, (sizeof(*icmp) + ICMP4_QUOTE) / 2));
-	return XDP_TX;
 }
 
-static __always_inline int icmp6_too_big(struct xdp_md *ctx, __u32 mtu)
+/* Packet too big (RFC 8201), with the next hop's MTU, in the frame icmp_frame made. */
+static __always_inline void icmp6_fill(struct ipv6hdr *ip6, __u32 mtu)
 {
-	struct ethhdr *eth = icmp_frame(ctx, ICMP6_QUOTE,
-					sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr), ETH_P_IPV6);
-	if (!eth)
-		return XDP_DROP;
-	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	struct icmp6hdr *icmp = (void *)(ip6 + 1);
 	struct ipv6hdr *orig = (void *)(icmp + 1);
+	__builtin_memcpy(&ip6->saddr, &orig->daddr, 16);
+	__builtin_memcpy(&ip6->daddr, &orig->saddr, 16);
 	__builtin_memset(ip6, 0, 4);
 	ip6->version = 6;
 	ip6->payload_len = bpf_htons(sizeof(*icmp) + ICMP6_QUOTE);
 	ip6->nexthdr = IPPROTO_ICMPV6;
 	ip6->hop_limit = GUE_TTL;
-	__builtin_memcpy(&ip6->saddr, &orig->daddr, 16);
-	__builtin_memcpy(&ip6->daddr, &orig->saddr, 16);
 	icmp->icmp6_type = ICMPV6_PKT_TOOBIG;
 	icmp->icmp6_code = 0;
 	icmp->icmp6_cksum = 0;
@@ -135,6 +126,22 @@ static __always_inline int icmp6_too_big(struct xdp_md *ctx, __u32 mtu)
 	__u32 c = bpf_htons(sizeof(*icmp) + ICMP6_QUOTE) + bpf_htons(IPPROTO_ICMPV6);
 	c = sum16(c, &ip6->saddr, 16);
 	icmp->icmp6_cksum = (__u16)~fold(sum16(c, icmp, (sizeof(*icmp) + ICMP6_QUOTE) / 2));
+}
+
+/* The packet back to its sender as ICMP's "too big" (v6) or "fragmentation needed" (IPv4),
+ * with the next hop's MTU: XDP_TX, or XDP_DROP when there is no room. */
+static __always_inline int icmp_too_big(struct xdp_md *ctx, int v6, __u16 mtu)
+{
+	void *l3 = v6 ? icmp_frame(ctx, ICMP6_QUOTE,
+				   sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr), ETH_P_IPV6)
+		      : icmp_frame(ctx, ICMP4_QUOTE,
+				   sizeof(struct iphdr) + sizeof(struct icmp4_frag), ETH_P_IP);
+	if (!l3)
+		return XDP_DROP;
+	if (v6)
+		icmp6_fill(l3, mtu);
+	else
+		icmp4_fill(l3, mtu);
 	return XDP_TX;
 }
 
