@@ -183,9 +183,7 @@ int lx_xdp(struct xdp_md *ctx)
 	}
 
 	/* Otherwise: the VIP, then the shared table (not for a SYN), then its Maglev table. */
-	struct ls_svc_key key;
-	svc_key(&key, p.flow.dst, p.flow.dport, p.flow.proto, p.flow.family);
-	struct lx_vip *vip = bpf_map_lookup_elem(&LX_MAP_VIPS, &key);
+	struct lx_vip *vip = svc_lookup(&LX_MAP_VIPS, &p.flow, 0);
 	if (!vip)
 		return XDP_PASS;
 	__u32 vip_id = vip->id;
@@ -341,9 +339,7 @@ int lx_tc_revnat(struct __sk_buff *skb)
 	if (parse(data, end, &p) != P_OK)
 		return TC_ACT_OK;
 	/* Only what a NAT backend sends is ours. */
-	struct ls_svc_key bk;
-	svc_key(&bk, p.flow.src, p.flow.sport, p.flow.proto, p.flow.family);
-	struct lx_rev *nb = bpf_map_lookup_elem(&LX_MAP_NAT_BACKENDS, &bk);
+	struct lx_rev *nb = svc_lookup(&LX_MAP_NAT_BACKENDS, &p.flow, 1);
 	if (!nb)
 		return TC_ACT_OK;
 	struct lx_rev v;
@@ -475,13 +471,11 @@ int lx_tc_decap(struct __sk_buff *skb)
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
 	struct parsed p;
-	struct ls_svc_key key;
 	if (parse(data, end, &p) != P_OK) {
 		count(LX_DROP_GUE_INNER);
 		return TC_ACT_SHOT;
 	}
-	svc_key(&key, p.flow.dst, p.flow.dport, p.flow.proto, p.flow.family);
-	if (!bpf_map_lookup_elem(&LX_MAP_VIPS, &key)) {
+	if (!svc_lookup(&LX_MAP_VIPS, &p.flow, 0)) {
 		count(LX_DROP_GUE_INNER);
 		return TC_ACT_SHOT;
 	}

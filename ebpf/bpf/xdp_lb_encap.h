@@ -85,14 +85,14 @@ static __always_inline int gue_encap(struct xdp_md *ctx, struct parsed *p, const
 		__u16 fits = cfg->gue_mtu - olen;
 		if (v6) {
 			count(LX_ICMP_TOO_BIG);
-			return icmp6_too_big(ctx, fits);
+			return icmp_too_big(ctx, 1, fits);
 		}
 		struct iphdr *ip = p->l3;
 		if ((void *)(ip + 1) > end)
 			return XDP_DROP;
 		if (ip->frag_off & bpf_htons(IP_DF)) {
 			count(LX_ICMP_TOO_BIG);
-			return icmp4_too_big(ctx, fits);
+			return icmp_too_big(ctx, 0, fits);
 		}
 		df = 0;
 		*kernel = 1;

@@ -164,15 +164,17 @@ static __always_inline void reply_flow(struct lx_flow *back, const struct lx_flo
 	back->family = f->family;
 }
 
-/* The lx_vips / lx_nat_backends key of an address, port and protocol. */
-static __always_inline void svc_key(struct ls_svc_key *k, const __u8 *addr, __u16 port, __u8 proto,
-				    __u8 family)
+/* The entry of a flow's destination in `map` (lx_vips), or with `src` of its source
+ * (lx_nat_backends): both are keyed by address, port and protocol. */
+static __always_inline void *svc_lookup(void *map, const struct lx_flow *f, int src)
 {
-	__builtin_memset(k, 0, sizeof(*k));
-	__builtin_memcpy(k->addr, addr, 16);
-	k->port = port;
-	k->proto = proto;
-	k->family = family;
+	struct ls_svc_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	__builtin_memcpy(k.addr, src ? f->src : f->dst, 16);
+	k.port = src ? f->sport : f->dport;
+	k.proto = f->proto;
+	k.family = f->family;
+	return bpf_map_lookup_elem(map, &k);
 }
 
 /* XDP_TX / XDP_REDIRECT when the FIB has a resolved next hop for the (new) destination. */

@@ -56,82 +56,92 @@ static __always_inline void icmp_eth(struct ethhdr *eth, const struct ethhdr *ol
 	eth->h_proto = bpf_htons(proto);
 }
 
-static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u16 mtu)
+/* Makes the frame an ICMP message's (icmp_room) going back where the old frame came from: its
+ * IP header, with the headers and the quote checked to be in the frame; NULL: no room. */
+static __always_inline void *icmp_frame(struct xdp_md *ctx, int quote, int room, __u16 proto)
 {
-	const int room = sizeof(struct iphdr) + sizeof(struct icmp4_frag);
-	if (icmp_room(ctx, ICMP4_QUOTE, room))
-		return XDP_DROP;
+	if (icmp_room(ctx, quote, room))
+		return 0;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
+	if (data + ETH_HLEN + room + quote > end)
+		return 0;
+	icmp_eth(data, data + room, proto);
+	return data + ETH_HLEN;
+}
+
+/* Adds n 16-bit words at p to the one's-complement sum c. */
+static __always_inline __u32 sum16(__u32 c, const void *p, int n)
+{
+	const __u16 *w = p;
+#pragma unroll
+	for (int i = 0; i < n; i++)
+		c += w[i];
+	return c;
+}
+
+/* Fragmentation needed (RFC 1191), with the next hop's MTU, in the frame icmp_frame made. */
+static __always_inline void icmp4_fill(struct iphdr *ip, __u16 mtu)
+{
 	struct icmp4_frag *icmp = (void *)(ip + 1);
+	/* The quoted packet's addresses, the other way round. */
 	struct iphdr *orig = (void *)(icmp + 1);
-	if ((void *)orig + ICMP4_QUOTE > end)
-		return XDP_DROP;
-	icmp_eth(eth, data + room, ETH_P_IP);
+	ip->saddr = orig->daddr;
+	ip->daddr = orig->saddr;
 	ip->version = 4;
 	ip->ihl = 5;
 	ip->tos = 0;
-	ip->tot_len = bpf_htons(room + ICMP4_QUOTE);
+	ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*icmp) + ICMP4_QUOTE);
 	ip->id = 0;
 	ip->frag_off = 0;
 	ip->ttl = GUE_TTL;
 	ip->protocol = IPPROTO_ICMP;
 	ip->check = 0;
-	ip->saddr = orig->daddr;
-	ip->daddr = orig->saddr;
 	ip->check = ipv4_csum(ip);
 	icmp->type = ICMP_DEST_UNREACH;
 	icmp->code = ICMP_FRAG_NEEDED;
 	icmp->checksum = 0;
 	icmp->unused = 0;
 	icmp->mtu = bpf_htons(mtu);
-	__u32 c = 0;
-	__u16 *w = (__u16 *)icmp;
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*icmp) + ICMP4_QUOTE) / 2; i++)
-		c += w[i];
-	icmp->checksum = (__u16)~fold(c);
-	return XDP_TX;
+	icmp->checksum = (__u16)~fold(sum16(0, icmp, (sizeof(*icmp) + ICMP4_QUOTE) / 2));
 }
 
-static __always_inline int icmp6_too_big(struct xdp_md *ctx, __u32 mtu)
+/* Packet too big (RFC 8201), with the next hop's MTU, in the frame icmp_frame made. */
+static __always_inline void icmp6_fill(struct ipv6hdr *ip6, __u32 mtu)
 {
-	const int room = sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr);
-	if (icmp_room(ctx, ICMP6_QUOTE, room))
-		return XDP_DROP;
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	struct icmp6hdr *icmp = (void *)(ip6 + 1);
 	struct ipv6hdr *orig = (void *)(icmp + 1);
-	if ((void *)orig + ICMP6_QUOTE > end)
-		return XDP_DROP;
-	icmp_eth(eth, data + room, ETH_P_IPV6);
+	__builtin_memcpy(&ip6->saddr, &orig->daddr, 16);
+	__builtin_memcpy(&ip6->daddr, &orig->saddr, 16);
 	__builtin_memset(ip6, 0, 4);
 	ip6->version = 6;
 	ip6->payload_len = bpf_htons(sizeof(*icmp) + ICMP6_QUOTE);
 	ip6->nexthdr = IPPROTO_ICMPV6;
 	ip6->hop_limit = GUE_TTL;
-	__builtin_memcpy(&ip6->saddr, &orig->daddr, 16);
-	__builtin_memcpy(&ip6->daddr, &orig->saddr, 16);
 	icmp->icmp6_type = ICMPV6_PKT_TOOBIG;
 	icmp->icmp6_code = 0;
 	icmp->icmp6_cksum = 0;
 	icmp->icmp6_mtu = bpf_htonl(mtu);
 	/* The pseudo-header (addresses, length, next header), then the message. */
 	__u32 c = bpf_htons(sizeof(*icmp) + ICMP6_QUOTE) + bpf_htons(IPPROTO_ICMPV6);
-	__u16 *a = (__u16 *)&ip6->saddr;
-#pragma unroll
-	for (int i = 0; i < 16; i++)
-		c += a[i];
-	__u16 *w = (__u16 *)icmp;
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*icmp) + ICMP6_QUOTE) / 2; i++)
-		c += w[i];
-	icmp->icmp6_cksum = (__u16)~fold(c);
+	c = sum16(c, &ip6->saddr, 16);
+	icmp->icmp6_cksum = (__u16)~fold(sum16(c, icmp, (sizeof(*icmp) + ICMP6_QUOTE) / 2));
+}
+
+/* The packet back to its sender as ICMP's "too big" (v6) or "fragmentation needed" (IPv4),
+ * with the next hop's MTU: XDP_TX, or XDP_DROP when there is no room. */
+static __always_inline int icmp_too_big(struct xdp_md *ctx, int v6, __u16 mtu)
+{
+	void *l3 = v6 ? icmp_frame(ctx, ICMP6_QUOTE,
+				   sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr), ETH_P_IPV6)
+		      : icmp_frame(ctx, ICMP4_QUOTE,
+				   sizeof(struct iphdr) + sizeof(struct icmp4_frag), ETH_P_IP);
+	if (!l3)
+		return XDP_DROP;
+	if (v6)
+		icmp6_fill(l3, mtu);
+	else
+		icmp4_fill(l3, mtu);
 	return XDP_TX;
 }
 

@@ -16,6 +16,19 @@
 #include "xdp_lb_consts.h"
 #include "xdp_lb_structs.h"
 
+/* The network header's part of the flow: its addresses (alen bytes each), the transport,
+ * the family, where the header is and the length it gives. */
+static __always_inline void parse_l3(struct parsed *p, const void *src, const void *dst, int alen,
+				     __u8 proto, __u8 family, void *l3, __u16 l3_len)
+{
+	__builtin_memcpy(p->flow.src, src, alen);
+	__builtin_memcpy(p->flow.dst, dst, alen);
+	p->flow.proto = proto;
+	p->flow.family = family;
+	p->l3 = l3;
+	p->l3_len = l3_len;
+}
+
 static __always_inline int parse(void *data, void *end, struct parsed *p)
 {
 	struct ethhdr *eth = data;
@@ -33,12 +46,8 @@ static __always_inline int parse(void *data, void *end, struct parsed *p)
 			return P_OPTIONS;
 		if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
 			return P_FRAGMENT;
-		__builtin_memcpy(p->flow.src, &ip->saddr, 4);
-		__builtin_memcpy(p->flow.dst, &ip->daddr, 4);
-		p->flow.proto = ip->protocol;
-		p->flow.family = AF_INET;
-		p->l3 = ip;
-		p->l3_len = bpf_ntohs(ip->tot_len);
+		parse_l3(p, &ip->saddr, &ip->daddr, 4, ip->protocol, AF_INET, ip,
+			 bpf_ntohs(ip->tot_len));
 		l4 = ip + 1;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -53,12 +62,8 @@ static __always_inline int parse(void *data, void *end, struct parsed *p)
 				return P_OPTIONS;
 			return P_NOT_OURS;
 		}
-		__builtin_memcpy(p->flow.src, &ip6->saddr, 16);
-		__builtin_memcpy(p->flow.dst, &ip6->daddr, 16);
-		p->flow.proto = ip6->nexthdr;
-		p->flow.family = AF_INET6;
-		p->l3 = ip6;
-		p->l3_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+		parse_l3(p, &ip6->saddr, &ip6->daddr, 16, ip6->nexthdr, AF_INET6, ip6,
+			 bpf_ntohs(ip6->payload_len) + sizeof(*ip6));
 		l4 = ip6 + 1;
 	} else {
 		return P_NOT_OURS;

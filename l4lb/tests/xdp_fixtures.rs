@@ -19,6 +19,11 @@ use lodestar_l4lb::plan::{
 use lodestar_l4lb::xdp::{flow_hash, Mode, XdpMaps, XdpReconciler};
 use packet::{eth, finish, pkt, sum16, Pkt};
 
+/// A packet from the fixtures' IPv6 client.
+fn client6(dst: &str, proto: Protocol, sport: u16, dport: u16) -> Pkt {
+    pkt("2001:db8:100::1", dst, proto, sport, dport)
+}
+
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -270,23 +275,11 @@ fn xdp_fixtures() {
         ),
         (
             "IPv6 TCP SYN to a NAT VIP",
-            pkt(
-                "2001:db8:100::1",
-                "2001:db8:ffff::1",
-                Protocol::Tcp,
-                40002,
-                80,
-            ),
+            client6("2001:db8:ffff::1", Protocol::Tcp, 40002, 80),
         ),
         (
             "IPv6 UDP to a NAT VIP",
-            pkt(
-                "2001:db8:100::1",
-                "2001:db8:ffff::1",
-                Protocol::Udp,
-                40003,
-                53,
-            ),
+            client6("2001:db8:ffff::1", Protocol::Udp, 40003, 53),
         ),
         (
             "IPv4 UDP without a checksum stays without one",
@@ -294,13 +287,7 @@ fn xdp_fixtures() {
         ),
         (
             "IPv6 UDP with a zero checksum (a tunnel's, RFC 6935) stays zero",
-            no_csum(pkt(
-                "2001:db8:100::1",
-                "2001:db8:ffff::1",
-                Protocol::Udp,
-                40004,
-                53,
-            )),
+            no_csum(client6("2001:db8:ffff::1", Protocol::Udp, 40004, 53)),
         ),
     ] {
         let to = lab.maglev_pick(&p);
@@ -340,13 +327,7 @@ fn xdp_fixtures() {
         action: XDP_PASS,
         output: frag.frame(),
     });
-    let mut frag6 = pkt(
-        "2001:db8:100::1",
-        "2001:db8:ffff::1",
-        Protocol::Udp,
-        40021,
-        53,
-    );
+    let mut frag6 = client6("2001:db8:ffff::1", Protocol::Udp, 40021, 53);
     frag6.fragment = true;
     cases.push(Case {
         what: "an IPv6 fragment passes to the kernel",
@@ -386,13 +367,7 @@ fn xdp_fixtures() {
         ),
         (
             "IPv6 TCP to a GUE VIP is encapsulated to the backend's node",
-            pkt(
-                "2001:db8:100::1",
-                "2001:db8:ffff::2",
-                Protocol::Tcp,
-                40031,
-                80,
-            ),
+            client6("2001:db8:ffff::2", Protocol::Tcp, 40031, 80),
             "2001:db8::1",
         ),
     ] {
@@ -444,13 +419,7 @@ fn gue_decapsulation_and_nat_replies_byte_for_byte() {
             "198.18.0.1",
         ),
         (
-            pkt(
-                "2001:db8:100::1",
-                "2001:db8:ffff::2",
-                Protocol::Tcp,
-                41001,
-                80,
-            ),
+            client6("2001:db8:ffff::2", Protocol::Tcp, 41001, 80),
             "2001:db8::1",
         ),
     ] {
@@ -472,13 +441,7 @@ fn gue_decapsulation_and_nat_replies_byte_for_byte() {
     // NAT: the reply from the backend gets the VIP back as its source on tc egress.
     for p in [
         pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 41002, 80),
-        pkt(
-            "2001:db8:100::1",
-            "2001:db8:ffff::1",
-            Protocol::Udp,
-            41003,
-            53,
-        ),
+        client6("2001:db8:ffff::1", Protocol::Udp, 41003, 53),
     ] {
         let (action, _) = lab.run("lx_xdp", &p.frame());
         assert_eq!(action, XDP_PASS);
@@ -736,13 +699,7 @@ fn gue_is_decapsulated_only_from_a_load_balancer_and_only_for_a_vip() {
             "198.18.7.7",
         ),
         (
-            pkt(
-                "2001:db8:100::1",
-                "2001:db8:ffff::2",
-                Protocol::Tcp,
-                41101,
-                80,
-            ),
+            client6("2001:db8:ffff::2", Protocol::Tcp, 41101, 80),
             "2001:db8::1",
             "2001:db8::99",
             "2001:db8:7::7",
@@ -772,13 +729,7 @@ fn a_packet_too_big_for_the_tunnel_gets_fragmentation_needed_back() {
     // headers (28 or 48 bytes) they would not fit the default tunnel MTU of 1500.
     let mut v4 = pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41200, 80);
     v4.payload = vec![7; 1500 - 20 - 20];
-    let mut v6 = pkt(
-        "2001:db8:100::1",
-        "2001:db8:ffff::2",
-        Protocol::Tcp,
-        41201,
-        80,
-    );
+    let mut v6 = client6("2001:db8:ffff::2", Protocol::Tcp, 41201, 80);
     v6.payload = vec![7; 1500 - 40 - 20];
     for (p, ip_len, quote, mtu) in [(&v4, 20, 84, 1472u32), (&v6, 40, 248, 1452)] {
         let frame = p.frame();
