@@ -248,63 +248,76 @@ static __always_inline int steer(struct bpf_sock_addr *ctx, int which, __u64 coo
 	return 1;
 }
 
-static __always_inline int xlate4(struct bpf_sock_addr *ctx, int which)
+/* A connect() or sendmsg() to steer: its destination port, protocol and socket cookie, and
+ * which counter it bumps (a connect's backend is picked at random, a datagram's by cookie). */
+struct call {
+	__u64 cookie;
+	__u16 port;
+	__u8 proto;
+	int which;
+};
+
+/* Reads the call into *c; 0 when it is not one to steer (neither TCP nor UDP, or the agent's). */
+static __always_inline int steerable(struct bpf_sock_addr *ctx, int which, struct call *c)
 {
-	__u8 vip[16] = {};
+	c->port = (__u16)ctx->user_port;
+	c->proto = (__u8)ctx->protocol;
+	if (c->proto != IPPROTO_TCP && c->proto != IPPROTO_UDP)
+		return 0;
+	if (from_agent())
+		return 0;
+	c->cookie = bpf_get_socket_cookie(ctx);
+	c->which = which;
+	return 1;
+}
+
+/*
+ * Picks a backend for the service at (addr, family) and steers the call there; `vip` is the
+ * destination as the socket (of `sock_family`) spells it. An IPv4 backend of an IPv6 socket is
+ * written as a v4-mapped address. Returns the hook's verdict.
+ */
+static __always_inline int xlate(struct bpf_sock_addr *ctx, const struct call *c,
+				 const __u8 *addr, __u8 family, const __u8 *vip, __u8 sock_family)
+{
 	struct ls_backend be;
 	__u32 svc_id = 0, be_id = 0;
-	__u16 port = (__u16)ctx->user_port;
-	__u8 proto = (__u8)ctx->protocol;
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return 1;
-	if (from_agent())
-		return 1;
-	load_v4(ctx, vip);
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	int r = pick(vip, AF_INET, port, proto, cookie, which == CNT_DATAGRAM, &be, &be_id, &svc_id);
+	int r = pick(addr, family, c->port, c->proto, c->cookie, c->which == CNT_DATAGRAM, &be,
+		     &be_id, &svc_id);
 	if (r == 0)
 		return 1;
 	if (r < 0)
 		return 0;
-	return steer(ctx, which, cookie, svc_id, be_id, &be, vip, port, AF_INET);
-}
-
-static __always_inline int xlate6(struct bpf_sock_addr *ctx, int which)
-{
-	__u8 vip[16];
-	struct ls_backend be;
-	__u32 svc_id = 0, be_id = 0;
-	__u16 port = (__u16)ctx->user_port;
-	__u8 proto = (__u8)ctx->protocol;
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return 1;
-	if (from_agent())
-		return 1;
-	load_v6(ctx, vip);
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	int r;
-	if (is_v4_mapped(vip)) {
-		/* A dual-stack socket reaching an IPv4 VIP: steer to an IPv4 backend, mapped. */
-		r = pick(vip + 12, AF_INET, port, proto, cookie, which == CNT_DATAGRAM, &be,
-			 &be_id, &svc_id);
-		if (r == 0)
-			return 1;
-		if (r < 0)
-			return 0;
+	if (family != sock_family) {
 		__u8 mapped[16] = {};
 		mapped[10] = 0xff;
 		mapped[11] = 0xff;
 		__builtin_memcpy(mapped + 12, be.addr, 4);
 		__builtin_memcpy(be.addr, mapped, 16);
-	} else {
-		r = pick(vip, AF_INET6, port, proto, cookie, which == CNT_DATAGRAM, &be, &be_id,
-			 &svc_id);
-		if (r == 0)
-			return 1;
-		if (r < 0)
-			return 0;
 	}
-	return steer(ctx, which, cookie, svc_id, be_id, &be, vip, port, AF_INET6);
+	return steer(ctx, c->which, c->cookie, svc_id, be_id, &be, vip, c->port, sock_family);
+}
+
+static __always_inline int xlate4(struct bpf_sock_addr *ctx, int which)
+{
+	struct call c;
+	if (!steerable(ctx, which, &c))
+		return 1;
+	__u8 vip[16] = {};
+	load_v4(ctx, vip);
+	return xlate(ctx, &c, vip, AF_INET, vip, AF_INET);
+}
+
+static __always_inline int xlate6(struct bpf_sock_addr *ctx, int which)
+{
+	struct call c;
+	if (!steerable(ctx, which, &c))
+		return 1;
+	__u8 vip[16];
+	load_v6(ctx, vip);
+	/* A dual-stack socket reaching an IPv4 VIP: steered to an IPv4 backend, mapped. */
+	if (is_v4_mapped(vip))
+		return xlate(ctx, &c, vip + 12, AF_INET, vip, AF_INET6);
+	return xlate(ctx, &c, vip, AF_INET6, vip, AF_INET6);
 }
 
 /* recvmsg / getpeername: the backend the socket talks to becomes the VIP again. */
