@@ -276,19 +276,9 @@ tracked:;
 	__u32 stats_id = rl->vip_id;
 	__u64 bytes = end - data;
 	struct lx_vip_stats *vs = bpf_map_lookup_elem(&LX_MAP_VIP_STATS, &stats_id);
-	if (vs) {
-		vs->packets++;
-		vs->bytes += bytes;
-		if (new_flow)
-			vs->new_flows++;
-	}
+	COUNT_PACKET(vs, bytes, new_flow);
 	struct lx_real_stats *rs = bpf_map_lookup_elem(&LX_MAP_REAL_STATS, &real_id);
-	if (rs) {
-		rs->packets++;
-		rs->bytes += bytes;
-		if (new_flow)
-			rs->new_flows++;
-	}
+	COUNT_PACKET(rs, bytes, new_flow);
 
 	if (mode == LX_MODE_GUE) {
 		if (!cfg)

@@ -22,6 +22,18 @@ static __always_inline void count(__u32 slot)
 		*c += 1;
 }
 
+/* Counts a packet of `len` bytes on a VIP's or a backend's stats entry `s` (NULL: none), whose
+ * first counters lx_vip_stats and lx_real_stats share; a macro, as they are two types. */
+#define COUNT_PACKET(s, len, new_flow)            \
+	do {                                      \
+		if (s) {                          \
+			(s)->packets++;           \
+			(s)->bytes += (len);      \
+			if (new_flow)             \
+				(s)->new_flows++; \
+		}                                 \
+	} while (0)
+
 /* Mixes the flow (40 bytes) into 32 bits: the Maglev key and the GUE source port. */
 static __always_inline __u32 flow_hash(const struct lx_flow *f)
 {
