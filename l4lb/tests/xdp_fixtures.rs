@@ -19,9 +19,23 @@ use lodestar_l4lb::plan::{
 use lodestar_l4lb::xdp::{flow_hash, Mode, XdpMaps, XdpReconciler};
 use packet::{eth, finish, pkt, sum16, Pkt};
 
+/// A packet from the fixtures' IPv4 client.
+fn client4(dst: &str, proto: Protocol, sport: u16, dport: u16) -> Pkt {
+    pkt("198.18.100.1", dst, proto, sport, dport)
+}
+
 /// A packet from the fixtures' IPv6 client.
 fn client6(dst: &str, proto: Protocol, sport: u16, dport: u16) -> Pkt {
     pkt("2001:db8:100::1", dst, proto, sport, dport)
+}
+
+/// The VIP a client's packet `p` is sent to.
+fn vip_of(p: &Pkt) -> ServiceAddr {
+    ServiceAddr {
+        ip: p.dst,
+        port: p.dport,
+        protocol: p.proto,
+    }
 }
 
 const XDP_DROP: u32 = 1;
@@ -199,12 +213,7 @@ impl Lab {
 
     /// The backend Maglev gives a new flow of `p`.
     fn maglev_pick(&self, p: &Pkt) -> BackendAddr {
-        let addr = ServiceAddr {
-            ip: p.dst,
-            port: p.dport,
-            protocol: p.proto,
-        };
-        let st = &self.rec.vips()[&addr];
+        let st = &self.rec.vips()[&vip_of(p)];
         let slot = flow_hash(&p.flow()) as usize % st.ring.len();
         let id = st.ring[slot];
         *st.reals.iter().find(|(_, (rid, _))| *rid == id).unwrap().0
@@ -267,11 +276,11 @@ fn xdp_fixtures() {
     for (what, p) in [
         (
             "IPv4 TCP SYN to a NAT VIP",
-            pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40000, 80),
+            client4("198.19.0.1", Protocol::Tcp, 40000, 80),
         ),
         (
             "IPv4 UDP to a NAT VIP",
-            pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40001, 53),
+            client4("198.19.0.1", Protocol::Udp, 40001, 53),
         ),
         (
             "IPv6 TCP SYN to a NAT VIP",
@@ -283,7 +292,7 @@ fn xdp_fixtures() {
         ),
         (
             "IPv4 UDP without a checksum stays without one",
-            no_csum(pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40004, 53)),
+            no_csum(client4("198.19.0.1", Protocol::Udp, 40004, 53)),
         ),
         (
             "IPv6 UDP with a zero checksum (a tunnel's, RFC 6935) stays zero",
@@ -298,71 +307,65 @@ fn xdp_fixtures() {
             output: rewritten(&p, to).frame(),
         });
     }
-    for (what, p) in [
+    let mut frag = client4("198.19.0.1", Protocol::Udp, 40020, 53);
+    frag.fragment = true;
+    let mut frag6 = client6("2001:db8:ffff::1", Protocol::Udp, 40021, 53);
+    frag6.fragment = true;
+    let mut opts = client4("198.19.0.1", Protocol::Tcp, 40022, 80);
+    opts.ip_options = true;
+    let mut short = client4("198.19.0.1", Protocol::Tcp, 40024, 80).frame();
+    // The IPv4 total length still claims the full packet; only the buffer is short.
+    short.truncate(14 + 20 + 10);
+    // Packets that leave as they came.
+    for (what, frame, action) in [
         (
             "traffic to no VIP passes untouched",
-            pkt("198.18.100.1", "198.18.9.9", Protocol::Tcp, 40010, 80),
+            client4("198.18.9.9", Protocol::Tcp, 40010, 80).frame(),
+            XDP_PASS,
         ),
         (
             "a VIP address on an unknown port passes untouched",
-            pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40011, 81),
+            client4("198.19.0.1", Protocol::Tcp, 40011, 81).frame(),
+            XDP_PASS,
         ),
         (
             "a VIP port over the other protocol passes untouched",
-            pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40012, 80),
+            client4("198.19.0.1", Protocol::Udp, 40012, 80).frame(),
+            XDP_PASS,
+        ),
+        (
+            "an IPv4 fragment passes to the kernel",
+            frag.frame(),
+            XDP_PASS,
+        ),
+        (
+            "an IPv6 fragment passes to the kernel",
+            frag6.frame(),
+            XDP_PASS,
+        ),
+        ("IPv4 options pass to the kernel", opts.frame(), XDP_PASS),
+        (
+            "a VIP without backends drops",
+            client4("198.19.0.3", Protocol::Tcp, 40023, 80).frame(),
+            XDP_DROP,
+        ),
+        (
+            "a truncated TCP header passes to the kernel",
+            short,
+            XDP_PASS,
         ),
     ] {
         cases.push(Case {
             what,
-            input: p.frame(),
-            action: XDP_PASS,
-            output: p.frame(),
+            input: frame.clone(),
+            action,
+            output: frame,
         });
     }
-    let mut frag = pkt("198.18.100.1", "198.19.0.1", Protocol::Udp, 40020, 53);
-    frag.fragment = true;
-    cases.push(Case {
-        what: "an IPv4 fragment passes to the kernel",
-        input: frag.frame(),
-        action: XDP_PASS,
-        output: frag.frame(),
-    });
-    let mut frag6 = client6("2001:db8:ffff::1", Protocol::Udp, 40021, 53);
-    frag6.fragment = true;
-    cases.push(Case {
-        what: "an IPv6 fragment passes to the kernel",
-        input: frag6.frame(),
-        action: XDP_PASS,
-        output: frag6.frame(),
-    });
-    let mut opts = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40022, 80);
-    opts.ip_options = true;
-    cases.push(Case {
-        what: "IPv4 options pass to the kernel",
-        input: opts.frame(),
-        action: XDP_PASS,
-        output: opts.frame(),
-    });
-    let empty = pkt("198.18.100.1", "198.19.0.3", Protocol::Tcp, 40023, 80);
-    cases.push(Case {
-        what: "a VIP without backends drops",
-        input: empty.frame(),
-        action: XDP_DROP,
-        output: empty.frame(),
-    });
-    let mut short = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 40024, 80).frame();
-    short.truncate(14 + 20 + 10);
-    // The IPv4 total length still claims the full packet; only the buffer is short.
-    cases.push(Case {
-        what: "a truncated TCP header passes to the kernel",
-        input: short.clone(),
-        action: XDP_PASS,
-        output: short,
-    });
     for (what, p, src) in [
         (
             "IPv4 TCP to a GUE VIP is encapsulated to the backend's node",
-            pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 40030, 80),
+            client4("198.19.0.2", Protocol::Tcp, 40030, 80),
             "198.18.0.1",
         ),
         (
@@ -415,7 +418,7 @@ fn gue_decapsulation_and_nat_replies_byte_for_byte() {
     let lab = Lab::new("tc");
     for (p, src) in [
         (
-            pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41000, 80),
+            client4("198.19.0.2", Protocol::Tcp, 41000, 80),
             "198.18.0.1",
         ),
         (
@@ -440,7 +443,7 @@ fn gue_decapsulation_and_nat_replies_byte_for_byte() {
 
     // NAT: the reply from the backend gets the VIP back as its source on tc egress.
     for p in [
-        pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 41002, 80),
+        client4("198.19.0.1", Protocol::Tcp, 41002, 80),
         client6("2001:db8:ffff::1", Protocol::Udp, 41003, 53),
     ] {
         let (action, _) = lab.run("lx_xdp", &p.frame());
@@ -495,7 +498,7 @@ fn start_then_drain(lab: &mut Lab, first: &Pkt) -> (BackendAddr, (u32, u32), Pkt
 #[test]
 fn a_known_flow_keeps_its_backend_and_draining_takes_no_new_flows() {
     let mut lab = Lab::new("ct");
-    let first = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 42000, 80);
+    let first = client4("198.19.0.1", Protocol::Tcp, 42000, 80);
     // The flow's backend leaves the set (drained to weight 0): the flow stays with it.
     let (to, _, mut next) = start_then_drain(&mut lab, &first);
     next.payload = b"more".to_vec();
@@ -535,11 +538,7 @@ fn a_known_flow_keeps_its_backend_and_draining_takes_no_new_flows() {
         lab.run("lx_xdp", &evicted.frame()).1,
         rewritten(&evicted, to).frame()
     );
-    let vip = ServiceAddr {
-        ip: first.dst,
-        port: 80,
-        protocol: Protocol::Tcp,
-    };
+    let vip = vip_of(&first);
     let stats = lab.lb.vip_stats(lab.rec.vips()[&vip].id);
     assert!(stats.packets >= 2, "{stats:?}");
     assert!(stats.new_flows >= 1 && stats.lru_misses >= 1, "{stats:?}");
@@ -565,13 +564,9 @@ fn on_cpu(cpu: usize) {
 #[test]
 fn the_flow_cache_is_per_cpu_backed_by_the_shared_table_and_follows_its_vip() {
     let mut lab = Lab::new("cache");
-    let vip = ServiceAddr {
-        ip: "198.19.0.1".parse().unwrap(),
-        port: 80,
-        protocol: Protocol::Tcp,
-    };
     on_cpu(0);
-    let first = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 45000, 80);
+    let first = client4("198.19.0.1", Protocol::Tcp, 45000, 80);
+    let vip = vip_of(&first);
     // Drain the flow's backend: Maglev would now send the flow elsewhere, so only tracking
     // keeps it in place.
     let (to, (b1, b2), next) = start_then_drain(&mut lab, &first);
@@ -665,11 +660,7 @@ fn maps_from_before_the_filter_are_seeded_before_the_new_program_runs() {
     let mut lab = Lab::new("seed");
     let p = pkt("198.18.100.9", "198.19.0.1", Protocol::Tcp, 47000, 80);
     let to = lab.maglev_pick(&p);
-    let vip = ServiceAddr {
-        ip: p.dst,
-        port: 80,
-        protocol: Protocol::Tcp,
-    };
+    let vip = vip_of(&p);
     // What an agent from before the VIP filter and generations leaves pinned: neither.
     for w in 0..lodestar_l4lb::layout::LX_FILTER_WORDS {
         lab.lb.put_filter_word(w, 0).unwrap();
@@ -693,7 +684,7 @@ fn gue_is_decapsulated_only_from_a_load_balancer_and_only_for_a_vip() {
     let lab = Lab::new("guepeer");
     for (p, lb, stranger, not_vip) in [
         (
-            pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41100, 80),
+            client4("198.19.0.2", Protocol::Tcp, 41100, 80),
             "198.18.0.1",
             "198.18.0.99",
             "198.18.7.7",
@@ -727,7 +718,7 @@ fn a_packet_too_big_for_the_tunnel_gets_fragmentation_needed_back() {
     let lab = Lab::new("mtu");
     // Full 1500-byte IP packets with DF (the builder's default), to GUE VIPs: with the outer
     // headers (28 or 48 bytes) they would not fit the default tunnel MTU of 1500.
-    let mut v4 = pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41200, 80);
+    let mut v4 = client4("198.19.0.2", Protocol::Tcp, 41200, 80);
     v4.payload = vec![7; 1500 - 20 - 20];
     let mut v6 = client6("2001:db8:ffff::2", Protocol::Tcp, 41201, 80);
     v6.payload = vec![7; 1500 - 40 - 20];
@@ -866,7 +857,7 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     // reply's VIP is known only from its flow's lx_revnat entry.
     lab.modes.clear();
     lab.program(&base_plan(1, 1));
-    let p = pkt("198.18.100.1", "198.19.0.2", Protocol::Tcp, 41300, 80);
+    let p = client4("198.19.0.2", Protocol::Tcp, 41300, 80);
     let to = lab.maglev_pick(&p);
     assert_eq!(lab.run("lx_xdp", &p.frame()).1, rewritten(&p, to).frame());
     let (reply, expected) = reply_to(&p, to);
@@ -888,7 +879,7 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     // backend's own address leaves as it is.
     lab.modes.insert("198.19.0.2:80/tcp".to_string(), Mode::Gue);
     lab.program(&base_plan(1, 1));
-    let p = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 41301, 80);
+    let p = client4("198.19.0.1", Protocol::Tcp, 41301, 80);
     let to = lab.maglev_pick(&p);
     let mut second = p.clone();
     second.syn = false;
@@ -903,7 +894,7 @@ fn a_reply_whose_vip_is_lost_never_leaves_with_the_backends_address() {
     assert!(lab.lb.reply(&reply.flow()).is_none(), "no entry of its own");
     assert_eq!(lab.counter("nat_reply_marked"), 0, "known by lx_ct");
     // Its SYN only: the SYN-ACK comes before the flow is confirmed.
-    let syn = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 41302, 80);
+    let syn = client4("198.19.0.1", Protocol::Tcp, 41302, 80);
     let to = lab.maglev_pick(&syn);
     lab.run("lx_xdp", &syn.frame());
     assert!(lab.lb.flow(&syn.flow()).is_none());
@@ -946,15 +937,11 @@ fn same_first_slot(p: &Pkt) -> Pkt {
 #[test]
 fn a_first_packets_record_confirms_its_flow_on_any_cpu_and_a_lost_one_changes_nothing() {
     let mut lab = Lab::new("first");
-    let vip = ServiceAddr {
-        ip: "198.19.0.1".parse().unwrap(),
-        port: 80,
-        protocol: Protocol::Tcp,
-    };
     // A NAT VIP whose backends serve it alone. The SYN on CPU 0, then its backend drained:
     // Maglev would now send the flow elsewhere, and only the SYN's record knows its backend.
     on_cpu(0);
-    let syn = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 48000, 80);
+    let syn = client4("198.19.0.1", Protocol::Tcp, 48000, 80);
+    let vip = vip_of(&syn);
     let (to, _, ack) = start_then_drain(&mut lab, &syn);
     assert_ne!(lab.maglev_pick(&ack), to);
     assert!(
@@ -1002,7 +989,7 @@ fn a_first_packets_record_confirms_its_flow_on_any_cpu_and_a_lost_one_changes_no
     // a VIP that is not its own), and its ACK goes where Maglev says, tracked nowhere.
     lab.program(&base_plan(1, 1));
     on_cpu(0);
-    let lost = pkt("198.18.100.1", "198.19.0.1", Protocol::Tcp, 48001, 80);
+    let lost = client4("198.19.0.1", Protocol::Tcp, 48001, 80);
     let taker = same_first_slot(&lost);
     let to = lab.maglev_pick(&lost);
     lab.run("lx_xdp", &lost.frame());
