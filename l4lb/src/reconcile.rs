@@ -56,13 +56,17 @@ impl Ids {
             ..Ids::default()
         }
     }
-    pub(crate) fn alloc(&mut self) -> Option<u32> {
-        self.free.pop().or_else(|| {
-            (self.next < self.max).then(|| {
-                self.next += 1;
-                self.next - 1
+    /// A free id, or (all `max` in use) the error that `exhausted` words from `max`.
+    pub(crate) fn alloc(&mut self, exhausted: impl FnOnce(u32) -> String) -> io::Result<u32> {
+        self.free
+            .pop()
+            .or_else(|| {
+                (self.next < self.max).then(|| {
+                    self.next += 1;
+                    self.next - 1
+                })
             })
-        })
+            .ok_or_else(|| io::Error::other(exhausted(self.max)))
     }
     pub(crate) fn max_id(&self) -> u32 {
         self.max
@@ -77,6 +81,14 @@ impl Ids {
         let free = (0..next).rev().filter(|i| !used.contains(i)).collect();
         Ids { next, free, max }
     }
+}
+
+/// The keys of `have` (what the maps hold) that `want` lacks: what a reconciler removes.
+pub(crate) fn gone<K: Ord + Copy, V, W>(have: &BTreeMap<K, V>, want: &BTreeMap<K, W>) -> Vec<K> {
+    have.keys()
+        .filter(|k| !want.contains_key(k))
+        .copied()
+        .collect()
 }
 
 /// The mirror of one service in the maps.
@@ -328,13 +340,7 @@ impl Reconciler {
             let _ = w(maps.unwatch_backend(&key), &mut report);
         }
 
-        let gone: Vec<ServiceAddr> = self
-            .services
-            .keys()
-            .filter(|k| !plan.contains_key(k))
-            .copied()
-            .collect();
-        for addr in gone {
+        for addr in gone(&self.services, plan) {
             if let Err(e) = self.remove_service(&addr, maps, &mut report) {
                 report.failed(format!("removing {addr:?}"), e);
             }
@@ -392,11 +398,8 @@ impl Reconciler {
         let key = svc_key(addr);
         let is_new = !self.services.contains_key(addr);
         if is_new {
-            let id = self.svc_ids.alloc().ok_or_else(|| {
-                io::Error::other(format!(
-                    "more than {} VIP addresses and ports: raise LS_MAX_SERVICES",
-                    self.svc_ids.max
-                ))
+            let id = self.svc_ids.alloc(|max| {
+                format!("more than {max} VIP addresses and ports: raise LS_MAX_SERVICES")
             })?;
             report.writes += 1;
             if let Err(e) = maps.reset_service_stats(id) {
@@ -421,11 +424,8 @@ impl Reconciler {
             if state.backends.contains_key(b) {
                 continue;
             }
-            let id = self.be_ids.alloc().ok_or_else(|| {
-                io::Error::other(format!(
-                    "more than {} backends over all VIPs: raise LS_MAX_BACKENDS",
-                    self.be_ids.max
-                ))
+            let id = self.be_ids.alloc(|max| {
+                format!("more than {max} backends over all VIPs: raise LS_MAX_BACKENDS")
             })?;
             report.writes += 2;
             let r = maps
@@ -505,13 +505,8 @@ impl Reconciler {
         state.slots.truncate(table.len());
 
         // 3. Backends no longer in the plan (no slot points at them any more).
-        let gone: Vec<(BackendAddr, u32)> = state
-            .backends
-            .iter()
-            .filter(|(b, _)| !planned.backends.contains_key(b))
-            .map(|(b, id)| (*b, *id))
-            .collect();
-        for (b, id) in gone {
+        for b in gone(&state.backends, &planned.backends) {
+            let id = state.backends[&b];
             report.writes += 1;
             maps.put_backend(id, &BackendEntry::default())?;
             state.backends.remove(&b);

@@ -23,7 +23,7 @@ use crate::layout::{
 };
 use crate::maglev;
 use crate::plan::{BackendAddr, Plan, ServiceAddr};
-use crate::reconcile::{addr_bytes, svc_key, Ids, Report};
+use crate::reconcile::{addr_bytes, gone, svc_key, Ids, Report};
 
 /// How the XDP path forwards a VIP's packets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,13 +417,7 @@ impl XdpReconciler {
             .collect();
         let nat = nat_backends(plan, &modes);
         self.sync_nat_backends(&nat, false, maps, &mut report);
-        let gone: Vec<ServiceAddr> = self
-            .vips
-            .keys()
-            .filter(|k| !plan.contains_key(k))
-            .copied()
-            .collect();
-        for addr in gone {
+        for addr in gone(&self.vips, plan) {
             self.forget(&addr, maps, &mut report);
         }
         for (addr, planned) in plan {
@@ -478,13 +472,7 @@ impl XdpReconciler {
         report: &mut Report,
     ) {
         if remove {
-            let gone: Vec<SvcKey> = self
-                .nat_backends
-                .keys()
-                .filter(|k| !want.contains_key(k))
-                .copied()
-                .collect();
-            for k in gone {
+            for k in gone(&self.nat_backends, want) {
                 report.writes += 1;
                 match maps.delete_nat_backend(&k) {
                     Ok(()) => {
@@ -610,13 +598,12 @@ impl XdpReconciler {
         };
         let is_new = !self.vips.contains_key(addr);
         if is_new {
-            let Some(id) = self.vip_ids.alloc() else {
-                release(&mut self.space);
-                return Err(io::Error::other(format!(
-                    "more VIP addresses than the XDP path holds ({}, LX_MAX_VIPS)",
-                    self.vip_ids.max_id()
-                )));
-            };
+            let id = self
+                .vip_ids
+                .alloc(|max| {
+                    format!("more VIP addresses than the XDP path holds ({max}, LX_MAX_VIPS)")
+                })
+                .inspect_err(|_| release(&mut self.space))?;
             report.writes += 1;
             if let Err(e) = maps.reset_vip_stats(id) {
                 self.vip_ids.release(id);
@@ -697,11 +684,8 @@ impl XdpReconciler {
                     st.reals.insert(*b, (id, entry));
                 }
                 None => {
-                    let id = self.real_ids.alloc().ok_or_else(|| {
-                        io::Error::other(format!(
-                            "more backends than the XDP path holds ({}, LX_MAX_REALS)",
-                            self.real_ids.max_id()
-                        ))
+                    let id = self.real_ids.alloc(|max| {
+                        format!("more backends than the XDP path holds ({max}, LX_MAX_REALS)")
                     })?;
                     report.writes += 2;
                     if let Err(e) = maps
@@ -769,13 +753,7 @@ impl XdpReconciler {
             // Nothing reads the old room any more.
             self.space.free(old_base, old_len);
         }
-        let gone: Vec<BackendAddr> = st
-            .reals
-            .keys()
-            .filter(|b| !planned.backends.contains_key(b))
-            .copied()
-            .collect();
-        for b in gone {
+        for b in gone(&st.reals, &planned.backends) {
             let (id, _) = st.reals.remove(&b).expect("listed");
             report.writes += 1;
             maps.put_real(id, &Real::default())?;
