@@ -22,15 +22,24 @@ static __always_inline __u16 fold(__u32 c)
 	return (__u16)c;
 }
 
+/* The frame's IPv4 header, with `room` bytes after it in the frame; NULL if it has none. */
+static __always_inline struct iphdr *ipv4_of(struct xdp_md *ctx, __u32 room)
+{
+	struct ethhdr *eth = (void *)(long)ctx->data;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) + room > (void *)(long)ctx->data_end ||
+	    eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	return ip;
+}
+
 SEC("xdp")
 int xdp_floor(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	struct iphdr *ip = ipv4_of(ctx, 0);
+	if (!ip)
 		return XDP_PASS;
+	struct ethhdr *eth = (struct ethhdr *)ip - 1;
 	__u32 to = bpf_htonl(0xc6120102); /* 198.18.1.2 */
 	__u32 from = ip->daddr;
 	__u32 c = (__u16)~ip->check;
@@ -61,11 +70,8 @@ struct {
 SEC("xdp")
 int xdp_sink(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) + 8 > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != 17)
+	struct iphdr *ip = ipv4_of(ctx, 8);
+	if (!ip || ip->protocol != 17)
 		return XDP_PASS;
 	__u16 *dport = (void *)(ip + 1) + 2;
 	if (*dport != bpf_htons(8080))
