@@ -346,6 +346,23 @@ pub struct Agent {
     pub site: Option<String>,
 }
 
+impl Agent {
+    /// An agent at one address, of no known site.
+    pub fn new(id: impl Into<String>, hostname: impl Into<String>, address: IpAddr) -> Agent {
+        Agent {
+            id: id.into(),
+            hostname: hostname.into(),
+            addresses: vec![address],
+            site: None,
+        }
+    }
+
+    pub fn with_site(mut self, site: impl Into<String>) -> Agent {
+        self.site = Some(site.into());
+        self
+    }
+}
+
 /// A framework (scheduler) and where it listens.
 #[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -412,12 +412,11 @@ mod tests {
     use lodestar_control::model::Port;
 
     fn agent() -> Agent {
-        Agent {
-            id: "20150925-143318-1660156426-5050-2036-S3".into(),
-            hostname: "agent-1".into(),
-            addresses: vec!["198.18.0.1".parse().unwrap()],
-            site: None,
-        }
+        Agent::new(
+            "20150925-143318-1660156426-5050-2036-S3",
+            "agent-1",
+            "198.18.0.1".parse().unwrap(),
+        )
     }
 
     fn task() -> Task {
