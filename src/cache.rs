@@ -169,6 +169,19 @@ mod tests {
         dir.path().join("state").join("catalog-cache.json")
     }
 
+    /// A cache of the demo catalog, written in a new directory; `age` old, if given.
+    fn written_cache(age: Option<Duration>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cache_in(&dir);
+        write(&path, &lodestar_control::demo::snapshot()).unwrap();
+        if let Some(age) = age {
+            set_age(&path, age);
+        }
+        (dir, path)
+    }
+
+    const EIGHT_DAYS: Duration = Duration::from_secs(8 * 24 * 3600);
+
     fn set_age(path: &Path, age: Duration) {
         File::options()
             .write(true)
@@ -203,18 +216,13 @@ mod tests {
 
     #[test]
     fn a_new_cache_directory_is_private_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = cache_in(&dir);
-        write(&path, &lodestar_control::demo::snapshot()).unwrap();
+        let (_dir, path) = written_cache(None);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
     }
 
     #[test]
     fn a_cache_older_than_the_maximum_age_is_refused_and_says_why() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = cache_in(&dir);
-        write(&path, &lodestar_control::demo::snapshot()).unwrap();
-        set_age(&path, Duration::from_secs(8 * 24 * 3600));
+        let (_dir, path) = written_cache(Some(EIGHT_DAYS));
         let err = format!("{:#}", read(&path, WEEK).unwrap_err());
         assert!(
             err.contains("was last confirmed by etcd 8days")
@@ -227,27 +235,18 @@ mod tests {
 
     #[test]
     fn contact_with_etcd_renews_the_cache_and_never_ages_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = cache_in(&dir);
-        write(&path, &lodestar_control::demo::snapshot()).unwrap();
-        set_age(&path, Duration::from_secs(8 * 24 * 3600));
+        let (_dir, path) = written_cache(Some(EIGHT_DAYS));
         assert!(read(&path, WEEK).is_err());
         confirm(&path, SystemTime::now()).unwrap();
         assert!(read(&path, WEEK).is_ok());
         // An older contact does not move the time back.
-        confirm(
-            &path,
-            SystemTime::now() - Duration::from_secs(8 * 24 * 3600),
-        )
-        .unwrap();
+        confirm(&path, SystemTime::now() - EIGHT_DAYS).unwrap();
         assert!(read(&path, WEEK).is_ok());
     }
 
     #[test]
     fn a_torn_or_garbage_cache_is_refused_without_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = cache_in(&dir);
-        write(&path, &lodestar_control::demo::snapshot()).unwrap();
+        let (dir, path) = written_cache(None);
         let whole = std::fs::read(&path).unwrap();
         let garbage: Vec<u8> = (0..4096u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)

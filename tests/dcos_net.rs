@@ -85,12 +85,11 @@ async fn dcos_nets_names_upstreams_and_api_from_etcd() {
     let store = etcd.store().await;
     store
         .put(&[
-            Record::Agent(MesosAgent {
-                id: AGENT_ID.into(),
-                hostname: "agent-1".into(),
-                addresses: vec!["198.18.7.1".parse().unwrap()],
-                site: None,
-            }),
+            Record::Agent(MesosAgent::new(
+                AGENT_ID,
+                "agent-1",
+                "198.18.7.1".parse().unwrap(),
+            )),
             master("m1", "198.18.3.1"),
             master("m2", "198.18.3.2"),
             master("m3", "198.18.3.3"),

@@ -25,12 +25,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 const AGENT_ID: &str = "20261121-000000-0001-0000-S7";
 
 fn mesos_agent() -> MesosAgent {
-    MesosAgent {
-        id: AGENT_ID.into(),
-        hostname: "agent-7".into(),
-        addresses: vec!["198.18.7.1".parse().unwrap()],
-        site: Some("azure".into()),
-    }
+    MesosAgent::new(AGENT_ID, "agent-7", "198.18.7.1".parse().unwrap()).with_site("azure")
 }
 
 fn task(id: &str, name: &str, framework: &str, ips: &[&str]) -> Task {
@@ -813,12 +808,7 @@ fn agent_on(
     let dir = tempfile::tempdir().unwrap();
     let doc = lodestar_control::file::CatalogDocument {
         schema: lodestar_control::model::SCHEMA_VERSION,
-        agents: vec![MesosAgent {
-            id: id.into(),
-            hostname: hostname.into(),
-            addresses: vec!["198.18.0.1".parse().unwrap()],
-            site: None,
-        }],
+        agents: vec![MesosAgent::new(id, hostname, "198.18.0.1".parse().unwrap())],
         tasks,
         ..Default::default()
     };

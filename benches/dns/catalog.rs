@@ -41,12 +41,12 @@ impl Rng {
 }
 
 pub fn agent() -> Agent {
-    Agent {
-        id: AGENT_ID.into(),
-        hostname: "agent-1.azure.example".into(),
-        addresses: vec!["198.18.255.21".parse().expect("ip")],
-        site: Some("azure".into()),
-    }
+    Agent::new(
+        AGENT_ID,
+        "agent-1.azure.example",
+        "198.18.255.21".parse().expect("ip"),
+    )
+    .with_site("azure")
 }
 
 pub fn framework() -> Framework {

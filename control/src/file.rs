@@ -19,12 +19,12 @@ use crate::model::{Agent, Framework, Leader, Master, Task, VipAddress, SCHEMA_VE
 use crate::snapshot::{CatalogState, Snapshot, Source};
 
 /// A whole catalog in one document: the same records that etcd holds one per key.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogDocument {
     pub schema: u32,
     /// The etcd revision the document was taken at (the agent's local cache writes it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frameworks: Vec<Framework>,
@@ -32,7 +32,6 @@ pub struct CatalogDocument {
     pub agents: Vec<Agent>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masters: Vec<Master>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<Leader>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vip_addresses: Vec<VipAddress>,

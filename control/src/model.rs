@@ -235,27 +235,23 @@ impl NetworkScope {
 }
 
 /// A port: from the task's `ports` resource or from its DiscoveryInfo.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Port {
     /// The number Mesos gives: an agent port for a resource port; for a DiscoveryInfo port
     /// whatever the framework wrote (see `scope`). DNS publishes it as Mesos-DNS does.
     pub number: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `None` for resource ports, which Mesos-DNS publishes under both `_tcp` and `_udp`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
     /// The agent port that reaches this one, when it is reached through the agent: a port
     /// mapping's host port (Docker or UCR bridge mode), or the number of a `network-scope:
     /// host` port. A VIP then sends to the agent's address and this port, as dcos-net does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_port: Option<u16>,
     /// The port inside the container, from a port mapping.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_port: Option<u16>,
     /// The `network-scope` port label, when the framework gave one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<NetworkScope>,
     /// Port labels; a key starting with `VIP` or `vip` puts the task behind a VIP.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
@@ -263,10 +259,10 @@ pub struct Port {
 }
 
 /// Mesos DiscoveryInfo: the name and ports a task asks to be discovered by.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
@@ -308,6 +304,7 @@ impl fmt::Display for TaskKey {
 }
 
 /// A task: one key in etcd, so that a change to it is one small watch event.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
@@ -328,18 +325,17 @@ pub struct Task {
     /// The task's `ports` resource: agent ports (a bridge-mode one with its container port).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryInfo>,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     #[serde(default)]
     pub health: Health,
     /// The task's site, when known; otherwise its agent's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
 }
 
 /// A Mesos agent (a node that runs tasks).
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Agent {
@@ -347,40 +343,55 @@ pub struct Agent {
     pub hostname: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<IpAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
 }
 
+impl Agent {
+    /// An agent at one address, of no known site.
+    pub fn new(id: impl Into<String>, hostname: impl Into<String>, address: IpAddr) -> Agent {
+        Agent {
+            id: id.into(),
+            hostname: hostname.into(),
+            addresses: vec![address],
+            site: None,
+        }
+    }
+
+    pub fn with_site(mut self, site: impl Into<String>) -> Agent {
+        self.site = Some(site.into());
+        self
+    }
+}
+
 /// A framework (scheduler) and where it listens.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Framework {
     pub id: String,
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<IpAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
 }
 
 /// A Mesos master.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Master {
     pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     pub address: IpAddr,
     pub port: u16,
 }
 
 /// The leading master.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Leader {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     pub address: IpAddr,
     pub port: u16,

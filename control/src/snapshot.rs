@@ -514,12 +514,11 @@ mod tests {
     #[test]
     fn a_bridge_port_is_reached_at_the_agent_and_an_overlay_port_at_the_task() {
         let mut st = CatalogState::new();
-        st.upsert(Record::Agent(Agent {
-            id: "a1".into(),
-            hostname: "agent-1".into(),
-            addresses: vec!["198.18.0.1".parse().unwrap()],
-            site: None,
-        }));
+        st.upsert(Record::Agent(Agent::new(
+            "a1",
+            "agent-1",
+            "198.18.0.1".parse().unwrap(),
+        )));
         let bridge = Task::new("bridge.1", "bridge", "marathon", "a1")
             .with_ip("198.18.100.2".parse().unwrap(), IpSource::Netinfo)
             .with_ip("198.18.0.1".parse().unwrap(), IpSource::Host)

@@ -91,14 +91,16 @@ fn main() {
     let base = held();
     let mut state = CatalogState::new();
     for a in 0..agents {
-        state.upsert(Record::Agent(Agent {
-            id: format!("9c4a7d52-1f3e-4b8a-a0c6-5e2f8d1b7c3a-S{a}"),
-            hostname: format!("agent-{a}.vsphere.example"),
-            addresses: vec![format!("198.18.{}.{}", 200 + a / 250, a % 250 + 1)
-                .parse()
-                .unwrap()],
-            site: Some(if a % 2 == 0 { "azure" } else { "vsphere" }.into()),
-        }));
+        state.upsert(Record::Agent(
+            Agent::new(
+                format!("9c4a7d52-1f3e-4b8a-a0c6-5e2f8d1b7c3a-S{a}"),
+                format!("agent-{a}.vsphere.example"),
+                format!("198.18.{}.{}", 200 + a / 250, a % 250 + 1)
+                    .parse()
+                    .unwrap(),
+            )
+            .with_site(if a % 2 == 0 { "azure" } else { "vsphere" }),
+        ));
     }
     let mut tasks = Vec::with_capacity(n);
     let before_tasks = held();

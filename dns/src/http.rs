@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -104,19 +105,12 @@ async fn config(State(state): State<HttpState>) -> Response {
     json(StatusCode::OK, &*state.config_json)
 }
 
-async fn hosts(
-    State(state): State<HttpState>,
-    host: Result<Path<String>, PathRejection>,
-) -> Response {
+async fn hosts(State(state): State<HttpState>, NamePath(host): NamePath) -> Response {
     #[derive(Serialize, Default)]
     struct Host {
         host: String,
         ip: String,
     }
-    let Path(host) = match host {
-        Ok(p) => p,
-        Err(e) => return bad_path(&e),
-    };
     let name = query_name(&host);
     let zone = state.zone.load();
     let mut out = Vec::new();
@@ -135,18 +129,12 @@ async fn hosts(
     json(StatusCode::OK, &out)
 }
 
-async fn host_ports(host: Result<Path<String>, PathRejection>) -> Response {
-    if let Err(e) = host {
-        return bad_path(&e);
-    }
+async fn host_ports(_host: NamePath) -> Response {
     // Mesos-DNS routes it and answers 501 too.
     error(StatusCode::NOT_IMPLEMENTED, "not implemented")
 }
 
-async fn services(
-    State(state): State<HttpState>,
-    service: Result<Path<String>, PathRejection>,
-) -> Response {
+async fn services(State(state): State<HttpState>, NamePath(service): NamePath) -> Response {
     #[derive(Serialize, Default)]
     struct Service {
         service: String,
@@ -154,10 +142,6 @@ async fn services(
         ip: String,
         port: String,
     }
-    let Path(service) = match service {
-        Ok(p) => p,
-        Err(e) => return bad_path(&e),
-    };
     let zone = state.zone.load();
     let mut out = Vec::new();
     if let Some(entry) = zone.lookup(&query_name(&service)) {
@@ -481,6 +465,21 @@ fn rr_value(rr: &Rr) -> String {
         Rr::A(ip) => ip.to_string(),
         Rr::Aaaa(ip) => ip.to_string(),
         Rr::Srv { target, port } => format!("{target}:{port}"),
+    }
+}
+
+/// A name from the path (`/v1/hosts/{host}`), or the JSON error for a path that does not
+/// decode.
+struct NamePath(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for NamePath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(NamePath(name)),
+            Err(e) => Err(bad_path(&e)),
+        }
     }
 }
 

@@ -87,21 +87,18 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
     // always and under the framework itself only when there is no DiscoveryInfo.
     let has_discovery = discovery.is_some();
     let slave_target: Arc<str> = Arc::from([&canonical, ".slave.", &domain].concat());
+    // `_label._proto.fw` and then `.slave.` or `.`, and the domain.
+    let srv_name =
+        |proto: &str, under: &str| ["_", &label, ".", proto, ".", &fw, under, &domain].concat();
     for port in &task.ports {
         for proto in ["_tcp", "_udp"] {
             let srv = Rr::Srv {
                 target: slave_target.clone(),
                 port: port.number,
             };
-            out.push((
-                ["_", &label, ".", proto, ".", &fw, ".slave.", &domain].concat(),
-                srv.clone(),
-            ));
+            out.push((srv_name(proto, ".slave."), srv.clone()));
             if !has_discovery {
-                out.push((
-                    ["_", &label, ".", proto, ".", &fw, ".", &domain].concat(),
-                    srv,
-                ));
+                out.push((srv_name(proto, "."), srv));
             }
         }
     }
@@ -123,10 +120,7 @@ pub fn task_records(config: &ZoneConfig, agent: Option<&Agent>, task: &Task) -> 
                     target: target.clone(),
                     port: port.number,
                 };
-                out.push((
-                    ["_", &label, ".", proto, ".", &fw, ".", &domain].concat(),
-                    srv.clone(),
-                ));
+                out.push((srv_name(proto, "."), srv.clone()));
                 if !port_label.is_empty() {
                     out.push((
                         [
@@ -412,12 +406,11 @@ mod tests {
     use lodestar_control::model::Port;
 
     fn agent() -> Agent {
-        Agent {
-            id: "20150925-143318-1660156426-5050-2036-S3".into(),
-            hostname: "agent-1".into(),
-            addresses: vec!["198.18.0.1".parse().unwrap()],
-            site: None,
-        }
+        Agent::new(
+            "20150925-143318-1660156426-5050-2036-S3",
+            "agent-1",
+            "198.18.0.1".parse().unwrap(),
+        )
     }
 
     fn task() -> Task {

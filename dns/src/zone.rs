@@ -1640,12 +1640,7 @@ mod edge_tests {
     use lodestar_control::{CatalogState, Source};
 
     fn agent() -> Agent {
-        Agent {
-            id: "a-S1".into(),
-            hostname: "h".into(),
-            addresses: vec!["198.18.0.1".parse().unwrap()],
-            site: None,
-        }
+        Agent::new("a-S1", "h", "198.18.0.1".parse().unwrap())
     }
 
     fn task(id: &str, name: &str, fw: &str, ip: &str, ports: usize) -> Task {
@@ -1726,12 +1721,9 @@ mod locality_tests {
             ("a-S1", "azure", "198.18.1.1"),
             ("v-S2", "vsphere", "198.18.2.1"),
         ] {
-            st.upsert(Record::Agent(Agent {
-                id: id.into(),
-                hostname: id.into(),
-                addresses: vec![ip.parse().unwrap()],
-                site: Some(site.into()),
-            }));
+            st.upsert(Record::Agent(
+                Agent::new(id, id, ip.parse().unwrap()).with_site(site),
+            ));
         }
         for (i, agent) in ["a-S1", "v-S2", "a-S1", "v-S2"].iter().enumerate() {
             let ip = format!(
@@ -1838,12 +1830,11 @@ mod health_tests {
             ..ZoneConfig::default()
         };
         let mut st = CatalogState::new();
-        st.upsert(Record::Agent(Agent {
-            id: "a-S1".into(),
-            hostname: "h".into(),
-            addresses: vec!["198.18.0.1".parse().unwrap()],
-            site: None,
-        }));
+        st.upsert(Record::Agent(Agent::new(
+            "a-S1",
+            "h",
+            "198.18.0.1".parse().unwrap(),
+        )));
         st.upsert(task("web.1", "web", "198.18.0.11", 31001, Health::Healthy));
         st.upsert(task(
             "web.2",
@@ -1941,12 +1932,11 @@ mod reverse_tests {
             ..ZoneConfig::default()
         };
         let mut st = CatalogState::new();
-        st.upsert(Record::Agent(Agent {
-            id: "20150925-143318-1660156426-5050-2036-S3".into(),
-            hostname: "agent-1.example".into(),
-            addresses: vec!["198.18.0.1".parse().unwrap()],
-            site: None,
-        }));
+        st.upsert(Record::Agent(Agent::new(
+            "20150925-143318-1660156426-5050-2036-S3",
+            "agent-1.example",
+            "198.18.0.1".parse().unwrap(),
+        )));
         let on_agent = |id: &str, name: &str| {
             Task::new(
                 id,

@@ -152,6 +152,18 @@ mod tests {
         }
     }
 
+    /// The guard after its first poll, which found `tasks` tasks.
+    fn seen(tasks: usize) -> (GuardState, DeleteGuard) {
+        let mut s = GuardState::default();
+        let g = guard();
+        s.judge(&g, MIN, tasks, tasks);
+        (s, g)
+    }
+
+    fn is_held(v: Verdict) -> bool {
+        matches!(v, Verdict::Hold { .. })
+    }
+
     #[test]
     fn the_default_hold_outlasts_mesos_agent_reregistration() {
         assert!(DeleteGuard::default().mass_delete_delay >= AGENT_REREGISTER_TIMEOUT);
@@ -170,17 +182,9 @@ mod tests {
 
     #[test]
     fn a_shrink_reported_for_the_whole_delay_is_released_and_becomes_the_mark() {
-        let mut s = GuardState::default();
-        let g = guard();
-        s.judge(&g, MIN, 100, 100);
-        assert!(matches!(
-            s.judge(&g, 2 * MIN, 100, 20),
-            Verdict::Hold { .. }
-        ));
-        assert!(matches!(
-            s.judge(&g, 11 * MIN, 100, 20),
-            Verdict::Hold { .. }
-        ));
+        let (mut s, g) = seen(100);
+        assert!(is_held(s.judge(&g, 2 * MIN, 100, 20)));
+        assert!(is_held(s.judge(&g, 11 * MIN, 100, 20)));
         assert_eq!(
             s.judge(&g, 12 * MIN, 100, 20),
             Verdict::Release { high_water: 100 }
@@ -192,13 +196,8 @@ mod tests {
 
     #[test]
     fn a_master_that_recovers_during_the_hold_restarts_it() {
-        let mut s = GuardState::default();
-        let g = guard();
-        s.judge(&g, MIN, 100, 100);
-        assert!(matches!(
-            s.judge(&g, 2 * MIN, 100, 10),
-            Verdict::Hold { .. }
-        ));
+        let (mut s, g) = seen(100);
+        assert!(is_held(s.judge(&g, 2 * MIN, 100, 10)));
         // The agents re-registered: nothing to delete.
         assert_eq!(s.judge(&g, 5 * MIN, 100, 100), Verdict::Apply);
         assert_eq!(s.held_since_ms, None);
@@ -214,7 +213,7 @@ mod tests {
         assert_eq!(s.high_water(), 40);
         // 40 -> 28 passes; 28 -> 18 is below half of the recent 40.
         assert_eq!(s.judge(&g, 3 * MIN, 40, 28), Verdict::Apply);
-        assert!(matches!(s.judge(&g, 4 * MIN, 28, 18), Verdict::Hold { .. }));
+        assert!(is_held(s.judge(&g, 4 * MIN, 28, 18)));
         // A slow scale-down: the 40 ages out after one to two windows.
         let mut s = GuardState::default();
         s.judge(&g, MIN, 40, 40);
@@ -242,13 +241,7 @@ mod tests {
         let mut s = GuardState::default();
         let g = guard();
         s.judge(&g, 100 * MIN, 100, 100);
-        assert!(matches!(
-            s.judge(&g, 101 * MIN, 100, 10),
-            Verdict::Hold { .. }
-        ));
-        assert!(matches!(
-            s.judge(&g, 50 * MIN, 100, 10),
-            Verdict::Hold { .. }
-        ));
+        assert!(is_held(s.judge(&g, 101 * MIN, 100, 10)));
+        assert!(is_held(s.judge(&g, 50 * MIN, 100, 10)));
     }
 }
