@@ -104,8 +104,9 @@ pub enum DocumentProblem {
     },
 }
 
-fn joined(problems: &[DocumentProblem]) -> String {
-    let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+/// Each of `items` as it displays, joined by "; ": several problems or failures in one line.
+pub(crate) fn joined<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let texts: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
     texts.join("; ")
 }
 
@@ -157,6 +158,13 @@ pub(crate) fn is_compacted_error(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("compacted"))
 }
 
+/// An etcd client error that displays as `describe` renders it. The client's error is kept
+/// whole for a caller to inspect, but it is not this error's `source()`: a cause chain would
+/// print tonic's debug dump after the line that already says what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub struct EtcdError(pub etcd_client::Error);
+
 /// A one-line description of an etcd client error: the gRPC status message or, for a
 /// transport failure, the innermost OS error ("Connection refused"), not tonic's debug dump.
 pub fn describe(e: &etcd_client::Error) -> String {
@@ -181,5 +189,26 @@ pub fn describe(e: &etcd_client::Error) -> String {
             format!("{message} ({:?})", s.code())
         }
         (other, None) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_etcd_error_shows_one_line_and_keeps_the_client_error() {
+        let e = EtcdError(etcd_client::Error::InvalidArgs("no key".into()));
+        assert_eq!(e.to_string(), describe(&e.0));
+        assert_eq!(e.to_string(), "invalid arguments: no key");
+        assert!(matches!(e.0, etcd_client::Error::InvalidArgs(_)));
+        // Not a cause of its own: a cause chain would print it a second time.
+        assert!(std::error::Error::source(&e).is_none());
+    }
+
+    #[test]
+    fn joined_puts_each_item_on_one_line() {
+        assert_eq!(joined(["a", "b c", "d"]), "a; b c; d");
+        assert_eq!(joined(Vec::<String>::new()), "");
     }
 }

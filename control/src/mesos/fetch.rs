@@ -4,19 +4,87 @@
 
 use std::time::Duration;
 
+use reqwest::StatusCode;
+
+use crate::error::joined;
 use crate::mesos::state::parse_pid;
-use crate::mesos::stream::{self, Head, ReadError};
+use crate::mesos::stream::{self, BodyError, Head, ReadError};
 use crate::mesos::translate::{Translation, Translator};
 
 /// Why a poll of the masters failed. The catalog is left as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("no master answered: {}", .0.join("; "))]
-    NoMaster(Vec<String>),
+    /// Every master failed: each one's own failure, in the order asked.
+    #[error("no master answered: {}", joined(.0))]
+    NoMaster(Vec<FetchError>),
+    /// A master could not be asked, or its answer could not be read.
+    #[error("no master answered: {0}")]
+    Unreachable(#[source] MasterFailure),
     #[error("master {url}: the state names no leader")]
     NoLeader { url: String },
-    #[error("master {url}: {reason}")]
-    Bad { url: String, reason: String },
+    #[error("master {url}: {problem}")]
+    Bad {
+        url: String,
+        #[source]
+        problem: BadState,
+    },
+}
+
+/// What is wrong with a state a master answered.
+#[derive(Debug, thiserror::Error)]
+pub enum BadState {
+    #[error("unparseable leader {0:?}")]
+    UnparseableLeader(String),
+    #[error("the named leader does not say it leads")]
+    LeaderDoesNotLead,
+    #[error(transparent)]
+    Body(#[from] BodyError),
+}
+
+/// Why asking one master over HTTP failed, for a poll and a subscription alike.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterRequestError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The request, or reading its answer, failed: shown with every cause, since reqwest's own
+    /// message ("error sending request") does not say why.
+    #[error("{}", error_chain(.0))]
+    Http(#[source] reqwest::Error),
+    /// A status that is neither success nor one the caller handles; the start of the body when
+    /// it was read.
+    #[error("HTTP {status}{}", .body.as_ref().map(|b| format!(" {b}")).unwrap_or_default())]
+    Status {
+        status: StatusCode,
+        body: Option<String>,
+    },
+    #[error("HTTP {status} without a Location")]
+    NoLocation { status: StatusCode },
+    #[error("more than {max} redirects ({location})")]
+    TooManyRedirects { max: usize, location: String },
+}
+
+/// How much of an error status's body is kept.
+const STATUS_BODY_CHARS: usize = 200;
+
+impl MasterRequestError {
+    /// An error status with the first characters of its body (none when it is blank).
+    pub fn status(status: StatusCode, body: &str) -> Self {
+        let body: String = body.trim().chars().take(STATUS_BODY_CHARS).collect();
+        let body = body.trim_end();
+        MasterRequestError::Status {
+            status,
+            body: (!body.is_empty()).then(|| body.to_string()),
+        }
+    }
+}
+
+/// One master's failure: the URL asked and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{url}: {error}")]
+pub struct MasterFailure {
+    pub url: String,
+    #[source]
+    pub error: MasterRequestError,
 }
 
 /// Why a client of the masters cannot be made.
@@ -40,7 +108,7 @@ impl FetchError {
     /// A short label for the metric.
     pub fn kind(&self) -> &'static str {
         match self {
-            FetchError::NoMaster(_) => "unreachable",
+            FetchError::NoMaster(_) | FetchError::Unreachable(_) => "unreachable",
             FetchError::NoLeader { .. } => "no_leader",
             FetchError::Bad { .. } => "bad_state",
         }
@@ -160,9 +228,7 @@ impl MasterClient {
         if errors.len() == 1 {
             return Err(errors.remove(0));
         }
-        Err(FetchError::NoMaster(
-            errors.iter().map(ToString::to_string).collect(),
-        ))
+        Err(FetchError::NoMaster(errors))
     }
 
     async fn fetch_via(&self, url: &str, site_attribute: &str) -> Result<Translation, FetchError> {
@@ -180,7 +246,7 @@ impl MasterClient {
         let Some((host, port)) = parse_pid(leader) else {
             return Err(FetchError::Bad {
                 url: url.to_string(),
-                reason: format!("unparseable leader {leader:?}"),
+                problem: BadState::UnparseableLeader(leader.to_string()),
             });
         };
         let host = if host.contains(':') {
@@ -194,7 +260,7 @@ impl MasterClient {
             Some(l) if head.pid.as_deref() == Some(l) => Ok(self.finish(head, translator)),
             _ => Err(FetchError::Bad {
                 url: leader_url,
-                reason: "the named leader does not say it leads".into(),
+                problem: BadState::LeaderDoesNotLead,
             }),
         }
     }
@@ -213,34 +279,41 @@ impl MasterClient {
         site_attribute: &str,
     ) -> Result<(Head, Translator), FetchError> {
         let url = format!("{base}/master/state");
-        let unreachable = |reason: String| FetchError::NoMaster(vec![format!("{url}: {reason}")]);
+        let unreachable = |error| {
+            FetchError::Unreachable(MasterFailure {
+                url: url.clone(),
+                error,
+            })
+        };
+        let bad = |problem| FetchError::Bad {
+            url: url.clone(),
+            problem,
+        };
         let mut req = self.http.get(&url);
         if let Some((user, pass)) = &self.auth {
             req = req.basic_auth(user, Some(pass));
         }
-        let resp = req.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| unreachable(MasterRequestError::Http(e)))?;
         if !resp.status().is_success() {
-            return Err(unreachable(format!("HTTP {}", resp.status())));
+            return Err(unreachable(MasterRequestError::Status {
+                status: resp.status(),
+                body: None,
+            }));
         }
-        let too_large = |max: usize| FetchError::Bad {
-            url: url.clone(),
-            reason: format!("body larger than {max} bytes"),
-        };
         if resp
             .content_length()
             .is_some_and(|n| n as usize > self.max_body)
         {
-            return Err(too_large(self.max_body));
+            return Err(bad(BodyError::TooLarge(self.max_body).into()));
         }
         stream::read(resp, self.max_body, site_attribute)
             .await
             .map_err(|e| match e {
-                ReadError::Transfer(reason) => unreachable(reason),
-                ReadError::TooLarge(max) => too_large(max),
-                ReadError::Parse(e) => FetchError::Bad {
-                    url: url.clone(),
-                    reason: format!("not a Mesos state document: {e}"),
-                },
+                ReadError::Transfer(e) => unreachable(MasterRequestError::Http(e)),
+                ReadError::Body(e) => bad(e.into()),
             })
     }
 }
@@ -257,8 +330,111 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::error::Error as _;
+
+    /// A real reqwest error: a request to a loopback port nobody listens on.
+    pub(crate) async fn refused() -> reqwest::Error {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        reqwest::get(format!("http://127.0.0.1:{port}/"))
+            .await
+            .unwrap_err()
+    }
+
+    #[test]
+    fn an_error_status_shows_the_start_of_its_body_trimmed() {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let shown = |body: &str| MasterRequestError::status(status, body).to_string();
+        assert_eq!(shown(""), "HTTP 503 Service Unavailable");
+        assert_eq!(shown(" \n\t"), "HTTP 503 Service Unavailable");
+        assert_eq!(
+            shown("  no leader elected\n"),
+            "HTTP 503 Service Unavailable no leader elected"
+        );
+        // The first 200 characters, and not the blank they may end in.
+        let long = format!("{}   {}", "x".repeat(197), "y".repeat(50));
+        assert_eq!(
+            shown(&long),
+            format!("HTTP 503 Service Unavailable {}", "x".repeat(197))
+        );
+        let wide = "é".repeat(300);
+        assert_eq!(
+            shown(&wide),
+            format!("HTTP 503 Service Unavailable {}", "é".repeat(200))
+        );
+        let unread = MasterRequestError::Status {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            body: None,
+        };
+        assert_eq!(unread.to_string(), "HTTP 500 Internal Server Error");
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_shows_every_cause_and_keeps_the_reqwest_error() {
+        let error = refused().await;
+        let chain = error_chain(&error);
+        assert!(chain.contains("Connection refused"), "{chain}");
+        let failure = FetchError::Unreachable(MasterFailure {
+            url: "http://127.0.0.1:1/master/state".into(),
+            error: MasterRequestError::Http(error),
+        });
+        assert_eq!(
+            failure.to_string(),
+            format!("no master answered: http://127.0.0.1:1/master/state: {chain}")
+        );
+        assert_eq!(failure.kind(), "unreachable");
+        let request = failure.source().and_then(|f| f.source()).unwrap();
+        assert!(request.downcast_ref::<MasterRequestError>().is_some());
+        assert!(request.source().unwrap().is::<reqwest::Error>());
+    }
+
+    #[test]
+    fn every_master_failing_lists_each_failure_in_order() {
+        let unreachable = FetchError::Unreachable(MasterFailure {
+            url: "http://198.18.0.1:5050/master/state".into(),
+            error: MasterRequestError::Timeout(Duration::from_secs(2)),
+        });
+        let no_leader = FetchError::NoLeader {
+            url: "http://198.18.0.2:5050".into(),
+        };
+        let bad = FetchError::Bad {
+            url: "http://198.18.0.3:5050".into(),
+            problem: BadState::UnparseableLeader("master@?".into()),
+        };
+        assert_eq!((no_leader.kind(), bad.kind()), ("no_leader", "bad_state"));
+        let all = FetchError::NoMaster(vec![unreachable, no_leader, bad]);
+        assert_eq!(
+            all.to_string(),
+            "no master answered: \
+             no master answered: http://198.18.0.1:5050/master/state: no answer within 2s; \
+             master http://198.18.0.2:5050: the state names no leader; \
+             master http://198.18.0.3:5050: unparseable leader \"master@?\""
+        );
+        assert_eq!(all.kind(), "unreachable");
+    }
+
+    #[test]
+    fn a_state_that_is_not_json_keeps_the_parser_error() {
+        let e = serde_json::from_str::<serde_json::Value>("<html>").unwrap_err();
+        let text = e.to_string();
+        let bad = FetchError::Bad {
+            url: "http://198.18.0.1:5050/master/state".into(),
+            problem: BodyError::Parse(e).into(),
+        };
+        assert_eq!(
+            bad.to_string(),
+            format!(
+                "master http://198.18.0.1:5050/master/state: not a Mesos state document: {text}"
+            )
+        );
+        let parser = bad.source().and_then(|p| p.source()).unwrap();
+        assert!(parser.is::<serde_json::Error>());
+    }
 
     #[test]
     fn debug_names_the_user_and_hides_the_password() {

@@ -23,15 +23,28 @@ pub struct Head {
     pub leader_info: Option<MasterInfo>,
 }
 
-/// Why reading a state document failed.
-#[derive(Debug)]
-pub enum ReadError {
+/// Why reading a state document failed; `E` is the chunk source's error.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError<E> {
     /// The body could not be read to its end (the connection failed).
-    Transfer(String),
+    #[error("the body could not be read: {0}")]
+    Transfer(#[source] E),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+}
+
+/// What is wrong with a body that was read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
     /// The body is larger than allowed.
+    #[error("body larger than {0} bytes")]
     TooLarge(usize),
     /// The body is not a state document (malformed, truncated, wrong shape).
-    Parse(String),
+    #[error("not a Mesos state document: {0}")]
+    Parse(#[source] serde_json::Error),
+    /// The parsing thread panicked or was cancelled.
+    #[error("not a Mesos state document: the parser failed: {0}")]
+    Parser(#[source] tokio::task::JoinError),
 }
 
 /// Parses a state document from `chunks` (the body as it arrives), translating as it goes.
@@ -39,7 +52,7 @@ pub async fn read<S: ChunkSource>(
     mut chunks: S,
     max_body: usize,
     site_attribute: &str,
-) -> Result<(Head, Translator), ReadError> {
+) -> Result<(Head, Translator), ReadError<S::Error>> {
     // A few chunks in flight at most: the reader never runs far ahead of the parser.
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let mut translator = Translator::new(site_attribute);
@@ -56,7 +69,7 @@ pub async fn read<S: ChunkSource>(
         let head = Document { t: &mut translator }
             .deserialize(&mut de)
             .and_then(|head| de.end().map(|()| head));
-        head.map(|h| (h, translator)).map_err(|e| e.to_string())
+        head.map(|h| (h, translator))
     });
     let mut total = 0usize;
     let transfer = loop {
@@ -64,7 +77,7 @@ pub async fn read<S: ChunkSource>(
             Ok(Some(chunk)) => {
                 total += chunk.len();
                 if total > max_body {
-                    break Err(ReadError::TooLarge(max_body));
+                    break Err(BodyError::TooLarge(max_body).into());
                 }
                 // The parser stopped (a parse error): its result says why.
                 if tx.send(chunk).await.is_err() {
@@ -77,28 +90,30 @@ pub async fn read<S: ChunkSource>(
     };
     // The end of the body (or its failure) ends the parser's input.
     drop(tx);
-    let parsed = parser
-        .await
-        .map_err(|e| ReadError::Parse(format!("the parser failed: {e}")))?;
+    let parsed = parser.await.map_err(BodyError::Parser)?;
     transfer?;
-    parsed.map_err(ReadError::Parse)
+    Ok(parsed.map_err(BodyError::Parse)?)
 }
 
 /// A body's chunks, in order: a response's, or a test's list.
 pub trait ChunkSource {
-    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, String>>;
+    /// Why the next chunk could not be read.
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, Self::Error>>;
 }
 
 impl ChunkSource for reqwest::Response {
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
-        self.chunk()
-            .await
-            .map_err(|e| crate::mesos::fetch::error_chain(&e))
+    type Error = reqwest::Error;
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, reqwest::Error> {
+        self.chunk().await
     }
 }
 
-impl ChunkSource for std::vec::IntoIter<Result<Bytes, String>> {
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
+impl<E: std::error::Error + Send + Sync + 'static> ChunkSource
+    for std::vec::IntoIter<Result<Bytes, E>>
+{
+    type Error = E;
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, E> {
         self.next().transpose()
     }
 }
@@ -315,7 +330,10 @@ mod tests {
         })
     }
 
-    fn chunks(text: &[u8], size: usize) -> std::vec::IntoIter<Result<Bytes, String>> {
+    /// The test's chunk source: its transfer errors are I/O errors.
+    type Chunks = std::vec::IntoIter<Result<Bytes, std::io::Error>>;
+
+    fn chunks(text: &[u8], size: usize) -> Chunks {
         text.chunks(size)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect::<Vec<_>>()
@@ -323,9 +341,9 @@ mod tests {
     }
 
     async fn streamed(
-        source: std::vec::IntoIter<Result<Bytes, String>>,
+        source: Chunks,
         max: usize,
-    ) -> Result<Translation, ReadError> {
+    ) -> Result<Translation, ReadError<std::io::Error>> {
         let (head, t) = read(source, max, "site").await?;
         let masters = [("198.18.0.2".to_string(), 5050)];
         Ok(t.finish(&masters, head.leader.as_deref(), head.leader_info.as_ref()))
@@ -378,8 +396,8 @@ mod tests {
     async fn a_broken_body_is_a_clear_error() {
         let text = document().to_string();
         let bytes = text.as_bytes();
-        let parse = |r: Result<Translation, ReadError>| match r {
-            Err(ReadError::Parse(e)) => e,
+        let parse = |r: Result<Translation, ReadError<std::io::Error>>| match r {
+            Err(ReadError::Body(BodyError::Parse(e))) => e.to_string(),
             other => panic!("expected a parse error, got {other:?}"),
         };
         // Cut anywhere: in a task, between tasks, before the end.
@@ -405,14 +423,14 @@ mod tests {
 
         // A body that fails in transfer says so, not that it is malformed.
         let mut source: Vec<_> = chunks(&bytes[..bytes.len() / 2], 100).collect();
-        source.push(Err("connection reset".into()));
+        source.push(Err(std::io::Error::other("connection reset")));
         match streamed(source.into_iter(), 1 << 20).await {
-            Err(ReadError::Transfer(e)) => assert_eq!(e, "connection reset"),
+            Err(ReadError::Transfer(e)) => assert_eq!(e.to_string(), "connection reset"),
             other => panic!("expected a transfer error, got {other:?}"),
         }
         // Larger than allowed: stopped there, whatever the parser had read.
         match streamed(chunks(bytes, 100), bytes.len() - 1).await {
-            Err(ReadError::TooLarge(max)) => assert_eq!(max, bytes.len() - 1),
+            Err(ReadError::Body(BodyError::TooLarge(max))) => assert_eq!(max, bytes.len() - 1),
             other => panic!("expected too large, got {other:?}"),
         }
     }

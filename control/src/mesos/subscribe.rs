@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use crate::mesos::fetch::{error_chain, MasterClient};
+use crate::error::joined;
+use crate::mesos::fetch::{error_chain, MasterClient, MasterFailure, MasterRequestError};
 use crate::mesos::operator::{parse_event, Event, EventError};
 use crate::mesos::recordio::{Decoder, RecordIoError};
 use crate::mesos::state::State;
@@ -13,12 +14,25 @@ use crate::mesos::state::State;
 /// Why no subscription could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
-    #[error("no master accepted the subscription: {}", .0.join("; "))]
-    NoMaster(Vec<String>),
-    /// The master answers `/api/v1` with "not found" or "not implemented": a Mesos older
-    /// than 1.1, or a proxy that passes only `/master/state`.
-    #[error("master {url} has no operator API (HTTP {status})")]
-    NoOperatorApi { url: String, status: u16 },
+    /// Some master failed (`failures`, in the order asked; never empty), and the others have
+    /// no operator API.
+    #[error("no master accepted the subscription: {}", refusals(.failures, .no_api))]
+    NoMaster {
+        failures: Vec<MasterFailure>,
+        no_api: Vec<NoOperatorApi>,
+    },
+    /// Every master has no operator API (the first one's answer).
+    #[error(transparent)]
+    NoOperatorApi(#[from] NoOperatorApi),
+}
+
+/// The master answers `/api/v1` with "not found" or "not implemented": a Mesos older than
+/// 1.1, or a proxy that passes only `/master/state`.
+#[derive(Debug, thiserror::Error)]
+#[error("master {url} has no operator API (HTTP {status})")]
+pub struct NoOperatorApi {
+    pub url: String,
+    pub status: u16,
 }
 
 /// Why a subscription ended. Every one of them means: subscribe again.
@@ -26,8 +40,12 @@ pub enum SubscribeError {
 pub enum StreamError {
     #[error("{url}: the master closed the stream")]
     Closed { url: String },
-    #[error("{url}: {reason}")]
-    Read { url: String, reason: String },
+    #[error("{url}: {}", error_chain(.source))]
+    Read {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{url}: {source}")]
     Framing {
         url: String,
@@ -48,6 +66,12 @@ pub enum StreamError {
     },
     #[error("{url}: the first event is {kind}, not SUBSCRIBED")]
     NotSubscribed { url: String, kind: String },
+}
+
+/// The failures, then the masters without an operator API, in one line.
+fn refusals(failures: &[MasterFailure], no_api: &[NoOperatorApi]) -> String {
+    let failures = failures.iter().map(ToString::to_string);
+    joined(failures.chain(no_api.iter().map(ToString::to_string)))
 }
 
 impl StreamError {
@@ -97,7 +121,7 @@ impl MasterClient {
     /// Subscribes at the leading master: each configured master in order, following its
     /// redirect to the leader.
     pub async fn subscribe(&self) -> Result<Subscription, SubscribeError> {
-        let mut errors = Vec::new();
+        let mut failures = Vec::new();
         let mut no_api = Vec::new();
         for base in &self.masters {
             let mut url = format!("{base}/api/v1");
@@ -119,19 +143,20 @@ impl MasterClient {
                         hops += 1;
                         url = self.resolve(&url, &to);
                     }
-                    Ok(Answer::Redirect(to)) => {
-                        errors.push(format!("{url}: more than {MAX_REDIRECTS} redirects ({to})"));
+                    Ok(Answer::Redirect(location)) => {
+                        let error = MasterRequestError::TooManyRedirects {
+                            max: MAX_REDIRECTS,
+                            location,
+                        };
+                        failures.push(MasterFailure { url, error });
                         break;
                     }
                     Ok(Answer::NoApi(status)) => {
-                        no_api.push(SubscribeError::NoOperatorApi {
-                            url: url.clone(),
-                            status,
-                        });
+                        no_api.push(NoOperatorApi { url, status });
                         break;
                     }
-                    Err(reason) => {
-                        errors.push(format!("{url}: {reason}"));
+                    Err(error) => {
+                        failures.push(MasterFailure { url, error });
                         break;
                     }
                 }
@@ -139,14 +164,13 @@ impl MasterClient {
         }
         // Polling only when every master says it has no operator API: one that is down or
         // electing (503) may have it, and is asked again on the next attempt.
-        if errors.is_empty() && !no_api.is_empty() {
-            return Err(no_api.remove(0));
+        if failures.is_empty() && !no_api.is_empty() {
+            return Err(no_api.remove(0).into());
         }
-        errors.extend(no_api.iter().map(ToString::to_string));
-        Err(SubscribeError::NoMaster(errors))
+        Err(SubscribeError::NoMaster { failures, no_api })
     }
 
-    async fn subscribe_at(&self, url: &str) -> Result<Answer, String> {
+    async fn subscribe_at(&self, url: &str) -> Result<Answer, MasterRequestError> {
         let mut req = self
             .stream
             .post(url)
@@ -158,8 +182,8 @@ impl MasterClient {
         }
         let response = tokio::time::timeout(self.timeout, req.send())
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|_| MasterRequestError::Timeout(self.timeout))?
+            .map_err(MasterRequestError::Http)?;
         let status = response.status();
         if status.is_success() {
             return Ok(Answer::Stream(response));
@@ -169,7 +193,7 @@ impl MasterClient {
                 .headers()
                 .get(reqwest::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
-                .ok_or_else(|| format!("HTTP {status} without a Location"))?;
+                .ok_or(MasterRequestError::NoLocation { status })?;
             return Ok(Answer::Redirect(to.to_string()));
         }
         if matches!(status.as_u16(), 404 | 405 | 501) {
@@ -180,8 +204,7 @@ impl MasterClient {
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
-        let body: String = body.trim().chars().take(200).collect();
-        Err(format!("HTTP {status} {body}").trim_end().to_string())
+        Err(MasterRequestError::status(status, &body))
     }
 
     /// A `Location` against the URL that answered: the master writes a protocol-relative one
@@ -282,9 +305,9 @@ impl Subscription {
                     silent: self.patience,
                     interval: self.interval,
                 })?
-                .map_err(|e| StreamError::Read {
+                .map_err(|source| StreamError::Read {
                     url: self.url.clone(),
-                    reason: error_chain(&e),
+                    source,
                 })?;
             match chunk {
                 Some(bytes) => self.decoder.push(&bytes),
@@ -301,5 +324,74 @@ impl Subscription {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::mesos::fetch::tests::refused;
+
+    #[test]
+    fn no_master_lists_the_failures_then_the_masters_without_the_api() {
+        let e = SubscribeError::NoMaster {
+            failures: vec![
+                MasterFailure {
+                    url: "http://198.18.0.1:5050/api/v1".into(),
+                    error: MasterRequestError::status(reqwest::StatusCode::SERVICE_UNAVAILABLE, ""),
+                },
+                MasterFailure {
+                    url: "http://198.18.0.3:5050/api/v1".into(),
+                    error: MasterRequestError::TooManyRedirects {
+                        max: MAX_REDIRECTS,
+                        location: "//198.18.0.4:5050/api/v1".into(),
+                    },
+                },
+                MasterFailure {
+                    url: "http://198.18.0.5:5050/api/v1".into(),
+                    error: MasterRequestError::NoLocation {
+                        status: reqwest::StatusCode::TEMPORARY_REDIRECT,
+                    },
+                },
+            ],
+            no_api: vec![NoOperatorApi {
+                url: "http://198.18.0.2:5050/api/v1".into(),
+                status: 404,
+            }],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no master accepted the subscription: \
+             http://198.18.0.1:5050/api/v1: HTTP 503 Service Unavailable; \
+             http://198.18.0.3:5050/api/v1: more than 3 redirects (//198.18.0.4:5050/api/v1); \
+             http://198.18.0.5:5050/api/v1: HTTP 307 Temporary Redirect without a Location; \
+             master http://198.18.0.2:5050/api/v1 has no operator API (HTTP 404)"
+        );
+        let only = SubscribeError::from(NoOperatorApi {
+            url: "http://198.18.0.2:5050/api/v1".into(),
+            status: 501,
+        });
+        assert_eq!(
+            only.to_string(),
+            "master http://198.18.0.2:5050/api/v1 has no operator API (HTTP 501)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_shows_every_cause_and_keeps_the_reqwest_error() {
+        let source = refused().await;
+        let chain = error_chain(&source);
+        let e = StreamError::Read {
+            url: "http://198.18.0.1:5050/api/v1".into(),
+            source,
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("http://198.18.0.1:5050/api/v1: {chain}")
+        );
+        assert_eq!(e.kind(), "read");
+        assert!(e.source().unwrap().is::<reqwest::Error>());
     }
 }

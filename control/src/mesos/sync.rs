@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 use tracing::{debug, info, warn};
 
-use crate::error::describe;
+use crate::error::EtcdError;
 use crate::etcd::{MAX_TXN_BYTES, MAX_TXN_OPS};
 use crate::keys::{self, Kind, Record, PREFIX};
 use crate::mesos::election;
@@ -38,7 +38,10 @@ pub enum SyncError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("etcd: {0}")]
-    Store(String),
+    Store(#[source] EtcdError),
+    /// A task writing a batch panicked or was cancelled.
+    #[error("etcd: a write failed: {0}")]
+    WriteTask(#[source] tokio::task::JoinError),
     #[error("another writer changed the catalog since it was read; re-reading it")]
     Conflict,
     #[error("this instance no longer leads")]
@@ -160,7 +163,7 @@ impl Syncer {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             let kind = match e {
                 SyncError::Fetch(f) => f.kind(),
-                SyncError::Store(_) => "etcd",
+                SyncError::Store(_) | SyncError::WriteTask(_) => "etcd",
                 SyncError::Conflict => "conflict",
                 SyncError::NotLeader => "not_leader",
             };
@@ -339,8 +342,7 @@ impl Syncer {
             let Some(done) = in_flight.join_next().await else {
                 break;
             };
-            let (batch, resp) =
-                done.map_err(|e| SyncError::Store(format!("a write failed: {e}")))?;
+            let (batch, resp) = done.map_err(SyncError::WriteTask)?;
             match resp {
                 Ok(resp) if resp.succeeded() => {
                     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -362,7 +364,7 @@ impl Syncer {
                     }
                 }
                 Err(e) => {
-                    failed.get_or_insert(SyncError::Store(describe(&e)));
+                    failed.get_or_insert(SyncError::Store(EtcdError(e)));
                 }
             }
         }
@@ -406,7 +408,7 @@ impl Syncer {
         let resp = kv
             .get(PREFIX, Some(opts))
             .await
-            .map_err(|e| SyncError::Store(describe(&e)))?;
+            .map_err(|e| SyncError::Store(EtcdError(e)))?;
         let newest = resp.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0);
         let ours = current.values().map(|(_, rev)| *rev).max().unwrap_or(0);
         Ok(resp.count() as usize != current.len() || newest != ours)
@@ -478,7 +480,7 @@ impl Syncer {
         let resp = kv
             .get(GUARD_KEY, None)
             .await
-            .map_err(|e| SyncError::Store(describe(&e)))?;
+            .map_err(|e| SyncError::Store(EtcdError(e)))?;
         let (state, rev) = match resp.kvs().first() {
             Some(found) => match serde_json::from_slice(found.value()) {
                 Ok(state) => (state, found.mod_revision()),
@@ -522,7 +524,7 @@ impl Syncer {
                     .and_then([TxnOp::put(GUARD_KEY, value, None)]),
             )
             .await
-            .map_err(|e| SyncError::Store(describe(&e)))?;
+            .map_err(|e| SyncError::Store(EtcdError(e)))?;
         if !resp.succeeded() {
             return Err(SyncError::Conflict);
         }
@@ -546,7 +548,7 @@ impl Syncer {
             let resp = kv
                 .get(start.clone(), Some(opts))
                 .await
-                .map_err(|e| SyncError::Store(describe(&e)))?;
+                .map_err(|e| SyncError::Store(EtcdError(e)))?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             }

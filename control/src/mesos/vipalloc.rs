@@ -10,6 +10,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
+use crate::error::EtcdError;
 use crate::keys::{self, Kind, Record};
 use crate::model::VipAddress;
 use crate::EtcdStore;
@@ -36,7 +37,7 @@ pub enum AllocError {
         range: String,
     },
     #[error("etcd: {0}")]
-    Store(String),
+    Store(#[source] EtcdError),
     #[error("could not claim an address for {name:?}: {attempts} conflicting writers in a row")]
     Contended { name: String, attempts: u32 },
 }
@@ -112,7 +113,7 @@ pub async fn ensure(
     }
     let vip_key = keys::key(Kind::VipAddress, name);
     let mut kv = store.client().kv_client();
-    let err = |e: etcd_client::Error| AllocError::Store(crate::error::describe(&e));
+    let err = |e| AllocError::Store(EtcdError(e));
     for _attempt in 0..8 {
         // The current record (and its revision, for the swap).
         let resp = kv.get(vip_key.clone(), None).await.map_err(err)?;
