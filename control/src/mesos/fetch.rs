@@ -15,7 +15,7 @@ use crate::mesos::translate::{Translation, Translator};
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// Every master failed: each one's own failure, in the order asked.
-    #[error("no master answered: {}", joined(.0))]
+    #[error("no master answered: {}", joined(.0.iter().map(FetchError::as_item)))]
     NoMaster(Vec<FetchError>),
     /// A master could not be asked, or its answer could not be read.
     #[error("no master answered: {0}")]
@@ -105,6 +105,14 @@ pub enum MasterClientError {
 }
 
 impl FetchError {
+    /// How it reads in the list of every master's failure, under that list's own heading.
+    fn as_item(&self) -> &dyn std::fmt::Display {
+        match self {
+            FetchError::Unreachable(failure) => failure,
+            other => other,
+        }
+    }
+
     /// A short label for the metric.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -411,7 +419,7 @@ pub(crate) mod tests {
         assert_eq!(
             all.to_string(),
             "no master answered: \
-             no master answered: http://198.18.0.1:5050/master/state: no answer within 2s; \
+             http://198.18.0.1:5050/master/state: no answer within 2s; \
              master http://198.18.0.2:5050: the state names no leader; \
              master http://198.18.0.3:5050: unparseable leader \"master@?\""
         );
