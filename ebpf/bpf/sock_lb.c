@@ -61,12 +61,6 @@ static __always_inline int from_agent(void)
 /* Counter kinds for bump(). */
 enum { CNT_CONNECT, CNT_DATAGRAM };
 
-/* The address a hook sees, in the map's 16-byte form. */
-struct addr {
-	__u8 bytes[16];
-	__u8 family;
-};
-
 static __always_inline void load_v4(struct bpf_sock_addr *ctx, __u8 *out)
 {
 	__u32 ip = ctx->user_ip4;
@@ -315,9 +309,13 @@ static __always_inline int xlate6(struct bpf_sock_addr *ctx, int which)
 	__u8 vip[16];
 	load_v6(ctx, vip);
 	/* A dual-stack socket reaching an IPv4 VIP: steered to an IPv4 backend, mapped. */
-	if (is_v4_mapped(vip))
-		return xlate(ctx, &c, vip + 12, AF_INET, vip, AF_INET6);
-	return xlate(ctx, &c, vip, AF_INET6, vip, AF_INET6);
+	const __u8 *addr = vip;
+	__u8 family = AF_INET6;
+	if (is_v4_mapped(vip)) {
+		addr = vip + 12;
+		family = AF_INET;
+	}
+	return xlate(ctx, &c, addr, family, vip, AF_INET6);
 }
 
 /* recvmsg / getpeername: the backend the socket talks to becomes the VIP again. */
