@@ -754,9 +754,12 @@ impl XdpReconciler {
             self.space.free(old_base, old_len);
         }
         for b in gone(&st.reals, &planned.backends) {
-            let (id, _) = st.reals.remove(&b).expect("listed");
+            // Forgotten only once its entry is cleared: a failed write is retried by the next
+            // pass, and its id is not given to another backend while the entry still names it.
+            let id = st.reals[&b].0;
             report.writes += 1;
             maps.put_real(id, &Real::default())?;
+            st.reals.remove(&b);
             self.real_ids.release(id);
         }
         Ok(())
@@ -825,6 +828,8 @@ mod tests {
         ring: HashMap<u32, u32>,
         reals: HashMap<u32, Real>,
         nat: HashMap<SvcKey, XRev>,
+        /// Clearing a real fails (a kernel that refuses the write).
+        refuse_clear: bool,
     }
 
     impl Model {
@@ -918,6 +923,8 @@ mod tests {
         fn put_real(&mut self, id: u32, real: &Real) -> io::Result<()> {
             if real.flags & LX_REAL_VALID != 0 {
                 self.reals.insert(id, *real);
+            } else if self.refuse_clear {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
             } else {
                 let used: Vec<u32> = self.tables().map(|(_, i)| i).collect();
                 assert!(
@@ -1009,6 +1016,28 @@ mod tests {
         assert!(m.vips.is_empty() && m.reals.is_empty() && m.nat.is_empty());
         assert!(m.live.is_empty() && m.filter.is_empty());
         assert_eq!(again.ring_usage().0, 0, "every unit of lx_ring given back");
+    }
+
+    #[test]
+    fn a_real_whose_clearing_failed_is_cleared_by_the_next_apply() {
+        let mut r = XdpReconciler::new(maglev::DEFAULT_MAX, maglev::DEFAULT_SEED);
+        let mut m = Model::default();
+        let nat = |_: &str| Mode::Nat;
+        r.apply(&plan(&[(1, 1), (2, 1)]), &nat, &mut m);
+        assert_eq!(m.reals.len(), 2);
+        m.refuse_clear = true;
+        let rep = r.apply(&plan(&[(1, 1)]), &nat, &mut m);
+        assert_eq!(rep.errors.len(), 1, "{rep:?}");
+        assert_eq!(
+            m.reals.len(),
+            2,
+            "the write failed: the entry still names backend 2"
+        );
+        // The next pass sees backend 2 still held, and clears it.
+        m.refuse_clear = false;
+        let rep = r.apply(&plan(&[(1, 1)]), &nat, &mut m);
+        assert!(rep.errors.is_empty(), "{rep:?}");
+        assert_eq!(m.reals.len(), 1);
     }
 
     #[test]
