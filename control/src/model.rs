@@ -357,6 +357,7 @@ impl Agent {
         }
     }
 
+    /// The site the agent is in (its Mesos `site` attribute).
     pub fn with_site(mut self, site: impl Into<String>) -> Agent {
         self.site = Some(site.into());
         self
@@ -780,6 +781,42 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The values in etcd, to the byte: mesos-sync compares them with what it would write, so
+    /// a change here rewrites every key. An absent `Option` is left out, never `null`.
+    #[test]
+    fn records_serialize_to_the_same_json_with_and_without_their_optional_fields() {
+        let bare = Task::new("web.1", "web", "marathon", "a1");
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"id":"web.1","framework_id":"marathon","name":"web","framework":"marathon","agent":"a1","state":"running","health":"unknown"}"#
+        );
+        let port = Port::tcp(31000)
+            .named("http")
+            .with_host_port(31000)
+            .with_container_port(8080)
+            .with_scope(NetworkScope::Host);
+        let full = bare
+            .with_resource(Port::new(31000))
+            .with_discovery_name("web")
+            .with_discovery_port(port)
+            .with_site("azure");
+        let json = serde_json::to_string(&full).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"web.1","framework_id":"marathon","name":"web","framework":"marathon","agent":"a1","state":"running","ports":[{"number":31000}],"discovery":{"name":"web","ports":[{"number":31000,"name":"http","protocol":"tcp","host_port":31000,"container_port":8080,"scope":"host","labels":{"network-scope":"host"}}]},"health":"unknown","site":"azure"}"#
+        );
+        assert_eq!(serde_json::from_str::<Task>(&json).unwrap(), full);
+        let agent = Agent::new("a1", "agent-1", "198.18.0.1".parse().unwrap());
+        assert_eq!(
+            serde_json::to_string(&agent).unwrap(),
+            r#"{"id":"a1","hostname":"agent-1","addresses":["198.18.0.1"]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&agent.with_site("azure")).unwrap(),
+            r#"{"id":"a1","hostname":"agent-1","addresses":["198.18.0.1"],"site":"azure"}"#
+        );
+    }
 
     #[test]
     fn vip_labels_parse_like_dcos_l4lb() {
