@@ -255,6 +255,16 @@ mod tests {
         state.snapshot(1, lodestar_control::Source::Empty)
     }
 
+    /// A snapshot of one VIP's backends: the n-th (site, extra TOML) is task `t<n>` at
+    /// 198.18.<n>.2.
+    fn backends(specs: &[(&str, &str)]) -> Snapshot {
+        let toml: String = (1..)
+            .zip(specs)
+            .map(|(n, (site, extra))| task(&format!("t{n}"), &format!("198.18.{n}.2"), site, extra))
+            .collect();
+        snapshot(&toml)
+    }
+
     fn task(id: &str, ip: &str, site: &str, extra: &str) -> String {
         task_vip(id, ip, site, extra, "198.19.0.1:80")
     }
@@ -296,23 +306,21 @@ labels = {{ VIP_0 = "{vip}" }}
 
     #[test]
     fn health_drain_and_fail_open() {
-        let s = snapshot(&format!(
-            "{}{}{}",
-            task("t1", "198.18.1.2", "azure", ""),
-            task("t2", "198.18.2.2", "azure", "state = \"draining\""),
-            task("t3", "198.18.3.2", "azure", "health = \"unhealthy\""),
-        ));
+        let s = backends(&[
+            ("azure", ""),
+            ("azure", "state = \"draining\""),
+            ("azure", "health = \"unhealthy\""),
+        ]);
         let p = plan(&s, &PlanOptions::default());
         assert_eq!(slots(&p), [1, 0, 0]);
         assert!(!p.values().next().unwrap().fail_open);
 
         // Every live backend unhealthy: all of them, flagged; the draining one still gets none.
-        let s = snapshot(&format!(
-            "{}{}{}",
-            task("t1", "198.18.1.2", "azure", "health = \"unhealthy\""),
-            task("t2", "198.18.2.2", "azure", "state = \"draining\""),
-            task("t3", "198.18.3.2", "azure", "health = \"unhealthy\""),
-        ));
+        let s = backends(&[
+            ("azure", "health = \"unhealthy\""),
+            ("azure", "state = \"draining\""),
+            ("azure", "health = \"unhealthy\""),
+        ]);
         let p = plan(&s, &PlanOptions::default());
         assert_eq!(slots(&p), [1, 0, 1]);
         assert!(p.values().next().unwrap().fail_open);
@@ -320,39 +328,22 @@ labels = {{ VIP_0 = "{vip}" }}
 
     #[test]
     fn weights_from_labels() {
-        let s = snapshot(&format!(
-            "{}{}{}",
-            task(
-                "t1",
-                "198.18.1.2",
-                "a",
-                "labels = { LODESTAR_WEIGHT = \"6\" }"
-            ),
-            task(
-                "t2",
-                "198.18.2.2",
-                "a",
-                "labels = { LODESTAR_WEIGHT = \"2\" }"
-            ),
-            task(
-                "t3",
-                "198.18.3.2",
-                "a",
-                "labels = { LODESTAR_WEIGHT = \"0\" }"
-            ),
-        ));
+        let s = backends(&[
+            ("a", "labels = { LODESTAR_WEIGHT = \"6\" }"),
+            ("a", "labels = { LODESTAR_WEIGHT = \"2\" }"),
+            ("a", "labels = { LODESTAR_WEIGHT = \"0\" }"),
+        ]);
         let p = plan(&s, &PlanOptions::default());
         assert_eq!(slots(&p), [3, 1, 0]);
     }
 
     #[test]
     fn locality_policies() {
-        let s = snapshot(&format!(
-            "{}{}{}",
-            task("t1", "198.18.1.2", "azure", ""),
-            task("t2", "198.18.2.2", "vsphere", ""),
-            task("t3", "198.18.3.2", "azure", "health = \"unhealthy\""),
-        ));
+        let s = backends(&[
+            ("azure", ""),
+            ("vsphere", ""),
+            ("azure", "health = \"unhealthy\""),
+        ]);
         let p = plan(&s, &opts(Some("azure"), Locality::PreferLocal));
         assert_eq!(slots(&p), [1, 0, 0]);
         let p = plan(&s, &opts(Some("vsphere"), Locality::PreferLocal));
@@ -364,11 +355,7 @@ labels = {{ VIP_0 = "{vip}" }}
         assert_eq!(slots(&p)[1], 1);
 
         // The local site down: prefer-local crosses over, local-only fails open locally.
-        let s = snapshot(&format!(
-            "{}{}",
-            task("t1", "198.18.1.2", "azure", "health = \"unhealthy\""),
-            task("t2", "198.18.2.2", "vsphere", ""),
-        ));
+        let s = backends(&[("azure", "health = \"unhealthy\""), ("vsphere", "")]);
         let p = plan(&s, &opts(Some("azure"), Locality::PreferLocal));
         assert_eq!(slots(&p), [0, 1]);
         let p = plan(&s, &opts(Some("azure"), Locality::LocalOnly));
@@ -378,16 +365,10 @@ labels = {{ VIP_0 = "{vip}" }}
 
     #[test]
     fn a_task_label_sets_the_vip_policy_and_active_checks_count_as_health() {
-        let s = snapshot(&format!(
-            "{}{}",
-            task(
-                "t1",
-                "198.18.1.2",
-                "azure",
-                "labels = { LODESTAR_LOCALITY = \"any\" }"
-            ),
-            task("t2", "198.18.2.2", "vsphere", ""),
-        ));
+        let s = backends(&[
+            ("azure", "labels = { LODESTAR_LOCALITY = \"any\" }"),
+            ("vsphere", ""),
+        ]);
         // The node default is prefer-local, but the VIP says any.
         let p = plan(&s, &opts(Some("azure"), Locality::PreferLocal));
         assert_eq!(slots(&p), [1, 1]);
