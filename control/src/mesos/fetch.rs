@@ -151,6 +151,14 @@ impl std::fmt::Debug for MasterClient {
 }
 
 impl MasterClient {
+    /// `req` with the masters' basic auth, when one is configured.
+    pub(crate) fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Some((user, pass)) => req.basic_auth(user, Some(pass)),
+            None => req,
+        }
+    }
+
     /// `masters` are base URLs (`http://198.18.0.1:5050`); a missing scheme means http.
     pub fn new(
         masters: &[String],
@@ -297,11 +305,8 @@ impl MasterClient {
             url: url.clone(),
             problem,
         };
-        let mut req = self.http.get(&url);
-        if let Some((user, pass)) = &self.auth {
-            req = req.basic_auth(user, Some(pass));
-        }
-        let resp = req
+        let resp = self
+            .authed(self.http.get(&url))
             .send()
             .await
             .map_err(|e| unreachable(MasterRequestError::Http(e)))?;

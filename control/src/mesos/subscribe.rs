@@ -171,15 +171,13 @@ impl MasterClient {
     }
 
     async fn subscribe_at(&self, url: &str) -> Result<Answer, MasterRequestError> {
-        let mut req = self
-            .stream
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT, "application/json")
-            .body(r#"{"type":"SUBSCRIBE"}"#);
-        if let Some((user, pass)) = &self.auth {
-            req = req.basic_auth(user, Some(pass));
-        }
+        let req = self.authed(
+            self.stream
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::ACCEPT, "application/json")
+                .body(r#"{"type":"SUBSCRIBE"}"#),
+        );
         let response = tokio::time::timeout(self.timeout, req.send())
             .await
             .map_err(|_| MasterRequestError::Timeout(self.timeout))?
